@@ -1,0 +1,1 @@
+"""ml-playground: prepare text, train small GPTs, fine-tune with LoRA, sample and export."""

@@ -1,0 +1,30 @@
+"""Test-suite wiring: markers follow folders, and nothing reaches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).parent
+REPO_ROOT = TESTS_DIR.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+MARKER_FOLDERS = ("unit", "integration", "e2e", "acceptance")
+
+# Offline by construction: the hub and tiktoken's host are unreachable in CI anyway, and a
+# test must never depend on them. tiktoken reads its ranks from the shared cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if (SHARED_DIR / "tiktoken").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DIR / "tiktoken"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Apply the unit/integration/e2e/acceptance marker from the test's folder."""
+    for item in items:
+        relative = Path(str(item.path)).relative_to(TESTS_DIR)
+        folder = relative.parts[0] if len(relative.parts) > 1 else ""
+        if folder in MARKER_FOLDERS:
+            item.add_marker(getattr(pytest.mark, folder))
