@@ -1,0 +1,124 @@
+"""Training batches from a token file: (x, y) windows of block_size ids, y shifted by one.
+
+"random" draws window offsets uniformly from a generator of its own, seeded with
+seed + rank, so each rank sees a different but reproducible stream that no other use
+of torch's global RNG can disturb. "sequential" walks the file in non-overlapping
+windows: window j starts at j * block_size and belongs to rank j % world_size, and each
+rank wraps around to the start when it runs out. `state_dict` captures either position,
+so a resumed run draws exactly the batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ml_playground.errors import CheckpointError, DataError
+
+SamplerMode = Literal["random", "sequential"]
+
+
+class BatchSampler:
+    def __init__(
+        self,
+        data: Path,
+        dtype: str,
+        block_size: int,
+        batch_size: int,
+        *,
+        mode: SamplerMode = "random",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if block_size < 1 or batch_size < 1:
+            raise ValueError(
+                f"block_size ({block_size}) and batch_size ({batch_size}) must be >= 1"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self._tokens = _open_tokens(data, dtype, min_tokens=block_size + 1)
+        self._block_size = block_size
+        self._batch_size = batch_size
+        self._mode: SamplerMode = mode
+        self._rank = rank
+        self._world_size = world_size
+        self._device = torch.device(device)
+        self._generator = torch.Generator().manual_seed(seed + rank)
+        self._cursor = 0  # sequential mode: this rank's windows consumed, modulo _windows
+        # Each window needs block_size inputs plus the one target past its end.
+        self._windows = (len(self._tokens) - 1) // block_size
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._tokens)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x and y, both int64 of shape (batch_size, block_size), on the sampler's device."""
+        span = self._block_size + 1
+        windows = np.stack([self._tokens[start : start + span] for start in self._offsets()])
+        windows = windows.astype(np.int64)
+        x = torch.as_tensor(np.ascontiguousarray(windows[:, :-1]))
+        y = torch.as_tensor(np.ascontiguousarray(windows[:, 1:]))
+        if self._device.type == "cuda":
+            # Pinned host memory lets the copy overlap with the GPU's work.
+            return (
+                x.pin_memory().to(self._device, non_blocking=True),
+                y.pin_memory().to(self._device, non_blocking=True),
+            )
+        return x.to(self._device), y.to(self._device)
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """Plain tensors and ints only, so checkpoints load with weights_only=True."""
+        return {"generator": self._generator.get_state(), "cursor": self._cursor}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        generator, cursor = state.get("generator"), state.get("cursor")
+        if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8:
+            raise CheckpointError("batch sampler state has no uint8 'generator' tensor")
+        if not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
+            raise CheckpointError(f"batch sampler state has a bad 'cursor': {cursor!r}")
+        self._generator.set_state(generator.cpu())
+        self._cursor = cursor % self._windows
+
+    def _offsets(self) -> list[int]:
+        if self._mode == "random":
+            # The last start that still leaves room for the final target is len - span.
+            high = len(self._tokens) - self._block_size
+            starts = torch.randint(high, (self._batch_size,), generator=self._generator)
+            return [int(start) for start in starts]
+        windows = [
+            ((self._cursor + i) * self._world_size + self._rank) % self._windows
+            for i in range(self._batch_size)
+        ]
+        self._cursor = (self._cursor + self._batch_size) % self._windows
+        return [window * self._block_size for window in windows]
+
+
+def _open_tokens(path: Path, dtype: str, min_tokens: int) -> np.memmap[Any, np.dtype[Any]]:
+    """Map the token file read-only, after checking it holds at least `min_tokens`."""
+    if dtype not in ("uint16", "uint32"):
+        raise DataError(f"unsupported token dtype {dtype!r} for {path}; expected uint16 or uint32")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(
+            f"token file not found: {path}; run `ml-playground prepare <experiment>`"
+        ) from None
+    itemsize = np.dtype(dtype).itemsize
+    if size % itemsize:
+        raise DataError(
+            f"{path} has {size} bytes, not a whole number of {dtype} tokens; it is damaged,"
+            " so prepare the dataset again"
+        )
+    if size // itemsize < min_tokens:
+        raise DataError(
+            f"{path} holds {size // itemsize} tokens, fewer than block_size + 1 = {min_tokens};"
+            " lower block_size or prepare more text"
+        )
+    return np.memmap(path, dtype=dtype, mode="r")

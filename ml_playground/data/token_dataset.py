@@ -1,0 +1,508 @@
+"""Streaming prepare for the from-scratch pipeline: text files in, token files out.
+
+    dataset_dir/train.bin, val.bin   flat token ids: uint16 when the vocabulary fits
+                                     (<= 65536 ids), else uint32, native byte order
+    dataset_dir/meta.json            tokenizer spec, dtype, token counts, source hash,
+                                     settings; written last, so a complete meta.json
+                                     means complete bins
+
+The corpus is the sources' text concatenated in order, with one rule: a "\\n" goes before
+a file when the corpus so far is non-empty and does not already end in one, so the last
+line of one file never merges with the first line of the next. The first `train_split`
+of the corpus's *characters* (rounded down) is the train split, the rest is val; each
+split is encoded on its own, so no token straddles the two.
+
+Memory stays bounded by a few chunks however large the corpus: files are read in
+`chunk_bytes` blocks, decoded incrementally, and each block's ids are appended to the
+open output files. A first pass hashes the corpus (to skip unchanged inputs) and, for
+the char tokenizer, collects its characters; the second pass encodes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import hashlib
+import json
+import typing
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+from ml_playground import atomic
+from ml_playground.data.tokenizer import (
+    TOKENIZER_KINDS,
+    CharTokenizer,
+    TiktokenTokenizer,
+    Tokenizer,
+    TokenizerKind,
+    TokenizerSpec,
+)
+from ml_playground.errors import DataError
+
+FORMAT_VERSION = 1
+TRAIN_BIN = "train.bin"
+VAL_BIN = "val.bin"
+META_FILE = "meta.json"
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+UINT16_IDS = 1 << 16
+
+TokenDType = Literal["uint16", "uint32"]
+TOKEN_DTYPES: tuple[TokenDType, ...] = ("uint16", "uint32")
+RERUN_HINT = "run `ml-playground prepare <experiment>`"
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """The inputs besides the text that decide the output; a change means prepare again.
+
+    `encoding` is None for the char tokenizer, which does not depend on it. The chunk
+    size is not a setting: the output does not depend on it.
+    """
+
+    kind: TokenizerKind
+    encoding: str | None
+    train_split: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "encoding": self.encoding, "train_split": self.train_split}
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What meta.json says about a prepared dataset."""
+
+    tokenizer: TokenizerSpec
+    dtype: TokenDType
+    vocab_size: int
+    train_tokens: int
+    val_tokens: int
+    source_sha256: str
+    settings: PrepareSettings
+    sources: tuple[str, ...]
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "format_version": self.format_version,
+            "tokenizer": self.tokenizer.to_json(),
+            "dtype": self.dtype,
+            "vocab_size": self.vocab_size,
+            "train_tokens": self.train_tokens,
+            "val_tokens": self.val_tokens,
+            "source_sha256": self.source_sha256,
+            "settings": self.settings.to_json(),
+            "sources": list(self.sources),
+        }
+
+    @classmethod
+    def from_json(cls, obj: object, source: Path | str) -> DatasetMeta:
+        """Validate meta.json content read from `source`; problems raise DataError."""
+        fields = _mapping(obj, "the file", source)
+        version = _field(fields, "format_version", int, source)
+        if version != FORMAT_VERSION:
+            raise _meta_error(
+                source,
+                f"format_version {version} is not {FORMAT_VERSION} (made by another version)",
+            )
+        dtype = _field(fields, "dtype", str, source)
+        if dtype not in TOKEN_DTYPES:
+            raise _meta_error(source, f"'dtype' must be one of {', '.join(TOKEN_DTYPES)}")
+        settings = _mapping(fields.get("settings"), "'settings'", source)
+        kind = _field(settings, "kind", str, source)
+        if kind not in TOKENIZER_KINDS:
+            raise _meta_error(source, f"'settings.kind' must be char or tiktoken, got {kind!r}")
+        encoding = settings.get("encoding")
+        if encoding is not None and not isinstance(encoding, str):
+            raise _meta_error(source, "'settings.encoding' must be a string or null")
+        sources = typing.cast(list[object], _field(fields, "sources", list, source))
+        if not all(isinstance(item, str) for item in sources):
+            raise _meta_error(source, "'sources' must be a list of paths")
+        return cls(
+            tokenizer=TokenizerSpec.from_json(fields.get("tokenizer"), source, remedy=RERUN_HINT),
+            dtype=dtype,
+            vocab_size=_field(fields, "vocab_size", int, source),
+            train_tokens=_field(fields, "train_tokens", int, source),
+            val_tokens=_field(fields, "val_tokens", int, source),
+            source_sha256=_field(fields, "source_sha256", str, source),
+            settings=PrepareSettings(
+                kind=kind,
+                encoding=encoding,
+                train_split=_number(settings, "train_split", source),
+            ),
+            sources=tuple(typing.cast(list[str], sources)),
+        )
+
+
+def read_meta(path: Path) -> DatasetMeta:
+    """Load a dataset's meta.json; missing or damaged files say how to rebuild them."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"dataset metadata not found: {path}; {RERUN_HINT} first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read dataset metadata {path} ({exc}); {RERUN_HINT}") from None
+    try:
+        obj: object = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _meta_error(path, f"not valid JSON ({exc})") from None
+    return DatasetMeta.from_json(obj, path)
+
+
+@dataclass(frozen=True)
+class PrepareOutcome:
+    skipped: bool
+    meta: DatasetMeta
+    message: str
+
+
+def prepare_token_dataset(
+    sources: Sequence[Path],
+    dataset_dir: Path,
+    *,
+    tokenizer_kind: TokenizerKind,
+    encoding: str = "gpt2",
+    train_split: float = 0.9,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    show_progress: bool = True,
+    vocab_size_limit: int | None = None,
+) -> PrepareOutcome:
+    """Tokenize `sources` into dataset_dir/{train.bin,val.bin,meta.json}.
+
+    Skips the work when meta.json already describes the same text and settings and both
+    bins are intact. `vocab_size_limit` is the model's configured vocab_size, if any.
+    """
+    if not sources:
+        raise DataError("no source text files to prepare; name at least one")
+    if not 0.0 < train_split < 1.0:
+        raise DataError(f"train_split = {train_split} must be between 0 and 1 (exclusive)")
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    settings = PrepareSettings(
+        kind=tokenizer_kind,
+        encoding=encoding if tokenizer_kind == "tiktoken" else None,
+        train_split=train_split,
+    )
+    total_bytes = _total_bytes(sources)
+
+    with _progress("scanning", total_bytes, show_progress) as advance:
+        scan = _scan(sources, chunk_bytes, advance, collect_chars=tokenizer_kind == "char")
+    existing = _up_to_date_meta(dataset_dir, scan.sha256, settings)
+    if existing is not None:
+        _check_vocab_limit(existing.vocab_size, vocab_size_limit)
+        return PrepareOutcome(
+            skipped=True,
+            meta=existing,
+            message=(
+                f"dataset up to date: {dataset_dir} (skipped; delete it or change inputs"
+                " to prepare again)"
+            ),
+        )
+
+    train_chars = int(scan.chars * train_split)
+    if train_chars in (0, scan.chars):
+        raise DataError(
+            f"corpus too small to split: {scan.chars} characters in {len(sources)} file(s)"
+            f" leave {train_chars} for train and {scan.chars - train_chars} for val at"
+            f" train_split = {train_split}; add more text"
+        )
+    tokenizer: Tokenizer = (
+        CharTokenizer(sorted(scan.charset))
+        if tokenizer_kind == "char"
+        else TiktokenTokenizer(encoding)
+    )
+    _check_vocab_limit(tokenizer.vocab_size, vocab_size_limit)
+    dtype: TokenDType = "uint16" if tokenizer.vocab_size <= UINT16_IDS else "uint32"
+
+    # A stale meta.json must not outlive the bins it described, should this run stop
+    # half way; without it the dataset reads as "not prepared".
+    (dataset_dir / META_FILE).unlink(missing_ok=True)
+    with _progress("encoding", total_bytes, show_progress) as advance:
+        train_tokens, val_tokens = _write_bins(
+            sources,
+            dataset_dir,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            train_chars=train_chars,
+            chunk_bytes=chunk_bytes,
+            advance=advance,
+            sha256=scan.sha256,
+        )
+    meta = DatasetMeta(
+        tokenizer=tokenizer.spec,
+        dtype=dtype,
+        vocab_size=tokenizer.vocab_size,
+        train_tokens=train_tokens,
+        val_tokens=val_tokens,
+        source_sha256=scan.sha256,
+        settings=settings,
+        sources=tuple(str(path) for path in sources),
+    )
+    atomic.write_json(dataset_dir / META_FILE, meta.to_json())
+    return PrepareOutcome(
+        skipped=False,
+        meta=meta,
+        message=(
+            f"prepared {dataset_dir}: {train_tokens:,} train + {val_tokens:,} val tokens,"
+            f" {tokenizer.spec.describe()}, {dtype}"
+        ),
+    )
+
+
+# --- reading the corpus -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scan:
+    sha256: str
+    chars: int
+    charset: frozenset[str]
+
+
+def _total_bytes(sources: Sequence[Path]) -> int:
+    total = 0
+    for path in sources:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"source text not found: {path}; fix the path") from None
+        except OSError as exc:
+            raise DataError(f"cannot read source text {path}: {exc.strerror}") from None
+    return total
+
+
+def _scan(
+    sources: Sequence[Path],
+    chunk_bytes: int,
+    advance: Callable[[int], object],
+    *,
+    collect_chars: bool,
+) -> _Scan:
+    digest = hashlib.sha256()
+    chars = 0
+    charset: set[str] = set()
+    for raw, text in _corpus(sources, chunk_bytes, advance):
+        digest.update(raw)
+        chars += len(text)
+        if collect_chars:
+            charset.update(text)
+    return _Scan(sha256=digest.hexdigest(), chars=chars, charset=frozenset(charset))
+
+
+def _corpus(
+    sources: Sequence[Path], chunk_bytes: int, advance: Callable[[int], object]
+) -> Iterator[tuple[bytes, str]]:
+    """The corpus as (raw bytes, text) pieces, files joined by the separator rule."""
+    ends_with_newline = True  # an empty corpus so far needs no separator
+    for path in sources:
+        first = True
+        for raw, text in _file_text(path, chunk_bytes):
+            advance(len(raw))
+            if first and not ends_with_newline:
+                yield b"\n", "\n"
+            first = False
+            if text:
+                ends_with_newline = text.endswith("\n")
+            yield raw, text
+
+
+def _file_text(path: Path, chunk_bytes: int) -> Iterator[tuple[bytes, str]]:
+    """One file in binary chunks, decoded without ever splitting a character.
+
+    The incremental decoder holds back the first bytes of a character cut by a chunk
+    boundary and completes it with the next chunk.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with path.open("rb") as handle:
+            while raw := handle.read(chunk_bytes):
+                held_back = len(decoder.getstate()[0])
+                try:
+                    text = decoder.decode(raw)
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(path, offset - held_back + exc.start) from None
+                offset += len(raw)
+                yield raw, text
+            held_back = len(decoder.getstate()[0])
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, offset - held_back + exc.start) from None
+    except OSError as exc:
+        raise DataError(f"cannot read source text {path}: {exc.strerror or exc}") from None
+
+
+def _not_utf8(path: Path, offset: int) -> DataError:
+    return DataError(
+        f"{path} is not valid UTF-8 at byte {offset}; convert the file to UTF-8 and prepare again"
+    )
+
+
+# --- writing the bins -------------------------------------------------------------------
+
+
+def _write_bins(
+    sources: Sequence[Path],
+    dataset_dir: Path,
+    *,
+    tokenizer: Tokenizer,
+    dtype: TokenDType,
+    train_chars: int,
+    chunk_bytes: int,
+    advance: Callable[[int], object],
+    sha256: str,
+) -> tuple[int, int]:
+    """Encode the corpus into train.bin and val.bin; returns both token counts."""
+    digest = hashlib.sha256()
+    with (
+        atomic.atomic_open(dataset_dir / TRAIN_BIN) as train_out,
+        atomic.atomic_open(dataset_dir / VAL_BIN) as val_out,
+    ):
+        train = _SplitEncoder(tokenizer, train_out, dtype, max_carry=chunk_bytes)
+        val = _SplitEncoder(tokenizer, val_out, dtype, max_carry=chunk_bytes)
+        train_left = train_chars
+        for raw, text in _corpus(sources, chunk_bytes, advance):
+            digest.update(raw)
+            head, tail = text[:train_left], text[train_left:]
+            train_left -= len(head)
+            train.feed(head)
+            val.feed(tail)
+        if digest.hexdigest() != sha256:
+            raise DataError(
+                f"source text changed while preparing ({', '.join(map(str, sources))});"
+                " prepare again once it is stable"
+            )
+        return train.finish(), val.finish()
+
+
+class _SplitEncoder:
+    """Encodes one split's text as it streams in and appends the ids to its file.
+
+    Text is encoded up to a cut where encoding the pieces separately gives the same ids
+    as encoding the whole (see `_encodable_prefix`); the rest waits for more text.
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, out: IO[Any], dtype: TokenDType, *, max_carry: int
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._out = out
+        self._dtype = np.dtype(dtype)
+        self._max_carry = max_carry
+        self._pending = ""
+        self._tokens = 0
+
+    def feed(self, text: str) -> None:
+        if not text:
+            return
+        pending = self._pending + text
+        cut = _encodable_prefix(pending, self._max_carry)
+        self._encode(pending[:cut])
+        self._pending = pending[cut:]
+
+    def finish(self) -> int:
+        """Encode what is still pending; returns the number of tokens written."""
+        self._encode(self._pending)
+        self._pending = ""
+        return self._tokens
+
+    def _encode(self, text: str) -> None:
+        if not text:
+            return
+        ids = np.asarray(self._tokenizer.encode(text), dtype=self._dtype)
+        self._out.write(ids.tobytes())
+        self._tokens += int(ids.size)
+
+
+def _encodable_prefix(text: str, max_carry: int) -> int:
+    """How much of `text` to encode now, leaving at most `max_carry` characters pending.
+
+    BPE pre-tokenization (the regex of gpt2/r50k, cl100k, o200k) always makes a lone
+    "\\n" between two non-whitespace characters a piece boundary, so cutting right after
+    such a newline yields exactly the ids of the uncut text. Failing that, the cut goes
+    after the last newline, and in text without newlines after everything: the ids at
+    such a cut may differ from whole-text encoding, but decoding still gives the text back
+    exactly. The char tokenizer is indifferent to where the cuts fall.
+    """
+    floor = max(len(text) - max_carry - 1, 0)
+    last_newline = text.rfind("\n", floor)
+    pos = last_newline
+    while pos > 0:
+        if pos + 1 < len(text) and not text[pos - 1].isspace() and not text[pos + 1].isspace():
+            return pos + 1
+        pos = text.rfind("\n", floor, pos)
+    return last_newline + 1 if last_newline >= 0 else len(text)
+
+
+# --- checks and small helpers -----------------------------------------------------------
+
+
+def _up_to_date_meta(
+    dataset_dir: Path, sha256: str, settings: PrepareSettings
+) -> DatasetMeta | None:
+    """The existing meta when it describes this exact text and settings with intact bins."""
+    meta_path = dataset_dir / META_FILE
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = read_meta(meta_path)
+    except DataError:
+        return None  # a damaged meta.json is simply rebuilt by preparing again
+    if meta.source_sha256 != sha256 or meta.settings != settings:
+        return None
+    itemsize = np.dtype(meta.dtype).itemsize
+    for name, tokens in ((TRAIN_BIN, meta.train_tokens), (VAL_BIN, meta.val_tokens)):
+        path = dataset_dir / name
+        if not path.is_file() or path.stat().st_size != tokens * itemsize:
+            return None
+    return meta
+
+
+def _check_vocab_limit(vocab_size: int, limit: int | None) -> None:
+    if limit is not None and vocab_size > limit:
+        raise DataError(
+            f"train.model.vocab_size = {limit} is smaller than the tokenizer's vocabulary"
+            f" ({vocab_size}); raise it to at least {vocab_size} or remove the key"
+        )
+
+
+@contextlib.contextmanager
+def _progress(desc: str, total: int, enabled: bool) -> Generator[Callable[[int], object]]:
+    """A tqdm bar over bytes, handed out as the callable that advances it."""
+    # disable=None lets tqdm switch itself off when stderr is not a terminal.
+    with tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, disable=None if enabled else True
+    ) as bar:
+        yield bar.update
+
+
+def _mapping(obj: object, what: str, source: Path | str) -> Mapping[str, object]:
+    if not isinstance(obj, Mapping):
+        raise _meta_error(source, f"{what} must be a JSON object, got {type(obj).__name__}")
+    return typing.cast(Mapping[str, object], obj)
+
+
+def _field(fields: Mapping[str, object], key: str, kind: type[_T], source: Path | str) -> _T:
+    value = fields.get(key)
+    # bool is an int to Python, but never a count.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _meta_error(source, f"'{key}' must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _number(fields: Mapping[str, object], key: str, source: Path | str) -> float:
+    value = fields.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _meta_error(source, f"'{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def _meta_error(source: Path | str, problem: str) -> DataError:
+    return DataError(f"invalid dataset metadata {source}: {problem}; {RERUN_HINT}")

@@ -1,0 +1,225 @@
+"""Tokenizers for the from-scratch pipeline: characters, or tiktoken's byte-level BPE.
+
+A `TokenizerSpec` is the tokenizer's identity: it is stored in a dataset's meta.json and
+in checkpoints, and two artifacts agree on their tokenizer exactly when their specs are
+equal. `tokenizer_from_spec` rebuilds the working tokenizer from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import tiktoken
+
+from ml_playground.errors import DataError
+
+TokenizerKind = Literal["char", "tiktoken"]
+TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("char", "tiktoken")
+
+# tiktoken's own "gpt2" encoding needs two legacy files (vocab.bpe, encoder.json), while
+# "r50k_base" has identical ranks, pattern and <|endoftext|> = 50256 in one cached file,
+# so that single file is all an offline machine needs.
+TIKTOKEN_ALIASES: Mapping[str, str] = {"gpt2": "r50k_base"}
+DEFAULT_SPEC_REMEDY = "the file is damaged or from another version, so recreate it"
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Which tokenizer, with everything needed to rebuild it.
+
+    `encoding` is the tiktoken name as the user wrote it (e.g. "gpt2"); `vocab` is the
+    char vocabulary, where a character's index is its id.
+    """
+
+    kind: TokenizerKind
+    encoding: str | None = None
+    vocab: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        """A short human name, e.g. "tiktoken gpt2" or "char (65 characters, vocab 3f2a9c1b)".
+
+        The char form carries a digest of the vocabulary, so two different vocabularies of
+        the same size read differently in an error message.
+        """
+        if self.kind == "char":
+            chars = "".join(self.vocab or ())
+            digest = hashlib.sha256(chars.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            return f"char ({len(chars)} characters, vocab {digest})"
+        return f"tiktoken {self.encoding}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "encoding": self.encoding,
+            "vocab": list(self.vocab) if self.vocab is not None else None,
+        }
+
+    @classmethod
+    def from_json(
+        cls, obj: object, source: Path | str, *, remedy: str = DEFAULT_SPEC_REMEDY
+    ) -> TokenizerSpec:
+        """Validate a spec read from `source`; bad data raises DataError naming it.
+
+        `remedy` ends the message: what the user should do about the damaged file.
+        """
+
+        def invalid(problem: str) -> DataError:
+            return DataError(f"invalid tokenizer spec in {source}: {problem}; {remedy}")
+
+        if not isinstance(obj, Mapping):
+            raise invalid(f"expected an object, got {type(obj).__name__}")
+        spec = typing.cast(Mapping[str, object], obj)
+        kind = spec.get("kind")
+        if kind == "char":
+            vocab = spec.get("vocab")
+            if not isinstance(vocab, list):
+                raise invalid("a char tokenizer needs a 'vocab' list of characters")
+            chars = typing.cast(list[object], vocab)
+            if not all(isinstance(ch, str) and len(ch) == 1 for ch in chars):
+                raise invalid("every 'vocab' entry must be a single character")
+            if len(set(chars)) != len(chars) or not chars:
+                raise invalid("'vocab' must be a non-empty list of distinct characters")
+            return cls(kind="char", vocab=tuple(typing.cast(list[str], chars)))
+        if kind == "tiktoken":
+            encoding = spec.get("encoding")
+            if not isinstance(encoding, str) or not encoding:
+                raise invalid("a tiktoken tokenizer needs an 'encoding' name")
+            return cls(kind="tiktoken", encoding=encoding)
+        raise invalid(f"'kind' must be one of {', '.join(TOKENIZER_KINDS)}; got {kind!r}")
+
+
+class Tokenizer(Protocol):
+    """What the pipeline needs from a tokenizer."""
+
+    @property
+    def spec(self) -> TokenizerSpec: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eot_id(self) -> int | None:
+        """The end-of-text id, or None when the tokenizer has no such token."""
+        ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class CharTokenizer:
+    """One id per character; the vocabulary is the sorted set of the corpus's characters."""
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        if len(set(vocab)) != len(vocab) or any(len(ch) != 1 for ch in vocab):
+            raise ValueError("char vocabulary entries must be distinct single characters")
+        self._spec = TokenizerSpec(kind="char", vocab=tuple(vocab))
+        self._ids = {ch: i for i, ch in enumerate(vocab)}
+        # A dict, not the tuple, so a negative id is an error instead of wrapping around.
+        self._chars = dict(enumerate(vocab))
+
+    @classmethod
+    def from_text(cls, text: Iterable[str]) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def spec(self) -> TokenizerSpec:
+        return self._spec
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._ids)
+
+    @property
+    def eot_id(self) -> int | None:
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._ids
+        try:
+            return [ids[ch] for ch in text]
+        except KeyError as exc:
+            ch = typing.cast(str, exc.args[0])
+            raise DataError(
+                f"character {ch!r} (U+{ord(ch):04X}) is not in the char tokenizer's vocabulary"
+                f" of {self.vocab_size} characters; prepare the dataset from text containing it"
+            ) from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        chars = self._chars
+        try:
+            return "".join([chars[int(i)] for i in ids])
+        except KeyError as exc:
+            raise DataError(
+                f"token id {exc.args[0]} is outside the char vocabulary (0..{self.vocab_size - 1})"
+            ) from None
+
+
+class TiktokenTokenizer:
+    """tiktoken's byte-level BPE, by encoding name ("gpt2", "cl100k_base", ...)."""
+
+    def __init__(self, encoding: str) -> None:
+        self._spec = TokenizerSpec(kind="tiktoken", encoding=encoding)
+        self._encoding = _load_tiktoken(encoding)
+
+    @property
+    def spec(self) -> TokenizerSpec:
+        return self._spec
+
+    @property
+    def vocab_size(self) -> int:
+        return self._encoding.n_vocab
+
+    @property
+    def eot_id(self) -> int | None:
+        return self._encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        # Ordinary encoding: a corpus that happens to contain "<|endoftext|>" is text,
+        # never the special token.
+        return self._encoding.encode_ordinary(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        try:
+            return self._encoding.decode(ids)
+        except (KeyError, OverflowError):
+            # tiktoken rejects ids past its vocabulary (KeyError) and negative ones
+            # (OverflowError); a padded model vocabulary can sample either.
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise DataError(
+                f"token id {bad} is outside the {self._spec.encoding} vocabulary"
+                f" (0..{self.vocab_size - 1})"
+            ) from None
+
+
+def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
+    if spec.kind == "char":
+        if spec.vocab is None:
+            raise DataError("a char tokenizer spec needs its vocabulary")
+        return CharTokenizer(spec.vocab)
+    if spec.encoding is None:
+        raise DataError("a tiktoken tokenizer spec needs an encoding name")
+    return TiktokenTokenizer(spec.encoding)
+
+
+def _load_tiktoken(name: str) -> tiktoken.Encoding:
+    resolved = TIKTOKEN_ALIASES.get(name, name)
+    known = tiktoken.list_encoding_names()
+    if resolved not in known:
+        raise DataError(f"unknown tiktoken encoding {name!r}; use one of: {', '.join(known)}")
+    try:
+        return tiktoken.get_encoding(resolved)
+    except (OSError, ValueError) as exc:
+        # OSError covers the failed download (requests' errors derive from it),
+        # ValueError a cached file whose hash does not match.
+        raise DataError(
+            f"cannot load tiktoken encoding {name!r} ({resolved}): its ranks are not cached"
+            f" and could not be downloaded ({type(exc).__name__}); set TIKTOKEN_CACHE_DIR to"
+            " a folder holding the cached ranks, or go online"
+        ) from exc

@@ -1,0 +1,172 @@
+"""Char and tiktoken tokenizers: exact round trips, gpt2 offline, specs as identities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tiktoken
+
+from ml_playground.data.tokenizer import (
+    CharTokenizer,
+    TiktokenTokenizer,
+    TokenizerSpec,
+    tokenizer_from_spec,
+)
+from ml_playground.errors import DataError
+from tests.conftest import SHARED_DIR
+
+SHAKESPEARE = SHARED_DIR / "data" / "tinyshakespeare.txt"
+GERMAN = (
+    "Größere Übungen: Die Bürgerinnen aßen süße Äpfel am Fluss. 🍎🇩🇪\n"
+    "»Straße«, sagte sie — und lächelte. 👩‍💻 ÄÖÜäöüß\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def shakespeare() -> str:
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+def test_char_tokenizer_round_trips_tinyshakespeare(shakespeare: str) -> None:
+    tokenizer = CharTokenizer.from_text(shakespeare)
+
+    assert tokenizer.vocab_size == 65
+    assert tokenizer.decode(tokenizer.encode(shakespeare)) == shakespeare
+
+
+def test_char_tokenizer_round_trips_german_with_umlauts_and_emoji() -> None:
+    tokenizer = CharTokenizer.from_text(GERMAN)
+
+    assert tokenizer.decode(tokenizer.encode(GERMAN)) == GERMAN
+    assert tokenizer.eot_id is None
+
+
+def test_char_vocabulary_is_sorted_so_ids_follow_code_points() -> None:
+    tokenizer = CharTokenizer.from_text("cab")
+
+    assert tokenizer.encode("abc") == [0, 1, 2]
+    assert tokenizer.spec.vocab == ("a", "b", "c")
+
+
+def test_char_tokenizer_names_an_unknown_character() -> None:
+    tokenizer = CharTokenizer.from_text("abc")
+
+    with pytest.raises(DataError, match=r"'ß' \(U\+00DF\) is not in the char tokenizer"):
+        tokenizer.encode("aßc")
+
+
+def test_char_tokenizer_rejects_ids_outside_its_vocabulary() -> None:
+    tokenizer = CharTokenizer.from_text("abc")
+
+    with pytest.raises(DataError, match=r"token id -1 is outside the char vocabulary \(0..2\)"):
+        tokenizer.decode([0, -1])
+
+
+def test_tiktoken_gpt2_round_trips_tinyshakespeare(shakespeare: str) -> None:
+    tokenizer = TiktokenTokenizer("gpt2")
+
+    assert tokenizer.decode(tokenizer.encode(shakespeare)) == shakespeare
+
+
+def test_tiktoken_gpt2_round_trips_german_with_umlauts_and_emoji() -> None:
+    tokenizer = TiktokenTokenizer("gpt2")
+
+    assert tokenizer.decode(tokenizer.encode(GERMAN)) == GERMAN
+
+
+def test_gpt2_resolves_to_r50k_base_and_keeps_its_name_in_the_spec() -> None:
+    tokenizer = TiktokenTokenizer("gpt2")
+    r50k = tiktoken.get_encoding("r50k_base")
+
+    assert tokenizer.encode(GERMAN) == r50k.encode_ordinary(GERMAN)
+    assert tokenizer.eot_id == 50256
+    assert tokenizer.vocab_size == 50257
+    assert tokenizer.spec == TokenizerSpec(kind="tiktoken", encoding="gpt2")
+
+
+def test_tiktoken_treats_special_token_text_as_ordinary_text() -> None:
+    tokenizer = TiktokenTokenizer("gpt2")
+    text = "end<|endoftext|>start"
+
+    ids = tokenizer.encode(text)
+
+    assert 50256 not in ids
+    assert tokenizer.decode(ids) == text
+
+
+@pytest.mark.parametrize("bad_id", [50300, -1])
+def test_tiktoken_rejects_ids_outside_its_vocabulary(bad_id: int) -> None:
+    tokenizer = TiktokenTokenizer("gpt2")
+
+    with pytest.raises(DataError, match=rf"token id {bad_id} is outside the gpt2 vocabulary"):
+        tokenizer.decode([31373, bad_id])
+
+
+def test_unknown_tiktoken_encoding_lists_the_known_ones() -> None:
+    with pytest.raises(DataError, match=r"unknown tiktoken encoding 'gtp2'; use one of: .*r50k"):
+        TiktokenTokenizer("gtp2")
+
+
+def test_uncached_encoding_offline_tells_user_to_set_tiktoken_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An empty cache and a proxy on a closed local port make the download fail at once,
+    # exactly as it does offline, without any traffic leaving the machine.
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+
+    with pytest.raises(DataError, match=r"'p50k_base'.*set TIKTOKEN_CACHE_DIR.*or go online"):
+        TiktokenTokenizer("p50k_base")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TokenizerSpec(kind="char", vocab=("\n", " ", "a", "ä", "🍎")),
+        TokenizerSpec(kind="tiktoken", encoding="gpt2"),
+    ],
+    ids=["char", "tiktoken"],
+)
+def test_spec_survives_a_json_round_trip(spec: TokenizerSpec) -> None:
+    text = json.dumps(spec.to_json(), ensure_ascii=False)
+
+    assert TokenizerSpec.from_json(json.loads(text), "meta.json") == spec
+
+
+def test_tokenizer_from_spec_rebuilds_the_same_tokenizer() -> None:
+    original = CharTokenizer.from_text(GERMAN)
+
+    rebuilt = tokenizer_from_spec(original.spec)
+
+    assert rebuilt.spec == original.spec
+    assert rebuilt.encode(GERMAN) == original.encode(GERMAN)
+    assert tokenizer_from_spec(TokenizerSpec(kind="tiktoken", encoding="gpt2")).eot_id == 50256
+
+
+def test_specs_with_different_vocabularies_are_unequal_and_describe_differently() -> None:
+    first = TokenizerSpec(kind="char", vocab=("a", "b"))
+    second = TokenizerSpec(kind="char", vocab=("a", "c"))
+
+    assert first != second
+    assert first.describe() != second.describe()
+    assert TokenizerSpec(kind="tiktoken", encoding="gpt2").describe() == "tiktoken gpt2"
+
+
+@pytest.mark.parametrize(
+    ("obj", "problem"),
+    [
+        ([], "expected an object"),
+        ({"kind": "bpe"}, "'kind' must be one of char, tiktoken"),
+        ({"kind": "char", "vocab": "abc"}, "needs a 'vocab' list"),
+        ({"kind": "char", "vocab": ["ab"]}, "single character"),
+        ({"kind": "char", "vocab": ["a", "a"]}, "distinct characters"),
+        ({"kind": "tiktoken", "encoding": None}, "needs an 'encoding' name"),
+    ],
+)
+def test_spec_from_bad_json_names_the_source(obj: object, problem: str) -> None:
+    with pytest.raises(DataError, match=rf"invalid tokenizer spec in ckpt_last\.pt: .*{problem}"):
+        TokenizerSpec.from_json(obj, "ckpt_last.pt")
