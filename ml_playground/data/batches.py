@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ml_playground.data.token_dataset import RERUN_HINT
 from ml_playground.errors import CheckpointError, DataError
 
 SamplerMode = Literal["random", "sequential"]
@@ -107,14 +108,12 @@ def _open_tokens(path: Path, dtype: str, min_tokens: int) -> np.memmap[Any, np.d
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise DataError(
-            f"token file not found: {path}; run `ml-playground prepare <experiment>`"
-        ) from None
+        raise DataError(f"token file not found: {path}; {RERUN_HINT}") from None
     itemsize = np.dtype(dtype).itemsize
     if size % itemsize:
         raise DataError(
             f"{path} has {size} bytes, not a whole number of {dtype} tokens; it is damaged,"
-            " so prepare the dataset again"
+            f" so {RERUN_HINT}"
         )
     if size // itemsize < min_tokens:
         raise DataError(
