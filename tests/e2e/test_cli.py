@@ -1,0 +1,287 @@
+"""The command line as a user runs it: a real `python -m ml_playground.cli` subprocess.
+
+Every command runs with its working directory in tmp_path and only ever gets folders in
+tmp_path, so nothing is written into the source tree. Experiments that need a preparer
+bring their own tiny prepare.py, which keeps these tests independent of the data layer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ml_playground.pipeline import new_experiment
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS_ROOT = REPO_ROOT / "ml_playground" / "experiments"
+STEP_VERBS = ("prepare", "train", "sample", "loop", "export")
+ALL_VERBS = (*STEP_VERBS, "list", "new")
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# A preparer that records which config it was given, so a test can see what the step got.
+RECORDING_PREPARE_PY = """\
+from ml_playground.experiments import PrepareContext, register
+
+
+@register("{name}")
+def prepare(ctx: PrepareContext) -> None:
+    max_iters = ctx.config.train.runtime.max_iters
+    (ctx.directory / "prepared.txt").write_text(str(max_iters), encoding="utf-8")
+"""
+
+# A preparer that takes long enough to be interrupted with Ctrl-C.
+SLOW_PREPARE_PY = """\
+import time
+
+from ml_playground.experiments import PrepareContext, register
+
+
+@register("{name}")
+def prepare(ctx: PrepareContext) -> None:
+    (ctx.directory / "started").write_text("", encoding="utf-8")
+    time.sleep(60)
+"""
+
+
+def cli_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ next to the package sources
+    return env
+
+
+def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ml_playground.cli", *map(str, args)],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit code 2, and stderr is exactly one `error: ...` line without a traceback."""
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def packaged_experiment_names() -> list[str]:
+    """The folders under ml_playground/experiments/ that hold a config.toml, templates aside."""
+    return sorted(
+        path.parent.name
+        for path in EXPERIMENTS_ROOT.glob("*/config.toml")
+        if not path.parent.name.startswith(("_", "."))
+    )
+
+
+def experiment(parent: Path, name: str, config: str, prepare_py: str | None = None) -> Path:
+    folder = parent / name
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(config, encoding="utf-8")
+    if prepare_py is not None:
+        (folder / "prepare.py").write_text(prepare_py.format(name=name), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """The working directory of every command, and the parent of its experiments."""
+    return tmp_path.resolve()
+
+
+# --- help and listing ----------------------------------------------------------------------
+
+
+def test_help_lists_every_verb_and_explains_experiment(workdir: Path) -> None:
+    result = cli(workdir, "--help")
+
+    assert result.returncode == 0
+    first_words = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    for verb in ALL_VERBS:
+        assert verb in first_words, f"{verb} has no line of its own in --help"
+    assert "EXPERIMENT" in result.stdout
+    assert "exit codes" in result.stdout
+
+
+@pytest.mark.parametrize("verb", STEP_VERBS)
+def test_step_verb_help_describes_the_experiment_argument(workdir: Path, verb: str) -> None:
+    result = cli(workdir, verb, "--help")
+
+    assert result.returncode == 0
+    assert "EXPERIMENT" in result.stdout
+    assert "--exp-config" in result.stdout
+
+
+def test_new_help_describes_name_and_dir(workdir: Path) -> None:
+    result = cli(workdir, "new", "--help")
+
+    assert result.returncode == 0
+    assert "NAME" in result.stdout
+    assert "--dir" in result.stdout
+
+
+def test_list_prints_every_experiment_folder(workdir: Path) -> None:
+    expected = packaged_experiment_names()
+
+    result = cli(workdir, "list")
+
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    for name in expected:
+        assert name in listed
+    assert "_template" not in result.stdout
+
+
+# --- errors: one line, exit code 2 ---------------------------------------------------------
+
+
+def test_unknown_experiment_exits_2_naming_the_known_ones(workdir: Path) -> None:
+    known = packaged_experiment_names()
+
+    line = assert_one_error_line(cli(workdir, "train", "nosuch"))
+
+    assert "unknown experiment 'nosuch'" in line
+    assert "known experiments:" in line
+    for name in known:
+        assert name in line
+
+
+def test_misspelled_key_in_a_scaffolded_experiment_exits_2_with_a_suggestion(
+    workdir: Path,
+) -> None:
+    folder = new_experiment("typo", workdir)
+    config_path = folder / "config.toml"
+    text = config_path.read_text(encoding="utf-8")
+    config_path.write_text(text.replace("learning_rate =", "learning_rat ="), encoding="utf-8")
+
+    line = assert_one_error_line(cli(workdir, "train", folder))
+
+    assert str(config_path) in line
+    assert "train.optim.learning_rat" in line
+    assert "did you mean learning_rate?" in line
+
+
+def test_bad_toml_exits_2_naming_file_and_line(workdir: Path) -> None:
+    folder = experiment(workdir, "broken", "[train.runtime]\nmax_iters = 10\n[train.model\n")
+
+    line = assert_one_error_line(cli(workdir, "train", folder))
+
+    assert str(folder / "config.toml") in line
+    assert "line 3" in line
+
+
+def test_verbose_adds_the_traceback_before_the_error_line(workdir: Path) -> None:
+    folder = experiment(workdir, "broken", "[train.model\n")
+
+    result = cli(workdir, "train", folder, "--verbose")
+
+    assert result.returncode == EXIT_USER_ERROR
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: invalid TOML in ")
+
+
+# --- --exp-config and --print-config -------------------------------------------------------
+
+
+@pytest.mark.parametrize("position", ["before the verb", "after the verb"])
+def test_exp_config_replaces_the_experiment_config(workdir: Path, position: str) -> None:
+    folder = experiment(
+        workdir,
+        "demo",
+        '[train.runtime]\nmax_iters = 5\ndevice = "cpu"\n',
+        RECORDING_PREPARE_PY,
+    )
+    variants = workdir / "variants"
+    variants.mkdir()
+    alternative = variants / "long.toml"
+    alternative.write_text('[train.runtime]\nmax_iters = 7\ndevice = "cpu"\n', encoding="utf-8")
+    options = ["--exp-config", str(alternative), "--print-config"]
+    args = (
+        [*options, "prepare", str(folder)]
+        if position == "before the verb"
+        else ["prepare", str(folder), *options]
+    )
+
+    result = cli(workdir, *args)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"# effective config of demo ({alternative})" in lines
+    assert "train.runtime.max_iters = 7  (experiment)" in lines
+    assert "train.runtime.device = 'cpu'  (experiment)" in lines
+    assert "sample.runtime.device = 'cpu'  (from train.runtime.device)" in lines
+    assert "sample.runtime_ref = 'train.runtime'  (default)" in lines
+    # unset paths stay in the experiment folder, not next to the --exp-config file
+    assert f"prepare.dataset_dir = '{folder / 'datasets'}'  (built-in)" in lines
+    assert (folder / "prepared.txt").read_text(encoding="utf-8") == "7", "the step got it too"
+
+
+# --- interruption --------------------------------------------------------------------------
+
+
+def test_ctrl_c_exits_130(workdir: Path) -> None:
+    folder = experiment(workdir, "slow", "", SLOW_PREPARE_PY)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ml_playground.cli", "prepare", str(folder)],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (folder / "started").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "the preparer never started"
+        time.sleep(0.05)
+
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert stderr.splitlines()[-1].startswith("interrupted")
+    assert "Traceback" not in stderr
+
+
+# --- new -----------------------------------------------------------------------------------
+
+
+def test_new_scaffolds_a_named_experiment_once(workdir: Path) -> None:
+    result = cli(workdir, "new", "poems", "--dir", workdir)
+
+    assert result.returncode == 0, result.stderr
+    created = workdir / "poems"
+    assert f"created experiment poems in {created}" in result.stdout
+    for file in ("config.toml", "prepare.py", "Readme.md"):
+        text = (created / file).read_text(encoding="utf-8")
+        assert "{{name}}" not in text, file
+        assert "poems" in text, file
+    assert 'register("poems")' in (created / "prepare.py").read_text(encoding="utf-8")
+    assert sorted(path.name for path in workdir.iterdir()) == ["poems"], "no staging left"
+
+    readme = created / "Readme.md"
+    readme.write_text("my notes\n", encoding="utf-8")
+    line = assert_one_error_line(cli(workdir, "new", "poems", "--dir", workdir))
+
+    assert f"{created} already exists" in line
+    assert readme.read_text(encoding="utf-8") == "my notes\n", "nothing was overwritten"
+
+
+def test_new_rejects_an_invalid_name(workdir: Path) -> None:
+    line = assert_one_error_line(cli(workdir, "new", "My-Poems", "--dir", workdir))
+
+    assert "invalid experiment name 'My-Poems'" in line
+    assert list(workdir.iterdir()) == []
