@@ -1,0 +1,486 @@
+"""A GPT-2-style decoder-only transformer, small enough to read in one sitting.
+
+Parameter names follow GPT-2 (`transformer.wte`, `transformer.h.0.attn.c_attn`, `lm_head`,
+...) because the GGUF exporter maps them one to one onto llama.cpp's `gpt2` tensors.
+Generation streams one token per step and, by default, keeps the keys and values of earlier
+tokens in a `KVCache` instead of recomputing the whole context for every new token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias for torch's functional API
+from torch import Tensor, nn
+
+from ml_playground.errors import CheckpointError
+
+# Matmuls over a vocabulary padded to a multiple of 64 map onto faster GPU kernels.
+VOCAB_PAD_MULTIPLE = 64
+# GPT-2's values; the GGUF exporter writes the same epsilon into the file's metadata.
+LAYER_NORM_EPS = 1e-5
+INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The shape of a GPT; stored in checkpoints as `model_args` via `to_dict`."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        sizes = {
+            "vocab_size": self.vocab_size,
+            "block_size": self.block_size,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_embd": self.n_embd,
+        }
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd = {self.n_embd} must be divisible by n_head = {self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """`vocab_size` rounded up to a multiple of 64; the extra ids are never sampled."""
+        multiples = -(-self.vocab_size // VOCAB_PAD_MULTIPLE)
+        return multiples * VOCAB_PAD_MULTIPLE
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, int | float | bool]:
+        """Plain JSON-compatible values, the form checkpoints store."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> GPTConfig:
+        """Rebuild a config from `to_dict` output, rejecting anything a checkpoint should not hold.
+
+        Every key is required, even those with defaults: a checkpoint missing `bias` would
+        otherwise load into a model of a different shape and fail later, far from the cause.
+        """
+        expected = {field.name for field in fields(cls)}
+        missing = sorted(expected - d.keys())
+        if missing:
+            raise CheckpointError(
+                f"checkpoint model_args is missing {', '.join(missing)}; "
+                "it was not written by this version of ml-playground, retrain or re-save it"
+            )
+        unknown = sorted(d.keys() - expected)
+        if unknown:
+            raise CheckpointError(
+                f"checkpoint model_args has unknown key(s) {', '.join(unknown)}; "
+                f"expected exactly {', '.join(sorted(expected))}"
+            )
+        try:
+            return cls(
+                vocab_size=_int_arg(d, "vocab_size"),
+                block_size=_int_arg(d, "block_size"),
+                n_layer=_int_arg(d, "n_layer"),
+                n_head=_int_arg(d, "n_head"),
+                n_embd=_int_arg(d, "n_embd"),
+                dropout=_float_arg(d, "dropout"),
+                bias=_bool_arg(d, "bias"),
+            )
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint model_args are invalid: {exc}") from None
+
+
+def _type_error(key: str, expected: str, value: object) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint model_args.{key} must be {expected}, got {value!r} ({type(value).__name__})"
+    )
+
+
+# bool is a subclass of int in Python, so each check below rules it out (or in) explicitly.
+def _int_arg(d: Mapping[str, object], key: str) -> int:
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(key, "an int", value)
+    return value
+
+
+def _float_arg(d: Mapping[str, object], key: str) -> float:
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _type_error(key, "a number", value)
+    return float(value)
+
+
+def _bool_arg(d: Mapping[str, object], key: str) -> bool:
+    value = d[key]
+    if not isinstance(value, bool):
+        raise _type_error(key, "true or false", value)
+    return value
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, in one preallocated buffer per layer.
+
+    Each buffer has room for `capacity` positions, so adding a token is a copy into place
+    rather than a reallocation. `length` counts the filled positions; all layers share it.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        capacity: int,
+        head_dim: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (batch_size, n_head, capacity, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.capacity = capacity
+        self.length = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `k`, `v` (B, n_head, T, head_dim) after the filled positions; return all so far."""
+        end = self.length + k.size(2)
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: {end} positions, capacity is {self.capacity}")
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark `n` more positions as filled, once every layer has stored them."""
+        self.length += n
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, past: int, dropout_p: float) -> Tensor:
+    """Causal attention for queries at positions past..past+T-1 over keys 0..past+T-1."""
+    t = q.size(2)
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if t == 1:
+        # The newest token may look at every cached position, so there is nothing to mask.
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    # is_causal aligns its mask to the top-left corner, which is wrong once the queries start
+    # after cached keys, so the bottom-right-aligned mask is spelled out.
+    mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_index: int) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.layer_index = layer_index
+        # One matmul produces queries, keys and values for all heads at once.
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        b, t, c = x.shape
+        qkv: Tensor = self.c_attn(x)
+        q, k, v = (
+            part.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+            for part in qkv.chunk(3, dim=2)
+        )
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer_index, k, v)
+        y = _attend(q, k, v, past, self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(b, t, c)
+        out: Tensor = self.resid_dropout(self.c_proj(y))
+        return out
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 was trained with the tanh approximation, and llama.cpp's gpt2 graph uses it too,
+        # so an exported model computes exactly what was trained.
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return out
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: normalise, transform, add back to the residual stream."""
+
+    def __init__(self, config: GPTConfig, layer_index: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        out: Tensor = x + self.mlp(self.ln_2(x))
+        return out
+
+
+class _Trunk(nn.Module):
+    """Embeddings, blocks and final norm, grouped so parameter names read `transformer.*`."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=LAYER_NORM_EPS, bias=config.bias)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = _Trunk(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # Weight tying (Press & Wolf, 2017): reading a token in and predicting it out use the
+        # same embedding space, and sharing the largest matrix of a small model saves V*d
+        # parameters without hurting quality.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(_init_weights)
+        # Every block adds two projections (attention, MLP) onto the residual stream, so its
+        # variance grows with depth; GPT-2 scales their init by 1/sqrt(2 * n_layer) so the
+        # stream keeps roughly unit scale at init however deep the model is.
+        residual_std = INIT_STD / math.sqrt(2 * config.n_layer)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T), and the mean
+        cross-entropy against `targets` (B, T) when given; target -1 is ignored."""
+        t = idx.size(1)
+        if t > self.config.block_size:
+            raise ValueError(
+                f"sequence length {t} exceeds block_size {self.config.block_size}; "
+                f"pass at most the last {self.config.block_size} tokens"
+            )
+        logits = self._logits(idx, start=0, cache=None)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def forward_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """Logits for `idx` (B, T) following the tokens already in `cache`, which is extended.
+
+        Equal to the matching positions of `forward` over the whole sequence.
+        """
+        t = idx.size(1)
+        if cache.length + t > cache.capacity:
+            raise ValueError(
+                f"{cache.length} cached + {t} new tokens exceed block_size {cache.capacity}"
+            )
+        logits = self._logits(idx, start=cache.length, cache=cache)
+        cache.advance(t)
+        return logits
+
+    def _logits(self, idx: Tensor, start: int, cache: KVCache | None) -> Tensor:
+        trunk = self.transformer
+        positions = torch.arange(start, start + idx.size(1), device=idx.device)
+        x: Tensor = trunk.drop(trunk.wte(idx) + trunk.wpe(positions))
+        for block in trunk.h:
+            x = block(x, cache)
+        logits: Tensor = self.lm_head(trunk.ln_f(x))
+        return logits
+
+    def new_kv_cache(self, batch_size: int) -> KVCache:
+        """An empty cache for `batch_size` sequences, on the model's device and dtype."""
+        c = self.config
+        weight = self.transformer.wte.weight
+        return KVCache(
+            c.n_layer,
+            batch_size,
+            c.n_head,
+            c.block_size,
+            c.head_dim,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+
+    def next_token_logits(self, logits: Tensor) -> Tensor:
+        """The last position of `logits` (B, T, V) as (B, V), with padded ids set to -inf.
+
+        Padded ids never occur in training data, yet their logits are finite; unmasked,
+        sampling could emit an id that no tokenizer can decode.
+        """
+        last = logits[:, -1, :]
+        padded = torch.arange(last.size(-1), device=last.device) >= self.config.vocab_size
+        return last.masked_fill(padded, float("-inf"))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[Tensor]:
+        """Continue the prompts `idx` (B, T), yielding each step's new token ids (B,).
+
+        Only the last block_size prompt tokens are used. Dropout follows the module's mode,
+        so call `eval()` first for reproducible samples.
+        """
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"prompt must have shape (batch, tokens>=1), got {tuple(idx.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        block_size = self.config.block_size
+        context = idx[:, -block_size:]
+        cache = self.new_kv_cache(idx.size(0)) if use_cache else None
+        for _ in range(max_new_tokens):
+            logits = self._context_logits(context, cache)
+            token = sample_next(
+                self.next_token_logits(logits), temperature, top_k, top_p, generator
+            )
+            yield token
+            context = torch.cat((context, token[:, None]), dim=1)[:, -block_size:]
+
+    def _context_logits(self, context: Tensor, cache: KVCache | None) -> Tensor:
+        """Logits whose last position predicts the token after `context` (at most block_size).
+
+        With a cache, it holds every context token but the newest, except on the first call.
+        """
+        if cache is None:
+            # Without a cache the whole window is recomputed every step, as nanoGPT does.
+            logits: Tensor
+            logits, _ = self(context)
+            return logits
+        if cache.length == 0:
+            return self.forward_cached(context, cache)
+        if cache.length == cache.capacity:
+            # Learned absolute positions are baked into every cached key and value, so a full
+            # cache cannot slide by one token: each kept token would sit one position earlier
+            # than when it was cached. Re-prefilling the last block_size tokens every step is
+            # exact but costs what the no-cache path costs. Instead, like llama.cpp's context
+            # shift, drop the older half and re-prefill the newer half: one prefill every
+            # block_size/2 tokens, and each token still sees at least half a block. Past
+            # block_size the two paths thus see different windows and may pick different tokens.
+            cache.reset()
+            return self.forward_cached(context[:, -((cache.capacity + 1) // 2) :], cache)
+        return self.forward_cached(context[:, -1:], cache)
+
+    def configure_optimizer(
+        self,
+        weight_decay: float,
+        learning_rate: float,
+        betas: tuple[float, float],
+        device_type: str,
+    ) -> torch.optim.AdamW:
+        """AdamW with weight decay on matrices and embeddings only.
+
+        Biases and LayerNorm gains are vectors that shift and scale activations; decaying them
+        toward zero regularises nothing useful and fights the normalisation.
+        """
+        # parameters() yields the tied wte/lm_head tensor once, so it is optimised once.
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups: list[dict[str, object]] = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        if device_type == "cuda":
+            # The fused kernel updates every parameter in a single launch.
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, foreach=True)
+
+    def num_parameters(self, exclude_embeddings: bool = True) -> int:
+        """Parameter count, each tied tensor once.
+
+        `exclude_embeddings` leaves out the position table, a lookup that costs no FLOPs. The
+        token table stays: tied to `lm_head`, it is also the output projection's matmul.
+        """
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.transformer.wpe.weight.numel()
+        return total
+
+    def flops_per_token(self) -> int:
+        """Approximate training FLOPs per token at full context (PaLM paper, appendix B).
+
+        6N: each parameter does a multiply-add (2 FLOPs) forward and twice that backward.
+        12*L*d*T: attention scores and their weighted sum, matmuls with no parameters.
+        """
+        c = self.config
+        return 6 * self.num_parameters() + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+def _init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: small normal weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        # torch types `bias` as Parameter, yet `bias=False` registers it as None.
+        if module.bias is not None:  # pyright: ignore[reportUnnecessaryComparison]
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Pick one id per row of `logits` (B, V); ids whose logit is -inf are never picked.
+
+    temperature 0 takes the argmax; top_k 0 and top_p 1.0 switch those filters off.
+    """
+    if temperature < 0.0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p}")
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p < 1.0:
+        logits = _keep_nucleus(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def _keep_nucleus(logits: Tensor, top_p: float) -> Tensor:
+    """Set to -inf all but the smallest set of most likely ids whose probability is >= top_p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # An id is dropped when the ids ranked above it already reach top_p; the top id never is.
+    mass_above = torch.cumsum(probs, dim=-1) - probs
+    sorted_logits = sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))
+    return torch.empty_like(logits).scatter(-1, order, sorted_logits)

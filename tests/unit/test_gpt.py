@@ -1,0 +1,479 @@
+"""The from-scratch GPT: shapes, loss, KV cache, sampling, generation, optimizer, config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ml_playground.errors import CheckpointError
+from ml_playground.model.gpt import GPT, GPTConfig, sample_next
+
+TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """Run these tiny models on one thread.
+
+    Their matmuls are far too small to gain from intra-op threads, and with pytest-xdist
+    workers sharing the cores, torch's spinning thread pools slow each op down a hundredfold.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_model(config: GPTConfig = TINY, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)  # pyright: ignore[reportUnknownMemberType] - torch leaves `seed` unannotated
+    return GPT(config).eval()
+
+
+def context_sensitive_model() -> GPT:
+    """A tiny model whose greedy choice depends on the whole context window.
+
+    At GPT-2's small init the argmax mostly echoes the current token's own embedding, so a
+    test comparing two generation paths would pass whatever context each path saw.
+    Unit-scale random weights make every token and position matter.
+    """
+    model = tiny_model()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 1.0)
+    return model
+
+
+def random_ids(config: GPTConfig, batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.vocab_size, (batch, length), generator=generator)
+
+
+def collect(
+    model: GPT,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Drain `generate` and return every new token as (B, max_new_tokens)."""
+    steps = model.generate(
+        prompt,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+        use_cache=use_cache,
+    )
+    return torch.stack(list(steps), dim=1)
+
+
+# --- forward ----------------------------------------------------------------------------
+
+
+def test_padded_vocab_size_rounds_up_to_a_multiple_of_64() -> None:
+    assert TINY.padded_vocab_size == 64
+    assert replace(TINY, vocab_size=64).padded_vocab_size == 64
+    assert replace(TINY, vocab_size=65).padded_vocab_size == 128
+
+
+def test_logits_span_the_padded_vocab_and_initial_loss_is_near_uniform() -> None:
+    model = tiny_model()
+    idx = random_ids(TINY, batch=4, length=TINY.block_size)
+    targets = random_ids(TINY, batch=4, length=TINY.block_size, seed=2)
+
+    logits, loss = model(idx, targets)
+
+    assert logits.shape == (4, TINY.block_size, TINY.padded_vocab_size)
+    assert loss is not None
+    assert torch.isfinite(loss)
+    # Small init makes the softmax nearly uniform over every (padded) output id.
+    assert loss.item() == pytest.approx(math.log(TINY.padded_vocab_size), abs=0.1)
+
+
+def test_forward_without_targets_returns_no_loss() -> None:
+    _, loss = tiny_model()(random_ids(TINY, batch=1, length=3))
+    assert loss is None
+
+
+def test_loss_ignores_targets_marked_minus_one() -> None:
+    model = tiny_model()
+    idx = random_ids(TINY, batch=1, length=8)
+    targets = random_ids(TINY, batch=1, length=8, seed=2)
+    masked = targets.clone()
+    masked[:, 4:] = -1
+
+    _, loss_first_half = model(idx[:, :4], targets[:, :4])
+    _, loss_masked = model(idx, masked)
+
+    assert loss_first_half is not None and loss_masked is not None
+    # Causal attention: the first four positions do not depend on the later tokens.
+    assert loss_masked.item() == pytest.approx(loss_first_half.item(), abs=1e-6)
+
+
+def test_forward_rejects_sequences_longer_than_block_size() -> None:
+    with pytest.raises(ValueError, match="exceeds block_size 16"):
+        tiny_model()(random_ids(TINY, batch=1, length=TINY.block_size + 1))
+
+
+def test_lm_head_shares_its_weight_with_the_token_embedding() -> None:
+    model = tiny_model()
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_parameter_names_follow_gpt2_conventions() -> None:
+    # The GGUF exporter maps exactly these names onto llama.cpp's gpt2 tensors.
+    names = set(tiny_model(replace(TINY, bias=True)).state_dict())
+    layer = {
+        f"transformer.h.0.{name}.{kind}"
+        for name in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+        for kind in ("weight", "bias")
+    }
+    top = {
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.ln_f.weight",
+        "transformer.ln_f.bias",
+        "lm_head.weight",
+    }
+    assert {name for name in names if not name.startswith("transformer.h.1.")} == top | layer
+
+
+def test_residual_projections_start_smaller_than_other_matrices() -> None:
+    params = dict(tiny_model(replace(TINY, n_layer=8, n_embd=64)).named_parameters())
+    c_proj = params["transformer.h.0.mlp.c_proj.weight"]
+    c_fc = params["transformer.h.0.mlp.c_fc.weight"]
+    assert c_fc.std().item() == pytest.approx(0.02, rel=0.1)
+    assert c_proj.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+
+
+def test_bias_free_model_has_no_bias_parameters_and_biased_model_has_zero_biases() -> None:
+    without = tiny_model()
+    with_bias = tiny_model(replace(TINY, bias=True))
+
+    assert not [name for name, _ in without.named_parameters() if name.endswith("bias")]
+    biases = [p for name, p in with_bias.named_parameters() if name.endswith("bias")]
+    assert biases
+    assert all(torch.count_nonzero(p).item() == 0 for p in biases)
+
+
+# --- KV cache ---------------------------------------------------------------------------
+
+
+def test_kv_cache_logits_equal_full_forward_logits_at_every_position() -> None:
+    model = tiny_model()
+    idx = random_ids(TINY, batch=2, length=TINY.block_size)
+    prompt_length = 5
+    full, _ = model(idx)
+
+    cache = model.new_kv_cache(batch_size=2)
+    with torch.no_grad():
+        pieces = [model.forward_cached(idx[:, :prompt_length], cache)]
+        pieces += [
+            model.forward_cached(idx[:, t : t + 1], cache)
+            for t in range(prompt_length, TINY.block_size)
+        ]
+    cached = torch.cat(pieces, dim=1)
+
+    assert cache.length == TINY.block_size
+    assert cached.shape == full.shape
+    assert (cached - full).abs().max().item() <= 1e-5
+
+
+def test_kv_cache_accepts_multi_token_chunks_after_the_prefill() -> None:
+    model = tiny_model()
+    idx = random_ids(TINY, batch=1, length=12)
+    full, _ = model(idx)
+
+    cache = model.new_kv_cache(batch_size=1)
+    with torch.no_grad():
+        cached = torch.cat(
+            [model.forward_cached(idx[:, a:b], cache) for a, b in ((0, 4), (4, 9), (9, 12))],
+            dim=1,
+        )
+
+    assert cached.shape == full.shape
+    assert (cached - full).abs().max().item() <= 1e-5
+
+
+def test_kv_cache_refuses_to_grow_past_block_size() -> None:
+    model = tiny_model()
+    cache = model.new_kv_cache(batch_size=1)
+    with torch.no_grad():
+        model.forward_cached(random_ids(TINY, batch=1, length=TINY.block_size), cache)
+        with pytest.raises(ValueError, match="exceed block_size"):
+            model.forward_cached(random_ids(TINY, batch=1, length=1), cache)
+
+
+# --- generation -------------------------------------------------------------------------
+
+
+def test_greedy_generation_is_identical_with_and_without_cache_within_block_size() -> None:
+    model = context_sensitive_model()
+    prompt = random_ids(TINY, batch=2, length=4)
+    # The last of these tokens is predicted from a context of exactly block_size tokens.
+    steps = TINY.block_size - 4 + 1
+
+    cached = collect(model, prompt, steps, temperature=0.0, use_cache=True)
+    uncached = collect(model, prompt, steps, temperature=0.0, use_cache=False)
+
+    assert cached.shape == (2, steps)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_continues_past_block_size(use_cache: bool) -> None:
+    model = tiny_model()
+    prompt = random_ids(TINY, batch=2, length=3)
+
+    tokens = collect(model, prompt, 3 * TINY.block_size, temperature=1.0, use_cache=use_cache)
+
+    assert tokens.shape == (2, 3 * TINY.block_size)
+    assert int(tokens.min()) >= 0
+    assert int(tokens.max()) < TINY.vocab_size
+
+
+def test_cached_generation_past_block_size_refills_the_cache_with_the_newest_half_block() -> None:
+    model = context_sensitive_model()
+    prompt = random_ids(TINY, batch=1, length=TINY.block_size)
+    tokens = collect(model, prompt, 2 * TINY.block_size, temperature=0.0, use_cache=True)
+
+    # Each prediction saw a window that starts at the full block, falls back to the newest
+    # half block whenever the cache is full, and grows by one token per step in between.
+    sequence = torch.cat((prompt, tokens), dim=1)
+    window = TINY.block_size
+    for step in range(tokens.size(1)):
+        end = TINY.block_size + step
+        with torch.no_grad():
+            logits, _ = model(sequence[:, end - window : end])
+        assert torch.equal(model.next_token_logits(logits).argmax(dim=-1), tokens[:, step])
+        window = window + 1 if window < TINY.block_size else TINY.block_size // 2
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_prompt_longer_than_block_size_is_cropped_to_its_last_block(use_cache: bool) -> None:
+    model = context_sensitive_model()
+    long_prompt = random_ids(TINY, batch=1, length=2 * TINY.block_size + 5)
+    last_block = long_prompt[:, -TINY.block_size :]
+
+    from_long = collect(model, long_prompt, 6, temperature=0.0, use_cache=use_cache)
+    from_last_block = collect(model, last_block, 6, temperature=0.0, use_cache=use_cache)
+
+    assert from_long.shape == (1, 6)
+    assert torch.equal(from_long, from_last_block)
+
+
+def test_generation_yields_one_batch_of_tokens_per_step() -> None:
+    model = tiny_model()
+    steps = model.generate(random_ids(TINY, batch=3, length=2), 2, temperature=0.0)
+    first = next(steps)
+    assert first.shape == (3,)
+    assert first.dtype == torch.long
+    assert len(list(steps)) == 1
+
+
+def test_generating_zero_tokens_yields_nothing() -> None:
+    assert list(tiny_model().generate(random_ids(TINY, batch=1, length=2), 0)) == []
+
+
+def test_padded_ids_are_never_generated() -> None:
+    # Ten real ids padded to 64: unmasked, most samples from a near-uniform model would be padding.
+    config = replace(TINY, vocab_size=10)
+    model = tiny_model(config)
+    generator = torch.Generator().manual_seed(0)
+
+    tokens = collect(
+        model, random_ids(config, batch=8, length=2), 40, temperature=5.0, generator=generator
+    )
+
+    assert int(tokens.max()) < config.vocab_size
+
+
+def test_padded_ids_are_masked_even_when_their_logits_dominate() -> None:
+    model = tiny_model()
+    logits = torch.zeros(4, 1, TINY.padded_vocab_size)
+    logits[..., TINY.vocab_size :] = 1e4
+    generator = torch.Generator().manual_seed(0)
+
+    masked = model.next_token_logits(logits)
+    greedy = sample_next(masked, temperature=0.0, top_k=0, top_p=1.0, generator=None)
+    sampled = sample_next(masked, temperature=1.0, top_k=0, top_p=1.0, generator=generator)
+
+    assert torch.all(masked[:, TINY.vocab_size :] == float("-inf"))
+    assert int(greedy.max()) < TINY.vocab_size
+    assert int(sampled.max()) < TINY.vocab_size
+
+
+# --- sampling ---------------------------------------------------------------------------
+
+
+def test_temperature_zero_is_deterministic() -> None:
+    model = tiny_model()
+    prompt = random_ids(TINY, batch=2, length=3)
+    first = collect(model, prompt, 10, temperature=0.0)
+    second = collect(model, prompt, 10, temperature=0.0)
+    assert torch.equal(first, second)
+
+
+def test_same_generator_seed_gives_same_tokens() -> None:
+    model = tiny_model()
+    prompt = random_ids(TINY, batch=2, length=3)
+
+    def sample_with_seed(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return collect(model, prompt, 20, temperature=2.0, generator=generator)
+
+    assert torch.equal(sample_with_seed(7), sample_with_seed(7))
+    assert not torch.equal(sample_with_seed(7), sample_with_seed(8))
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(1, 1.0), (0, 1e-6)])
+def test_top_k_one_and_tiny_top_p_equal_greedy(top_k: int, top_p: float) -> None:
+    model = tiny_model()
+    prompt = random_ids(TINY, batch=2, length=3)
+    generator = torch.Generator().manual_seed(0)
+
+    greedy = collect(model, prompt, 20, temperature=0.0)
+    filtered = collect(
+        model, prompt, 20, temperature=3.0, top_k=top_k, top_p=top_p, generator=generator
+    )
+
+    assert torch.equal(filtered, greedy)
+
+
+def test_top_k_samples_only_the_k_most_likely_ids() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0]]).repeat(500, 1)
+    generator = torch.Generator().manual_seed(0)
+
+    ids = sample_next(logits, temperature=1.0, top_k=2, top_p=1.0, generator=generator)
+
+    assert {int(i) for i in ids} == {1, 3}
+
+
+@pytest.mark.parametrize(
+    ("top_p", "kept"), [(0.45, {0}), (0.55, {0, 1}), (0.75, {0, 1}), (0.9, {0, 1, 2})]
+)
+def test_top_p_keeps_the_smallest_set_reaching_the_probability_mass(
+    top_p: float, kept: set[int]
+) -> None:
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().repeat(1000, 1)
+    generator = torch.Generator().manual_seed(0)
+
+    ids = sample_next(logits, temperature=1.0, top_k=0, top_p=top_p, generator=generator)
+
+    assert {int(i) for i in ids} == kept
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p", "message"),
+    [(-0.1, 0, 1.0, "temperature"), (1.0, -1, 1.0, "top_k"), (1.0, 0, 0.0, "top_p")],
+)
+def test_sampling_rejects_out_of_range_settings(
+    temperature: float, top_k: int, top_p: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        sample_next(torch.zeros(1, 5), temperature, top_k, top_p, generator=None)
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+def test_optimizer_decays_matrices_only_and_holds_every_parameter_once() -> None:
+    model = tiny_model(replace(TINY, bias=True))
+    optimizer = model.configure_optimizer(
+        weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type="cpu"
+    )
+    decay, no_decay = optimizer.param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+
+    assert decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
+    assert no_decay_names == {
+        name for name in names.values() if name.endswith(".bias") or ".ln_" in name
+    }
+    assert "transformer.wte.weight" in decay_names
+    assert "transformer.wpe.weight" in decay_names
+    every = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert len(every) == len(set(every)) == len(list(model.parameters()))
+
+
+def test_model_overfits_a_tiny_fixed_batch() -> None:
+    model = tiny_model().train()
+    idx = random_ids(TINY, batch=4, length=TINY.block_size + 1)
+    x, y = idx[:, :-1], idx[:, 1:]
+    optimizer = model.configure_optimizer(
+        weight_decay=0.0, learning_rate=1e-2, betas=(0.9, 0.95), device_type="cpu"
+    )
+
+    losses: list[float] = []
+    for _ in range(50):
+        _, loss = model(x, y)
+        assert loss is not None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()  # pyright: ignore[reportUnknownMemberType] - torch leaves `closure` unannotated
+        losses.append(loss.item())
+
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_parameter_count_and_flops_follow_the_model_shape() -> None:
+    model = tiny_model()
+    total = sum(p.numel() for p in model.parameters())
+    position_table = TINY.block_size * TINY.n_embd
+
+    assert model.num_parameters(exclude_embeddings=False) == total
+    assert model.num_parameters() == total - position_table
+    attention = 12 * TINY.n_layer * TINY.n_embd * TINY.block_size
+    assert model.flops_per_token() == 6 * (total - position_table) + attention
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+def test_config_survives_a_round_trip_through_a_plain_dict() -> None:
+    config = replace(TINY, dropout=0.1, bias=True)
+    as_dict = config.to_dict()
+    assert all(isinstance(value, int | float | bool) for value in as_dict.values())
+    assert GPTConfig.from_dict(as_dict) == config
+
+
+def test_config_from_dict_with_a_missing_key_raises_checkpoint_error() -> None:
+    as_dict = TINY.to_dict()
+    del as_dict["n_head"]
+    with pytest.raises(CheckpointError, match="missing n_head"):
+        GPTConfig.from_dict(as_dict)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("n_layer", "2", "model_args.n_layer must be an int"),
+        ("n_layer", True, "model_args.n_layer must be an int"),
+        ("bias", 1, "model_args.bias must be true or false"),
+        ("dropout", "0.1", "model_args.dropout must be a number"),
+        ("n_head", 3, "divisible by n_head"),
+        ("block_size", 0, "block_size must be >= 1"),
+    ],
+)
+def test_config_from_dict_rejects_bad_values_with_checkpoint_error(
+    key: str, value: object, message: str
+) -> None:
+    as_dict: dict[str, object] = {**TINY.to_dict(), key: value}
+    with pytest.raises(CheckpointError, match=message):
+        GPTConfig.from_dict(as_dict)
+
+
+def test_config_from_dict_rejects_unknown_keys() -> None:
+    with pytest.raises(CheckpointError, match="unknown key"):
+        GPTConfig.from_dict({**TINY.to_dict(), "n_kv_head": 2})
