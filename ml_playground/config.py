@@ -248,7 +248,16 @@ def load_config(
     _inherit_sample_runtime(merged, origins)
 
     def file_of(key: str) -> Path:
-        return files.get(origins.get(key, "experiment"), config_path)
+        """The file that set `key`; else the first file that set a key in its section."""
+        parts = key.split(".")
+        for depth in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:depth])
+            label = origins.get(prefix) or next(
+                (origins[k] for k in origins if k.startswith(prefix + ".")), None
+            )
+            if label is not None:
+                return files.get(label, config_path)
+        return config_path
 
     try:
         config = ExperimentConfig.model_validate(merged)
@@ -307,10 +316,11 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = tree
     for part in parents:
-        child = node.get(part)
+        child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            child = {}
-            node[part] = child
+            # A plain value where a section belongs stays as it is, so that validation
+            # reports it instead of it being silently replaced by a table.
+            return
         node = typing.cast(dict[str, Any], child)
     node[leaf] = value
 
@@ -336,6 +346,8 @@ def _inherit_sample_runtime(merged: dict[str, Any], origins: dict[str, str]) -> 
     if not isinstance(train_runtime, Mapping):
         return
     sample_runtime = _get_dotted(merged, "sample.runtime")
+    if sample_runtime is not None and not isinstance(sample_runtime, Mapping):
+        return  # not a table: validation names it
     overrides: dict[str, Any] = (
         dict(typing.cast(Mapping[str, Any], sample_runtime))
         if isinstance(sample_runtime, Mapping)
@@ -392,12 +404,16 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Turn path strings into absolute `Path`s anchored at the config file's folder."""
     resolved: dict[str, Any] = {}
     for key, value in _flatten(raw).items():
+        anchored: Any = value
         if key in PATH_KEYS and isinstance(value, str):
-            value = _anchor(value, base)
-        elif key == "sample.sample.start" and isinstance(value, str):
-            if value.startswith(FILE_PROMPT_PREFIX):
-                value = FILE_PROMPT_PREFIX + str(_anchor(value[len(FILE_PROMPT_PREFIX) :], base))
-        _set_dotted(resolved, key, value)
+            anchored = _anchor(value, base)
+        elif (
+            key == "sample.sample.start"
+            and isinstance(value, str)
+            and value.startswith(FILE_PROMPT_PREFIX)
+        ):
+            anchored = FILE_PROMPT_PREFIX + str(_anchor(value[len(FILE_PROMPT_PREFIX) :], base))
+        _set_dotted(resolved, key, anchored)
     return resolved
 
 

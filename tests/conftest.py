@@ -17,6 +17,10 @@ MARKER_FOLDERS = ("unit", "integration", "e2e", "acceptance")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# xdist runs one worker per core; torch's own thread pool on top of that oversubscribes the
+# cores and makes tiny-model ops orders of magnitude slower. One thread per process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 if (SHARED_DIR / "tiktoken").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DIR / "tiktoken"))
 

@@ -166,25 +166,6 @@ INVALID = {
     ),
 }
 
-# Errors about a whole section are looked up by the section's own key, but a layer only
-# records the origin of each leaf below it, so these fall back to the experiment file.
-SECTION_ORIGIN_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "config.load_config: file_of(key) looks up origins[key] for a section key "
-        "(trian, train.optimizer, train.peft, train.hf_model.model_name) but origins only "
-        "holds leaf keys, so a section set only in the defaults file is blamed on the "
-        "experiment file"
-    ),
-)
-SECTION_LEVEL_CASES = {
-    "unknown top-level section",
-    "unknown subsection",
-    "missing required key",
-    "peft without hf_model",
-}
-
 
 @pytest.mark.parametrize(("toml", "fragments"), INVALID.values(), ids=INVALID.keys())
 def test_invalid_experiment_config_names_key_and_experiment_file(
@@ -200,15 +181,8 @@ def test_invalid_experiment_config_names_key_and_experiment_file(
 
 @pytest.mark.parametrize(
     ("toml", "fragments"),
-    [
-        pytest.param(
-            toml,
-            fragments,
-            id=name,
-            marks=[SECTION_ORIGIN_BUG] if name in SECTION_LEVEL_CASES else [],
-        )
-        for name, (toml, fragments) in INVALID.items()
-    ],
+    INVALID.values(),
+    ids=INVALID.keys(),
 )
 def test_invalid_defaults_config_names_key_and_defaults_file(
     layout: Layout, toml: str, fragments: list[str]
@@ -221,17 +195,6 @@ def test_invalid_defaults_config_names_key_and_defaults_file(
         assert fragment in message
 
 
-SCALAR_OVERWRITTEN_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "config.load_config: _apply_experiment_path_defaults/_inherit/_inherit_sample_runtime "
-        "call _set_dotted on path keys below this section, and _set_dotted replaces a "
-        "non-dict value with {}, so the scalar is silently dropped and the config loads"
-    ),
-)
-
-
 @pytest.mark.parametrize(
     ("toml", "key"),
     [
@@ -240,25 +203,21 @@ SCALAR_OVERWRITTEN_BUG = pytest.mark.xfail(
             '[sample]\nruntime = "train.runtime"\n',
             "sample.runtime",
             id="sample.runtime",
-            marks=SCALAR_OVERWRITTEN_BUG,
         ),
         pytest.param(
             '[train]\nruntime = "cpu"\n',
             "train.runtime",
             id="train.runtime",
-            marks=SCALAR_OVERWRITTEN_BUG,
         ),
         pytest.param(
             '[train]\ndata = "datasets"\n',
             "train.data",
             id="train.data",
-            marks=SCALAR_OVERWRITTEN_BUG,
         ),
         pytest.param(
             "[export]\nollama = true\n",
             "export.ollama",
             id="export.ollama",
-            marks=SCALAR_OVERWRITTEN_BUG,
         ),
     ],
 )

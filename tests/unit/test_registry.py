@@ -154,15 +154,6 @@ def test_last_registration_of_a_name_wins() -> None:
     assert PREPARERS[name] is second
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ModuleNotFoundError,
-    reason=(
-        "experiments.discover(root) lists packages under `root` but imports them as "
-        "ml_playground.experiments.<name>.prepare, so any root other than the package "
-        "folder raises ModuleNotFoundError"
-    ),
-)
 def test_discover_imports_prepare_modules_from_the_root_it_is_given(tmp_path: Path) -> None:
     name = unique("rooted")
     root = tmp_path / "experiments"
@@ -333,15 +324,6 @@ def test_experiment_without_any_preparer_is_an_error_naming_it(tmp_path: Path) -
         run_prepare_step(folder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "experiments.load_prepare_module caches user prepare modules in sys.modules by "
-        "folder name only, so a second folder with the same name in the same process "
-        "silently runs the first folder's prepare.py"
-    ),
-)
 def test_two_copies_with_the_same_folder_name_each_use_their_own_prepare_py(
     tmp_path: Path,
 ) -> None:

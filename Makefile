@@ -1,0 +1,46 @@
+# Every target runs through uv, so the locked environment is the only one in play.
+.PHONY: setup format lint pyright mypy quality test unit integration e2e acceptance bench tensorboard
+
+PYTEST := uv run pytest
+SRC := ml_playground tests benchmarks
+
+setup:
+	uv venv --clear
+	uv sync --all-groups
+
+format:
+	uv run ruff format $(SRC)
+	uv run ruff check --fix $(SRC)
+
+lint:
+	uv run ruff check $(SRC)
+	uv run ruff format --check $(SRC)
+
+pyright:
+	uv run pyright
+
+mypy:
+	uv run mypy
+
+quality: lint mypy pyright
+
+test:
+	$(PYTEST)
+
+unit:
+	$(PYTEST) -m unit tests/unit
+
+integration:
+	$(PYTEST) -m integration tests/integration
+
+e2e:
+	$(PYTEST) -m e2e tests/e2e
+
+acceptance:
+	$(PYTEST) -m acceptance tests/acceptance
+
+bench:
+	uv run python -m benchmarks.run
+
+tensorboard:
+	uv run tensorboard --logdir ml_playground/experiments --bind_all

@@ -1,0 +1,175 @@
+"""The command line: parse arguments, load the experiment, call one pipeline step.
+
+Thin on purpose. Which pipeline runs (from-scratch GPT or Hugging Face LoRA) follows from
+the config's content inside `ml_playground.pipeline`; this module never names an
+experiment. Every `UserError` becomes one `error: ...` line on stderr and exit code 2;
+Ctrl-C becomes exit code 130 after the running step has saved what it must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ml_playground import pipeline
+from ml_playground.config import LoadedConfig, load_config
+from ml_playground.errors import UserError
+from ml_playground.experiments import Experiment, find_experiment, list_experiments
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+ml-playground: prepare text, train small GPTs from scratch, fine-tune Hugging Face models
+with LoRA, sample from them and export them to GGUF/Ollama. One experiment = one folder
+(ml_playground/experiments/<name>/) with a config.toml.
+
+typical run:
+  ml-playground list                      # what experiments exist
+  ml-playground loop shakespeare          # prepare -> train -> sample
+  ml-playground sample shakespeare        # sample again from the best checkpoint
+"""
+
+EPILOG = """\
+EXPERIMENT is a registered name (see `ml-playground list`) or a path to a folder holding a
+config.toml. --exp-config replaces the experiment's config.toml (the project defaults in
+experiments/default_config.toml still apply underneath). Relative paths in a config
+resolve against the folder of the file that sets them.
+
+exit codes: 0 success, 2 user error (message on stderr), 130 interrupted (checkpoint saved).
+"""
+
+StepFn = Callable[[Experiment, LoadedConfig], None]
+
+STEPS: dict[str, tuple[StepFn, str]] = {
+    "prepare": (pipeline.prepare, "tokenize the experiment's raw data into dataset_dir"),
+    "train": (
+        pipeline.train,
+        "train (or resume) the model; checkpoints, TensorBoard logs and meta go to out_dir",
+    ),
+    "sample": (
+        pipeline.sample,
+        "generate text from the best (else last) checkpoint; streams and saves to out_dir/samples",
+    ),
+    "loop": (pipeline.loop, "prepare, then train (resuming if a checkpoint exists), then sample"),
+    "export": (
+        pipeline.export,
+        "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])",
+    ),
+}
+ALIASES = {"convert": "export"}
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Options accepted both before and after the verb."""
+    default_none = argparse.SUPPRESS if suppress else None
+    default_false = argparse.SUPPRESS if suppress else False
+    parser.add_argument(
+        "--exp-config",
+        type=Path,
+        metavar="PATH",
+        default=default_none,
+        help="use this TOML instead of the experiment's config.toml",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        default=default_false,
+        help="print the effective config, each key tagged with where it came from",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default_false,
+        help="show tracebacks for errors",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ml-playground",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, suppress=False)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, (_, summary) in STEPS.items():
+        aliases = [alias for alias, target in ALIASES.items() if target == verb]
+        sub = verbs.add_parser(
+            verb,
+            aliases=aliases,
+            help=summary,
+            description=f"{summary}.",
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("experiment", metavar="EXPERIMENT", help="experiment name or folder")
+        _global_options(sub, suppress=True)
+    listing = verbs.add_parser(
+        "list",
+        help="list the experiments with a one-line description",
+        description="List experiments.",
+    )
+    _global_options(listing, suppress=True)
+    new = verbs.add_parser(
+        "new",
+        help="scaffold a new experiment folder from the template",
+        description=(
+            "Create ml_playground/experiments/NAME/ (or DIR/NAME with --dir) with a working "
+            "config.toml, prepare.py and Readme.md copied from the template."
+        ),
+    )
+    new.add_argument("name", metavar="NAME", help="experiment name: lowercase letters, digits, _")
+    new.add_argument("--dir", type=Path, default=None, help="parent folder (default: the package)")
+    _global_options(new, suppress=True)
+    return parser
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    verb = str(args.verb)
+    verb = ALIASES.get(verb, verb)
+    if verb == "list":
+        for experiment in list_experiments():
+            print(f"{experiment.name:<28} {experiment.description}")
+        return EXIT_OK
+    if verb == "new":
+        created = pipeline.new_experiment(args.name, args.dir)
+        print(f"created experiment {args.name} in {created}")
+        print(f"next: edit {created / 'config.toml'}, then `ml-playground loop {created}`")
+        return EXIT_OK
+    experiment = find_experiment(args.experiment)
+    config_path: Path = args.exp_config or experiment.config_path
+    loaded = load_config(config_path, experiment.directory)
+    if args.print_config:
+        print(f"# effective config of {experiment.name} ({config_path})")
+        for line in loaded.describe():
+            print(line)
+    step, _ = STEPS[verb]
+    step(experiment, loaded)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in arguments or "--verbose" in arguments
+    try:
+        return run(arguments)
+    except UserError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted (what had to be saved was saved)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

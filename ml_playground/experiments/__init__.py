@@ -1,0 +1,168 @@
+"""The experiment registry: folders with a config.toml, and the preparers they register.
+
+An experiment is a folder `ml_playground/experiments/<name>/` holding `config.toml`,
+`Readme.md` and `prepare.py`. Its prepare module registers a preparer with
+`@register("<name>")`; discovery imports every experiment folder, so adding a folder is
+all it takes (no central list). A folder elsewhere on disk is an experiment too when the
+CLI is given its path, which is how copies and tests run outside the source tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from ml_playground.config import ExperimentConfig
+from ml_playground.errors import ExperimentNotFoundError
+
+EXPERIMENTS_ROOT = Path(__file__).parent
+CONFIG_FILE = "config.toml"
+README_FILE = "Readme.md"
+LEGACY_PREPARERS_MODULE = "ml_playground.datasets"
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What a preparer receives: which experiment, where it lives, and its config."""
+
+    name: str
+    directory: Path
+    config: ExperimentConfig
+
+
+Preparer = Callable[[PrepareContext], None]
+PREPARERS: dict[str, Preparer] = {}
+
+
+def register(name: str) -> Callable[[Preparer], Preparer]:
+    """Register `fn` as the preparer for experiment (or dataset) `name`."""
+
+    def decorator(fn: Preparer) -> Preparer:
+        # Last registration wins: a copied experiment folder's own prepare.py is loaded
+        # after discovery and must override the packaged preparer of the same name.
+        PREPARERS[name] = fn
+        return fn
+
+    return decorator
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    directory: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / CONFIG_FILE
+
+    @property
+    def description(self) -> str:
+        """The first prose line of the experiment's Readme."""
+        readme = self.directory / README_FILE
+        if not readme.is_file():
+            return ""
+        for line in readme.read_text(encoding="utf-8").splitlines():
+            text = line.strip()
+            if text and not text.startswith(("#", "<!--", "|", "-", "```")):
+                return text
+        return ""
+
+
+def list_experiments(root: Path = EXPERIMENTS_ROOT) -> list[Experiment]:
+    """Every folder below `root` with a config.toml, by name; `_`-folders are templates."""
+    return [
+        Experiment(name=path.name, directory=path)
+        for path in sorted(root.iterdir())
+        if path.is_dir() and not path.name.startswith(("_", ".")) and (path / CONFIG_FILE).is_file()
+    ]
+
+
+def find_experiment(name_or_path: str, root: Path = EXPERIMENTS_ROOT) -> Experiment:
+    """Look an experiment up by registered folder name, or take a folder path as given."""
+    candidate = Path(name_or_path).expanduser()
+    looks_like_path = candidate.is_absolute() or len(candidate.parts) > 1 or name_or_path == "."
+    if looks_like_path or (candidate.is_dir() and (candidate / CONFIG_FILE).is_file()):
+        directory = candidate.resolve()
+        if not (directory / CONFIG_FILE).is_file():
+            raise ExperimentNotFoundError(
+                f"no {CONFIG_FILE} in experiment folder {directory}; "
+                "create one or run `ml-playground new <name>`"
+            )
+        return Experiment(name=directory.name, directory=directory)
+    for experiment in list_experiments(root):
+        if experiment.name == name_or_path:
+            return experiment
+    known = ", ".join(e.name for e in list_experiments(root)) or "none"
+    raise ExperimentNotFoundError(
+        f"unknown experiment {name_or_path!r}; known experiments: {known} "
+        "(or pass a folder path that holds a config.toml)"
+    )
+
+
+def discover(root: Path = EXPERIMENTS_ROOT) -> Mapping[str, Preparer]:
+    """Import every experiment's prepare module so its `@register` runs."""
+    for info in pkgutil.iter_modules([str(root)]):
+        folder = root / info.name
+        if not info.ispkg or info.name.startswith("_") or not (folder / "prepare.py").is_file():
+            continue
+        if root.resolve() == EXPERIMENTS_ROOT.resolve():
+            importlib.import_module(f"{__name__}.{info.name}.prepare")
+        else:
+            load_prepare_module(folder)
+    return PREPARERS
+
+
+def load_prepare_module(directory: Path) -> ModuleType | None:
+    """Import the prepare.py of an experiment folder that lives outside the package."""
+    path = directory / "prepare.py"
+    if directory.resolve().parent == EXPERIMENTS_ROOT.resolve() or not path.is_file():
+        return None
+    # Keyed by the full path: two copies with the same folder name are different modules.
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    module_name = f"ml_playground_user_experiment_{directory.name}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def all_preparers() -> Mapping[str, Preparer]:
+    """Preparers from a legacy `ml_playground.datasets` package, then the experiments."""
+    merged: dict[str, Preparer] = {}
+    try:
+        legacy = importlib.import_module(LEGACY_PREPARERS_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != LEGACY_PREPARERS_MODULE:
+            raise
+    else:
+        merged.update(getattr(legacy, "PREPARERS", {}))
+    merged.update(discover())
+    return merged
+
+
+def resolve_preparer(experiment: Experiment, dataset: str | None) -> Preparer:
+    """The preparer named by `[prepare] dataset`, defaulting to the experiment's own name."""
+    preparers = dict(all_preparers())
+    if load_prepare_module(experiment.directory) is not None:
+        preparers.update(PREPARERS)
+    name = dataset or experiment.name
+    preparer = preparers.get(name)
+    if preparer is None:
+        known = ", ".join(sorted(preparers)) or "none"
+        raise ExperimentNotFoundError(
+            f"no preparer registered as {name!r} (prepare.dataset in "
+            f"{experiment.config_path}); registered: {known}"
+        )
+    return preparer

@@ -1,0 +1,1 @@
+"""Experiment: character-level GPT on German parliamentary text."""

@@ -1,0 +1,1 @@
+"""Experiment: tiktoken BPE GPT on German parliamentary text."""

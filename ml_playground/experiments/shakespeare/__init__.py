@@ -1,0 +1,1 @@
+"""Experiment: GPT-2 BPE GPT on Tiny Shakespeare."""

@@ -1,0 +1,82 @@
+"""The pipeline steps the CLI calls: prepare, train, sample, loop, export, new.
+
+Which trainer and sampler run is decided by the config's content: a `[train.hf_model]`
+section selects Hugging Face LoRA fine-tuning, otherwise the from-scratch GPT runs.
+Heavy libraries are imported inside the steps so that `--help`, `list` and config errors
+answer instantly instead of waiting seconds for torch and transformers to load.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from ml_playground.config import LoadedConfig
+from ml_playground.errors import ConfigError, UserError
+from ml_playground.experiments import (
+    EXPERIMENTS_ROOT,
+    Experiment,
+    PrepareContext,
+    resolve_preparer,
+)
+
+TEMPLATE_DIR = EXPERIMENTS_ROOT / "_template"
+TEMPLATE_PLACEHOLDER = "{{name}}"
+EXPERIMENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def prepare(experiment: Experiment, loaded: LoadedConfig) -> None:
+    preparer = resolve_preparer(experiment, loaded.config.prepare.dataset)
+    preparer(PrepareContext(experiment.name, experiment.directory, loaded.config))
+
+
+def train(experiment: Experiment, loaded: LoadedConfig) -> None:
+    del experiment  # the config carries every path a trainer needs
+    if loaded.config.uses_hf_model:
+        raise UserError("LoRA fine-tuning ([train.hf_model]) is not available in this version yet")
+    from ml_playground.train.loop import train_gpt  # noqa: PLC0415 - see module docstring
+
+    train_gpt(loaded.config)
+
+
+def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
+    del experiment
+    if loaded.config.uses_hf_model:
+        raise UserError("LoRA sampling ([train.hf_model]) is not available in this version yet")
+    from ml_playground.sample.gpt import sample_gpt  # noqa: PLC0415 - see module docstring
+
+    sample_gpt(loaded.config)
+
+
+def loop(experiment: Experiment, loaded: LoadedConfig) -> None:
+    prepare(experiment, loaded)
+    train(experiment, loaded)
+    sample(experiment, loaded)
+
+
+def export(experiment: Experiment, loaded: LoadedConfig) -> None:
+    del experiment, loaded
+    raise UserError("export to GGUF/Ollama is not available in this version yet")
+
+
+def new_experiment(name: str, parent: Path | None) -> Path:
+    """Copy the template into `parent/name`, filling in the experiment's name."""
+    if not EXPERIMENT_NAME.match(name):
+        raise ConfigError(
+            f"invalid experiment name {name!r}: use lowercase letters, digits and _, "
+            "starting with a letter"
+        )
+    target = (parent or EXPERIMENTS_ROOT) / name
+    if target.exists():
+        raise ConfigError(f"{target} already exists; choose another name or remove it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{name}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(TEMPLATE_DIR, staging, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in staging.rglob("*"):
+        if path.is_file() and path.suffix in {".py", ".toml", ".md"}:
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace(TEMPLATE_PLACEHOLDER, name), encoding="utf-8")
+    staging.replace(target)
+    return target

@@ -1,0 +1,1 @@
+"""Sampling: load a trained model, generate from a prompt, stream and save the text."""

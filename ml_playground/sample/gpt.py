@@ -1,0 +1,95 @@
+"""Sample from a from-scratch GPT checkpoint, streaming tokens as they are generated."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from ml_playground.config import ExperimentConfig
+from ml_playground.data.tokenizer import Tokenizer, TokenizerSpec, tokenizer_from_spec
+from ml_playground.device import resolve_precision
+from ml_playground.errors import DataError
+from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.sample.prompt import read_prompt, save_sample
+from ml_playground.train import checkpoint
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokenizer, Path]:
+    """The model and tokenizer of the best (else last, else legacy) checkpoint in out_dir."""
+    path = checkpoint.for_sampling(out_dir)
+    ckpt = checkpoint.load(path)
+    model = GPT(GPTConfig.from_dict(ckpt.model_args))
+    model.load_state_dict(dict(ckpt.model))
+    model.to(device).eval()
+    tokenizer = tokenizer_from_spec(TokenizerSpec.from_json(dict(ckpt.tokenizer), path))
+    return model, tokenizer, path
+
+
+def sample_gpt(config: ExperimentConfig) -> list[str]:
+    """Generate num_samples texts from the prompt; print them as they grow and save them."""
+    runtime, settings = config.sample.runtime, config.sample.sample
+    precision = resolve_precision(runtime.device, runtime.dtype)
+    model, tokenizer, path = load_for_sampling(runtime.out_dir, precision.device)
+    print(f"sampling from {path}")
+    prompt_ids = _encode_prompt(tokenizer, read_prompt(settings.start))
+    generator = torch.Generator(device=precision.device).manual_seed(runtime.seed)
+    texts: list[str] = []
+    for index in range(settings.num_samples):
+        idx = torch.tensor([prompt_ids], dtype=torch.long, device=precision.device)
+        ids = list(prompt_ids)
+        shown = ""
+        if settings.stream:
+            print(f"--- sample {index + 1}/{settings.num_samples} ---")
+        with precision.autocast():
+            for token in model.generate(
+                idx,
+                settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                generator=generator,
+            ):
+                token_id = int(token.item())
+                if token_id == tokenizer.eot_id:
+                    break
+                ids.append(token_id)
+                if settings.stream:
+                    shown = _stream(tokenizer.decode(ids), shown)
+        text = tokenizer.decode(ids)
+        if settings.stream:
+            _stream(text, shown, final=True)
+        saved = save_sample(runtime.out_dir, index, text)
+        if not settings.stream:
+            print(text)
+        print(f"--- saved {saved} ---")
+        texts.append(text)
+    return texts
+
+
+def _encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    if prompt:
+        ids = tokenizer.encode(prompt)
+        if ids:
+            return ids
+    if tokenizer.eot_id is not None:
+        return [tokenizer.eot_id]
+    raise DataError(
+        "sample.sample.start is empty and this tokenizer has no end-of-text token; "
+        "give a prompt such as a newline"
+    )
+
+
+def _stream(text: str, shown: str, *, final: bool = False) -> str:
+    """Print what `text` adds to `shown`; hold back a dangling partial UTF-8 character."""
+    ready = text if final else text.rstrip(REPLACEMENT_CHAR)
+    if ready.startswith(shown) and len(ready) > len(shown):
+        sys.stdout.write(ready[len(shown) :])
+        sys.stdout.flush()
+        shown = ready
+    if final:
+        sys.stdout.write("\n")
+    return shown

@@ -1,0 +1,1 @@
+"""Training machinery shared by the from-scratch GPT and the LoRA fine-tuner."""

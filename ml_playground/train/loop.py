@@ -1,0 +1,367 @@
+"""Train a GPT from scratch: one loop you can read top to bottom.
+
+setup (device, dataset meta, model, optimizer, resume) -> repeat {evaluate and checkpoint
+every eval_interval; one optimizer step over grad_accum_steps fresh micro-batches} ->
+final evaluation and checkpoint. Ctrl-C finishes the current step, writes ckpt_last.pt and
+re-raises KeyboardInterrupt so the CLI exits with 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import nn
+
+from ml_playground import atomic
+from ml_playground.config import ExperimentConfig, ModelConfig
+from ml_playground.data.batches import BatchSampler
+from ml_playground.data.token_dataset import DatasetMeta, read_meta
+from ml_playground.data.tokenizer import TokenizerSpec
+from ml_playground.device import Precision, resolve_precision, seed_everything
+from ml_playground.errors import CheckpointError, DataError
+from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.train import checkpoint
+from ml_playground.train.checkpoint import Checkpoint
+from ml_playground.train.reporting import RunReporter
+from ml_playground.train.schedule import learning_rate_at
+
+OUT_META = "meta.json"
+EVAL_SEED_OFFSET = 10_007  # eval batches come from their own stream, fixed across evals
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    iter_num: int
+    best_val_loss: float
+    last_val_loss: float | None
+    out_dir: Path
+
+
+def train_gpt(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> TrainSummary:
+    """Train (or resume) the GPT the config describes; returns where it ended."""
+    run = _build_run(config, rank=rank, world_size=world_size)
+    runtime = config.train.runtime
+    evaluate = _evaluator(run)
+    start = run.iter_num
+    with RunReporter(
+        runtime.out_dir,
+        total_steps=runtime.max_iters,
+        start_step=start,
+        tensorboard=runtime.tensorboard_enabled,
+        enabled=run.is_writer,
+    ) as reporter:
+        reporter.say(
+            f"training {run.model.num_parameters() / 1e6:.2f}M parameters on "
+            f"{run.precision.device} ({runtime.dtype}); {run.tokens_per_step:,} tokens per "
+            f"optimizer step; {f'resuming at step {start}' if run.resumed else 'fresh start'}"
+        )
+        if runtime.eval_only:
+            losses = evaluate()
+            reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
+            return TrainSummary(start, run.best_val_loss, losses["val"], runtime.out_dir)
+
+        last_val: float | None = None
+
+        def evaluate_and_save() -> None:
+            nonlocal last_val
+            losses = evaluate()
+            last_val = losses["val"]
+            reporter.evaluation(run.iter_num, train_loss=losses["train"], val_loss=last_val)
+            improved = last_val < run.best_val_loss
+            run.best_val_loss = min(run.best_val_loss, last_val)
+            _save(run, checkpoint.LAST)
+            if improved or runtime.always_save_checkpoint:
+                _save(run, checkpoint.BEST)
+
+        window_start, window_steps = time.perf_counter(), 0
+        with _stop_requests() as stop_requested:
+            while run.iter_num < runtime.max_iters:
+                if run.iter_num % runtime.eval_interval == 0 and run.iter_num > start:
+                    evaluate_and_save()
+                lr = learning_rate_at(run.iter_num, config.train.optim, config.train.schedule)
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = _optimizer_step(run)
+                run.iter_num += 1
+                reporter.advance()
+                window_steps += 1
+                if run.iter_num % runtime.log_interval == 0:
+                    elapsed = time.perf_counter() - window_start
+                    reporter.log_step(
+                        run.iter_num,
+                        loss=loss.item(),  # the only host sync in the step
+                        lr=lr,
+                        tokens_per_sec=run.tokens_per_step * window_steps / elapsed,
+                        step_time_ms=1000 * elapsed / window_steps,
+                    )
+                    window_start, window_steps = time.perf_counter(), 0
+                if stop_requested():
+                    _save(run, checkpoint.LAST)
+                    reporter.say(
+                        f"interrupted at step {run.iter_num}; saved "
+                        f"{runtime.out_dir / checkpoint.LAST} (run train again to resume)"
+                    )
+                    raise KeyboardInterrupt
+        if run.iter_num > start or not run.resumed:
+            evaluate_and_save()
+        reporter.say(
+            f"done: step {run.iter_num}, best val loss {run.best_val_loss:.4f}; "
+            f"checkpoints in {runtime.out_dir}"
+        )
+        return TrainSummary(run.iter_num, run.best_val_loss, last_val, runtime.out_dir)
+
+
+@dataclass
+class _Run:
+    """Everything the loop works with, assembled once; iter_num and best_val_loss move."""
+
+    config: ExperimentConfig
+    precision: Precision
+    meta: DatasetMeta
+    model_config: GPTConfig
+    block_size: int
+    model: GPT
+    forward_model: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: BatchSampler
+    tokens_per_step: int
+    is_writer: bool
+    resumed: bool
+    iter_num: int = 0
+    best_val_loss: float = math.inf
+
+
+def _build_run(config: ExperimentConfig, *, rank: int, world_size: int) -> _Run:
+    """Device, dataset meta, model, optimizer and batches; restored from ckpt_last.pt if any."""
+    train, runtime = config.train, config.train.runtime
+    precision = resolve_precision(runtime.device, runtime.dtype)
+    seed_everything(runtime.seed)
+    meta_path = train.data.dataset_dir / train.data.meta_file
+    meta = read_meta(meta_path)
+    last_path = runtime.out_dir / checkpoint.LAST
+    resume = checkpoint.load(last_path) if last_path.exists() else None
+    if resume is not None:
+        _check_same_tokenizer(meta, meta_path, resume, last_path)
+    model_config = _model_config(train.model, meta, resume)
+    block_size = min(train.block_size, model_config.block_size)
+    model = GPT(model_config)
+    optimizer = model.configure_optimizer(
+        weight_decay=train.optim.weight_decay,
+        learning_rate=train.optim.learning_rate,
+        betas=(train.optim.beta1, train.optim.beta2),
+        device_type=precision.device_type,
+    )
+    sampler = BatchSampler(
+        train.data.dataset_dir / train.data.train_bin,
+        meta.dtype,
+        block_size,
+        train.data.batch_size,
+        mode=train.data.sampler,
+        seed=runtime.seed,
+        rank=rank,
+        world_size=world_size,
+        device=precision.device,
+    )
+    run = _Run(
+        config=config,
+        precision=precision,
+        meta=meta,
+        model_config=model_config,
+        block_size=block_size,
+        model=model,
+        forward_model=model,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
+        sampler=sampler,
+        tokens_per_step=train.data.batch_size
+        * block_size
+        * train.data.grad_accum_steps
+        * world_size,
+        is_writer=rank == 0,
+        resumed=resume is not None,
+    )
+    model.to(precision.device)
+    if resume is not None:
+        _restore(run, resume)
+    run.forward_model = _maybe_compile(model, enabled=runtime.compile, precision=precision)
+    if run.is_writer:
+        # Sampling and export read the tokenizer from out_dir, never from dataset_dir.
+        runtime.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(runtime.out_dir / OUT_META, meta.to_json())
+    return run
+
+
+def _restore(run: _Run, resume: Checkpoint) -> None:
+    run.model.load_state_dict(dict(resume.model))
+    run.optimizer.load_state_dict(resume.optimizer)
+    if resume.scaler:
+        run.scaler.load_state_dict(resume.scaler)
+    run.sampler.load_state_dict(dict(resume.sampler))
+    checkpoint.restore_rng(resume.rng)
+    run.iter_num, run.best_val_loss = resume.iter_num, resume.best_val_loss
+
+
+def _save(run: _Run, name: str) -> None:
+    """Write a checkpoint as of the last finished step (only rank 0 writes)."""
+    if not run.is_writer:
+        return
+    checkpoint.save(
+        run.config.train.runtime.out_dir / name,
+        Checkpoint(
+            model=run.model.state_dict(),
+            optimizer=run.optimizer.state_dict(),
+            scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            iter_num=run.iter_num,
+            best_val_loss=run.best_val_loss,
+            model_args=run.model_config.to_dict(),
+            config=run.config.model_dump(mode="json"),
+            tokenizer=run.meta.tokenizer.to_json(),
+            rng=checkpoint.capture_rng(),
+            sampler=run.sampler.state_dict(),
+        ),
+    )
+
+
+def _optimizer_step(run: _Run) -> torch.Tensor:
+    """Accumulate gradients over fresh micro-batches, clip once, step once."""
+    optim = run.config.train.optim
+    accum = run.config.train.data.grad_accum_steps
+    total = torch.zeros((), device=run.precision.device)
+    for _ in range(accum):
+        x, y = run.sampler.next_batch()
+        with run.precision.autocast():
+            _, loss = run.forward_model(x, y)
+        assert loss is not None  # targets were given
+        loss = loss / accum
+        total += loss.detach()
+        scaled = run.scaler.scale(loss)
+        assert isinstance(scaled, torch.Tensor)  # scale() maps a tensor to a tensor
+        torch.autograd.backward(scaled)  # typed, unlike Tensor.backward in torch's stubs
+    if optim.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
+    """Mean loss over eval_iters batches of each split, always the same batches."""
+    data, runtime = run.config.train.data, run.config.train.runtime
+    files = {"train": data.dataset_dir / data.train_bin, "val": data.dataset_dir / data.val_bin}
+    forward_model, precision = run.forward_model, run.precision
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        module = forward_model if isinstance(forward_model, nn.Module) else None
+        if module is not None:
+            module.eval()
+        losses: dict[str, float] = {}
+        for split, path in files.items():
+            sampler = BatchSampler(
+                path,
+                run.meta.dtype,
+                run.block_size,
+                data.batch_size,
+                seed=runtime.seed + EVAL_SEED_OFFSET,
+                device=precision.device,
+            )
+            total = torch.zeros((), device=precision.device)
+            for _ in range(runtime.eval_iters):
+                x, y = sampler.next_batch()
+                with precision.autocast():
+                    _, loss = forward_model(x, y)
+                assert loss is not None
+                total += loss.float()
+            losses[split] = total.item() / runtime.eval_iters
+        if module is not None:
+            module.train()
+        return losses
+
+    return evaluate
+
+
+def _check_same_tokenizer(
+    meta: DatasetMeta, meta_path: Path, resume: Checkpoint, ckpt_path: Path
+) -> None:
+    saved = TokenizerSpec.from_json(dict(resume.tokenizer), ckpt_path)
+    if saved != meta.tokenizer:
+        raise CheckpointError(
+            f"dataset {meta_path} uses tokenizer {meta.tokenizer.describe()} but checkpoint "
+            f"{ckpt_path} was trained with {saved.describe()}; prepare the matching dataset "
+            "or move the checkpoint away to train fresh"
+        )
+
+
+def _model_config(model: ModelConfig, meta: DatasetMeta, resume: Checkpoint | None) -> GPTConfig:
+    """Model arguments from the config, except that a resumed checkpoint's always win."""
+    if model.vocab_size is not None and model.vocab_size < meta.vocab_size:
+        raise DataError(
+            f"train.model.vocab_size = {model.vocab_size} is smaller than the dataset's "
+            f"vocabulary ({meta.vocab_size}); remove the key or raise it"
+        )
+    wanted = GPTConfig(
+        vocab_size=model.vocab_size or meta.vocab_size,
+        block_size=model.block_size,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+        dropout=model.dropout,
+        bias=model.bias,
+    )
+    if resume is None:
+        return wanted
+    saved = GPTConfig.from_dict(resume.model_args)
+    for key, value in saved.to_dict().items():
+        configured = wanted.to_dict().get(key)
+        if configured != value:
+            print(f"resume: model.{key} = {value} from the checkpoint (config says {configured})")
+    return saved
+
+
+def _maybe_compile(model: GPT, *, enabled: bool, precision: Precision) -> Callable[..., Any]:
+    """torch.compile where it works; otherwise say why and run eagerly."""
+    if not enabled:
+        return model
+    if precision.device_type == "mps":
+        print("compile: skipped, torch.compile does not support the MPS backend reliably")
+        return model
+    try:
+        return torch.compile(model)
+    except (RuntimeError, ImportError) as exc:  # e.g. no C++ compiler, unsupported Python
+        print(f"compile: skipped, torch.compile failed ({exc}); running eagerly")
+        return model
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Generator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into 'stop after this step'; a second one stops at once."""
+    requested = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal requested
+        if requested:
+            raise KeyboardInterrupt
+        requested = True
+        print("\nCtrl-C: finishing this step and saving ckpt_last.pt (again to abort)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield lambda: False
+        return
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
