@@ -8,14 +8,11 @@ re-raises KeyboardInterrupt so the CLI exits with 130.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -31,6 +28,7 @@ from ml_playground.errors import CheckpointError, DataError
 from ml_playground.model.gpt import GPT, GPTConfig
 from ml_playground.train import checkpoint
 from ml_playground.train.checkpoint import Checkpoint
+from ml_playground.train.interrupt import stop_requests
 from ml_playground.train.reporting import RunReporter
 from ml_playground.train.schedule import learning_rate_at
 
@@ -83,7 +81,7 @@ def train_gpt(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -
                 _save(run, checkpoint.BEST)
 
         window_start, window_steps = time.perf_counter(), 0
-        with _stop_requests() as stop_requested:
+        with stop_requests() as stop_requested:
             while run.iter_num < runtime.max_iters:
                 if run.iter_num % runtime.eval_interval == 0 and run.iter_num > start:
                     evaluate_and_save()
@@ -342,26 +340,3 @@ def _maybe_compile(model: GPT, *, enabled: bool, precision: Precision) -> Callab
     except (RuntimeError, ImportError) as exc:  # e.g. no C++ compiler, unsupported Python
         print(f"compile: skipped, torch.compile failed ({exc}); running eagerly")
         return model
-
-
-@contextlib.contextmanager
-def _stop_requests() -> Generator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into 'stop after this step'; a second one stops at once."""
-    requested = False
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal requested
-        if requested:
-            raise KeyboardInterrupt
-        requested = True
-        print("\nCtrl-C: finishing this step and saving ckpt_last.pt (again to abort)")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield lambda: False
-        return
-    try:
-        yield lambda: requested
-    finally:
-        signal.signal(signal.SIGINT, previous)
