@@ -9,6 +9,7 @@ Ctrl-C becomes exit code 130 after the running step has saved what it must.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -158,6 +159,10 @@ def run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    # Progress lines should reach a pipe or log file as they happen, not in 8 KB blocks.
+    stdout: object = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper):
+        stdout.reconfigure(line_buffering=True)
     verbose = "-v" in arguments or "--verbose" in arguments
     try:
         return run(arguments)
