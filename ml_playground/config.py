@@ -179,6 +179,8 @@ class OllamaConfig(Section):
     convert_bin: str | None = None
     quant_bin: str | None = None
     create: bool = False
+    checkpoint: Literal["best", "last", "final"] | None = None
+    adapter_only: bool = False
 
 
 class ExportConfig(Section):

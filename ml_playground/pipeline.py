@@ -56,8 +56,9 @@ def loop(experiment: Experiment, loaded: LoadedConfig) -> None:
 
 
 def export(experiment: Experiment, loaded: LoadedConfig) -> None:
-    del experiment, loaded
-    raise UserError("export to GGUF/Ollama is not available in this version yet")
+    from ml_playground.export import export_experiment  # noqa: PLC0415 - see module docstring
+
+    export_experiment(loaded.config, experiment.name)
 
 
 def new_experiment(name: str, parent: Path | None) -> Path:

@@ -1,0 +1,129 @@
+"""The export folder as a unit: written whole or not at all, checksummed, stamped.
+
+Everything is built in a staging folder next to `export_dir` and swapped in at the end
+(`atomic.atomic_directory`), so an interrupted export leaves the previous bundle or none,
+never a half-written one that looks complete. Last into the staging folder go
+`SHA256SUMS` and the inputs stamp: what the bundle was made from and the size of every
+file. A re-run whose inputs match the stamp, with every file still in place, is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Generator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from ml_playground import atomic
+from ml_playground.errors import ExportError
+
+CHECKSUMS = "SHA256SUMS"
+STAMP = "export-inputs.json"
+STAMP_VERSION = 1
+HASH_CHUNK = 1 << 20
+
+JsonObject = Mapping[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def up_to_date(export_dir: Path, inputs: JsonObject) -> bool:
+    """True when export_dir holds a complete bundle made from exactly these inputs."""
+    stamp = _read_stamp(export_dir)
+    if stamp is None or stamp.get("inputs") != _as_json(inputs):
+        return False
+    files = stamp.get("files")
+    if not isinstance(files, dict) or not files:
+        return False
+    sizes = cast(dict[str, object], files)
+    for name, size in sizes.items():
+        path = export_dir / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def staged(export_dir: Path) -> Generator[Path]:
+    """A staging folder that replaces export_dir when the block completes.
+
+    Refuses an export_dir that holds files but no stamp: it is someone else's folder, and
+    replacing it would delete them.
+    """
+    if export_dir.exists() and not export_dir.is_dir():
+        raise ExportError(f"export_dir {export_dir} is a file; point export_dir at a folder")
+    if export_dir.is_dir() and any(export_dir.iterdir()) and _read_stamp(export_dir) is None:
+        raise ExportError(
+            f"export_dir {export_dir} holds files that no export wrote (no {STAMP});"
+            " choose an empty or new folder for [export.ollama] export_dir"
+        )
+    _check_writable(export_dir)
+    with atomic.atomic_directory(export_dir) as staging:
+        yield staging
+        _share(staging)
+
+
+def seal(staging: Path, inputs: JsonObject) -> None:
+    """Write SHA256SUMS over every file, then the stamp: the bundle is now complete."""
+    files = sorted(path for path in staging.rglob("*") if path.is_file())
+    lines = [f"{sha256_file(path)}  {path.relative_to(staging).as_posix()}" for path in files]
+    atomic.write_text(staging / CHECKSUMS, "\n".join(lines) + "\n")
+    sizes = {
+        path.relative_to(staging).as_posix(): path.stat().st_size
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    }
+    atomic.write_json(
+        staging / STAMP, {"version": STAMP_VERSION, "inputs": _as_json(inputs), "files": sizes}
+    )
+
+
+def _read_stamp(export_dir: Path) -> dict[str, Any] | None:
+    try:
+        raw: object = json.loads((export_dir / STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    stamp = cast(dict[str, Any], raw)
+    return stamp if stamp.get("version") == STAMP_VERSION else None
+
+
+def _as_json(inputs: JsonObject) -> Any:
+    """The inputs as they read back from the stamp file, so the two compare equal."""
+    return json.loads(json.dumps(inputs, sort_keys=True))
+
+
+def _check_writable(export_dir: Path) -> None:
+    """Fail now, in one line, rather than after minutes of conversion."""
+    try:
+        export_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=export_dir.parent):
+            pass
+    except OSError as exc:
+        raise ExportError(
+            f"cannot write export_dir {export_dir}: {exc.strerror or exc}; set"
+            " [export.ollama] export_dir to a writable folder"
+        ) from None
+
+
+def _share(folder: Path) -> None:
+    """Give the bundle the permissions of a normally created folder.
+
+    Temporary files and folders are private (0600/0700); an export is meant to be read by
+    others, e.g. an Ollama server running as its own user.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -1,0 +1,198 @@
+"""Export a from-scratch GPT checkpoint: native GGUF, Modelfile and README."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+
+from ml_playground.config import ExperimentConfig
+from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec
+from ml_playground.errors import DataError, ExportError
+from ml_playground.export import bundle, llama_cpp
+from ml_playground.export.bpe_vocab import GPT2_PRETOKENIZER_ENCODINGS, ByteLevelVocab, gpt2_vocab
+from ml_playground.export.gguf_gpt import NativeQuant, write_gpt_gguf
+from ml_playground.export.modelfile import Modelfile, SamplingDefaults, raw_completion_template
+from ml_playground.export.readme import BundleReadme
+from ml_playground.model.gpt import GPTConfig
+from ml_playground.sample.prompt import read_prompt
+from ml_playground.train import checkpoint
+
+GGUF_NAME = "model.gguf"
+ROUTE = "gguf-native-gpt2"
+# Bump when the bytes this route writes change, so that older stamps no longer match.
+ROUTE_VERSION = 1
+CHECKPOINT_FILES = {"best": checkpoint.BEST, "last": checkpoint.LAST}
+FALLBACK_PROMPT = "Once upon a time"
+
+CHAR_REFUSAL = (
+    "cannot export a character-level model to GGUF faithfully: llama.cpp's tokenizers need an"
+    " end-of-text token this model never learned and give that role to an ordinary character"
+    ' by default; train with [prepare] tokenizer = "tiktoken", encoding = "gpt2" to export'
+)
+
+
+@dataclass(frozen=True)
+class GPTExport:
+    """A checkpoint, checked to be exportable, and everything the bundle is made from."""
+
+    config: ExperimentConfig
+    name: str
+    source: Path
+    ckpt: checkpoint.Checkpoint
+    spec: TokenizerSpec
+
+    @classmethod
+    def prepare(cls, config: ExperimentConfig, name: str) -> GPTExport:
+        settings = config.export.ollama
+        source = checkpoint_path(config.train.runtime.out_dir, settings.checkpoint)
+        ckpt = checkpoint.load(source)
+        spec = TokenizerSpec.from_json(dict(ckpt.tokenizer), source)
+        check_exportable(spec)
+        if settings.quant not in llama_cpp.NATIVE_QUANTS:
+            llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
+        return cls(config=config, name=name, source=source, ckpt=ckpt, spec=spec)
+
+    def inputs(self) -> dict[str, Any]:
+        settings = self.config.export.ollama
+        inputs: dict[str, Any] = {
+            "route": ROUTE,
+            "route_version": ROUTE_VERSION,
+            "checkpoint": {"file": self.source.name, "sha256": bundle.sha256_file(self.source)},
+            "model_name": self.name,
+            "settings": settings.model_dump(mode="json", exclude={"export_dir", "create"}),
+            "sampling": self.config.sample.sample.model_dump(
+                mode="json", include={"start", "temperature", "top_k", "top_p"}
+            ),
+        }
+        if settings.quant not in llama_cpp.NATIVE_QUANTS:
+            quantizer = llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
+            inputs["quantizer"] = bundle.sha256_file(Path(quantizer.argv[-1]))
+        return inputs
+
+    def write(self, staging: Path) -> Path:
+        """Fill `staging` with model.gguf, Modelfile and README.md; return the GGUF."""
+        settings = self.config.export.ollama
+        model_config = GPTConfig.from_dict(self.ckpt.model_args)
+        vocab = vocab_for(self.spec)
+        target = staging / GGUF_NAME
+        self._write_gguf(target, model_config, vocab)
+        sampling = SamplingDefaults.from_settings(self.config.sample.sample)
+        modelfile = Modelfile(
+            weights=f"./{GGUF_NAME}",
+            template=settings.template or raw_completion_template(settings.system),
+            sampling=sampling,
+            stops=[vocab.eos_token, *settings.stop],
+            system=settings.system,
+            context_length=model_config.block_size,
+        )
+        (staging / "Modelfile").write_text(modelfile.render(), encoding="utf-8")
+        (staging / "README.md").write_text(
+            self._readme(model_config, vocab, sampling), encoding="utf-8"
+        )
+        return target
+
+    def _write_gguf(self, target: Path, model_config: GPTConfig, vocab: ByteLevelVocab) -> None:
+        quant = self.config.export.ollama.quant
+        native = native_quant(quant)
+        if native is not None:
+            write_gpt_gguf(
+                target, self.ckpt.model, model_config, vocab, quant=native, model_name=self.name
+            )
+            return
+        # llama-quantize starts best from full precision.
+        full = target.with_name("model-f32.gguf")
+        write_gpt_gguf(
+            full, self.ckpt.model, model_config, vocab, quant="f32", model_name=self.name
+        )
+        quantizer = llama_cpp.find_quantizer(self.config.export.ollama.quant_bin, quant)
+        quantizer.run([full, target, quant.upper()])
+        full.unlink()
+        if not target.is_file():
+            raise ExportError(f"llama-quantize reported success but wrote no {target}")
+
+    def _readme(
+        self, model_config: GPTConfig, vocab: ByteLevelVocab, sampling: SamplingDefaults
+    ) -> str:
+        quant = self.config.export.ollama.quant
+        return BundleReadme(
+            model_name=self.name,
+            source=(
+                f"`{self.source}` (iteration {self.ckpt.iter_num},"
+                f" best val loss {self.ckpt.best_val_loss:.4f})"
+            ),
+            weights=[(GGUF_NAME, f"the model: llama.cpp architecture gpt2, {quant}")],
+            prompt=example_prompt(self.config),
+            sampling=sampling,
+            context_length=model_config.block_size,
+            notes=[
+                f"Tokenizer: {self.spec.describe()}, GPT-2's byte-level BPE with its merges;"
+                f" generation stops at `{vocab.eos_token}`.",
+                "The template is raw completion: the model continues your prompt as text, as"
+                " it was trained to.",
+                f"The context is {model_config.block_size} tokens, the length the position"
+                " embeddings were learned for; the Modelfile sets `num_ctx` to it.",
+            ],
+        ).render()
+
+
+def checkpoint_path(out_dir: Path, which: str | None) -> Path:
+    """The checkpoint `[export.ollama] checkpoint` names; by default the one sampling reads."""
+    if which is None:
+        return checkpoint.for_sampling(out_dir)
+    if which not in CHECKPOINT_FILES:
+        raise ExportError(
+            f"[export.ollama] checkpoint = {which!r} names fine-tuned adapters; a from-scratch"
+            " run has best and last"
+        )
+    path = out_dir / CHECKPOINT_FILES[which]
+    if not path.is_file():
+        raise ExportError(
+            f"no checkpoint {path} ([export.ollama] checkpoint = {which!r}); train first with"
+            " `ml-playground train <experiment>` or choose another checkpoint"
+        )
+    return path
+
+
+def check_exportable(spec: TokenizerSpec) -> None:
+    """Refuse, in one line, a tokenizer GGUF cannot express faithfully."""
+    if spec.kind == "char" or spec.encoding is None:
+        raise ExportError(CHAR_REFUSAL)
+    resolved = TIKTOKEN_ALIASES.get(spec.encoding, spec.encoding)
+    if resolved not in GPT2_PRETOKENIZER_ENCODINGS:
+        raise ExportError(
+            f"cannot export tiktoken encoding {resolved!r} to GGUF faithfully: llama.cpp would"
+            " split text with another pre-tokenizer than the model was trained with; only"
+            f" {', '.join(sorted(GPT2_PRETOKENIZER_ENCODINGS))} (GPT-2's BPE) export"
+        )
+
+
+def vocab_for(spec: TokenizerSpec) -> ByteLevelVocab:
+    check_exportable(spec)
+    assert spec.encoding is not None  # check_exportable refused the char tokenizer
+    resolved = TIKTOKEN_ALIASES.get(spec.encoding, spec.encoding)
+    try:
+        encoding = tiktoken.get_encoding(resolved)
+    except (OSError, ValueError) as exc:
+        raise ExportError(
+            f"cannot load tiktoken encoding {resolved!r} ({type(exc).__name__}); set"
+            " TIKTOKEN_CACHE_DIR to a folder holding its ranks, or go online"
+        ) from None
+    return gpt2_vocab(resolved, encoding)
+
+
+def native_quant(quant: str) -> NativeQuant | None:
+    """`quant` when gguf can write it directly, else None (llama-quantize's job)."""
+    natives: tuple[NativeQuant, ...] = ("f32", "f16", "q8_0")
+    return next((native for native in natives if native == quant), None)
+
+
+def example_prompt(config: ExperimentConfig) -> str:
+    """The configured sample prompt, for the README's example commands."""
+    try:
+        prompt = read_prompt(config.sample.sample.start)
+    except DataError:
+        return FALLBACK_PROMPT
+    return prompt.strip() or FALLBACK_PROMPT
