@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,11 +23,31 @@ def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokeniz
     """The model and tokenizer of the best (else last, else legacy) checkpoint in out_dir."""
     path = checkpoint.for_sampling(out_dir)
     ckpt = checkpoint.load(path)
-    model = GPT(GPTConfig.from_dict(ckpt.model_args))
-    model.load_state_dict(dict(ckpt.model))
-    model.to(device).eval()
     tokenizer = tokenizer_from_spec(TokenizerSpec.from_json(dict(ckpt.tokenizer), path))
+    args, state = _fit_vocab(GPTConfig.from_dict(ckpt.model_args), dict(ckpt.model), tokenizer)
+    model = GPT(args)
+    model.load_state_dict(state)
+    model.to(device).eval()
     return model, tokenizer, path
+
+
+def _fit_vocab(
+    args: GPTConfig, state: dict[str, torch.Tensor], tokenizer: Tokenizer
+) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Shrink a model trained with train.model.vocab_size above the tokenizer's to its size.
+
+    Ids past the tokenizer's vocabulary never occur in the data, yet their logits are finite,
+    so sampling could pick one that the tokenizer cannot decode. With the tokenizer's
+    vocab_size the model masks them, and their embedding rows (the tied output rows too)
+    past the new padded size can go: the remaining logits are exactly the same.
+    """
+    if args.vocab_size <= tokenizer.vocab_size:
+        return args, state
+    fitted = dataclasses.replace(args, vocab_size=tokenizer.vocab_size)
+    rows = fitted.padded_vocab_size
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        state[key] = state[key][:rows]
+    return fitted, state
 
 
 def sample_gpt(config: ExperimentConfig) -> list[str]:
