@@ -1,0 +1,225 @@
+"""The from-scratch GPT pipeline from the command line: loop, Ctrl-C and resume, errors.
+
+Each test copies a packaged experiment folder into tmp_path and runs
+`python -m ml_playground.cli <verb> <folder> --exp-config <folder>/tiny.toml` with cwd in
+tmp_path, so the real preparers, trainer and sampler run on a tiny model without touching
+the source tree or the network (Tiny Shakespeare comes from the shared offline copy, the
+bundestag experiments seed their bundled sample, tiktoken reads TIKTOKEN_CACHE_DIR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Mapping
+from pathlib import Path
+
+import pytest
+
+from ml_playground.train import checkpoint
+from tests.gpt_helpers import TomlValue, copy_experiment, shakespeare_text, write_config
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+TIMEOUT = 300  # seconds; generous, as a loaded CI machine imports torch slowly
+OVERRIDE = "tiny.toml"
+
+TINY_RUN: Mapping[str, TomlValue] = {
+    "train.model.n_layer": 2,
+    "train.model.n_head": 2,
+    "train.model.n_embd": 32,
+    "train.model.block_size": 32,
+    "train.model.dropout": 0.0,
+    "train.data.batch_size": 4,
+    "train.schedule.warmup_iters": 2,
+    "train.schedule.lr_decay_iters": 10,
+    "train.schedule.min_lr": 1e-4,
+    "train.runtime.max_iters": 10,
+    "train.runtime.eval_interval": 5,
+    "train.runtime.eval_iters": 2,
+    "train.runtime.log_interval": 5,
+    "train.runtime.device": "cpu",
+    "train.runtime.tensorboard_enabled": False,
+    "sample.sample.num_samples": 1,
+    "sample.sample.max_new_tokens": 16,
+}
+
+EXPERIMENTS: Mapping[str, Mapping[str, TomlValue]] = {
+    "shakespeare": {"prepare.tokenizer": "tiktoken", "sample.sample.start": "ROMEO:"},
+    "bundestag_char": {"prepare.tokenizer": "char", "sample.sample.start": "Präsidentin:"},
+    "bundestag_tiktoken": {"prepare.tokenizer": "tiktoken", "sample.sample.start": "Präsidentin:"},
+}
+
+
+@pytest.fixture(scope="session")
+def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the CLI subprocesses cache compiled bytecode, outside the source tree.
+
+    Importing torch and torch._dynamo (every optimizer imports it) from source costs about
+    15 s of CPU per process; with cached bytecode the later subprocesses take a third.
+    Under xdist the workers share one cache in the session's common temp folder (Python
+    writes each .pyc atomically, so concurrent writers are safe).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    cache = shared / "pycache"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path.resolve()
+
+
+class Cli:
+    """Runs `python -m ml_playground.cli` in the working directory, offline."""
+
+    def __init__(self, cwd: Path, bytecode_cache: Path) -> None:
+        self.cwd = cwd
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
+        self.env["HF_HUB_OFFLINE"] = "1"
+
+    def command(self, verb: str, folder: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "ml_playground.cli",
+            verb,
+            str(folder),
+            "--exp-config",
+            str(folder / OVERRIDE),
+        ]
+
+    def run(self, verb: str, folder: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(verb, folder),
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    @contextlib.contextmanager
+    def started(self, verb: str, folder: Path) -> Generator[subprocess.Popen[str]]:
+        """The command running in the background; killed on the way out if still running."""
+        process = subprocess.Popen(
+            self.command(verb, folder),
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+@pytest.fixture
+def cli(workdir: Path, bytecode_cache: Path) -> Cli:
+    return Cli(workdir, bytecode_cache)
+
+
+def experiment(workdir: Path, name: str, changes: Mapping[str, TomlValue] | None = None) -> Path:
+    """A copy of the packaged experiment with a tiny override config in its folder."""
+    folder = copy_experiment(name, workdir)
+    write_config(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS[name], **(changes or {})})
+    return folder
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit code 2, and stderr is exactly one `error: ...` line without a traceback."""
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_loop_prepares_trains_and_prints_samples(workdir: Path, cli: Cli, name: str) -> None:
+    folder = experiment(workdir, name)
+    if name == "shakespeare":
+        corpus = folder / "datasets" / "input.txt"
+        corpus.parent.mkdir()
+        corpus.write_text(shakespeare_text(50_000), encoding="utf-8")
+
+    result = cli.run("loop", folder)
+
+    assert result.returncode == 0, result.stderr
+    out_dir = folder / "out"
+    assert f"prepared {folder / 'datasets'}" in result.stdout
+    assert "fresh start" in result.stdout
+    assert "done: step 10, best val loss" in result.stdout
+    assert "--- sample 1/1 ---" in result.stdout
+    assert str(EXPERIMENTS[name]["sample.sample.start"]) in result.stdout
+    assert checkpoint.load(out_dir / checkpoint.LAST).iter_num == 10
+    assert (out_dir / checkpoint.BEST).is_file()
+    (saved,) = (out_dir / "samples").glob("*.txt")
+    assert saved.read_text(encoding="utf-8") in result.stdout
+
+
+def test_shakespeare_offline_without_a_corpus_says_where_to_place_it(
+    workdir: Path, cli: Cli
+) -> None:
+    # Port 9 (discard) is closed on a test machine: the download fails without the network.
+    folder = experiment(workdir, "shakespeare", {"prepare.download_url": "http://127.0.0.1:9/x"})
+
+    line = assert_one_error_line(cli.run("loop", folder))
+
+    assert "download of http://127.0.0.1:9/x failed" in line
+    assert f"place it at {folder / 'datasets' / 'input.txt'}" in line
+    assert not (folder / "out").exists()
+
+
+def test_sample_without_a_checkpoint_exits_2_naming_out_dir(workdir: Path, cli: Cli) -> None:
+    folder = experiment(workdir, "bundestag_char")
+
+    line = assert_one_error_line(cli.run("sample", folder))
+
+    assert f"no checkpoint in {folder / 'out'}" in line
+
+
+def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli: Cli) -> None:
+    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
+    assert cli.run("prepare", folder).returncode == 0
+    last = folder / "out" / checkpoint.LAST
+    with cli.started("train", folder) as process:
+        deadline = time.monotonic() + TIMEOUT
+        while not last.exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "training never wrote its first checkpoint"
+            time.sleep(0.05)
+
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    stopped_at = checkpoint.load(last).iter_num
+    assert stopped_at > 0
+    assert f"interrupted at step {stopped_at}; saved {last}" in stdout
+
+    write_config(
+        folder / OVERRIDE,
+        {**TINY_RUN, **EXPERIMENTS["bundestag_char"], "train.runtime.max_iters": stopped_at + 3},
+    )
+    result = cli.run("loop", folder)
+
+    assert result.returncode == 0, result.stderr
+    assert f"dataset up to date: {folder / 'datasets'}" in result.stdout
+    assert f"resuming at step {stopped_at}" in result.stdout
+    assert f"done: step {stopped_at + 3}" in result.stdout
+    assert "--- sample 1/1 ---" in result.stdout
+    assert checkpoint.load(last).iter_num == stopped_at + 3

@@ -1,0 +1,134 @@
+"""Sampling from a trained tiny GPT in-process: reproducible text, prompts, saved samples.
+
+One tiny model is trained per test module; each test gets a fresh experiment folder that
+holds only a copy of its out_dir (no corpus, no dataset), which is all sampling may need.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from ml_playground.errors import CheckpointError, DataError
+from ml_playground.sample.gpt import sample_gpt
+from ml_playground.sample.prompt import SAMPLES_DIR
+from ml_playground.train import checkpoint
+from ml_playground.train.loop import train_gpt
+from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
+
+
+@pytest.fixture(scope="module")
+def trained_out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("trained")
+    loaded = tiny_experiment(folder, {"train.runtime.max_iters": 40})
+    prepare(loaded)
+    return train_gpt(loaded.config).out_dir
+
+
+@pytest.fixture
+def folder(tmp_path: Path, trained_out_dir: Path) -> Path:
+    """An experiment folder with the trained out_dir and nothing else."""
+    experiment = tmp_path / "exp"
+    shutil.copytree(trained_out_dir, experiment / "out")
+    return experiment
+
+
+def sample(folder: Path, changes: Mapping[str, TomlValue] | None = None) -> list[str]:
+    return sample_gpt(reconfigure(folder, changes).config)
+
+
+def test_sampling_needs_only_out_dir(folder: Path) -> None:
+    assert sorted(path.name for path in folder.iterdir()) == ["out"]
+
+    texts = sample(folder)
+
+    assert len(texts) == 1
+    assert texts[0].startswith("ROMEO:")
+    assert len(texts[0]) == len("ROMEO:") + 24
+
+
+def test_the_same_seed_gives_the_same_text_and_another_seed_other_text(folder: Path) -> None:
+    settings: dict[str, TomlValue] = {
+        "sample.sample.temperature": 1.0,
+        "sample.sample.max_new_tokens": 64,
+    }
+
+    first = sample(folder, {**settings, "train.runtime.seed": 7})
+    again = sample(folder, {**settings, "train.runtime.seed": 7})
+    other = sample(folder, {**settings, "train.runtime.seed": 8})
+
+    assert first == again
+    assert first != other
+
+
+def test_temperature_zero_is_greedy_and_ignores_the_seed(folder: Path) -> None:
+    greedy: dict[str, TomlValue] = {"sample.sample.temperature": 0.0}
+
+    first = sample(folder, {**greedy, "train.runtime.seed": 1})
+    second = sample(folder, {**greedy, "train.runtime.seed": 2})
+
+    assert first == second
+
+
+def test_samples_are_saved_under_out_dir_samples(folder: Path) -> None:
+    texts = sample(folder, {"sample.sample.num_samples": 2})
+
+    saved = sorted((folder / "out" / SAMPLES_DIR).glob("*.txt"))
+    assert [path.read_text(encoding="utf-8") for path in saved] == texts
+    assert len(texts) == 2
+
+
+def test_streamed_samples_appear_on_stdout_with_the_checkpoint_used(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = sample(folder, {"sample.sample.stream": True})
+
+    stdout = capsys.readouterr().out
+    assert f"sampling from {folder / 'out' / checkpoint.BEST}" in stdout
+    assert texts[0] in stdout
+
+
+def test_a_file_prompt_is_read_relative_to_the_config(folder: Path) -> None:
+    (folder / "prompt.txt").write_text("JULIET:\nO Romeo", encoding="utf-8")
+
+    texts = sample(folder, {"sample.sample.start": "FILE:prompt.txt"})
+
+    assert texts[0].startswith("JULIET:\nO Romeo")
+
+
+def test_a_missing_prompt_file_is_a_data_error_naming_it(folder: Path) -> None:
+    with pytest.raises(DataError) as error:
+        sample(folder, {"sample.sample.start": "FILE:prompts/missing.txt"})
+
+    assert str(folder / "prompts" / "missing.txt") in str(error.value)
+    assert not (folder / "out" / SAMPLES_DIR).exists()
+
+
+def test_a_prompt_character_outside_the_char_vocabulary_is_a_data_error(folder: Path) -> None:
+    with pytest.raises(DataError) as error:
+        sample(folder, {"sample.sample.start": "ROMEO: ☃"})
+
+    assert "'☃'" in str(error.value)
+    assert "vocabulary" in str(error.value)
+
+
+def test_sampling_reads_the_last_checkpoint_when_there_is_no_best(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (folder / "out" / checkpoint.BEST).unlink()
+
+    sample(folder)
+
+    assert f"sampling from {folder / 'out' / checkpoint.LAST}" in capsys.readouterr().out
+
+
+def test_no_checkpoint_is_a_checkpoint_error_naming_out_dir(tmp_path: Path) -> None:
+    empty = tmp_path / "exp"
+
+    with pytest.raises(CheckpointError) as error:
+        sample(empty)
+
+    assert f"no checkpoint in {empty / 'out'}" in str(error.value)

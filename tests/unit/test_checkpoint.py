@@ -1,0 +1,291 @@
+"""Checkpoints: safe round trips, clear errors for damaged files, atomic saves, which to sample."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ml_playground.data.tokenizer import CharTokenizer
+from ml_playground.errors import CheckpointError
+from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.train import checkpoint
+from ml_playground.train.checkpoint import Checkpoint
+
+TINY = GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8)
+
+
+def trained_checkpoint(iter_num: int = 3) -> Checkpoint:
+    """A real checkpoint of a tiny GPT after `iter_num` optimizer steps."""
+    torch.manual_seed(0)  # pyright: ignore[reportUnknownMemberType] - torch leaves `seed` unannotated
+    model = GPT(TINY)
+    optimizer = model.configure_optimizer(
+        weight_decay=0.1, learning_rate=1e-2, betas=(0.9, 0.99), device_type="cpu"
+    )
+    tokens = torch.randint(TINY.vocab_size, (2, TINY.block_size + 1))
+    for _ in range(iter_num):
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        assert loss is not None
+        torch.autograd.backward(loss)
+        optimizer.step()  # pyright: ignore[reportUnknownMemberType] - torch leaves `closure` unannotated
+        optimizer.zero_grad(set_to_none=True)
+    return Checkpoint(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scaler=None,
+        iter_num=iter_num,
+        best_val_loss=2.5,
+        model_args=TINY.to_dict(),
+        config={"train": {"runtime": {"max_iters": 10}}},
+        tokenizer=CharTokenizer(list("abcdefghijkl")).spec.to_json(),
+        rng=checkpoint.capture_rng(),
+        sampler={"generator": torch.Generator().manual_seed(7).get_state(), "cursor": 4},
+    )
+
+
+def save_payload(path: Path, payload: dict[str, Any]) -> Path:
+    """Write a payload exactly as given, bypassing the checks of `checkpoint.save`."""
+    torch.save(payload, path)
+    return path
+
+
+# --- round trip -----------------------------------------------------------------------------
+
+
+def test_saved_checkpoint_loads_back_equal_with_weights_only(tmp_path: Path) -> None:
+    original = trained_checkpoint()
+    path = tmp_path / checkpoint.LAST
+
+    checkpoint.save(path, original)
+    loaded = checkpoint.load(path)
+
+    assert loaded.model.keys() == original.model.keys()
+    assert all(torch.equal(loaded.model[key], original.model[key]) for key in original.model)
+    for index, state in original.optimizer["state"].items():
+        for name, value in state.items():
+            assert torch.equal(loaded.optimizer["state"][index][name], value)
+    assert loaded.optimizer["param_groups"] == original.optimizer["param_groups"]
+    assert loaded.iter_num == original.iter_num
+    assert loaded.best_val_loss == original.best_val_loss
+    assert dict(loaded.model_args) == TINY.to_dict()
+    assert dict(loaded.tokenizer) == dict(original.tokenizer)
+    assert dict(loaded.config) == dict(original.config)
+    assert torch.equal(loaded.rng["torch"], original.rng["torch"])
+    assert torch.equal(loaded.sampler["generator"], original.sampler["generator"])
+    assert loaded.sampler["cursor"] == 4
+    # Only tensors and plain containers: the file is readable without unpickling code.
+    assert isinstance(torch.load(path, map_location="cpu", weights_only=True), dict)
+
+
+def test_loaded_weights_rebuild_the_same_model(tmp_path: Path) -> None:
+    original = trained_checkpoint()
+    path = tmp_path / checkpoint.LAST
+    checkpoint.save(path, original)
+    tokens = torch.arange(TINY.block_size)[None, :]
+
+    loaded = checkpoint.load(path)
+    model = GPT(GPTConfig.from_dict(loaded.model_args))
+    model.load_state_dict(dict(loaded.model))
+    reference = GPT(TINY)
+    reference.load_state_dict(dict(original.model))
+
+    assert torch.equal(model.eval()(tokens)[0], reference.eval()(tokens)[0])
+
+
+def test_captured_rng_replays_the_same_random_draws() -> None:
+    state = checkpoint.capture_rng()
+    first = torch.rand(5)
+
+    checkpoint.restore_rng(state)
+
+    assert torch.equal(torch.rand(5), first)
+
+
+# --- torch.compile prefix -------------------------------------------------------------------
+
+
+def compiled_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{checkpoint.COMPILED_PREFIX}{key}": value for key, value in state.items()}
+
+
+def test_save_strips_the_compile_prefix(tmp_path: Path) -> None:
+    original = trained_checkpoint()
+    compiled = dataclasses.replace(original, model=compiled_keys(dict(original.model)))
+    path = tmp_path / checkpoint.LAST
+
+    checkpoint.save(path, compiled)
+
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(raw["model"]) == set(original.model)
+
+
+def test_load_strips_the_compile_prefix_of_a_file_that_carries_it(tmp_path: Path) -> None:
+    original = trained_checkpoint()
+    payload = original.payload()
+    payload["model"] = compiled_keys(payload["model"])
+    path = save_payload(tmp_path / checkpoint.LAST, payload)
+
+    loaded = checkpoint.load(path)
+
+    assert set(loaded.model) == set(original.model)
+    model = GPT(TINY)
+    model.load_state_dict(dict(loaded.model))  # strict: every key matches
+
+
+# --- damaged and foreign files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_file_is_a_checkpoint_error_naming_it(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / checkpoint.LAST
+    checkpoint.save(path, trained_checkpoint())
+    data = path.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "garbage": b"this is not a checkpoint\n" * 10,
+        "empty": b"",
+    }[damage]
+    path.write_bytes(damaged)
+
+    with pytest.raises(CheckpointError, match="corrupt") as error:
+        checkpoint.load(path)
+
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_file_is_a_checkpoint_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / checkpoint.LAST
+
+    with pytest.raises(CheckpointError, match="not found") as error:
+        checkpoint.load(path)
+
+    assert str(path) in str(error.value)
+
+
+def test_a_file_holding_no_dictionary_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / checkpoint.LAST
+    torch.save(torch.zeros(3), path)
+
+    with pytest.raises(CheckpointError, match="does not hold a dictionary") as error:
+        checkpoint.load(path)
+
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("version", [None, 0, checkpoint.FORMAT_VERSION + 1])
+def test_another_format_version_is_refused_naming_file_and_versions(
+    tmp_path: Path, version: int | None
+) -> None:
+    payload = trained_checkpoint().payload()
+    if version is None:
+        del payload["format_version"]
+    else:
+        payload["format_version"] = version
+    path = save_payload(tmp_path / checkpoint.LAST, payload)
+
+    with pytest.raises(CheckpointError) as error:
+        checkpoint.load(path)
+
+    message = str(error.value)
+    assert str(path) in message
+    assert f"format_version {version!r}" in message
+    assert f"expected {checkpoint.FORMAT_VERSION}" in message
+
+
+def test_missing_keys_are_refused_and_named(tmp_path: Path) -> None:
+    payload = trained_checkpoint().payload()
+    del payload["optimizer"]
+    del payload["tokenizer"]
+    path = save_payload(tmp_path / checkpoint.LAST, payload)
+
+    with pytest.raises(CheckpointError) as error:
+        checkpoint.load(path)
+
+    message = str(error.value)
+    assert str(path) in message
+    assert "lacks optimizer, tokenizer" in message
+
+
+# --- atomic saves ---------------------------------------------------------------------------
+
+
+def test_save_leaves_only_the_checkpoint_behind(tmp_path: Path) -> None:
+    checkpoint.save(tmp_path / checkpoint.LAST, trained_checkpoint())
+    checkpoint.save(tmp_path / checkpoint.LAST, trained_checkpoint(iter_num=4))
+
+    assert [path.name for path in tmp_path.iterdir()] == [checkpoint.LAST]
+    assert checkpoint.load(tmp_path / checkpoint.LAST).iter_num == 4
+
+
+def fail_while_serializing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted_save(obj: object, f: Any, *args: object, **kwargs: object) -> None:
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+
+
+def fail_while_writing_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted_fsync(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
+
+
+@pytest.mark.parametrize("interrupt", [fail_while_serializing, fail_while_writing_the_file])
+def test_an_interrupted_save_keeps_the_previous_checkpoint_intact(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    interrupt: Callable[[pytest.MonkeyPatch], None],
+) -> None:
+    path = tmp_path / checkpoint.LAST
+    checkpoint.save(path, trained_checkpoint(iter_num=3))
+    before = path.read_bytes()
+    newer = trained_checkpoint(iter_num=4)
+    interrupt(monkeypatch)
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, newer)
+
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert checkpoint.load(path).iter_num == 3
+    assert [entry.name for entry in tmp_path.iterdir()] == [checkpoint.LAST], "no temp files"
+
+
+# --- which checkpoint sampling reads --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("present", "chosen"),
+    [
+        ((checkpoint.BEST, checkpoint.LAST, checkpoint.LEGACY), checkpoint.BEST),
+        ((checkpoint.LAST, checkpoint.LEGACY), checkpoint.LAST),
+        ((checkpoint.BEST, checkpoint.LEGACY), checkpoint.BEST),
+        ((checkpoint.LEGACY,), checkpoint.LEGACY),
+    ],
+)
+def test_sampling_reads_best_then_last_then_legacy(
+    tmp_path: Path, present: tuple[str, ...], chosen: str
+) -> None:
+    for name in present:
+        (tmp_path / name).write_bytes(b"")
+
+    assert checkpoint.for_sampling(tmp_path) == tmp_path / chosen
+
+
+def test_no_checkpoint_to_sample_names_out_dir_and_the_files_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "ckpt_other.pt").write_bytes(b"")
+
+    with pytest.raises(CheckpointError) as error:
+        checkpoint.for_sampling(tmp_path)
+
+    message = str(error.value)
+    assert str(tmp_path) in message
+    for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.LEGACY):
+        assert name in message
