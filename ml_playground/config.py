@@ -120,6 +120,9 @@ class HFModelConfig(Section):
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     save_merged: bool = False
+    # The dtype the frozen base weights are stored in; "auto" follows runtime.dtype.
+    # LoRA weights and the optimizer always stay float32.
+    dtype: DType | Literal["auto"] = "auto"
 
 
 class PeftConfig(Section):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.finetune_helpers import TinyModels
 
 TESTS_DIR = Path(__file__).parent
 REPO_ROOT = TESTS_DIR.parent
@@ -32,3 +36,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = relative.parts[0] if len(relative.parts) > 1 else ""
         if folder in MARKER_FOLDERS:
             item.add_marker(getattr(pytest.mark, folder))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """Tiny Qwen2 and Gemma3 models saved like hub downloads, built once per test process."""
+    # Imported here: transformers takes seconds to load and most tests never need it.
+    from tests.finetune_helpers import build_tiny_models  # noqa: PLC0415
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))

@@ -1,0 +1,1 @@
+"""Experiment: Gemma LoRA fine-tuning on SpeakGer speeches joined with member metadata."""

@@ -1,0 +1,17 @@
+"""Prepare speakger: SpeakGer (or Open Discourse) speeches CSVs with member metadata.
+
+Every speeches CSV below [prepare] raw_dir (or the one raw_text_path names) is read;
+all_mps_meta.csv and all_mps_mapping.csv in a CSV's folder add names and parties.
+"""
+
+from __future__ import annotations
+
+from ml_playground.experiments import PrepareContext, register
+
+
+@register("speakger")
+def prepare(ctx: PrepareContext) -> None:
+    # Imported here: discovery imports every prepare.py, and transformers loads for seconds.
+    from ml_playground.finetune.dataset import prepare_speeches  # noqa: PLC0415
+
+    prepare_speeches(ctx.config, frozenset({".csv"}))

@@ -1,0 +1,139 @@
+"""SpeakGer's member tables: who an MPID is, and which party they sat for when.
+
+SpeakGer ships two tables next to its speeches: `all_mps_meta.csv` (';'-separated; MPID,
+Name, LastName, Born, ...) and `all_mps_mapping.csv` (','-separated; MPID, State, Period,
+Party, Constituency, ...). A speeches CSV with an MPID column is joined with whichever of
+the two sits in its folder: the name becomes the speaker, the mapping's party fills in
+where the speech has none. The mapping is keyed by parliament ("State": Bundestag or a
+Land) and period; a speech whose parliament is unknown takes the party only when every
+parliament the member sat in that period agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml_playground.finetune.table import RowCounts, read_rows
+
+META_FILE = "all_mps_meta.csv"
+MAPPING_FILE = "all_mps_mapping.csv"
+MEMBER_FILES = frozenset({META_FILE, MAPPING_FILE})
+
+META_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "mpid": ("MPID",),
+    "name": ("Name",),
+    "last_name": ("LastName",),
+}
+MAPPING_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "mpid": ("MPID",),
+    "state": ("State", "Parliament"),
+    "period": ("Period",),
+    "party": ("Party",),
+}
+
+# The mapping spells parties in lower case; a header should read as a protocol does.
+PARTY_DISPLAY: Mapping[str, str] = {
+    "spd": "SPD",
+    "cdu": "CDU",
+    "csu": "CSU",
+    "fdp": "FDP",
+    "afd": "AfD",
+    "die grünen": "BÜNDNIS 90/DIE GRÜNEN",
+    "linke/pds/sed": "DIE LINKE",
+    "kpd/dkp": "KPD",
+    "npd": "NPD",
+    "bp": "BP",
+    "dp": "DP",
+    "piraten": "PIRATEN",
+    "zentrum": "Zentrum",
+}
+
+
+def normalize_mpid(value: str) -> str:
+    """MPIDs as written by spreadsheets and pandas ("17", "17.0") compare equal."""
+    value = value.strip()
+    return value.removesuffix(".0") if value.endswith(".0") else value
+
+
+def parse_int(value: str) -> int | None:
+    """An integer cell ("19", "19.0"), or None when it is empty or not a whole number."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+SeatKey = tuple[str, str, int]  # (MPID, parliament, period)
+PeriodKey = tuple[str, int]  # (MPID, period)
+
+
+@dataclass
+class Members:
+    """The joined member tables of one folder (empty when the folder has neither)."""
+
+    names: dict[str, str] = field(default_factory=dict[str, str])
+    parties: dict[tuple[str, str, int], str] = field(
+        default_factory=dict[tuple[str, str, int], str]
+    )
+    by_period: dict[tuple[str, int], set[str]] = field(
+        default_factory=dict[tuple[str, int], set[str]]
+    )
+    states: set[str] = field(default_factory=set[str])
+    files: list[Path] = field(default_factory=list[Path])
+
+    def name_of(self, mpid: str | None) -> str | None:
+        return self.names.get(mpid) if mpid else None
+
+    def party_of(self, mpid: str | None, state: str | None, period: int | None) -> str | None:
+        if not mpid or period is None:
+            return None
+        if state is not None:
+            return self.parties.get((mpid, state, period))
+        candidates = self.by_period.get((mpid, period), set())
+        return next(iter(candidates)) if len(candidates) == 1 else None
+
+
+def member_files(folder: Path) -> list[Path]:
+    """The SpeakGer member tables present in `folder`, in a fixed order."""
+    return [folder / name for name in sorted(MEMBER_FILES) if (folder / name).is_file()]
+
+
+def load_members(folder: Path, counts: RowCounts) -> Members:
+    """Read the member tables in `folder`; their damaged rows are counted in `counts`."""
+    members = Members()
+    meta = folder / META_FILE
+    if meta.is_file():
+        members.files.append(meta)
+        for row in read_rows(meta, META_COLUMNS, required=("mpid", "name"), counts=counts):
+            mpid, name = normalize_mpid(row.get("mpid")), row.get("name")
+            if mpid and name:
+                members.names[mpid] = name
+    mapping = folder / MAPPING_FILE
+    if mapping.is_file():
+        members.files.append(mapping)
+        rows = read_rows(
+            mapping,
+            MAPPING_COLUMNS,
+            required=("mpid", "period", "party"),
+            counts=counts,
+        )
+        for row in rows:
+            mpid, period = normalize_mpid(row.get("mpid")), parse_int(row.get("period"))
+            party = display_party(row.get("party"))
+            if not mpid or period is None or not party:
+                counts.add_malformed(row.origin, "member row without MPID, period or party")
+                continue
+            state = row.get("state")
+            if state:
+                members.parties[(mpid, state, period)] = party
+                members.states.add(state)
+            members.by_period.setdefault((mpid, period), set()).add(party)
+    return members
+
+
+def display_party(value: str) -> str:
+    value = value.strip()
+    return PARTY_DISPLAY.get(value.casefold(), value)

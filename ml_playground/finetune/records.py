@@ -1,0 +1,63 @@
+"""Speech records: one speech with what is known about it, and the text a model learns.
+
+A record's text is a short German header holding only the fields that are known, a blank
+line, and the speech:
+
+    Sprecher: Erika Muster
+    Partei: SPD
+    Thema: Haushaltsgesetz 2024
+    Jahr: 2023
+
+    Frau Präsidentin! Meine Damen und Herren! ...
+
+With structure tokens the record is wrapped in <SPEECH_START> ... <SPEECH_END>; prepare
+registers both as special tokens, so each is a single id the model learns to open and
+close a speech with. A speech with no known field has no header, only its text.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+SPEECH_START = "<SPEECH_START>"
+SPEECH_END = "<SPEECH_END>"
+STRUCTURE_TOKENS = (SPEECH_START, SPEECH_END)
+HEADER_FIELDS = ("Sprecher", "Partei", "Thema", "Jahr")
+
+
+@dataclass(frozen=True)
+class Speech:
+    """One speech as read from a source; `origin` ("file:line") names it in messages."""
+
+    text: str
+    origin: str
+    speaker: str | None = None
+    party: str | None = None
+    topic: str | None = None
+    date: datetime.date | None = None
+    year: int | None = None
+    period: int | None = None
+    mpid: str | None = None
+    state: str | None = None
+    chair: bool = False
+    interjection: bool = False
+
+    @property
+    def known_year(self) -> int | None:
+        return self.date.year if self.date is not None else self.year
+
+    def header(self) -> list[tuple[str, str]]:
+        """(field, value) for each header field that is known, in HEADER_FIELDS order."""
+        year = self.known_year
+        values = (self.speaker, self.party, self.topic, str(year) if year else None)
+        return [(name, value) for name, value in zip(HEADER_FIELDS, values, strict=True) if value]
+
+
+def format_record(speech: Speech, *, structure_tokens: bool) -> str:
+    """The training text of one speech: header, blank line, text; optionally wrapped."""
+    header = "\n".join(f"{name}: {value}" for name, value in speech.header())
+    body = f"{header}\n\n{speech.text}" if header else speech.text
+    if structure_tokens:
+        return f"{SPEECH_START}\n{body}\n{SPEECH_END}"
+    return body

@@ -1,0 +1,301 @@
+"""Speeches from their sources: .txt files (one speech each) and speeches CSV tables.
+
+CSV columns are found by meaning (see SPEECH_COLUMNS), which covers SpeakGer's speeches
+tables (Period, Session, Chair, Interjection, Speech, MPID, Party, Date, ...) and the Open
+Discourse speeches table (speechContent, firstName, lastName, electoralTerm, date,
+positionShort, ...). SpeakGer member tables in a CSV's folder fill in names and parties
+(see members.py). A value that cannot be read (a date like "next week") leaves that value
+unknown and is counted; a row without speech text is counted as malformed and left out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml_playground.config import PrepareConfig
+from ml_playground.errors import DataError
+from ml_playground.finetune.members import (
+    MEMBER_FILES,
+    META_FILE,
+    Members,
+    display_party,
+    load_members,
+    member_files,
+    normalize_mpid,
+    parse_int,
+)
+from ml_playground.finetune.records import Speech
+from ml_playground.finetune.selection import Selection
+from ml_playground.finetune.table import RowCounts, read_rows
+
+CSV_SUFFIX = ".csv"
+TEXT_SUFFIX = ".txt"
+DEFAULT_RAW_DIR = "raw"
+
+SPEECH_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "text": ("Speech", "speechContent", "Text", "Content", "Rede", "SpeechText", "Redetext"),
+    "speaker": ("Speaker", "SpeakerName", "Name", "Redner", "Sprecher"),
+    "first_name": ("firstName", "Vorname"),
+    "last_name": ("lastName", "Nachname"),
+    "party": ("Party", "Partei", "Faction", "Fraktion"),
+    "date": ("Date", "Datum"),
+    "period": ("Period", "electoralTerm", "Wahlperiode", "Legislature"),
+    "chair": ("Chair", "isChair"),
+    "interjection": ("Interjection", "isInterjection", "Zwischenruf"),
+    "mpid": ("MPID", "politicianId", "SpeakerID"),
+    "topic": ("Topic", "Thema", "AgendaItem", "Agenda", "Title", "Tagesordnungspunkt"),
+    "state": ("State", "Parliament", "Bundesland"),
+    "position": ("positionShort", "Position", "Role"),
+}
+TRUE_FLAGS = frozenset({"true", "1", "1.0", "yes", "y", "t", "ja", "wahr", "x"})
+FALSE_FLAGS = frozenset({"", "false", "0", "0.0", "no", "n", "f", "nein", "falsch"})
+# Open Discourse marks the presiding officer by position, not by a flag.
+CHAIR_POSITIONS = frozenset({"presidium of parliament", "präsident", "präsidentin", "präsidium"})
+# Open Discourse replaces interjections inside a speech with "({12})" placeholders.
+PLACEHOLDER = re.compile(r"\(\{\d+\}\)")
+EXCESS_BLANK_LINES = re.compile(r"\n{3,}")
+ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})")
+GERMAN_DATE = re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})")
+YEAR_ONLY = re.compile(r"^(\d{4})$")
+
+
+@dataclass
+class ReadReport:
+    """Everything that happened to the input: nothing is dropped without being counted."""
+
+    rows: RowCounts = field(default_factory=RowCounts)
+    member_rows: RowCounts = field(default_factory=RowCounts)
+    unreadable: Counter[str] = field(default_factory=Counter[str])
+    skipped: Counter[str] = field(default_factory=Counter[str])
+    unknown_mpids: int = 0
+    kept: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.rows.read:,} rows read", f"{self.kept:,} speeches kept"]
+        if self.skipped:
+            parts.append("skipped " + _counted(self.skipped))
+        if self.rows.malformed:
+            parts.append(
+                f"{self.rows.malformed_total:,} malformed ({_counted(self.rows.malformed)})"
+            )
+        if self.rows.repaired:
+            parts.append(f"{self.rows.repaired:,} repaired (quoted as a whole)")
+        if self.unreadable:
+            parts.append("unreadable values kept as unknown: " + _counted(self.unreadable))
+        if self.member_rows.repaired or self.member_rows.malformed:
+            parts.append(
+                f"member tables: {self.member_rows.repaired:,} rows repaired, "
+                f"{self.member_rows.malformed_total:,} malformed"
+            )
+        if self.unknown_mpids:
+            parts.append(f"{self.unknown_mpids:,} MPIDs not in {META_FILE}")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            **self.rows.to_json(),
+            "kept": self.kept,
+            "skipped": dict(sorted(self.skipped.items())),
+            "unreadable_values": dict(sorted(self.unreadable.items())),
+            "unknown_mpids": self.unknown_mpids,
+            "member_tables": self.member_rows.to_json(),
+        }
+
+
+def speech_sources(prepare: PrepareConfig, suffixes: frozenset[str]) -> list[Path]:
+    """The files to read: raw_text_path, else every matching file below raw_dir.
+
+    With neither key set, `dataset_dir/raw/` is the folder. SpeakGer member tables are
+    metadata, never speeches.
+    """
+    kinds = " or ".join(sorted(suffixes))
+    if prepare.raw_text_path is not None:
+        path = prepare.raw_text_path
+        if not path.is_file():
+            raise DataError(
+                f"prepare.raw_text_path {path} does not exist; fix the path or remove the key"
+            )
+        if path.suffix.lower() not in suffixes:
+            raise DataError(f"prepare.raw_text_path {path} is not a {kinds} file")
+        return [path]
+    folder = prepare.raw_dir or prepare.dataset_dir / DEFAULT_RAW_DIR
+    if not folder.is_dir():
+        raise DataError(
+            f"no speeches to prepare: {folder} does not exist; put {kinds} files there, or set "
+            "[prepare] raw_dir (a folder) or raw_text_path (one file)"
+        )
+    files = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in suffixes and path.name not in MEMBER_FILES
+    )
+    if not files:
+        raise DataError(f"no {kinds} files found under {folder}; put the speeches there")
+    return files
+
+
+def auxiliary_files(sources: Sequence[Path]) -> list[Path]:
+    """The member tables that will be joined with `sources` (they decide the output too)."""
+    folders = sorted({path.parent for path in sources if path.suffix.lower() == CSV_SUFFIX})
+    return [path for folder in folders for path in member_files(folder)]
+
+
+def read_speeches(
+    sources: Sequence[Path],
+    report: ReadReport,
+    *,
+    advance: Callable[[int], object] = lambda _: None,
+) -> Iterator[Speech]:
+    """Every speech in `sources`, in order; malformed rows are counted in `report`."""
+    members: dict[Path, Members] = {}
+    for path in sources:
+        if path.suffix.lower() == CSV_SUFFIX:
+            folder = path.parent
+            if folder not in members:
+                members[folder] = load_members(folder, report.member_rows)
+            yield from _table_speeches(path, members[folder], report, advance)
+        else:
+            yield from _text_speech(path, report, advance)
+
+
+def select(
+    speeches: Iterator[Speech], selection: Selection, report: ReadReport
+) -> Iterator[Speech]:
+    """The speeches `selection` keeps; every other one is counted under its reason."""
+    for speech in speeches:
+        reason = selection.skip_reason(speech)
+        if reason is None:
+            report.kept += 1
+            yield speech
+        else:
+            report.skipped[reason] += 1
+
+
+def _text_speech(
+    path: Path, report: ReadReport, advance: Callable[[int], object]
+) -> Iterator[Speech]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    advance(len(raw))
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid UTF-8 at byte {exc.start}; convert it to UTF-8"
+        ) from None
+    report.rows.read += 1
+    cleaned = clean_text(text)
+    if not cleaned:
+        report.rows.add_malformed(str(path), "empty speech text")
+        return
+    yield Speech(text=cleaned, origin=str(path))
+
+
+def _table_speeches(
+    path: Path, members: Members, report: ReadReport, advance: Callable[[int], object]
+) -> Iterator[Speech]:
+    rows = read_rows(path, SPEECH_COLUMNS, required=("text",), counts=report.rows, advance=advance)
+    stem_state = path.stem if path.stem in members.states else None
+    for row in rows:
+        text = clean_text(row.get("text"))
+        if not text:
+            report.rows.add_malformed(row.origin, "empty speech text")
+            continue
+        mpid = normalize_mpid(row.get("mpid")) or None
+        if mpid and members.names and mpid not in members.names:
+            report.unknown_mpids += 1
+        period = _period(row.get("period"), report)
+        state = row.get("state") or stem_state
+        date, year = _date(row.get("date"), report)
+        party = display_party(row.get("party")) or members.party_of(mpid, state, period)
+        yield Speech(
+            text=text,
+            origin=row.origin,
+            speaker=_speaker(row.get("speaker"), row.get("first_name"), row.get("last_name"))
+            or members.name_of(mpid),
+            party=party or None,
+            topic=row.get("topic") or None,
+            date=date,
+            year=year,
+            period=period,
+            mpid=mpid,
+            state=state or None,
+            chair=_flag(row.get("chair"), "chair", report)
+            or row.get("position").casefold() in CHAIR_POSITIONS,
+            interjection=_flag(row.get("interjection"), "interjection", report),
+        )
+
+
+def clean_text(text: str) -> str:
+    """Unified newlines, no placeholders, at most one blank line in a row, trimmed."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = PLACEHOLDER.sub("", text)
+    return EXCESS_BLANK_LINES.sub("\n\n", text).strip()
+
+
+def parse_date(value: str) -> tuple[datetime.date | None, int | None] | None:
+    """(date, year) from ISO (with or without time), DD.MM.YYYY or a bare year.
+
+    ((None, None) for an empty cell; None when the cell holds something else.)
+    """
+    value = value.strip()
+    if not value:
+        return None, None
+    if match := YEAR_ONLY.match(value):
+        return None, int(match.group(1))
+    parts: tuple[str, str, str] | None = None
+    if match := ISO_DATE.match(value):
+        parts = (match.group(1), match.group(2), match.group(3))
+    elif match := GERMAN_DATE.match(value):
+        parts = (match.group(3), match.group(2), match.group(1))
+    if parts is None:
+        return None
+    try:
+        date = datetime.date(int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        return None
+    return date, date.year
+
+
+def _date(value: str, report: ReadReport) -> tuple[datetime.date | None, int | None]:
+    parsed = parse_date(value)
+    if parsed is None:
+        report.unreadable["date"] += 1
+        return None, None
+    return parsed
+
+
+def _period(value: str, report: ReadReport) -> int | None:
+    if not value:
+        return None
+    period = parse_int(value)
+    if period is None:
+        report.unreadable["period"] += 1
+    return period
+
+
+def _flag(value: str, column: str, report: ReadReport) -> bool:
+    folded = value.casefold()
+    if folded in TRUE_FLAGS:
+        return True
+    if folded not in FALSE_FLAGS:
+        report.unreadable[column] += 1
+    return False
+
+
+def _speaker(speaker: str, first_name: str, last_name: str) -> str | None:
+    if speaker:
+        return speaker
+    joined = " ".join(part for part in (first_name, last_name) if part)
+    return joined or None
+
+
+def _counted(counter: Counter[str]) -> str:
+    return ", ".join(f"{count:,} {reason}" for reason, count in counter.most_common())

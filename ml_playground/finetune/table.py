@@ -1,0 +1,198 @@
+"""Delimited tables (',', ';' or tab separated), streamed row by row, damage counted.
+
+Speech corpora arrive as CSV files of many gigabytes with inconsistent headers, so a
+table is read lazily, its delimiter is taken from the header line, and columns are found
+by meaning: each wanted column has a list of accepted header names, compared without
+case, spaces, '_' or '-'. A row whose whole content sits in one quoted field (a known
+defect of SpeakGer's mapping file) is unpacked and counted as repaired; any other row
+with the wrong number of fields is counted as malformed with its line, never dropped
+without a trace.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ml_playground.errors import DataError
+
+DELIMITERS = (",", ";", "\t")
+MAX_EXAMPLES = 10
+HEADER_PROBE_BYTES = 1 << 16
+# Speeches can be long; csv's default field limit (128 KiB) would reject real ones.
+FIELD_SIZE_LIMIT = 1 << 30
+
+Aliases = Mapping[str, Sequence[str]]
+
+
+@dataclass
+class RowCounts:
+    """What happened to the rows read: repaired and malformed ones, with examples."""
+
+    read: int = 0
+    repaired: int = 0
+    malformed: Counter[str] = field(default_factory=Counter[str])
+    examples: list[str] = field(default_factory=list[str])
+
+    @property
+    def malformed_total(self) -> int:
+        return sum(self.malformed.values())
+
+    def add_malformed(self, origin: str, reason: str, detail: str = "") -> None:
+        self.malformed[reason] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{origin}: {reason}{f' ({detail})' if detail else ''}")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "read": self.read,
+            "repaired": self.repaired,
+            "malformed": dict(sorted(self.malformed.items())),
+            "examples": list(self.examples),
+        }
+
+
+@dataclass(frozen=True)
+class Row:
+    """One data row: its origin ("path:line") and the value of each column found."""
+
+    origin: str
+    values: Mapping[str, str]
+
+    def get(self, column: str) -> str:
+        """The stripped value, or "" when the table has no such column."""
+        return self.values.get(column, "")
+
+
+def normalize_header(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.strip().casefold())
+
+
+def read_rows(
+    path: Path,
+    aliases: Aliases,
+    *,
+    required: Sequence[str],
+    counts: RowCounts,
+    advance: Callable[[int], object] = lambda _: None,
+) -> Iterator[Row]:
+    """Stream the rows of `path` with its columns renamed to the keys of `aliases`.
+
+    `advance` receives the number of bytes consumed since its last call (for a progress
+    bar). A missing required column is an error naming the columns the file does have.
+    """
+    delimiter = sniff_delimiter(path)
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
+    line = 0
+    try:
+        with path.open("rb") as raw:
+            counter = _CountingReader(raw)
+            text = io.TextIOWrapper(io.BufferedReader(counter), encoding="utf-8-sig", newline="")
+            reader = csv.reader(text, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path} is empty; it needs a header line and rows")
+            columns = _find_columns(path, header, aliases, required)
+            reported = 0
+            for cells in reader:
+                line = reader.line_num
+                if not cells:
+                    continue  # a blank line is not a row
+                counts.read += 1
+                origin = f"{path}:{line}"
+                fitted = cells if len(cells) == len(header) else None
+                if fitted is None:
+                    fitted = _unpacked(cells, len(header), delimiter)
+                    if fitted is None:
+                        counts.add_malformed(
+                            origin,
+                            "wrong number of fields",
+                            f"{len(cells)} fields, the header has {len(header)}",
+                        )
+                        continue
+                    counts.repaired += 1
+                yield Row(origin, {name: fitted[index].strip() for name, index in columns.items()})
+                if counter.bytes_read != reported:
+                    advance(counter.bytes_read - reported)
+                    reported = counter.bytes_read
+            advance(counter.bytes_read - reported)
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{path} is not valid UTF-8 (near line {line + 1}); convert it to UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise DataError(
+            f"{path}:{line + 1} is not readable as CSV ({exc}); fix or remove that line"
+        ) from None
+    except FileNotFoundError:
+        raise DataError(f"table not found: {path}; fix the path") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The delimiter that occurs most often in the header line (',' when none does)."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(HEADER_PROBE_BYTES)
+    except FileNotFoundError:
+        raise DataError(f"table not found: {path}; fix the path") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    header = first.decode("utf-8-sig", errors="replace")
+    return max(DELIMITERS, key=header.count)
+
+
+def _find_columns(
+    path: Path, header: Sequence[str], aliases: Aliases, required: Sequence[str]
+) -> dict[str, int]:
+    positions = {normalize_header(name): index for index, name in enumerate(header)}
+    found: dict[str, int] = {}
+    for column, names in aliases.items():
+        for name in names:
+            index = positions.get(normalize_header(name))
+            if index is not None:
+                found[column] = index
+                break
+    missing = [column for column in required if column not in found]
+    if missing:
+        column = missing[0]
+        raise DataError(
+            f"{path} has no {column} column (looked for {', '.join(aliases[column])}); "
+            f"its columns are {', '.join(header)}; rename the column"
+        )
+    return found
+
+
+def _unpacked(cells: Sequence[str], width: int, delimiter: str) -> list[str] | None:
+    """The fields of a row that was quoted as a whole, if that is what `cells` is."""
+    if len(cells) != 1 or width < 2 or delimiter not in cells[0]:
+        return None
+    parsed = list(csv.reader([cells[0]], delimiter=delimiter))
+    inner = parsed[0] if parsed else []
+    return inner if len(inner) == width else None
+
+
+class _CountingReader(io.RawIOBase):
+    """A raw byte stream that counts what has been read through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        size = len(data)
+        buffer[:size] = data
+        self.bytes_read += size
+        return size

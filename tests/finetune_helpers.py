@@ -1,0 +1,298 @@
+"""Tiny pretrained models and SpeakGer-style data for the fine-tuning tests.
+
+The hub is unreachable in CI, so the tests build what a download would give them: a
+byte-level BPE tokenizer trained with the `tokenizers` library on German parliamentary
+text, and randomly initialised Qwen2 and Gemma3 causal LMs of about a hundred thousand
+parameters around it, both saved with save_pretrained into a folder that
+`train.hf_model.model_name` points at. Speech data is a synthetic SpeakGer speeches CSV
+next to slices of the real member tables from the shared folder.
+
+Everything is written under a folder the caller passes in (a tmp_path), never into the
+source tree.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
+
+import torch
+
+from ml_playground.config import LoadedConfig, load_config
+from tests.conftest import SHARED_DIR
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+SPEAKGER_DIR = SHARED_DIR / "data" / "speakger"
+Family = Literal["qwen2", "gemma3"]
+TomlValue = str | int | float | bool | list[str] | list[int]
+
+SENTENCES = (
+    "Frau Präsidentin! Meine sehr geehrten Damen und Herren!",
+    "Wir beraten heute den Haushalt für das kommende Jahr.",
+    "Die Bundesregierung muss endlich handeln, und zwar jetzt.",
+    "Das ist eine Frage der Gerechtigkeit für alle Bürgerinnen und Bürger.",
+    "Ich danke Ihnen für Ihre Aufmerksamkeit.",
+    "Herr Kollege, Sie haben das Wort.",
+    "Wir stimmen dem Antrag zu, weil er richtig ist.",
+    "Sprecher: Partei: Thema: Jahr:",
+)
+
+# Real members of the 19th Bundestag, as they appear in the shared SpeakGer tables.
+MEMBERS: Mapping[str, str] = {"19398": "cdu", "19707": "linke/pds/sed", "19272": "fdp"}
+HIDDEN = 64  # with a 400-token vocabulary: about 100k parameters
+SPEECH_HEADER = ("Period", "Session", "Chair", "Interjection", "Speech", "MPID", "Party", "Date")
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Folders holding tiny pretrained models, as `model_name` would name them."""
+
+    qwen2: Path
+    gemma3: Path
+
+    def of(self, family: Family) -> Path:
+        return self.qwen2 if family == "qwen2" else self.gemma3
+
+
+def build_tiny_models(folder: Path) -> TinyModels:
+    return TinyModels(
+        qwen2=build_tiny_model(folder / "tiny-qwen2", "qwen2"),
+        gemma3=build_tiny_model(folder / "tiny-gemma3", "gemma3"),
+    )
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    bos: int | None
+    eos: int
+    pad: int
+
+
+def build_tokenizer(family: Family) -> tuple[PreTrainedTokenizerFast, SpecialIds]:
+    """A byte-level BPE tokenizer with the special tokens of the family it stands in for."""
+    from tokenizers import (  # noqa: PLC0415 - heavy, and only model-building tests need it
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - as above
+
+    gemma = family == "gemma3"
+    bos, eos, pad = ("<bos>", "<eos>", "<pad>") if gemma else (None, "<|endoftext|>", "<|pad|>")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # pyright: ignore[reportAttributeAccessIssue] - the stubs lack the setter
+    tokenizer.decoder = decoders.ByteLevel()  # pyright: ignore[reportAttributeAccessIssue] - as above
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[token for token in (bos, eos, pad) if token is not None],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(SENTENCES * 4, trainer)
+
+    def id_of(token: str) -> int:
+        token_id = tokenizer.token_to_id(token)
+        assert token_id is not None
+        return token_id
+
+    ids = SpecialIds(bos=id_of(bos) if bos else None, eos=id_of(eos), pad=id_of(pad))
+    if bos is not None:
+        # Gemma's tokenizer starts every text with <bos>; the stand-in does the same.
+        tokenizer.post_processor = processors.TemplateProcessing(  # pyright: ignore[reportAttributeAccessIssue] - as above
+            single=f"{bos} $A", special_tokens=[(bos, id_of(bos))]
+        )
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # untyped library
+        tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=pad
+    )
+    return fast, ids
+
+
+def build_tiny_model(folder: Path, family: Family) -> Path:
+    """Save a random tiny `family` model and its tokenizer into `folder`; returns it."""
+    from transformers import (  # noqa: PLC0415 - heavy, and only model-building tests need it
+        AutoModelForCausalLM,
+        Gemma3TextConfig,
+        PretrainedConfig,
+        PreTrainedModel,
+        Qwen2Config,
+    )
+
+    tokenizer, ids = build_tokenizer(family)
+    config: PretrainedConfig
+    if family == "gemma3":
+        config = Gemma3TextConfig(
+            vocab_size=len(tokenizer),
+            head_dim=16,
+            sliding_window=32,
+            bos_token_id=ids.bos,
+            eos_token_id=ids.eos,
+            pad_token_id=ids.pad,
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
+    else:
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            tie_word_embeddings=True,
+            eos_token_id=ids.eos,
+            pad_token_id=ids.pad,
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
+    torch.default_generator.manual_seed(0)
+    built = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]  # pyright: ignore[reportUnknownMemberType] - untyped library
+    model = cast(PreTrainedModel, built)
+    model.save_pretrained(folder)  # pyright: ignore[reportUnknownMemberType] - untyped library
+    tokenizer.save_pretrained(folder)  # pyright: ignore[reportUnknownMemberType] - untyped library
+    return folder
+
+
+# --- SpeakGer-style data -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechRow:
+    text: str
+    mpid: str = ""
+    party: str = ""
+    date: str = "2019-03-14"
+    period: str = "19"
+    chair: str = "False"
+    interjection: str = "False"
+
+    def cells(self, session: int) -> list[str]:
+        return [
+            self.period,
+            str(session),
+            self.chair,
+            self.interjection,
+            self.text,
+            self.mpid,
+            self.party,
+            self.date,
+        ]
+
+
+def speeches(count: int) -> list[SpeechRow]:
+    """`count` ordinary speeches by the MEMBERS, without a party column value."""
+    mpids = itertools.cycle(MEMBERS)
+    return [
+        SpeechRow(text=f"{SENTENCES[i % 7]} {SENTENCES[(i + 3) % 7]}", mpid=next(mpids))
+        for i in range(count)
+    ]
+
+
+def write_speeches_csv(
+    path: Path, rows: Iterable[SpeechRow], *, extra_lines: Sequence[str] = ()
+) -> Path:
+    """A SpeakGer speeches table; `extra_lines` are appended raw (to plant damage)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SPEECH_HEADER)
+        for session, row in enumerate(rows, start=1):
+            writer.writerow(row.cells(session))
+        for line in extra_lines:
+            handle.write(line + "\r\n")
+    return path
+
+
+def copy_member_slices(folder: Path, mpids: Iterable[str] = MEMBERS) -> None:
+    """The real member tables, reduced to the header and the rows of `mpids`."""
+    wanted = set(mpids)
+    for name, delimiter in (("all_mps_meta.csv", ";"), ("all_mps_mapping.csv", ",")):
+        lines = (SPEAKGER_DIR / name).read_text(encoding="utf-8").splitlines()
+        kept = [lines[0]] + [line for line in lines[1:] if line.split(delimiter, 1)[0] in wanted]
+        (folder / name).write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+
+def member_name(mpid: str) -> str:
+    """The Name column of `mpid` in the real all_mps_meta.csv."""
+    with (SPEAKGER_DIR / "all_mps_meta.csv").open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter=";"):
+            if row["MPID"] == mpid:
+                return row["Name"]
+    raise KeyError(mpid)
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+def tiny_settings(model_dir: Path) -> dict[str, TomlValue]:
+    """Settings under which a whole run takes seconds on one CPU thread."""
+    return {
+        "prepare.dataset_dir": "datasets",
+        "prepare.add_structure_tokens": True,
+        "train.hf_model.model_name": str(model_dir),
+        "train.hf_model.block_size": 32,
+        "train.peft.r": 4,
+        "train.peft.lora_alpha": 8,
+        "train.peft.lora_dropout": 0.0,
+        "train.data.batch_size": 4,
+        "train.optim.learning_rate": 5e-3,
+        "train.schedule.warmup_iters": 2,
+        "train.schedule.lr_decay_iters": 20,
+        "train.schedule.min_lr": 1e-4,
+        "train.runtime.out_dir": "out",
+        "train.runtime.max_iters": 6,
+        "train.runtime.eval_interval": 3,
+        "train.runtime.eval_iters": 2,
+        "train.runtime.log_interval": 2,
+        "train.runtime.device": "cpu",
+        "train.runtime.dtype": "float32",
+        "train.runtime.tensorboard_enabled": False,
+        "sample.sample.start": "Sprecher:",
+        "sample.sample.num_samples": 1,
+        "sample.sample.max_new_tokens": 12,
+        "sample.sample.stream": False,
+    }
+
+
+def toml_text(settings: Mapping[str, TomlValue]) -> str:
+    """Dotted keys grouped into TOML tables, in first-seen order."""
+    tables: dict[str, list[str]] = {}
+    for key, value in settings.items():
+        table, _, leaf = key.rpartition(".")
+        tables.setdefault(table, []).append(f"{leaf} = {_toml_value(value)}")
+    return "".join(f"[{table}]\n" + "\n".join(lines) + "\n\n" for table, lines in tables.items())
+
+
+def write_config(
+    folder: Path, settings: Mapping[str, TomlValue], name: str = "config.toml"
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(toml_text(settings), encoding="utf-8")
+    return path
+
+
+def load(folder: Path, settings: Mapping[str, TomlValue]) -> LoadedConfig:
+    """Write `settings` as folder/config.toml and load it as the experiment in `folder`."""
+    return load_config(write_config(folder, settings), folder)
+
+
+def _toml_value(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return repr(value)

@@ -1,0 +1,133 @@
+"""Preparing a fine-tuning dataset: speeches CSV + member tables + tokenizer of a tiny model.
+
+The speeches table is synthetic SpeakGer format; the member tables are slices of the real
+SpeakGer files; the tokenizer is the tiny local model's, as `model_name` names it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ml_playground.config import LoadedConfig
+from ml_playground.errors import ConfigError, DataError
+from ml_playground.finetune.dataset import prepare_speech_dataset, read_dataset_meta, read_texts
+from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from ml_playground.finetune.records import SPEECH_END, SPEECH_START
+from ml_playground.finetune.speeches import speech_sources
+from tests.finetune_helpers import (
+    SpeechRow,
+    TinyModels,
+    TomlValue,
+    copy_member_slices,
+    load,
+    member_name,
+    speeches,
+    tiny_settings,
+    write_speeches_csv,
+)
+
+CSV_ONLY = frozenset({".csv"})
+
+
+def speakger_experiment(
+    root: Path, tiny_models: TinyModels, rows: list[SpeechRow], **overrides: TomlValue
+) -> LoadedConfig:
+    raw = root / "raw"
+    write_speeches_csv(raw / "Bundestag.csv", rows)
+    copy_member_slices(raw)
+    return load(root, speakger_settings(tiny_models, **overrides))
+
+
+def speakger_settings(tiny_models: TinyModels, **overrides: TomlValue) -> dict[str, TomlValue]:
+    """Tiny settings reading raw/; `prepare__seed=7` sets prepare.seed."""
+    settings = tiny_settings(tiny_models.gemma3) | {"prepare.raw_dir": "raw"}
+    return settings | {key.replace("__", "."): value for key, value in overrides.items()}
+
+
+def prepare(loaded: LoadedConfig) -> str:
+    sources = speech_sources(loaded.config.prepare, CSV_ONLY)
+    return prepare_speech_dataset(loaded.config, sources, show_progress=False).message
+
+
+def test_prepare_writes_records_a_tokenizer_with_structure_tokens_and_meta(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    rows = [*speeches(12), SpeechRow("Das Wort hat der Kollege.", chair="True")]
+    loaded = speakger_experiment(tmp_path, tiny_models, rows)
+    dataset_dir = loaded.config.prepare.dataset_dir
+
+    message = prepare(loaded)
+
+    meta = read_dataset_meta(dataset_dir)
+    texts = [*read_texts(dataset_dir / "train.jsonl"), *read_texts(dataset_dir / "val.jsonl")]
+    assert len(texts) == 12 == meta.records["train"] + meta.records["val"]
+    assert meta.records["val"] >= 1
+    first = json.loads((dataset_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["text"].startswith(f"{SPEECH_START}\nSprecher: {member_name('19398')}\n")
+    assert "Partei: CDU\nJahr: 2019\n\n" in first["text"]
+    assert first["text"].endswith(SPEECH_END)
+    assert meta.added_tokens == (SPEECH_START, SPEECH_END)
+    assert meta.base_model == str(tiny_models.gemma3)
+    assert meta.report["skipped"] == {"chair": 1}
+    tokenizer = load_tokenizer(ModelSource.local(dataset_dir / "tokenizer"))
+    assert len(tokenizer) == meta.vocab_size
+    assert len(tokenizer.encode(SPEECH_START, add_special_tokens=False)) == 1
+    assert "12 speeches kept; skipped 1 chair" in message
+
+
+def test_preparing_again_is_skipped_until_settings_or_inputs_change(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    loaded = speakger_experiment(tmp_path, tiny_models, speeches(8))
+    prepare(loaded)
+
+    again = prepare(loaded)
+    reseeded = prepare(load(tmp_path, speakger_settings(tiny_models, prepare__seed=7)))
+    more_input = prepare(speakger_experiment(tmp_path, tiny_models, speeches(9), prepare__seed=7))
+
+    assert again.startswith("dataset up to date")
+    assert reseeded.startswith("prepared ")
+    assert more_input.startswith("prepared ")
+    assert read_dataset_meta(loaded.config.prepare.dataset_dir).report["kept"] == 9
+
+
+def test_split_is_by_speech_seeded_and_leaves_no_split_empty(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    def split(folder: Path, count: int, seed: int) -> list[int]:
+        loaded = speakger_experiment(folder, tiny_models, speeches(count), prepare__seed=seed)
+        prepare(loaded)
+        meta = read_dataset_meta(loaded.config.prepare.dataset_dir)
+        return [meta.records["train"], meta.records["val"]]
+
+    assert split(tmp_path / "a", 40, seed=1) == split(tmp_path / "b", 40, seed=1)
+    assert split(tmp_path / "c", 2, seed=1) == [1, 1]
+
+
+def test_filters_that_leave_fewer_than_two_speeches_are_an_error_with_the_counts(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    loaded = speakger_experiment(tmp_path, tiny_models, speeches(6), prepare__periods=[3])
+
+    with pytest.raises(DataError, match=r"0 speech\(es\) to prepare.*skipped 6 other period"):
+        prepare(loaded)
+
+
+def test_prepare_without_a_base_model_is_a_config_error(tmp_path: Path) -> None:
+    write_speeches_csv(tmp_path / "raw" / "speeches.csv", speeches(3))
+    loaded = load(tmp_path, {"prepare.raw_dir": "raw"})
+
+    with pytest.raises(ConfigError, match=r"needs \[train.hf_model\] model_name"):
+        prepare(loaded)
+
+
+def test_bad_date_filter_is_a_config_error_naming_the_key(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    loaded = speakger_experiment(tmp_path, tiny_models, speeches(3), prepare__date_from="3.3.2020")
+
+    with pytest.raises(ConfigError, match=r"prepare.date_from = '3.3.2020' is not a date"):
+        prepare(loaded)
