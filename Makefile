@@ -6,7 +6,7 @@ SRC := ml_playground tests benchmarks
 
 setup:
 	uv venv --clear
-	uv sync --all-groups
+	uv sync --all-groups --compile-bytecode
 
 format:
 	uv run ruff format $(SRC)
