@@ -26,7 +26,19 @@ TEMPLATE_PLACEHOLDER = "{{name}}"
 EXPERIMENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def _single_process(step: str) -> None:
+    """Only training is distributed; the other steps would race on the same files."""
+    from ml_playground.distributed import ranks_from_env  # noqa: PLC0415 - imports torch
+
+    if ranks_from_env().is_distributed:
+        raise ConfigError(
+            f"`{step}` runs in one process; start it without torchrun/accelerate "
+            "(only `train` is distributed)"
+        )
+
+
 def prepare(experiment: Experiment, loaded: LoadedConfig) -> None:
+    _single_process("prepare")
     preparer = resolve_preparer(experiment, loaded.config.prepare.dataset)
     preparer(PrepareContext(experiment.name, experiment.directory, loaded.config))
 
@@ -42,6 +54,7 @@ def train(experiment: Experiment, loaded: LoadedConfig) -> None:
 
 def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     del experiment
+    _single_process("sample")
     if loaded.config.uses_hf_model:
         raise UserError("LoRA sampling ([train.hf_model]) is not available in this version yet")
     from ml_playground.sample.gpt import sample_gpt  # noqa: PLC0415 - see module docstring

@@ -4,10 +4,15 @@ setup (device, dataset meta, model, optimizer, resume) -> repeat {evaluate and c
 every eval_interval; one optimizer step over grad_accum_steps fresh micro-batches} ->
 final evaluation and checkpoint. Ctrl-C finishes the current step, writes ckpt_last.pt and
 re-raises KeyboardInterrupt so the CLI exits with 130.
+
+Under torchrun the same loop runs once per rank with DistributedDataParallel: each rank
+draws its own batches, gradients are averaged on the last micro-step of an accumulation,
+evaluation losses are averaged over ranks, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground import atomic
 from ml_playground.config import ExperimentConfig, ModelConfig
@@ -24,6 +30,16 @@ from ml_playground.data.batches import BatchSampler
 from ml_playground.data.token_dataset import DatasetMeta, read_meta
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.device import Precision, resolve_precision, seed_everything
+from ml_playground.distributed import (
+    Ranks,
+    any_rank,
+    device_for,
+    gather_state,
+    mean_across_ranks,
+    process_group,
+    ranks_from_env,
+    replicas_identical,
+)
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.model.gpt import GPT, GPTConfig
 from ml_playground.train import checkpoint
@@ -42,11 +58,23 @@ class TrainSummary:
     best_val_loss: float
     last_val_loss: float | None
     out_dir: Path
+    model: GPT
 
 
-def train_gpt(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> TrainSummary:
-    """Train (or resume) the GPT the config describes; returns where it ended."""
-    run = _build_run(config, rank=rank, world_size=world_size)
+def train_gpt(config: ExperimentConfig, *, ranks: Ranks | None = None) -> TrainSummary:
+    """Train (or resume) the GPT the config describes; returns where it ended.
+
+    `ranks` defaults to what the launcher (torchrun) put in the environment.
+    """
+    ranks = ranks or ranks_from_env()
+    precision = resolve_precision(config.train.runtime.device, config.train.runtime.dtype)
+    precision = Precision(device_for(ranks, precision.device), precision.dtype)
+    with process_group(ranks, precision.device):
+        return _train(_build_run(config, precision, ranks))
+
+
+def _train(run: _Run) -> TrainSummary:
+    config = run.config
     runtime = config.train.runtime
     evaluate = _evaluator(run)
     start = run.iter_num
@@ -65,7 +93,7 @@ def train_gpt(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -
         if runtime.eval_only:
             losses = evaluate()
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
-            return TrainSummary(start, run.best_val_loss, losses["val"], runtime.out_dir)
+            return TrainSummary(start, run.best_val_loss, losses["val"], runtime.out_dir, run.model)
 
         last_val: float | None = None
 
@@ -84,7 +112,10 @@ def train_gpt(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -
         with stop_requests() as stop_requested:
             while run.iter_num < runtime.max_iters:
                 if run.iter_num % runtime.eval_interval == 0 and run.iter_num > start:
+                    eval_start = time.perf_counter()
                     evaluate_and_save()
+                    # Keep evaluation out of the throughput numbers.
+                    window_start += time.perf_counter() - eval_start
                 lr = learning_rate_at(run.iter_num, config.train.optim, config.train.schedule)
                 for group in run.optimizer.param_groups:
                     group["lr"] = lr
@@ -102,20 +133,25 @@ def train_gpt(config: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -
                         step_time_ms=1000 * elapsed / window_steps,
                     )
                     window_start, window_steps = time.perf_counter(), 0
-                if stop_requested():
+                # Ranks may see Ctrl-C at different steps; they must stop at the same one.
+                if any_rank(stop_requested(), run.precision.device):
                     _save(run, checkpoint.LAST)
                     reporter.say(
                         f"interrupted at step {run.iter_num}; saved "
                         f"{runtime.out_dir / checkpoint.LAST} (run train again to resume)"
                     )
                     raise KeyboardInterrupt
-        if run.iter_num > start or not run.resumed:
-            evaluate_and_save()
+            if run.iter_num > start or not run.resumed:
+                evaluate_and_save()
+        if run.ranks.is_distributed:
+            if not replicas_identical(run.model):
+                raise RuntimeError("DDP replicas diverged: ranks hold different weights")
+            reporter.say(f"all {run.ranks.world_size} ranks hold identical weights")
         reporter.say(
             f"done: step {run.iter_num}, best val loss {run.best_val_loss:.4f}; "
             f"checkpoints in {runtime.out_dir}"
         )
-        return TrainSummary(run.iter_num, run.best_val_loss, last_val, runtime.out_dir)
+        return TrainSummary(run.iter_num, run.best_val_loss, last_val, runtime.out_dir, run.model)
 
 
 @dataclass
@@ -129,28 +165,32 @@ class _Run:
     block_size: int
     model: GPT
     forward_model: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    ddp: DistributedDataParallel | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     sampler: BatchSampler
     tokens_per_step: int
-    is_writer: bool
+    ranks: Ranks
     resumed: bool
     iter_num: int = 0
     best_val_loss: float = math.inf
 
+    @property
+    def is_writer(self) -> bool:
+        return self.ranks.is_main
 
-def _build_run(config: ExperimentConfig, *, rank: int, world_size: int) -> _Run:
+
+def _build_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) -> _Run:
     """Device, dataset meta, model, optimizer and batches; restored from ckpt_last.pt if any."""
     train, runtime = config.train, config.train.runtime
-    precision = resolve_precision(runtime.device, runtime.dtype)
-    seed_everything(runtime.seed)
+    seed_everything(runtime.seed)  # the same initial weights on every rank
     meta_path = train.data.dataset_dir / train.data.meta_file
     meta = read_meta(meta_path)
     last_path = runtime.out_dir / checkpoint.LAST
     resume = checkpoint.load(last_path) if last_path.exists() else None
     if resume is not None:
         _check_same_tokenizer(meta, meta_path, resume, last_path)
-    model_config = _model_config(train.model, meta, resume)
+    model_config = _model_config(train.model, meta, resume, announce=ranks.is_main)
     block_size = min(train.block_size, model_config.block_size)
     model = GPT(model_config)
     optimizer = model.configure_optimizer(
@@ -166,8 +206,8 @@ def _build_run(config: ExperimentConfig, *, rank: int, world_size: int) -> _Run:
         train.data.batch_size,
         mode=train.data.sampler,
         seed=runtime.seed,
-        rank=rank,
-        world_size=world_size,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
         device=precision.device,
     )
     run = _Run(
@@ -178,20 +218,28 @@ def _build_run(config: ExperimentConfig, *, rank: int, world_size: int) -> _Run:
         block_size=block_size,
         model=model,
         forward_model=model,
+        ddp=None,
         optimizer=optimizer,
         scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
         sampler=sampler,
         tokens_per_step=train.data.batch_size
         * block_size
         * train.data.grad_accum_steps
-        * world_size,
-        is_writer=rank == 0,
+        * ranks.world_size,
+        ranks=ranks,
         resumed=resume is not None,
     )
     model.to(precision.device)
+    # Dropout masks differ per rank, like the data each rank sees.
+    seed_everything(runtime.seed + ranks.rank)
     if resume is not None:
         _restore(run, resume)
-    run.forward_model = _maybe_compile(model, enabled=runtime.compile, precision=precision)
+    wrapped: nn.Module = model
+    if ranks.is_distributed:
+        device_ids = [precision.device.index] if precision.device.type == "cuda" else None
+        run.ddp = DistributedDataParallel(model, device_ids=device_ids)
+        wrapped = run.ddp
+    run.forward_model = _maybe_compile(wrapped, enabled=runtime.compile, precision=precision)
     if run.is_writer:
         # Sampling and export read the tokenizer from out_dir, never from dataset_dir.
         runtime.out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,13 +252,23 @@ def _restore(run: _Run, resume: Checkpoint) -> None:
     run.optimizer.load_state_dict(resume.optimizer)
     if resume.scaler:
         run.scaler.load_state_dict(resume.scaler)
-    run.sampler.load_state_dict(dict(resume.sampler))
-    checkpoint.restore_rng(resume.rng)
+    samplers, rngs = resume.sampler.get("per_rank", []), resume.rng.get("per_rank", [])
+    if len(samplers) == run.ranks.world_size == len(rngs):
+        run.sampler.load_state_dict(samplers[run.ranks.rank])
+        checkpoint.restore_rng(rngs[run.ranks.rank])
+    elif run.ranks.is_main:
+        print(
+            f"resume: the checkpoint holds batch streams for {len(samplers)} rank(s), this run "
+            f"has {run.ranks.world_size}; streams restart from their seeds (not an exact replay)"
+        )
     run.iter_num, run.best_val_loss = resume.iter_num, resume.best_val_loss
 
 
 def _save(run: _Run, name: str) -> None:
-    """Write a checkpoint as of the last finished step (only rank 0 writes)."""
+    """Write a checkpoint as of the last finished step; every rank's batch stream and RNG
+    are gathered (a collective, so all ranks call this), and only rank 0 writes."""
+    samplers = gather_state(run.sampler.state_dict())
+    rngs = gather_state(checkpoint.capture_rng())
     if not run.is_writer:
         return
     checkpoint.save(
@@ -224,8 +282,8 @@ def _save(run: _Run, name: str) -> None:
             model_args=run.model_config.to_dict(),
             config=run.config.model_dump(mode="json"),
             tokenizer=run.meta.tokenizer.to_json(),
-            rng=checkpoint.capture_rng(),
-            sampler=run.sampler.state_dict(),
+            rng={"per_rank": rngs},
+            sampler={"per_rank": samplers},
         ),
     )
 
@@ -235,9 +293,13 @@ def _optimizer_step(run: _Run) -> torch.Tensor:
     optim = run.config.train.optim
     accum = run.config.train.data.grad_accum_steps
     total = torch.zeros((), device=run.precision.device)
-    for _ in range(accum):
+    for micro in range(accum):
         x, y = run.sampler.next_batch()
-        with run.precision.autocast():
+        # DDP all-reduces gradients in backward; only the last micro-step needs it.
+        ddp = run.ddp
+        last = micro == accum - 1
+        no_sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
+        with no_sync, run.precision.autocast():
             _, loss = run.forward_model(x, y)
         assert loss is not None  # targets were given
         loss = loss / accum
@@ -258,7 +320,9 @@ def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
     """Mean loss over eval_iters batches of each split, always the same batches."""
     data, runtime = run.config.train.data, run.config.train.runtime
     files = {"train": data.dataset_dir / data.train_bin, "val": data.dataset_dir / data.val_bin}
-    forward_model, precision = run.forward_model, run.precision
+    # Evaluation needs no gradient sync, so distributed runs evaluate the bare model.
+    forward_model = run.model if run.ranks.is_distributed else run.forward_model
+    precision = run.precision
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
@@ -273,6 +337,8 @@ def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
                 run.block_size,
                 data.batch_size,
                 seed=runtime.seed + EVAL_SEED_OFFSET,
+                rank=run.ranks.rank,
+                world_size=run.ranks.world_size,
                 device=precision.device,
             )
             total = torch.zeros((), device=precision.device)
@@ -282,7 +348,7 @@ def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
                     _, loss = forward_model(x, y)
                 assert loss is not None
                 total += loss.float()
-            losses[split] = total.item() / runtime.eval_iters
+            losses[split] = mean_across_ranks(total.item() / runtime.eval_iters, precision.device)
         if module is not None:
             module.train()
         return losses
@@ -293,7 +359,10 @@ def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
 def _check_same_tokenizer(
     meta: DatasetMeta, meta_path: Path, resume: Checkpoint, ckpt_path: Path
 ) -> None:
-    saved = TokenizerSpec.from_json(dict(resume.tokenizer), ckpt_path)
+    try:
+        saved = TokenizerSpec.from_json(dict(resume.tokenizer), ckpt_path)
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
     if saved != meta.tokenizer:
         raise CheckpointError(
             f"dataset {meta_path} uses tokenizer {meta.tokenizer.describe()} but checkpoint "
@@ -302,7 +371,9 @@ def _check_same_tokenizer(
         )
 
 
-def _model_config(model: ModelConfig, meta: DatasetMeta, resume: Checkpoint | None) -> GPTConfig:
+def _model_config(
+    model: ModelConfig, meta: DatasetMeta, resume: Checkpoint | None, *, announce: bool
+) -> GPTConfig:
     """Model arguments from the config, except that a resumed checkpoint's always win."""
     if model.vocab_size is not None and model.vocab_size < meta.vocab_size:
         raise DataError(
@@ -323,12 +394,12 @@ def _model_config(model: ModelConfig, meta: DatasetMeta, resume: Checkpoint | No
     saved = GPTConfig.from_dict(resume.model_args)
     for key, value in saved.to_dict().items():
         configured = wanted.to_dict().get(key)
-        if configured != value:
+        if configured != value and announce:
             print(f"resume: model.{key} = {value} from the checkpoint (config says {configured})")
     return saved
 
 
-def _maybe_compile(model: GPT, *, enabled: bool, precision: Precision) -> Callable[..., Any]:
+def _maybe_compile(model: nn.Module, *, enabled: bool, precision: Precision) -> Callable[..., Any]:
     """torch.compile where it works; otherwise say why and run eagerly."""
     if not enabled:
         return model

@@ -178,7 +178,7 @@ def test_resume_after_a_shorter_run_matches_the_uninterrupted_run_bit_for_bit(
     assert a_tensors.keys() == b_tensors.keys()
     different = [key for key in a_tensors if not torch.equal(a_tensors[key], b_tensors[key])]
     assert different == []
-    assert b["sampler"]["cursor"] == a["sampler"]["cursor"]
+    assert b["sampler"]["per_rank"][0]["cursor"] == a["sampler"]["per_rank"][0]["cursor"]
 
 
 def test_resumed_model_shape_comes_from_the_checkpoint_and_the_difference_is_printed(

@@ -1,0 +1,162 @@
+"""Which process this is in a multi-process run, and the few collectives training needs.
+
+Process management is the launcher's job (torchrun, accelerate launch): it starts one
+process per device and sets RANK, LOCAL_RANK and WORLD_SIZE. This module only reads those,
+initialises torch.distributed (NCCL on CUDA, Gloo on CPU) and offers the rank-aware
+helpers the trainers use: seeding per rank, gathering per-rank state for checkpoints,
+averaging evaluation losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ml_playground.errors import ConfigError
+
+# A rank that dies leaves the others waiting in a collective; torchrun tears the group
+# down when a worker exits, and this bound makes sure nobody waits forever regardless.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job; a single-process run is rank 0 of 1."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, logs and samples."""
+        return self.rank == 0
+
+
+def ranks_from_env() -> Ranks:
+    """Read torchrun's environment variables; absent means a single process."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise ConfigError(f"invalid RANK/LOCAL_RANK/WORLD_SIZE in the environment: {exc}") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(
+            f"inconsistent launcher environment: RANK={rank}, WORLD_SIZE={world_size}"
+        )
+    return Ranks(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def device_for(ranks: Ranks, device: torch.device) -> torch.device:
+    """On CUDA each process drives the GPU matching its local rank."""
+    if device.type == "cuda" and ranks.is_distributed:
+        return torch.device("cuda", ranks.local_rank)
+    return device
+
+
+@contextlib.contextmanager
+def process_group(ranks: Ranks, device: torch.device) -> Generator[None]:
+    """Join the job's process group for the duration of a run (no-op for one process)."""
+    if not ranks.is_distributed or dist.is_initialized():
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend, rank=ranks.rank, world_size=ranks.world_size, timeout=COLLECTIVE_TIMEOUT
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def mean_across_ranks(value: float, device: torch.device) -> float:
+    """The average of `value` over all ranks (identity for one process)."""
+    if not _active():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on at least one (identity for one process)."""
+    if not _active():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def gather_state(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's `state` (tensors and ints of equal shapes on all ranks), in rank order.
+
+    Used for what differs per rank and must survive a checkpoint: batch-sampler streams
+    and RNG states. A collective: all ranks call it, all receive the full list.
+    """
+    if not _active():
+        return [dict(state)]
+    world = dist.get_world_size()
+    gathered: list[dict[str, Any]] = [{} for _ in range(world)]
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            parts = _all_gather(value)
+            for rank in range(world):
+                gathered[rank][key] = parts[rank]
+        elif isinstance(value, int):
+            parts = _all_gather(torch.tensor([value], dtype=torch.int64))
+            for rank in range(world):
+                gathered[rank][key] = int(parts[rank].item())
+        else:
+            raise TypeError(f"cannot gather {key!r} of type {type(value).__name__}")
+    return gathered
+
+
+def replicas_identical(module: torch.nn.Module) -> bool:
+    """Whether every rank holds bitwise the same parameters (True for one process).
+
+    DDP keeps replicas in sync by construction; checking at the end of a run catches what
+    would silently break that (a rank-dependent op, a parameter DDP does not see).
+    """
+    if not _active():
+        return True
+    digest = torch.stack(
+        [
+            torch.stack((p.detach().double().sum(), p.detach().double().square().sum()))
+            for p in module.parameters()
+        ]
+    ).flatten()
+    parts = _all_gather(digest)
+    return all(torch.equal(parts[0], part) for part in parts[1:])
+
+
+def _all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    # NCCL moves only CUDA tensors; Gloo only CPU ones.
+    on_cuda = dist.get_backend() == "nccl"
+    local = tensor.to(torch.device("cuda", torch.cuda.current_device())) if on_cuda else tensor
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local.contiguous())
+    return [part.cpu() for part in parts]
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
