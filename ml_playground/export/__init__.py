@@ -58,8 +58,8 @@ def export_experiment(config: ExperimentConfig, experiment_name: str) -> ExportR
     with bundle.staged(export_dir) as staging:
         gguf_path = prepared.write(staging)
         bundle.seal(staging, inputs)
-        size_mb = gguf_path.stat().st_size / 1e6
-    print(f"exported {export_dir / gguf_path.name} ({settings.quant}, {size_mb:.1f} MB)")
+        size = gguf_path.stat().st_size
+    print(f"exported {export_dir / gguf_path.name} ({settings.quant}, {_megabytes(size)})")
     print(f"wrote {export_dir / 'Modelfile'}, README.md, {bundle.CHECKSUMS}")
     created = settings.create and ollama.create(name, export_dir)
     if created:
@@ -72,8 +72,15 @@ def export_experiment(config: ExperimentConfig, experiment_name: str) -> ExportR
 
 
 def _prepare(config: ExperimentConfig, name: str) -> PreparedExport:
+    # Each route imports torch (and the HF one transformers) only when it runs.
     if config.uses_hf_model:
-        raise ExportError("export of fine-tuned Hugging Face models is not available yet")
-    from ml_playground.export.gpt import GPTExport  # noqa: PLC0415 - torch loads only when needed
+        from ml_playground.export.hf import HFExport  # noqa: PLC0415 - see above
+
+        return HFExport.prepare(config, name)
+    from ml_playground.export.gpt import GPTExport  # noqa: PLC0415 - see above
 
     return GPTExport.prepare(config, name)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"

@@ -35,7 +35,8 @@ class Modelfile:
     """What a Modelfile says; `render` writes it in Ollama's syntax."""
 
     weights: str
-    template: str
+    # None leaves the template to Ollama, which reads the chat template stored in the GGUF.
+    template: str | None
     sampling: SamplingDefaults
     stops: Sequence[str] = ()
     system: str | None = None
@@ -48,7 +49,8 @@ class Modelfile:
         lines = [f"FROM {self.weights}"]
         if self.adapter is not None:
             lines.append(f"ADAPTER {self.adapter}")
-        lines.append(f"TEMPLATE {quote(self.template)}")
+        if self.template is not None:
+            lines.append(f"TEMPLATE {quote(self.template)}")
         if self.system is not None:
             lines.append(f"SYSTEM {quote(self.system)}")
         for stop in _unique(self.stops):

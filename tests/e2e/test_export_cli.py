@@ -136,6 +136,27 @@ def test_export_of_a_character_level_model_is_one_error_line(tmp_path: Path) -> 
     assert not (folder / "export").exists()
 
 
+def test_export_of_a_fine_tuned_model_names_the_placeholder_converter(tmp_path: Path) -> None:
+    folder = tmp_path / "speakger"
+    adapters = folder / "out" / "adapters" / "best"
+    adapters.mkdir(parents=True)
+    (adapters / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (folder / "out" / "tokenizer").mkdir()
+    (tmp_path / "base").mkdir()
+    (folder / "config.toml").write_text(
+        f'[train.hf_model]\nmodel_name = "{tmp_path / "base"}"\n'
+        '[train.runtime]\nout_dir = "out"\n'
+        "[export.ollama]\nenabled = true\n",
+        encoding="utf-8",
+    )
+
+    line = one_error_line(cli(tmp_path, "export", folder))
+
+    assert "convert-hf-to-gguf.py is only a placeholder" in line
+    assert "convert_bin" in line
+    assert not (folder / "export").exists()
+
+
 @pytest.fixture(autouse=True)
 def _offline() -> None:
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -1,0 +1,363 @@
+"""Export a LoRA fine-tuned Hugging Face model through llama.cpp's own converter.
+
+A fine-tuned model can be any architecture llama.cpp knows, so its GGUF is left to
+llama.cpp's `convert_hf_to_gguf.py`: the adapters are merged into the base on the CPU, in
+the configured dtype, saved with the fine-tuning tokenizer as a Hugging Face folder, and
+converted; `llama-quantize` takes it further when asked. With `adapter_only` the adapter
+stays separate: llama.cpp's `convert_lora_to_gguf.py` writes it next to the base.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.errors import DataError, ExportError
+from ml_playground.export import bundle, llama_cpp
+from ml_playground.export.gpt import example_prompt
+from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
+from ml_playground.export.readme import BundleReadme
+from ml_playground.finetune.dataset import read_dataset_meta
+from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
+from ml_playground.finetune.records import SPEECH_END, SPEECH_START
+
+ROUTE = "llama.cpp-convert-hf"
+ROUTE_VERSION = 1
+ADAPTERS_DIR = "adapters"
+ADAPTER_ORDER = ("best", "final", "last")
+TOKENIZER_DIR = "tokenizer"
+ADAPTER_CONFIG = "adapter_config.json"
+MODEL_GGUF = "model.gguf"
+BASE_GGUF = "base.gguf"
+ADAPTER_GGUF = "adapter.gguf"
+WORK_DIR = ".work"
+# What a speech record looks like after its header: a blank line, then the speech.
+HEADER_END = "\n\n"
+DEPRECATED_PROPERTY = "`is_gradient_checkpointing` is deprecated"
+DTYPES: Mapping[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How Ollama must wrap a prompt, and what ends a generation, for this model."""
+
+    template: str | None
+    stops: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class HFExport:
+    """A fine-tuned run, its tools found, ready to merge and convert."""
+
+    config: ExperimentConfig
+    name: str
+    hf: HFModelConfig
+    adapters: Path
+    tokenizer_dir: Path
+    converter: llama_cpp.Tool
+    lora_converter: llama_cpp.Tool | None
+    quantizer: llama_cpp.Tool | None
+
+    @classmethod
+    def prepare(cls, config: ExperimentConfig, name: str) -> HFExport:
+        """Find adapters, tokenizer and tools now, before minutes of merging."""
+        settings = config.export.ollama
+        hf = config.train.hf_model
+        if hf is None:
+            raise ValueError("the Hugging Face route needs [train.hf_model]")
+        out_dir = config.train.runtime.out_dir
+        adapters = adapter_dir(out_dir, settings.checkpoint)
+        converter = llama_cpp.find_converter(settings.convert_bin)
+        lora = llama_cpp.find_lora_converter(converter) if settings.adapter_only else None
+        quantizer = None
+        if settings.quant not in llama_cpp.CONVERTER_OUTTYPES:
+            quantizer = llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
+        return cls(
+            config=config,
+            name=name,
+            hf=hf,
+            adapters=adapters,
+            tokenizer_dir=tokenizer_dir(config),
+            converter=converter,
+            lora_converter=lora,
+            quantizer=quantizer,
+        )
+
+    def inputs(self) -> dict[str, Any]:
+        settings = self.config.export.ollama
+        tools = [self.converter, self.lora_converter, self.quantizer]
+        return {
+            "route": ROUTE,
+            "route_version": ROUTE_VERSION,
+            "base": {"model_name": self.hf.model_name, "revision": self.hf.revision},
+            "dtype": str(merge_dtype(self.config)),
+            "adapters": {"name": self.adapters.name, "files": folder_digest(self.adapters)},
+            "tokenizer": folder_digest(self.tokenizer_dir),
+            "tools": [bundle.sha256_file(Path(tool.argv[-1])) for tool in tools if tool],
+            "model_name": self.name,
+            "settings": settings.model_dump(mode="json", exclude={"export_dir", "create"}),
+            "sampling": self.config.sample.sample.model_dump(
+                mode="json", include={"start", "temperature", "top_k", "top_p"}
+            ),
+            "prompt_format": prompt_format(self.config, self.tokenizer_dir).description,
+        }
+
+    def write(self, staging: Path) -> Path:
+        """Merge (or not), convert, quantize; then the Modelfile and README."""
+        work = staging / WORK_DIR
+        if self.lora_converter is None:
+            weights = self._convert_merged(work, staging)
+            adapter = None
+        else:
+            weights, adapter = self._convert_adapter(work, staging, self.lora_converter)
+        shutil.rmtree(work)
+        settings = self.config.export.ollama
+        fmt = prompt_format(self.config, self.tokenizer_dir)
+        sampling = SamplingDefaults.from_settings(self.config.sample.sample)
+        modelfile = Modelfile(
+            weights=f"./{weights.name}",
+            adapter=f"./{adapter.name}" if adapter else None,
+            template=settings.template or fmt.template,
+            system=settings.system,
+            sampling=sampling,
+            stops=[*fmt.stops, *settings.stop],
+        )
+        (staging / "Modelfile").write_text(modelfile.render(), encoding="utf-8")
+        (staging / "README.md").write_text(
+            self._readme(weights, adapter, fmt, sampling), encoding="utf-8"
+        )
+        return weights
+
+    def _convert_merged(self, work: Path, staging: Path) -> Path:
+        merged = work / "merged"
+        print(f"merging {self.adapters} into {self.hf.model_name} ({merge_dtype(self.config)})")
+        merge_adapters(
+            self._base(), self.adapters, self.tokenizer_dir, merge_dtype(self.config), merged
+        )
+        return self._gguf_from_hf(merged, staging / MODEL_GGUF, work)
+
+    def _convert_adapter(
+        self, work: Path, staging: Path, lora_converter: llama_cpp.Tool
+    ) -> tuple[Path, Path]:
+        base = work / "base"
+        save_base(self._base(), self.tokenizer_dir, merge_dtype(self.config), base)
+        weights = self._gguf_from_hf(base, staging / BASE_GGUF, work)
+        adapter = staging / ADAPTER_GGUF
+        outtype = self.config.export.ollama.quant
+        outtype = outtype if outtype in llama_cpp.CONVERTER_OUTTYPES else "f16"
+        lora_converter.run(
+            [self.adapters, "--base", base, "--outfile", adapter, "--outtype", outtype]
+        )
+        _require_output(adapter, lora_converter)
+        return weights, adapter
+
+    def _gguf_from_hf(self, hf_dir: Path, target: Path, work: Path) -> Path:
+        quant = self.config.export.ollama.quant
+        if self.quantizer is None:
+            self.converter.run([hf_dir, "--outfile", target, "--outtype", quant])
+            _require_output(target, self.converter)
+            return target
+        full = work / "model-f16.gguf"
+        self.converter.run([hf_dir, "--outfile", full, "--outtype", "f16"])
+        _require_output(full, self.converter)
+        self.quantizer.run([full, target, quant.upper()])
+        _require_output(target, self.quantizer)
+        return target
+
+    def _base(self) -> ModelSource:
+        return ModelSource.from_config(self.hf)
+
+    def _readme(
+        self, weights: Path, adapter: Path | None, fmt: PromptFormat, sampling: SamplingDefaults
+    ) -> str:
+        quant = self.config.export.ollama.quant
+        files = [(weights.name, f"the {'base ' if adapter else ''}model, {quant}")]
+        notes = [
+            f"Base model: {self.hf.model_name}"
+            + (f" (revision {self.hf.revision})" if self.hf.revision else "")
+            + f"; LoRA adapters: `{self.adapters}`.",
+            fmt.description,
+        ]
+        if adapter is None:
+            notes.append("The adapters are merged into the weights; no base model is needed.")
+        else:
+            files.append((adapter.name, "the LoRA adapter, applied by the Modelfile's ADAPTER"))
+            notes.append(
+                f"llama.cpp applies the adapter with `--lora {adapter.name}`:"
+                f" `llama-cli -m {weights.name} --lora {adapter.name} ...`."
+            )
+        return BundleReadme(
+            model_name=self.name,
+            source=f"the fine-tuned adapters `{self.adapters}`",
+            weights=files,
+            prompt=example_prompt(self.config),
+            sampling=sampling,
+            notes=notes,
+        ).render()
+
+
+def adapter_dir(out_dir: Path, which: str | None) -> Path:
+    """The adapters `checkpoint` names; by default best, else final, else last."""
+    names = ADAPTER_ORDER if which is None else (which,)
+    for name in names:
+        candidate = out_dir / ADAPTERS_DIR / name
+        if (candidate / ADAPTER_CONFIG).is_file():
+            return candidate
+    looked = ", ".join(str(out_dir / ADAPTERS_DIR / name) for name in names)
+    raise ExportError(
+        f"no LoRA adapters to export (looked for {looked}); fine-tune first with"
+        " `ml-playground train <experiment>`"
+    )
+
+
+def tokenizer_dir(config: ExperimentConfig) -> Path:
+    """The fine-tuning tokenizer: saved with the run, else the prepared dataset's."""
+    for candidate in (
+        config.train.runtime.out_dir / TOKENIZER_DIR,
+        config.train.data.dataset_dir / TOKENIZER_DIR,
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise ExportError(
+        f"no tokenizer in {config.train.runtime.out_dir / TOKENIZER_DIR}; fine-tune first with"
+        " `ml-playground train <experiment>`"
+    )
+
+
+def merge_dtype(config: ExperimentConfig) -> torch.dtype:
+    """The dtype the base weights were fine-tuned in, which the merge keeps."""
+    hf = config.train.hf_model
+    configured = hf.dtype if hf is not None else "auto"
+    return DTYPES[config.train.runtime.dtype if configured == "auto" else configured]
+
+
+def merge_adapters(
+    base: ModelSource, adapters: Path, tokenizer: Path, dtype: torch.dtype, target: Path
+) -> None:
+    """Base + LoRA adapters, merged on the CPU, saved with the tokenizer into `target`."""
+    from peft import PeftModel  # noqa: PLC0415 - heavy, and only this route needs it
+
+    model = _base_model(base, tokenizer, dtype)
+    with warnings.catch_warnings():
+        # peft reads a property transformers 5 deprecated; the warning is theirs, not the user's.
+        warnings.filterwarnings("ignore", DEPRECATED_PROPERTY, FutureWarning)
+        with_adapters = PeftModel.from_pretrained(model, str(adapters))  # pyright: ignore[reportUnknownMemberType] - untyped library
+    merged = cast(torch.nn.Module, with_adapters.merge_and_unload())  # pyright: ignore[reportUnknownMemberType] - untyped library
+    _save(merged, tokenizer, target)
+
+
+def save_base(base: ModelSource, tokenizer: Path, dtype: torch.dtype, target: Path) -> None:
+    """The base alone, its embeddings sized to the tokenizer, for adapter-only export."""
+    _save(_base_model(base, tokenizer, dtype), tokenizer, target)
+
+
+def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
+    """The template and stops that reproduce the fine-tuning text."""
+    settings = _tokenizer_settings(tokenizer)
+    eos = _token_text(settings.get("eos_token"))
+    added = set(_added_tokens(settings))
+    try:
+        meta = read_dataset_meta(config.train.data.dataset_dir)
+    except DataError:
+        meta = None
+    if meta is not None:
+        structure = tuple(meta.structure_tokens) or tuple(
+            token for token in (SPEECH_START, SPEECH_END) if token in added
+        )
+        opening = SPEECH_START if SPEECH_START in structure else ""
+        closing = (SPEECH_END,) if SPEECH_END in structure else ()
+        return PromptFormat(
+            template=f"{opening}{RAW_COMPLETION}{HEADER_END}",
+            stops=(*closing, *((eos,) if eos else ())),
+            description=(
+                "Prompt format: speech records. Give the header lines (Sprecher, Partei,"
+                " Thema, Jahr) as the prompt; the template "
+                + (f"opens the record with {opening}, " if opening else "")
+                + "adds the blank line, and the model writes the speech"
+                + (f" until {SPEECH_END}." if closing else ".")
+            ),
+        )
+    if settings.get("chat_template") or (tokenizer / "chat_template.jinja").is_file():
+        return PromptFormat(
+            template=None,
+            stops=(eos,) if eos else (),
+            description="Prompt format: the tokenizer's chat template, which Ollama reads"
+            " from the GGUF.",
+        )
+    return PromptFormat(
+        template=RAW_COMPLETION,
+        stops=(eos,) if eos else (),
+        description="Prompt format: raw completion.",
+    )
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file below `folder`, by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): bundle.sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _base_model(base: ModelSource, tokenizer: Path, dtype: torch.dtype) -> Any:
+    model = load_causal_lm(base, dtype=dtype, attn_implementation=None)
+    size = len(load_tokenizer(ModelSource.local(tokenizer)))
+    embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
+    if embeddings.num_embeddings < size:
+        # Fine-tuning added structure tokens; the adapters hold their trained rows.
+        model.resize_token_embeddings(size, mean_resizing=False)  # pyright: ignore[reportUnknownMemberType] - untyped library
+    return model
+
+
+def _save(model: Any, tokenizer: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    for path in tokenizer.iterdir():
+        if path.is_file():
+            shutil.copy2(path, target / path.name)
+
+
+def _require_output(path: Path, tool: llama_cpp.Tool) -> None:
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ExportError(f"{tool.name} exited successfully but wrote no {path.name}")
+
+
+def _tokenizer_settings(tokenizer: Path) -> Mapping[str, Any]:
+    try:
+        raw: object = json.loads((tokenizer / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cast(Mapping[str, Any], raw) if isinstance(raw, dict) else {}
+
+
+def _added_tokens(settings: Mapping[str, Any]) -> Iterator[str]:
+    decoder = settings.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        for entry in cast(dict[str, object], decoder).values():
+            text = _token_text(entry)
+            if text:
+                yield text
+
+
+def _token_text(value: object) -> str | None:
+    """A token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        content = cast(dict[str, object], value).get("content")
+        return content if isinstance(content, str) else None
+    return None

@@ -1,0 +1,324 @@
+"""The fine-tuned route: merge LoRA adapters into a tiny Qwen2, then llama.cpp's tools.
+
+llama.cpp's converters and llama-quantize are stand-ins here (no llama.cpp in CI): small
+scripts that record their arguments and what the Hugging Face folder they were given
+holds, keep a copy of its weights, and write a file where the real tool would. The merge
+itself is real (peft on a real tiny model) and is checked against W + (alpha / r) B A
+computed from the adapter file by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
+
+from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.errors import ExportError
+from ml_playground.export import export_experiment
+from ml_playground.export.bundle import CHECKSUMS, STAMP
+from ml_playground.finetune.dataset import DatasetMeta
+from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from ml_playground.finetune.records import SPEECH_END, SPEECH_START
+from tests.finetune_helpers import build_tiny_model
+
+# peft 0.21 reads a property transformers 5 deprecated, in get_peft_model (the exporter
+# silences it around its own peft call).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)
+
+LORA_R, LORA_ALPHA = 4, 8
+LAYER = "model.layers.0.self_attn.q_proj"
+
+# A stand-in for a llama.cpp converter: records argv and the folder it converts, keeps a
+# copy of the weights it was given, writes a file that starts like a GGUF.
+FAKE_CONVERTER = """\
+#!{python}
+import json, os, shutil, sys
+log_dir = {log_dir!r}
+args = sys.argv[1:]
+source = args[0]
+listing = sorted(os.listdir(source)) if os.path.isdir(source) else []
+with open(os.path.join(log_dir, {name!r} + ".log"), "a") as log:
+    log.write(json.dumps({{"args": args, "listing": listing}}) + "\\n")
+weights = os.path.join(source, "model.safetensors")
+if os.path.isfile(weights):
+    shutil.copyfile(weights, os.path.join(log_dir, {name!r} + ".safetensors"))
+with open(args[args.index("--outfile") + 1], "wb") as out:
+    out.write(b"GGUF" + {name!r}.encode())
+"""
+
+FAKE_QUANTIZE = """\
+#!{python}
+import json, os, shutil, sys
+with open(os.path.join({log_dir!r}, "quantize.log"), "a") as log:
+    log.write(json.dumps({{"args": sys.argv[1:]}}) + "\\n")
+shutil.copyfile(sys.argv[1], sys.argv[2])
+"""
+
+FAILING_CONVERTER = """\
+import sys
+print("INFO:hf-to-gguf:Loading model", file=sys.stderr)
+print("NotImplementedError: Architecture 'Qwen2ForCausalLM' not supported!", file=sys.stderr)
+sys.exit(1)
+"""
+
+
+def tool(path: Path, template: str, log_dir: Path, name: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = template.format(python=sys.executable, log_dir=str(log_dir), name=name)
+    path.write_text(text, encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def calls(log_dir: Path, name: str) -> list[dict[str, Any]]:
+    log = log_dir / f"{name}.log"
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("hub") / "tiny-qwen2", "qwen2")
+
+
+def fine_tuned(folder: Path, base: Path) -> Path:
+    """out/tokenizer with the structure tokens, out/adapters/best, and the dataset meta."""
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415 - heavy, these tests only
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - as above
+
+    out = folder / "out"
+    tokenizer = load_tokenizer(ModelSource.local(base))
+    tokenizer.add_special_tokens({"additional_special_tokens": [SPEECH_START, SPEECH_END]})
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(base))  # pyright: ignore[reportUnknownMemberType] - untyped
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    lora = LoraConfig(
+        r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,  # random B, so the merge visibly changes the weights
+    )
+    torch.default_generator.manual_seed(0)
+    # The added structure tokens' rows live in the resized embeddings, so the adapter keeps
+    # them, as a fine-tuning run that added tokens must.
+    get_peft_model(model, lora).save_pretrained(
+        str(out / "adapters" / "best"), save_embedding_layers=True
+    )
+    meta = DatasetMeta(
+        base_model=str(base),
+        revision=None,
+        structure_tokens=(SPEECH_START, SPEECH_END),
+        added_tokens=(SPEECH_START, SPEECH_END),
+        vocab_size=len(tokenizer),
+        doc_separator="\n\n",
+        records={"train": 1, "val": 1},
+        characters={"train": 1, "val": 1},
+        file_sizes={},
+        fingerprint={},
+        report={},
+    )
+    (folder / "datasets").mkdir(parents=True, exist_ok=True)
+    (folder / "datasets" / "meta.json").write_text(json.dumps(meta.to_json()), encoding="utf-8")
+    return out
+
+
+def experiment(folder: Path, base: Path, **export: str | bool) -> ExperimentConfig:
+    tools = folder.parent / "tools"
+    settings = {
+        "enabled": True,
+        "quant": "f16",
+        "convert_bin": str(tools / "convert_hf_to_gguf.py"),
+        **export,
+    }
+    lines = [
+        "[train.hf_model]",
+        f"model_name = {json.dumps(str(base))}",
+        "[train.runtime]",
+        'out_dir = "out"',
+        'dtype = "float32"',
+        "[sample.sample]",
+        f"start = {json.dumps('Sprecher: Erika Muster')}",
+        "temperature = 0.7",
+        "[export.ollama]",
+        *(f"{key} = {json.dumps(value)}" for key, value in settings.items()),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return load_config(folder / "config.toml", folder).config
+
+
+@pytest.fixture
+def tools(tmp_path: Path) -> Path:
+    """Stand-ins for llama.cpp's converter, LoRA converter and llama-quantize."""
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    folder = tmp_path / "tools"
+    tool(folder / "convert_hf_to_gguf.py", FAKE_CONVERTER, log_dir, "convert")
+    tool(folder / "convert_lora_to_gguf.py", FAKE_CONVERTER, log_dir, "convert_lora")
+    tool(folder / "llama-quantize", FAKE_QUANTIZE, log_dir)
+    return log_dir
+
+
+def test_merged_export_merges_converts_and_quantizes(
+    tmp_path: Path, base_model: Path, tools: Path
+) -> None:
+    folder = tmp_path / "speakger"
+    out = fine_tuned(folder, base_model)
+    config = experiment(
+        folder, base_model, quant="q4_k_m", quant_bin=str(tmp_path / "tools" / "llama-quantize")
+    )
+
+    export_experiment(config, "speakger")
+
+    [convert] = calls(tools, "convert")
+    merged_dir, *options = convert["args"]
+    assert options[0] == "--outfile"
+    assert Path(options[1]).name == "model-f16.gguf"
+    assert options[2:] == ["--outtype", "f16"]
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(convert["listing"])
+    [quantize] = calls(tools, "quantize")
+    assert Path(quantize["args"][0]).name == "model-f16.gguf"
+    assert Path(quantize["args"][1]).name == "model.gguf"
+    assert quantize["args"][2] == "Q4_K_M"
+    assert Path(merged_dir).name == "merged"
+    assert not Path(merged_dir).exists()  # the work folder is not kept
+
+    export_dir = folder / "export"
+    assert sorted(path.name for path in export_dir.iterdir()) == sorted(
+        ["model.gguf", "Modelfile", "README.md", CHECKSUMS, STAMP]
+    )
+    assert (export_dir / "Modelfile").read_text(encoding="utf-8") == (
+        "FROM ./model.gguf\n"
+        f'TEMPLATE """{SPEECH_START}{{{{ .Prompt }}}}\n\n"""\n'
+        f'PARAMETER stop "{SPEECH_END}"\n'
+        'PARAMETER stop "<|endoftext|>"\n'
+        "PARAMETER temperature 0.7\n"
+        "PARAMETER top_k 200\n"
+        "PARAMETER top_p 1\n"
+    )
+    readme = (export_dir / "README.md").read_text(encoding="utf-8")
+    assert "ollama create speakger -f Modelfile" in readme
+    assert "speech records" in readme
+
+    assert_merged_weights(tools / "convert.safetensors", base_model, out / "adapters" / "best")
+
+
+def assert_merged_weights(merged_file: Path, base: Path, adapters: Path) -> None:
+    """W + (alpha / r) B A, from the files, and embeddings grown by the structure tokens."""
+    merged = load_file(str(merged_file))
+    original = load_file(str(base / "model.safetensors"))
+    lora = load_file(str(adapters / "adapter_model.safetensors"))
+    a = lora[f"base_model.model.{LAYER}.lora_A.weight"]
+    b = lora[f"base_model.model.{LAYER}.lora_B.weight"]
+    expected = original[f"{LAYER}.weight"] + (LORA_ALPHA / LORA_R) * (b @ a)
+    assert torch.allclose(merged[f"{LAYER}.weight"], expected, atol=1e-6)
+    assert not torch.allclose(merged[f"{LAYER}.weight"], original[f"{LAYER}.weight"])
+    embeddings = merged["model.embed_tokens.weight"]
+    assert embeddings.shape[0] == original["model.embed_tokens.weight"].shape[0] + 2
+    assert not any(".lora_" in key for key in merged)
+
+
+def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
+    tmp_path: Path, base_model: Path, tools: Path
+) -> None:
+    folder = tmp_path / "speakger"
+    out = fine_tuned(folder, base_model)
+    config = experiment(folder, base_model, adapter_only=True)
+
+    export_experiment(config, "speakger")
+
+    [convert] = calls(tools, "convert")
+    base_dir, *options = convert["args"]
+    assert Path(base_dir).name == "base"
+    assert Path(options[1]).name == "base.gguf"
+    assert [options[0], *options[2:]] == ["--outfile", "--outtype", "f16"]
+    [lora] = calls(tools, "convert_lora")
+    adapters, *options = lora["args"]
+    assert adapters == str(out / "adapters" / "best")
+    assert options[:2] == ["--base", base_dir]
+    assert Path(options[3]).name == "adapter.gguf"
+    assert [options[2], *options[4:]] == ["--outfile", "--outtype", "f16"]
+    modelfile = (folder / "export" / "Modelfile").read_text(encoding="utf-8").splitlines()
+    assert modelfile[:2] == ["FROM ./base.gguf", "ADAPTER ./adapter.gguf"]
+    unmerged = load_file(str(tools / "convert.safetensors"))
+    original = load_file(str(base_model / "model.safetensors"))
+    assert torch.equal(unmerged[f"{LAYER}.weight"], original[f"{LAYER}.weight"])
+
+
+def test_an_unchanged_rerun_is_skipped_without_merging_again(
+    tmp_path: Path, base_model: Path, tools: Path
+) -> None:
+    folder = tmp_path / "speakger"
+    fine_tuned(folder, base_model)
+    config = experiment(folder, base_model)
+
+    assert not export_experiment(config, "speakger").skipped
+    assert export_experiment(config, "speakger").skipped
+
+    assert len(calls(tools, "convert")) == 1
+
+
+def test_the_placeholder_converter_is_refused_in_one_line(
+    tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no tools/llama_cpp here: the repository's placeholder is found
+    folder = tmp_path / "speakger"
+    fine_tuned(folder, base_model)
+    config = experiment(folder, base_model)
+    unset = config.model_copy(
+        update={
+            "export": config.export.model_copy(
+                update={"ollama": config.export.ollama.model_copy(update={"convert_bin": None})}
+            )
+        }
+    )
+
+    with pytest.raises(ExportError, match="only a placeholder") as error:
+        export_experiment(unset, "speakger")
+
+    assert "\n" not in str(error.value)
+    assert not (folder / "export").exists()
+
+
+def test_a_failing_converter_shows_the_tail_of_its_stderr(tmp_path: Path, base_model: Path) -> None:
+    folder = tmp_path / "speakger"
+    fine_tuned(folder, base_model)
+    failing = tmp_path / "failing" / "convert_hf_to_gguf.py"
+    failing.parent.mkdir()
+    failing.write_text(FAILING_CONVERTER, encoding="utf-8")
+    config = experiment(folder, base_model, convert_bin=str(failing))
+
+    with pytest.raises(ExportError) as error:
+        export_experiment(config, "speakger")
+
+    message = str(error.value)
+    assert "llama.cpp converter failed with exit code 1" in message
+    assert "Architecture 'Qwen2ForCausalLM' not supported" in message
+    assert not (folder / "export").exists()
+    assert [path.name for path in folder.iterdir() if path.name.startswith(".")] == []
+
+
+def test_no_adapters_is_refused(tmp_path: Path, base_model: Path, tools: Path) -> None:
+    del tools
+    folder = tmp_path / "speakger"
+    config = experiment(folder, base_model)
+
+    with pytest.raises(ExportError, match=r"no LoRA adapters to export .*adapters/best"):
+        export_experiment(config, "speakger")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
