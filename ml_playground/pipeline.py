@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ml_playground.config import LoadedConfig
-from ml_playground.errors import ConfigError, UserError
+from ml_playground.errors import ConfigError
 from ml_playground.experiments import (
     EXPERIMENTS_ROOT,
     Experiment,
@@ -46,7 +46,10 @@ def prepare(experiment: Experiment, loaded: LoadedConfig) -> None:
 def train(experiment: Experiment, loaded: LoadedConfig) -> None:
     del experiment  # the config carries every path a trainer needs
     if loaded.config.uses_hf_model:
-        raise UserError("LoRA fine-tuning ([train.hf_model]) is not available in this version yet")
+        from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - see module docstring
+
+        train_lora(loaded.config)
+        return
     from ml_playground.train.loop import train_gpt  # noqa: PLC0415 - see module docstring
 
     train_gpt(loaded.config)
@@ -56,7 +59,10 @@ def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     del experiment
     _single_process("sample")
     if loaded.config.uses_hf_model:
-        raise UserError("LoRA sampling ([train.hf_model]) is not available in this version yet")
+        from ml_playground.finetune.sampler import sample_lora  # noqa: PLC0415 - see module docstring
+
+        sample_lora(loaded.config)
+        return
     from ml_playground.sample.gpt import sample_gpt  # noqa: PLC0415 - see module docstring
 
     sample_gpt(loaded.config)

@@ -1,0 +1,168 @@
+"""The model being fine-tuned: a pretrained base, LoRA adapters on it, and merging them.
+
+The base is loaded in the configured dtype, its embedding matrix grown when the tokenizer
+gained tokens (structure tokens), and wrapped by peft: LoRA on the target projections,
+plus trainable rows for the added tokens only (peft's trainable_token_indices), so new
+tokens learn their embedding without saving or training the whole vocabulary matrix.
+With [train.peft] enabled = false every weight trains instead and "adapters" are whole
+model folders.
+
+Like hub.py this is a boundary to untyped libraries (peft, transformers): models leave
+it as `torch.nn.Module` or `PreTrainedModel`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import cast
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from ml_playground.config import HFModelConfig, PeftConfig, RuntimeConfig
+from ml_playground.device import TORCH_DTYPES
+from ml_playground.errors import ConfigError
+from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_model_config
+
+ADAPTER_CONFIG = "adapter_config.json"
+# The MLP projections of Llama, Qwen2, Gemma and Mistral style blocks.
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+# Gemma is trained and validated with eager attention; sdpa changes its soft-capped logits.
+EAGER_ATTENTION_FAMILIES = ("gemma",)
+# peft (0.17+) asks transformers 5 for `is_gradient_checkpointing`, which transformers
+# deprecated; the warning is theirs to fix, not the user's.
+PEFT_DEPRECATION = r".*is_gradient_checkpointing.*"
+
+
+def weights_dtype(hf: HFModelConfig, runtime: RuntimeConfig) -> torch.dtype:
+    """The dtype the base weights are stored in: hf_model.dtype, or runtime.dtype for auto."""
+    return TORCH_DTYPES[runtime.dtype if hf.dtype == "auto" else hf.dtype]
+
+
+def attention_implementation(hf: HFModelConfig, source: ModelSource) -> str | None:
+    """hf_model.attn_implementation, else eager for Gemma and transformers' choice otherwise."""
+    if hf.attn_implementation is not None:
+        return hf.attn_implementation
+    model_type = load_model_config(source).model_type
+    return "eager" if model_type.startswith(EAGER_ATTENTION_FAMILIES) else None
+
+
+def load_base(hf: HFModelConfig, source: ModelSource, *, dtype: torch.dtype) -> PreTrainedModel:
+    return load_causal_lm(
+        source, dtype=dtype, attn_implementation=attention_implementation(hf, source)
+    )
+
+
+def fit_embeddings(model: PreTrainedModel, vocab_size: int, *, init_new_rows: bool) -> None:
+    """Grow the embedding (and a tied output) matrix to hold `vocab_size` ids.
+
+    Many models already have spare rows (Qwen2.5 pads its vocabulary), then nothing
+    changes. `init_new_rows` initialises new rows from the distribution of the existing
+    ones; when the rows come from saved adapters anyway that work is skipped.
+    """
+    rows = _embedding_rows(model)
+    if vocab_size > rows:
+        model.resize_token_embeddings(vocab_size, mean_resizing=init_new_rows)  # pyright: ignore[reportUnknownMemberType] - untyped library
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    # Non-reentrant checkpointing needs no inputs that require grad, so frozen embeddings
+    # under LoRA work without peft's enable_input_require_grads workaround.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[no-untyped-call]  # pyright: ignore[reportUnknownMemberType] - untyped library
+
+
+def lora_targets(model: nn.Module, peft: PeftConfig, model_name: str) -> list[str]:
+    """target_modules (+ the MLP projections with extend_mlp_targets) that the model has."""
+    present = {_leaf(name) for name, module in _modules(model) if isinstance(module, nn.Linear)}
+    targets = list(dict.fromkeys(peft.target_modules))
+    missing = [target for target in targets if target not in present]
+    if missing:
+        raise ConfigError(
+            f"train.peft.target_modules names {', '.join(missing)}, which {model_name} does not "
+            f"have; its linear layers are {', '.join(sorted(present))}"
+        )
+    if peft.extend_mlp_targets:
+        targets += [name for name in MLP_PROJECTIONS if name in present and name not in targets]
+    return targets
+
+
+def apply_lora(
+    model: PreTrainedModel, peft: PeftConfig, model_name: str, new_token_ids: Sequence[int]
+) -> nn.Module:
+    """Wrap `model` with fresh LoRA adapters; added tokens get trainable embedding rows."""
+    config = LoraConfig(
+        r=peft.r,
+        lora_alpha=peft.lora_alpha,
+        lora_dropout=peft.lora_dropout,
+        bias=peft.bias,
+        target_modules=lora_targets(model, peft, model_name),
+        task_type="CAUSAL_LM",
+        trainable_token_indices=_token_rows(model, new_token_ids) or None,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        wrapped = get_peft_model(model, config)
+    return cast(nn.Module, wrapped)
+
+
+def load_adapters(model: PreTrainedModel, folder: Path, *, trainable: bool) -> nn.Module:
+    """`model` with the adapters saved in `folder` (trainable to resume, else frozen)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        wrapped = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)  # pyright: ignore[reportUnknownMemberType] - untyped library
+    return cast(nn.Module, wrapped)
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    """LoRA adapters, as opposed to a whole fine-tuned model (peft disabled)."""
+    return (folder / ADAPTER_CONFIG).is_file()
+
+
+def save_weights(model: nn.Module, folder: Path) -> None:
+    """The trained weights: adapters (without the embedding matrix) or the whole model."""
+    if isinstance(model, PeftModel):
+        # The added tokens' rows are saved by their token adapter; the full (resized)
+        # embedding matrix is the base model's plus those rows, so it is not saved.
+        model.save_pretrained(str(folder), save_embedding_layers=False)
+    else:
+        cast(PreTrainedModel, model).save_pretrained(str(folder))  # pyright: ignore[reportUnknownMemberType] - untyped library
+
+
+def merge_adapters(model: nn.Module) -> PreTrainedModel:
+    """The base with the adapters folded into its weights (a plain transformers model)."""
+    if isinstance(model, PeftModel):
+        merged: object = model.merge_and_unload()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - untyped library
+        return cast(PreTrainedModel, merged)
+    return cast(PreTrainedModel, model)
+
+
+def _embedding_rows(model: PreTrainedModel) -> int:
+    embeddings = cast(nn.Embedding, model.get_input_embeddings())  # pyright: ignore[reportUnknownMemberType] - untyped library
+    return int(embeddings.weight.shape[0])
+
+
+def _token_rows(model: PreTrainedModel, token_ids: Sequence[int]) -> dict[str, list[int]]:
+    """peft's trainable_token_indices: the input embedding, and an untied output layer."""
+    if not token_ids:
+        return {}
+    names = {id(module): name for name, module in _modules(model)}
+    embeddings: nn.Module = model.get_input_embeddings()  # pyright: ignore[reportUnknownMemberType] - untyped library
+    output = cast(nn.Module | None, model.get_output_embeddings())  # type: ignore[no-untyped-call]  # pyright: ignore[reportUnknownMemberType] - untyped library
+    rows = {_leaf(names[id(embeddings)]): list(token_ids)}
+    tied = output is not None and output.weight is embeddings.weight
+    if output is not None and not tied:
+        rows[_leaf(names[id(output)])] = list(token_ids)
+    return rows
+
+
+def _modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """named_modules, typed (transformers' models confuse the checker's inference)."""
+    return list(cast(Iterator[tuple[str, nn.Module]], model.named_modules()))
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]

@@ -1,0 +1,122 @@
+"""Training tokens for the fine-tuning trainer: each split's records packed into one stream.
+
+A record is tokenized the way the model expects a text to begin (with <bos> where the
+tokenizer adds one), then followed by the end-of-sequence token and the dataset's
+doc_separator: the model sees every speech end, learns to emit EOS there, and sampling
+stops at it. The streams are written to out_dir/packed/{train,val}.bin in the token-file
+format of the from-scratch pipeline, so the same BatchSampler draws windows from them
+(random or sequential, with exact resume). packed/meta.json records what they were made
+from; an unchanged dataset is not tokenized again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ml_playground import atomic
+from ml_playground.data.token_dataset import UINT16_IDS
+from ml_playground.errors import DataError
+from ml_playground.finetune.dataset import META_FILE, TRAIN_FILE, VAL_FILE, read_texts
+from ml_playground.finetune.hub import Tokenizer
+
+PACKED_DIR = "packed"
+PACK_META = "meta.json"
+PACK_VERSION = 1
+ENCODE_BATCH = 256
+SPLIT_FILES = {"train": TRAIN_FILE, "val": VAL_FILE}
+
+
+@dataclass(frozen=True)
+class PackedDataset:
+    train: Path
+    val: Path
+    dtype: str
+    tokens: dict[str, int]
+
+
+def pack_dataset(
+    dataset_dir: Path, tokenizer: Tokenizer, out_dir: Path, *, separator: str
+) -> PackedDataset:
+    """Tokenize and pack both splits into out_dir/packed, unless that is already done."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(
+            f"the tokenizer in {dataset_dir / 'tokenizer'} has no end-of-sequence token, so a "
+            "fine-tuned model could never learn to stop; use a base model whose tokenizer has one"
+        )
+    folder = out_dir / PACKED_DIR
+    dtype = "uint16" if len(tokenizer) <= UINT16_IDS else "uint32"
+    key = _key(dataset_dir, separator, dtype)
+    packed = PackedDataset(
+        train=folder / "train.bin", val=folder / "val.bin", dtype=dtype, tokens={}
+    )
+    existing = _read_pack_meta(folder)
+    if existing.get("key") == key and all(
+        _intact(folder, existing, split) for split in SPLIT_FILES
+    ):
+        return PackedDataset(packed.train, packed.val, dtype, dict(existing["tokens"]))
+    separator_ids = tokenizer.encode(separator, add_special_tokens=False) if separator else []
+    tokens: dict[str, int] = {}
+    for split, name in SPLIT_FILES.items():
+        with atomic.atomic_open(folder / f"{split}.bin") as out:
+            tokens[split] = _write_stream(
+                read_texts(dataset_dir / name), tokenizer, out, dtype, [eos, *separator_ids]
+            )
+    atomic.write_json(folder / PACK_META, {"key": key, "dtype": dtype, "tokens": tokens})
+    return PackedDataset(packed.train, packed.val, dtype, tokens)
+
+
+def _write_stream(
+    texts: Iterator[str], tokenizer: Tokenizer, out: IO[Any], dtype: str, closing: Sequence[int]
+) -> int:
+    written = 0
+    for batch in _batches(texts, ENCODE_BATCH):
+        for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]:
+            # Some tokenizers (Llama's with add_eos_token) already close a text with EOS.
+            body = ids[:-1] if ids and ids[-1] == closing[0] else ids
+            array = np.asarray([*body, *closing], dtype=dtype)
+            out.write(array.tobytes())
+            written += int(array.size)
+    return written
+
+
+def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _key(dataset_dir: Path, separator: str, dtype: str) -> str:
+    """Changes whenever the dataset (its meta.json covers records and tokenizer) changes."""
+    digest = hashlib.sha256()
+    digest.update((dataset_dir / META_FILE).read_bytes())
+    digest.update(json.dumps([PACK_VERSION, separator, dtype]).encode())
+    return digest.hexdigest()
+
+
+def _read_pack_meta(folder: Path) -> dict[str, Any]:
+    try:
+        raw: object = json.loads((folder / PACK_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return dict(raw) if isinstance(raw, dict) else {}  # pyright: ignore[reportUnknownArgumentType] - JSON
+
+
+def _intact(folder: Path, meta: dict[str, Any], split: str) -> bool:
+    tokens = meta.get("tokens", {}).get(split)
+    path = folder / f"{split}.bin"
+    if not isinstance(tokens, int) or not path.is_file():
+        return False
+    return path.stat().st_size == tokens * np.dtype(str(meta.get("dtype"))).itemsize

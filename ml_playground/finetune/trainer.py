@@ -1,0 +1,393 @@
+"""Fine-tune a pretrained Hugging Face model with LoRA: the from-scratch loop's shape.
+
+setup (device, dataset meta, tokenizer, packed tokens, base model + adapters, optimizer,
+resume) -> repeat {evaluate and save adapters every eval_interval; one optimizer step over
+grad_accum_steps fresh micro-batches} -> final evaluation, adapters/final, optional merged
+model. The learning-rate schedule, the Ctrl-C handling, the reporter (progress bar, log
+lines, TensorBoard tags) and the batch sampler are the ones train/loop.py uses; what
+differs is how the model is built, stepped and saved.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812 - the conventional name
+
+from ml_playground import atomic
+from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
+from ml_playground.data.batches import BatchSampler
+from ml_playground.device import Precision, resolve_precision, seed_everything
+from ml_playground.errors import CheckpointError, DataError
+from ml_playground.finetune import adapters
+from ml_playground.finetune.adapters import RunMeta, TrainingState
+from ml_playground.finetune.dataset import TOKENIZER_DIR, DatasetMeta, read_dataset_meta
+from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
+from ml_playground.finetune.inference import load_trained
+from ml_playground.finetune.model import (
+    apply_lora,
+    enable_gradient_checkpointing,
+    fit_embeddings,
+    load_adapters,
+    load_base,
+    merge_adapters,
+    weights_dtype,
+)
+from ml_playground.finetune.packing import PackedDataset, pack_dataset
+from ml_playground.train import checkpoint
+from ml_playground.train.interrupt import stop_requests
+from ml_playground.train.loop import EVAL_SEED_OFFSET
+from ml_playground.train.reporting import RunReporter
+from ml_playground.train.schedule import learning_rate_at
+
+
+@dataclass(frozen=True)
+class FinetuneSummary:
+    iter_num: int
+    best_val_loss: float
+    last_val_loss: float | None
+    out_dir: Path
+
+
+def train_lora(config: ExperimentConfig) -> FinetuneSummary:
+    """Fine-tune (or resume fine-tuning) the model the config describes."""
+    run = _build_run(config)
+    runtime = config.train.runtime
+    evaluate = _evaluator(run)
+    start = run.iter_num
+    with RunReporter(
+        runtime.out_dir,
+        total_steps=runtime.max_iters,
+        start_step=start,
+        tensorboard=runtime.tensorboard_enabled,
+    ) as reporter:
+        trainable = sum(parameter.numel() for parameter in run.parameters)
+        total = sum(parameter.numel() for parameter in run.model.parameters())
+        reporter.say(
+            f"fine-tuning {run.hf.model_name}: {trainable / 1e6:.2f}M of {total / 1e6:.1f}M "
+            f"parameters train ({'LoRA' if run.lora else 'all weights'}) on "
+            f"{run.precision.device} ({runtime.dtype}); {run.tokens_per_step:,} tokens per "
+            f"optimizer step; {f'resuming at step {start}' if run.resumed else 'fresh start'}"
+        )
+        if runtime.eval_only:
+            losses = evaluate()
+            reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
+            return FinetuneSummary(start, run.best_val_loss, losses["val"], runtime.out_dir)
+
+        last_val: float | None = None
+
+        def evaluate_and_save() -> None:
+            nonlocal last_val
+            losses = evaluate()
+            last_val = losses["val"]
+            reporter.evaluation(run.iter_num, train_loss=losses["train"], val_loss=last_val)
+            improved = last_val < run.best_val_loss
+            run.best_val_loss = min(run.best_val_loss, last_val)
+            _save(run, adapters.LAST)
+            if improved or runtime.always_save_checkpoint:
+                _save(run, adapters.BEST)
+
+        window_start, window_steps = time.perf_counter(), 0
+        with stop_requests() as stop_requested:
+            while run.iter_num < runtime.max_iters:
+                if run.iter_num % runtime.eval_interval == 0 and run.iter_num > start:
+                    evaluate_and_save()
+                lr = learning_rate_at(run.iter_num, config.train.optim, config.train.schedule)
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = _optimizer_step(run)
+                run.iter_num += 1
+                reporter.advance()
+                window_steps += 1
+                if run.iter_num % runtime.log_interval == 0:
+                    elapsed = time.perf_counter() - window_start
+                    reporter.log_step(
+                        run.iter_num,
+                        loss=loss.item(),  # the only host sync in the step
+                        lr=lr,
+                        tokens_per_sec=run.tokens_per_step * window_steps / elapsed,
+                        step_time_ms=1000 * elapsed / window_steps,
+                    )
+                    window_start, window_steps = time.perf_counter(), 0
+                if stop_requested():
+                    saved = _save(run, adapters.LAST)
+                    reporter.say(
+                        f"interrupted at step {run.iter_num}; saved {saved} "
+                        "(run train again to resume)"
+                    )
+                    raise KeyboardInterrupt
+        if run.iter_num > start or not run.resumed:
+            evaluate_and_save()
+        if run.iter_num >= runtime.max_iters:
+            _save(run, adapters.FINAL)
+        if run.hf.save_merged:
+            reporter.say(f"merged model written to {_write_merged(config, run.hf)}")
+        reporter.say(
+            f"done: step {run.iter_num}, best val loss {run.best_val_loss:.4f}; adapters in "
+            f"{runtime.out_dir / adapters.ADAPTERS_DIR}"
+        )
+        return FinetuneSummary(run.iter_num, run.best_val_loss, last_val, runtime.out_dir)
+
+
+@dataclass
+class _Run:
+    """Everything the loop works with, assembled once; iter_num and best_val_loss move."""
+
+    config: ExperimentConfig
+    hf: HFModelConfig
+    lora: bool
+    precision: Precision
+    model: nn.Module
+    parameters: list[nn.Parameter]
+    names: tuple[str, ...]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: BatchSampler
+    packed: PackedDataset
+    block_size: int
+    tokens_per_step: int
+    resumed: bool
+    iter_num: int = 0
+    best_val_loss: float = math.inf
+
+
+def _build_run(config: ExperimentConfig) -> _Run:
+    """Device, dataset, tokenizer, tokens, model and optimizer; resumed from adapters/last."""
+    train, runtime = config.train, config.train.runtime
+    hf = train.hf_model
+    assert hf is not None  # the pipeline only sends configs with [train.hf_model] here
+    peft = train.peft or PeftConfig()
+    precision = resolve_precision(runtime.device, runtime.dtype)
+    seed_everything(runtime.seed)
+    dataset_dir = train.data.dataset_dir
+    meta = read_dataset_meta(dataset_dir)
+    _check_dataset_matches(meta, hf, dataset_dir)
+    tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
+    last = adapters.adapters_dir(runtime.out_dir, adapters.LAST)
+    resume = adapters.load_state(last) if adapters.has_state(last) else None
+    run_meta = RunMeta(
+        base_model=hf.model_name,
+        revision=hf.revision,
+        vocab_size=len(tokenizer),
+        structure_tokens=meta.structure_tokens,
+        added_tokens=meta.added_tokens,
+        doc_separator=meta.doc_separator,
+        lora=peft.enabled,
+    )
+    if resume is not None:
+        _check_same_run(run_meta, runtime.out_dir)
+    packed = pack_dataset(dataset_dir, tokenizer, runtime.out_dir, separator=meta.doc_separator)
+    model = _build_model(
+        hf,
+        peft,
+        tokenizer,
+        meta,
+        resume_from=last if resume else None,
+        dtype=weights_dtype(hf, runtime),
+    )
+    model.to(precision.device)
+    model.train()
+    named = [
+        (name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad
+    ]
+    parameters = [parameter for _, parameter in named]
+    block_size = train.block_size
+    run = _Run(
+        config=config,
+        hf=hf,
+        lora=peft.enabled,
+        precision=precision,
+        model=model,
+        parameters=parameters,
+        names=tuple(name for name, _ in named),
+        optimizer=_optimizer(parameters, config),
+        scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
+        sampler=BatchSampler(
+            packed.train,
+            packed.dtype,
+            block_size,
+            train.data.batch_size,
+            mode=train.data.sampler,
+            seed=runtime.seed,
+            device=precision.device,
+        ),
+        packed=packed,
+        block_size=block_size,
+        tokens_per_step=train.data.batch_size * block_size * train.data.grad_accum_steps,
+        resumed=resume is not None,
+    )
+    if resume is not None:
+        _restore(run, resume, last)
+    # Sampling and export read the tokenizer and meta from out_dir, never from dataset_dir.
+    adapters.copy_tokenizer(dataset_dir / TOKENIZER_DIR, runtime.out_dir)
+    run_meta.write(runtime.out_dir)
+    return run
+
+
+def _build_model(
+    hf: HFModelConfig,
+    peft: PeftConfig,
+    tokenizer: Tokenizer,
+    meta: DatasetMeta,
+    *,
+    resume_from: Path | None,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """The trainable model: base + fresh or resumed adapters, or the whole (resumed) model."""
+    if not peft.enabled and resume_from is not None:
+        model = load_base(hf, ModelSource.local(resume_from), dtype=dtype)
+    else:
+        model = load_base(hf, ModelSource.from_config(hf), dtype=dtype)
+        fit_embeddings(model, len(tokenizer), init_new_rows=resume_from is None)
+    model.config.use_cache = False  # pyright: ignore[reportUnknownMemberType] - untyped library; no KV cache while training
+    if hf.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if not peft.enabled:
+        return model
+    if resume_from is not None:
+        return load_adapters(model, resume_from, trainable=True)
+    new_ids = tokenizer.convert_tokens_to_ids(list(meta.structure_tokens))
+    return apply_lora(model, peft, hf.model_name, new_ids)
+
+
+def _optimizer(parameters: list[nn.Parameter], config: ExperimentConfig) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, vectors (biases, norms) do not, as in the from-scratch GPT."""
+    optim = config.train.optim
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [group for group in groups if group["params"]],
+        lr=optim.learning_rate,
+        betas=(optim.beta1, optim.beta2),
+    )
+
+
+def _restore(run: _Run, state: TrainingState, folder: Path) -> None:
+    if state.trainable != run.names:
+        raise CheckpointError(
+            f"the adapters in {folder} train other parameters than this config "
+            "([train.peft] changed); move the folder away to start fresh"
+        )
+    run.optimizer.load_state_dict(state.optimizer)
+    if state.scaler:
+        run.scaler.load_state_dict(state.scaler)
+    run.sampler.load_state_dict(dict(state.sampler))
+    checkpoint.restore_rng(state.rng)
+    run.iter_num, run.best_val_loss = state.iter_num, state.best_val_loss
+
+
+def _save(run: _Run, name: str) -> Path:
+    """Write adapters and training state as of the last finished step."""
+    state = TrainingState(
+        iter_num=run.iter_num,
+        best_val_loss=run.best_val_loss,
+        optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        rng=checkpoint.capture_rng(),
+        sampler=run.sampler.state_dict(),
+        trainable=run.names,
+    )
+    return adapters.save_adapters(run.config.train.runtime.out_dir, name, run.model, state)
+
+
+def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting y from x; computed in float32 whatever the autocast."""
+    logits: torch.Tensor = model(input_ids=x, use_cache=False).logits
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
+def _optimizer_step(run: _Run) -> torch.Tensor:
+    """Accumulate gradients over fresh micro-batches, clip once, step once."""
+    optim = run.config.train.optim
+    accum = run.config.train.data.grad_accum_steps
+    total = torch.zeros((), device=run.precision.device)
+    for _ in range(accum):
+        x, y = run.sampler.next_batch()
+        with run.precision.autocast():
+            loss = next_token_loss(run.model, x, y) / accum
+        total += loss.detach()
+        scaled = run.scaler.scale(loss)
+        assert isinstance(scaled, torch.Tensor)  # scale() maps a tensor to a tensor
+        torch.autograd.backward(scaled)
+    if optim.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.parameters, optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
+    """Mean loss over eval_iters batches of each split, always the same batches."""
+    data, runtime = run.config.train.data, run.config.train.runtime
+    files = {"train": run.packed.train, "val": run.packed.val}
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        run.model.eval()
+        losses: dict[str, float] = {}
+        for split, path in files.items():
+            sampler = BatchSampler(
+                path,
+                run.packed.dtype,
+                run.block_size,
+                data.batch_size,
+                seed=runtime.seed + EVAL_SEED_OFFSET,
+                device=run.precision.device,
+            )
+            total = torch.zeros((), device=run.precision.device)
+            for _ in range(runtime.eval_iters):
+                x, y = sampler.next_batch()
+                with run.precision.autocast():
+                    total += next_token_loss(run.model, x, y)
+            losses[split] = total.item() / runtime.eval_iters
+        run.model.train()
+        return losses
+
+    return evaluate
+
+
+def _check_dataset_matches(meta: DatasetMeta, hf: HFModelConfig, dataset_dir: Path) -> None:
+    if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
+        raise DataError(
+            f"dataset {dataset_dir} was prepared with the tokenizer of {meta.base_model} but "
+            f"train.hf_model.model_name is {hf.model_name}; run `ml-playground prepare` again"
+        )
+
+
+def _check_same_run(wanted: RunMeta, out_dir: Path) -> None:
+    saved = RunMeta.read(out_dir)
+    if (saved.base_model, saved.vocab_size, saved.lora) != (
+        wanted.base_model,
+        wanted.vocab_size,
+        wanted.lora,
+    ):
+        raise CheckpointError(
+            f"{out_dir} holds a run of {saved.base_model} (vocabulary {saved.vocab_size}, "
+            f"{'LoRA' if saved.lora else 'all weights'}) but the config asks for "
+            f"{wanted.base_model} (vocabulary {wanted.vocab_size}, "
+            f"{'LoRA' if wanted.lora else 'all weights'}); use another out_dir or move it away"
+        )
+
+
+def _write_merged(config: ExperimentConfig, hf: HFModelConfig) -> Path:
+    """out_dir/merged: the sampled adapters folded into the base, as a transformers model."""
+    runtime = config.train.runtime
+    trained = load_trained(
+        runtime.out_dir, hf, dtype=weights_dtype(hf, runtime), require_adapters=True
+    )
+    merged = merge_adapters(trained.model)
+    target = runtime.out_dir / adapters.MERGED_DIR
+    with atomic.atomic_directory(target) as staging:
+        merged.save_pretrained(str(staging))  # pyright: ignore[reportUnknownMemberType] - untyped library
+        trained.tokenizer.save_pretrained(str(staging))
+    return target
