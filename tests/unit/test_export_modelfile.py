@@ -59,6 +59,12 @@ def test_adapter_system_prompt_and_repeated_stops() -> None:
     assert raw_completion_template(None) == RAW_COMPLETION
 
 
+def test_without_a_template_ollama_uses_the_chat_template_in_the_gguf() -> None:
+    modelfile = Modelfile(weights="./model.gguf", template=None, sampling=SAMPLING)
+
+    assert not any(line.startswith("TEMPLATE") for line in modelfile.render().splitlines())
+
+
 @pytest.mark.parametrize(
     ("value", "written"),
     [
