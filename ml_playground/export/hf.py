@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from transformers import PreTrainedModel
 
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.errors import DataError, ExportError
@@ -25,28 +25,34 @@ from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.gpt import example_prompt
 from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
 from ml_playground.export.readme import BundleReadme
+from ml_playground.finetune.adapters import (
+    RUN_META,
+    SAMPLING_ORDER,
+    RunMeta,
+    adapters_dir,
+    for_sampling,
+)
 from ml_playground.finetune.dataset import read_dataset_meta
-from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
+from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from ml_playground.finetune.model import (
+    fit_embeddings,
+    is_adapter_folder,
+    load_adapters,
+    load_base,
+    merge_adapters,
+    weights_dtype,
+)
 from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 
 ROUTE = "llama.cpp-convert-hf"
 ROUTE_VERSION = 1
-ADAPTERS_DIR = "adapters"
-ADAPTER_ORDER = ("best", "final", "last")
 TOKENIZER_DIR = "tokenizer"
-ADAPTER_CONFIG = "adapter_config.json"
 MODEL_GGUF = "model.gguf"
 BASE_GGUF = "base.gguf"
 ADAPTER_GGUF = "adapter.gguf"
 WORK_DIR = ".work"
 # What a speech record looks like after its header: a blank line, then the speech.
 HEADER_END = "\n\n"
-DEPRECATED_PROPERTY = "`is_gradient_checkpointing` is deprecated"
-DTYPES: Mapping[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,13 @@ class HFExport:
         if hf is None:
             raise ValueError("the Hugging Face route needs [train.hf_model]")
         out_dir = config.train.runtime.out_dir
+        check_base(out_dir, hf)
         adapters = adapter_dir(out_dir, settings.checkpoint)
+        if settings.adapter_only and not is_adapter_folder(adapters):
+            raise ExportError(
+                f"{adapters} holds a whole fine-tuned model ([train.peft] enabled = false),"
+                " not LoRA adapters; set [export.ollama] adapter_only = false"
+            )
         converter = llama_cpp.find_converter(settings.convert_bin)
         lora = llama_cpp.find_lora_converter(converter) if settings.adapter_only else None
         quantizer = None
@@ -103,7 +115,7 @@ class HFExport:
             "route": ROUTE,
             "route_version": ROUTE_VERSION,
             "base": {"model_name": self.hf.model_name, "revision": self.hf.revision},
-            "dtype": str(merge_dtype(self.config)),
+            "dtype": str(self._dtype()),
             "adapters": {"name": self.adapters.name, "files": folder_digest(self.adapters)},
             "tokenizer": folder_digest(self.tokenizer_dir),
             "tools": [bundle.sha256_file(Path(tool.argv[-1])) for tool in tools if tool],
@@ -143,17 +155,24 @@ class HFExport:
 
     def _convert_merged(self, work: Path, staging: Path) -> Path:
         merged = work / "merged"
-        print(f"merging {self.adapters} into {self.hf.model_name} ({merge_dtype(self.config)})")
-        merge_adapters(
-            self._base(), self.adapters, self.tokenizer_dir, merge_dtype(self.config), merged
-        )
+        if is_adapter_folder(self.adapters):
+            print(f"merging {self.adapters} into {self.hf.model_name} ({self._dtype()})")
+            model = merge_adapters(
+                load_adapters(self._base_model(), self.adapters, trainable=False)
+            )
+            model.save_pretrained(merged)  # pyright: ignore[reportUnknownMemberType] - untyped library
+        else:
+            # [train.peft] enabled = false saved the whole fine-tuned model: nothing to merge.
+            shutil.copytree(self.adapters, merged, ignore=shutil.ignore_patterns("*.pt"))
+        _copy_tokenizer(self.tokenizer_dir, merged)
         return self._gguf_from_hf(merged, staging / MODEL_GGUF, work)
 
     def _convert_adapter(
         self, work: Path, staging: Path, lora_converter: llama_cpp.Tool
     ) -> tuple[Path, Path]:
         base = work / "base"
-        save_base(self._base(), self.tokenizer_dir, merge_dtype(self.config), base)
+        self._base_model().save_pretrained(base)  # pyright: ignore[reportUnknownMemberType] - untyped library
+        _copy_tokenizer(self.tokenizer_dir, base)
         weights = self._gguf_from_hf(base, staging / BASE_GGUF, work)
         adapter = staging / ADAPTER_GGUF
         outtype = self.config.export.ollama.quant
@@ -177,8 +196,19 @@ class HFExport:
         _require_output(target, self.quantizer)
         return target
 
-    def _base(self) -> ModelSource:
-        return ModelSource.from_config(self.hf)
+    def _dtype(self) -> torch.dtype:
+        """The dtype the base was fine-tuned in; the merge keeps it."""
+        return weights_dtype(self.hf, self.config.train.runtime)
+
+    def _base_model(self) -> PreTrainedModel:
+        """The base on the CPU, its embeddings grown to the fine-tuning tokenizer.
+
+        The rows of added tokens come from the adapters, so they need no initialisation.
+        """
+        model = load_base(self.hf, ModelSource.from_config(self.hf), dtype=self._dtype())
+        size = len(load_tokenizer(ModelSource.local(self.tokenizer_dir)))
+        fit_embeddings(model, size, init_new_rows=False)
+        return model
 
     def _readme(
         self, weights: Path, adapter: Path | None, fmt: PromptFormat, sampling: SamplingDefaults
@@ -210,17 +240,28 @@ class HFExport:
 
 
 def adapter_dir(out_dir: Path, which: str | None) -> Path:
-    """The adapters `checkpoint` names; by default best, else final, else last."""
-    names = ADAPTER_ORDER if which is None else (which,)
-    for name in names:
-        candidate = out_dir / ADAPTERS_DIR / name
-        if (candidate / ADAPTER_CONFIG).is_file():
-            return candidate
-    looked = ", ".join(str(out_dir / ADAPTERS_DIR / name) for name in names)
-    raise ExportError(
-        f"no LoRA adapters to export (looked for {looked}); fine-tune first with"
-        " `ml-playground train <experiment>`"
-    )
+    """The adapters `checkpoint` names; by default those sampling uses (best, final, last)."""
+    folder = for_sampling(out_dir) if which is None else adapters_dir(out_dir, which)
+    if folder is None or not folder.is_dir():
+        names = SAMPLING_ORDER if which is None else (which,)
+        looked = ", ".join(str(adapters_dir(out_dir, name)) for name in names)
+        raise ExportError(
+            f"no LoRA adapters to export (looked for {looked}); fine-tune first with"
+            " `ml-playground train <experiment>`"
+        )
+    return folder
+
+
+def check_base(out_dir: Path, hf: HFModelConfig) -> None:
+    """Adapters merged into another base than they were trained on would be garbage."""
+    if not (out_dir / RUN_META).is_file():
+        return
+    meta = RunMeta.read(out_dir)
+    if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
+        raise ExportError(
+            f"the adapters in {out_dir} were trained on {meta.base_model} but"
+            f" train.hf_model.model_name is {hf.model_name}; fix the config or use another out_dir"
+        )
 
 
 def tokenizer_dir(config: ExperimentConfig) -> Path:
@@ -237,51 +278,18 @@ def tokenizer_dir(config: ExperimentConfig) -> Path:
     )
 
 
-def merge_dtype(config: ExperimentConfig) -> torch.dtype:
-    """The dtype the base weights were fine-tuned in, which the merge keeps."""
-    hf = config.train.hf_model
-    configured = hf.dtype if hf is not None else "auto"
-    return DTYPES[config.train.runtime.dtype if configured == "auto" else configured]
-
-
-def merge_adapters(
-    base: ModelSource, adapters: Path, tokenizer: Path, dtype: torch.dtype, target: Path
-) -> None:
-    """Base + LoRA adapters, merged on the CPU, saved with the tokenizer into `target`."""
-    from peft import PeftModel  # noqa: PLC0415 - heavy, and only this route needs it
-
-    model = _base_model(base, tokenizer, dtype)
-    with warnings.catch_warnings():
-        # peft reads a property transformers 5 deprecated; the warning is theirs, not the user's.
-        warnings.filterwarnings("ignore", DEPRECATED_PROPERTY, FutureWarning)
-        with_adapters = PeftModel.from_pretrained(model, str(adapters))  # pyright: ignore[reportUnknownMemberType] - untyped library
-    merged = cast(torch.nn.Module, with_adapters.merge_and_unload())  # pyright: ignore[reportUnknownMemberType] - untyped library
-    _save(merged, tokenizer, target)
-
-
-def save_base(base: ModelSource, tokenizer: Path, dtype: torch.dtype, target: Path) -> None:
-    """The base alone, its embeddings sized to the tokenizer, for adapter-only export."""
-    _save(_base_model(base, tokenizer, dtype), tokenizer, target)
-
-
 def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     """The template and stops that reproduce the fine-tuning text."""
     settings = _tokenizer_settings(tokenizer)
     eos = _token_text(settings.get("eos_token"))
-    added = set(_added_tokens(settings))
-    try:
-        meta = read_dataset_meta(config.train.data.dataset_dir)
-    except DataError:
-        meta = None
-    if meta is not None:
-        structure = tuple(meta.structure_tokens) or tuple(
-            token for token in (SPEECH_START, SPEECH_END) if token in added
-        )
+    eos_stop = (eos,) if eos else ()
+    structure = record_structure_tokens(config)
+    if structure is not None:
         opening = SPEECH_START if SPEECH_START in structure else ""
         closing = (SPEECH_END,) if SPEECH_END in structure else ()
         return PromptFormat(
             template=f"{opening}{RAW_COMPLETION}{HEADER_END}",
-            stops=(*closing, *((eos,) if eos else ())),
+            stops=(*closing, *eos_stop),
             description=(
                 "Prompt format: speech records. Give the header lines (Sprecher, Partei,"
                 " Thema, Jahr) as the prompt; the template "
@@ -293,15 +301,27 @@ def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     if settings.get("chat_template") or (tokenizer / "chat_template.jinja").is_file():
         return PromptFormat(
             template=None,
-            stops=(eos,) if eos else (),
+            stops=eos_stop,
             description="Prompt format: the tokenizer's chat template, which Ollama reads"
             " from the GGUF.",
         )
     return PromptFormat(
-        template=RAW_COMPLETION,
-        stops=(eos,) if eos else (),
-        description="Prompt format: raw completion.",
+        template=RAW_COMPLETION, stops=eos_stop, description="Prompt format: raw completion."
     )
+
+
+def record_structure_tokens(config: ExperimentConfig) -> tuple[str, ...] | None:
+    """The structure tokens the run's speech records used; None if there are no records.
+
+    The run's meta.json says so, else the prepared dataset's.
+    """
+    out_dir = config.train.runtime.out_dir
+    if (out_dir / RUN_META).is_file():
+        return RunMeta.read(out_dir).structure_tokens
+    try:
+        return read_dataset_meta(config.train.data.dataset_dir).structure_tokens
+    except DataError:
+        return None
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
@@ -313,19 +333,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
     }
 
 
-def _base_model(base: ModelSource, tokenizer: Path, dtype: torch.dtype) -> Any:
-    model = load_causal_lm(base, dtype=dtype, attn_implementation=None)
-    size = len(load_tokenizer(ModelSource.local(tokenizer)))
-    embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
-    if embeddings.num_embeddings < size:
-        # Fine-tuning added structure tokens; the adapters hold their trained rows.
-        model.resize_token_embeddings(size, mean_resizing=False)  # pyright: ignore[reportUnknownMemberType] - untyped library
-    return model
-
-
-def _save(model: Any, tokenizer: Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
+def _copy_tokenizer(tokenizer: Path, target: Path) -> None:
     for path in tokenizer.iterdir():
         if path.is_file():
             shutil.copy2(path, target / path.name)
@@ -342,15 +350,6 @@ def _tokenizer_settings(tokenizer: Path) -> Mapping[str, Any]:
     except (OSError, ValueError):
         return {}
     return cast(Mapping[str, Any], raw) if isinstance(raw, dict) else {}
-
-
-def _added_tokens(settings: Mapping[str, Any]) -> Iterator[str]:
-    decoder = settings.get("added_tokens_decoder")
-    if isinstance(decoder, dict):
-        for entry in cast(dict[str, object], decoder).values():
-            text = _token_text(entry)
-            if text:
-                yield text
 
 
 def _token_text(value: object) -> str | None:

@@ -20,20 +20,15 @@ import pytest
 import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
-from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.config import ExperimentConfig, PeftConfig, load_config
 from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
-from ml_playground.finetune.dataset import DatasetMeta
-from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from ml_playground.finetune.adapters import RunMeta
+from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
+from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weights
 from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 from tests.finetune_helpers import build_tiny_model
-
-# peft 0.21 reads a property transformers 5 deprecated, in get_peft_model (the exporter
-# silences it around its own peft call).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
-)
 
 LORA_R, LORA_ALPHA = 4, 8
 LAYER = "model.layers.0.self_attn.q_proj"
@@ -93,43 +88,31 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fine_tuned(folder: Path, base: Path) -> Path:
-    """out/tokenizer with the structure tokens, out/adapters/best, and the dataset meta."""
-    from peft import LoraConfig, get_peft_model  # noqa: PLC0415 - heavy, these tests only
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - as above
-
+    """out/ of a LoRA run that added the structure tokens, built the way the trainer does."""
     out = folder / "out"
     tokenizer = load_tokenizer(ModelSource.local(base))
     tokenizer.add_special_tokens({"additional_special_tokens": [SPEECH_START, SPEECH_END]})
     tokenizer.save_pretrained(str(out / "tokenizer"))
-    model: Any = AutoModelForCausalLM.from_pretrained(str(base))  # pyright: ignore[reportUnknownMemberType] - untyped
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    lora = LoraConfig(
-        r=LORA_R,
-        lora_alpha=LORA_ALPHA,
-        target_modules=["q_proj", "v_proj"],
-        init_lora_weights=False,  # random B, so the merge visibly changes the weights
-    )
+    model = load_causal_lm(ModelSource.local(base), dtype=torch.float32, attn_implementation=None)
+    fit_embeddings(model, len(tokenizer), init_new_rows=True)
+    new_ids = tokenizer.convert_tokens_to_ids([SPEECH_START, SPEECH_END])
+    lora = PeftConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q_proj", "v_proj"])
+    wrapped = apply_lora(model, lora, str(base), new_ids)
     torch.default_generator.manual_seed(0)
-    # The added structure tokens' rows live in the resized embeddings, so the adapter keeps
-    # them, as a fine-tuning run that added tokens must.
-    get_peft_model(model, lora).save_pretrained(
-        str(out / "adapters" / "best"), save_embedding_layers=True
-    )
-    meta = DatasetMeta(
+    with torch.no_grad():  # as if trained: LoRA's B starts at zero, which merges to nothing
+        for param in wrapped.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    save_weights(wrapped, out / "adapters" / "best")
+    RunMeta(
         base_model=str(base),
         revision=None,
+        vocab_size=len(tokenizer),
         structure_tokens=(SPEECH_START, SPEECH_END),
         added_tokens=(SPEECH_START, SPEECH_END),
-        vocab_size=len(tokenizer),
         doc_separator="\n\n",
-        records={"train": 1, "val": 1},
-        characters={"train": 1, "val": 1},
-        file_sizes={},
-        fingerprint={},
-        report={},
-    )
-    (folder / "datasets").mkdir(parents=True, exist_ok=True)
-    (folder / "datasets" / "meta.json").write_text(json.dumps(meta.to_json()), encoding="utf-8")
+        lora=True,
+    ).write(out)
     return out
 
 
@@ -215,7 +198,7 @@ def test_merged_export_merges_converts_and_quantizes(
 
 
 def assert_merged_weights(merged_file: Path, base: Path, adapters: Path) -> None:
-    """W + (alpha / r) B A, from the files, and embeddings grown by the structure tokens."""
+    """W + (alpha / r) B A from the files; embeddings grown by the two structure tokens."""
     merged = load_file(str(merged_file))
     original = load_file(str(base / "model.safetensors"))
     lora = load_file(str(adapters / "adapter_model.safetensors"))
@@ -225,8 +208,12 @@ def assert_merged_weights(merged_file: Path, base: Path, adapters: Path) -> None
     assert torch.allclose(merged[f"{LAYER}.weight"], expected, atol=1e-6)
     assert not torch.allclose(merged[f"{LAYER}.weight"], original[f"{LAYER}.weight"])
     embeddings = merged["model.embed_tokens.weight"]
-    assert embeddings.shape[0] == original["model.embed_tokens.weight"].shape[0] + 2
-    assert not any(".lora_" in key for key in merged)
+    vocab = original["model.embed_tokens.weight"].shape[0]
+    assert embeddings.shape[0] == vocab + 2
+    assert torch.equal(embeddings[:vocab], original["model.embed_tokens.weight"])
+    [rows] = [value for key, value in lora.items() if "trainable_tokens" in key]
+    assert torch.allclose(embeddings[vocab:], rows)  # the trained rows of the new tokens
+    assert not any(".lora_" in key or "trainable_tokens" in key for key in merged)
 
 
 def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
@@ -254,6 +241,33 @@ def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
     unmerged = load_file(str(tools / "convert.safetensors"))
     original = load_file(str(base_model / "model.safetensors"))
     assert torch.equal(unmerged[f"{LAYER}.weight"], original[f"{LAYER}.weight"])
+    assert unmerged["model.embed_tokens.weight"].shape[0] == len(
+        load_tokenizer(ModelSource.local(out / "tokenizer"))
+    )
+
+
+def test_a_run_without_lora_exports_its_whole_fine_tuned_model(
+    tmp_path: Path, base_model: Path, tools: Path
+) -> None:
+    folder = tmp_path / "full"
+    best = folder / "out" / "adapters" / "best"  # [train.peft] enabled = false saves models
+    best.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (best / name).write_bytes((base_model / name).read_bytes())
+    (best / "training_state.pt").write_bytes(b"optimizer state")
+    tokenizer = load_tokenizer(ModelSource.local(base_model))
+    tokenizer.save_pretrained(str(folder / "out" / "tokenizer"))
+    config = experiment(folder, base_model)
+
+    export_experiment(config, "full")
+
+    [convert] = calls(tools, "convert")
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(convert["listing"])
+    assert "training_state.pt" not in convert["listing"]
+    converted = load_file(str(tools / "convert.safetensors"))
+    assert torch.equal(
+        converted[f"{LAYER}.weight"], load_file(str(best / "model.safetensors"))[f"{LAYER}.weight"]
+    )
 
 
 def test_an_unchanged_rerun_is_skipped_without_merging_again(

@@ -6,23 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from ml_playground.config import ExperimentConfig, load_config
 from ml_playground.errors import ExportError
-from ml_playground.export.hf import adapter_dir, merge_dtype, prompt_format
+from ml_playground.export.hf import adapter_dir, prompt_format
 from ml_playground.export.modelfile import RAW_COMPLETION
 from ml_playground.finetune.dataset import DatasetMeta
 from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 
 
-def config(
-    folder: Path, hf_dtype: str = "auto", runtime_dtype: str = "bfloat16"
-) -> ExperimentConfig:
+def config(folder: Path) -> ExperimentConfig:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.toml").write_text(
-        f'[train.hf_model]\nmodel_name = "Qwen/Qwen2.5-0.5B"\ndtype = "{hf_dtype}"\n'
-        f'[train.runtime]\nout_dir = "out"\ndtype = "{runtime_dtype}"\n',
+        '[train.hf_model]\nmodel_name = "Qwen/Qwen2.5-0.5B"\n[train.runtime]\nout_dir = "out"\n',
         encoding="utf-8",
     )
     return load_config(folder / "config.toml", folder).config
@@ -93,15 +89,8 @@ def test_without_records_or_chat_template_it_is_raw_completion(tmp_path: Path) -
 def test_adapters_default_to_best_then_final_then_last(tmp_path: Path) -> None:
     for name in ("last", "final"):
         (tmp_path / "adapters" / name).mkdir(parents=True)
-        (tmp_path / "adapters" / name / "adapter_config.json").write_text("{}", encoding="utf-8")
 
     assert adapter_dir(tmp_path, None).name == "final"
     assert adapter_dir(tmp_path, "last").name == "last"
     with pytest.raises(ExportError, match=r"no LoRA adapters .*adapters/best"):
         adapter_dir(tmp_path, "best")
-
-
-def test_the_merge_keeps_the_dtype_the_base_was_fine_tuned_in(tmp_path: Path) -> None:
-    assert merge_dtype(config(tmp_path / "a")) == torch.bfloat16
-    assert merge_dtype(config(tmp_path / "b", hf_dtype="float16")) == torch.float16
-    assert merge_dtype(config(tmp_path / "c", runtime_dtype="float32")) == torch.float32
