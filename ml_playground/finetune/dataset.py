@@ -171,6 +171,7 @@ def prepare_speech_dataset(
 ) -> PrepareOutcome:
     """Read, select, format and split the speeches in `sources` into prepare.dataset_dir."""
     hf = require_hf_model(config)
+    source = ModelSource.from_config(hf)  # a missing model folder is reported first
     prepare = config.prepare
     selection = Selection.from_config(prepare)
     dataset_dir = prepare.dataset_dir
@@ -186,7 +187,7 @@ def prepare_speech_dataset(
             ),
         )
 
-    tokenizer = load_tokenizer(ModelSource.from_config(hf))
+    tokenizer = load_tokenizer(source)
     report = ReadReport()
     total_bytes = sum(_stat(path)[0] for path in sources)
     # A stale meta.json must not outlive the files it described should this run stop.

@@ -9,7 +9,9 @@ a gated model needs its licence accepted and a token, an unknown id a correct on
 offline machine a cached copy or a local folder.
 
 transformers has no complete type information, so this module is the narrow boundary:
-the untyped calls happen here and leave as the small protocols below.
+the untyped calls happen here and leave as the small protocols below. It is imported
+inside the load functions: it takes seconds, and a missing folder or file should be
+reported before that.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import dotenv
-import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -29,10 +30,13 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ml_playground.config import HFModelConfig
 from ml_playground.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 TOKEN_VARIABLES = ("HUGGINGFACE_HUB_TOKEN", "HF_TOKEN")
 HUB_URL = "https://huggingface.co"
@@ -146,6 +150,8 @@ def hub_offline() -> bool:
 
 
 def load_tokenizer(source: ModelSource) -> Tokenizer:
+    from transformers import AutoTokenizer  # noqa: PLC0415 - see module docstring
+
     try:
         tokenizer: object = AutoTokenizer.from_pretrained(  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - untyped library
             source.location, **source.options()
@@ -156,6 +162,8 @@ def load_tokenizer(source: ModelSource) -> Tokenizer:
 
 
 def load_model_config(source: ModelSource) -> ModelConfig:
+    from transformers import AutoConfig  # noqa: PLC0415 - see module docstring
+
     try:
         config: object = AutoConfig.from_pretrained(  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - untyped library
             source.location, **source.options()
@@ -168,6 +176,8 @@ def load_model_config(source: ModelSource) -> ModelConfig:
 def load_causal_lm(
     source: ModelSource, *, dtype: torch.dtype, attn_implementation: str | None
 ) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - see module docstring
+
     options = {**source.options(), "dtype": dtype}
     if attn_implementation is not None:
         options["attn_implementation"] = attn_implementation
@@ -177,7 +187,7 @@ def load_causal_lm(
         )
     except LOAD_FAILURES as exc:
         raise load_error(exc, source, "model") from None
-    return cast(PreTrainedModel, model)
+    return cast("PreTrainedModel", model)
 
 
 def load_error(exc: BaseException, source: ModelSource, what: str) -> ModelLoadError:

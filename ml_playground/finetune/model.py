@@ -8,7 +8,8 @@ With [train.peft] enabled = false every weight trains instead and "adapters" are
 model folders.
 
 Like hub.py this is a boundary to untyped libraries (peft, transformers): models leave
-it as `torch.nn.Module` or `PreTrainedModel`.
+it as `torch.nn.Module` or `PreTrainedModel`, and peft is imported where it is used, so
+that errors found before any model loads are reported without waiting for it.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import PreTrainedModel
 
 from ml_playground.config import HFModelConfig, PeftConfig, RuntimeConfig
 from ml_playground.device import TORCH_DTYPES
 from ml_playground.errors import ConfigError
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_model_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 # The MLP projections of Llama, Qwen2, Gemma and Mistral style blocks.
@@ -94,6 +96,8 @@ def apply_lora(
     model: PreTrainedModel, peft: PeftConfig, model_name: str, new_token_ids: Sequence[int]
 ) -> nn.Module:
     """Wrap `model` with fresh LoRA adapters; added tokens get trainable embedding rows."""
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415 - see module docstring
+
     config = LoraConfig(
         r=peft.r,
         lora_alpha=peft.lora_alpha,
@@ -111,6 +115,8 @@ def apply_lora(
 
 def load_adapters(model: PreTrainedModel, folder: Path, *, trainable: bool) -> nn.Module:
     """`model` with the adapters saved in `folder` (trainable to resume, else frozen)."""
+    from peft import PeftModel  # noqa: PLC0415 - see module docstring
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
         wrapped = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)  # pyright: ignore[reportUnknownMemberType] - untyped library
@@ -124,20 +130,24 @@ def is_adapter_folder(folder: Path) -> bool:
 
 def save_weights(model: nn.Module, folder: Path) -> None:
     """The trained weights: adapters (without the embedding matrix) or the whole model."""
+    from peft import PeftModel  # noqa: PLC0415 - see module docstring
+
     if isinstance(model, PeftModel):
         # The added tokens' rows are saved by their token adapter; the full (resized)
         # embedding matrix is the base model's plus those rows, so it is not saved.
         model.save_pretrained(str(folder), save_embedding_layers=False)
     else:
-        cast(PreTrainedModel, model).save_pretrained(str(folder))  # pyright: ignore[reportUnknownMemberType] - untyped library
+        cast("PreTrainedModel", model).save_pretrained(str(folder))  # pyright: ignore[reportUnknownMemberType] - untyped library
 
 
 def merge_adapters(model: nn.Module) -> PreTrainedModel:
     """The base with the adapters folded into its weights (a plain transformers model)."""
+    from peft import PeftModel  # noqa: PLC0415 - see module docstring
+
     if isinstance(model, PeftModel):
         merged: object = model.merge_and_unload()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - untyped library
-        return cast(PreTrainedModel, merged)
-    return cast(PreTrainedModel, model)
+        return cast("PreTrainedModel", merged)
+    return cast("PreTrainedModel", model)
 
 
 def _embedding_rows(model: PreTrainedModel) -> int:

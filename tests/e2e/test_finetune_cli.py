@@ -1,0 +1,265 @@
+"""Fine-tuning from the command line: the experiments by name, with a tiny local model.
+
+`python -m ml_playground.cli <verb> <experiment> --exp-config <tmp>/tiny.toml`, with cwd
+in tmp_path. tiny.toml names a tiny model saved in tmp_path as `model_name` and sets
+dataset_dir and out_dir relative to itself, so the packaged experiments run unchanged
+(their own config.toml names the real hub models) without writing into the source tree
+or touching the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Mapping
+from pathlib import Path
+
+import pytest
+
+from ml_playground.finetune import adapters
+from tests.finetune_helpers import (
+    TinyModels,
+    TomlValue,
+    copy_member_slices,
+    speeches,
+    tiny_settings,
+    write_config,
+    write_speeches_csv,
+)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+TIMEOUT = 300  # seconds; a loaded CI machine imports torch and transformers slowly
+CONFIG = "tiny.toml"
+
+
+@pytest.fixture(scope="session")
+def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compiled bytecode for the CLI subprocesses, kept outside the source tree.
+
+    transformers and torch take many seconds to import from source; with cached bytecode
+    every later subprocess of the session starts several times faster.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    cache = shared / "pycache"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+class Cli:
+    """`python -m ml_playground.cli VERB EXPERIMENT --exp-config tiny.toml`, offline."""
+
+    def __init__(self, cwd: Path, bytecode_cache: Path) -> None:
+        self.cwd = cwd
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
+        self.env["HF_HUB_OFFLINE"] = "1"
+
+    def command(self, verb: str, experiment: str) -> list[str]:
+        config = self.cwd / CONFIG
+        return [
+            sys.executable,
+            "-m",
+            "ml_playground.cli",
+            verb,
+            experiment,
+            "--exp-config",
+            str(config),
+        ]
+
+    def run(self, verb: str, experiment: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(verb, experiment),
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    @contextlib.contextmanager
+    def started(self, verb: str, experiment: str) -> Generator[subprocess.Popen[str]]:
+        """The command running in the background; killed on the way out if still running."""
+        process = subprocess.Popen(
+            self.command(verb, experiment),
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path.resolve()
+
+
+@pytest.fixture
+def cli(workdir: Path, bytecode_cache: Path) -> Cli:
+    return Cli(workdir, bytecode_cache)
+
+
+def speakger_inputs(workdir: Path) -> None:
+    raw = workdir / "raw"
+    write_speeches_csv(raw / "Bundestag.csv", speeches(24))
+    copy_member_slices(raw)
+
+
+def configure(
+    workdir: Path, model: Path | str, extra: Mapping[str, TomlValue] | None = None
+) -> None:
+    """Write tiny.toml: the tiny run, reading raw/, with `model` as model_name."""
+    settings = tiny_settings(Path(model)) | {"prepare.raw_dir": "raw"}
+    write_config(workdir, settings | dict(extra or {}), CONFIG)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit code 2, and stderr is one `error: ...` line (after any progress bars)."""
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert result.stderr.rstrip().endswith(errors[0])
+    return errors[0]
+
+
+# --- the done-when runs ------------------------------------------------------------------------
+
+
+def test_loop_speakger_with_a_tiny_local_model_runs_end_to_end(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    table = write_speeches_csv(
+        workdir / "raw" / "Bundestag.csv",
+        speeches(24),
+        extra_lines=["19,25,False,False,zu wenig Felder"],
+    )
+    copy_member_slices(workdir / "raw")
+    configure(workdir, tiny_models.gemma3)
+
+    result = cli.run("loop", "speakger")
+
+    assert result.returncode == 0, result.stderr
+    assert "24 speeches kept; 1 malformed (1 wrong number of fields)" in result.stdout
+    assert f"e.g. {table}:26: wrong number of fields (5 fields, the header has 8)" in result.stdout
+    assert "fine-tuning" in result.stdout
+    assert "done: step 6" in result.stdout
+    out_dir = workdir / "out"
+    for name in (adapters.BEST, adapters.LAST, adapters.FINAL):
+        assert (adapters.adapters_dir(out_dir, name) / "adapter_model.safetensors").is_file()
+    suffixes = sorted(path.suffix for path in (out_dir / "samples").iterdir())
+    assert suffixes == [".json", ".txt"]
+    assert f"sampling from {tiny_models.gemma3} + {out_dir / 'adapters' / 'best'}" in result.stdout
+
+
+def test_the_qwen_preset_runs_on_the_generic_preparer_with_a_txt_folder(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    raw = workdir / "raw" / "2021"
+    raw.mkdir(parents=True)
+    for index, row in enumerate(speeches(12)):
+        (raw / f"rede-{index}.txt").write_text(row.text, encoding="utf-8")
+    configure(
+        workdir,
+        tiny_models.qwen2,
+        {"prepare.dataset": "bundestag_finetuning_mps", "sample.sample.require_adapters": True},
+    )
+
+    result = cli.run("loop", "bundestag_qwen15b_lora_mps")
+
+    assert result.returncode == 0, result.stderr
+    assert "12 speeches kept" in result.stdout
+    assert "done: step 6" in result.stdout
+    assert list((workdir / "out" / "samples").glob("*.txt"))
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    speakger_inputs(workdir)
+    configure(workdir, tiny_models.qwen2, {"train.runtime.max_iters": 100_000})
+    assert cli.run("prepare", "speakger").returncode == 0
+    last = adapters.adapters_dir(workdir / "out", adapters.LAST)
+    with cli.started("train", "speakger") as process:
+        deadline = time.monotonic() + TIMEOUT
+        while not last.exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "training never saved its first adapters"
+            time.sleep(0.05)
+
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    match = re.search(rf"interrupted at step (\d+); saved {re.escape(str(last))}", stdout)
+    assert match is not None, stdout
+    stopped_at = int(match.group(1))
+    assert adapters.load_state(last).iter_num == stopped_at
+
+    configure(workdir, tiny_models.qwen2, {"train.runtime.max_iters": stopped_at + 2})
+    result = cli.run("train", "speakger")
+
+    assert result.returncode == 0, result.stderr
+    assert f"resuming at step {stopped_at}" in result.stdout
+    assert f"done: step {stopped_at + 2}" in result.stdout
+
+
+# --- errors: one line, exit 2 ------------------------------------------------------------------
+
+
+def test_missing_model_folder_exits_2_saying_what_to_point_at(workdir: Path, cli: Cli) -> None:
+    speakger_inputs(workdir)
+    configure(workdir, workdir / "no-such-model")
+
+    line = assert_one_error_line(cli.run("prepare", "speakger"))
+
+    assert f"train.hf_model.model_name '{workdir / 'no-such-model'}' is not a folder" in line
+
+
+def test_uncached_hub_model_offline_exits_2_saying_how_to_get_it(workdir: Path, cli: Cli) -> None:
+    speakger_inputs(workdir)
+    configure(workdir, "nobody/no-such-model")
+
+    line = assert_one_error_line(cli.run("prepare", "speakger"))
+
+    assert "nobody/no-such-model is not in the local Hugging Face cache" in line
+    assert "HF_HUB_OFFLINE" in line
+
+
+def test_missing_speeches_csv_exits_2_naming_it(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    configure(workdir, tiny_models.gemma3, {"prepare.raw_text_path": "Bundestag.csv"})
+
+    line = assert_one_error_line(cli.run("prepare", "speakger"))
+
+    assert f"prepare.raw_text_path {workdir / 'Bundestag.csv'} does not exist" in line
+
+
+def test_sampling_without_adapters_when_they_are_required_exits_2(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    configure(workdir, tiny_models.gemma3, {"sample.sample.require_adapters": True})
+
+    line = assert_one_error_line(cli.run("sample", "speakger"))
+
+    assert f"no adapters in {workdir / 'out' / 'adapters'}" in line
+    assert "require_adapters" in line
