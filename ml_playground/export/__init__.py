@@ -39,8 +39,12 @@ class ExportResult:
     created: bool = False
 
 
-def export_experiment(config: ExperimentConfig, experiment_name: str) -> ExportResult:
-    """Export the experiment's trained model into `[export.ollama] export_dir`."""
+def export_experiment(config: ExperimentConfig, experiment_name: str | None = None) -> ExportResult:
+    """Export the experiment's trained model into `[export.ollama] export_dir`.
+
+    The Ollama model name is `model_name`, else `experiment_name`, else the name of the
+    folder holding export_dir (by default the experiment's folder).
+    """
     settings = config.export.ollama
     if not settings.enabled:
         raise ExportError(
@@ -48,7 +52,8 @@ def export_experiment(config: ExperimentConfig, experiment_name: str) -> ExportR
             " in its config.toml"
         )
     llama_cpp.check_quant(settings.quant)
-    name = ollama.model_name(settings.model_name, experiment_name)
+    fallback = experiment_name or settings.export_dir.parent.name
+    name = ollama.model_name(settings.model_name, fallback)
     prepared = _prepare(config, name)
     export_dir = settings.export_dir
     inputs = prepared.inputs()

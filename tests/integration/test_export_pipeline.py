@@ -200,9 +200,10 @@ def test_create_without_ollama_on_path_still_exports(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     config = experiment(tmp_path / "exp", {"create": True})
 
-    result = export_experiment(config, "exp")
+    result = export_experiment(config)  # the name defaults to the experiment's folder
 
     assert not result.created
+    assert result.model_name == "exp"
     assert (tmp_path / "exp" / "export" / "model.gguf").is_file()
     assert "ollama is not on PATH" in capsys.readouterr().out
 
