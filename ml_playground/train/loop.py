@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
-    any_rank,
     device_for,
     gather_state,
     mean_across_ranks,
@@ -44,9 +42,8 @@ from ml_playground.errors import CheckpointError, DataError
 from ml_playground.model.gpt import GPT, GPTConfig
 from ml_playground.train import checkpoint
 from ml_playground.train.checkpoint import Checkpoint
-from ml_playground.train.interrupt import stop_requests
+from ml_playground.train.driver import Steps, run_loop, set_learning_rate
 from ml_playground.train.reporting import RunReporter
-from ml_playground.train.schedule import learning_rate_at
 
 OUT_META = "meta.json"
 EVAL_SEED_OFFSET = 10_007  # eval batches come from their own stream, fixed across evals
@@ -95,54 +92,20 @@ def _train(run: _Run) -> TrainSummary:
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
             return TrainSummary(start, run.best_val_loss, losses["val"], runtime.out_dir, run.model)
 
-        last_val: float | None = None
-
-        def evaluate_and_save() -> None:
-            nonlocal last_val
-            losses = evaluate()
-            last_val = losses["val"]
-            reporter.evaluation(run.iter_num, train_loss=losses["train"], val_loss=last_val)
-            improved = last_val < run.best_val_loss
-            run.best_val_loss = min(run.best_val_loss, last_val)
-            _save(run, checkpoint.LAST)
-            if improved or runtime.always_save_checkpoint:
-                _save(run, checkpoint.BEST)
-
-        window_start, window_steps = time.perf_counter(), 0
-        with stop_requests() as stop_requested:
-            while run.iter_num < runtime.max_iters:
-                if run.iter_num % runtime.eval_interval == 0 and run.iter_num > start:
-                    eval_start = time.perf_counter()
-                    evaluate_and_save()
-                    # Keep evaluation out of the throughput numbers.
-                    window_start += time.perf_counter() - eval_start
-                lr = learning_rate_at(run.iter_num, config.train.optim, config.train.schedule)
-                for group in run.optimizer.param_groups:
-                    group["lr"] = lr
-                loss = _optimizer_step(run)
-                run.iter_num += 1
-                reporter.advance()
-                window_steps += 1
-                if run.iter_num % runtime.log_interval == 0:
-                    elapsed = time.perf_counter() - window_start
-                    reporter.log_step(
-                        run.iter_num,
-                        loss=loss.item(),  # the only host sync in the step
-                        lr=lr,
-                        tokens_per_sec=run.tokens_per_step * window_steps / elapsed,
-                        step_time_ms=1000 * elapsed / window_steps,
-                    )
-                    window_start, window_steps = time.perf_counter(), 0
-                # Ranks may see Ctrl-C at different steps; they must stop at the same one.
-                if any_rank(stop_requested(), run.precision.device):
-                    _save(run, checkpoint.LAST)
-                    reporter.say(
-                        f"interrupted at step {run.iter_num}; saved "
-                        f"{runtime.out_dir / checkpoint.LAST} (run train again to resume)"
-                    )
-                    raise KeyboardInterrupt
-            if run.iter_num > start or not run.resumed:
-                evaluate_and_save()
+        last_val = run_loop(
+            run,
+            Steps(
+                step=lambda lr: _optimizer_step(run, lr),
+                evaluate=evaluate,
+                save_last=lambda: _save(run, checkpoint.LAST),
+                save_best=lambda: _save(run, checkpoint.BEST),
+            ),
+            train=config.train,
+            reporter=reporter,
+            tokens_per_step=run.tokens_per_step,
+            device=run.precision.device,
+            resumed=run.resumed,
+        )
         if run.ranks.is_distributed:
             if not replicas_identical(run.model):
                 raise RuntimeError("DDP replicas diverged: ranks hold different weights")
@@ -264,15 +227,16 @@ def _restore(run: _Run, resume: Checkpoint) -> None:
     run.iter_num, run.best_val_loss = resume.iter_num, resume.best_val_loss
 
 
-def _save(run: _Run, name: str) -> None:
+def _save(run: _Run, name: str) -> Path:
     """Write a checkpoint as of the last finished step; every rank's batch stream and RNG
     are gathered (a collective, so all ranks call this), and only rank 0 writes."""
     samplers = gather_state(run.sampler.state_dict())
     rngs = gather_state(checkpoint.capture_rng())
+    path = run.config.train.runtime.out_dir / name
     if not run.is_writer:
-        return
+        return path
     checkpoint.save(
-        run.config.train.runtime.out_dir / name,
+        path,
         Checkpoint(
             model=run.model.state_dict(),
             optimizer=run.optimizer.state_dict(),
@@ -286,10 +250,12 @@ def _save(run: _Run, name: str) -> None:
             sampler={"per_rank": samplers},
         ),
     )
+    return path
 
 
-def _optimizer_step(run: _Run) -> torch.Tensor:
-    """Accumulate gradients over fresh micro-batches, clip once, step once."""
+def _optimizer_step(run: _Run, lr: float) -> torch.Tensor:
+    """Accumulate gradients over fresh micro-batches, clip once, step once at `lr`."""
+    set_learning_rate(run.optimizer, lr)
     optim = run.config.train.optim
     accum = run.config.train.data.grad_accum_steps
     total = torch.zeros((), device=run.precision.device)
