@@ -24,7 +24,8 @@ from ml_playground import atomic
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
 from ml_playground.data.batches import BatchSampler
 from ml_playground.device import Precision, resolve_precision, seed_everything
-from ml_playground.errors import CheckpointError, DataError
+from ml_playground.distributed import ranks_from_env
+from ml_playground.errors import CheckpointError, ConfigError, DataError
 from ml_playground.finetune import adapters
 from ml_playground.finetune.adapters import RunMeta, TrainingState
 from ml_playground.finetune.dataset import TOKENIZER_DIR, DatasetMeta, read_dataset_meta
@@ -162,6 +163,12 @@ def _build_run(config: ExperimentConfig) -> _Run:
     train, runtime = config.train, config.train.runtime
     hf = train.hf_model
     assert hf is not None  # the pipeline only sends configs with [train.hf_model] here
+    if ranks_from_env().is_distributed:
+        # Every rank would train alone and write the same adapters; refuse instead.
+        raise ConfigError(
+            "LoRA fine-tuning runs in a single process; start `train` without torchrun "
+            "or accelerate launch"
+        )
     peft = train.peft or PeftConfig()
     precision = resolve_precision(runtime.device, runtime.dtype)
     seed_everything(runtime.seed)

@@ -289,3 +289,14 @@ def test_target_module_the_model_lacks_is_a_config_error_listing_its_layers(
         ConfigError, match=r"names c_attn, which .* does not have; its linear layers are .*q_proj"
     ):
         train_lora(loaded.config)
+
+
+def test_under_a_multi_process_launcher_training_refuses_instead_of_racing(
+    tmp_path: Path, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = experiment(tmp_path, tiny_models)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+
+    with pytest.raises(ConfigError, match="LoRA fine-tuning runs in a single process"):
+        train_lora(loaded.config)
