@@ -10,14 +10,13 @@ import tiktoken
 
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec
-from ml_playground.errors import DataError, ExportError
+from ml_playground.errors import ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.bpe_vocab import GPT2_PRETOKENIZER_ENCODINGS, ByteLevelVocab, gpt2_vocab
 from ml_playground.export.gguf_gpt import NativeQuant, write_gpt_gguf
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults, raw_completion_template
-from ml_playground.export.readme import BundleReadme
+from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.model.gpt import GPTConfig
-from ml_playground.sample.prompt import read_prompt
 from ml_playground.train import checkpoint
 
 GGUF_NAME = "model.gguf"
@@ -25,7 +24,6 @@ ROUTE = "gguf-native-gpt2"
 # Bump when the bytes this route writes change, so that older stamps no longer match.
 ROUTE_VERSION = 1
 CHECKPOINT_FILES = {"best": checkpoint.BEST, "last": checkpoint.LAST}
-FALLBACK_PROMPT = "Once upon a time"
 
 CHAR_REFUSAL = (
     "cannot export a character-level model to GGUF faithfully: llama.cpp's tokenizers need an"
@@ -50,7 +48,7 @@ class GPTExport:
         source = checkpoint_path(config.train.runtime.out_dir, settings.checkpoint)
         ckpt = checkpoint.load(source)
         spec = TokenizerSpec.from_json(dict(ckpt.tokenizer), source)
-        check_exportable(spec)
+        exportable_encoding(spec)
         if settings.quant not in llama_cpp.NATIVE_QUANTS:
             llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
         return cls(config=config, name=name, source=source, ckpt=ckpt, spec=spec)
@@ -156,8 +154,8 @@ def checkpoint_path(out_dir: Path, which: str | None) -> Path:
     return path
 
 
-def check_exportable(spec: TokenizerSpec) -> None:
-    """Refuse, in one line, a tokenizer GGUF cannot express faithfully."""
+def exportable_encoding(spec: TokenizerSpec) -> str:
+    """The tiktoken encoding a GGUF can express faithfully, or a one-line refusal."""
     if spec.kind == "char" or spec.encoding is None:
         raise ExportError(CHAR_REFUSAL)
     resolved = TIKTOKEN_ALIASES.get(spec.encoding, spec.encoding)
@@ -167,12 +165,11 @@ def check_exportable(spec: TokenizerSpec) -> None:
             " split text with another pre-tokenizer than the model was trained with; only"
             f" {', '.join(sorted(GPT2_PRETOKENIZER_ENCODINGS))} (GPT-2's BPE) export"
         )
+    return resolved
 
 
 def vocab_for(spec: TokenizerSpec) -> ByteLevelVocab:
-    check_exportable(spec)
-    assert spec.encoding is not None  # check_exportable refused the char tokenizer
-    resolved = TIKTOKEN_ALIASES.get(spec.encoding, spec.encoding)
+    resolved = exportable_encoding(spec)
     try:
         encoding = tiktoken.get_encoding(resolved)
     except (OSError, ValueError) as exc:
@@ -187,12 +184,3 @@ def native_quant(quant: str) -> NativeQuant | None:
     """`quant` when gguf can write it directly, else None (llama-quantize's job)."""
     natives: tuple[NativeQuant, ...] = ("f32", "f16", "q8_0")
     return next((native for native in natives if native == quant), None)
-
-
-def example_prompt(config: ExperimentConfig) -> str:
-    """The configured sample prompt, for the README's example commands."""
-    try:
-        prompt = read_prompt(config.sample.sample.start)
-    except DataError:
-        return FALLBACK_PROMPT
-    return prompt.strip() or FALLBACK_PROMPT

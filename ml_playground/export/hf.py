@@ -22,9 +22,8 @@ from transformers import PreTrainedModel
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.errors import DataError, ExportError
 from ml_playground.export import bundle, llama_cpp
-from ml_playground.export.gpt import example_prompt
 from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
-from ml_playground.export.readme import BundleReadme
+from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.finetune.adapters import (
     RUN_META,
     SAMPLING_ORDER,

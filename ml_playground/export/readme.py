@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ml_playground.config import ExperimentConfig
+from ml_playground.errors import DataError
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.export.modelfile import SamplingDefaults
+from ml_playground.sample.prompt import read_prompt
+
+FALLBACK_PROMPT = "Once upon a time"
 
 
 @dataclass(frozen=True)
@@ -59,3 +64,12 @@ llama-cli -m {main_gguf} -p "{prompt}" -n 200 {llama_args}
 
 {notes}
 """
+
+
+def example_prompt(config: ExperimentConfig) -> str:
+    """The configured sample prompt, for the README's example commands."""
+    try:
+        prompt = read_prompt(config.sample.sample.start)
+    except DataError:
+        return FALLBACK_PROMPT
+    return prompt.strip() or FALLBACK_PROMPT
