@@ -1,0 +1,261 @@
+"""The benchmark report: every measurement in one aligned table, the targets, and JSON.
+
+Ratios are the headline: both sides of each were measured in the same run, interleaved,
+so they survive a noisy machine far better than the absolute rates next to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.hardware import Environment, MatmulResult
+from benchmarks.prepare import MB, PrepareEstimate, PrepareResult
+from benchmarks.sampling import SamplingResult
+from benchmarks.training import TrainingResult, TrainingSpec
+from ml_playground import atomic
+from ml_playground.device import DTypeName
+
+KV_CACHE_TARGET = 10.0  # KV cache vs no cache, medium model
+BF16_TARGET = 1.8  # bf16 vs fp32 training speed, medium model, where bf16 matrix units exist
+PREPARE_RSS_TARGET_MB = 500.0  # prepare's peak RSS at the 1 GB corpus target
+VAL_LOSS_TOLERANCE = 0.05  # nats bf16 may end above fp32 and still count as no worse
+JUDGED_MODEL = "medium"  # the speed targets are about the realistic model
+HEADER = ("area", "case", "result", "detail", "target", "check")
+
+
+@dataclass(frozen=True)
+class BenchResults:
+    mode: str
+    judged: bool  # False for quick runs: tiny sizes say nothing about the targets
+    environment: Environment
+    matmul: list[MatmulResult]
+    training_specs: list[TrainingSpec]
+    training: list[TrainingResult]
+    sampling: list[SamplingResult]
+    prepare: list[PrepareResult]
+    prepare_estimates: list[PrepareEstimate]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    target: str
+    verdict: str  # PASS, FAIL, or n/a where the target does not apply
+
+
+@dataclass(frozen=True)
+class Row:
+    area: str
+    case: str
+    result: str
+    detail: str = ""
+    check: Check | None = None
+
+    def cells(self) -> tuple[str, ...]:
+        check = self.check
+        return (
+            self.area,
+            self.case,
+            self.result,
+            self.detail,
+            check.target if check else "",
+            check.verdict if check else "",
+        )
+
+
+def table_rows(results: BenchResults) -> list[Row]:
+    return [
+        *_matmul_rows(results),
+        *_training_rows(results),
+        *_sampling_rows(results),
+        *_prepare_rows(results),
+    ]
+
+
+def render(results: BenchResults) -> str:
+    """The environment line, the table, then what the short names mean."""
+    rows = [HEADER, *(row.cells() for row in table_rows(results))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    rule = tuple("-" * width for width in widths)
+    lines = [f"ml-playground benchmarks ({results.mode})", results.environment.describe(), ""]
+    for row in (rows[0], rule, *rows[1:]):
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append("  ".join(cells).rstrip())
+    lines.append("")
+    lines.extend(f"{spec.name}: {spec.describe()}" for spec in results.training_specs)
+    lines.extend(results.notes)
+    return "\n".join(lines)
+
+
+def write_json(results: BenchResults, path: Path) -> None:
+    """The table's numbers unrounded, with the checks, written atomically."""
+    environment = results.environment
+    payload = {
+        "mode": results.mode,
+        "environment": {
+            **asdict(environment),
+            "has_bf16_matrix_units": environment.has_bf16_matrix_units,
+        },
+        "matmul": [asdict(m) for m in results.matmul],
+        "training_models": {
+            spec.name: {**spec.model.to_dict(), "batch_size": spec.batch_size, "vocab": spec.vocab}
+            for spec in results.training_specs
+        },
+        "training": [asdict(r) for r in results.training],
+        "sampling": [asdict(s) for s in results.sampling],
+        "prepare": [
+            {**asdict(p), "megabytes_per_second": p.megabytes_per_second} for p in results.prepare
+        ],
+        "prepare_estimates": [asdict(e) for e in results.prepare_estimates],
+        "checks": [asdict(row.check) for row in table_rows(results) if row.check is not None],
+        "notes": results.notes,
+    }
+    atomic.write_json(path, payload)
+
+
+# --- rows, one function per area ----------------------------------------------------------
+
+
+def _matmul_rows(results: BenchResults) -> list[Row]:
+    fp32 = next((m for m in results.matmul if m.dtype == "float32"), None)
+    rows: list[Row] = []
+    for m in results.matmul:
+        detail = f"{m.seconds * 1000:,.1f} ms per matmul"
+        if fp32 is not None and m is not fp32:
+            detail += f", {m.flops_per_second / fp32.flops_per_second:.2f}x fp32"
+        rate = f"{m.flops_per_second / 1e9:,.1f} GFLOP/s"
+        rows.append(Row("matmul", f"{_short(m.dtype)} {m.size}x{m.size}", rate, detail))
+    return rows
+
+
+def _training_rows(results: BenchResults) -> list[Row]:
+    rows: list[Row] = []
+    for spec in results.training_specs:
+        runs = {r.dtype: r for r in results.training if r.model == spec.name}
+        for r in runs.values():
+            detail = (
+                f"{r.step_seconds * 1000:,.0f} ms/step, MFU {r.mfu:.1%} of "
+                f"{r.matmul_flops_per_second / 1e9:,.0f} GFLOP/s"
+            )
+            if r.val_loss is not None:
+                detail += f", val loss {r.val_loss:.4f} after {r.steps} steps"
+            rate = f"{r.tokens_per_second:,.0f} tok/s"
+            rows.append(Row("train", f"{spec.name} {_short(r.dtype)}", rate, detail))
+        fp32, bf16 = runs.get("float32"), runs.get("bfloat16")
+        if fp32 is None or bf16 is None:
+            continue
+        speedup = bf16.tokens_per_second / fp32.tokens_per_second
+        check = None
+        if spec.name == JUDGED_MODEL:
+            check = _check(
+                results,
+                "bf16 training speed-up",
+                speedup,
+                f">= {BF16_TARGET:g}x",
+                speedup >= BF16_TARGET,
+                applies=results.environment.has_bf16_matrix_units,
+            )
+        case = f"{spec.name} bf16/fp32 speed"
+        rows.append(Row("train", case, f"{speedup:.2f}x", "interleaved steps", check))
+        if fp32.val_loss is not None and bf16.val_loss is not None:
+            delta = bf16.val_loss - fp32.val_loss
+            check = _check(
+                results,
+                "bf16 val loss - fp32",
+                delta,
+                f"<= +{VAL_LOSS_TOLERANCE:g}",
+                delta <= VAL_LOSS_TOLERANCE,
+            )
+            detail = "same seed and batches, evaluated in fp32"
+            rows.append(
+                Row("train", f"{spec.name} val loss bf16-fp32", f"{delta:+.4f}", detail, check)
+            )
+    return rows
+
+
+def _sampling_rows(results: BenchResults) -> list[Row]:
+    rows: list[Row] = []
+    by_cache = {s.use_cache: s for s in results.sampling}
+    for s in results.sampling:
+        runs = "1 run" if s.runs == 1 else f"median of {s.runs}"
+        rows.append(
+            Row(
+                "sample",
+                f"{s.model} {'KV cache' if s.use_cache else 'no cache'}",
+                f"{s.tokens_per_second:,.1f} tok/s",
+                f"{s.new_tokens} new tokens in {s.seconds:,.1f} s, {runs}",
+            )
+        )
+    cached, uncached = by_cache.get(True), by_cache.get(False)
+    if cached is not None and uncached is not None:
+        speedup = cached.tokens_per_second / uncached.tokens_per_second
+        check = _check(
+            results,
+            "KV cache speed-up",
+            speedup,
+            f">= {KV_CACHE_TARGET:g}x",
+            speedup >= KV_CACHE_TARGET,
+        )
+        rows.append(
+            Row("sample", f"{cached.model} cache/no-cache", f"{speedup:.1f}x", "interleaved", check)
+        )
+    return rows
+
+
+def _prepare_rows(results: BenchResults) -> list[Row]:
+    rows: list[Row] = []
+    for estimate in results.prepare_estimates:
+        name = _tokenizer(estimate.kind)
+        for p in (p for p in results.prepare if p.kind == estimate.kind):
+            rows.append(
+                Row(
+                    "prepare",
+                    f"{name} {p.corpus_bytes / MB:,.1f} MB",
+                    f"{p.megabytes_per_second:,.2f} MB/s",
+                    f"{p.seconds:,.1f} s, peak RSS {p.peak_rss_bytes / MB:,.0f} MB "
+                    f"({p.rss_before_bytes / MB:,.0f} MB before prepare)",
+                )
+            )
+        peak_mb = estimate.peak_rss_bytes / MB
+        check = _check(
+            results,
+            f"prepare peak RSS at 1 GB ({name})",
+            peak_mb,
+            f"< {PREPARE_RSS_TARGET_MB:g} MB",
+            peak_mb < PREPARE_RSS_TARGET_MB,
+        )
+        rows.append(
+            Row(
+                "prepare",
+                f"{name} {estimate.target_bytes / 1e9:g} GB (est.)",
+                f"{estimate.seconds / 60:,.1f} min",
+                f"peak RSS {peak_mb:,.0f} MB (grows {estimate.rss_growth_per_gb / MB:+,.0f} MB/GB)",
+                check,
+            )
+        )
+    return rows
+
+
+def _check(
+    results: BenchResults,
+    name: str,
+    value: float,
+    target: str,
+    passed: bool,
+    *,
+    applies: bool = True,
+) -> Check:
+    if not (results.judged and applies):
+        return Check(name, value, target, "n/a")
+    return Check(name, value, target, "PASS" if passed else "FAIL")
+
+
+def _short(dtype: DTypeName) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+def _tokenizer(kind: str) -> str:
+    return "tiktoken gpt2" if kind == "tiktoken" else kind

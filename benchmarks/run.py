@@ -1,0 +1,265 @@
+"""`make bench`: training, sampling, prepare and matmul throughput, measured in one run.
+
+    uv run python -m benchmarks.run            # the full run, a few minutes on 2 cores
+    uv run python -m benchmarks.run --quick    # tiny sizes, seconds: a smoke run
+    uv run python -m benchmarks.run --out path/bench.json --threads 1
+
+Prints one table and writes the same numbers as JSON (default bench_out/bench.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks import corpus, hardware, report
+from benchmarks.prepare import (
+    GB,
+    MB,
+    PrepareEstimate,
+    PrepareJob,
+    PrepareResult,
+    PrepareRunner,
+    extrapolate,
+    prepare_in_subprocess,
+)
+from benchmarks.sampling import SamplingSpec, measure_sampling
+from benchmarks.training import (
+    PRECISIONS,
+    TokenFile,
+    TrainingSpec,
+    measure_training,
+    write_random_tokens,
+)
+from ml_playground.data.token_dataset import TRAIN_BIN, VAL_BIN, prepare_token_dataset
+from ml_playground.data.tokenizer import TokenizerKind
+from ml_playground.model.gpt import GPTConfig
+
+DEFAULT_OUT = corpus.REPO_ROOT / "bench_out" / "bench.json"
+GPT2_VOCAB = 50257  # padded to 50304 inside the model
+GPT2_LABEL = "GPT-2 vocab 50257 (padded 50304), random ids"
+# Tiny Shakespeare's character count; the run uses the prepared text's actual vocabulary.
+CHAR_VOCAB = 65
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    judged: bool  # whether the sizes are the ones the targets are about
+    matmul_size: int
+    matmul_repeats: int
+    small: TrainingSpec  # trained on the char-level text, so its val loss means something
+    medium: TrainingSpec
+    val_batches: int
+    random_tokens: int  # length of the medium model's token file
+    sampling: SamplingSpec
+    prepare_sizes: tuple[int, int]  # corpus bytes; two sizes show whether the peak grows
+
+
+FULL_MEDIUM = GPTConfig(GPT2_VOCAB, block_size=256, n_layer=6, n_head=6, n_embd=384)
+FULL = Settings(
+    mode="full",
+    judged=True,
+    matmul_size=4096,
+    matmul_repeats=5,
+    small=TrainingSpec(
+        "small",
+        GPTConfig(CHAR_VOCAB, block_size=64, n_layer=4, n_head=4, n_embd=128),
+        batch_size=12,
+        warmup_steps=5,
+        timed_steps=95,
+        vocab="char vocab",
+    ),
+    medium=TrainingSpec(
+        "medium", FULL_MEDIUM, batch_size=16, warmup_steps=1, timed_steps=3, vocab=GPT2_LABEL
+    ),
+    val_batches=20,
+    random_tokens=1_000_000,
+    sampling=SamplingSpec("medium", FULL_MEDIUM, 500, cached_repeats=3, uncached_repeats=1),
+    prepare_sizes=(50 * MB, 100 * MB),
+)
+QUICK_MEDIUM = GPTConfig(GPT2_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=32)
+QUICK = Settings(
+    mode="quick",
+    judged=False,
+    matmul_size=512,
+    matmul_repeats=3,
+    small=TrainingSpec(
+        "small",
+        GPTConfig(CHAR_VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32),
+        batch_size=4,
+        warmup_steps=1,
+        timed_steps=3,
+        vocab="char vocab",
+    ),
+    medium=TrainingSpec(
+        "medium", QUICK_MEDIUM, batch_size=2, warmup_steps=1, timed_steps=2, vocab=GPT2_LABEL
+    ),
+    val_batches=2,
+    random_tokens=10_000,
+    sampling=SamplingSpec("medium", QUICK_MEDIUM, 40, cached_repeats=2, uncached_repeats=1),
+    prepare_sizes=(200_000, 400_000),
+)
+
+
+def run_benchmarks(
+    settings: Settings, work_dir: Path, prepare_runner: PrepareRunner
+) -> report.BenchResults:
+    """Every measurement, in order; temporary files go under `work_dir`."""
+    started = time.perf_counter()
+    environment = hardware.environment()
+    text, text_origin = corpus.seed_text()
+    notes = [f"text: {text_origin}; MB = 10^6 bytes"]
+    if not settings.judged:
+        notes.append("quick run: tiny sizes, so the targets are not judged (n/a)")
+    if environment.load_average > environment.cores:
+        notes.append(
+            f"the machine was busy (load {environment.load_average:.1f} on {environment.cores} "
+            "cores): absolute rates are low, and paths made of many small ops (KV-cache "
+            "decoding, the small model) suffer most; compare ratios, or rerun idle or with "
+            "--threads 1"
+        )
+
+    _progress(started, "matmul FLOP/s")
+    matmul = [
+        hardware.measure_matmul(dtype, settings.matmul_size, settings.matmul_repeats)
+        for dtype in PRECISIONS
+    ]
+
+    _progress(started, "training the small model on char-level text, fp32 and bf16 side by side")
+    source = work_dir / "text.txt"
+    source.write_text(text, encoding="utf-8")
+    char_dir = work_dir / "char"
+    meta = prepare_token_dataset(
+        [source], char_dir, tokenizer_kind="char", show_progress=False
+    ).meta
+    small = settings.small.with_vocab(meta.vocab_size, f"char vocab {meta.vocab_size}")
+    training = measure_training(
+        small,
+        TokenFile(char_dir / TRAIN_BIN, meta.dtype),
+        TokenFile(char_dir / VAL_BIN, meta.dtype),
+        val_batches=settings.val_batches,
+        matmul_size=settings.matmul_size,
+        matmul_repeats=settings.matmul_repeats,
+    )
+
+    _progress(started, "training the medium model, fp32 and bf16 side by side")
+    random_ids = write_random_tokens(work_dir / "random.bin", settings.random_tokens, GPT2_VOCAB)
+    training += measure_training(
+        settings.medium,
+        random_ids,
+        None,
+        val_batches=0,
+        matmul_size=settings.matmul_size,
+        matmul_repeats=settings.matmul_repeats,
+    )
+
+    _progress(started, "sampling with and without the KV cache")
+    sampling = measure_sampling(settings.sampling)
+
+    prepare, estimates = _prepare_benchmarks(
+        settings, text, work_dir, prepare_runner, notes=notes, started=started
+    )
+    notes.append(f"benchmark wall time: {time.perf_counter() - started:,.0f} s")
+    return report.BenchResults(
+        mode=settings.mode,
+        judged=settings.judged,
+        environment=environment,
+        matmul=matmul,
+        training_specs=[small, settings.medium],
+        training=training,
+        sampling=sampling,
+        prepare=prepare,
+        prepare_estimates=estimates,
+        notes=notes,
+    )
+
+
+def _prepare_benchmarks(
+    settings: Settings,
+    text: str,
+    work_dir: Path,
+    runner: PrepareRunner,
+    *,
+    notes: list[str],
+    started: float,
+) -> tuple[list[PrepareResult], list[PrepareEstimate]]:
+    """Each tokenizer at both corpus sizes, then its extrapolation to 1 GB."""
+    kinds: list[TokenizerKind] = ["char"]
+    if _use_tiktoken_cache():
+        kinds.append("tiktoken")
+    else:
+        notes.append(
+            "tiktoken gpt2 prepare skipped: TIKTOKEN_CACHE_DIR is unset and "
+            f"{corpus.SHARED_TIKTOKEN} does not exist"
+        )
+    corpora: list[Path] = []
+    for size in settings.prepare_sizes:
+        path = work_dir / f"corpus-{size}.txt"
+        corpus.write_corpus(path, text, size)
+        corpora.append(path)
+    results: list[PrepareResult] = []
+    estimates: list[PrepareEstimate] = []
+    for kind in kinds:
+        runs: list[PrepareResult] = []
+        for path in corpora:
+            _progress(started, f"prepare, {kind}, {path.stat().st_size / MB:,.1f} MB")
+            dataset_dir = work_dir / f"prepared-{kind}"
+            runs.append(runner(PrepareJob(kind, path, dataset_dir)))
+            shutil.rmtree(dataset_dir)  # one prepared dataset on disk at a time
+        results += runs
+        estimates.append(extrapolate(runs[0], runs[-1], GB))
+    return results, estimates
+
+
+def _use_tiktoken_cache() -> bool:
+    """Point tiktoken at a local copy of its ranks (there is no network); False if none."""
+    if os.environ.get("TIKTOKEN_CACHE_DIR"):
+        return True
+    if corpus.SHARED_TIKTOKEN.is_dir():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(corpus.SHARED_TIKTOKEN)
+        return True
+    return False
+
+
+def _progress(started: float, stage: str) -> None:
+    elapsed = time.perf_counter() - started
+    print(f"bench [{elapsed:4.0f} s]: {stage} ...", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    settings = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory(prefix="ml-playground-bench-") as tmp:
+        results = run_benchmarks(settings, Path(tmp), prepare_in_subprocess)
+    print(report.render(results))
+    report.write_json(results, args.out)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`make bench` in miniature: the quick settings measure every area and render one table.
+
+No timing is asserted (this machine is shared and noisy); only that every measurement
+happened, produced positive numbers, and lands in the table and the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import report
+from benchmarks.prepare import prepare_in_process
+from benchmarks.run import QUICK, run_benchmarks
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """Tiny models on one thread: with xdist workers sharing the cores, torch's spinning
+    thread pool would slow every op down a hundredfold."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Path) -> None:
+    # Prepare runs in-process here (unit tests start no subprocess); `make bench` isolates it.
+    results = run_benchmarks(QUICK, tmp_path, prepare_in_process)
+
+    assert [m.dtype for m in results.matmul] == ["float32", "bfloat16"]
+    assert all(m.flops_per_second > 0 for m in results.matmul)
+    assert {(r.model, r.dtype) for r in results.training} == {
+        (model, dtype) for model in ("small", "medium") for dtype in ("float32", "bfloat16")
+    }
+    assert all(r.tokens_per_second > 0 and r.mfu > 0 for r in results.training)
+    small_losses = [r.val_loss for r in results.training if r.model == "small"]
+    assert all(loss is not None and math.isfinite(loss) and loss > 0 for loss in small_losses)
+    assert {s.use_cache for s in results.sampling} == {True, False}
+    assert all(s.tokens_per_second > 0 for s in results.sampling)
+    assert {p.kind for p in results.prepare} >= {"char"}
+    assert all(p.megabytes_per_second > 0 and p.peak_rss_bytes > 0 for p in results.prepare)
+    assert len(results.prepare_estimates) == len({p.kind for p in results.prepare})
+
+    table = report.render(results)
+    lines = table.splitlines()
+    header = lines[3]
+    assert header.split() == list(report.HEADER)
+    body = lines[5 : 5 + len(report.table_rows(results))]
+    result_column = header.index("result")
+    assert all(line[result_column - 2 : result_column] == "  " for line in body)  # aligned
+    for case in ("fp32 128x128", "medium bf16/fp32 speed", "medium cache/no-cache", "1 GB (est.)"):
+        assert case in table
+    # Quick sizes say nothing about the targets, so nothing is judged.
+    assert "PASS" not in table and "FAIL" not in table
+
+    out = tmp_path / "bench_out" / "bench.json"
+    report.write_json(results, out)
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert {check["verdict"] for check in written["checks"]} == {"n/a"}
+    assert len(written["training"]) == 4
