@@ -46,6 +46,7 @@ from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 ROUTE = "llama.cpp-convert-hf"
 ROUTE_VERSION = 1
 TOKENIZER_DIR = "tokenizer"
+ADAPTER_CONFIG = "adapter_config.json"
 MODEL_GGUF = "model.gguf"
 BASE_GGUF = "base.gguf"
 ADAPTER_GGUF = "adapter.gguf"
@@ -86,11 +87,8 @@ class HFExport:
         out_dir = config.train.runtime.out_dir
         check_base(out_dir, hf)
         adapters = adapter_dir(out_dir, settings.checkpoint)
-        if settings.adapter_only and not is_adapter_folder(adapters):
-            raise ExportError(
-                f"{adapters} holds a whole fine-tuned model ([train.peft] enabled = false),"
-                " not LoRA adapters; set [export.ollama] adapter_only = false"
-            )
+        if settings.adapter_only:
+            check_adapter_only(adapters)
         converter = llama_cpp.find_converter(settings.convert_bin)
         lora = llama_cpp.find_lora_converter(converter) if settings.adapter_only else None
         quantizer = None
@@ -251,6 +249,22 @@ def adapter_dir(out_dir: Path, which: str | None) -> Path:
     return folder
 
 
+def check_adapter_only(adapters: Path) -> None:
+    """Refuse adapters that llama.cpp's LoRA converter cannot carry, before any work."""
+    if not is_adapter_folder(adapters):
+        raise ExportError(
+            f"{adapters} holds a whole fine-tuned model ([train.peft] enabled = false), not"
+            " LoRA adapters; set [export.ollama] adapter_only = false"
+        )
+    settings = _json_object(adapters / ADAPTER_CONFIG)
+    if settings.get("trainable_token_indices"):
+        raise ExportError(
+            f"adapter_only cannot export {adapters}: it holds trained embedding rows of added"
+            " tokens, which llama.cpp's LoRA converter only takes as lora_A/lora_B; set"
+            " [export.ollama] adapter_only = false to export the merged model"
+        )
+
+
 def check_base(out_dir: Path, hf: HFModelConfig) -> None:
     """Adapters merged into another base than they were trained on would be garbage."""
     if not (out_dir / RUN_META).is_file():
@@ -344,8 +358,13 @@ def _require_output(path: Path, tool: llama_cpp.Tool) -> None:
 
 
 def _tokenizer_settings(tokenizer: Path) -> Mapping[str, Any]:
+    return _json_object(tokenizer / "tokenizer_config.json")
+
+
+def _json_object(path: Path) -> Mapping[str, Any]:
+    """A JSON object from `path`; empty when the file is missing or not an object."""
     try:
-        raw: object = json.loads((tokenizer / "tokenizer_config.json").read_text(encoding="utf-8"))
+        raw: object = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return cast(Mapping[str, Any], raw) if isinstance(raw, dict) else {}

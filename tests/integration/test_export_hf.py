@@ -87,15 +87,17 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("hub") / "tiny-qwen2", "qwen2")
 
 
-def fine_tuned(folder: Path, base: Path) -> Path:
-    """out/ of a LoRA run that added the structure tokens, built the way the trainer does."""
+def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Path:
+    """out/ of a LoRA run, built the way the trainer does; it may add structure tokens."""
     out = folder / "out"
+    added = (SPEECH_START, SPEECH_END) if structure_tokens else ()
     tokenizer = load_tokenizer(ModelSource.local(base))
-    tokenizer.add_special_tokens({"additional_special_tokens": [SPEECH_START, SPEECH_END]})
+    if added:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
     tokenizer.save_pretrained(str(out / "tokenizer"))
     model = load_causal_lm(ModelSource.local(base), dtype=torch.float32, attn_implementation=None)
     fit_embeddings(model, len(tokenizer), init_new_rows=True)
-    new_ids = tokenizer.convert_tokens_to_ids([SPEECH_START, SPEECH_END])
+    new_ids = tokenizer.convert_tokens_to_ids(list(added)) if added else []
     lora = PeftConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q_proj", "v_proj"])
     wrapped = apply_lora(model, lora, str(base), new_ids)
     torch.default_generator.manual_seed(0)
@@ -108,8 +110,8 @@ def fine_tuned(folder: Path, base: Path) -> Path:
         base_model=str(base),
         revision=None,
         vocab_size=len(tokenizer),
-        structure_tokens=(SPEECH_START, SPEECH_END),
-        added_tokens=(SPEECH_START, SPEECH_END),
+        structure_tokens=added,
+        added_tokens=added,
         doc_separator="\n\n",
         lora=True,
     ).write(out)
@@ -220,7 +222,7 @@ def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
     tmp_path: Path, base_model: Path, tools: Path
 ) -> None:
     folder = tmp_path / "speakger"
-    out = fine_tuned(folder, base_model)
+    out = fine_tuned(folder, base_model, structure_tokens=False)
     config = experiment(folder, base_model, adapter_only=True)
 
     export_experiment(config, "speakger")
@@ -237,7 +239,11 @@ def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
     assert Path(options[3]).name == "adapter.gguf"
     assert [options[2], *options[4:]] == ["--outfile", "--outtype", "f16"]
     modelfile = (folder / "export" / "Modelfile").read_text(encoding="utf-8").splitlines()
-    assert modelfile[:2] == ["FROM ./base.gguf", "ADAPTER ./adapter.gguf"]
+    assert modelfile[:3] == [
+        "FROM ./base.gguf",
+        "ADAPTER ./adapter.gguf",
+        'TEMPLATE """{{ .Prompt }}',  # speech records without structure tokens
+    ]
     unmerged = load_file(str(tools / "convert.safetensors"))
     original = load_file(str(base_model / "model.safetensors"))
     assert torch.equal(unmerged[f"{LAYER}.weight"], original[f"{LAYER}.weight"])
@@ -268,6 +274,20 @@ def test_a_run_without_lora_exports_its_whole_fine_tuned_model(
     assert torch.equal(
         converted[f"{LAYER}.weight"], load_file(str(best / "model.safetensors"))[f"{LAYER}.weight"]
     )
+
+
+def test_adapter_only_refuses_adapters_with_trained_rows_of_added_tokens(
+    tmp_path: Path, base_model: Path, tools: Path
+) -> None:
+    folder = tmp_path / "speakger"
+    fine_tuned(folder, base_model)  # adds the structure tokens
+    config = experiment(folder, base_model, adapter_only=True)
+
+    with pytest.raises(ExportError, match="adapter_only = false to export the merged model"):
+        export_experiment(config, "speakger")
+
+    assert calls(tools, "convert") == []
+    assert not (folder / "export").exists()
 
 
 def test_an_unchanged_rerun_is_skipped_without_merging_again(
