@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
-import torch
-
 from ml_playground.config import LoadedConfig, load_config
 from tests.conftest import SHARED_DIR
 
@@ -118,7 +116,8 @@ def build_tokenizer(family: Family) -> tuple[PreTrainedTokenizerFast, SpecialIds
 
 def build_tiny_model(folder: Path, family: Family) -> Path:
     """Save a random tiny `family` model and its tokenizer into `folder`; returns it."""
-    from transformers import (  # noqa: PLC0415 - heavy, and only model-building tests need it
+    import torch  # noqa: PLC0415 - heavy, and only model-building tests need it
+    from transformers import (  # noqa: PLC0415 - as above
         AutoModelForCausalLM,
         Gemma3TextConfig,
         PretrainedConfig,

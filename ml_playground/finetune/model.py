@@ -74,7 +74,11 @@ def fit_embeddings(model: PreTrainedModel, vocab_size: int, *, init_new_rows: bo
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     # Non-reentrant checkpointing needs no inputs that require grad, so frozen embeddings
     # under LoRA work without peft's enable_input_require_grads workaround.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[no-untyped-call]  # pyright: ignore[reportUnknownMemberType] - untyped library
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)  # pyright: ignore[reportUnknownMemberType, reportAttributeAccessIssue] - untyped library
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)  # type: ignore[no-untyped-call]  # pyright: ignore[reportUnknownMemberType] - untyped library
 
 
 def lora_targets(model: nn.Module, peft: PeftConfig, model_name: str) -> list[str]:

@@ -7,6 +7,7 @@ and Gemma3 models of tests/finetune_helpers.py as `model_name`, on CPU in float3
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
@@ -300,3 +301,27 @@ def test_under_a_multi_process_launcher_training_refuses_instead_of_racing(
 
     with pytest.raises(ConfigError, match="LoRA fine-tuning runs in a single process"):
         train_lora(loaded.config)
+
+
+def test_bfloat16_weights_with_gradient_checkpointing_train_and_sample(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    loaded = experiment(
+        tmp_path,
+        tiny_models,
+        {
+            "train.hf_model.dtype": "bfloat16",
+            "train.hf_model.gradient_checkpointing": True,
+            "train.runtime.dtype": "bfloat16",
+            "train.peft.extend_mlp_targets": True,
+        },
+        family="gemma3",
+    )
+
+    summary = train_lora(loaded.config)
+    texts = sample_lora(loaded.config)
+
+    assert math.isfinite(summary.best_val_loss)
+    assert len(texts) == 1
+    weights = adapter_weights(loaded.config.train.runtime.out_dir, adapters.FINAL)
+    assert any("mlp.down_proj.lora_A" in key for key in weights)
