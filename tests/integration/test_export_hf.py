@@ -14,7 +14,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -25,16 +25,26 @@ from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.finetune.adapters import RunMeta
+from ml_playground.finetune.dataset import prepare_speeches
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
+from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weights
 from ml_playground.finetune.records import SPEECH_END, SPEECH_START
-from tests.finetune_helpers import build_tiny_model
+from ml_playground.finetune.trainer import train_lora
+from tests.finetune_helpers import (
+    build_tiny_model,
+    copy_member_slices,
+    load,
+    speeches,
+    tiny_settings,
+    write_speeches_csv,
+)
 
 LORA_R, LORA_ALPHA = 4, 8
 LAYER = "model.layers.0.self_attn.q_proj"
 
 # A stand-in for a llama.cpp converter: records argv and the folder it converts, keeps a
-# copy of the weights it was given, writes a file that starts like a GGUF.
+# copy of that Hugging Face folder, writes a file that starts like a GGUF.
 FAKE_CONVERTER = """\
 #!{python}
 import json, os, shutil, sys
@@ -44,9 +54,8 @@ source = args[0]
 listing = sorted(os.listdir(source)) if os.path.isdir(source) else []
 with open(os.path.join(log_dir, {name!r} + ".log"), "a") as log:
     log.write(json.dumps({{"args": args, "listing": listing}}) + "\\n")
-weights = os.path.join(source, "model.safetensors")
-if os.path.isfile(weights):
-    shutil.copyfile(weights, os.path.join(log_dir, {name!r} + ".safetensors"))
+if os.path.isdir(source):
+    shutil.copytree(source, os.path.join(log_dir, {name!r} + "_hf"))
 with open(args[args.index("--outfile") + 1], "wb") as out:
     out.write(b"GGUF" + {name!r}.encode())
 """
@@ -196,7 +205,9 @@ def test_merged_export_merges_converts_and_quantizes(
     assert "ollama create speakger -f Modelfile" in readme
     assert "speech records" in readme
 
-    assert_merged_weights(tools / "convert.safetensors", base_model, out / "adapters" / "best")
+    assert_merged_weights(
+        tools / "convert_hf" / "model.safetensors", base_model, out / "adapters" / "best"
+    )
 
 
 def assert_merged_weights(merged_file: Path, base: Path, adapters: Path) -> None:
@@ -216,6 +227,42 @@ def assert_merged_weights(merged_file: Path, base: Path, adapters: Path) -> None
     [rows] = [value for key, value in lora.items() if "trainable_tokens" in key]
     assert torch.allclose(embeddings[vocab:], rows)  # the trained rows of the new tokens
     assert not any(".lora_" in key or "trainable_tokens" in key for key in merged)
+
+
+def test_a_real_fine_tuning_run_exports_a_model_that_computes_what_sampling_does(
+    tmp_path: Path, base_model: Path, tools: Path
+) -> None:
+    """prepare -> train_lora -> export; the merged folder runs like base + adapters."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy, these tests only
+
+    folder = tmp_path / "run"
+    write_speeches_csv(folder / "raw" / "Bundestag.csv", speeches(16))
+    copy_member_slices(folder / "raw")
+    settings = tiny_settings(base_model) | {
+        "prepare.raw_dir": "raw",
+        "export.ollama.enabled": True,
+        "export.ollama.convert_bin": str(tmp_path / "tools" / "convert_hf_to_gguf.py"),
+    }
+    loaded = load(folder, settings)
+    prepare_speeches(loaded.config, frozenset({".csv"}))
+    train_lora(loaded.config)
+
+    export_experiment(loaded.config, "run")
+
+    hf = loaded.config.train.hf_model
+    assert hf is not None
+    trained = load_trained(
+        loaded.config.train.runtime.out_dir, hf, dtype=torch.float32, require_adapters=True
+    )
+    merged: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(tools / "convert_hf"))  # pyright: ignore[reportUnknownMemberType] - untyped
+    merged.eval()
+    ids = torch.tensor([trained.tokenizer.encode(f"{SPEECH_START}Sprecher: Erika Muster\n\n")])
+    with torch.no_grad():
+        expected = cast(torch.Tensor, trained.model(ids).logits)
+        actual = cast(torch.Tensor, merged(ids).logits)
+    assert (expected - actual).abs().max().item() < 1e-4
+    modelfile = (folder / "export" / "Modelfile").read_text(encoding="utf-8")
+    assert f'PARAMETER stop "{SPEECH_END}"' in modelfile
 
 
 def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
@@ -244,7 +291,7 @@ def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
         "ADAPTER ./adapter.gguf",
         'TEMPLATE """{{ .Prompt }}',  # speech records without structure tokens
     ]
-    unmerged = load_file(str(tools / "convert.safetensors"))
+    unmerged = load_file(str(tools / "convert_hf" / "model.safetensors"))
     original = load_file(str(base_model / "model.safetensors"))
     assert torch.equal(unmerged[f"{LAYER}.weight"], original[f"{LAYER}.weight"])
     assert unmerged["model.embed_tokens.weight"].shape[0] == len(
@@ -270,7 +317,7 @@ def test_a_run_without_lora_exports_its_whole_fine_tuned_model(
     [convert] = calls(tools, "convert")
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(convert["listing"])
     assert "training_state.pt" not in convert["listing"]
-    converted = load_file(str(tools / "convert.safetensors"))
+    converted = load_file(str(tools / "convert_hf" / "model.safetensors"))
     assert torch.equal(
         converted[f"{LAYER}.weight"], load_file(str(best / "model.safetensors"))[f"{LAYER}.weight"]
     )
