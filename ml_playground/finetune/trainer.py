@@ -1,17 +1,16 @@
-"""Fine-tune a pretrained Hugging Face model with LoRA: the from-scratch loop's shape.
+"""Fine-tune a pretrained Hugging Face model with LoRA, in the from-scratch loop's shape.
 
 setup (device, dataset meta, tokenizer, packed tokens, base model + adapters, optimizer,
-resume) -> repeat {evaluate and save adapters every eval_interval; one optimizer step over
-grad_accum_steps fresh micro-batches} -> final evaluation, adapters/final, optional merged
-model. The learning-rate schedule, the Ctrl-C handling, the reporter (progress bar, log
-lines, TensorBoard tags) and the batch sampler are the ones train/loop.py uses; what
-differs is how the model is built, stepped and saved.
+resume) -> train/driver.py's run_loop {evaluate and save adapters every eval_interval;
+one optimizer step over grad_accum_steps fresh micro-batches; Ctrl-C saves adapters/last
+and exits} -> adapters/final, optional merged model. The loop, learning-rate schedule,
+reporter (progress bar, log lines, TensorBoard tags) and batch sampler are the ones the
+from-scratch trainer uses; what differs is how the model is built, stepped and saved.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +41,9 @@ from ml_playground.finetune.model import (
 )
 from ml_playground.finetune.packing import PackedDataset, pack_dataset
 from ml_playground.train import checkpoint
-from ml_playground.train.interrupt import stop_requests
+from ml_playground.train.driver import Steps, run_loop, set_learning_rate
 from ml_playground.train.loop import EVAL_SEED_OFFSET
 from ml_playground.train.reporting import RunReporter
-from ml_playground.train.schedule import learning_rate_at
 
 
 @dataclass(frozen=True)
@@ -81,50 +79,20 @@ def train_lora(config: ExperimentConfig) -> FinetuneSummary:
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
             return FinetuneSummary(start, run.best_val_loss, losses["val"], runtime.out_dir)
 
-        last_val: float | None = None
-
-        def evaluate_and_save() -> None:
-            nonlocal last_val
-            losses = evaluate()
-            last_val = losses["val"]
-            reporter.evaluation(run.iter_num, train_loss=losses["train"], val_loss=last_val)
-            improved = last_val < run.best_val_loss
-            run.best_val_loss = min(run.best_val_loss, last_val)
-            _save(run, adapters.LAST)
-            if improved or runtime.always_save_checkpoint:
-                _save(run, adapters.BEST)
-
-        window_start, window_steps = time.perf_counter(), 0
-        with stop_requests() as stop_requested:
-            while run.iter_num < runtime.max_iters:
-                if run.iter_num % runtime.eval_interval == 0 and run.iter_num > start:
-                    evaluate_and_save()
-                lr = learning_rate_at(run.iter_num, config.train.optim, config.train.schedule)
-                for group in run.optimizer.param_groups:
-                    group["lr"] = lr
-                loss = _optimizer_step(run)
-                run.iter_num += 1
-                reporter.advance()
-                window_steps += 1
-                if run.iter_num % runtime.log_interval == 0:
-                    elapsed = time.perf_counter() - window_start
-                    reporter.log_step(
-                        run.iter_num,
-                        loss=loss.item(),  # the only host sync in the step
-                        lr=lr,
-                        tokens_per_sec=run.tokens_per_step * window_steps / elapsed,
-                        step_time_ms=1000 * elapsed / window_steps,
-                    )
-                    window_start, window_steps = time.perf_counter(), 0
-                if stop_requested():
-                    saved = _save(run, adapters.LAST)
-                    reporter.say(
-                        f"interrupted at step {run.iter_num}; saved {saved} "
-                        "(run train again to resume)"
-                    )
-                    raise KeyboardInterrupt
-        if run.iter_num > start or not run.resumed:
-            evaluate_and_save()
+        last_val = run_loop(
+            run,
+            Steps(
+                step=lambda lr: _optimizer_step(run, lr),
+                evaluate=evaluate,
+                save_last=lambda: _save(run, adapters.LAST),
+                save_best=lambda: _save(run, adapters.BEST),
+            ),
+            train=config.train,
+            reporter=reporter,
+            tokens_per_step=run.tokens_per_step,
+            device=run.precision.device,
+            resumed=run.resumed,
+        )
         if run.iter_num >= runtime.max_iters:
             _save(run, adapters.FINAL)
         if run.hf.save_merged:
@@ -311,8 +279,9 @@ def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
 
-def _optimizer_step(run: _Run) -> torch.Tensor:
-    """Accumulate gradients over fresh micro-batches, clip once, step once."""
+def _optimizer_step(run: _Run, lr: float) -> torch.Tensor:
+    """Accumulate gradients over fresh micro-batches, clip once, step once at `lr`."""
+    set_learning_rate(run.optimizer, lr)
     optim = run.config.train.optim
     accum = run.config.train.data.grad_accum_steps
     total = torch.zeros((), device=run.precision.device)
