@@ -54,7 +54,8 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     body = lines[5 : 5 + len(report.table_rows(results))]
     result_column = header.index("result")
     assert all(line[result_column - 2 : result_column] == "  " for line in body)  # aligned
-    for case in ("fp32 128x128", "medium bf16/fp32 speed", "medium cache/no-cache", "1 GB (est.)"):
+    matmul = f"fp32 {QUICK.matmul_size}x{QUICK.matmul_size}"
+    for case in (matmul, "medium bf16/fp32 speed", "medium cache/no-cache", "1 GB (est.)"):
         assert case in table
     # Quick sizes say nothing about the targets, so nothing is judged.
     assert "PASS" not in table and "FAIL" not in table
