@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from ml_playground.config import load_config
+from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.finetune import adapters
+from ml_playground.finetune.dataset import prepare_speeches
 from tests.finetune_helpers import (
     TinyModels,
     TomlValue,
@@ -167,6 +170,23 @@ def test_loop_speakger_with_a_tiny_local_model_runs_end_to_end(
     assert f"sampling from {tiny_models.gemma3} + {out_dir / 'adapters' / 'best'}" in result.stdout
 
 
+def test_loop_bundestag_finetuning_mps_reads_txt_files_and_a_speeches_csv(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    speakger_inputs(workdir)
+    nested = workdir / "raw" / "2021" / "03"
+    nested.mkdir(parents=True)
+    (nested / "rede.txt").write_text("Frau Präsidentin! Wir stimmen zu.", encoding="utf-8")
+    configure(workdir, tiny_models.gemma3, {"prepare.add_structure_tokens": False})
+
+    result = cli.run("loop", "bundestag_finetuning_mps")
+
+    assert result.returncode == 0, result.stderr
+    assert "25 speeches kept" in result.stdout
+    assert "done: step 6" in result.stdout
+    assert list((workdir / "out" / "samples").glob("*.json"))
+
+
 def test_the_qwen_preset_runs_on_the_generic_preparer_with_a_txt_folder(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
@@ -196,7 +216,9 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
 ) -> None:
     speakger_inputs(workdir)
     configure(workdir, tiny_models.qwen2, {"train.runtime.max_iters": 100_000})
-    assert cli.run("prepare", "speakger").returncode == 0
+    # Prepared in-process: the subprocesses that matter here are the two trainings.
+    loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
+    prepare_speeches(loaded.config, frozenset({".csv"}))
     last = adapters.adapters_dir(workdir / "out", adapters.LAST)
     with cli.started("train", "speakger") as process:
         deadline = time.monotonic() + TIMEOUT
