@@ -10,10 +10,12 @@ from-scratch trainer uses; what differs is how the model is built, stepped and s
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ from ml_playground.finetune.dataset import TOKENIZER_DIR, DatasetMeta, read_data
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import (
+    ADAPTER_CONFIG,
     apply_lora,
     enable_gradient_checkpointing,
     fit_embeddings,
@@ -226,9 +229,28 @@ def _build_model(
     if not peft.enabled:
         return model
     if resume_from is not None:
+        _announce_saved_lora(peft, resume_from)
         return load_adapters(model, resume_from, trainable=True)
     new_ids = tokenizer.convert_tokens_to_ids(list(meta.structure_tokens))
     return apply_lora(model, peft, hf.model_name, new_ids)
+
+
+def _announce_saved_lora(peft: PeftConfig, folder: Path) -> None:
+    """Resumed adapters keep the LoRA settings they were created with; say where they differ."""
+    try:
+        saved: object = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # loading the adapters reports a damaged folder properly
+    if not isinstance(saved, dict):
+        return
+    fields = cast(dict[str, object], saved)
+    for key in ("r", "lora_alpha", "lora_dropout", "bias"):
+        configured: object = getattr(peft, key)
+        if key in fields and fields[key] != configured:
+            print(
+                f"resume: train.peft.{key} = {fields[key]!r} from {folder} "
+                f"(config says {configured!r})"
+            )
 
 
 def _optimizer(parameters: list[nn.Parameter], config: ExperimentConfig) -> torch.optim.Optimizer:

@@ -325,3 +325,17 @@ def test_bfloat16_weights_with_gradient_checkpointing_train_and_sample(
     assert len(texts) == 1
     weights = adapter_weights(loaded.config.train.runtime.out_dir, adapters.FINAL)
     assert any("mlp.down_proj.lora_A" in key for key in weights)
+
+
+def test_resumed_adapters_keep_their_lora_settings_and_say_so(
+    tmp_path: Path, tiny_models: TinyModels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train_lora(experiment(tmp_path, tiny_models, {"train.runtime.max_iters": 3}).config)
+    loaded = experiment(tmp_path, tiny_models, {"train.runtime.max_iters": 4, "train.peft.r": 8})
+    capsys.readouterr()
+
+    summary = train_lora(loaded.config)
+
+    assert summary.iter_num == 4
+    last = adapters.adapters_dir(loaded.config.train.runtime.out_dir, adapters.LAST)
+    assert f"resume: train.peft.r = 4 from {last} (config says 8)" in capsys.readouterr().out
