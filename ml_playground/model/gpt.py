@@ -289,26 +289,33 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def forward_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
+    def forward_cached(self, idx: Tensor, cache: KVCache, *, last_only: bool = False) -> Tensor:
         """Logits for `idx` (B, T) following the tokens already in `cache`, which is extended.
 
-        Equal to the matching positions of `forward` over the whole sequence.
+        Equal to the matching positions of `forward` over the whole sequence. `last_only`
+        returns just the last position (B, 1, V), all that generation needs.
         """
         t = idx.size(1)
         if cache.length + t > cache.capacity:
             raise ValueError(
                 f"{cache.length} cached + {t} new tokens exceed block_size {cache.capacity}"
             )
-        logits = self._logits(idx, start=cache.length, cache=cache)
+        logits = self._logits(idx, start=cache.length, cache=cache, last_only=last_only)
         cache.advance(t)
         return logits
 
-    def _logits(self, idx: Tensor, start: int, cache: KVCache | None) -> Tensor:
+    def _logits(
+        self, idx: Tensor, start: int, cache: KVCache | None, *, last_only: bool = False
+    ) -> Tensor:
         trunk = self.transformer
         positions = torch.arange(start, start + idx.size(1), device=idx.device)
         x: Tensor = trunk.drop(trunk.wte(idx) + trunk.wpe(positions))
         for block in trunk.h:
             x = block(x, cache)
+        if last_only:
+            # The vocabulary projection is the largest matmul of a small model; generation
+            # needs it for the newest position only.
+            x = x[:, -1:, :]
         logits: Tensor = self.lm_head(trunk.ln_f(x))
         return logits
 
@@ -375,11 +382,9 @@ class GPT(nn.Module):
         """
         if cache is None:
             # Without a cache the whole window is recomputed every step, as nanoGPT does.
-            logits: Tensor
-            logits, _ = self(context)
-            return logits
+            return self._logits(context, start=0, cache=None, last_only=True)
         if cache.length == 0:
-            return self.forward_cached(context, cache)
+            return self.forward_cached(context, cache, last_only=True)
         if cache.length == cache.capacity:
             # Learned absolute positions are baked into every cached key and value, so a full
             # cache cannot slide by one token: each kept token would sit one position earlier
@@ -389,8 +394,9 @@ class GPT(nn.Module):
             # block_size/2 tokens, and each token still sees at least half a block. Past
             # block_size the two paths thus see different windows and may pick different tokens.
             cache.reset()
-            return self.forward_cached(context[:, -((cache.capacity + 1) // 2) :], cache)
-        return self.forward_cached(context[:, -1:], cache)
+            newer_half = context[:, -((cache.capacity + 1) // 2) :]
+            return self.forward_cached(newer_half, cache, last_only=True)
+        return self.forward_cached(context[:, -1:], cache, last_only=True)
 
     def configure_optimizer(
         self,
@@ -410,8 +416,9 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        if device_type == "cuda":
-            # The fused kernel updates every parameter in a single launch.
+        if device_type in ("cuda", "cpu"):
+            # The fused kernel updates every parameter in one pass (on a 30M-parameter model
+            # on CPU about 4x faster than foreach, measured by the benchmark's author).
             return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, foreach=True)
 
