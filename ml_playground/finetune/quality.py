@@ -57,7 +57,10 @@ class SampleQuality:
 
 
 def analyse(text: str, continuation: str, *, ended_at_eos: bool) -> SampleQuality:
-    """Measure `text` (prompt + continuation); `continuation` is what the model added."""
+    """Measure `text` (prompt + continuation, special tokens removed).
+
+    `continuation` is what the model added, special tokens included.
+    """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     header = _header(lines)
     words = text.split()
@@ -109,8 +112,8 @@ def _anomalies(quality: SampleQuality, text: str, continuation: str) -> list[str
     looping = [gram for gram, count in quality.repeated_ngrams if count >= LOOPING_NGRAM_COUNT]
     if looping:
         found.append(f"looping phrase: {looping[0]!r}")
-    if any(token in text for token in STRUCTURE_TOKENS):
-        found.append("structure token inside the text")
+    if any(token in continuation for token in STRUCTURE_TOKENS):
+        found.append("structure token inside the speech")
     if REPLACEMENT_CHAR in text:
         found.append("broken character (invalid UTF-8 from split tokens)")
     if _header_after_body(text):

@@ -78,7 +78,8 @@ def sample_lora(config: ExperimentConfig) -> list[str]:
             stream.append(token)
         text = stream.finish()
         saved = save_sample(runtime.out_dir, index, text)
-        continuation = trained.tokenizer.decode(stream.new_ids, skip_special_tokens=True)
+        # Special tokens stay in: a structure token in mid-speech is worth reporting.
+        continuation = trained.tokenizer.decode(stream.new_ids, skip_special_tokens=False)
         quality = analyse(text, continuation, ended_at_eos=ended_at_eos)
         atomic.write_json(saved.with_suffix(".json"), quality.to_json())
         if not settings.stream:

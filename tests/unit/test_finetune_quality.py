@@ -46,7 +46,7 @@ def test_leaked_structure_tokens_a_second_header_and_broken_characters_are_flagg
 
     quality = analyse(text, text[len(SPEECH) :], ended_at_eos=True)
 
-    assert "structure token inside the text" in quality.anomalies
+    assert "structure token inside the speech" in quality.anomalies
     assert "a second speech header after the speech began" in quality.anomalies
     assert "broken character (invalid UTF-8 from split tokens)" in quality.anomalies
 
