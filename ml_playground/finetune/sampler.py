@@ -10,7 +10,6 @@ saved as out_dir/samples/*.txt with a *.json quality analysis beside it.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -27,8 +26,7 @@ from ml_playground.finetune.quality import analyse
 from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 from ml_playground.model.gpt import sample_next
 from ml_playground.sample.prompt import read_prompt, save_sample
-
-REPLACEMENT_CHAR = "\ufffd"
+from ml_playground.sample.stream import TextStream
 
 
 def sample_lora(config: ExperimentConfig) -> list[str]:
@@ -126,30 +124,21 @@ class _TextStream:
         self._hidden = hidden
         self.new_ids: list[int] = []
         self._enabled = enabled
-        self._shown = ""
+        self._stream = TextStream(enabled=enabled)
 
     def append(self, token: int) -> None:
         self.new_ids.append(token)
         if self._enabled:
-            self._show(self._text().rstrip(REPLACEMENT_CHAR))
+            self._stream.update(self._text())
 
     def finish(self) -> str:
         text = self._text()
-        if self._enabled:
-            self._show(text)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+        self._stream.finish(text)
         return text
 
     def _text(self) -> str:
         text = self._tokenizer.decode(self._prompt_ids + self.new_ids, skip_special_tokens=True)
         return text.removeprefix(self._hidden)
-
-    def _show(self, ready: str) -> None:
-        if ready.startswith(self._shown) and len(ready) > len(self._shown):
-            sys.stdout.write(ready[len(self._shown) :])
-            sys.stdout.flush()
-            self._shown = ready
 
 
 def _encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:

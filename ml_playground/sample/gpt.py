@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
@@ -14,9 +13,8 @@ from ml_playground.device import resolve_precision
 from ml_playground.errors import DataError
 from ml_playground.model.gpt import GPT, GPTConfig
 from ml_playground.sample.prompt import read_prompt, save_sample
+from ml_playground.sample.stream import TextStream
 from ml_playground.train import checkpoint
-
-REPLACEMENT_CHAR = "\ufffd"
 
 
 def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokenizer, Path]:
@@ -62,7 +60,7 @@ def sample_gpt(config: ExperimentConfig) -> list[str]:
     for index in range(settings.num_samples):
         idx = torch.tensor([prompt_ids], dtype=torch.long, device=precision.device)
         ids = list(prompt_ids)
-        shown = ""
+        stream = TextStream(enabled=settings.stream)
         if settings.stream:
             print(f"--- sample {index + 1}/{settings.num_samples} ---")
         with precision.autocast():
@@ -79,10 +77,9 @@ def sample_gpt(config: ExperimentConfig) -> list[str]:
                     break
                 ids.append(token_id)
                 if settings.stream:
-                    shown = _stream(tokenizer.decode(ids), shown)
+                    stream.update(tokenizer.decode(ids))
         text = tokenizer.decode(ids)
-        if settings.stream:
-            _stream(text, shown, final=True)
+        stream.finish(text)
         saved = save_sample(runtime.out_dir, index, text)
         if not settings.stream:
             print(text)
@@ -102,15 +99,3 @@ def _encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
         "sample.sample.start is empty and this tokenizer has no end-of-text token; "
         "give a prompt such as a newline"
     )
-
-
-def _stream(text: str, shown: str, *, final: bool = False) -> str:
-    """Print what `text` adds to `shown`; hold back a dangling partial UTF-8 character."""
-    ready = text if final else text.rstrip(REPLACEMENT_CHAR)
-    if ready.startswith(shown) and len(ready) > len(shown):
-        sys.stdout.write(ready[len(shown) :])
-        sys.stdout.flush()
-        shown = ready
-    if final:
-        sys.stdout.write("\n")
-    return shown

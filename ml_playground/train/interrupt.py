@@ -23,7 +23,7 @@ def stop_requests() -> Generator[Callable[[], bool]]:
         if requested:
             raise KeyboardInterrupt
         requested = True
-        print("\nCtrl-C: finishing this step and saving ckpt_last.pt (again to abort)")
+        print("\nCtrl-C: finishing this step, then saving the last checkpoint (again to abort)")
 
     try:
         previous = signal.signal(signal.SIGINT, handler)

@@ -70,9 +70,10 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path: Path) 
     assert distributed.keys() == single.keys()
     # The gradients agree to float rounding (the all-reduce sums in another order); AdamW
     # divides by sqrt(v), which magnifies rounding where gradients are tiny (query/key
-    # weights early on), so weights of size ~0.1 agree to ~1e-5 after 12 steps.
+    # weights early on): weights of size ~0.1 agree to 1e-5..1e-4 after 12 steps. A wrong
+    # split of the batch would differ by the size of an update, lr = 1e-2, per step.
     for name, tensor in single.items():
-        torch.testing.assert_close(distributed[name], tensor, rtol=0, atol=5e-5, msg=name)
+        torch.testing.assert_close(distributed[name], tensor, rtol=0, atol=2e-4, msg=name)
 
 
 def test_resume_under_ddp_replays_the_uninterrupted_run(tmp_path: Path) -> None:
