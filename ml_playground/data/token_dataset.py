@@ -142,6 +142,11 @@ class DatasetMeta:
 
 def read_meta(path: Path) -> DatasetMeta:
     """Load a dataset's meta.json; missing or damaged files say how to rebuild them."""
+    return DatasetMeta.from_json(read_meta_json(path), path)
+
+
+def read_meta_json(path: Path) -> object:
+    """The parsed JSON of a dataset's meta.json, for this pipeline's and fine-tuning's."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -152,7 +157,7 @@ def read_meta(path: Path) -> DatasetMeta:
         obj: object = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _meta_error(path, f"not valid JSON ({exc})") from None
-    return DatasetMeta.from_json(obj, path)
+    return obj
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ml_playground import atomic
 from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.data.token_dataset import read_meta_json
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.records import STRUCTURE_TOKENS, Speech, format_record
@@ -118,17 +119,7 @@ class DatasetMeta:
 def read_dataset_meta(dataset_dir: Path) -> DatasetMeta:
     """The meta.json of a prepared dataset; missing or damaged ones say how to rebuild."""
     path = dataset_dir / META_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"dataset metadata not found: {path}; {RERUN_HINT} first") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read dataset metadata {path} ({exc}); {RERUN_HINT}") from None
-    try:
-        obj: object = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _meta_error(path, f"not valid JSON ({exc})") from None
-    return DatasetMeta.from_json(obj, path)
+    return DatasetMeta.from_json(read_meta_json(path), path)
 
 
 def read_texts(path: Path) -> Iterator[str]:
