@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from ml_playground.pipeline import new_experiment
+from tests.cli_helpers import EXIT_USER_ERROR, assert_one_error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_ROOT = REPO_ROOT / "ml_playground" / "experiments"
 STEP_VERBS = ("prepare", "train", "sample", "loop", "export")
 ALL_VERBS = (*STEP_VERBS, "list", "new")
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # A preparer that records which config it was given, so a test can see what the step got.
@@ -67,16 +67,6 @@ def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit code 2, and stderr is exactly one `error: ...` line without a traceback."""
-    assert result.returncode == EXIT_USER_ERROR, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def packaged_experiment_names() -> list[str]:

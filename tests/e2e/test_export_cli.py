@@ -19,9 +19,9 @@ import torch
 
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.gpt import GPT, GPTConfig
+from tests.cli_helpers import assert_one_error_line
 from tests.export_helpers import gpt2_encoding, random_gpt, save_checkpoint, write_experiment
 
-EXIT_USER_ERROR = 2
 PROMPT = "ROMEO: But soft, what light through yonder window breaks?"
 SMALL = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=64)
 GPT2 = TokenizerSpec(kind="tiktoken", encoding="gpt2")
@@ -39,14 +39,6 @@ def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == EXIT_USER_ERROR, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def trained(folder: Path, model: GPT, spec: TokenizerSpec = GPT2, **export: str | bool) -> Path:
@@ -109,7 +101,7 @@ def test_export_writes_a_gguf_transformers_runs_like_our_model(tmp_path: Path) -
 def test_export_disabled_is_one_error_line(tmp_path: Path) -> None:
     folder = trained(tmp_path / "exp", random_gpt(SMALL), enabled=False)
 
-    line = one_error_line(cli(tmp_path, "export", folder))
+    line = assert_one_error_line(cli(tmp_path, "export", folder))
 
     assert "enabled = true" in line
     assert not (folder / "export").exists()
@@ -119,7 +111,7 @@ def test_export_without_checkpoint_is_one_error_line(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
     write_experiment(folder, {"enabled": True})
 
-    line = one_error_line(cli(tmp_path, "export", folder))
+    line = assert_one_error_line(cli(tmp_path, "export", folder))
 
     assert "no checkpoint" in line
     assert not (folder / "export").exists()
@@ -130,7 +122,7 @@ def test_export_of_a_character_level_model_is_one_error_line(tmp_path: Path) -> 
     tiny = GPTConfig(vocab_size=9, block_size=8, n_layer=1, n_head=1, n_embd=8)
     folder = trained(tmp_path / "exp", random_gpt(tiny), spec=chars)
 
-    line = one_error_line(cli(tmp_path, "export", folder))
+    line = assert_one_error_line(cli(tmp_path, "export", folder))
 
     assert "character-level" in line
     assert not (folder / "export").exists()
@@ -150,7 +142,7 @@ def test_export_of_a_fine_tuned_model_names_the_placeholder_converter(tmp_path: 
         encoding="utf-8",
     )
 
-    line = one_error_line(cli(tmp_path, "export", folder))
+    line = assert_one_error_line(cli(tmp_path, "export", folder))
 
     assert "convert-hf-to-gguf.py is only a placeholder" in line
     assert "convert_bin" in line

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from ml_playground.config import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.finetune import adapters
 from ml_playground.finetune.dataset import prepare_speeches
+from tests.cli_helpers import assert_one_error_line, run_command, started_command
 from tests.finetune_helpers import (
     TinyModels,
     TomlValue,
@@ -35,7 +36,6 @@ from tests.finetune_helpers import (
     write_speeches_csv,
 )
 
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 TIMEOUT = 300  # seconds; a loaded CI machine imports torch and transformers slowly
 CONFIG = "tiny.toml"
@@ -78,33 +78,15 @@ class Cli:
         ]
 
     def run(self, verb: str, experiment: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.command(verb, experiment),
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
+        return run_command(
+            self.command(verb, experiment), cwd=self.cwd, env=self.env, timeout=TIMEOUT
         )
 
-    @contextlib.contextmanager
-    def started(self, verb: str, experiment: str) -> Generator[subprocess.Popen[str]]:
+    def started(
+        self, verb: str, experiment: str
+    ) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
         """The command running in the background; killed on the way out if still running."""
-        process = subprocess.Popen(
-            self.command(verb, experiment),
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        return started_command(self.command(verb, experiment), cwd=self.cwd, env=self.env)
 
 
 @pytest.fixture
@@ -129,16 +111,6 @@ def configure(
     """Write tiny.toml: the tiny run, reading raw/, with `model` as model_name."""
     settings = tiny_settings(Path(model)) | {"prepare.raw_dir": "raw"}
     write_config(workdir, settings | dict(extra or {}), CONFIG)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit code 2, and stderr is one `error: ...` line (after any progress bars)."""
-    assert result.returncode == EXIT_USER_ERROR, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert result.stderr.rstrip().endswith(errors[0])
-    return errors[0]
 
 
 # --- the done-when runs ------------------------------------------------------------------------

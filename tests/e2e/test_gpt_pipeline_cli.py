@@ -15,15 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from ml_playground.train import checkpoint
+from tests.cli_helpers import assert_one_error_line, run_command, started_command
 from tests.gpt_helpers import TomlValue, copy_experiment, shakespeare_text, write_config
 
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 TIMEOUT = 300  # seconds; generous, as a loaded CI machine imports torch slowly
 OVERRIDE = "tiny.toml"
@@ -98,33 +98,13 @@ class Cli:
         ]
 
     def run(self, verb: str, folder: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.command(verb, folder),
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        return run_command(self.command(verb, folder), cwd=self.cwd, env=self.env, timeout=TIMEOUT)
 
-    @contextlib.contextmanager
-    def started(self, verb: str, folder: Path) -> Generator[subprocess.Popen[str]]:
+    def started(
+        self, verb: str, folder: Path
+    ) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
         """The command running in the background; killed on the way out if still running."""
-        process = subprocess.Popen(
-            self.command(verb, folder),
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        return started_command(self.command(verb, folder), cwd=self.cwd, env=self.env)
 
 
 @pytest.fixture
@@ -137,15 +117,6 @@ def experiment(workdir: Path, name: str, changes: Mapping[str, TomlValue] | None
     folder = copy_experiment(name, workdir)
     write_config(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS[name], **(changes or {})})
     return folder
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit code 2, and stderr is exactly one `error: ...` line without a traceback."""
-    assert result.returncode == EXIT_USER_ERROR, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
