@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -24,6 +24,9 @@ from ml_playground.errors import ConfigError
 # A rank that dies leaves the others waiting in a collective; torchrun tears the group
 # down when a worker exits, and this bound makes sure nobody waits forever regardless.
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+# MPI launchers (mpirun, and `accelerate launch --cpu` with a hostfile, which calls it)
+# number processes in variables of their own, which this module does not read.
+MPI_WORLD_SIZES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class Ranks:
 
 def ranks_from_env() -> Ranks:
     """Read torchrun's environment variables; absent means a single process."""
+    if "WORLD_SIZE" not in os.environ:
+        _refuse_mpi_launch()
     try:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
@@ -57,6 +62,17 @@ def ranks_from_env() -> Ranks:
             f"inconsistent launcher environment: RANK={rank}, WORLD_SIZE={world_size}"
         )
     return Ranks(rank=rank, local_rank=local_rank, world_size=world_size)
+
+
+def _refuse_mpi_launch() -> None:
+    """Under an MPI launcher every process would think it runs alone, on the same files."""
+    for name in MPI_WORLD_SIZES:
+        value = os.environ.get(name, "1")
+        if value.isdigit() and int(value) > 1:
+            raise ConfigError(
+                f"started by an MPI launcher ({name}={value}), which ml-playground cannot "
+                "coordinate; use torchrun or `accelerate launch --multi_gpu` instead"
+            )
 
 
 def device_for(ranks: Ranks, device: torch.device) -> torch.device:
@@ -106,7 +122,8 @@ def gather_state(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every rank's `state` (tensors and ints of equal shapes on all ranks), in rank order.
 
     Used for what differs per rank and must survive a checkpoint: batch-sampler streams
-    and RNG states. A collective: all ranks call it, all receive the full list.
+    and RNG states (a list of tensors, such as one RNG state per CUDA device, is gathered
+    element by element). A collective: all ranks call it, all receive the full list.
     """
     if not _active():
         return [dict(state)]
@@ -117,6 +134,10 @@ def gather_state(state: Mapping[str, Any]) -> list[dict[str, Any]]:
             parts = _all_gather(value)
             for rank in range(world):
                 gathered[rank][key] = parts[rank]
+        elif (tensors := _tensor_list(value)) is not None:
+            columns = [_all_gather(tensor) for tensor in tensors]
+            for rank in range(world):
+                gathered[rank][key] = [column[rank] for column in columns]
         elif isinstance(value, int):
             parts = _all_gather(torch.tensor([value], dtype=torch.int64))
             for rank in range(world):
@@ -126,18 +147,29 @@ def gather_state(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     return gathered
 
 
-def replicas_identical(module: torch.nn.Module) -> bool:
+def _tensor_list(value: object) -> list[torch.Tensor] | None:
+    """`value` as a list of tensors, if it is a list or tuple of nothing else."""
+    if not isinstance(value, list | tuple):
+        return None
+    items = cast(Sequence[object], value)
+    tensors = [item for item in items if isinstance(item, torch.Tensor)]
+    return tensors if len(tensors) == len(items) else None
+
+
+def replicas_identical(weights: torch.nn.Module | Iterable[torch.Tensor]) -> bool:
     """Whether every rank holds bitwise the same parameters (True for one process).
 
     DDP keeps replicas in sync by construction; checking at the end of a run catches what
-    would silently break that (a rank-dependent op, a parameter DDP does not see).
+    would silently break that (a rank-dependent op, a parameter DDP does not see). Pass a
+    module to check all its parameters, or just the trained ones when the rest is frozen.
     """
     if not _active():
         return True
+    tensors = weights.parameters() if isinstance(weights, torch.nn.Module) else weights
     digest = torch.stack(
         [
             torch.stack((p.detach().double().sum(), p.detach().double().square().sum()))
-            for p in module.parameters()
+            for p in tensors
         ]
     ).flatten()
     parts = _all_gather(digest)
@@ -160,3 +192,19 @@ def _active() -> bool:
 def barrier() -> None:
     if _active():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Generator[None]:
+    """Rank 0 runs the block while the others wait; then the others run it.
+
+    For idempotent preparation that writes files (tokenizing, packing): rank 0 writes,
+    the other ranks find its finished files and only read them. If rank 0 fails inside
+    the block it never reaches the barrier; the launcher then ends the waiting ranks.
+    """
+    main = not _active() or dist.get_rank() == 0
+    if not main:
+        dist.barrier()
+    yield
+    if main:
+        barrier()

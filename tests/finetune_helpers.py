@@ -24,9 +24,11 @@ from ml_playground.config import LoadedConfig, load_config
 from tests.conftest import SHARED_DIR
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerFast
 
 SPEAKGER_DIR = SHARED_DIR / "data" / "speakger"
+ADAPTER_FILE = "adapter_model.safetensors"
 Family = Literal["qwen2", "gemma3"]
 TomlValue = str | int | float | bool | list[str] | list[int]
 
@@ -285,6 +287,32 @@ def write_config(
 def load(folder: Path, settings: Mapping[str, TomlValue]) -> LoadedConfig:
     """Write `settings` as folder/config.toml and load it as the experiment in `folder`."""
     return load_config(write_config(folder, settings), folder)
+
+
+def speeches_experiment(
+    root: Path, model_dir: Path, overrides: Mapping[str, TomlValue] | None = None
+) -> LoadedConfig:
+    """A prepared experiment in `root` on 24 SpeakGer-style speeches (preparing again is a
+    no-op), fine-tuning the tiny model in `model_dir` with tiny_settings plus `overrides`."""
+    from ml_playground.finetune.dataset import prepare_speeches  # noqa: PLC0415 - heavy
+
+    raw = root / "raw"
+    if not raw.is_dir():
+        write_speeches_csv(raw / "Bundestag.csv", speeches(24))
+        copy_member_slices(raw)
+    settings = tiny_settings(model_dir) | {"prepare.raw_dir": "raw"}
+    loaded = load(root, settings | dict(overrides or {}))
+    prepare_speeches(loaded.config, frozenset({".csv"}))
+    return loaded
+
+
+def adapter_weights(out_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of out_dir/adapters/<name>, by their saved names."""
+    from safetensors.torch import load_file  # noqa: PLC0415 # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
+
+    from ml_playground.finetune import adapters  # noqa: PLC0415 - imports torch
+
+    return load_file(adapters.adapters_dir(out_dir, name) / ADAPTER_FILE)
 
 
 def _toml_value(value: TomlValue) -> str:

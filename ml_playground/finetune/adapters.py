@@ -8,10 +8,11 @@
     out_dir/merged/           base + adapters as one transformers model (hf_model.save_merged)
 
 Each adapters folder is what peft's save_pretrained writes plus `training_state.pt`
-(optimizer, grad scaler, RNG and batch-sampler state, step, best loss), so resuming from it
-continues exactly where the run stopped. A folder is replaced as a whole (a staging folder
-moved into place), so an interruption never leaves adapters and state that disagree. The
-state holds only tensors and plain containers and is read with weights_only=True.
+(optimizer, grad scaler, step, best loss, and every rank's RNG and batch-sampler state),
+so resuming from it continues exactly where the run stopped. A folder is replaced as a
+whole (a staging folder moved into place), so an interruption never leaves adapters and
+state that disagree. The state holds only tensors and plain containers and is read with
+weights_only=True.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import io
 import json
 import shutil
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ TOKENIZER_DIR = "tokenizer"
 MERGED_DIR = "merged"
 RUN_META = "meta.json"
 STATE_FILE = "training_state.pt"
-STATE_VERSION = 1
+# Version 1 held one process's RNG and sampler state; version 2 holds one per rank.
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 StateDict = dict[str, Any]
 
@@ -54,8 +57,8 @@ class TrainingState:
     best_val_loss: float
     optimizer: StateDict
     scaler: StateDict | None
-    rng: Mapping[str, Any]
-    sampler: Mapping[str, Any]
+    rng: Sequence[Mapping[str, Any]]  # one entry per rank, in rank order
+    sampler: Sequence[Mapping[str, Any]]  # as rng: each rank draws its own batches
     trainable: tuple[str, ...]  # parameter names, in optimizer order
 
     def payload(self) -> dict[str, Any]:
@@ -65,8 +68,8 @@ class TrainingState:
             "best_val_loss": self.best_val_loss,
             "optimizer": self.optimizer,
             "scaler": self.scaler,
-            "rng": dict(self.rng),
-            "sampler": dict(self.sampler),
+            "rng": {"per_rank": [dict(entry) for entry in self.rng]},
+            "sampler": {"per_rank": [dict(entry) for entry in self.sampler]},
             "trainable": list(self.trainable),
         }
 
@@ -163,20 +166,28 @@ def load_state(folder: Path) -> TrainingState:
             "to train from scratch"
         ) from None
     payload: dict[str, Any] = typing.cast(dict[str, Any], raw) if isinstance(raw, dict) else {}
-    if payload.get("version") != STATE_VERSION:
+    version = payload.get("version")
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"training state {path} has version {payload.get('version')!r}, expected "
-            f"{STATE_VERSION}; delete {folder} to train from scratch"
+            f"training state {path} has version {version!r}, expected {STATE_VERSION}; "
+            f"delete {folder} to train from scratch"
         )
     return TrainingState(
         iter_num=int(payload["iter_num"]),
         best_val_loss=float(payload["best_val_loss"]),
         optimizer=payload["optimizer"],
         scaler=payload.get("scaler"),
-        rng=payload.get("rng", {}),
-        sampler=payload.get("sampler", {}),
+        rng=_per_rank(payload.get("rng", {}), version),
+        sampler=_per_rank(payload.get("sampler", {}), version),
         trainable=tuple(payload.get("trainable", ())),
     )
+
+
+def _per_rank(saved: Mapping[str, Any], version: int) -> list[Mapping[str, Any]]:
+    """The per-rank entries; a version-1 state is the one entry of a single process."""
+    if version == 1:
+        return [saved] if saved else []
+    return list(saved.get("per_rank", []))
 
 
 def for_sampling(out_dir: Path) -> Path | None:

@@ -73,7 +73,9 @@ def fit_embeddings(model: PreTrainedModel, vocab_size: int, *, init_new_rows: bo
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     # Non-reentrant checkpointing needs no inputs that require grad, so frozen embeddings
-    # under LoRA work without peft's enable_input_require_grads workaround.
+    # under LoRA work without peft's enable_input_require_grads workaround; and it is the
+    # variant DDP supports (the reentrant one recomputes in a nested backward pass that
+    # DDP's gradient hooks do not expect).
     options = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)  # pyright: ignore[reportUnknownMemberType, reportAttributeAccessIssue] - untyped library

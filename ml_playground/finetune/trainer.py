@@ -6,27 +6,44 @@ one optimizer step over grad_accum_steps fresh micro-batches; Ctrl-C saves adapt
 and exits} -> adapters/final, optional merged model. The loop, learning-rate schedule,
 reporter (progress bar, log lines, TensorBoard tags) and batch sampler are the ones the
 from-scratch trainer uses; what differs is how the model is built, stepped and saved.
+
+Under torchrun or `accelerate launch` the same code runs once per rank, with the
+from-scratch trainer's rules: the peft model is wrapped in DistributedDataParallel (only
+its trainable parameters take part), each rank draws its own batches, gradients are
+averaged on the last micro-step of an accumulation, evaluation losses are averaged over
+ranks, and only rank 0 writes (packed tokens, adapters, tokenizer, meta.json, logs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the conventional name
+from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground import atomic
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
 from ml_playground.data.batches import BatchSampler
 from ml_playground.device import Precision, resolve_precision, seed_everything
-from ml_playground.distributed import ranks_from_env
-from ml_playground.errors import CheckpointError, ConfigError, DataError
+from ml_playground.distributed import (
+    Ranks,
+    device_for,
+    gather_state,
+    mean_across_ranks,
+    process_group,
+    rank_zero_first,
+    ranks_from_env,
+    replicas_identical,
+)
+from ml_playground.errors import CheckpointError, DataError
 from ml_playground.finetune import adapters
 from ml_playground.finetune.adapters import RunMeta, TrainingState
 from ml_playground.finetune.dataset import TOKENIZER_DIR, DatasetMeta, read_dataset_meta
@@ -57,9 +74,22 @@ class FinetuneSummary:
     out_dir: Path
 
 
-def train_lora(config: ExperimentConfig) -> FinetuneSummary:
-    """Fine-tune (or resume fine-tuning) the model the config describes."""
-    run = _build_run(config)
+def train_lora(config: ExperimentConfig, *, ranks: Ranks | None = None) -> FinetuneSummary:
+    """Fine-tune (or resume fine-tuning) the model the config describes.
+
+    `ranks` defaults to what the launcher (torchrun, accelerate launch) put in the
+    environment.
+    """
+    ranks = ranks or ranks_from_env()
+    runtime = config.train.runtime
+    precision = resolve_precision(runtime.device, runtime.dtype)
+    precision = Precision(device_for(ranks, precision.device), precision.dtype)
+    with process_group(ranks, precision.device):
+        return _train(_build_run(config, precision, ranks))
+
+
+def _train(run: _Run) -> FinetuneSummary:
+    config = run.config
     runtime = config.train.runtime
     evaluate = _evaluator(run)
     start = run.iter_num
@@ -68,6 +98,7 @@ def train_lora(config: ExperimentConfig) -> FinetuneSummary:
         total_steps=runtime.max_iters,
         start_step=start,
         tensorboard=runtime.tensorboard_enabled,
+        enabled=run.ranks.is_main,
     ) as reporter:
         trainable = sum(parameter.numel() for parameter in run.parameters)
         total = sum(parameter.numel() for parameter in run.model.parameters())
@@ -98,7 +129,11 @@ def train_lora(config: ExperimentConfig) -> FinetuneSummary:
         )
         if run.iter_num >= runtime.max_iters:
             _save(run, adapters.FINAL)
-        if run.hf.save_merged:
+        if run.ranks.is_distributed:
+            if not replicas_identical(run.parameters):
+                raise RuntimeError("DDP replicas diverged: ranks hold different weights")
+            reporter.say(f"all {run.ranks.world_size} ranks hold identical weights")
+        if run.hf.save_merged and run.ranks.is_main:
             reporter.say(f"merged model written to {_write_merged(config, run.hf)}")
         reporter.say(
             f"done: step {run.iter_num}, best val loss {run.best_val_loss:.4f}; adapters in "
@@ -116,6 +151,9 @@ class _Run:
     lora: bool
     precision: Precision
     model: nn.Module
+    """The bare (peft) model: evaluated and saved as is."""
+    ddp: DistributedDataParallel | None
+    """The model as trained under a launcher; None in a single process."""
     parameters: list[nn.Parameter]
     names: tuple[str, ...]
     optimizer: torch.optim.Optimizer
@@ -124,25 +162,19 @@ class _Run:
     packed: PackedDataset
     block_size: int
     tokens_per_step: int
+    ranks: Ranks
     resumed: bool
     iter_num: int = 0
     best_val_loss: float = math.inf
 
 
-def _build_run(config: ExperimentConfig) -> _Run:
-    """Device, dataset, tokenizer, tokens, model and optimizer; resumed from adapters/last."""
+def _build_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) -> _Run:
+    """Dataset, tokenizer, tokens, model and optimizer; resumed from adapters/last."""
     train, runtime = config.train, config.train.runtime
     hf = train.hf_model
     assert hf is not None  # the pipeline only sends configs with [train.hf_model] here
-    if ranks_from_env().is_distributed:
-        # Every rank would train alone and write the same adapters; refuse instead.
-        raise ConfigError(
-            "LoRA fine-tuning runs in a single process; start `train` without torchrun "
-            "or accelerate launch"
-        )
     peft = train.peft or PeftConfig()
-    precision = resolve_precision(runtime.device, runtime.dtype)
-    seed_everything(runtime.seed)
+    seed_everything(runtime.seed)  # the same fresh adapters on every rank
     dataset_dir = train.data.dataset_dir
     meta = read_dataset_meta(dataset_dir)
     _check_dataset_matches(meta, hf, dataset_dir)
@@ -160,7 +192,9 @@ def _build_run(config: ExperimentConfig) -> _Run:
     )
     if resume is not None:
         _check_same_run(run_meta, runtime.out_dir)
-    packed = pack_dataset(dataset_dir, tokenizer, runtime.out_dir, separator=meta.doc_separator)
+    # Rank 0 tokenizes; the other ranks then find its packed files and only read them.
+    with rank_zero_first():
+        packed = pack_dataset(dataset_dir, tokenizer, runtime.out_dir, separator=meta.doc_separator)
     model = _build_model(
         hf,
         peft,
@@ -168,6 +202,7 @@ def _build_run(config: ExperimentConfig) -> _Run:
         meta,
         resume_from=last if resume else None,
         dtype=weights_dtype(hf, runtime),
+        announce=ranks.is_main,
     )
     model.to(precision.device)
     model.train()
@@ -183,6 +218,7 @@ def _build_run(config: ExperimentConfig) -> _Run:
         precision=precision,
         model=model,
         parameters=parameters,
+        ddp=None,
         names=tuple(name for name, _ in named),
         optimizer=_optimizer(parameters, config),
         scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
@@ -193,18 +229,35 @@ def _build_run(config: ExperimentConfig) -> _Run:
             train.data.batch_size,
             mode=train.data.sampler,
             seed=runtime.seed,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
             device=precision.device,
         ),
         packed=packed,
         block_size=block_size,
-        tokens_per_step=train.data.batch_size * block_size * train.data.grad_accum_steps,
+        tokens_per_step=train.data.batch_size
+        * block_size
+        * train.data.grad_accum_steps
+        * ranks.world_size,
+        ranks=ranks,
         resumed=resume is not None,
     )
+    # Dropout masks differ per rank, like the data each rank sees.
+    seed_everything(runtime.seed + ranks.rank)
+    if ranks.is_distributed:
+        # DDP all-reduces the gradients of the parameters that require them, which are
+        # exactly the adapters (every one is used in every forward pass, so DDP needs no
+        # search for unused parameters); the frozen base stays out of the reduction. Its
+        # buffers (rotary frequencies) are constants loaded alike on every rank, so they
+        # are not broadcast before each forward pass.
+        device_ids = [precision.device.index] if precision.device.type == "cuda" else None
+        run.ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
     if resume is not None:
         _restore(run, resume, last)
-    # Sampling and export read the tokenizer and meta from out_dir, never from dataset_dir.
-    adapters.copy_tokenizer(dataset_dir / TOKENIZER_DIR, runtime.out_dir)
-    run_meta.write(runtime.out_dir)
+    if ranks.is_main:
+        # Sampling and export read the tokenizer and meta from out_dir, never dataset_dir.
+        adapters.copy_tokenizer(dataset_dir / TOKENIZER_DIR, runtime.out_dir)
+        run_meta.write(runtime.out_dir)
     return run
 
 
@@ -216,6 +269,7 @@ def _build_model(
     *,
     resume_from: Path | None,
     dtype: torch.dtype,
+    announce: bool,
 ) -> nn.Module:
     """The trainable model: base + fresh or resumed adapters, or the whole (resumed) model."""
     if not peft.enabled and resume_from is not None:
@@ -229,7 +283,8 @@ def _build_model(
     if not peft.enabled:
         return model
     if resume_from is not None:
-        _announce_saved_lora(peft, resume_from)
+        if announce:
+            _announce_saved_lora(peft, resume_from)
         return load_adapters(model, resume_from, trainable=True)
     new_ids = tokenizer.convert_tokens_to_ids(list(meta.structure_tokens))
     return apply_lora(model, peft, hf.model_name, new_ids)
@@ -276,23 +331,46 @@ def _restore(run: _Run, state: TrainingState, folder: Path) -> None:
     run.optimizer.load_state_dict(state.optimizer)
     if state.scaler:
         run.scaler.load_state_dict(state.scaler)
-    run.sampler.load_state_dict(dict(state.sampler))
-    checkpoint.restore_rng(state.rng)
+    own = _own_entries(state.sampler, state.rng, run.ranks)
+    if own is not None:
+        sampler, rng = own
+        run.sampler.load_state_dict(sampler)
+        checkpoint.restore_rng(rng)
+    elif run.ranks.is_main:
+        print(
+            f"resume: {folder} holds batch streams for {len(state.sampler)} rank(s), this run "
+            f"has {run.ranks.world_size}; streams restart from their seeds (not an exact replay)"
+        )
     run.iter_num, run.best_val_loss = state.iter_num, state.best_val_loss
 
 
+def _own_entries(
+    samplers: Sequence[Mapping[str, Any]], rngs: Sequence[Mapping[str, Any]], ranks: Ranks
+) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """This rank's saved sampler and RNG state, if the state was saved by as many ranks."""
+    if len(samplers) == ranks.world_size == len(rngs):
+        return samplers[ranks.rank], rngs[ranks.rank]
+    return None
+
+
 def _save(run: _Run, name: str) -> Path:
-    """Write adapters and training state as of the last finished step."""
+    """Write adapters and training state as of the last finished step; every rank's batch
+    stream and RNG are gathered (a collective, so all ranks call this), only rank 0 writes."""
+    samplers = gather_state(run.sampler.state_dict())
+    rngs = gather_state(checkpoint.capture_rng())
+    out_dir = run.config.train.runtime.out_dir
+    if not run.ranks.is_main:
+        return adapters.adapters_dir(out_dir, name)
     state = TrainingState(
         iter_num=run.iter_num,
         best_val_loss=run.best_val_loss,
         optimizer=run.optimizer.state_dict(),
         scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
-        rng=checkpoint.capture_rng(),
-        sampler=run.sampler.state_dict(),
+        rng=rngs,
+        sampler=samplers,
         trainable=run.names,
     )
-    return adapters.save_adapters(run.config.train.runtime.out_dir, name, run.model, state)
+    return adapters.save_adapters(out_dir, name, run.model, state)
 
 
 def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -306,11 +384,16 @@ def _optimizer_step(run: _Run, lr: float) -> torch.Tensor:
     set_learning_rate(run.optimizer, lr)
     optim = run.config.train.optim
     accum = run.config.train.data.grad_accum_steps
+    ddp = run.ddp
+    trained: nn.Module = run.model if ddp is None else ddp
     total = torch.zeros((), device=run.precision.device)
-    for _ in range(accum):
+    for micro in range(accum):
         x, y = run.sampler.next_batch()
-        with run.precision.autocast():
-            loss = next_token_loss(run.model, x, y) / accum
+        # DDP all-reduces gradients in backward; only the last micro-step needs it.
+        last = micro == accum - 1
+        no_sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
+        with no_sync, run.precision.autocast():
+            loss = next_token_loss(trained, x, y) / accum
         total += loss.detach()
         scaled = run.scaler.scale(loss)
         assert isinstance(scaled, torch.Tensor)  # scale() maps a tensor to a tensor
@@ -325,7 +408,11 @@ def _optimizer_step(run: _Run, lr: float) -> torch.Tensor:
 
 
 def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
-    """Mean loss over eval_iters batches of each split, always the same batches."""
+    """Mean loss over eval_iters batches of each split, always the same batches.
+
+    Evaluation needs no gradient sync, so it runs the bare model; each rank evaluates its
+    own batches and the losses are averaged over ranks, so all agree on what is "best".
+    """
     data, runtime = run.config.train.data, run.config.train.runtime
     files = {"train": run.packed.train, "val": run.packed.val}
 
@@ -340,6 +427,8 @@ def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
                 run.block_size,
                 data.batch_size,
                 seed=runtime.seed + EVAL_SEED_OFFSET,
+                rank=run.ranks.rank,
+                world_size=run.ranks.world_size,
                 device=run.precision.device,
             )
             total = torch.zeros((), device=run.precision.device)
@@ -347,7 +436,9 @@ def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
                 x, y = sampler.next_batch()
                 with run.precision.autocast():
                     total += next_token_loss(run.model, x, y)
-            losses[split] = total.item() / runtime.eval_iters
+            losses[split] = mean_across_ranks(
+                total.item() / runtime.eval_iters, run.precision.device
+            )
         run.model.train()
         return losses
 

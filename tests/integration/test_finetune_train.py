@@ -14,7 +14,6 @@ from typing import cast
 
 import pytest
 import torch
-from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
 from ml_playground.config import LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
@@ -32,17 +31,15 @@ from ml_playground.train.reporting import (
     TB_SUBDIR,
 )
 from tests.finetune_helpers import (
+    ADAPTER_FILE,
     Family,
     TinyModels,
     TomlValue,
-    copy_member_slices,
+    adapter_weights,
     load,
-    speeches,
+    speeches_experiment,
     tiny_settings,
-    write_speeches_csv,
 )
-
-ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def experiment(
@@ -53,18 +50,7 @@ def experiment(
     family: Family = "qwen2",
 ) -> LoadedConfig:
     """A prepared SpeakGer-style experiment in `root` (preparing again is a no-op)."""
-    raw = root / "raw"
-    if not raw.is_dir():
-        write_speeches_csv(raw / "Bundestag.csv", speeches(24))
-        copy_member_slices(raw)
-    settings = tiny_settings(tiny_models.of(family)) | {"prepare.raw_dir": "raw"}
-    loaded = load(root, settings | dict(overrides or {}))
-    prepare_speeches(loaded.config, frozenset({".csv"}))
-    return loaded
-
-
-def adapter_weights(out_dir: Path, name: str) -> dict[str, torch.Tensor]:
-    return load_file(adapters.adapters_dir(out_dir, name) / ADAPTER_FILE)
+    return speeches_experiment(root, tiny_models.of(family), overrides)
 
 
 def test_training_writes_best_last_final_adapters_tokenizer_and_meta(
@@ -289,17 +275,6 @@ def test_target_module_the_model_lacks_is_a_config_error_listing_its_layers(
     with pytest.raises(
         ConfigError, match=r"names c_attn, which .* does not have; its linear layers are .*q_proj"
     ):
-        train_lora(loaded.config)
-
-
-def test_under_a_multi_process_launcher_training_refuses_instead_of_racing(
-    tmp_path: Path, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    loaded = experiment(tmp_path, tiny_models)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-
-    with pytest.raises(ConfigError, match="LoRA fine-tuning runs in a single process"):
         train_lora(loaded.config)
 
 

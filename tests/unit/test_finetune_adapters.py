@@ -1,14 +1,15 @@
-"""The out_dir of a fine-tuning run: which adapters sampling picks, and damaged state."""
+"""The out_dir of a fine-tuning run: which adapters sampling picks, training state files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from ml_playground.errors import CheckpointError
 from ml_playground.finetune import adapters
-from ml_playground.finetune.adapters import RunMeta, for_sampling, load_state
+from ml_playground.finetune.adapters import RunMeta, TrainingState, for_sampling, load_state
 
 
 def make(out_dir: Path, *names: str) -> None:
@@ -64,3 +65,53 @@ def test_run_meta_round_trips_and_a_foreign_file_is_an_error(tmp_path: Path) -> 
     assert RunMeta.read(tmp_path / "run") == meta
     with pytest.raises(CheckpointError, match=r"is not the meta\.json of a fine-tuning run"):
         RunMeta.read(tmp_path / "other")
+
+
+def stream(seed: int) -> torch.Tensor:
+    return torch.Generator().manual_seed(seed).get_state()
+
+
+def test_training_state_keeps_every_ranks_sampler_and_rng_in_rank_order(tmp_path: Path) -> None:
+    folder = adapters.adapters_dir(tmp_path, adapters.LAST)
+    folder.mkdir(parents=True)
+    state = TrainingState(
+        iter_num=6,
+        best_val_loss=2.5,
+        optimizer={"state": {}, "param_groups": []},
+        scaler=None,
+        rng=[{"torch": stream(10)}, {"torch": stream(11)}],
+        sampler=[{"generator": stream(0), "cursor": 3}, {"generator": stream(1), "cursor": 3}],
+        trainable=("lora_A", "lora_B"),
+    )
+    torch.save(state.payload(), folder / adapters.STATE_FILE)  # as save_adapters does
+
+    loaded = load_state(folder)
+    raw = torch.load(folder / adapters.STATE_FILE, weights_only=True)
+
+    assert len(raw["sampler"]["per_rank"]) == len(raw["rng"]["per_rank"]) == 2  # as ckpt_*.pt
+    for rank in (0, 1):
+        assert torch.equal(loaded.sampler[rank]["generator"], stream(rank))
+        assert torch.equal(loaded.rng[rank]["torch"], stream(10 + rank))
+    assert (loaded.iter_num, loaded.trainable) == (6, ("lora_A", "lora_B"))
+
+
+def test_a_single_process_state_of_version_1_loads_as_the_one_ranks_entry(tmp_path: Path) -> None:
+    folder = adapters.adapters_dir(tmp_path, adapters.LAST)
+    folder.mkdir(parents=True)
+    version_1: dict[str, object] = {
+        "version": 1,
+        "iter_num": 4,
+        "best_val_loss": 3.0,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": None,
+        "rng": {"torch": stream(10)},
+        "sampler": {"generator": stream(0), "cursor": 2},
+        "trainable": ["lora_A"],
+    }
+    torch.save(version_1, folder / adapters.STATE_FILE)
+
+    loaded = load_state(folder)
+
+    assert [entry["cursor"] for entry in loaded.sampler] == [2]
+    assert torch.equal(loaded.sampler[0]["generator"], stream(0))
+    assert [torch.equal(entry["torch"], stream(10)) for entry in loaded.rng] == [True]
