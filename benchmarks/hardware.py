@@ -115,3 +115,27 @@ def measure_matmul(dtype: DTypeName, size: int, repeats: int) -> MatmulResult:
     matmul = Matmul(dtype, size)
     (timing,) = time_side_by_side([matmul.case(repeats)])
     return matmul.result(timing)
+
+
+@dataclass(frozen=True)
+class BandwidthResult:
+    megabytes: int
+    seconds: float  # median per pass
+    bytes_per_second: float
+
+
+def measure_memory_bandwidth(megabytes: int, repeats: int) -> BandwidthResult:
+    """Median rate at which one pass reads a float32 buffer of `megabytes` (summing it).
+
+    Decoding a token with the KV cache reads every weight once and does little arithmetic
+    per byte, so this rate, not the matmul FLOP/s, bounds it. The buffer should be larger
+    than the last-level cache, as a model's weights are.
+    """
+    buffer = torch.ones(megabytes * 1_000_000 // 4, dtype=torch.float32)
+
+    def read() -> None:
+        buffer.sum()
+
+    (timing,) = time_side_by_side([Case("memory read", run=read, repeats=repeats, warmup=read)])
+    size = buffer.numel() * buffer.element_size()
+    return BandwidthResult(megabytes, timing.median, size / timing.median)

@@ -57,6 +57,7 @@ class Settings:
     judged: bool  # whether the sizes are the ones the targets are about
     matmul_size: int
     matmul_repeats: int
+    bandwidth_megabytes: int  # larger than a server CPU's last-level cache in full runs
     small: TrainingSpec  # trained on the char-level text, so its val loss means something
     medium: TrainingSpec
     val_batches: int
@@ -71,6 +72,7 @@ FULL = Settings(
     judged=True,
     matmul_size=4096,
     matmul_repeats=5,
+    bandwidth_megabytes=400,
     small=TrainingSpec(
         "small",
         GPTConfig(CHAR_VOCAB, block_size=64, n_layer=4, n_head=4, n_embd=128),
@@ -93,6 +95,7 @@ QUICK = Settings(
     judged=False,
     matmul_size=512,
     matmul_repeats=3,
+    bandwidth_megabytes=8,
     small=TrainingSpec(
         "small",
         GPTConfig(CHAR_VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32),
@@ -134,6 +137,10 @@ def run_benchmarks(
         hardware.measure_matmul(dtype, settings.matmul_size, settings.matmul_repeats)
         for dtype in PRECISIONS
     ]
+    _progress(started, "memory read bandwidth")
+    bandwidth = hardware.measure_memory_bandwidth(
+        settings.bandwidth_megabytes, settings.matmul_repeats
+    )
 
     _progress(started, "training the small model on char-level text, fp32 and bf16 side by side")
     source = work_dir / "text.txt"
@@ -163,7 +170,7 @@ def run_benchmarks(
         matmul_repeats=settings.matmul_repeats,
     )
 
-    _progress(started, "sampling with and without the KV cache")
+    _progress(started, "sampling with and without the KV cache, fp32 and bf16")
     sampling = measure_sampling(settings.sampling)
 
     prepare, estimates = _prepare_benchmarks(
@@ -175,6 +182,7 @@ def run_benchmarks(
         judged=settings.judged,
         environment=environment,
         matmul=matmul,
+        bandwidth=bandwidth,
         training_specs=[small, settings.medium],
         training=training,
         sampling=sampling,

@@ -1,7 +1,8 @@
 """Sampling speed of `GPT.generate` with and without the KV cache.
 
-Both paths run the project's default sampling settings (temperature, top_k, top_p) in
-float32 from a one-token prompt, batch 1. Asking for more tokens than block_size is
+Both paths run the project's default sampling settings (temperature, top_k, top_p) from a
+one-token prompt, batch 1, in each precision the sampler offers on a CPU: float32, and
+bfloat16 with the weights cast once as `sample` does. Asking for more tokens than block_size is
 deliberate: past it the cached path re-prefills half a block every block_size/2 tokens
 while the uncached path recomputes a full block per token, which is what a user's long
 sample costs.
@@ -16,7 +17,7 @@ import torch
 
 from benchmarks.timing import Case, time_side_by_side
 from ml_playground.config import SampleSettings
-from ml_playground.device import seed_everything
+from ml_playground.device import TORCH_DTYPES, DTypeName, seed_everything
 from ml_playground.model.gpt import GPT, GPTConfig
 
 SEED = 1337
@@ -31,49 +32,77 @@ class SamplingSpec:
     cached_repeats: int
     # Without the cache a run costs ~block_size/2 times more, so it is timed fewer times.
     uncached_repeats: int
+    dtypes: tuple[DTypeName, ...] = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class SamplingResult:
     model: str
+    dtype: DTypeName
     use_cache: bool
     new_tokens: int
     runs: int
     seconds: float  # median over runs
     tokens_per_second: float
+    # What decoding one token with the cache must read at least: every weight once (the
+    # tied embedding as the output matrix) plus the cache. Divided into the memory
+    # bandwidth, it bounds the cached rate.
+    bytes_per_cached_token: int
 
 
 def measure_sampling(spec: SamplingSpec) -> list[SamplingResult]:
-    """Tokens/s of `spec.new_tokens` generated with the cache and without, side by side."""
+    """Tokens/s of `spec.new_tokens` generated with the cache and without, per dtype, all
+    interleaved in one side-by-side timing."""
     seed_everything(SEED)
-    model = GPT(spec.model).eval()
+    reference = GPT(spec.model).eval()
+    runs: list[tuple[DTypeName, bool]] = [
+        (dtype, use_cache) for dtype in spec.dtypes for use_cache in (True, False)
+    ]
+    models = {dtype: _cast(reference, dtype) for dtype in spec.dtypes}
     repeats = {True: spec.cached_repeats, False: spec.uncached_repeats}
     timings = time_side_by_side(
         [
             Case(
-                _label(use_cache),
-                run=functools.partial(_generate, model, spec.new_tokens, use_cache),
+                _label(dtype, use_cache),
+                run=functools.partial(_generate, models[dtype], spec.new_tokens, use_cache),
                 repeats=repeats[use_cache],
-                warmup=functools.partial(_generate, model, WARMUP_TOKENS, use_cache),
+                warmup=functools.partial(_generate, models[dtype], WARMUP_TOKENS, use_cache),
             )
-            for use_cache in (True, False)
+            for dtype, use_cache in runs
         ]
     )
     return [
         SamplingResult(
             model=spec.name,
+            dtype=dtype,
             use_cache=use_cache,
             new_tokens=spec.new_tokens,
             runs=len(timing.seconds),
             seconds=timing.median,
             tokens_per_second=spec.new_tokens / timing.median,
+            bytes_per_cached_token=_bytes_per_cached_token(models[dtype]),
         )
-        for use_cache, timing in zip((True, False), timings, strict=True)
+        for (dtype, use_cache), timing in zip(runs, timings, strict=True)
     ]
 
 
-def _label(use_cache: bool) -> str:
-    return "KV cache" if use_cache else "no cache"
+def _cast(model: GPT, dtype: DTypeName) -> GPT:
+    copy = GPT(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    return copy.to(TORCH_DTYPES[dtype])
+
+
+def _bytes_per_cached_token(model: GPT) -> int:
+    """Weights read per decoded token (position embeddings: one row), plus a full cache."""
+    c = model.config
+    element = model.lm_head.weight.element_size()
+    weights = sum(p.numel() for p in model.parameters()) - c.block_size * c.n_embd + c.n_embd
+    cache = 2 * c.n_layer * c.block_size * c.n_embd
+    return (weights + cache) * element
+
+
+def _label(dtype: DTypeName, use_cache: bool) -> str:
+    return f"{dtype} {'KV cache' if use_cache else 'no cache'}"
 
 
 def _generate(model: GPT, new_tokens: int, use_cache: bool) -> int:

@@ -98,8 +98,7 @@ class _Trainer:
     def step(self) -> None:
         x, y = self.sampler.next_batch()
         with self.precision.autocast():
-            _, loss = self.model(x, y)
-        assert loss is not None  # targets were given
+            loss = self.model(x, y)
         torch.autograd.backward(loss)
         nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()  # pyright: ignore[reportUnknownMemberType] - torch leaves `closure` unannotated
@@ -180,9 +179,7 @@ def val_loss(model: GPT, val: TokenFile, spec: TrainingSpec, batches: int) -> fl
     total = 0.0
     for _ in range(batches):
         x, y = sampler.next_batch()
-        _, loss = model(x, y)
-        assert loss is not None
-        total += loss.item()
+        total += model(x, y).item()
     model.train()
     return total / batches
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias for torch
 from torch import Tensor, nn
 
 from ml_playground.errors import CheckpointError
+from ml_playground.model.loss import vocab_cross_entropy
 
 # Matmuls over a vocabulary padded to a multiple of 64 map onto faster GPU kernels.
 VOCAB_PAD_MULTIPLE = 64
@@ -274,20 +275,23 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T), and the mean
-        cross-entropy against `targets` (B, T) when given; target -1 is ignored."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
+        """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T); with `targets` (B, T)
+        instead the mean cross-entropy against them (a scalar), target -1 ignored.
+
+        The loss never materialises the logits (see model/loss.py): for a 50k vocabulary they
+        are the largest tensor of a training step by far.
+        """
         t = idx.size(1)
         if t > self.config.block_size:
             raise ValueError(
                 f"sequence length {t} exceeds block_size {self.config.block_size}; "
                 f"pass at most the last {self.config.block_size} tokens"
             )
-        logits = self._logits(idx, start=0, cache=None)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
-        return logits, loss
+            return self._logits(idx, start=0, cache=None)
+        hidden = self._hidden(idx, start=0, cache=None)
+        return vocab_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     def forward_cached(self, idx: Tensor, cache: KVCache, *, last_only: bool = False) -> Tensor:
         """Logits for `idx` (B, T) following the tokens already in `cache`, which is extended.
@@ -307,17 +311,23 @@ class GPT(nn.Module):
     def _logits(
         self, idx: Tensor, start: int, cache: KVCache | None, *, last_only: bool = False
     ) -> Tensor:
+        x = self._hidden(idx, start, cache)
+        if last_only:
+            # The vocabulary projection is the largest matmul of a small model; generation
+            # needs it for the newest position only.
+            x = x[:, -1:, :]
+        logits: Tensor = self.lm_head(x)
+        return logits
+
+    def _hidden(self, idx: Tensor, start: int, cache: KVCache | None) -> Tensor:
+        """The final-norm hidden states (B, T, n_embd) of `idx` at positions start.."""
         trunk = self.transformer
         positions = torch.arange(start, start + idx.size(1), device=idx.device)
         x: Tensor = trunk.drop(trunk.wte(idx) + trunk.wpe(positions))
         for block in trunk.h:
             x = block(x, cache)
-        if last_only:
-            # The vocabulary projection is the largest matmul of a small model; generation
-            # needs it for the newest position only.
-            x = x[:, -1:, :]
-        logits: Tensor = self.lm_head(trunk.ln_f(x))
-        return logits
+        out: Tensor = trunk.ln_f(x)
+        return out
 
     def new_kv_cache(self, batch_size: int) -> KVCache:
         """An empty cache for `batch_size` sequences, on the model's device and dtype."""
@@ -343,7 +353,9 @@ class GPT(nn.Module):
         padded = torch.arange(last.size(-1), device=last.device) >= self.config.vocab_size
         return last.masked_fill(padded, float("-inf"))
 
-    @torch.no_grad()
+    # inference_mode skips the autograd bookkeeping no_grad still does per op; decoding one
+    # token runs ~100 small ops, where that bookkeeping shows.
+    @torch.inference_mode()
     def generate(
         self,
         idx: Tensor,
@@ -475,8 +487,13 @@ def sample_next(
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if 0 < top_k < logits.size(-1):
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        # Sample among the k best ids only: the same distribution as masking the rest to -inf,
+        # but the softmax, nucleus sort and draw touch k values instead of the vocabulary.
+        candidates, ids = torch.topk(logits, top_k, dim=-1)  # sorted, best first
+        if top_p < 1.0:
+            candidates = _keep_sorted_nucleus(candidates, top_p)
+        choice = torch.multinomial(torch.softmax(candidates, dim=-1), 1, generator=generator)
+        return ids.gather(-1, choice).squeeze(-1)
     if top_p < 1.0:
         logits = _keep_nucleus(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
@@ -486,8 +503,12 @@ def sample_next(
 def _keep_nucleus(logits: Tensor, top_p: float) -> Tensor:
     """Set to -inf all but the smallest set of most likely ids whose probability is >= top_p."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    return torch.empty_like(logits).scatter(-1, order, _keep_sorted_nucleus(sorted_logits, top_p))
+
+
+def _keep_sorted_nucleus(sorted_logits: Tensor, top_p: float) -> Tensor:
+    """`_keep_nucleus` for logits already sorted best first along the last dimension."""
     probs = torch.softmax(sorted_logits, dim=-1)
     # An id is dropped when the ids ranked above it already reach top_p; the top id never is.
     mass_above = torch.cumsum(probs, dim=-1) - probs
-    sorted_logits = sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))
-    return torch.empty_like(logits).scatter(-1, order, sorted_logits)
+    return sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))

@@ -127,7 +127,7 @@ class _Run:
     model_config: GPTConfig
     block_size: int
     model: GPT
-    forward_model: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    forward_model: Callable[..., torch.Tensor]
     ddp: DistributedDataParallel | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -266,9 +266,7 @@ def _optimizer_step(run: _Run, lr: float) -> torch.Tensor:
         last = micro == accum - 1
         no_sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
         with no_sync, run.precision.autocast():
-            _, loss = run.forward_model(x, y)
-        assert loss is not None  # targets were given
-        loss = loss / accum
+            loss = run.forward_model(x, y) / accum
         total += loss.detach()
         scaled = run.scaler.scale(loss)
         assert isinstance(scaled, torch.Tensor)  # scale() maps a tensor to a tensor
@@ -311,9 +309,7 @@ def _evaluator(run: _Run) -> Callable[[], dict[str, float]]:
             for _ in range(runtime.eval_iters):
                 x, y = sampler.next_batch()
                 with precision.autocast():
-                    _, loss = forward_model(x, y)
-                assert loss is not None
-                total += loss.float()
+                    total += forward_model(x, y).float()
             losses[split] = mean_across_ranks(total.item() / runtime.eval_iters, precision.device)
         if module is not None:
             module.train()

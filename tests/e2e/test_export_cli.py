@@ -80,7 +80,7 @@ def test_export_writes_a_gguf_transformers_runs_like_our_model(tmp_path: Path) -
     theirs.eval()
     ids = gpt2_encoding().encode_ordinary(PROMPT)
     with torch.no_grad():
-        our_logits = model.forward(torch.tensor([ids]))[0][0, :, :50257]
+        our_logits = model(torch.tensor([ids]))[0, :, :50257]
         their_logits = cast(torch.Tensor, theirs(torch.tensor([ids])).logits)[0]
         difference = (our_logits - their_logits).abs().max().item()
         print(f"f16, GPT-2 vocabulary: max |logit difference| = {difference:.3g}")

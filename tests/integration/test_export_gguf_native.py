@@ -89,7 +89,7 @@ def transformers_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
 
 def our_logits(model: GPT, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
-        logits, _ = model.forward(torch.tensor([ids]))
+        logits: torch.Tensor = model(torch.tensor([ids]))
     return logits[0, :, : model.config.vocab_size]
 
 

@@ -41,8 +41,11 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     assert all(r.tokens_per_second > 0 and r.mfu > 0 for r in results.training)
     small_losses = [r.val_loss for r in results.training if r.model == "small"]
     assert all(loss is not None and math.isfinite(loss) and loss > 0 for loss in small_losses)
-    assert {s.use_cache for s in results.sampling} == {True, False}
-    assert all(s.tokens_per_second > 0 for s in results.sampling)
+    assert {(s.dtype, s.use_cache) for s in results.sampling} == {
+        (dtype, use_cache) for dtype in ("float32", "bfloat16") for use_cache in (True, False)
+    }
+    assert all(s.tokens_per_second > 0 and s.bytes_per_cached_token > 0 for s in results.sampling)
+    assert results.bandwidth.bytes_per_second > 0
     assert {p.kind for p in results.prepare} >= {"char"}
     assert all(p.megabytes_per_second > 0 and p.peak_rss_bytes > 0 for p in results.prepare)
     assert len(results.prepare_estimates) == len({p.kind for p in results.prepare})
@@ -55,7 +58,14 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     result_column = header.index("result")
     assert all(line[result_column - 2 : result_column] == "  " for line in body)  # aligned
     matmul = f"fp32 {QUICK.matmul_size}x{QUICK.matmul_size}"
-    for case in (matmul, "medium bf16/fp32 speed", "medium cache/no-cache", "1 GB (est.)"):
+    for case in (
+        matmul,
+        "medium bf16/fp32 speed",
+        "medium fp32 cache/no-cache",
+        "medium bf16 cache/no-cache",
+        "GB/s",
+        "1 GB (est.)",
+    ):
         assert case in table
     # Quick sizes say nothing about the targets, so nothing is judged.
     assert "PASS" not in table and "FAIL" not in table

@@ -29,8 +29,7 @@ def trained_checkpoint(iter_num: int = 3) -> Checkpoint:
     )
     tokens = torch.randint(TINY.vocab_size, (2, TINY.block_size + 1))
     for _ in range(iter_num):
-        _, loss = model(tokens[:, :-1], tokens[:, 1:])
-        assert loss is not None
+        loss = model(tokens[:, :-1], tokens[:, 1:])
         torch.autograd.backward(loss)
         optimizer.step()  # pyright: ignore[reportUnknownMemberType] - torch leaves `closure` unannotated
         optimizer.zero_grad(set_to_none=True)
@@ -94,7 +93,7 @@ def test_loaded_weights_rebuild_the_same_model(tmp_path: Path) -> None:
     reference = GPT(TINY)
     reference.load_state_dict(dict(original.model))
 
-    assert torch.equal(model.eval()(tokens)[0], reference.eval()(tokens)[0])
+    assert torch.equal(model.eval()(tokens), reference.eval()(tokens))
 
 
 def test_captured_rng_replays_the_same_random_draws() -> None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
 from ml_playground.errors import CheckpointError
 from ml_playground.model.gpt import GPT, GPTConfig, sample_next
@@ -90,18 +91,24 @@ def test_logits_span_the_padded_vocab_and_initial_loss_is_near_uniform() -> None
     idx = random_ids(TINY, batch=4, length=TINY.block_size)
     targets = random_ids(TINY, batch=4, length=TINY.block_size, seed=2)
 
-    logits, loss = model(idx, targets)
+    logits = model(idx)
+    loss = model(idx, targets)
 
     assert logits.shape == (4, TINY.block_size, TINY.padded_vocab_size)
-    assert loss is not None
+    assert loss.shape == ()
     assert torch.isfinite(loss)
     # Small init makes the softmax nearly uniform over every (padded) output id.
     assert loss.item() == pytest.approx(math.log(TINY.padded_vocab_size), abs=0.1)
 
 
-def test_forward_without_targets_returns_no_loss() -> None:
-    _, loss = tiny_model()(random_ids(TINY, batch=1, length=3))
-    assert loss is None
+def test_loss_equals_cross_entropy_of_the_logits() -> None:
+    model = tiny_model()
+    idx = random_ids(TINY, batch=2, length=TINY.block_size)
+    targets = random_ids(TINY, batch=2, length=TINY.block_size, seed=2)
+
+    expected = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+
+    assert model(idx, targets).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_loss_ignores_targets_marked_minus_one() -> None:
@@ -111,10 +118,9 @@ def test_loss_ignores_targets_marked_minus_one() -> None:
     masked = targets.clone()
     masked[:, 4:] = -1
 
-    _, loss_first_half = model(idx[:, :4], targets[:, :4])
-    _, loss_masked = model(idx, masked)
+    loss_first_half = model(idx[:, :4], targets[:, :4])
+    loss_masked = model(idx, masked)
 
-    assert loss_first_half is not None and loss_masked is not None
     # Causal attention: the first four positions do not depend on the later tokens.
     assert loss_masked.item() == pytest.approx(loss_first_half.item(), abs=1e-6)
 
@@ -172,7 +178,7 @@ def test_kv_cache_logits_equal_full_forward_logits_at_every_position() -> None:
     model = tiny_model()
     idx = random_ids(TINY, batch=2, length=TINY.block_size)
     prompt_length = 5
-    full, _ = model(idx)
+    full = model(idx)
 
     cache = model.new_kv_cache(batch_size=2)
     with torch.no_grad():
@@ -191,7 +197,7 @@ def test_kv_cache_logits_equal_full_forward_logits_at_every_position() -> None:
 def test_kv_cache_accepts_multi_token_chunks_after_the_prefill() -> None:
     model = tiny_model()
     idx = random_ids(TINY, batch=1, length=12)
-    full, _ = model(idx)
+    full = model(idx)
 
     cache = model.new_kv_cache(batch_size=1)
     with torch.no_grad():
@@ -253,7 +259,7 @@ def test_cached_generation_past_block_size_refills_the_cache_with_the_newest_hal
     for step in range(tokens.size(1)):
         end = TINY.block_size + step
         with torch.no_grad():
-            logits, _ = model(sequence[:, end - window : end])
+            logits = model(sequence[:, end - window : end])
         assert torch.equal(model.next_token_logits(logits).argmax(dim=-1), tokens[:, step])
         window = window + 1 if window < TINY.block_size else TINY.block_size // 2
 
@@ -417,8 +423,7 @@ def test_model_overfits_a_tiny_fixed_batch() -> None:
 
     losses: list[float] = []
     for _ in range(50):
-        _, loss = model(x, y)
-        assert loss is not None
+        loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()  # pyright: ignore[reportUnknownMemberType] - torch leaves `closure` unannotated

@@ -1,0 +1,90 @@
+"""The chunked vocabulary cross-entropy must be the plain cross-entropy, value and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+
+from ml_playground.model.loss import IGNORE_INDEX, vocab_cross_entropy
+
+ROWS, WIDTH, VOCAB = 37, 16, 101  # odd sizes, so chunks of 8 leave a ragged last chunk
+
+
+def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(ROWS, WIDTH, generator=generator)
+    weight = torch.randn(VOCAB, WIDTH, generator=generator) * 0.3
+    targets = torch.randint(VOCAB, (ROWS,), generator=generator)
+    targets[::5] = IGNORE_INDEX
+    return hidden, weight, targets
+
+
+def loss_and_grads(
+    loss_fn: str, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, **kw: int
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    if loss_fn == "plain":
+        loss = F.cross_entropy(h @ w.T, targets, ignore_index=IGNORE_INDEX)
+    else:
+        loss = vocab_cross_entropy(h, w, targets, **kw)
+    torch.autograd.backward(loss * 3.0)  # a non-unit upstream gradient must be honoured
+    assert h.grad is not None and w.grad is not None
+    return loss.item(), h.grad, w.grad
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float(((actual - expected).square().sum() / expected.square().sum()).sqrt())
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 8, ROWS, 1000])
+def test_value_and_gradients_match_plain_cross_entropy_for_any_chunking(chunk_rows: int) -> None:
+    hidden, weight, targets = inputs()
+    expected = loss_and_grads("plain", hidden, weight, targets)
+
+    value, grad_hidden, grad_weight = loss_and_grads(
+        "chunked", hidden, weight, targets, chunk_rows=chunk_rows
+    )
+
+    assert value == pytest.approx(expected[0], rel=1e-6)
+    torch.testing.assert_close(grad_hidden, expected[1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad_weight, expected[2], rtol=1e-5, atol=1e-7)
+
+
+def test_under_bfloat16_autocast_it_matches_plain_cross_entropy_under_autocast() -> None:
+    hidden, weight, targets = inputs(seed=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = loss_and_grads("plain", hidden, weight, targets)
+        value, grad_hidden, grad_weight = loss_and_grads(
+            "chunked", hidden, weight, targets, chunk_rows=8
+        )
+
+    # Both run the same bf16 matmuls and a float32 softmax; only the order of float32 sums
+    # differs, which can flip a bf16 rounding (2**-8 relative), so compare normwise.
+    assert value == pytest.approx(expected[0], rel=1e-3)
+    assert grad_hidden.dtype == grad_weight.dtype == torch.float32
+    assert relative_error(grad_hidden, expected[1]) < 1e-2
+    assert relative_error(grad_weight, expected[2]) < 1e-2
+
+
+def test_without_gradients_it_returns_the_same_value() -> None:
+    hidden, weight, targets = inputs()
+    with torch.no_grad():
+        value = vocab_cross_entropy(hidden, weight, targets, chunk_rows=8)
+    expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_all_targets_ignored_gives_nan_like_cross_entropy() -> None:
+    hidden, weight, _ = inputs()
+    ignored = torch.full((ROWS,), IGNORE_INDEX)
+    assert math.isnan(vocab_cross_entropy(hidden, weight, ignored).item())
+
+
+def test_mismatched_shapes_are_rejected() -> None:
+    hidden, weight, targets = inputs()
+    with pytest.raises(ValueError, match="expected hidden"):
+        vocab_cross_entropy(hidden, weight, targets[:-1])
