@@ -7,37 +7,48 @@ and writes a gradient of the same size; on a CPU that is seconds of memory traff
 and the reason bfloat16 autocast gained little there.
 
 `vocab_cross_entropy` instead walks the tokens in chunks. For each chunk it computes the
-logits, their log-sum-exp in float32 and, when training, the gradient right away
-(softmax - one_hot), turning it into the gradients of the hidden states and of the output
-matrix before the chunk's logits are dropped. Backward then only scales what forward kept.
-The matmuls are the same as the plain path's; what disappears is the full-size logits and
-every pass over them.
+logits in the matmul dtype, then, a few rows at a time so the float32 work stays in the CPU
+cache, their log-softmax and, when training, the gradient (softmax - one_hot), written over
+the logits in place. Two matmuls turn that into the gradients of the hidden states and of
+the output matrix before the next chunk reuses the memory; backward only scales what
+forward kept. The matmuls are the same as the plain path's; what disappears is the
+full-size float32 logits and every pass over them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 IGNORE_INDEX = -1
-# Logit elements per chunk: 4M float32 values (16 MB), so a chunk's logits and gradient
-# stay in a server CPU's last-level cache while keeping each chunk's matmuls large.
-CHUNK_ELEMENTS = 1 << 22
-MIN_CHUNK_ROWS = 64
+# Bytes of logits per chunk in the matmul dtype (128 MB: 64M bfloat16 or 32M float32
+# values). Chunks this large keep the matmuls efficient, and in bfloat16 they keep rare
+# the float32 additions of each chunk's output-matrix gradient (a float32 GEMM adds in
+# place); a smaller chunk would save memory but pay that addition more often.
+CHUNK_BYTES = 1 << 27
+# Logits per softmax slice within a chunk (1M: 4 MB in float32), sized to stay in cache.
+SOFTMAX_ELEMENTS = 1 << 20
 
 
 def vocab_cross_entropy(
-    hidden: Tensor, weight: Tensor, targets: Tensor, *, chunk_rows: int | None = None
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    chunk_rows: int | None = None,
+    softmax_rows: int | None = None,
 ) -> Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, with IGNORE_INDEX skipped.
 
     hidden (N, C), weight (V, C), targets (N,). Equal, up to float rounding, to
     `F.cross_entropy(hidden @ weight.T, targets, ignore_index=-1)`, and differentiable in
     `hidden` and `weight`. Under autocast the matmuls run in the autocast dtype and the
-    softmax in float32, as autocast does for the plain path. `chunk_rows` overrides how
-    many tokens each chunk holds (by default about CHUNK_ELEMENTS logits).
+    softmax in float32, as autocast does for the plain path. `chunk_rows` and
+    `softmax_rows` override how many tokens a chunk and a softmax slice hold (by default
+    about CHUNK_BYTES and SOFTMAX_ELEMENTS of logits).
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(
@@ -45,12 +56,22 @@ def vocab_cross_entropy(
             f"{tuple(targets.shape)}"
         )
     compute_dtype = _compute_dtype(hidden)
-    chunk = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // weight.size(0))
+    vocab = weight.size(0)
+    rows = _Rows(
+        chunk=chunk_rows or max(1, CHUNK_BYTES // (vocab * compute_dtype.itemsize)),
+        softmax=softmax_rows or max(1, SOFTMAX_ELEMENTS // vocab),
+    )
     with torch.autocast(hidden.device.type, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            loss: Tensor = _FusedLoss.apply(hidden, weight, targets, compute_dtype, chunk)
+            loss: Tensor = _FusedLoss.apply(hidden, weight, targets, compute_dtype, rows)
             return loss
-        return _chunked_loss(hidden, weight, targets, compute_dtype, chunk, gradients=None)
+        return _chunked_loss(hidden, weight, targets, compute_dtype, rows, gradients=None)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    chunk: int
+    softmax: int
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -70,12 +91,12 @@ class _FusedLoss(torch.autograd.Function):
         weight: Tensor,
         targets: Tensor,
         compute_dtype: torch.dtype,
-        chunk: int,
+        rows: _Rows,
     ) -> Tensor:
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         loss = _chunked_loss(
-            hidden, weight, targets, compute_dtype, chunk, gradients=(grad_hidden, grad_weight)
+            hidden, weight, targets, compute_dtype, rows, gradients=(grad_hidden, grad_weight)
         )
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return loss
@@ -99,7 +120,7 @@ def _chunked_loss(
     weight: Tensor,
     targets: Tensor,
     compute_dtype: torch.dtype,
-    chunk: int,
+    rows: _Rows,
     *,
     gradients: tuple[Tensor, Tensor] | None,
 ) -> Tensor:
@@ -109,31 +130,37 @@ def _chunked_loss(
     # Like F.cross_entropy: the mean over counted targets, NaN when there are none.
     count = valid.sum().to(torch.float32)
     # d loss / d logits of row i is (softmax_i - one_hot_i) * row_scale_i. The scale is
-    # applied to the (N, C) operands rather than to the (N, V) gradient: one pass fewer over
-    # the largest buffer.
+    # applied in float32 to the (N, C) operands rather than to the (N, V) gradient: one pass
+    # fewer over the largest buffer, and bf16 still rounds each product once.
     row_scale = (valid.to(torch.float32) / count)[:, None]
+    ids = targets.clamp(min=0)[:, None]
     w = weight.to(compute_dtype)
+    # CPU GEMMs (oneDNN's bf16 ones above all) run faster on a contiguous right-hand
+    # operand than on a transposed view; one copy of the matrix serves every chunk.
+    w_t = w.T.contiguous()
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for start in range(0, hidden.size(0), chunk):
-        end = min(start + chunk, hidden.size(0))
+    for start in range(0, hidden.size(0), rows.chunk):
+        end = min(start + rows.chunk, hidden.size(0))
         h = hidden[start:end].to(compute_dtype)
-        ids = targets[start:end].clamp(min=0)[:, None]
-        log_probs = torch.log_softmax(h @ w.T, dim=-1, dtype=torch.float32)
-        picked = log_probs.gather(1, ids)
-        total -= (picked * row_scale[start:end]).sum()
+        logits = h @ w_t  # becomes d loss / d logits (unscaled) below, in place
+        for first in range(0, end - start, rows.softmax):
+            last = min(first + rows.softmax, end - start)
+            part, at = slice(first, last), slice(start + first, start + last)
+            log_probs = torch.log_softmax(logits[part], dim=-1, dtype=torch.float32)
+            picked = log_probs.gather(1, ids[at])
+            total -= (picked * row_scale[at]).sum()
+            if gradients is not None:
+                probs = log_probs.exp_()
+                probs.scatter_add_(1, ids[at], torch.full_like(picked, -1.0))
+                logits[part] = probs
         if gradients is None:
             continue
         grad_hidden, grad_weight = gradients
-        probs = log_probs.exp_()  # in place: the chunk's one large buffer is reused
-        probs.scatter_add_(1, ids, torch.full_like(picked, -1.0))
-        grad_logits = probs.to(compute_dtype)
-        # The scale is multiplied in float32, so bf16 rounds each product once, as it rounds
-        # each gradient element once in the plain path.
         scale = row_scale[start:end]
-        grad_hidden[start:end] = (grad_logits @ w) * scale
+        grad_hidden[start:end] = (logits @ w) * scale
         scaled_h = (hidden[start:end] * scale).to(compute_dtype)
         if grad_weight.dtype == compute_dtype:
-            grad_weight.addmm_(grad_logits.T, scaled_h)  # accumulates inside the GEMM
+            grad_weight.addmm_(logits.T, scaled_h)  # accumulates inside the GEMM
         else:
-            grad_weight += grad_logits.T @ scaled_h
+            grad_weight += logits.T @ scaled_h
     return total

@@ -132,3 +132,21 @@ def test_no_checkpoint_is_a_checkpoint_error_naming_out_dir(tmp_path: Path) -> N
         sample(empty)
 
     assert f"no checkpoint in {empty / 'out'}" in str(error.value)
+
+
+def test_bfloat16_sampling_runs_on_bfloat16_weights_and_is_reproducible(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings: dict[str, TomlValue] = {
+        "train.runtime.dtype": "bfloat16",
+        "sample.sample.temperature": 1.0,
+        "sample.sample.max_new_tokens": 32,
+    }
+
+    first = sample(folder, settings)
+    again = sample(folder, settings)
+
+    assert "in bfloat16" in capsys.readouterr().out
+    assert first == again
+    assert first[0].startswith("ROMEO:")
+    assert len(first[0]) == len("ROMEO:") + 32
