@@ -96,8 +96,15 @@ def process_group(ranks: Ranks, device: torch.device) -> Generator[None]:
     )
     try:
         yield
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Tearing down while a peer still finishes its last collective can abort that peer
+    # ("terminate called without an active exception", seen with Gloo under load), so
+    # ranks that finished normally wait for each other first. A failing rank skips this:
+    # its peers must not wait on it.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def mean_across_ranks(value: float, device: torch.device) -> float:
