@@ -251,9 +251,7 @@ def _build_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) -> 
         # buffers (rotary frequencies) are constants loaded alike on every rank, so they
         # are synced once at start-up but not before each forward pass.
         device_ids = [precision.device.index] if precision.device.type == "cuda" else None
-        run.ddp = DistributedDataParallel(
-            model, device_ids=device_ids, forward_sync_buffers=False
-        )
+        run.ddp = DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
     if resume is not None:
         _restore(run, resume, last)
     if ranks.is_main:

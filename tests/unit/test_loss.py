@@ -40,13 +40,17 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float(((actual - expected).square().sum() / expected.square().sum()).sqrt())
 
 
-@pytest.mark.parametrize("chunk_rows", [1, 8, ROWS, 1000])
-def test_value_and_gradients_match_plain_cross_entropy_for_any_chunking(chunk_rows: int) -> None:
+@pytest.mark.parametrize(
+    ("chunk_rows", "softmax_rows"), [(1, 1), (8, 3), (8, 8), (ROWS, 5), (1000, 1000)]
+)
+def test_value_and_gradients_match_plain_cross_entropy_for_any_chunking(
+    chunk_rows: int, softmax_rows: int
+) -> None:
     hidden, weight, targets = inputs()
     expected = loss_and_grads("plain", hidden, weight, targets)
 
     value, grad_hidden, grad_weight = loss_and_grads(
-        "chunked", hidden, weight, targets, chunk_rows=chunk_rows
+        "chunked", hidden, weight, targets, chunk_rows=chunk_rows, softmax_rows=softmax_rows
     )
 
     assert value == pytest.approx(expected[0], rel=1e-6)
@@ -59,7 +63,7 @@ def test_under_bfloat16_autocast_it_matches_plain_cross_entropy_under_autocast()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = loss_and_grads("plain", hidden, weight, targets)
         value, grad_hidden, grad_weight = loss_and_grads(
-            "chunked", hidden, weight, targets, chunk_rows=8
+            "chunked", hidden, weight, targets, chunk_rows=8, softmax_rows=3
         )
 
     # Both run the same bf16 matmuls and a float32 softmax; only the order of float32 sums
@@ -73,7 +77,7 @@ def test_under_bfloat16_autocast_it_matches_plain_cross_entropy_under_autocast()
 def test_without_gradients_it_returns_the_same_value() -> None:
     hidden, weight, targets = inputs()
     with torch.no_grad():
-        value = vocab_cross_entropy(hidden, weight, targets, chunk_rows=8)
+        value = vocab_cross_entropy(hidden, weight, targets, chunk_rows=8, softmax_rows=3)
     expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX)
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
 
