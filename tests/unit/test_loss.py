@@ -92,3 +92,15 @@ def test_mismatched_shapes_are_rejected() -> None:
     hidden, weight, targets = inputs()
     with pytest.raises(ValueError, match="expected hidden"):
         vocab_cross_entropy(hidden, weight, targets[:-1])
+
+
+def test_a_first_call_under_inference_mode_does_not_break_later_training_calls() -> None:
+    # float64: buffers no other test has created yet in this process.
+    hidden, weight, targets = (t.double() if t.is_floating_point() else t for t in inputs(seed=3))
+    with torch.inference_mode():
+        first = vocab_cross_entropy(hidden, weight, targets)
+
+    value, grad_hidden, _ = loss_and_grads("chunked", hidden, weight, targets)
+
+    assert value == pytest.approx(first.item(), rel=1e-6)
+    assert torch.isfinite(grad_hidden).all()
