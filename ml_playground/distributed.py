@@ -19,6 +19,7 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 
+from ml_playground.device import Precision
 from ml_playground.errors import ConfigError
 
 # A rank that dies leaves the others waiting in a collective; torchrun tears the group
@@ -75,11 +76,12 @@ def _refuse_mpi_launch() -> None:
             )
 
 
-def device_for(ranks: Ranks, device: torch.device) -> torch.device:
-    """On CUDA each process drives the GPU matching its local rank."""
-    if device.type == "cuda" and ranks.is_distributed:
-        return torch.device("cuda", ranks.local_rank)
-    return device
+def precision_for(ranks: Ranks, precision: Precision) -> Precision:
+    """`precision` on this rank's device: on CUDA each process drives the GPU matching its
+    local rank."""
+    if precision.device.type == "cuda" and ranks.is_distributed:
+        return Precision(torch.device("cuda", ranks.local_rank), precision.dtype)
+    return precision
 
 
 @contextlib.contextmanager

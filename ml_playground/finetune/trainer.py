@@ -19,10 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -35,9 +35,8 @@ from ml_playground.data.batches import BatchSampler
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
-    device_for,
-    gather_state,
     mean_across_ranks,
+    precision_for,
     process_group,
     rank_zero_first,
     ranks_from_env,
@@ -60,10 +59,10 @@ from ml_playground.finetune.model import (
     weights_dtype,
 )
 from ml_playground.finetune.packing import PackedDataset, pack_dataset
-from ml_playground.train import checkpoint
 from ml_playground.train.driver import Steps, run_loop, set_learning_rate
 from ml_playground.train.loop import EVAL_SEED_OFFSET
 from ml_playground.train.reporting import RunReporter
+from ml_playground.train.streams import gather_streams, restore_streams
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,7 @@ def train_lora(config: ExperimentConfig, *, ranks: Ranks | None = None) -> Finet
     """
     ranks = ranks or ranks_from_env()
     runtime = config.train.runtime
-    precision = resolve_precision(runtime.device, runtime.dtype)
-    precision = Precision(device_for(ranks, precision.device), precision.dtype)
+    precision = precision_for(ranks, resolve_precision(runtime.device, runtime.dtype))
     with process_group(ranks, precision.device):
         return _train(_build_run(config, precision, ranks))
 
@@ -331,33 +329,14 @@ def _restore(run: _Run, state: TrainingState, folder: Path) -> None:
     run.optimizer.load_state_dict(state.optimizer)
     if state.scaler:
         run.scaler.load_state_dict(state.scaler)
-    own = _own_entries(state.sampler, state.rng, run.ranks)
-    if own is not None:
-        sampler, rng = own
-        run.sampler.load_state_dict(sampler)
-        checkpoint.restore_rng(rng)
-    elif run.ranks.is_main:
-        print(
-            f"resume: {folder} holds batch streams for {len(state.sampler)} rank(s), this run "
-            f"has {run.ranks.world_size}; streams restart from their seeds (not an exact replay)"
-        )
+    restore_streams(run.sampler, state.sampler, state.rng, run.ranks, source=str(folder))
     run.iter_num, run.best_val_loss = state.iter_num, state.best_val_loss
-
-
-def _own_entries(
-    samplers: Sequence[Mapping[str, Any]], rngs: Sequence[Mapping[str, Any]], ranks: Ranks
-) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
-    """This rank's saved sampler and RNG state, if the state was saved by as many ranks."""
-    if len(samplers) == ranks.world_size == len(rngs):
-        return samplers[ranks.rank], rngs[ranks.rank]
-    return None
 
 
 def _save(run: _Run, name: str) -> Path:
     """Write adapters and training state as of the last finished step; every rank's batch
     stream and RNG are gathered (a collective, so all ranks call this), only rank 0 writes."""
-    samplers = gather_state(run.sampler.state_dict())
-    rngs = gather_state(checkpoint.capture_rng())
+    streams = gather_streams(run.sampler)
     out_dir = run.config.train.runtime.out_dir
     if not run.ranks.is_main:
         return adapters.adapters_dir(out_dir, name)
@@ -366,8 +345,8 @@ def _save(run: _Run, name: str) -> Path:
         best_val_loss=run.best_val_loss,
         optimizer=run.optimizer.state_dict(),
         scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
-        rng=rngs,
-        sampler=samplers,
+        rng=streams.rngs,
+        sampler=streams.samplers,
         trainable=run.names,
     )
     return adapters.save_adapters(out_dir, name, run.model, state)

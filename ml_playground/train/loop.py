@@ -31,9 +31,8 @@ from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
-    device_for,
-    gather_state,
     mean_across_ranks,
+    precision_for,
     process_group,
     ranks_from_env,
     replicas_identical,
@@ -44,6 +43,7 @@ from ml_playground.train import checkpoint
 from ml_playground.train.checkpoint import Checkpoint
 from ml_playground.train.driver import Steps, run_loop, set_learning_rate
 from ml_playground.train.reporting import RunReporter
+from ml_playground.train.streams import gather_streams, restore_streams
 
 OUT_META = "meta.json"
 EVAL_SEED_OFFSET = 10_007  # eval batches come from their own stream, fixed across evals
@@ -64,8 +64,8 @@ def train_gpt(config: ExperimentConfig, *, ranks: Ranks | None = None) -> TrainS
     `ranks` defaults to what the launcher (torchrun) put in the environment.
     """
     ranks = ranks or ranks_from_env()
-    precision = resolve_precision(config.train.runtime.device, config.train.runtime.dtype)
-    precision = Precision(device_for(ranks, precision.device), precision.dtype)
+    runtime = config.train.runtime
+    precision = precision_for(ranks, resolve_precision(runtime.device, runtime.dtype))
     with process_group(ranks, precision.device):
         return _train(_build_run(config, precision, ranks))
 
@@ -215,23 +215,20 @@ def _restore(run: _Run, resume: Checkpoint) -> None:
     run.optimizer.load_state_dict(resume.optimizer)
     if resume.scaler:
         run.scaler.load_state_dict(resume.scaler)
-    samplers, rngs = resume.sampler.get("per_rank", []), resume.rng.get("per_rank", [])
-    if len(samplers) == run.ranks.world_size == len(rngs):
-        run.sampler.load_state_dict(samplers[run.ranks.rank])
-        checkpoint.restore_rng(rngs[run.ranks.rank])
-    elif run.ranks.is_main:
-        print(
-            f"resume: the checkpoint holds batch streams for {len(samplers)} rank(s), this run "
-            f"has {run.ranks.world_size}; streams restart from their seeds (not an exact replay)"
-        )
+    restore_streams(
+        run.sampler,
+        resume.sampler.get("per_rank", []),
+        resume.rng.get("per_rank", []),
+        run.ranks,
+        source="the checkpoint",
+    )
     run.iter_num, run.best_val_loss = resume.iter_num, resume.best_val_loss
 
 
 def _save(run: _Run, name: str) -> Path:
     """Write a checkpoint as of the last finished step; every rank's batch stream and RNG
     are gathered (a collective, so all ranks call this), and only rank 0 writes."""
-    samplers = gather_state(run.sampler.state_dict())
-    rngs = gather_state(checkpoint.capture_rng())
+    streams = gather_streams(run.sampler)
     path = run.config.train.runtime.out_dir / name
     if not run.is_writer:
         return path
@@ -246,8 +243,8 @@ def _save(run: _Run, name: str) -> Path:
             model_args=run.model_config.to_dict(),
             config=run.config.model_dump(mode="json"),
             tokenizer=run.meta.tokenizer.to_json(),
-            rng={"per_rank": rngs},
-            sampler={"per_rank": samplers},
+            rng={"per_rank": streams.rngs},
+            sampler={"per_rank": streams.samplers},
         ),
     )
     return path
