@@ -1,0 +1,75 @@
+"""Typed JSON artifacts: one base model and one reader for every meta.json the project writes.
+
+Each artifact (dataset meta of both kinds, run meta, pack meta, export stamp, model
+arguments, tokenizer spec) is a frozen pydantic model that subclasses `Artifact`. Reading
+goes through `read_artifact`, which turns a missing file, bad JSON or a failed validation
+into the project's one-line error naming the file, the field and what to do; writing goes
+through `write_artifact`, which is atomic. Nothing crosses a layer as a raw dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ml_playground import atomic
+from ml_playground.errors import UserError
+
+
+class Artifact(BaseModel):
+    """A JSON artifact: frozen, strict about types, closed to unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+A = TypeVar("A", bound=Artifact)
+
+
+def parse_artifact(
+    kind: type[A], obj: object, source: Path | str, *, error: type[UserError], remedy: str
+) -> A:
+    """Validate already-parsed JSON read from `source` (a file or a checkpoint section)."""
+    if not isinstance(obj, dict):
+        raise error(f"{source} is not a valid {_what(kind)}: not a JSON object; {remedy}")
+    try:
+        # JSON mode, so tuples arrive as lists and literals as strings, as they were written.
+        return kind.model_validate_json(json.dumps(obj))
+    except ValidationError as exc:
+        problem = _first_problem(exc)
+        raise error(f"{source} is not a valid {_what(kind)}: {problem}; {remedy}") from None
+
+
+def read_artifact(kind: type[A], path: Path, *, error: type[UserError], remedy: str) -> A:
+    """Read and validate `path`; a missing, unreadable or invalid file is one error line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path} not found; {remedy}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {path} ({exc}); {remedy}") from None
+    try:
+        obj: object = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {remedy}") from None
+    return parse_artifact(kind, obj, path, error=error, remedy=remedy)
+
+
+def write_artifact(path: Path, artifact: Artifact) -> None:
+    atomic.write_json(path, artifact.to_json())
+
+
+def _what(kind: type[Artifact]) -> str:
+    doc = (kind.__doc__ or kind.__name__).strip().splitlines()[0].rstrip(".")
+    return doc[0].lower() + doc[1:] if doc else kind.__name__
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "the file"
+    return f"'{where}' {error['msg'].lower()}"
