@@ -1,10 +1,12 @@
 """Training throughput in float32 and bfloat16, and what bf16 does to the loss.
 
-A step is what `ml_playground.train.loop` does with grad_accum_steps = 1: draw a batch from
-the memmapped token file, forward under the precision's autocast, backward, clip, AdamW
-step, zero the gradients. Each precision gets its own model and optimizer, built from the
-same seed and fed the same batches, and the two step in alternation, so their speed ratio is
-measured side by side and their losses can be compared after the same number of steps.
+A step is the training loop's own `optimizer_step` (ml_playground/train/loop.py) with
+grad_accum_steps = 1: draw a batch from the memmapped token file, forward under the
+precision's autocast, backward, clip, AdamW step, zero the gradients; the validation loss
+is the loop's own `evaluate`, on the same fixed batches for every model. Each precision
+gets its own model and optimizer, built from the same seed and fed the same batches, and
+the two step in alternation, so their speed ratio is measured side by side and their
+losses can be compared after the same number of steps.
 """
 
 from __future__ import annotations
@@ -14,19 +16,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from benchmarks.hardware import Matmul
 from benchmarks.timing import Case, time_side_by_side
-from ml_playground.config import OptimConfig
-from ml_playground.data.batches import BatchSampler
-from ml_playground.device import DTypeName, Precision, resolve_precision, seed_everything
+from ml_playground.checkpoint import Slot, TrainingState
+from ml_playground.config import TrainConfig
+from ml_playground.device import DTypeName, resolve_precision, seed_everything
+from ml_playground.distributed import Ranks
 from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.train.gpt import gpt_loss
+from ml_playground.train.loop import Run, TokenFiles, assemble_run, evaluate, optimizer_step
 
 PRECISIONS: tuple[DTypeName, ...] = ("float32", "bfloat16")
 SEED = 1337
-EVAL_SEED = SEED + 10_007  # the loop's eval offset: the same val batches for every model
 
 
 @dataclass(frozen=True)
@@ -78,36 +80,48 @@ class TrainingResult:
 class _Trainer:
     """One model, its optimizer and its batches, stepping in one precision."""
 
-    def __init__(self, spec: TrainingSpec, train: TokenFile, dtype: DTypeName) -> None:
-        self.precision: Precision = resolve_precision("cpu", dtype)
+    def __init__(
+        self, spec: TrainingSpec, train: TokenFile, val: TokenFile | None, dtype: DTypeName
+    ) -> None:
         seed_everything(SEED)
         self.model = GPT(spec.model)
-        optim = OptimConfig()
-        self.grad_clip = optim.grad_clip
-        self.optimizer = self.model.configure_optimizer(
-            weight_decay=optim.weight_decay,
-            learning_rate=optim.learning_rate,
-            betas=(optim.beta1, optim.beta2),
-            device_type=self.precision.device_type,
+        settings = TrainConfig.model_validate(
+            {"data": {"batch_size": spec.batch_size}, "runtime": {"seed": SEED}}
         )
-        self.sampler = BatchSampler(
-            train.path, train.dtype, spec.model.block_size, spec.batch_size, seed=SEED
+        self.run: Run = assemble_run(
+            settings,
+            resolve_precision("cpu", dtype),
+            Ranks(),
+            model=self.model,
+            files=TokenFiles(train.path, (val or train).path, train.dtype),
+            block_size=spec.model.block_size,
+            loss=gpt_loss,
+            write=_never_saved,
+            description=spec.describe(),
+            resume=None,
+            resume_source="",
         )
         self.steps = 0
 
     def step(self) -> None:
-        x, y = self.sampler.next_batch()
-        with self.precision.autocast():
-            loss = self.model(x, y)
-        torch.autograd.backward(loss)
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()  # pyright: ignore[reportUnknownMemberType] - torch leaves `closure` unannotated
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.run, self.run.train.optim.learning_rate)
         self.steps += 1
 
     def warm_up(self, steps: int) -> None:
         for _ in range(steps):
             self.step()
+
+    def val_loss(self, batches: int) -> float:
+        """Mean loss over the loop's fixed val batches, in float32 whatever the model
+        trained in: comparing the weights each run produced, not the evaluation's rounding."""
+        runtime = self.run.train.runtime.model_copy(update={"eval_iters": batches})
+        settings = self.run.train.model_copy(update={"runtime": runtime})
+        fp32 = replace(self.run, train=settings, precision=resolve_precision("cpu", "float32"))
+        return evaluate(fp32)["val"]
+
+
+def _never_saved(slot: Slot, state: TrainingState) -> Path:
+    raise AssertionError(f"the benchmark never saves (asked for {slot} at {state.iter_num})")
 
 
 def measure_training(
@@ -126,7 +140,7 @@ def measure_training(
     apart can differ by a factor of three, and MFU would say more about the neighbours.
     """
     trainers: dict[DTypeName, _Trainer] = {
-        dtype: _Trainer(spec, train, dtype) for dtype in PRECISIONS
+        dtype: _Trainer(spec, train, val, dtype) for dtype in PRECISIONS
     }
     matmuls = {dtype: Matmul(dtype, matmul_size) for dtype in PRECISIONS}
     step_cases = [
@@ -159,29 +173,10 @@ def measure_training(
                 flops_per_token=flops_per_token,
                 matmul_flops_per_second=matmul.flops_per_second,
                 mfu=flops_per_token * tokens_per_second / matmul.flops_per_second,
-                val_loss=None if val is None else val_loss(trainer.model, val, spec, val_batches),
+                val_loss=None if val is None else trainer.val_loss(val_batches),
             )
         )
     return results
-
-
-@torch.no_grad()
-def val_loss(model: GPT, val: TokenFile, spec: TrainingSpec, batches: int) -> float:
-    """Mean loss over fixed val batches, in float32 whatever the model trained in.
-
-    Evaluating both models in the same precision compares the weights each training run
-    produced, not the rounding of the evaluation.
-    """
-    sampler = BatchSampler(
-        val.path, val.dtype, spec.model.block_size, spec.batch_size, seed=EVAL_SEED
-    )
-    model.eval()
-    total = 0.0
-    for _ in range(batches):
-        x, y = sampler.next_batch()
-        total += model(x, y).item()
-    model.train()
-    return total / batches
 
 
 def write_random_tokens(path: Path, count: int, vocab_size: int) -> TokenFile:

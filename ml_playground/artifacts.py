@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -47,6 +47,12 @@ def parse_artifact(
 
 def read_artifact(kind: type[A], path: Path, *, error: type[UserError], remedy: str) -> A:
     """Read and validate `path`; a missing, unreadable or invalid file is one error line."""
+    obj = read_json_object(path, error=error, remedy=remedy)
+    return parse_artifact(kind, obj, path, error=error, remedy=remedy)
+
+
+def read_json_object(path: Path, *, error: type[UserError], remedy: str) -> dict[str, Any]:
+    """The JSON object in `path`, for a reader that must look at it before validating."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -57,7 +63,9 @@ def read_artifact(kind: type[A], path: Path, *, error: type[UserError], remedy: 
         obj: object = json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path} is not valid JSON ({exc}); {remedy}") from None
-    return parse_artifact(kind, obj, path, error=error, remedy=remedy)
+    if not isinstance(obj, dict):
+        raise error(f"{path} does not hold a JSON object; {remedy}")
+    return cast(dict[str, Any], obj)
 
 
 def write_artifact(path: Path, artifact: Artifact) -> None:

@@ -50,7 +50,7 @@ def train(experiment: Experiment, loaded: LoadedConfig) -> None:
 
         train_lora(loaded.config)
         return
-    from ml_playground.train.loop import train_gpt  # noqa: PLC0415 - see module docstring
+    from ml_playground.train.gpt import train_gpt  # noqa: PLC0415 - see module docstring
 
     train_gpt(loaded.config)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import tiktoken
 import torch
 
+from ml_playground import checkpoint
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.gpt import GPT, GPTConfig
-from ml_playground.train import checkpoint
 
 R50K = "r50k_base"
 EOT = "<|endoftext|>"
@@ -65,22 +65,19 @@ def random_gpt(config: GPTConfig, seed: int = 0) -> GPT:
 
 
 def save_checkpoint(
-    out_dir: Path, model: GPT, spec: TokenizerSpec, name: str = checkpoint.BEST
+    out_dir: Path, model: GPT, spec: TokenizerSpec, name: str = checkpoint.BEST_FILE
 ) -> Path:
     path = out_dir / name
     checkpoint.save(
         path,
         checkpoint.Checkpoint(
             model=model.state_dict(),
-            optimizer={},
-            scaler=None,
-            iter_num=42,
-            best_val_loss=3.25,
+            state=checkpoint.TrainingState(
+                iter_num=42, best_val_loss=3.25, optimizer={}, scaler=None, rng=[], sampler=[]
+            ),
             model_args=model.config.to_dict(),
             config={},
             tokenizer=spec.to_json(),
-            rng={},
-            sampler={},
         ),
     )
     return path

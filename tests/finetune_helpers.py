@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerFast
 
+    from ml_playground.checkpoint import Slot
+
 SPEAKGER_DIR = SHARED_DIR / "data" / "speakger"
 ADAPTER_FILE = "adapter_model.safetensors"
 Family = Literal["qwen2", "gemma3"]
@@ -306,13 +308,13 @@ def speeches_experiment(
     return loaded
 
 
-def adapter_weights(out_dir: Path, name: str) -> dict[str, torch.Tensor]:
+def adapter_weights(out_dir: Path, name: Slot) -> dict[str, torch.Tensor]:
     """The tensors of out_dir/adapters/<name>, by their saved names."""
     from safetensors.torch import load_file  # noqa: PLC0415 # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
-    from ml_playground.finetune import adapters  # noqa: PLC0415 - imports torch
+    from ml_playground import checkpoint  # noqa: PLC0415 - imports torch
 
-    return load_file(adapters.adapters_dir(out_dir, name) / ADAPTER_FILE)
+    return load_file(checkpoint.adapters_dir(out_dir, name) / ADAPTER_FILE)
 
 
 def _toml_value(value: TomlValue) -> str:

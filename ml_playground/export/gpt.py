@@ -8,6 +8,7 @@ from typing import Any
 
 import tiktoken
 
+from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec
 from ml_playground.errors import ExportError
@@ -17,13 +18,12 @@ from ml_playground.export.gguf_gpt import NativeQuant, write_gpt_gguf
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults, raw_completion_template
 from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.model.gpt import GPTConfig
-from ml_playground.train import checkpoint
 
 GGUF_NAME = "model.gguf"
 ROUTE = "gguf-native-gpt2"
 # Bump when the bytes this route writes change, so that older stamps no longer match.
 ROUTE_VERSION = 1
-CHECKPOINT_FILES = {"best": checkpoint.BEST, "last": checkpoint.LAST}
+CHECKPOINT_FILES = {"best": checkpoint.BEST_FILE, "last": checkpoint.LAST_FILE}
 
 CHAR_REFUSAL = (
     "cannot export a character-level model to GGUF faithfully: llama.cpp's tokenizers need an"
@@ -118,8 +118,8 @@ class GPTExport:
         return BundleReadme(
             model_name=self.name,
             source=(
-                f"`{self.source}` (iteration {self.ckpt.iter_num},"
-                f" best val loss {self.ckpt.best_val_loss:.4f})"
+                f"`{self.source}` (iteration {self.ckpt.state.iter_num},"
+                f" best val loss {self.ckpt.state.best_val_loss:.4f})"
             ),
             weights=[(GGUF_NAME, f"the model: llama.cpp architecture gpt2, {quant}")],
             prompt=example_prompt(self.config),
@@ -139,7 +139,7 @@ class GPTExport:
 def checkpoint_path(out_dir: Path, which: str | None) -> Path:
     """The checkpoint `[export.ollama] checkpoint` names; by default the one sampling reads."""
     if which is None:
-        return checkpoint.for_sampling(out_dir)
+        return checkpoint.gpt_for_sampling(out_dir)
     if which not in CHECKPOINT_FILES:
         raise ExportError(
             f"[export.ollama] checkpoint = {which!r} names fine-tuned adapters; a from-scratch"

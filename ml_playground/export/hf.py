@@ -19,18 +19,19 @@ from typing import Any, cast
 import torch
 from transformers import PreTrainedModel
 
+from ml_playground.checkpoint import (
+    ADAPTER_SAMPLING_ORDER,
+    RUN_META,
+    RunMeta,
+    Slot,
+    adapters_dir,
+    adapters_for_sampling,
+)
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.errors import DataError, ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
 from ml_playground.export.readme import BundleReadme, example_prompt
-from ml_playground.finetune.adapters import (
-    RUN_META,
-    SAMPLING_ORDER,
-    RunMeta,
-    adapters_dir,
-    for_sampling,
-)
 from ml_playground.finetune.dataset import read_dataset_meta
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.finetune.model import (
@@ -236,11 +237,11 @@ class HFExport:
         ).render()
 
 
-def adapter_dir(out_dir: Path, which: str | None) -> Path:
+def adapter_dir(out_dir: Path, which: Slot | None) -> Path:
     """The adapters `checkpoint` names; by default those sampling uses (best, final, last)."""
-    folder = for_sampling(out_dir) if which is None else adapters_dir(out_dir, which)
+    folder = adapters_for_sampling(out_dir) if which is None else adapters_dir(out_dir, which)
     if folder is None or not folder.is_dir():
-        names = SAMPLING_ORDER if which is None else (which,)
+        names = ADAPTER_SAMPLING_ORDER if which is None else (which,)
         looked = ", ".join(str(adapters_dir(out_dir, name)) for name in names)
         raise ExportError(
             f"no LoRA adapters to export (looked for {looked}); fine-tune first with"

@@ -1,7 +1,6 @@
-"""Fine-tuning pretrained Hugging Face causal language models with LoRA.
+"""The Hugging Face + LoRA model backend.
 
-records -> speeches (CSV/txt readers, SpeakGer metadata, filters) -> dataset (jsonl,
-tokenizer/, meta.json) -> hub/model (load base, apply LoRA, merge) -> packing (token
-bins) -> trainer (the loop, shaped like train/loop.py) -> adapters (best/last/final) ->
-sampler (+ quality analysis of what it wrote).
+hub (load a pretrained model and tokenizer, online or offline) -> model (apply, load and
+merge LoRA adapters; write their weights) -> trainer (the backend's part of the one
+training loop in train/loop.py) -> inference (the trained model for sampling and merging).
 """

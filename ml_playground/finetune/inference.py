@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml_playground.config import HFModelConfig
-from ml_playground.errors import CheckpointError
-from ml_playground.finetune.adapters import (
+from ml_playground.checkpoint import (
+    ADAPTER_SAMPLING_ORDER,
     ADAPTERS_DIR,
     RUN_META,
-    SAMPLING_ORDER,
     TOKENIZER_DIR,
     RunMeta,
-    for_sampling,
+    adapters_for_sampling,
 )
+from ml_playground.config import HFModelConfig
+from ml_playground.errors import CheckpointError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.model import (
     fit_embeddings,
@@ -50,11 +50,12 @@ def load_trained(
             f"the adapters in {out_dir} were trained on {meta.base_model} but "
             f"train.hf_model.model_name is {hf.model_name}; fix the config or use another out_dir"
         )
-    weights = for_sampling(out_dir)
+    weights = adapters_for_sampling(out_dir)
     if weights is None and require_adapters:
         raise CheckpointError(
-            f"no adapters in {out_dir / ADAPTERS_DIR} (looked for {', '.join(SAMPLING_ORDER)}) "
-            "and sample.sample.require_adapters is true; train first with "
+            f"no adapters in {out_dir / ADAPTERS_DIR} "
+            f"(looked for {', '.join(ADAPTER_SAMPLING_ORDER)}) and "
+            "sample.sample.require_adapters is true; train first with "
             "`ml-playground train <experiment>`"
         )
     source = ModelSource.from_config(hf)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import Tokenizer, TokenizerSpec, tokenizer_from_spec
 from ml_playground.device import resolve_precision
@@ -14,12 +15,11 @@ from ml_playground.errors import DataError
 from ml_playground.model.gpt import GPT, GPTConfig
 from ml_playground.sample.prompt import read_prompt, save_sample
 from ml_playground.sample.stream import TextStream
-from ml_playground.train import checkpoint
 
 
 def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokenizer, Path]:
     """The model and tokenizer of the best (else last, else legacy) checkpoint in out_dir."""
-    path = checkpoint.for_sampling(out_dir)
+    path = checkpoint.gpt_for_sampling(out_dir)
     ckpt = checkpoint.load(path)
     tokenizer = tokenizer_from_spec(TokenizerSpec.from_json(dict(ckpt.tokenizer), path))
     args, state = _fit_vocab(GPTConfig.from_dict(ckpt.model_args), dict(ckpt.model), tokenizer)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from ml_playground import checkpoint
 from ml_playground.config import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
-from ml_playground.finetune import adapters
 from ml_playground.finetune.dataset import prepare_speeches
 from tests.cli_helpers import assert_one_error_line, run_command, started_command
 from tests.finetune_helpers import (
@@ -135,8 +135,8 @@ def test_loop_speakger_with_a_tiny_local_model_runs_end_to_end(
     assert "fine-tuning" in result.stdout
     assert "done: step 6" in result.stdout
     out_dir = workdir / "out"
-    for name in (adapters.BEST, adapters.LAST, adapters.FINAL):
-        assert (adapters.adapters_dir(out_dir, name) / "adapter_model.safetensors").is_file()
+    for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.FINAL):
+        assert (checkpoint.adapters_dir(out_dir, name) / "adapter_model.safetensors").is_file()
     suffixes = sorted(path.suffix for path in (out_dir / "samples").iterdir())
     assert suffixes == [".json", ".txt"]
     assert f"sampling from {tiny_models.gemma3} + {out_dir / 'adapters' / 'best'}" in result.stdout
@@ -191,7 +191,7 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     # Prepared in-process: the subprocesses that matter here are the two trainings.
     loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
     prepare_speeches(loaded.config, frozenset({".csv"}))
-    last = adapters.adapters_dir(workdir / "out", adapters.LAST)
+    last = checkpoint.adapters_dir(workdir / "out", checkpoint.LAST)
     with cli.started("train", "speakger") as process:
         deadline = time.monotonic() + TIMEOUT
         while not last.exists() and process.poll() is None:
@@ -206,7 +206,7 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     match = re.search(rf"interrupted at step (\d+); saved {re.escape(str(last))}", stdout)
     assert match is not None, stdout
     stopped_at = int(match.group(1))
-    assert adapters.load_state(last).iter_num == stopped_at
+    assert checkpoint.load_state(last).iter_num == stopped_at
 
     configure(workdir, tiny_models.qwen2, {"train.runtime.max_iters": stopped_at + 2})
     result = cli.run("train", "speakger")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.train import checkpoint
+from ml_playground import checkpoint
 from tests.cli_helpers import assert_one_error_line, run_command, started_command
 from tests.gpt_helpers import TomlValue, copy_experiment, shakespeare_text, write_config
 
@@ -136,8 +136,8 @@ def test_loop_prepares_trains_and_prints_samples(workdir: Path, cli: Cli, name: 
     assert "done: step 10, best val loss" in result.stdout
     assert "--- sample 1/1 ---" in result.stdout
     assert str(EXPERIMENTS[name]["sample.sample.start"]) in result.stdout
-    assert checkpoint.load(out_dir / checkpoint.LAST).iter_num == 10
-    assert (out_dir / checkpoint.BEST).is_file()
+    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 10
+    assert (out_dir / checkpoint.BEST_FILE).is_file()
     (saved,) = (out_dir / "samples").glob("*.txt")
     assert saved.read_text(encoding="utf-8") in result.stdout
 
@@ -166,7 +166,7 @@ def test_sample_without_a_checkpoint_exits_2_naming_out_dir(workdir: Path, cli: 
 def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli: Cli) -> None:
     folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
     assert cli.run("prepare", folder).returncode == 0
-    last = folder / "out" / checkpoint.LAST
+    last = folder / "out" / checkpoint.LAST_FILE
     with cli.started("train", folder) as process:
         deadline = time.monotonic() + TIMEOUT
         while not last.exists() and process.poll() is None:
@@ -178,7 +178,7 @@ def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli
 
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr
-    stopped_at = checkpoint.load(last).iter_num
+    stopped_at = checkpoint.load(last).state.iter_num
     assert stopped_at > 0
     assert f"interrupted at step {stopped_at}; saved {last}" in stdout
 
@@ -193,4 +193,4 @@ def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli
     assert f"resuming at step {stopped_at}" in result.stdout
     assert f"done: step {stopped_at + 3}" in result.stdout
     assert "--- sample 1/1 ---" in result.stdout
-    assert checkpoint.load(last).iter_num == stopped_at + 3
+    assert checkpoint.load(last).state.iter_num == stopped_at + 3

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground import pipeline
+from ml_playground import checkpoint, pipeline
 from ml_playground.config import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment
-from ml_playground.train import checkpoint
 from tests.conftest import REPO_ROOT
 from tests.gpt_helpers import TomlValue, prepare, tiny_experiment
 
@@ -54,7 +53,7 @@ def experiment(folder: Path, **changes: TomlValue) -> Path:
 
 
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:
-    return dict(checkpoint.load(folder / "out" / checkpoint.LAST).model)
+    return dict(checkpoint.load(folder / "out" / checkpoint.LAST_FILE).model)
 
 
 def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path: Path) -> None:
@@ -105,7 +104,7 @@ def test_a_failing_rank_fails_the_whole_job_without_hanging(tmp_path: Path) -> N
 
     assert result.returncode != 0
     assert "simulated worker failure" in result.stdout + result.stderr
-    assert not (folder / "out" / checkpoint.LAST).exists()
+    assert not (folder / "out" / checkpoint.LAST_FILE).exists()
 
 
 @pytest.mark.parametrize("step", [pipeline.prepare, pipeline.sample])

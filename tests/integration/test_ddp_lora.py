@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground.finetune import adapters
+from ml_playground import checkpoint
 from ml_playground.finetune.trainer import train_lora
 from ml_playground.train.reporting import TB_SUBDIR
 from tests.cli_helpers import run_command
@@ -114,7 +114,7 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b_and_only_rank_0_
     # at zero. After 6 steps the adapters (entries up to 0.14) differ by at most 5e-7,
     # most in lora_A. Training on one rank's half of the batch without the all-reduce
     # differs by 4e-2. 1e-5 sits 20x above the rounding and 4000x below that mistake.
-    for name in (adapters.LAST, adapters.FINAL):
+    for name in (checkpoint.LAST, checkpoint.FINAL):
         assert_same_tensors(
             adapter_weights(one.train.runtime.out_dir, name),
             adapter_weights(out_dir(two), name),
@@ -157,13 +157,13 @@ def test_a_run_resumed_under_torchrun_ends_bitwise_where_an_uninterrupted_accele
 
     assert TWO_RANKS in straight_output
     assert "resuming at step 4" in output
-    for name in (adapters.LAST, adapters.FINAL):
+    for name in (checkpoint.LAST, checkpoint.FINAL):
         assert_same_tensors(
             adapter_weights(out_dir(straight), name),
             adapter_weights(out_dir(resumed), name),
             atol=0,
         )
-    state = adapters.load_state(adapters.adapters_dir(out_dir(resumed), adapters.LAST))
+    state = checkpoint.load_state(checkpoint.adapters_dir(out_dir(resumed), checkpoint.LAST))
     assert state.iter_num == 8
     generators = [entry["generator"] for entry in state.sampler]
     assert len(generators) == len(state.rng) == 2
@@ -189,4 +189,4 @@ def test_a_rank_failing_mid_run_ends_the_whole_job_with_its_message(
 
     assert code != 0
     assert FAILURE in output
-    assert not (out_dir(folder) / adapters.ADAPTERS_DIR).exists()
+    assert not (out_dir(folder) / checkpoint.ADAPTERS_DIR).exists()

@@ -20,11 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
+from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, PeftConfig, load_config
 from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
-from ml_playground.finetune.adapters import RunMeta
 from ml_playground.finetune.dataset import prepare_speeches
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.inference import load_trained

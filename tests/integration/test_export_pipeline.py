@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig, load_config
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import CheckpointError, ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.model.gpt import GPTConfig
-from ml_playground.train import checkpoint
 from tests.export_helpers import TomlValue, random_gpt, save_checkpoint, write_experiment
 
 GPT2_SPEC = TokenizerSpec(kind="tiktoken", encoding="gpt2")
@@ -138,11 +138,11 @@ def test_checkpoint_last_is_exported_when_asked(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"no checkpoint .*ckpt_last\.pt"):
         export_experiment(config, "exp")
 
-    save_checkpoint(folder / "out", random_gpt(TINY), GPT2_SPEC, name=checkpoint.LAST)
+    save_checkpoint(folder / "out", random_gpt(TINY), GPT2_SPEC, name=checkpoint.LAST_FILE)
     export_experiment(config, "exp")
 
     stamp = json.loads((folder / "export" / STAMP).read_text(encoding="utf-8"))
-    assert stamp["inputs"]["checkpoint"]["file"] == checkpoint.LAST
+    assert stamp["inputs"]["checkpoint"]["file"] == checkpoint.LAST_FILE
 
 
 def test_quant_beyond_q8_0_goes_through_quant_bin(tmp_path: Path) -> None:

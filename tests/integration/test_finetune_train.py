@@ -15,9 +15,9 @@ from typing import cast
 import pytest
 import torch
 
+from ml_playground import checkpoint
 from ml_playground.config import LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
-from ml_playground.finetune import adapters
 from ml_playground.finetune.dataset import prepare_speeches
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.sampler import sample_lora
@@ -62,11 +62,11 @@ def test_training_writes_best_last_final_adapters_tokenizer_and_meta(
     summary = train_lora(loaded.config)
 
     assert summary.iter_num == 6
-    for name in (adapters.BEST, adapters.LAST, adapters.FINAL):
-        folder = adapters.adapters_dir(out_dir, name)
+    for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.FINAL):
+        folder = checkpoint.adapters_dir(out_dir, name)
         assert (folder / ADAPTER_FILE).is_file()
-        assert adapters.load_state(folder).iter_num in {3, 6}
-    assert adapters.load_state(adapters.adapters_dir(out_dir, adapters.FINAL)).iter_num == 6
+        assert checkpoint.load_state(folder).iter_num in {3, 6}
+    assert checkpoint.load_state(checkpoint.adapters_dir(out_dir, checkpoint.FINAL)).iter_num == 6
     assert (out_dir / "tokenizer" / "tokenizer.json").is_file()
     meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
     assert meta["base_model"] == str(tiny_models.qwen2)
@@ -74,7 +74,7 @@ def test_training_writes_best_last_final_adapters_tokenizer_and_meta(
     hf = loaded.config.train.hf_model
     assert hf is not None
     trained = load_trained(out_dir, hf, dtype=torch.float32, require_adapters=True)
-    assert trained.weights == adapters.adapters_dir(out_dir, adapters.BEST)
+    assert trained.weights == checkpoint.adapters_dir(out_dir, checkpoint.BEST)
 
 
 def test_resume_after_a_stop_matches_the_uninterrupted_run_exactly(
@@ -88,14 +88,14 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run_exactly(
         tmp_path / "resumed", tiny_models, settings | {"train.runtime.max_iters": 4}
     )
     train_lora(stopped.config)
-    at_stop = adapter_weights(stopped.config.train.runtime.out_dir, adapters.LAST)
+    at_stop = adapter_weights(stopped.config.train.runtime.out_dir, checkpoint.LAST)
 
     resumed = experiment(tmp_path / "resumed", tiny_models, settings)
     summary = train_lora(resumed.config)
 
     assert summary.iter_num == 8
-    expected = adapter_weights(straight.config.train.runtime.out_dir, adapters.LAST)
-    got = adapter_weights(resumed.config.train.runtime.out_dir, adapters.LAST)
+    expected = adapter_weights(straight.config.train.runtime.out_dir, checkpoint.LAST)
+    got = adapter_weights(resumed.config.train.runtime.out_dir, checkpoint.LAST)
     assert expected.keys() == got.keys()
     for key, tensor in expected.items():
         assert torch.equal(tensor, got[key]), key
@@ -234,7 +234,7 @@ def test_with_peft_disabled_every_weight_trains_and_resumes(
     texts = sample_lora(loaded.config)
 
     assert summary.iter_num == 5
-    last = adapters.adapters_dir(loaded.config.train.runtime.out_dir, adapters.LAST)
+    last = checkpoint.adapters_dir(loaded.config.train.runtime.out_dir, checkpoint.LAST)
     assert (last / "config.json").is_file()
     assert len(texts) == 1
 
@@ -298,7 +298,7 @@ def test_bfloat16_weights_with_gradient_checkpointing_train_and_sample(
 
     assert math.isfinite(summary.best_val_loss)
     assert len(texts) == 1
-    weights = adapter_weights(loaded.config.train.runtime.out_dir, adapters.FINAL)
+    weights = adapter_weights(loaded.config.train.runtime.out_dir, checkpoint.FINAL)
     assert any("mlp.down_proj.lora_A" in key for key in weights)
 
 
@@ -312,5 +312,5 @@ def test_resumed_adapters_keep_their_lora_settings_and_say_so(
     summary = train_lora(loaded.config)
 
     assert summary.iter_num == 4
-    last = adapters.adapters_dir(loaded.config.train.runtime.out_dir, adapters.LAST)
+    last = checkpoint.adapters_dir(loaded.config.train.runtime.out_dir, checkpoint.LAST)
     assert f"resume: train.peft.r = 4 from {last} (config says 8)" in capsys.readouterr().out

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from ml_playground import checkpoint
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.sample.gpt import sample_gpt
 from ml_playground.sample.prompt import SAMPLES_DIR
-from ml_playground.train import checkpoint
-from ml_playground.train.loop import train_gpt
+from ml_playground.train.gpt import train_gpt
 from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
 
 
@@ -87,7 +87,7 @@ def test_streamed_samples_appear_on_stdout_with_the_checkpoint_used(
     texts = sample(folder, {"sample.sample.stream": True})
 
     stdout = capsys.readouterr().out
-    assert f"sampling from {folder / 'out' / checkpoint.BEST}" in stdout
+    assert f"sampling from {folder / 'out' / checkpoint.BEST_FILE}" in stdout
     assert texts[0] in stdout
 
 
@@ -118,11 +118,11 @@ def test_a_prompt_character_outside_the_char_vocabulary_is_a_data_error(folder: 
 def test_sampling_reads_the_last_checkpoint_when_there_is_no_best(
     folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (folder / "out" / checkpoint.BEST).unlink()
+    (folder / "out" / checkpoint.BEST_FILE).unlink()
 
     sample(folder)
 
-    assert f"sampling from {folder / 'out' / checkpoint.LAST}" in capsys.readouterr().out
+    assert f"sampling from {folder / 'out' / checkpoint.LAST_FILE}" in capsys.readouterr().out
 
 
 def test_no_checkpoint_is_a_checkpoint_error_naming_out_dir(tmp_path: Path) -> None:

@@ -16,11 +16,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ml_playground import checkpoint
 from ml_playground.data.token_dataset import read_meta
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.sample.gpt import sample_gpt
-from ml_playground.train import checkpoint, reporting
-from ml_playground.train.loop import OUT_META, train_gpt
+from ml_playground.train import reporting
+from ml_playground.train.gpt import OUT_META, train_gpt
 from ml_playground.train.schedule import learning_rate_at
 from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
 
@@ -84,9 +85,9 @@ def test_training_lowers_the_loss_and_leaves_checkpoints_and_tokenizer_in_out_di
     assert trained.last_val_loss < math.log(vocab_size) - 0.5
     assert trained.iter_num == 60
     assert trained.best_val_loss == pytest.approx(trained.last_val_loss)
-    assert (out_dir / checkpoint.LAST).is_file()
-    assert (out_dir / checkpoint.BEST).is_file()
-    assert checkpoint.load(out_dir / checkpoint.LAST).iter_num == 60
+    assert (out_dir / checkpoint.LAST_FILE).is_file()
+    assert (out_dir / checkpoint.BEST_FILE).is_file()
+    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 60
     assert read_meta(out_dir / OUT_META) == read_meta(folder / "datasets" / "meta.json")
     # Everything sampling needs is in out_dir: the dataset and the corpus can go.
     shutil.rmtree(folder / "datasets")
@@ -129,7 +130,9 @@ def test_eval_only_reports_losses_without_training_or_writing_checkpoints(
 ) -> None:
     folder = tmp_path / "exp"
     out_dir = train(folder, {"train.runtime.max_iters": 4})
-    saved = {name: (out_dir / name).read_bytes() for name in (checkpoint.LAST, checkpoint.BEST)}
+    saved = {
+        name: (out_dir / name).read_bytes() for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE)
+    }
     fresh = folder / "fresh_out"
 
     summary = train_gpt(
@@ -170,8 +173,8 @@ def test_resume_after_a_shorter_run_matches_the_uninterrupted_run_bit_for_bit(
     train(tmp_path / "b", {**changes, "train.runtime.max_iters": 5})
     resumed = train(tmp_path / "b", changes)
 
-    a = raw_checkpoint(uninterrupted / checkpoint.LAST)
-    b = raw_checkpoint(resumed / checkpoint.LAST)
+    a = raw_checkpoint(uninterrupted / checkpoint.LAST_FILE)
+    b = raw_checkpoint(resumed / checkpoint.LAST_FILE)
     assert a["iter_num"] == b["iter_num"] == 12
     a_tensors = tensors({key: a[key] for key in ("model", "optimizer", "rng", "sampler")})
     b_tensors = tensors({key: b[key] for key in ("model", "optimizer", "rng", "sampler")})
@@ -200,25 +203,28 @@ def test_resumed_model_shape_comes_from_the_checkpoint_and_the_difference_is_pri
     assert "resume: model.n_layer = 2 from the checkpoint (config says 3)" in stdout
     assert "resuming at step 3" in stdout
     assert summary.iter_num == 5
-    model_args = checkpoint.load(out_dir / checkpoint.LAST).model_args
+    model_args = checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args
     assert (model_args["n_embd"], model_args["n_layer"]) == (32, 2)
 
 
 def test_a_corrupt_last_checkpoint_stops_training_and_is_left_untouched(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
     out_dir = train(folder, {"train.runtime.max_iters": 3})
-    last = out_dir / checkpoint.LAST
+    last = out_dir / checkpoint.LAST_FILE
     last.write_bytes(last.read_bytes()[:1000])
     damaged = last.read_bytes()
-    best = (out_dir / checkpoint.BEST).read_bytes()
+    best = (out_dir / checkpoint.BEST_FILE).read_bytes()
 
     with pytest.raises(CheckpointError, match="corrupt") as error:
         train_gpt(reconfigure(folder, {"train.runtime.max_iters": 6}).config)
 
     assert str(last) in str(error.value)
     assert last.read_bytes() == damaged
-    assert (out_dir / checkpoint.BEST).read_bytes() == best
-    assert sorted(path.name for path in out_dir.glob("*.pt")) == [checkpoint.BEST, checkpoint.LAST]
+    assert (out_dir / checkpoint.BEST_FILE).read_bytes() == best
+    assert sorted(path.name for path in out_dir.glob("*.pt")) == [
+        checkpoint.BEST_FILE,
+        checkpoint.LAST_FILE,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -254,8 +260,8 @@ def test_resuming_on_a_dataset_with_another_tokenizer_names_both(
     assert trained_with.describe() in message
     assert now.describe() in message
     assert str(meta_path) in message
-    assert str(out_dir / checkpoint.LAST) in message
-    assert checkpoint.load(out_dir / checkpoint.LAST).iter_num == 2, "checkpoint kept"
+    assert str(out_dir / checkpoint.LAST_FILE) in message
+    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 2, "checkpoint kept"
 
 
 # --- vocabulary size ------------------------------------------------------------------------
@@ -274,7 +280,7 @@ def test_a_vocab_size_smaller_than_the_datasets_is_refused_by_train_naming_both(
     message = str(error.value)
     assert "train.model.vocab_size = 40" in message
     assert f"({vocab_size})" in message
-    assert not (folder / "out" / checkpoint.LAST).exists()
+    assert not (folder / "out" / checkpoint.LAST_FILE).exists()
 
 
 def test_a_vocab_size_smaller_than_the_tokenizers_is_refused_by_prepare_naming_both(
@@ -310,6 +316,6 @@ def test_a_vocab_size_larger_than_the_tokenizers_trains_and_samples_only_known_i
         ).config
     )
 
-    assert checkpoint.load(out_dir / checkpoint.LAST).model_args["vocab_size"] == 100
+    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args["vocab_size"] == 100
     assert len(texts[0]) == len("ROMEO:") + 200
     assert set(texts[0]) <= known

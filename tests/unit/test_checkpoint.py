@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
+from ml_playground import checkpoint
+from ml_playground.checkpoint import Checkpoint, TrainingState
 from ml_playground.data.tokenizer import CharTokenizer
 from ml_playground.errors import CheckpointError
 from ml_playground.model.gpt import GPT, GPTConfig
-from ml_playground.train import checkpoint
-from ml_playground.train.checkpoint import Checkpoint
 
 TINY = GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
@@ -24,9 +24,7 @@ def trained_checkpoint(iter_num: int = 3) -> Checkpoint:
     """A real checkpoint of a tiny GPT after `iter_num` optimizer steps."""
     torch.manual_seed(0)  # pyright: ignore[reportUnknownMemberType] - torch leaves `seed` unannotated
     model = GPT(TINY)
-    optimizer = model.configure_optimizer(
-        weight_decay=0.1, learning_rate=1e-2, betas=(0.9, 0.99), device_type="cpu"
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     tokens = torch.randint(TINY.vocab_size, (2, TINY.block_size + 1))
     for _ in range(iter_num):
         loss = model(tokens[:, :-1], tokens[:, 1:])
@@ -35,15 +33,17 @@ def trained_checkpoint(iter_num: int = 3) -> Checkpoint:
         optimizer.zero_grad(set_to_none=True)
     return Checkpoint(
         model=model.state_dict(),
-        optimizer=optimizer.state_dict(),
-        scaler=None,
-        iter_num=iter_num,
-        best_val_loss=2.5,
+        state=TrainingState(
+            iter_num=iter_num,
+            best_val_loss=2.5,
+            optimizer=optimizer.state_dict(),
+            scaler=None,
+            rng=[checkpoint.capture_rng()],
+            sampler=[{"generator": torch.Generator().manual_seed(7).get_state(), "cursor": 4}],
+        ),
         model_args=TINY.to_dict(),
         config={"train": {"runtime": {"max_iters": 10}}},
         tokenizer=CharTokenizer(list("abcdefghijkl")).spec.to_json(),
-        rng=checkpoint.capture_rng(),
-        sampler={"generator": torch.Generator().manual_seed(7).get_state(), "cursor": 4},
     )
 
 
@@ -58,32 +58,33 @@ def save_payload(path: Path, payload: dict[str, Any]) -> Path:
 
 def test_saved_checkpoint_loads_back_equal_with_weights_only(tmp_path: Path) -> None:
     original = trained_checkpoint()
-    path = tmp_path / checkpoint.LAST
+    path = tmp_path / checkpoint.LAST_FILE
 
     checkpoint.save(path, original)
     loaded = checkpoint.load(path)
 
     assert loaded.model.keys() == original.model.keys()
     assert all(torch.equal(loaded.model[key], original.model[key]) for key in original.model)
-    for index, state in original.optimizer["state"].items():
+    saved, restored = original.state, loaded.state
+    for index, state in saved.optimizer["state"].items():
         for name, value in state.items():
-            assert torch.equal(loaded.optimizer["state"][index][name], value)
-    assert loaded.optimizer["param_groups"] == original.optimizer["param_groups"]
-    assert loaded.iter_num == original.iter_num
-    assert loaded.best_val_loss == original.best_val_loss
+            assert torch.equal(restored.optimizer["state"][index][name], value)
+    assert restored.optimizer["param_groups"] == saved.optimizer["param_groups"]
+    assert restored.iter_num == saved.iter_num
+    assert restored.best_val_loss == saved.best_val_loss
     assert dict(loaded.model_args) == TINY.to_dict()
     assert dict(loaded.tokenizer) == dict(original.tokenizer)
     assert dict(loaded.config) == dict(original.config)
-    assert torch.equal(loaded.rng["torch"], original.rng["torch"])
-    assert torch.equal(loaded.sampler["generator"], original.sampler["generator"])
-    assert loaded.sampler["cursor"] == 4
+    assert torch.equal(restored.rng[0]["torch"], saved.rng[0]["torch"])
+    assert torch.equal(restored.sampler[0]["generator"], saved.sampler[0]["generator"])
+    assert restored.sampler[0]["cursor"] == 4
     # Only tensors and plain containers: the file is readable without unpickling code.
     assert isinstance(torch.load(path, map_location="cpu", weights_only=True), dict)
 
 
 def test_loaded_weights_rebuild_the_same_model(tmp_path: Path) -> None:
     original = trained_checkpoint()
-    path = tmp_path / checkpoint.LAST
+    path = tmp_path / checkpoint.LAST_FILE
     checkpoint.save(path, original)
     tokens = torch.arange(TINY.block_size)[None, :]
 
@@ -115,7 +116,7 @@ def compiled_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_save_strips_the_compile_prefix(tmp_path: Path) -> None:
     original = trained_checkpoint()
     compiled = dataclasses.replace(original, model=compiled_keys(dict(original.model)))
-    path = tmp_path / checkpoint.LAST
+    path = tmp_path / checkpoint.LAST_FILE
 
     checkpoint.save(path, compiled)
 
@@ -127,7 +128,7 @@ def test_load_strips_the_compile_prefix_of_a_file_that_carries_it(tmp_path: Path
     original = trained_checkpoint()
     payload = original.payload()
     payload["model"] = compiled_keys(payload["model"])
-    path = save_payload(tmp_path / checkpoint.LAST, payload)
+    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
 
     loaded = checkpoint.load(path)
 
@@ -141,7 +142,7 @@ def test_load_strips_the_compile_prefix_of_a_file_that_carries_it(tmp_path: Path
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_a_damaged_file_is_a_checkpoint_error_naming_it(tmp_path: Path, damage: str) -> None:
-    path = tmp_path / checkpoint.LAST
+    path = tmp_path / checkpoint.LAST_FILE
     checkpoint.save(path, trained_checkpoint())
     data = path.read_bytes()
     damaged = {
@@ -158,7 +159,7 @@ def test_a_damaged_file_is_a_checkpoint_error_naming_it(tmp_path: Path, damage: 
 
 
 def test_a_missing_file_is_a_checkpoint_error_naming_it(tmp_path: Path) -> None:
-    path = tmp_path / checkpoint.LAST
+    path = tmp_path / checkpoint.LAST_FILE
 
     with pytest.raises(CheckpointError, match="not found") as error:
         checkpoint.load(path)
@@ -167,16 +168,16 @@ def test_a_missing_file_is_a_checkpoint_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_file_holding_no_dictionary_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / checkpoint.LAST
+    path = tmp_path / checkpoint.LAST_FILE
     torch.save(torch.zeros(3), path)
 
-    with pytest.raises(CheckpointError, match="does not hold a dictionary") as error:
+    with pytest.raises(CheckpointError, match="not a dictionary") as error:
         checkpoint.load(path)
 
     assert str(path) in str(error.value)
 
 
-@pytest.mark.parametrize("version", [None, 0, checkpoint.FORMAT_VERSION + 1])
+@pytest.mark.parametrize("version", [None, 0, checkpoint.GPT_FORMAT_VERSION + 1])
 def test_another_format_version_is_refused_naming_file_and_versions(
     tmp_path: Path, version: int | None
 ) -> None:
@@ -185,7 +186,7 @@ def test_another_format_version_is_refused_naming_file_and_versions(
         del payload["format_version"]
     else:
         payload["format_version"] = version
-    path = save_payload(tmp_path / checkpoint.LAST, payload)
+    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
 
     with pytest.raises(CheckpointError) as error:
         checkpoint.load(path)
@@ -193,14 +194,14 @@ def test_another_format_version_is_refused_naming_file_and_versions(
     message = str(error.value)
     assert str(path) in message
     assert f"format_version {version!r}" in message
-    assert f"expected {checkpoint.FORMAT_VERSION}" in message
+    assert f"expected {checkpoint.GPT_FORMAT_VERSION}" in message
 
 
 def test_missing_keys_are_refused_and_named(tmp_path: Path) -> None:
     payload = trained_checkpoint().payload()
     del payload["optimizer"]
     del payload["tokenizer"]
-    path = save_payload(tmp_path / checkpoint.LAST, payload)
+    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
 
     with pytest.raises(CheckpointError) as error:
         checkpoint.load(path)
@@ -214,11 +215,11 @@ def test_missing_keys_are_refused_and_named(tmp_path: Path) -> None:
 
 
 def test_save_leaves_only_the_checkpoint_behind(tmp_path: Path) -> None:
-    checkpoint.save(tmp_path / checkpoint.LAST, trained_checkpoint())
-    checkpoint.save(tmp_path / checkpoint.LAST, trained_checkpoint(iter_num=4))
+    checkpoint.save(tmp_path / checkpoint.LAST_FILE, trained_checkpoint())
+    checkpoint.save(tmp_path / checkpoint.LAST_FILE, trained_checkpoint(iter_num=4))
 
-    assert [path.name for path in tmp_path.iterdir()] == [checkpoint.LAST]
-    assert checkpoint.load(tmp_path / checkpoint.LAST).iter_num == 4
+    assert [path.name for path in tmp_path.iterdir()] == [checkpoint.LAST_FILE]
+    assert checkpoint.load(tmp_path / checkpoint.LAST_FILE).state.iter_num == 4
 
 
 def fail_while_serializing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,7 +243,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint_intact(
     monkeypatch: pytest.MonkeyPatch,
     interrupt: Callable[[pytest.MonkeyPatch], None],
 ) -> None:
-    path = tmp_path / checkpoint.LAST
+    path = tmp_path / checkpoint.LAST_FILE
     checkpoint.save(path, trained_checkpoint(iter_num=3))
     before = path.read_bytes()
     newer = trained_checkpoint(iter_num=4)
@@ -253,8 +254,8 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint_intact(
 
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert checkpoint.load(path).iter_num == 3
-    assert [entry.name for entry in tmp_path.iterdir()] == [checkpoint.LAST], "no temp files"
+    assert checkpoint.load(path).state.iter_num == 3
+    assert [entry.name for entry in tmp_path.iterdir()] == [checkpoint.LAST_FILE], "no temp files"
 
 
 # --- which checkpoint sampling reads --------------------------------------------------------
@@ -263,10 +264,13 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint_intact(
 @pytest.mark.parametrize(
     ("present", "chosen"),
     [
-        ((checkpoint.BEST, checkpoint.LAST, checkpoint.LEGACY), checkpoint.BEST),
-        ((checkpoint.LAST, checkpoint.LEGACY), checkpoint.LAST),
-        ((checkpoint.BEST, checkpoint.LEGACY), checkpoint.BEST),
-        ((checkpoint.LEGACY,), checkpoint.LEGACY),
+        (
+            (checkpoint.BEST_FILE, checkpoint.LAST_FILE, checkpoint.LEGACY_FILE),
+            checkpoint.BEST_FILE,
+        ),
+        ((checkpoint.LAST_FILE, checkpoint.LEGACY_FILE), checkpoint.LAST_FILE),
+        ((checkpoint.BEST_FILE, checkpoint.LEGACY_FILE), checkpoint.BEST_FILE),
+        ((checkpoint.LEGACY_FILE,), checkpoint.LEGACY_FILE),
     ],
 )
 def test_sampling_reads_best_then_last_then_legacy(
@@ -275,16 +279,16 @@ def test_sampling_reads_best_then_last_then_legacy(
     for name in present:
         (tmp_path / name).write_bytes(b"")
 
-    assert checkpoint.for_sampling(tmp_path) == tmp_path / chosen
+    assert checkpoint.gpt_for_sampling(tmp_path) == tmp_path / chosen
 
 
 def test_no_checkpoint_to_sample_names_out_dir_and_the_files_looked_for(tmp_path: Path) -> None:
     (tmp_path / "ckpt_other.pt").write_bytes(b"")
 
     with pytest.raises(CheckpointError) as error:
-        checkpoint.for_sampling(tmp_path)
+        checkpoint.gpt_for_sampling(tmp_path)
 
     message = str(error.value)
     assert str(tmp_path) in message
-    for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.LEGACY):
+    for name in (checkpoint.BEST_FILE, checkpoint.LAST_FILE, checkpoint.LEGACY_FILE):
         assert name in message

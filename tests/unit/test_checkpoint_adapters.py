@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from ml_playground import checkpoint
+from ml_playground.checkpoint import RunMeta, Slot, TrainingState, adapters_for_sampling, load_state
 from ml_playground.errors import CheckpointError
-from ml_playground.finetune import adapters
-from ml_playground.finetune.adapters import RunMeta, TrainingState, for_sampling, load_state
 
 
-def make(out_dir: Path, *names: str) -> None:
+def make(out_dir: Path, *names: Slot) -> None:
     for name in names:
-        adapters.adapters_dir(out_dir, name).mkdir(parents=True)
+        checkpoint.adapters_dir(out_dir, name).mkdir(parents=True)
 
 
 @pytest.mark.parametrize(
@@ -26,21 +26,21 @@ def make(out_dir: Path, *names: str) -> None:
     ],
 )
 def test_sampling_takes_best_else_final_else_last(
-    tmp_path: Path, present: tuple[str, ...], picked: str
+    tmp_path: Path, present: tuple[Slot, ...], picked: Slot
 ) -> None:
     make(tmp_path, *present)
 
-    assert for_sampling(tmp_path) == adapters.adapters_dir(tmp_path, picked)
+    assert adapters_for_sampling(tmp_path) == checkpoint.adapters_dir(tmp_path, picked)
 
 
 def test_no_adapters_means_none(tmp_path: Path) -> None:
-    assert for_sampling(tmp_path) is None
+    assert adapters_for_sampling(tmp_path) is None
 
 
 def test_damaged_training_state_is_an_error_saying_how_to_start_fresh(tmp_path: Path) -> None:
-    folder = adapters.adapters_dir(tmp_path, adapters.LAST)
+    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
     folder.mkdir(parents=True)
-    (folder / adapters.STATE_FILE).write_bytes(b"not a torch file")
+    (folder / checkpoint.STATE_FILE).write_bytes(b"not a torch file")
 
     with pytest.raises(
         CheckpointError, match=rf"is damaged .*delete {folder} to train from scratch"
@@ -63,7 +63,7 @@ def test_run_meta_round_trips_and_a_foreign_file_is_an_error(tmp_path: Path) -> 
     (tmp_path / "other" / "meta.json").write_text('{"kind": "gpt"}', encoding="utf-8")
 
     assert RunMeta.read(tmp_path / "run") == meta
-    with pytest.raises(CheckpointError, match=r"is not the meta\.json of a fine-tuning run"):
+    with pytest.raises(CheckpointError, match=r"is not a valid meta\.json of a fine-tuning run"):
         RunMeta.read(tmp_path / "other")
 
 
@@ -72,7 +72,7 @@ def stream(seed: int) -> torch.Tensor:
 
 
 def test_training_state_keeps_every_ranks_sampler_and_rng_in_rank_order(tmp_path: Path) -> None:
-    folder = adapters.adapters_dir(tmp_path, adapters.LAST)
+    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
     folder.mkdir(parents=True)
     state = TrainingState(
         iter_num=6,
@@ -83,10 +83,10 @@ def test_training_state_keeps_every_ranks_sampler_and_rng_in_rank_order(tmp_path
         sampler=[{"generator": stream(0), "cursor": 3}, {"generator": stream(1), "cursor": 3}],
         trainable=("lora_A", "lora_B"),
     )
-    torch.save(state.payload(), folder / adapters.STATE_FILE)  # as save_adapters does
+    checkpoint.save_adapters(tmp_path, checkpoint.LAST, lambda folder: None, state)
 
     loaded = load_state(folder)
-    raw = torch.load(folder / adapters.STATE_FILE, weights_only=True)
+    raw = torch.load(folder / checkpoint.STATE_FILE, weights_only=True)
 
     assert len(raw["sampler"]["per_rank"]) == len(raw["rng"]["per_rank"]) == 2  # as ckpt_*.pt
     for rank in (0, 1):
@@ -96,7 +96,7 @@ def test_training_state_keeps_every_ranks_sampler_and_rng_in_rank_order(tmp_path
 
 
 def test_a_single_process_state_of_version_1_loads_as_the_one_ranks_entry(tmp_path: Path) -> None:
-    folder = adapters.adapters_dir(tmp_path, adapters.LAST)
+    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
     folder.mkdir(parents=True)
     version_1: dict[str, object] = {
         "version": 1,
@@ -108,7 +108,7 @@ def test_a_single_process_state_of_version_1_loads_as_the_one_ranks_entry(tmp_pa
         "sampler": {"generator": stream(0), "cursor": 2},
         "trainable": ["lora_A"],
     }
-    torch.save(version_1, folder / adapters.STATE_FILE)
+    torch.save(version_1, folder / checkpoint.STATE_FILE)
 
     loaded = load_state(folder)
 

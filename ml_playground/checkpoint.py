@@ -1,0 +1,309 @@
+"""The one checkpoint store: what a training run leaves in out_dir, and how it is read back.
+
+Both model backends save the same `TrainingState` (step, best validation loss, optimizer
+and grad-scaler state, every rank's RNG and batch-sampler state), so a resumed run of
+either kind replays exactly. What differs is where the weights go:
+
+    from-scratch GPT                         Hugging Face + LoRA
+    out_dir/ckpt_last.pt   (slot "last")     out_dir/adapters/last/    + training_state.pt
+    out_dir/ckpt_best.pt   (slot "best")     out_dir/adapters/best/    + training_state.pt
+    out_dir/ckpt.pt        (legacy, read)    out_dir/adapters/final/   + training_state.pt
+    out_dir/meta.json      (dataset meta)    out_dir/meta.json         (RunMeta), tokenizer/
+
+"last" is written at every evaluation and on Ctrl-C and is where training resumes; "best"
+holds the lowest validation loss so far; "final" (adapters only) the weights at max_iters.
+Sampling reads, in this order: GPT best, last, legacy ckpt.pt; adapters best, final, last.
+
+A GPT checkpoint is one file, serialized in memory and moved into place; an adapters
+folder is replaced as a whole (a staging folder moved into place), so an interruption
+never leaves weights and state that disagree. Files hold only tensors and plain
+containers and are read with `torch.load(weights_only=True)`: no pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+
+from ml_playground import atomic
+from ml_playground.artifacts import Artifact, parse_artifact, read_json_object, write_artifact
+from ml_playground.errors import CheckpointError
+
+Slot = Literal["last", "best", "final"]
+LAST: Slot = "last"
+BEST: Slot = "best"
+FINAL: Slot = "final"
+
+# The from-scratch GPT: one file per slot.
+LAST_FILE = "ckpt_last.pt"
+BEST_FILE = "ckpt_best.pt"
+LEGACY_FILE = "ckpt.pt"
+GPT_FILES: Mapping[Slot, str] = {LAST: LAST_FILE, BEST: BEST_FILE}
+GPT_SAMPLING_ORDER = (BEST_FILE, LAST_FILE, LEGACY_FILE)
+GPT_FORMAT_VERSION = 1
+COMPILED_PREFIX = "_orig_mod."
+
+# Hugging Face + LoRA: one folder per slot, peft's files plus the training state.
+ADAPTERS_DIR = "adapters"
+ADAPTER_SAMPLING_ORDER: tuple[Slot, ...] = (BEST, FINAL, LAST)
+STATE_FILE = "training_state.pt"
+TOKENIZER_DIR = "tokenizer"
+MERGED_DIR = "merged"
+RUN_META = "meta.json"
+# Version 1 held one process's RNG and sampler state; version 2 holds one per rank.
+STATE_VERSION = 2
+READABLE_STATE_VERSIONS = (1, 2)
+
+StateDict = dict[str, Any]
+TRAIN_AGAIN = "train first with `ml-playground train <experiment>`"
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Everything besides the weights that a resumed run needs to continue exactly."""
+
+    iter_num: int
+    best_val_loss: float
+    optimizer: StateDict
+    scaler: StateDict | None
+    rng: Sequence[Mapping[str, Any]]  # one entry per rank, in rank order
+    sampler: Sequence[Mapping[str, Any]]  # as rng: each rank draws its own batches
+    trainable: tuple[str, ...] = ()  # parameter names in optimizer order (adapters only)
+
+
+# --- the from-scratch GPT -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A GPT checkpoint: weights, training state, model arguments, config and tokenizer."""
+
+    model: Mapping[str, torch.Tensor]
+    state: TrainingState
+    model_args: Mapping[str, int | float | bool]
+    config: Mapping[str, Any]
+    tokenizer: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        """What the file holds: tensors and plain containers only."""
+        return {
+            "format_version": GPT_FORMAT_VERSION,
+            "model": strip_compile_prefix(self.model),
+            "model_args": dict(self.model_args),
+            "config": dict(self.config),
+            "tokenizer": dict(self.tokenizer),
+            **_state_payload(self.state),
+        }
+
+
+def gpt_path(out_dir: Path, slot: Slot) -> Path:
+    return out_dir / GPT_FILES[slot]
+
+
+def strip_compile_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torch.compile wraps the module and prefixes every key; checkpoints never carry it."""
+    return {key.removeprefix(COMPILED_PREFIX): value for key, value in state.items()}
+
+
+def save(path: Path, checkpoint: Checkpoint) -> None:
+    """Serialize in memory, then write atomically: a crash never leaves half a checkpoint."""
+    atomic.write_bytes(path, _serialize(checkpoint.payload()))
+
+
+def load(path: Path) -> Checkpoint:
+    """Read and validate a GPT checkpoint; any damage is an error naming the file."""
+    remedy = "delete it to start fresh or restore a backup"
+    payload = _read_pt(
+        path, f"checkpoint {path} is corrupt or not an ml-playground checkpoint", remedy
+    )
+    version = payload.get("format_version")
+    if version != GPT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format_version {version!r}, expected {GPT_FORMAT_VERSION}"
+        )
+    required = ("model", "optimizer", "iter_num", "best_val_loss", "model_args", "tokenizer")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; {remedy}")
+    return Checkpoint(
+        model=strip_compile_prefix(payload["model"]),
+        state=_training_state(payload, version=STATE_VERSION),
+        model_args=payload["model_args"],
+        config=payload.get("config", {}),
+        tokenizer=payload["tokenizer"],
+    )
+
+
+def gpt_for_sampling(out_dir: Path) -> Path:
+    """The checkpoint sampling and export read: best, else last, else a legacy ckpt.pt."""
+    for name in GPT_SAMPLING_ORDER:
+        candidate = out_dir / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no checkpoint in {out_dir} (looked for {', '.join(GPT_SAMPLING_ORDER)}); {TRAIN_AGAIN}"
+    )
+
+
+# --- Hugging Face + LoRA ----------------------------------------------------------------
+
+
+class RunMeta(Artifact):
+    """Meta.json of a fine-tuning run."""
+
+    kind: Literal["hf-finetune"] = "hf-finetune"
+    base_model: str
+    revision: str | None
+    vocab_size: int
+    structure_tokens: tuple[str, ...]
+    added_tokens: tuple[str, ...]
+    doc_separator: str
+    lora: bool
+    tokenizer: Literal["tokenizer"] = "tokenizer"
+    record_opening: str = ""
+    """What every training record began with; prompts are prefixed with it."""
+    record_closing: str = ""
+    stop_tokens: tuple[str, ...] = ()
+    """Token strings that end generation besides the tokenizer's end of sequence."""
+
+    @classmethod
+    def read(cls, out_dir: Path) -> RunMeta:
+        path = out_dir / RUN_META
+        fields = read_json_object(path, error=CheckpointError, remedy=TRAIN_AGAIN)
+        tokens: object = fields.get("structure_tokens")
+        pair = cast(list[object], tokens) if isinstance(tokens, list) else []
+        if "record_opening" not in fields and len(pair) == 2:
+            # Runs written before the record fields existed framed records by the
+            # structure tokens, [start, end].
+            start, end = pair
+            fields |= {"record_opening": f"{start}\n", "record_closing": end, "stop_tokens": [end]}
+        return parse_artifact(cls, fields, path, error=CheckpointError, remedy=TRAIN_AGAIN)
+
+    def write(self, out_dir: Path) -> None:
+        write_artifact(out_dir / RUN_META, self)
+
+
+def adapters_dir(out_dir: Path, slot: Slot) -> Path:
+    return out_dir / ADAPTERS_DIR / slot
+
+
+def save_adapters(
+    out_dir: Path, slot: Slot, write_weights: Callable[[Path], None], state: TrainingState
+) -> Path:
+    """Replace out_dir/adapters/<slot> with the weights `write_weights` puts in a folder,
+    and `state` beside them."""
+    payload = {"version": STATE_VERSION, **_state_payload(state)}
+    payload["trainable"] = list(state.trainable)
+    data = _serialize(payload)
+    target = adapters_dir(out_dir, slot)
+    with atomic.atomic_directory(target) as staging:
+        write_weights(staging)
+        (staging / STATE_FILE).write_bytes(data)
+    return target
+
+
+def has_state(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file()
+
+
+def load_state(folder: Path) -> TrainingState:
+    """The training state saved next to adapters; damage is an error naming the folder."""
+    path = folder / STATE_FILE
+    remedy = f"delete {folder} to train from scratch"
+    payload = _read_pt(path, f"training state {path} is damaged", remedy)
+    version = payload.get("version")
+    if version not in READABLE_STATE_VERSIONS:
+        raise CheckpointError(
+            f"training state {path} has version {version!r}, expected {STATE_VERSION}; {remedy}"
+        )
+    missing = [key for key in ("iter_num", "best_val_loss", "optimizer") if key not in payload]
+    if missing:
+        raise CheckpointError(f"training state {path} lacks {', '.join(missing)}; {remedy}")
+    return _training_state(payload, version=cast(int, version))
+
+
+def adapters_for_sampling(out_dir: Path) -> Path | None:
+    """The adapters sampling uses: best, else final, else last; None when there are none."""
+    for slot in ADAPTER_SAMPLING_ORDER:
+        folder = adapters_dir(out_dir, slot)
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def copy_tokenizer(source: Path, out_dir: Path) -> None:
+    """out_dir/tokenizer becomes a copy of `source` (sampling and export read it there)."""
+    with atomic.atomic_directory(out_dir / TOKENIZER_DIR) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+
+
+# --- both -------------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global torch RNG states (dropout draws from them)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _state_payload(state: TrainingState) -> dict[str, Any]:
+    return {
+        "iter_num": state.iter_num,
+        "best_val_loss": state.best_val_loss,
+        "optimizer": state.optimizer,
+        "scaler": state.scaler,
+        "rng": {"per_rank": [dict(entry) for entry in state.rng]},
+        "sampler": {"per_rank": [dict(entry) for entry in state.sampler]},
+    }
+
+
+def _serialize(payload: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(dict(payload), buffer)
+    return buffer.getvalue()
+
+
+def _read_pt(path: Path, damaged: str, remedy: str) -> dict[str, Any]:
+    try:
+        raw: object = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; {TRAIN_AGAIN}") from None
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{damaged} ({type(exc).__name__}); {remedy}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{damaged} (not a dictionary); {remedy}")
+    return cast(dict[str, Any], raw)
+
+
+def _training_state(payload: Mapping[str, Any], *, version: int) -> TrainingState:
+    return TrainingState(
+        iter_num=int(payload["iter_num"]),
+        best_val_loss=float(payload["best_val_loss"]),
+        optimizer=payload["optimizer"],
+        scaler=payload.get("scaler"),
+        rng=_per_rank(payload.get("rng", {}), version),
+        sampler=_per_rank(payload.get("sampler", {}), version),
+        trainable=tuple(payload.get("trainable", ())),
+    )
+
+
+def _per_rank(saved: Mapping[str, Any], version: int) -> list[Mapping[str, Any]]:
+    """The per-rank entries; a version-1 adapters state is the one entry of a process."""
+    if version == 1:
+        return [saved] if saved else []
+    return list(saved.get("per_rank", []))

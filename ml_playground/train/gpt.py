@@ -1,0 +1,142 @@
+"""The from-scratch GPT backend of the training loop: build the model, its loss, its save.
+
+The dataset's meta.json says which tokenizer and vocabulary; the model arguments come
+from [train.model], except that a resumed checkpoint's always win. Checkpoints are
+ml_playground/checkpoint.py's ckpt_last.pt / ckpt_best.pt; out_dir/meta.json is a copy
+of the dataset's, so sampling and export need only out_dir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ml_playground import atomic, checkpoint
+from ml_playground.checkpoint import Checkpoint, Slot, TrainingState
+from ml_playground.config import ExperimentConfig, ModelConfig
+from ml_playground.data.token_dataset import DatasetMeta, read_meta
+from ml_playground.data.tokenizer import TokenizerSpec
+from ml_playground.device import Precision, resolve_precision, seed_everything
+from ml_playground.distributed import Ranks, precision_for, process_group, ranks_from_env
+from ml_playground.errors import CheckpointError, DataError
+from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.train.loop import Run, TokenFiles, TrainSummary, assemble_run, train
+
+OUT_META = "meta.json"
+
+
+def train_gpt(config: ExperimentConfig, *, ranks: Ranks | None = None) -> TrainSummary:
+    """Train (or resume) the GPT the config describes; returns where it ended.
+
+    `ranks` defaults to what the launcher (torchrun) put in the environment.
+    """
+    ranks = ranks or ranks_from_env()
+    runtime = config.train.runtime
+    precision = precision_for(ranks, resolve_precision(runtime.device, runtime.dtype))
+    with process_group(ranks, precision.device):
+        return train(build_gpt_run(config, precision, ranks))
+
+
+def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) -> Run:
+    """Dataset meta, model and batches; restored from ckpt_last.pt if there is one."""
+    train_config, runtime = config.train, config.train.runtime
+    data = train_config.data
+    seed_everything(runtime.seed)  # the same initial weights on every rank
+    meta_path = data.dataset_dir / data.meta_file
+    meta = read_meta(meta_path)
+    last_path = checkpoint.gpt_path(runtime.out_dir, checkpoint.LAST)
+    resume = checkpoint.load(last_path) if last_path.exists() else None
+    if resume is not None:
+        _check_same_tokenizer(meta, meta_path, resume, last_path)
+    model_config = _model_config(train_config.model, meta, resume, announce=ranks.is_main)
+    model = GPT(model_config)
+    if resume is not None:
+        model.load_state_dict(dict(resume.model))
+    settings = config.model_dump(mode="json")
+
+    def write(slot: Slot, state: TrainingState) -> Path:
+        path = checkpoint.gpt_path(runtime.out_dir, slot)
+        checkpoint.save(
+            path,
+            Checkpoint(
+                model=model.state_dict(),
+                state=state,
+                model_args=model_config.to_dict(),
+                config=settings,
+                tokenizer=meta.tokenizer.to_json(),
+            ),
+        )
+        return path
+
+    run = assemble_run(
+        train_config,
+        precision,
+        ranks,
+        model=model,
+        files=TokenFiles(
+            data.dataset_dir / data.train_bin, data.dataset_dir / data.val_bin, meta.dtype
+        ),
+        block_size=min(train_config.block_size, model_config.block_size),
+        loss=gpt_loss,
+        write=write,
+        description=f"{model.num_parameters() / 1e6:.2f}M parameters",
+        resume=None if resume is None else resume.state,
+        resume_source=str(last_path),
+        compile_model=runtime.compile,
+    )
+    if ranks.is_main:
+        # Sampling and export read the tokenizer from out_dir, never from dataset_dir.
+        runtime.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(runtime.out_dir / OUT_META, meta.to_json())
+    return run
+
+
+def gpt_loss(model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The GPT computes its (chunked) cross-entropy itself when given targets."""
+    loss: torch.Tensor = model(x, y)
+    return loss
+
+
+def _check_same_tokenizer(
+    meta: DatasetMeta, meta_path: Path, resume: Checkpoint, ckpt_path: Path
+) -> None:
+    try:
+        saved = TokenizerSpec.from_json(dict(resume.tokenizer), ckpt_path)
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+    if saved != meta.tokenizer:
+        raise CheckpointError(
+            f"dataset {meta_path} uses tokenizer {meta.tokenizer.describe()} but checkpoint "
+            f"{ckpt_path} was trained with {saved.describe()}; prepare the matching dataset "
+            "or move the checkpoint away to train fresh"
+        )
+
+
+def _model_config(
+    model: ModelConfig, meta: DatasetMeta, resume: Checkpoint | None, *, announce: bool
+) -> GPTConfig:
+    """Model arguments from the config, except that a resumed checkpoint's always win."""
+    if model.vocab_size is not None and model.vocab_size < meta.vocab_size:
+        raise DataError(
+            f"train.model.vocab_size = {model.vocab_size} is smaller than the dataset's "
+            f"vocabulary ({meta.vocab_size}); remove the key or raise it"
+        )
+    wanted = GPTConfig(
+        vocab_size=model.vocab_size or meta.vocab_size,
+        block_size=model.block_size,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+        dropout=model.dropout,
+        bias=model.bias,
+    )
+    if resume is None:
+        return wanted
+    saved = GPTConfig.from_dict(resume.model_args)
+    for key, value in saved.to_dict().items():
+        configured = wanted.to_dict().get(key)
+        if configured != value and announce:
+            print(f"resume: model.{key} = {value} from the checkpoint (config says {configured})")
+    return saved
