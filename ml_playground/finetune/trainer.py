@@ -135,8 +135,8 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         loss=next_token_loss,
         write=write,
         description=(
-            f"{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters of {hf.model_name} "
-            f"({'LoRA' if peft.enabled else 'all weights'})"
+            f"fine-tuning {hf.model_name}: {trainable / 1e6:.2f}M of {total / 1e6:.1f}M "
+            f"parameters train ({'LoRA' if peft.enabled else 'all weights'})"
         ),
         resume=resume,
         resume_source=str(last),

@@ -81,7 +81,7 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
         block_size=min(train_config.block_size, model_config.block_size),
         loss=gpt_loss,
         write=write,
-        description=f"{model.num_parameters() / 1e6:.2f}M parameters",
+        description=f"training {model.num_parameters() / 1e6:.2f}M parameters",
         resume=None if resume is None else resume.state,
         resume_source=str(last_path),
         compile_model=runtime.compile,

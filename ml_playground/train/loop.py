@@ -86,7 +86,7 @@ class Run:
     loss: Loss
     write: WriteWeights
     description: str
-    """What trains, e.g. "12.3M parameters" or "0.5M of 494M parameters (LoRA) of Qwen"."""
+    """What trains, as the run's first line says it: "training 12.34M parameters"."""
     keeps_final: bool = False
     """Whether the backend keeps the weights at max_iters in a slot of their own."""
     resumed: bool = False
@@ -120,7 +120,7 @@ def train(run: Run) -> TrainSummary:
         enabled=run.ranks.is_main,
     ) as reporter:
         reporter.say(
-            f"training {run.description} on {run.precision.device} ({runtime.dtype}); "
+            f"{run.description} on {run.precision.device} ({runtime.dtype}); "
             f"{run.tokens_per_step:,} tokens per optimizer step; "
             f"{f'resuming at step {start}' if run.resumed else 'fresh start'}"
         )

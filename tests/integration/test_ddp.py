@@ -20,6 +20,7 @@ from ml_playground import checkpoint, pipeline
 from ml_playground.config import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment
+from ml_playground.train.gpt import train_gpt
 from tests.conftest import REPO_ROOT
 from tests.gpt_helpers import TomlValue, prepare, tiny_experiment
 
@@ -56,12 +57,22 @@ def final_weights(folder: Path) -> dict[str, torch.Tensor]:
     return dict(checkpoint.load(folder / "out" / checkpoint.LAST_FILE).model)
 
 
-def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path: Path) -> None:
-    two = experiment(tmp_path / "two", **{"train.data.batch_size": 4})
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One 12-step run on 2 ranks with batch 4, shared by the parity and resume tests
+    (the module's tests run in one xdist group, so it is launched once)."""
+    folder = experiment(tmp_path_factory.mktemp("ddp") / "two", **{"train.data.batch_size": 4})
+    return folder, launch(folder, nproc=2)
+
+
+@pytest.mark.xdist_group("ddp")
+def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(
+    tmp_path: Path, two_ranks: tuple[Path, str]
+) -> None:
+    two, output = two_ranks
     one = experiment(tmp_path / "one", **{"train.data.batch_size": 8})
 
-    output = launch(two, nproc=2)
-    launch(one, nproc=1)
+    train_gpt(tiny_experiment(one, {**DDP_SETTINGS, "train.data.batch_size": 8}).config)
 
     assert "all 2 ranks hold identical weights" in output
     assert "256 tokens per optimizer step" in output  # 4 sequences x 32 tokens x 2 ranks
@@ -75,14 +86,18 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path: Path) 
         torch.testing.assert_close(distributed[name], tensor, rtol=0, atol=2e-4, msg=name)
 
 
-def test_resume_under_ddp_replays_the_uninterrupted_run(tmp_path: Path) -> None:
-    random_batches: dict[str, TomlValue] = {"train.data.sampler": "random"}
-    straight = experiment(tmp_path / "straight", **random_batches)
-    resumed = experiment(tmp_path / "resumed", **random_batches, **{"train.runtime.max_iters": 6})
+@pytest.mark.xdist_group("ddp")
+def test_resume_under_ddp_replays_the_uninterrupted_run(
+    tmp_path: Path, two_ranks: tuple[Path, str]
+) -> None:
+    # Each rank reads its own windows from a cursor that the checkpoint keeps per rank.
+    straight, _ = two_ranks
+    resumed = experiment(
+        tmp_path / "resumed", **{"train.data.batch_size": 4, "train.runtime.max_iters": 6}
+    )
 
-    launch(straight, nproc=2)
     launch(resumed, nproc=2)
-    tiny_experiment(resumed, {**DDP_SETTINGS, **random_batches})  # back to 12 steps
+    tiny_experiment(resumed, {**DDP_SETTINGS, "train.data.batch_size": 4})  # back to 12 steps
     output = launch(resumed, nproc=2)
 
     assert "resuming at step 6" in output
