@@ -16,17 +16,27 @@ import os
 import tempfile
 from collections.abc import Generator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from ml_playground import atomic
+from ml_playground.artifacts import Artifact, parse_artifact, write_artifact
 from ml_playground.errors import ExportError
 
 CHECKSUMS = "SHA256SUMS"
 STAMP = "export-inputs.json"
-STAMP_VERSION = 1
+STAMP_VERSION: Literal[1] = 1
 HASH_CHUNK = 1 << 20
 
 JsonObject = Mapping[str, Any]
+
+
+class ExportStamp(Artifact):
+    """Stamp of an export: what the bundle was made from and the size of every file."""
+
+    version: Literal[1]
+    inputs: dict[str, Any]
+    """Route-specific: the checkpoint or adapters (with digests) and every setting used."""
+    files: dict[str, int]
 
 
 def sha256_file(path: Path) -> str:
@@ -40,13 +50,9 @@ def sha256_file(path: Path) -> str:
 def up_to_date(export_dir: Path, inputs: JsonObject) -> bool:
     """True when export_dir holds a complete bundle made from exactly these inputs."""
     stamp = _read_stamp(export_dir)
-    if stamp is None or stamp.get("inputs") != _as_json(inputs):
+    if stamp is None or stamp.inputs != _as_json(inputs) or not stamp.files:
         return False
-    files = stamp.get("files")
-    if not isinstance(files, dict) or not files:
-        return False
-    sizes = cast(dict[str, object], files)
-    for name, size in sizes.items():
+    for name, size in stamp.files.items():
         path = export_dir / name
         if not path.is_file() or path.stat().st_size != size:
             return False
@@ -83,25 +89,23 @@ def seal(staging: Path, inputs: JsonObject) -> None:
         for path in sorted(staging.rglob("*"))
         if path.is_file()
     }
-    atomic.write_json(
-        staging / STAMP, {"version": STAMP_VERSION, "inputs": _as_json(inputs), "files": sizes}
-    )
+    stamp = ExportStamp(version=STAMP_VERSION, inputs=_as_json(inputs), files=sizes)
+    write_artifact(staging / STAMP, stamp)
 
 
-def _read_stamp(export_dir: Path) -> dict[str, Any] | None:
+def _read_stamp(export_dir: Path) -> ExportStamp | None:
+    """The stamp, or None when there is none or it is not one this version can read: the
+    bundle is then rebuilt (a stale stamp only costs an export)."""
     try:
         raw: object = json.loads((export_dir / STAMP).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return parse_artifact(ExportStamp, raw, export_dir / STAMP, error=ExportError, remedy="")
+    except (OSError, ValueError, ExportError):
         return None
-    if not isinstance(raw, dict):
-        return None
-    stamp = cast(dict[str, Any], raw)
-    return stamp if stamp.get("version") == STAMP_VERSION else None
 
 
-def _as_json(inputs: JsonObject) -> Any:
+def _as_json(inputs: JsonObject) -> dict[str, Any]:
     """The inputs as they read back from the stamp file, so the two compare equal."""
-    return json.loads(json.dumps(inputs, sort_keys=True))
+    return cast(dict[str, Any], json.loads(json.dumps(inputs, sort_keys=True)))
 
 
 def _check_writable(export_dir: Path) -> None:
