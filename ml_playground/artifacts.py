@@ -47,18 +47,15 @@ def parse_artifact(
 
 def read_artifact(kind: type[A], path: Path, *, error: type[UserError], remedy: str) -> A:
     """Read and validate `path`; a missing, unreadable or invalid file is one error line."""
-    obj = read_json_object(path, error=error, remedy=remedy)
+    obj = read_json_object(path, what=_what(kind), error=error, remedy=remedy)
     return parse_artifact(kind, obj, path, error=error, remedy=remedy)
 
 
-def read_json_object(path: Path, *, error: type[UserError], remedy: str) -> dict[str, Any]:
+def read_json_object(
+    path: Path, *, what: str, error: type[UserError], remedy: str
+) -> dict[str, Any]:
     """The JSON object in `path`, for a reader that must look at it before validating."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{path} not found; {remedy}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"cannot read {path} ({exc}); {remedy}") from None
+    text = read_user_file(path, what=what, error=error, remedy=remedy)
     try:
         obj: object = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -66,6 +63,16 @@ def read_json_object(path: Path, *, error: type[UserError], remedy: str) -> dict
     if not isinstance(obj, dict):
         raise error(f"{path} does not hold a JSON object; {remedy}")
     return cast(dict[str, Any], obj)
+
+
+def read_user_file(path: Path, *, what: str, error: type[UserError], remedy: str) -> str:
+    """The UTF-8 text of a file the user points at or a step wrote; one error line if not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}; {remedy}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {path} ({exc}); {remedy}") from None
 
 
 def write_artifact(path: Path, artifact: Artifact) -> None:

@@ -175,7 +175,9 @@ class RunMeta(Artifact):
     @classmethod
     def read(cls, out_dir: Path) -> RunMeta:
         path = out_dir / RUN_META
-        fields = read_json_object(path, error=CheckpointError, remedy=TRAIN_AGAIN)
+        fields = read_json_object(
+            path, what="meta.json of the run", error=CheckpointError, remedy=TRAIN_AGAIN
+        )
         tokens: object = fields.get("structure_tokens")
         pair = cast(list[object], tokens) if isinstance(tokens, list) else []
         if "record_opening" not in fields and len(pair) == 2:

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ml_playground.artifacts import read_user_file
 from ml_playground.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "experiments" / "default_config.toml"
@@ -274,12 +275,8 @@ def load_config(
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file; syntax errors name the file and the line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    remedy = "check the experiment's folder or the path given to --exp-config"
+    text = read_user_file(path, what="config file", error=ConfigError, remedy=remedy)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

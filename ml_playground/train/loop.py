@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -217,20 +217,19 @@ def evaluate(run: Run) -> dict[str, float]:
     agree on what is "best". Evaluation needs no gradient sync, so a distributed run
     evaluates the bare model.
     """
-    data, runtime = run.train.data, run.train.runtime
+    runtime = run.train.runtime
     forward = run.model if run.ddp is not None else run.forward
     run.model.eval()
     losses: dict[str, float] = {}
     for split, path in (("train", run.files.train), ("val", run.files.val)):
-        sampler = BatchSampler(
+        sampler = _batches(
             path,
-            run.files.dtype,
-            run.block_size,
-            data.batch_size,
-            seed=runtime.seed + EVAL_SEED_OFFSET,
-            rank=run.ranks.rank,
-            world_size=run.ranks.world_size,
+            dtype=run.files.dtype,
+            block_size=run.block_size,
+            train=run.train,
+            ranks=run.ranks,
             device=run.precision.device,
+            seed=runtime.seed + EVAL_SEED_OFFSET,
         )
         total = torch.zeros((), device=run.precision.device)
         for _ in range(runtime.eval_iters):
@@ -312,16 +311,15 @@ def assemble_run(
         parameters=parameters,
         optimizer=adamw(parameters, train, precision),
         scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
-        sampler=BatchSampler(
+        sampler=_batches(
             files.train,
-            files.dtype,
-            block_size,
-            train.data.batch_size,
-            mode=train.data.sampler,
-            seed=runtime.seed,
-            rank=ranks.rank,
-            world_size=ranks.world_size,
+            dtype=files.dtype,
+            block_size=block_size,
+            train=train,
+            ranks=ranks,
             device=precision.device,
+            seed=runtime.seed,
+            mode=train.data.sampler,
         ),
         files=files,
         block_size=block_size,
@@ -372,6 +370,31 @@ def adamw(
 def trainable_names(model: nn.Module) -> tuple[str, ...]:
     """The names of the parameters that train, in optimizer order."""
     return tuple(name for name, parameter in model.named_parameters() if parameter.requires_grad)
+
+
+def _batches(
+    path: Path,
+    *,
+    dtype: str,
+    block_size: int,
+    train: TrainConfig,
+    ranks: Ranks,
+    device: torch.device,
+    seed: int,
+    mode: Literal["random", "sequential"] = "random",
+) -> BatchSampler:
+    """This rank's batches of `path`: its own windows, from its own generator."""
+    return BatchSampler(
+        path,
+        dtype,
+        block_size,
+        train.data.batch_size,
+        mode=mode,
+        seed=seed,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        device=device,
+    )
 
 
 def _restore(run: Run, state: TrainingState, source: str) -> None:
