@@ -55,6 +55,20 @@ class BatchSampler:
         # Each window needs block_size inputs plus the one target past its end.
         self._windows = (len(self._tokens) - 1) // block_size
 
+    def over(self, data: Path, *, seed: int) -> BatchSampler:
+        """Random batches of the same shape for the same rank and device, from another token
+        file of the same dtype and another seed (evaluation draws its batches this way)."""
+        return BatchSampler(
+            data,
+            str(self._tokens.dtype),
+            self._block_size,
+            self._batch_size,
+            seed=seed,
+            rank=self._rank,
+            world_size=self._world_size,
+            device=self._device,
+        )
+
     @property
     def num_tokens(self) -> int:
         return len(self._tokens)

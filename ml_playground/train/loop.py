@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -222,15 +222,7 @@ def evaluate(run: Run) -> dict[str, float]:
     run.model.eval()
     losses: dict[str, float] = {}
     for split, path in (("train", run.files.train), ("val", run.files.val)):
-        sampler = _batches(
-            path,
-            dtype=run.files.dtype,
-            block_size=run.block_size,
-            train=run.train,
-            ranks=run.ranks,
-            device=run.precision.device,
-            seed=runtime.seed + EVAL_SEED_OFFSET,
-        )
+        sampler = run.sampler.over(path, seed=runtime.seed + EVAL_SEED_OFFSET)
         total = torch.zeros((), device=run.precision.device)
         for _ in range(runtime.eval_iters):
             x, y = sampler.next_batch()
@@ -311,15 +303,16 @@ def assemble_run(
         parameters=parameters,
         optimizer=adamw(parameters, train, precision),
         scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
-        sampler=_batches(
+        sampler=BatchSampler(
             files.train,
-            dtype=files.dtype,
-            block_size=block_size,
-            train=train,
-            ranks=ranks,
-            device=precision.device,
-            seed=runtime.seed,
+            files.dtype,
+            block_size,
+            train.data.batch_size,
             mode=train.data.sampler,
+            seed=runtime.seed,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+            device=precision.device,
         ),
         files=files,
         block_size=block_size,
@@ -370,31 +363,6 @@ def adamw(
 def trainable_names(model: nn.Module) -> tuple[str, ...]:
     """The names of the parameters that train, in optimizer order."""
     return tuple(name for name, parameter in model.named_parameters() if parameter.requires_grad)
-
-
-def _batches(
-    path: Path,
-    *,
-    dtype: str,
-    block_size: int,
-    train: TrainConfig,
-    ranks: Ranks,
-    device: torch.device,
-    seed: int,
-    mode: Literal["random", "sequential"] = "random",
-) -> BatchSampler:
-    """This rank's batches of `path`: its own windows, from its own generator."""
-    return BatchSampler(
-        path,
-        dtype,
-        block_size,
-        train.data.batch_size,
-        mode=mode,
-        seed=seed,
-        rank=ranks.rank,
-        world_size=ranks.world_size,
-        device=device,
-    )
 
 
 def _restore(run: Run, state: TrainingState, source: str) -> None:

@@ -144,3 +144,18 @@ def test_token_file_with_a_partial_token_is_reported_as_damaged(tmp_path: Path) 
 
     with pytest.raises(DataError, match=r"101 bytes, not a whole number of uint16 tokens"):
         BatchSampler(path, "uint16", 8, 4)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+def test_over_another_file_draws_what_a_fresh_sampler_of_that_file_and_seed_draws(
+    tmp_path: Path, dtype: str
+) -> None:
+    train = BatchSampler(token_file(tmp_path, 4000, dtype), dtype, 8, 4, mode="sequential")
+    val = tmp_path / "val.bin"
+    np.arange(5000, 7000, dtype=dtype).tofile(val)
+    fresh = BatchSampler(val, dtype, 8, 4, seed=11, rank=0, world_size=1)
+
+    derived = train.over(val, seed=11)
+
+    assert all(torch.equal(a, b) for a, b in zip(draws(derived, 3), draws(fresh, 3), strict=True))
+    assert int(draws(derived, 1)[0].min()) >= 5000  # from the other file
