@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.timing import Case, Timing, time_side_by_side
-from ml_playground.device import TORCH_DTYPES, DTypeName
+from ml_playground.config import DType
+from ml_playground.device import TORCH_DTYPES
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -79,7 +80,7 @@ def _cpuinfo() -> tuple[frozenset[str], str]:
 
 @dataclass(frozen=True)
 class MatmulResult:
-    dtype: DTypeName
+    dtype: DType
     size: int
     seconds: float  # median
     flops_per_second: float
@@ -88,9 +89,9 @@ class MatmulResult:
 class Matmul:
     """A square (size x size) @ (size x size) matmul in one dtype, ready to be timed."""
 
-    def __init__(self, dtype: DTypeName, size: int) -> None:
+    def __init__(self, dtype: DType, size: int) -> None:
         generator = torch.Generator().manual_seed(0)
-        self.dtype: DTypeName = dtype
+        self.dtype: DType = dtype
         self.size = size
         self._a = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype])
         self._b = torch.randn(size, size, generator=generator).to(TORCH_DTYPES[dtype])
@@ -110,7 +111,7 @@ class Matmul:
         return MatmulResult(self.dtype, self.size, timing.median, flops / timing.median)
 
 
-def measure_matmul(dtype: DTypeName, size: int, repeats: int) -> MatmulResult:
+def measure_matmul(dtype: DType, size: int, repeats: int) -> MatmulResult:
     """Median FLOP/s of one large square matmul in `dtype`, timed on its own."""
     matmul = Matmul(dtype, size)
     (timing,) = time_side_by_side([matmul.case(repeats)])

@@ -14,7 +14,7 @@ from benchmarks.prepare import MB, PrepareEstimate, PrepareResult
 from benchmarks.sampling import SamplingResult
 from benchmarks.training import TrainingResult, TrainingSpec
 from ml_playground import atomic
-from ml_playground.device import DTypeName
+from ml_playground.config import DType
 
 KV_CACHE_TARGET = 10.0  # KV cache vs no cache, medium model
 BF16_TARGET = 1.8  # bf16 vs fp32 training speed, medium model, where bf16 matrix units exist
@@ -199,7 +199,7 @@ def _sampling_rows(results: BenchResults) -> list[Row]:
                 f"{s.new_tokens} new tokens in {s.seconds:,.1f} s, {runs}",
             )
         )
-    dtypes: dict[DTypeName, None] = dict.fromkeys(s.dtype for s in results.sampling)
+    dtypes: dict[DType, None] = dict.fromkeys(s.dtype for s in results.sampling)
     for dtype in dtypes:
         by_cache = {s.use_cache: s for s in results.sampling if s.dtype == dtype}
         cached, uncached = by_cache.get(True), by_cache.get(False)
@@ -275,7 +275,7 @@ def _check(
     return Check(name, value, target, "PASS" if passed else "FAIL")
 
 
-def _short(dtype: DTypeName) -> str:
+def _short(dtype: DType) -> str:
     return {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
 
 

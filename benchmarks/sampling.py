@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.timing import Case, time_side_by_side
-from ml_playground.config import SampleSettings
-from ml_playground.device import TORCH_DTYPES, DTypeName, seed_everything
+from ml_playground.config import DType, SampleSettings
+from ml_playground.device import TORCH_DTYPES, seed_everything
 from ml_playground.model.gpt import GPT, GPTConfig
 
 SEED = 1337
@@ -32,13 +32,13 @@ class SamplingSpec:
     cached_repeats: int
     # Without the cache a run costs ~block_size/2 times more, so it is timed fewer times.
     uncached_repeats: int
-    dtypes: tuple[DTypeName, ...] = ("float32", "bfloat16")
+    dtypes: tuple[DType, ...] = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class SamplingResult:
     model: str
-    dtype: DTypeName
+    dtype: DType
     use_cache: bool
     new_tokens: int
     runs: int
@@ -55,7 +55,7 @@ def measure_sampling(spec: SamplingSpec) -> list[SamplingResult]:
     interleaved in one side-by-side timing."""
     seed_everything(SEED)
     reference = GPT(spec.model).eval()
-    runs: list[tuple[DTypeName, bool]] = [
+    runs: list[tuple[DType, bool]] = [
         (dtype, use_cache) for dtype in spec.dtypes for use_cache in (True, False)
     ]
     models = {dtype: _cast(reference, dtype) for dtype in spec.dtypes}
@@ -86,7 +86,7 @@ def measure_sampling(spec: SamplingSpec) -> list[SamplingResult]:
     ]
 
 
-def _cast(model: GPT, dtype: DTypeName) -> GPT:
+def _cast(model: GPT, dtype: DType) -> GPT:
     copy = GPT(model.config).eval()
     copy.load_state_dict(model.state_dict())
     return copy.to(TORCH_DTYPES[dtype])
@@ -101,7 +101,7 @@ def _bytes_per_cached_token(model: GPT) -> int:
     return (weights + cache) * element
 
 
-def _label(dtype: DTypeName, use_cache: bool) -> str:
+def _label(dtype: DType, use_cache: bool) -> str:
     return f"{dtype} {'KV cache' if use_cache else 'no cache'}"
 
 

@@ -20,14 +20,14 @@ import numpy as np
 from benchmarks.hardware import Matmul
 from benchmarks.timing import Case, time_side_by_side
 from ml_playground.checkpoint import Slot, TrainingState
-from ml_playground.config import TrainConfig
-from ml_playground.device import DTypeName, resolve_precision, seed_everything
+from ml_playground.config import DType, TrainConfig
+from ml_playground.device import resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
 from ml_playground.model.gpt import GPT, GPTConfig
 from ml_playground.train.gpt import gpt_loss
 from ml_playground.train.loop import Run, TokenFiles, assemble_run, evaluate, optimizer_step
 
-PRECISIONS: tuple[DTypeName, ...] = ("float32", "bfloat16")
+PRECISIONS: tuple[DType, ...] = ("float32", "bfloat16")
 SEED = 1337
 
 
@@ -66,7 +66,7 @@ class TokenFile:
 @dataclass(frozen=True)
 class TrainingResult:
     model: str
-    dtype: DTypeName
+    dtype: DType
     tokens_per_step: int
     steps: int  # all steps taken, warmup included; the val loss is after this many
     step_seconds: float  # median over the timed steps
@@ -81,7 +81,7 @@ class _Trainer:
     """One model, its optimizer and its batches, stepping in one precision."""
 
     def __init__(
-        self, spec: TrainingSpec, train: TokenFile, val: TokenFile | None, dtype: DTypeName
+        self, spec: TrainingSpec, train: TokenFile, val: TokenFile | None, dtype: DType
     ) -> None:
         seed_everything(SEED)
         self.model = GPT(spec.model)
@@ -139,7 +139,7 @@ def measure_training(
     as the steps (its first `matmul_repeats`): on a shared machine, a rate measured minutes
     apart can differ by a factor of three, and MFU would say more about the neighbours.
     """
-    trainers: dict[DTypeName, _Trainer] = {
+    trainers: dict[DType, _Trainer] = {
         dtype: _Trainer(spec, train, val, dtype) for dtype in PRECISIONS
     }
     matmuls = {dtype: Matmul(dtype, matmul_size) for dtype in PRECISIONS}

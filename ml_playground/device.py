@@ -5,15 +5,12 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
+from ml_playground.config import Device, DType
 from ml_playground.errors import ConfigError
-
-DeviceName = Literal["cpu", "mps", "cuda", "auto"]
-DTypeName = Literal["float32", "bfloat16", "float16"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -49,7 +46,7 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
-def resolve_device(name: DeviceName) -> torch.device:
+def resolve_device(name: Device) -> torch.device:
     """`auto` picks cuda, then mps, then cpu; an explicit choice must be available."""
     if name == "auto":
         if torch.cuda.is_available():
@@ -69,7 +66,7 @@ def resolve_device(name: DeviceName) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(device: DeviceName, dtype: DTypeName) -> Precision:
+def resolve_precision(device: Device, dtype: DType) -> Precision:
     resolved = resolve_device(device)
     torch_dtype = TORCH_DTYPES[dtype]
     if torch_dtype == torch.float16 and resolved.type == "cpu":

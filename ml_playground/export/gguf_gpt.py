@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import gguf
 import numpy as np
@@ -27,11 +26,10 @@ import numpy.typing as npt
 import torch
 
 from ml_playground.export.bpe_vocab import ByteLevelVocab
+from ml_playground.export.llama_cpp import NativeQuant
 from ml_playground.model.gpt import LAYER_NORM_EPS, GPTConfig
 
 ARCH = "gpt2"
-NativeQuant = Literal["f32", "f16", "q8_0"]
-NATIVE_QUANTS: tuple[NativeQuant, ...] = ("f32", "f16", "q8_0")
 
 FILE_TYPES: Mapping[NativeQuant, gguf.LlamaFileType] = {
     "f32": gguf.LlamaFileType.ALL_F32,

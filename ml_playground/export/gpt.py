@@ -14,7 +14,8 @@ from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec
 from ml_playground.errors import ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.bpe_vocab import GPT2_PRETOKENIZER_ENCODINGS, ByteLevelVocab, gpt2_vocab
-from ml_playground.export.gguf_gpt import NativeQuant, write_gpt_gguf
+from ml_playground.export.gguf_gpt import write_gpt_gguf
+from ml_playground.export.llama_cpp import NATIVE_QUANTS, NativeQuant
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults, raw_completion_template
 from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.model.gpt import GPTConfig
@@ -49,7 +50,7 @@ class GPTExport:
         ckpt = checkpoint.load(source)
         spec = TokenizerSpec.from_json(dict(ckpt.tokenizer), source)
         exportable_encoding(spec)
-        if settings.quant not in llama_cpp.NATIVE_QUANTS:
+        if settings.quant not in NATIVE_QUANTS:
             llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
         return cls(config=config, name=name, source=source, ckpt=ckpt, spec=spec)
 
@@ -65,7 +66,7 @@ class GPTExport:
                 mode="json", include={"start", "temperature", "top_k", "top_p"}
             ),
         }
-        if settings.quant not in llama_cpp.NATIVE_QUANTS:
+        if settings.quant not in NATIVE_QUANTS:
             quantizer = llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
             inputs["quantizer"] = bundle.sha256_file(Path(quantizer.argv[-1]))
         return inputs
@@ -182,5 +183,4 @@ def vocab_for(spec: TokenizerSpec) -> ByteLevelVocab:
 
 def native_quant(quant: str) -> NativeQuant | None:
     """`quant` when gguf can write it directly, else None (llama-quantize's job)."""
-    natives: tuple[NativeQuant, ...] = ("f32", "f16", "q8_0")
-    return next((native for native in natives if native == quant), None)
+    return next((native for native in NATIVE_QUANTS if native == quant), None)

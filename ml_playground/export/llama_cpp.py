@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import gguf
 
@@ -29,7 +30,9 @@ STDERR_TAIL_LINES = 5
 
 # What the converter writes itself; anything else goes through llama-quantize.
 CONVERTER_OUTTYPES = frozenset({"f32", "f16", "bf16", "q8_0"})
-NATIVE_QUANTS = frozenset({"f32", "f16", "q8_0"})
+# What gguf-py writes itself, without llama-quantize: our GPT writer and the converter.
+NativeQuant = Literal["f32", "f16", "q8_0"]
+NATIVE_QUANTS: tuple[NativeQuant, ...] = ("f32", "f16", "q8_0")
 QUANTIZE_TYPES = frozenset(
     name.removeprefix("MOSTLY_").lower()
     for name in gguf.LlamaFileType.__members__

@@ -21,7 +21,8 @@ import tiktoken
 import torch
 
 from ml_playground.export.bpe_vocab import ByteLevelVocab, build_vocab
-from ml_playground.export.gguf_gpt import NativeQuant, write_gpt_gguf
+from ml_playground.export.gguf_gpt import write_gpt_gguf
+from ml_playground.export.llama_cpp import NativeQuant
 from ml_playground.model.gpt import GPT, LAYER_NORM_EPS, GPTConfig
 from tests.export_helpers import EOT, random_gpt, tiny_bpe_encoding
 
