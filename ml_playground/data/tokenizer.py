@@ -1,8 +1,13 @@
-"""Tokenizers for the from-scratch pipeline: characters, or tiktoken's byte-level BPE.
+"""Tokenizers: characters or tiktoken's byte-level BPE, and what a Hugging Face one offers.
 
-A `TokenizerSpec` is the tokenizer's identity: it is stored in a dataset's meta.json and
+The from-scratch pipeline builds its own (`CharTokenizer`, `TiktokenTokenizer`). A
+`TokenizerSpec` is such a tokenizer's identity: it is stored in a dataset's meta.json and
 in checkpoints, and two artifacts agree on their tokenizer exactly when their specs are
 equal. `tokenizer_from_spec` rebuilds the working tokenizer from it.
+
+The records dataset works with a pretrained model's tokenizer instead; `HFTokenizer` is
+the part of it the package uses, so data/ can take one without importing the Hugging
+Face backend that loads it (finetune/hub.py).
 """
 
 from __future__ import annotations
@@ -110,6 +115,26 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class HFTokenizer(Protocol):
+    """The part of a Hugging Face tokenizer this package uses."""
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+    @property
+    def bos_token_id(self) -> int | None: ...
+    @property
+    def eos_token(self) -> str | None: ...
+    def __len__(self) -> int: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+    def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]: ...
+    def add_special_tokens(self, special_tokens_dict: Mapping[str, list[str]]) -> int: ...
+    def save_pretrained(self, save_directory: str) -> object: ...
+    def __call__(
+        self, text: list[str], add_special_tokens: bool = True
+    ) -> Mapping[str, list[list[int]]]: ...
 
 
 class CharTokenizer:

@@ -20,6 +20,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.data.records import read_dataset_meta
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import DataError, ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
@@ -31,7 +33,6 @@ from ml_playground.finetune.adapters import (
     adapters_dir,
     for_sampling,
 )
-from ml_playground.finetune.dataset import read_dataset_meta
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.finetune.model import (
     fit_embeddings,
@@ -41,7 +42,6 @@ from ml_playground.finetune.model import (
     merge_adapters,
     weights_dtype,
 )
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 
 ROUTE = "llama.cpp-convert-hf"
 ROUTE_VERSION = 1

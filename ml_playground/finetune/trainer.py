@@ -32,6 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ml_playground import atomic
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
 from ml_playground.data.batches import BatchSampler
+from ml_playground.data.packing import PackedDataset, pack_dataset
+from ml_playground.data.records import TOKENIZER_DIR, DatasetMeta, read_dataset_meta
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
@@ -45,7 +47,6 @@ from ml_playground.distributed import (
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.finetune import adapters
 from ml_playground.finetune.adapters import RunMeta, TrainingState
-from ml_playground.finetune.dataset import TOKENIZER_DIR, DatasetMeta, read_dataset_meta
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import (
@@ -58,7 +59,6 @@ from ml_playground.finetune.model import (
     merge_adapters,
     weights_dtype,
 )
-from ml_playground.finetune.packing import PackedDataset, pack_dataset
 from ml_playground.train.driver import Steps, run_loop, set_learning_rate
 from ml_playground.train.loop import EVAL_SEED_OFFSET
 from ml_playground.train.reporting import RunReporter

@@ -24,12 +24,12 @@ import pytest
 from ml_playground.config import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.finetune import adapters
-from ml_playground.finetune.dataset import prepare_speeches
 from tests.cli_helpers import assert_one_error_line, run_command, started_command
 from tests.finetune_helpers import (
     TinyModels,
     TomlValue,
     copy_member_slices,
+    prepare_speech_records,
     speeches,
     tiny_settings,
     write_config,
@@ -190,7 +190,7 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     configure(workdir, tiny_models.qwen2, {"train.runtime.max_iters": 100_000})
     # Prepared in-process: the subprocesses that matter here are the two trainings.
     loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
-    prepare_speeches(loaded.config, frozenset({".csv"}))
+    prepare_speech_records(loaded.config, frozenset({".csv"}))
     last = adapters.adapters_dir(workdir / "out", adapters.LAST)
     with cli.started("train", "speakger") as process:
         deadline = time.monotonic() + TIMEOUT

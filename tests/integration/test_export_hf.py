@@ -21,20 +21,20 @@ import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
 from ml_playground.config import ExperimentConfig, PeftConfig, load_config
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.finetune.adapters import RunMeta
-from ml_playground.finetune.dataset import prepare_speeches
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weights
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 from ml_playground.finetune.trainer import train_lora
 from tests.finetune_helpers import (
     build_tiny_model,
     copy_member_slices,
     load,
+    prepare_speech_records,
     speeches,
     tiny_settings,
     write_speeches_csv,
@@ -244,7 +244,7 @@ def test_a_real_fine_tuning_run_exports_a_model_that_computes_what_sampling_does
         "export.ollama.convert_bin": str(tmp_path / "tools" / "convert_hf_to_gguf.py"),
     }
     loaded = load(folder, settings)
-    prepare_speeches(loaded.config, frozenset({".csv"}))
+    prepare_speech_records(loaded.config, frozenset({".csv"}))
     train_lora(loaded.config)
 
     export_experiment(loaded.config, "run")

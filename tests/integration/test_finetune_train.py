@@ -18,7 +18,6 @@ import torch
 from ml_playground.config import LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
 from ml_playground.finetune import adapters
-from ml_playground.finetune.dataset import prepare_speeches
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.sampler import sample_lora
 from ml_playground.finetune.trainer import next_token_loss, train_lora
@@ -37,6 +36,7 @@ from tests.finetune_helpers import (
     TomlValue,
     adapter_weights,
     load,
+    prepare_speech_records,
     speeches_experiment,
     tiny_settings,
 )
@@ -152,7 +152,7 @@ def test_after_training_on_a_toy_corpus_greedy_generation_stops_at_eos(
         "sample.sample.max_new_tokens": 20,
     }
     loaded = load(tmp_path, settings)
-    prepare_speeches(loaded.config, frozenset({".txt"}))
+    prepare_speech_records(loaded.config, frozenset({".txt"}))
     [untrained] = sample_lora(loaded.config)
 
     train_lora(loaded.config)

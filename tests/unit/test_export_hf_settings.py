@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.data.records import DatasetMeta
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ExportError
 from ml_playground.export.hf import adapter_dir, prompt_format
 from ml_playground.export.modelfile import RAW_COMPLETION
-from ml_playground.finetune.dataset import DatasetMeta
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 
 
 def config(folder: Path) -> ExperimentConfig:

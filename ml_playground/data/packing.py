@@ -21,10 +21,10 @@ from typing import IO, Any
 import numpy as np
 
 from ml_playground import atomic
+from ml_playground.data.records import META_FILE, TRAIN_FILE, VAL_FILE, read_texts
 from ml_playground.data.token_dataset import UINT16_IDS
+from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import DataError
-from ml_playground.finetune.dataset import META_FILE, TRAIN_FILE, VAL_FILE, read_texts
-from ml_playground.finetune.hub import Tokenizer
 
 PACKED_DIR = "packed"
 PACK_META = "meta.json"
@@ -42,7 +42,7 @@ class PackedDataset:
 
 
 def pack_dataset(
-    dataset_dir: Path, tokenizer: Tokenizer, out_dir: Path, *, separator: str
+    dataset_dir: Path, tokenizer: HFTokenizer, out_dir: Path, *, separator: str
 ) -> PackedDataset:
     """Tokenize and pack both splits into out_dir/packed, unless that is already done."""
     eos = tokenizer.eos_token_id
@@ -74,7 +74,7 @@ def pack_dataset(
 
 
 def _write_stream(
-    texts: Iterator[str], tokenizer: Tokenizer, out: IO[Any], dtype: str, closing: Sequence[int]
+    texts: Iterator[str], tokenizer: HFTokenizer, out: IO[Any], dtype: str, closing: Sequence[int]
 ) -> int:
     written = 0
     for batch in _batches(texts, ENCODE_BATCH):

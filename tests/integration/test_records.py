@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 
 from ml_playground.config import LoadedConfig
+from ml_playground.data.records import (
+    prepare_speech_dataset,
+    read_dataset_meta,
+    read_texts,
+    require_hf_model,
+)
+from ml_playground.data.speeches.source import speech_sources
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ConfigError, DataError
-from ml_playground.finetune.dataset import prepare_speech_dataset, read_dataset_meta, read_texts
-from ml_playground.finetune.hub import ModelSource, load_tokenizer
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
-from ml_playground.finetune.speeches import speech_sources
+from ml_playground.finetune.hub import ModelSource, load_tokenizer, tokenizer_loader
 from tests.finetune_helpers import (
     SpeechRow,
     TinyModels,
@@ -48,8 +53,10 @@ def speakger_settings(tiny_models: TinyModels, **overrides: TomlValue) -> dict[s
 
 
 def prepare(loaded: LoadedConfig) -> str:
-    sources = speech_sources(loaded.config.prepare, CSV_ONLY)
-    return prepare_speech_dataset(loaded.config, sources, show_progress=False).message
+    config = loaded.config
+    sources = speech_sources(config.prepare, CSV_ONLY)
+    load_tokenizer = tokenizer_loader(require_hf_model(config))
+    return prepare_speech_dataset(config, sources, load_tokenizer, show_progress=False).message
 
 
 def test_prepare_writes_records_a_tokenizer_with_structure_tokens_and_meta(

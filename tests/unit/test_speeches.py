@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 
 from ml_playground.config import PrepareConfig
-from ml_playground.errors import DataError
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START, Speech, format_record
-from ml_playground.finetune.selection import Selection
-from ml_playground.finetune.speeches import (
+from ml_playground.data.speeches.selection import Selection
+from ml_playground.data.speeches.source import (
     ReadReport,
     parse_date,
     read_speeches,
     select,
     speech_sources,
 )
-from ml_playground.finetune.table import RowCounts, read_rows
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START, Speech, format_record
+from ml_playground.data.table import RowCounts, read_rows
+from ml_playground.errors import DataError
 from tests.finetune_helpers import (
     SPEAKGER_DIR,
     SpeechRow,

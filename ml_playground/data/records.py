@@ -34,18 +34,18 @@ from tqdm import tqdm
 
 from ml_playground import atomic
 from ml_playground.config import ExperimentConfig, HFModelConfig
-from ml_playground.data.token_dataset import read_meta_json
-from ml_playground.errors import ConfigError, DataError
-from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
-from ml_playground.finetune.records import STRUCTURE_TOKENS, Speech, format_record
-from ml_playground.finetune.selection import Selection
-from ml_playground.finetune.speeches import (
+from ml_playground.data.speeches.selection import Selection
+from ml_playground.data.speeches.source import (
     ReadReport,
     auxiliary_files,
     read_speeches,
     select,
     speech_sources,
 )
+from ml_playground.data.speeches.speech import STRUCTURE_TOKENS, Speech, format_record
+from ml_playground.data.token_dataset import read_meta_json
+from ml_playground.data.tokenizer import HFTokenizer
+from ml_playground.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
 RECORD_FORMAT = "speech-records-jsonl"
@@ -55,6 +55,9 @@ TOKENIZER_DIR = "tokenizer"
 META_FILE = "meta.json"
 RERUN_HINT = "run `ml-playground prepare <experiment>` again"
 SHOWN_EXAMPLES = 3
+
+# The caller, which may import the Hugging Face backend, decides how a tokenizer is had.
+TokenizerLoader = Callable[[], HFTokenizer]
 
 
 @dataclass(frozen=True)
@@ -150,19 +153,30 @@ class PrepareOutcome:
     message: str
 
 
-def prepare_speeches(config: ExperimentConfig, suffixes: frozenset[str]) -> PrepareOutcome:
+def prepare_speeches(
+    config: ExperimentConfig, suffixes: frozenset[str], load_tokenizer: TokenizerLoader
+) -> PrepareOutcome:
     """What an experiment's preparer does: find the sources, prepare, say what happened."""
-    outcome = prepare_speech_dataset(config, speech_sources(config.prepare, suffixes))
+    outcome = prepare_speech_dataset(
+        config, speech_sources(config.prepare, suffixes), load_tokenizer
+    )
     print(outcome.message)
     return outcome
 
 
 def prepare_speech_dataset(
-    config: ExperimentConfig, sources: Sequence[Path], *, show_progress: bool = True
+    config: ExperimentConfig,
+    sources: Sequence[Path],
+    load_tokenizer: TokenizerLoader,
+    *,
+    show_progress: bool = True,
 ) -> PrepareOutcome:
-    """Read, select, format and split the speeches in `sources` into prepare.dataset_dir."""
+    """Read, select, format and split the speeches in `sources` into prepare.dataset_dir.
+
+    `load_tokenizer` gives the base model's tokenizer; it is called only when the dataset
+    is not up to date, since loading one takes seconds.
+    """
     hf = require_hf_model(config)
-    source = ModelSource.from_config(hf)  # a missing model folder is reported first
     prepare = config.prepare
     selection = Selection.from_config(prepare)
     dataset_dir = prepare.dataset_dir
@@ -178,7 +192,7 @@ def prepare_speech_dataset(
             ),
         )
 
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer()
     report = ReadReport()
     total_bytes = sum(_stat(path)[0] for path in sources)
     # A stale meta.json must not outlive the files it described should this run stop.
@@ -326,7 +340,7 @@ def _record(speech: Speech, text: str) -> dict[str, object]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def _add_structure_tokens(tokenizer: Tokenizer, tokens: Sequence[str]) -> tuple[str, ...]:
+def _add_structure_tokens(tokenizer: HFTokenizer, tokens: Sequence[str]) -> tuple[str, ...]:
     """Register `tokens` as special tokens; returns those that were new to the vocabulary."""
     if not tokens:
         return ()

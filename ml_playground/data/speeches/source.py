@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml_playground.config import PrepareConfig
-from ml_playground.errors import DataError
-from ml_playground.finetune.members import (
+from ml_playground.data.speeches.members import (
     MEMBER_FILES,
     META_FILE,
     Members,
@@ -29,9 +28,10 @@ from ml_playground.finetune.members import (
     normalize_mpid,
     parse_int,
 )
-from ml_playground.finetune.records import Speech
-from ml_playground.finetune.selection import Selection
-from ml_playground.finetune.table import RowCounts, read_rows
+from ml_playground.data.speeches.selection import Selection
+from ml_playground.data.speeches.speech import Speech
+from ml_playground.data.table import RowCounts, read_rows
+from ml_playground.errors import DataError
 
 CSV_SUFFIX = ".csv"
 TEXT_SUFFIX = ".txt"

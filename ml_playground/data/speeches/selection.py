@@ -11,9 +11,9 @@ import datetime
 from dataclasses import dataclass
 
 from ml_playground.config import PrepareConfig
+from ml_playground.data.speeches.members import display_party
+from ml_playground.data.speeches.speech import Speech
 from ml_playground.errors import ConfigError
-from ml_playground.finetune.members import display_party
-from ml_playground.finetune.records import Speech
 
 
 @dataclass(frozen=True)
