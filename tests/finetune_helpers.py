@@ -240,7 +240,7 @@ def tiny_settings(model_dir: Path) -> dict[str, TomlValue]:
     """Settings under which a whole run takes seconds on one CPU thread."""
     return {
         "prepare.dataset_dir": "datasets",
-        "prepare.add_structure_tokens": True,
+        "prepare.speeches.add_structure_tokens": True,
         "train.hf_model.model_name": str(model_dir),
         "train.hf_model.block_size": 32,
         "train.peft.r": 4,

@@ -85,6 +85,9 @@ class RunMeta:
     added_tokens: tuple[str, ...]
     doc_separator: str
     lora: bool
+    record_opening: str = ""
+    record_closing: str = ""
+    stop_tokens: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -97,6 +100,9 @@ class RunMeta:
             "doc_separator": self.doc_separator,
             "lora": self.lora,
             "tokenizer": TOKENIZER_DIR,
+            "record_opening": self.record_opening,
+            "record_closing": self.record_closing,
+            "stop_tokens": list(self.stop_tokens),
         }
 
     @classmethod
@@ -124,6 +130,9 @@ class RunMeta:
                 added_tokens=tuple(str(token) for token in fields["added_tokens"]),
                 doc_separator=str(fields["doc_separator"]),
                 lora=bool(fields["lora"]),
+                record_opening=str(fields.get("record_opening", "")),
+                record_closing=str(fields.get("record_closing", "")),
+                stop_tokens=tuple(str(token) for token in fields.get("stop_tokens", ())),
             )
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(

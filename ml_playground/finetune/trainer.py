@@ -186,6 +186,9 @@ def _build_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) -> 
         structure_tokens=meta.structure_tokens,
         added_tokens=meta.added_tokens,
         doc_separator=meta.doc_separator,
+        record_opening=meta.record_opening,
+        record_closing=meta.record_closing,
+        stop_tokens=meta.stop_tokens,
         lora=peft.enabled,
     )
     if resume is not None:

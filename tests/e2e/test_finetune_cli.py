@@ -149,7 +149,7 @@ def test_loop_bundestag_finetuning_mps_reads_txt_files_and_a_speeches_csv(
     nested = workdir / "raw" / "2021" / "03"
     nested.mkdir(parents=True)
     (nested / "rede.txt").write_text("Frau Präsidentin! Wir stimmen zu.", encoding="utf-8")
-    configure(workdir, tiny_models.gemma3, {"prepare.add_structure_tokens": False})
+    configure(workdir, tiny_models.gemma3, {"prepare.speeches.add_structure_tokens": False})
 
     result = cli.run("loop", "bundestag_finetuning_mps")
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
 from ml_playground.config import ExperimentConfig, PeftConfig, load_config
-from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START, record_shape
 from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
@@ -115,6 +115,7 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
     save_weights(wrapped, out / "adapters" / "best")
+    shape = record_shape(structure_tokens=structure_tokens)
     RunMeta(
         base_model=str(base),
         revision=None,
@@ -123,6 +124,9 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
         added_tokens=added,
         doc_separator="\n\n",
         lora=True,
+        record_opening=shape.opening,
+        record_closing=shape.closing,
+        stop_tokens=shape.stop_tokens,
     ).write(out)
     return out
 
@@ -194,7 +198,7 @@ def test_merged_export_merges_converts_and_quantizes(
     )
     assert (export_dir / "Modelfile").read_text(encoding="utf-8") == (
         "FROM ./model.gguf\n"
-        f'TEMPLATE """{SPEECH_START}{{{{ .Prompt }}}}\n\n"""\n'
+        f'TEMPLATE """{SPEECH_START}\n{{{{ .Prompt }}}}\n\n"""\n'
         f'PARAMETER stop "{SPEECH_END}"\n'
         'PARAMETER stop "<|endoftext|>"\n'
         "PARAMETER temperature 0.7\n"

@@ -134,8 +134,8 @@ def test_after_training_on_a_toy_corpus_greedy_generation_stops_at_eos(
     settings: dict[str, TomlValue] = {
         **tiny_settings(tiny_models.of(family)),
         "prepare.raw_dir": "raw",
-        "prepare.add_structure_tokens": False,
-        "prepare.doc_separator": "",
+        "prepare.speeches.add_structure_tokens": False,
+        "prepare.speeches.doc_separator": "",
         "prepare.train_split": 0.6,
         "train.hf_model.block_size": 16,
         "train.data.batch_size": 8,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.config import PrepareConfig
+from ml_playground.config import PrepareConfig, SpeechesConfig
 from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.source import (
     ReadReport,
@@ -188,11 +188,11 @@ def test_period_party_and_date_filters_say_why_each_speech_was_left_out(tmp_path
         SpeechRow("Fünf.", party="SPD", period="", date="2019-01-10"),
     ]
     table = write_speeches_csv(tmp_path / "speeches.csv", rows)
-    prepare = PrepareConfig(
+    speeches = SpeechesConfig(
         periods=[19], parties=["spd"], date_from="2019-01-01", date_to="2019-12-31"
     )
 
-    kept, report = read_all([table], Selection.from_config(prepare))
+    kept, report = read_all([table], Selection.from_config(speeches))
 
     assert [speech.text for speech in kept] == ["Eins."]
     assert dict(report.skipped) == {
