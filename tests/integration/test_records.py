@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,35 +107,35 @@ def test_meta_says_how_every_record_opens_and_closes_and_what_stops_generation(
         assert (meta.record_opening, meta.record_closing, meta.stop_tokens) == ("", "", ())
 
 
+def prepared_meta_json(root: Path, tiny_models: TinyModels) -> tuple[Path, dict[str, Any]]:
+    """A prepared dataset's meta.json, and what it holds, for a test to rewrite."""
+    loaded = speakger_experiment(root, tiny_models, speeches(4))
+    prepare(loaded)
+    path = loaded.config.prepare.dataset_dir / "meta.json"
+    return path, json.loads(path.read_text(encoding="utf-8"))
+
+
 def test_a_meta_json_from_before_the_record_shape_reads_with_the_shape_it_had(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    loaded = speakger_experiment(tmp_path, tiny_models, speeches(4))
-    dataset_dir = loaded.config.prepare.dataset_dir
-    prepare(loaded)
-    current = read_dataset_meta(dataset_dir)
-    path = dataset_dir / "meta.json"
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    path, saved = prepared_meta_json(tmp_path, tiny_models)
+    current = read_dataset_meta(path.parent)
     for key in ("record_opening", "record_closing", "stop_tokens"):
         del saved[key]
     path.write_text(json.dumps(saved), encoding="utf-8")
 
-    assert read_dataset_meta(dataset_dir) == current
+    assert read_dataset_meta(path.parent) == current
 
 
 def test_a_damaged_meta_json_names_the_file_the_field_and_says_to_prepare(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    loaded = speakger_experiment(tmp_path, tiny_models, speeches(4))
-    dataset_dir = loaded.config.prepare.dataset_dir
-    prepare(loaded)
-    path = dataset_dir / "meta.json"
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    path, saved = prepared_meta_json(tmp_path, tiny_models)
     saved["vocab_size"] = "many"
     path.write_text(json.dumps(saved), encoding="utf-8")
 
     with pytest.raises(DataError, match=rf"{path} .*'vocab_size'.*run `ml-playground prepare"):
-        read_dataset_meta(dataset_dir)
+        read_dataset_meta(path.parent)
 
 
 def test_preparing_again_is_skipped_until_settings_or_inputs_change(
