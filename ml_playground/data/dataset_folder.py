@@ -26,7 +26,7 @@ META_FILE = "meta.json"
 RERUN_HINT = "run `ml-playground prepare <experiment>`"
 
 
-class DatasetMetaBase(Artifact):
+class PreparedMeta(Artifact):
     """A prepared dataset's meta.json."""
 
     @abstractmethod
@@ -34,7 +34,7 @@ class DatasetMetaBase(Artifact):
         """The size in bytes of every file the meta.json vouches for, by name."""
 
 
-M = TypeVar("M", bound=DatasetMetaBase)
+M = TypeVar("M", bound=PreparedMeta)
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,6 @@ def remove_meta(dataset_dir: Path) -> None:
     (dataset_dir / META_FILE).unlink(missing_ok=True)
 
 
-def write_meta(dataset_dir: Path, meta: DatasetMetaBase) -> None:
+def write_meta(dataset_dir: Path, meta: PreparedMeta) -> None:
     """Last: the files are complete, so meta.json may say so."""
     write_artifact(dataset_dir / META_FILE, meta)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ml_playground import atomic
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import META_FILE, DatasetMetaBase
+from ml_playground.data.dataset_folder import META_FILE, PreparedMeta
 from ml_playground.data.records import TRAIN_FILE, VAL_FILE, read_texts
 from ml_playground.data.token_dataset import UINT16_IDS, TokenDType
 from ml_playground.data.tokenizer import HFTokenizer
@@ -35,7 +35,7 @@ ENCODE_BATCH = 256
 SPLIT_FILES = {"train": TRAIN_FILE, "val": VAL_FILE}
 
 
-class PackMeta(DatasetMetaBase):
+class PackMeta(PreparedMeta):
     """Packed tokens metadata: what they were made from, their dtype and token counts."""
 
     key: str

@@ -42,7 +42,7 @@ from ml_playground import atomic
 from ml_playground.artifacts import Artifact
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import RERUN_HINT, DatasetMetaBase
+from ml_playground.data.dataset_folder import RERUN_HINT, PreparedMeta
 from ml_playground.data.speeches.selection import Selection, SelectionSettings
 from ml_playground.data.speeches.source import (
     ReadReport,
@@ -108,7 +108,7 @@ def _shape_of(structure_tokens: object) -> RecordShape:
     return record_shape(structure_tokens=bool(structure_tokens))
 
 
-class DatasetMeta(DatasetMetaBase):
+class DatasetMeta(PreparedMeta):
     """Records dataset metadata.
 
     `record_opening` is the text every record begins with (a prompt starting with it

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import DatasetMetaBase
+from ml_playground.data.dataset_folder import PreparedMeta
 from ml_playground.data.tokenizer import (
     CharTokenizer,
     TiktokenTokenizer,
@@ -67,7 +67,7 @@ class PrepareSettings(Artifact):
     train_split: float
 
 
-class DatasetMeta(DatasetMetaBase):
+class DatasetMeta(PreparedMeta):
     """Token dataset metadata."""
 
     format_version: Literal[1] = FORMAT_VERSION
