@@ -33,6 +33,7 @@ import torch
 
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact, parse_artifact, read_json_object, write_artifact
+from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.errors import CheckpointError
 
 Slot = Literal["last", "best", "final"]
@@ -53,7 +54,6 @@ COMPILED_PREFIX = "_orig_mod."
 ADAPTERS_DIR = "adapters"
 ADAPTER_SAMPLING_ORDER: tuple[Slot, ...] = (BEST, FINAL, LAST)
 STATE_FILE = "training_state.pt"
-TOKENIZER_DIR = "tokenizer"
 MERGED_DIR = "merged"
 RUN_META = "meta.json"
 # Version 1 held one process's RNG and sampler state; version 2 holds one per rank.

@@ -11,6 +11,7 @@ effective config can be printed with its origins and every error can name its fi
 from __future__ import annotations
 
 import difflib
+import sys
 import tomllib
 import types
 import typing
@@ -40,6 +41,20 @@ Device = Literal["cpu", "mps", "cuda", "auto"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 
+class SpeechesConfig(Section):
+    """[prepare.speeches]: which speeches the records dataset keeps and how it writes them."""
+
+    add_structure_tokens: bool = False
+    doc_separator: str = "\n\n"
+    skip_chair: bool = True
+    skip_interjections: bool = True
+    periods: list[int] = Field(default_factory=list[int])
+    parties: list[str] = Field(default_factory=list[str])
+    date_from: str | None = None
+    date_to: str | None = None
+    max_records: PositiveInt | None = None
+
+
 class PrepareConfig(Section):
     dataset: str | None = None
     raw_dir: Path | None = None
@@ -50,16 +65,8 @@ class PrepareConfig(Section):
     train_split: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
     chunk_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     download_url: str | None = None
-    add_structure_tokens: bool = False
-    doc_separator: str = "\n\n"
-    skip_chair: bool = True
-    skip_interjections: bool = True
-    periods: list[int] = Field(default_factory=list[int])
-    parties: list[str] = Field(default_factory=list[str])
-    date_from: str | None = None
-    date_to: str | None = None
-    max_records: PositiveInt | None = None
     seed: int = 1337
+    speeches: SpeechesConfig = SpeechesConfig()
 
 
 class ModelConfig(Section):
@@ -246,7 +253,7 @@ def load_config(
     layers.append((config_path, "experiment"))
     files: dict[str, Path] = {}
     for path, label in layers:
-        raw = _resolve_paths(read_toml(path), base=path.parent)
+        raw = _resolve_paths(_move_flat_speech_keys(read_toml(path), path), base=path.parent)
         _merge_into(merged, raw, origins, label)
         files[label] = path
     _apply_experiment_path_defaults(merged, experiment_dir.resolve())
@@ -281,6 +288,44 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from None
+
+
+# --- keys that moved ---------------------------------------------------------------------
+
+# The speech keys lived in [prepare] before [prepare.speeches] existed; that spelling
+# still loads, with a note once per file and key.
+FLAT_SPEECH_KEYS = frozenset(SpeechesConfig.model_fields)
+_noted_flat_keys: set[tuple[Path, str]] = set()
+
+
+def _move_flat_speech_keys(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`[prepare] skip_chair = ...` read as `[prepare.speeches] skip_chair = ...`."""
+    prepare = raw.get("prepare")
+    if not isinstance(prepare, dict):
+        return raw  # absent, or not a table: validation names it
+    prepare = typing.cast(dict[str, Any], prepare)
+    flat = sorted(FLAT_SPEECH_KEYS.intersection(prepare))
+    if not flat:
+        return raw
+    speeches = prepare.setdefault("speeches", {})
+    if not isinstance(speeches, dict):
+        return raw
+    speeches = typing.cast(dict[str, Any], speeches)
+    for key in flat:
+        if key in speeches:
+            raise ConfigError(
+                f"prepare.{key} and prepare.speeches.{key} are both set in {path}; "
+                f"keep only {key} under [prepare.speeches]"
+            )
+        speeches[key] = prepare.pop(key)
+        if (path, key) not in _noted_flat_keys:
+            _noted_flat_keys.add((path, key))
+            print(
+                f"note: prepare.{key} in {path} is deprecated; move it to [prepare.speeches]"
+                f" as {key}",
+                file=sys.stderr,
+            )
+    return raw
 
 
 # --- layering ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
-from ml_playground.config import LoadedConfig, load_config
+from ml_playground.config import ExperimentConfig, LoadedConfig, load_config
 from tests.conftest import SHARED_DIR
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ def tiny_settings(model_dir: Path) -> dict[str, TomlValue]:
     """Settings under which a whole run takes seconds on one CPU thread."""
     return {
         "prepare.dataset_dir": "datasets",
-        "prepare.add_structure_tokens": True,
+        "prepare.speeches.add_structure_tokens": True,
         "train.hf_model.model_name": str(model_dir),
         "train.hf_model.block_size": 32,
         "train.peft.r": 4,
@@ -296,16 +296,22 @@ def speeches_experiment(
 ) -> LoadedConfig:
     """A prepared experiment in `root` on 24 SpeakGer-style speeches (preparing again is a
     no-op), fine-tuning the tiny model in `model_dir` with tiny_settings plus `overrides`."""
-    from ml_playground.finetune.dataset import prepare_speeches  # noqa: PLC0415 - heavy
-
     raw = root / "raw"
     if not raw.is_dir():
         write_speeches_csv(raw / "Bundestag.csv", speeches(24))
         copy_member_slices(raw)
     settings = tiny_settings(model_dir) | {"prepare.raw_dir": "raw"}
     loaded = load(root, settings | dict(overrides or {}))
-    prepare_speeches(loaded.config, frozenset({".csv"}))
+    prepare_speech_records(loaded.config, frozenset({".csv"}))
     return loaded
+
+
+def prepare_speech_records(config: ExperimentConfig, suffixes: frozenset[str]) -> None:
+    """What the speech experiments' preparers do: records with the base model's tokenizer."""
+    from ml_playground.data.records import prepare_speeches, require_hf_model  # noqa: PLC0415 - heavy
+    from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415 - heavy
+
+    prepare_speeches(config, suffixes, tokenizer_loader(require_hf_model(config)))
 
 
 def adapter_weights(out_dir: Path, name: Slot) -> dict[str, torch.Tensor]:

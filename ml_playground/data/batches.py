@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ml_playground.data.token_dataset import RERUN_HINT
+from ml_playground.data.dataset_folder import RERUN_HINT
 from ml_playground.errors import CheckpointError, DataError
 
 SamplerMode = Literal["random", "sequential"]

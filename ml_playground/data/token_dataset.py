@@ -23,19 +23,19 @@ from __future__ import annotations
 import codecs
 import contextlib
 import hashlib
-import json
-import typing
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, Final, Literal
 
 import numpy as np
 from tqdm import tqdm
 
 from ml_playground import atomic
+from ml_playground.artifacts import Artifact
+from ml_playground.data import dataset_folder
+from ml_playground.data.dataset_folder import PreparedMeta
 from ml_playground.data.tokenizer import (
-    TOKENIZER_KINDS,
     CharTokenizer,
     TiktokenTokenizer,
     Tokenizer,
@@ -44,24 +44,20 @@ from ml_playground.data.tokenizer import (
 )
 from ml_playground.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 TRAIN_BIN = "train.bin"
 VAL_BIN = "val.bin"
-META_FILE = "meta.json"
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 UINT16_IDS = 1 << 16
 
 TokenDType = Literal["uint16", "uint32"]
 TOKEN_DTYPES: tuple[TokenDType, ...] = ("uint16", "uint32")
-RERUN_HINT = "run `ml-playground prepare <experiment>`"
-
-_T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class PrepareSettings:
-    """The inputs besides the text that decide the output; a change means prepare again.
+class PrepareSettings(Artifact):
+    """Token dataset settings.
 
+    The inputs besides the text that decide the output; a change means prepare again.
     `encoding` is None for the char tokenizer, which does not depend on it. The chunk
     size is not a setting: the output does not depend on it.
     """
@@ -70,14 +66,11 @@ class PrepareSettings:
     encoding: str | None
     train_split: float
 
-    def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "encoding": self.encoding, "train_split": self.train_split}
 
+class DatasetMeta(PreparedMeta):
+    """Token dataset metadata."""
 
-@dataclass(frozen=True)
-class DatasetMeta:
-    """What meta.json says about a prepared dataset."""
-
+    format_version: Literal[1] = FORMAT_VERSION
     tokenizer: TokenizerSpec
     dtype: TokenDType
     vocab_size: int
@@ -86,85 +79,18 @@ class DatasetMeta:
     source_sha256: str
     settings: PrepareSettings
     sources: tuple[str, ...]
-    format_version: int = FORMAT_VERSION
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "format_version": self.format_version,
-            "tokenizer": self.tokenizer.to_json(),
-            "dtype": self.dtype,
-            "vocab_size": self.vocab_size,
-            "train_tokens": self.train_tokens,
-            "val_tokens": self.val_tokens,
-            "source_sha256": self.source_sha256,
-            "settings": self.settings.to_json(),
-            "sources": list(self.sources),
-        }
-
-    @classmethod
-    def from_json(cls, obj: object, source: Path | str) -> DatasetMeta:
-        """Validate meta.json content read from `source`; problems raise DataError."""
-        fields = _mapping(obj, "the file", source)
-        version = _field(fields, "format_version", int, source)
-        if version != FORMAT_VERSION:
-            raise _meta_error(
-                source,
-                f"format_version {version} is not {FORMAT_VERSION} (made by another version)",
-            )
-        dtype = _field(fields, "dtype", str, source)
-        if dtype not in TOKEN_DTYPES:
-            raise _meta_error(source, f"'dtype' must be one of {', '.join(TOKEN_DTYPES)}")
-        settings = _mapping(fields.get("settings"), "'settings'", source)
-        kind = _field(settings, "kind", str, source)
-        if kind not in TOKENIZER_KINDS:
-            raise _meta_error(source, f"'settings.kind' must be char or tiktoken, got {kind!r}")
-        encoding = settings.get("encoding")
-        if encoding is not None and not isinstance(encoding, str):
-            raise _meta_error(source, "'settings.encoding' must be a string or null")
-        sources = typing.cast(list[object], _field(fields, "sources", list, source))
-        if not all(isinstance(item, str) for item in sources):
-            raise _meta_error(source, "'sources' must be a list of paths")
-        return cls(
-            tokenizer=TokenizerSpec.from_json(fields.get("tokenizer"), source, remedy=RERUN_HINT),
-            dtype=dtype,
-            vocab_size=_field(fields, "vocab_size", int, source),
-            train_tokens=_field(fields, "train_tokens", int, source),
-            val_tokens=_field(fields, "val_tokens", int, source),
-            source_sha256=_field(fields, "source_sha256", str, source),
-            settings=PrepareSettings(
-                kind=kind,
-                encoding=encoding,
-                train_split=_number(settings, "train_split", source),
-            ),
-            sources=tuple(typing.cast(list[str], sources)),
-        )
+    def file_sizes_expected(self) -> Mapping[str, int]:
+        itemsize = np.dtype(self.dtype).itemsize
+        return {TRAIN_BIN: self.train_tokens * itemsize, VAL_BIN: self.val_tokens * itemsize}
 
 
 def read_meta(path: Path) -> DatasetMeta:
     """Load a dataset's meta.json; missing or damaged files say how to rebuild them."""
-    return DatasetMeta.from_json(read_meta_json(path), path)
+    return dataset_folder.read_meta(DatasetMeta, path)
 
 
-def read_meta_json(path: Path) -> object:
-    """The parsed JSON of a dataset's meta.json, for this pipeline's and fine-tuning's."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"dataset metadata not found: {path}; {RERUN_HINT} first") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read dataset metadata {path} ({exc}); {RERUN_HINT}") from None
-    try:
-        obj: object = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _meta_error(path, f"not valid JSON ({exc})") from None
-    return obj
-
-
-@dataclass(frozen=True)
-class PrepareOutcome:
-    skipped: bool
-    meta: DatasetMeta
-    message: str
+PrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
 
 
 def prepare_token_dataset(
@@ -198,17 +124,14 @@ def prepare_token_dataset(
 
     with _progress("scanning", total_bytes, show_progress) as advance:
         scan = _scan(sources, chunk_bytes, advance, collect_chars=tokenizer_kind == "char")
-    existing = _up_to_date_meta(dataset_dir, scan.sha256, settings)
+    existing = dataset_folder.up_to_date(
+        DatasetMeta,
+        dataset_dir,
+        lambda meta: (meta.source_sha256, meta.settings) == (scan.sha256, settings),
+    )
     if existing is not None:
-        _check_vocab_limit(existing.vocab_size, vocab_size_limit)
-        return PrepareOutcome(
-            skipped=True,
-            meta=existing,
-            message=(
-                f"dataset up to date: {dataset_dir} (skipped; delete it or change inputs"
-                " to prepare again)"
-            ),
-        )
+        _check_vocab_limit(existing.meta.vocab_size, vocab_size_limit)
+        return existing
 
     train_chars = int(scan.chars * train_split)
     if train_chars in (0, scan.chars):
@@ -225,9 +148,7 @@ def prepare_token_dataset(
     _check_vocab_limit(tokenizer.vocab_size, vocab_size_limit)
     dtype: TokenDType = "uint16" if tokenizer.vocab_size <= UINT16_IDS else "uint32"
 
-    # A stale meta.json must not outlive the bins it described, should this run stop
-    # half way; without it the dataset reads as "not prepared".
-    (dataset_dir / META_FILE).unlink(missing_ok=True)
+    dataset_folder.remove_meta(dataset_dir)
     with _progress("encoding", total_bytes, show_progress) as advance:
         train_tokens, val_tokens = _write_bins(
             sources,
@@ -249,7 +170,7 @@ def prepare_token_dataset(
         settings=settings,
         sources=tuple(str(path) for path in sources),
     )
-    atomic.write_json(dataset_dir / META_FILE, meta.to_json())
+    dataset_folder.write_meta(dataset_dir, meta)
     return PrepareOutcome(
         skipped=False,
         meta=meta,
@@ -449,27 +370,6 @@ def _encodable_prefix(text: str, max_carry: int) -> int:
 # --- checks and small helpers -----------------------------------------------------------
 
 
-def _up_to_date_meta(
-    dataset_dir: Path, sha256: str, settings: PrepareSettings
-) -> DatasetMeta | None:
-    """The existing meta when it describes this exact text and settings with intact bins."""
-    meta_path = dataset_dir / META_FILE
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = read_meta(meta_path)
-    except DataError:
-        return None  # a damaged meta.json is simply rebuilt by preparing again
-    if meta.source_sha256 != sha256 or meta.settings != settings:
-        return None
-    itemsize = np.dtype(meta.dtype).itemsize
-    for name, tokens in ((TRAIN_BIN, meta.train_tokens), (VAL_BIN, meta.val_tokens)):
-        path = dataset_dir / name
-        if not path.is_file() or path.stat().st_size != tokens * itemsize:
-            return None
-    return meta
-
-
 def _check_vocab_limit(vocab_size: int, limit: int | None) -> None:
     if limit is not None and vocab_size > limit:
         raise DataError(
@@ -486,28 +386,3 @@ def _progress(desc: str, total: int, enabled: bool) -> Generator[Callable[[int],
         total=total, desc=desc, unit="B", unit_scale=True, disable=None if enabled else True
     ) as bar:
         yield bar.update
-
-
-def _mapping(obj: object, what: str, source: Path | str) -> Mapping[str, object]:
-    if not isinstance(obj, Mapping):
-        raise _meta_error(source, f"{what} must be a JSON object, got {type(obj).__name__}")
-    return typing.cast(Mapping[str, object], obj)
-
-
-def _field(fields: Mapping[str, object], key: str, kind: type[_T], source: Path | str) -> _T:
-    value = fields.get(key)
-    # bool is an int to Python, but never a count.
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise _meta_error(source, f"'{key}' must be a {kind.__name__}, got {value!r}")
-    return value
-
-
-def _number(fields: Mapping[str, object], key: str, source: Path | str) -> float:
-    value = fields.get(key)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _meta_error(source, f"'{key}' must be a number, got {value!r}")
-    return float(value)
-
-
-def _meta_error(source: Path | str, problem: str) -> DataError:
-    return DataError(f"invalid dataset metadata {source}: {problem}; {RERUN_HINT}")

@@ -1,8 +1,13 @@
-"""Tokenizers for the from-scratch pipeline: characters, or tiktoken's byte-level BPE.
+"""Tokenizers: characters or tiktoken's byte-level BPE, and what a Hugging Face one offers.
 
-A `TokenizerSpec` is the tokenizer's identity: it is stored in a dataset's meta.json and
+The from-scratch pipeline builds its own (`CharTokenizer`, `TiktokenTokenizer`). A
+`TokenizerSpec` is such a tokenizer's identity: it is stored in a dataset's meta.json and
 in checkpoints, and two artifacts agree on their tokenizer exactly when their specs are
 equal. `tokenizer_from_spec` rebuilds the working tokenizer from it.
+
+The records dataset works with a pretrained model's tokenizer instead; `HFTokenizer` is
+the part of it the package uses, so data/ can take one without importing the Hugging
+Face backend that loads it (finetune/hub.py).
 """
 
 from __future__ import annotations
@@ -10,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol, Self
 
 import tiktoken
+from pydantic import StringConstraints, model_validator
 
+from ml_playground.artifacts import Artifact, parse_artifact
 from ml_playground.errors import DataError
 
 TokenizerKind = Literal["char", "tiktoken"]
@@ -28,17 +34,28 @@ TIKTOKEN_ALIASES: Mapping[str, str] = {"gpt2": "r50k_base"}
 DEFAULT_SPEC_REMEDY = "the file is damaged or from another version, so recreate it"
 
 
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """Which tokenizer, with everything needed to rebuild it.
+class TokenizerSpec(Artifact):
+    """Tokenizer spec.
 
-    `encoding` is the tiktoken name as the user wrote it (e.g. "gpt2"); `vocab` is the
-    char vocabulary, where a character's index is its id.
+    Which tokenizer, with everything needed to rebuild it. `encoding` is the tiktoken
+    name as the user wrote it (e.g. "gpt2"); `vocab` is the char vocabulary, where a
+    character's index is its id.
     """
 
     kind: TokenizerKind
     encoding: str | None = None
-    vocab: tuple[str, ...] | None = None
+    vocab: tuple[Annotated[str, StringConstraints(min_length=1, max_length=1)], ...] | None = None
+
+    @model_validator(mode="after")
+    def _complete_for_its_kind(self) -> Self:
+        if self.kind == "char":
+            if not self.vocab:
+                raise ValueError("a char tokenizer needs a non-empty 'vocab' list of characters")
+            if len(set(self.vocab)) != len(self.vocab):
+                raise ValueError("'vocab' must list distinct characters")
+        elif not self.encoding:
+            raise ValueError("a tiktoken tokenizer needs an 'encoding' name")
+        return self
 
     def describe(self) -> str:
         """A short human name, e.g. "tiktoken gpt2" or "char (65 characters, vocab 3f2a9c1b)".
@@ -52,45 +69,13 @@ class TokenizerSpec:
             return f"char ({len(chars)} characters, vocab {digest})"
         return f"tiktoken {self.encoding}"
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "encoding": self.encoding,
-            "vocab": list(self.vocab) if self.vocab is not None else None,
-        }
-
     @classmethod
     def from_json(
         cls, obj: object, source: Path | str, *, remedy: str = DEFAULT_SPEC_REMEDY
     ) -> TokenizerSpec:
-        """Validate a spec read from `source`; bad data raises DataError naming it.
-
-        `remedy` ends the message: what the user should do about the damaged file.
-        """
-
-        def invalid(problem: str) -> DataError:
-            return DataError(f"invalid tokenizer spec in {source}: {problem}; {remedy}")
-
-        if not isinstance(obj, Mapping):
-            raise invalid(f"expected an object, got {type(obj).__name__}")
-        spec = typing.cast(Mapping[str, object], obj)
-        kind = spec.get("kind")
-        if kind == "char":
-            vocab = spec.get("vocab")
-            if not isinstance(vocab, list):
-                raise invalid("a char tokenizer needs a 'vocab' list of characters")
-            chars = typing.cast(list[object], vocab)
-            if not all(isinstance(ch, str) and len(ch) == 1 for ch in chars):
-                raise invalid("every 'vocab' entry must be a single character")
-            if len(set(chars)) != len(chars) or not chars:
-                raise invalid("'vocab' must be a non-empty list of distinct characters")
-            return cls(kind="char", vocab=tuple(typing.cast(list[str], chars)))
-        if kind == "tiktoken":
-            encoding = spec.get("encoding")
-            if not isinstance(encoding, str) or not encoding:
-                raise invalid("a tiktoken tokenizer needs an 'encoding' name")
-            return cls(kind="tiktoken", encoding=encoding)
-        raise invalid(f"'kind' must be one of {', '.join(TOKENIZER_KINDS)}; got {kind!r}")
+        """Validate a spec read from `source` (a checkpoint's section); bad data raises
+        DataError naming it, the field and `remedy`, what the user should do about it."""
+        return parse_artifact(cls, obj, source, error=DataError, remedy=remedy)
 
 
 class Tokenizer(Protocol):
@@ -110,6 +95,26 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class HFTokenizer(Protocol):
+    """The part of a Hugging Face tokenizer this package uses."""
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+    @property
+    def bos_token_id(self) -> int | None: ...
+    @property
+    def eos_token(self) -> str | None: ...
+    def __len__(self) -> int: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
+    def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]: ...
+    def add_special_tokens(self, special_tokens_dict: Mapping[str, list[str]]) -> int: ...
+    def save_pretrained(self, save_directory: str) -> object: ...
+    def __call__(
+        self, text: list[str], add_special_tokens: bool = True
+    ) -> Mapping[str, list[list[int]]]: ...
 
 
 class CharTokenizer:

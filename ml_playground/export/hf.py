@@ -28,13 +28,15 @@ from ml_playground.checkpoint import (
     adapters_for_sampling,
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.data.dataset_folder import TOKENIZER_DIR
+from ml_playground.data.records import RecordShape, read_dataset_meta
 from ml_playground.errors import DataError, ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
 from ml_playground.export.readme import BundleReadme, example_prompt
-from ml_playground.finetune.dataset import read_dataset_meta
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.finetune.model import (
+    ADAPTER_CONFIG,
     fit_embeddings,
     is_adapter_folder,
     load_adapters,
@@ -42,12 +44,9 @@ from ml_playground.finetune.model import (
     merge_adapters,
     weights_dtype,
 )
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 
 ROUTE = "llama.cpp-convert-hf"
 ROUTE_VERSION = 1
-TOKENIZER_DIR = "tokenizer"
-ADAPTER_CONFIG = "adapter_config.json"
 MODEL_GGUF = "model.gguf"
 BASE_GGUF = "base.gguf"
 ADAPTER_GGUF = "adapter.gguf"
@@ -297,19 +296,18 @@ def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     settings = _tokenizer_settings(tokenizer)
     eos = _token_text(settings.get("eos_token"))
     eos_stop = (eos,) if eos else ()
-    structure = record_structure_tokens(config)
-    if structure is not None:
-        opening = SPEECH_START if SPEECH_START in structure else ""
-        closing = (SPEECH_END,) if SPEECH_END in structure else ()
+    shape = record_shape_of(config)
+    if shape is not None:
+        opening = shape.opening.strip()
         return PromptFormat(
-            template=f"{opening}{RAW_COMPLETION}{HEADER_END}",
-            stops=(*closing, *eos_stop),
+            template=f"{shape.opening}{RAW_COMPLETION}{HEADER_END}",
+            stops=(*shape.stop_tokens, *eos_stop),
             description=(
                 "Prompt format: speech records. Give the header lines (Sprecher, Partei,"
                 " Thema, Jahr) as the prompt; the template "
                 + (f"opens the record with {opening}, " if opening else "")
                 + "adds the blank line, and the model writes the speech"
-                + (f" until {SPEECH_END}." if closing else ".")
+                + (f" until {shape.closing}." if shape.closing else ".")
             ),
         )
     if settings.get("chat_template") or (tokenizer / "chat_template.jinja").is_file():
@@ -324,18 +322,18 @@ def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     )
 
 
-def record_structure_tokens(config: ExperimentConfig) -> tuple[str, ...] | None:
-    """The structure tokens the run's speech records used; None if there are no records.
-
-    The run's meta.json says so, else the prepared dataset's.
-    """
+def record_shape_of(config: ExperimentConfig) -> RecordShape | None:
+    """How the run's records open and close and which tokens stop them; None if the run
+    has no records. The run's meta.json says so, else the prepared dataset's."""
     out_dir = config.train.runtime.out_dir
     if (out_dir / RUN_META).is_file():
-        return RunMeta.read(out_dir).structure_tokens
+        run = RunMeta.read(out_dir)
+        return RecordShape(run.record_opening, run.record_closing, run.stop_tokens)
     try:
-        return read_dataset_meta(config.train.data.dataset_dir).structure_tokens
+        meta = read_dataset_meta(config.train.data.dataset_dir)
     except DataError:
         return None
+    return RecordShape(meta.record_opening, meta.record_closing, meta.stop_tokens)
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ reported before that.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
@@ -32,6 +32,7 @@ from huggingface_hub.errors import (
 )
 
 from ml_playground.config import HFModelConfig
+from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -45,24 +46,9 @@ PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 LOAD_FAILURES = (OSError, ValueError, ImportError, KeyError)
 
 
-class Tokenizer(Protocol):
-    """The part of a Hugging Face tokenizer this package uses."""
-
-    @property
-    def eos_token_id(self) -> int | None: ...
-    @property
-    def bos_token_id(self) -> int | None: ...
-    @property
-    def eos_token(self) -> str | None: ...
-    def __len__(self) -> int: ...
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
-    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
-    def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]: ...
-    def add_special_tokens(self, special_tokens_dict: Mapping[str, list[str]]) -> int: ...
-    def save_pretrained(self, save_directory: str) -> object: ...
-    def __call__(
-        self, text: list[str], add_special_tokens: bool = True
-    ) -> Mapping[str, list[list[int]]]: ...
+# The protocol lives in data/, whose records dataset needs it and must not import this
+# backend; here it keeps the short name the backend's modules use.
+Tokenizer = HFTokenizer
 
 
 class ModelConfig(Protocol):
@@ -159,6 +145,12 @@ def load_tokenizer(source: ModelSource) -> Tokenizer:
     except LOAD_FAILURES as exc:
         raise load_error(exc, source, "tokenizer") from None
     return cast(Tokenizer, tokenizer)
+
+
+def tokenizer_loader(hf: HFModelConfig) -> Callable[[], Tokenizer]:
+    """Loads the base model's tokenizer when called; a missing local folder is an error now."""
+    source = ModelSource.from_config(hf)
+    return lambda: load_tokenizer(source)
 
 
 def load_model_config(source: ModelSource) -> ModelConfig:

@@ -17,11 +17,11 @@ from ml_playground.checkpoint import (
     ADAPTER_SAMPLING_ORDER,
     ADAPTERS_DIR,
     RUN_META,
-    TOKENIZER_DIR,
     RunMeta,
     adapters_for_sampling,
 )
 from ml_playground.config import HFModelConfig
+from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.errors import CheckpointError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.model import (

@@ -17,13 +17,13 @@ from torch import nn
 
 from ml_playground import atomic
 from ml_playground.config import ExperimentConfig, SampleSettings
+from ml_playground.data.speeches.quality import analyse
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.device import Precision, resolve_precision
 from ml_playground.errors import DataError
 from ml_playground.finetune.hub import Tokenizer
 from ml_playground.finetune.inference import Trained, load_trained
 from ml_playground.finetune.model import weights_dtype
-from ml_playground.finetune.quality import analyse
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 from ml_playground.model.gpt import sample_next
 from ml_playground.sample.prompt import read_prompt, save_sample
 from ml_playground.sample.stream import TextStream

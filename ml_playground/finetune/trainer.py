@@ -25,6 +25,9 @@ from torch.nn import functional as F  # noqa: N812 - the conventional name
 from ml_playground import atomic, checkpoint
 from ml_playground.checkpoint import RunMeta, Slot, TrainingState
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
+from ml_playground.data.dataset_folder import TOKENIZER_DIR
+from ml_playground.data.packing import pack_dataset
+from ml_playground.data.records import DatasetMeta, read_dataset_meta
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
@@ -34,7 +37,6 @@ from ml_playground.distributed import (
     ranks_from_env,
 )
 from ml_playground.errors import CheckpointError, DataError
-from ml_playground.finetune.dataset import TOKENIZER_DIR, DatasetMeta, read_dataset_meta
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import (
@@ -48,7 +50,6 @@ from ml_playground.finetune.model import (
     save_weights,
     weights_dtype,
 )
-from ml_playground.finetune.packing import pack_dataset
 from ml_playground.train.loop import (
     Run,
     TokenFiles,
@@ -96,6 +97,9 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         structure_tokens=meta.structure_tokens,
         added_tokens=meta.added_tokens,
         doc_separator=meta.doc_separator,
+        record_opening=meta.record_opening,
+        record_closing=meta.record_closing,
+        stop_tokens=meta.stop_tokens,
         lora=peft.enabled,
     )
     if resume is not None:

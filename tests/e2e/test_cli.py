@@ -174,6 +174,20 @@ def test_bad_toml_exits_2_naming_file_and_line(workdir: Path) -> None:
     assert "line 3" in line
 
 
+def test_a_speech_key_both_flat_and_in_prepare_speeches_exits_2_naming_both(
+    workdir: Path,
+) -> None:
+    folder = experiment(
+        workdir, "both", "[prepare]\nperiods = [19]\n[prepare.speeches]\nperiods = [20]\n"
+    )
+
+    line = assert_one_error_line(cli(workdir, "prepare", folder))
+
+    assert str(folder / "config.toml") in line
+    assert "prepare.periods" in line
+    assert "prepare.speeches.periods" in line
+
+
 def test_verbose_adds_the_traceback_before_the_error_line(workdir: Path) -> None:
     folder = experiment(workdir, "broken", "[train.model\n")
 

@@ -24,12 +24,12 @@ import pytest
 from ml_playground import checkpoint
 from ml_playground.config import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
-from ml_playground.finetune.dataset import prepare_speeches
 from tests.cli_helpers import assert_one_error_line, run_command, started_command
 from tests.finetune_helpers import (
     TinyModels,
     TomlValue,
     copy_member_slices,
+    prepare_speech_records,
     speeches,
     tiny_settings,
     write_config,
@@ -149,7 +149,7 @@ def test_loop_bundestag_finetuning_mps_reads_txt_files_and_a_speeches_csv(
     nested = workdir / "raw" / "2021" / "03"
     nested.mkdir(parents=True)
     (nested / "rede.txt").write_text("Frau Präsidentin! Wir stimmen zu.", encoding="utf-8")
-    configure(workdir, tiny_models.gemma3, {"prepare.add_structure_tokens": False})
+    configure(workdir, tiny_models.gemma3, {"prepare.speeches.add_structure_tokens": False})
 
     result = cli.run("loop", "bundestag_finetuning_mps")
 
@@ -190,7 +190,7 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     configure(workdir, tiny_models.qwen2, {"train.runtime.max_iters": 100_000})
     # Prepared in-process: the subprocesses that matter here are the two trainings.
     loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
-    prepare_speeches(loaded.config, frozenset({".csv"}))
+    prepare_speech_records(loaded.config, frozenset({".csv"}))
     last = checkpoint.adapters_dir(workdir / "out", checkpoint.LAST)
     with cli.started("train", "speakger") as process:
         deadline = time.monotonic() + TIMEOUT

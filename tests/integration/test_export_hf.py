@@ -22,19 +22,20 @@ from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariable
 
 from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, PeftConfig, load_config
+from ml_playground.data.records import record_shape
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
-from ml_playground.finetune.dataset import prepare_speeches
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weights
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 from ml_playground.finetune.trainer import train_lora
 from tests.finetune_helpers import (
     build_tiny_model,
     copy_member_slices,
     load,
+    prepare_speech_records,
     speeches,
     tiny_settings,
     write_speeches_csv,
@@ -115,6 +116,7 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
     save_weights(wrapped, out / "adapters" / "best")
+    shape = record_shape(structure_tokens=structure_tokens)
     RunMeta(
         base_model=str(base),
         revision=None,
@@ -123,6 +125,9 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
         added_tokens=added,
         doc_separator="\n\n",
         lora=True,
+        record_opening=shape.opening,
+        record_closing=shape.closing,
+        stop_tokens=shape.stop_tokens,
     ).write(out)
     return out
 
@@ -194,7 +199,7 @@ def test_merged_export_merges_converts_and_quantizes(
     )
     assert (export_dir / "Modelfile").read_text(encoding="utf-8") == (
         "FROM ./model.gguf\n"
-        f'TEMPLATE """{SPEECH_START}{{{{ .Prompt }}}}\n\n"""\n'
+        f'TEMPLATE """{SPEECH_START}\n{{{{ .Prompt }}}}\n\n"""\n'
         f'PARAMETER stop "{SPEECH_END}"\n'
         'PARAMETER stop "<|endoftext|>"\n'
         "PARAMETER temperature 0.7\n"
@@ -244,7 +249,7 @@ def test_a_real_fine_tuning_run_exports_a_model_that_computes_what_sampling_does
         "export.ollama.convert_bin": str(tmp_path / "tools" / "convert_hf_to_gguf.py"),
     }
     loaded = load(folder, settings)
-    prepare_speeches(loaded.config, frozenset({".csv"}))
+    prepare_speech_records(loaded.config, frozenset({".csv"}))
     train_lora(loaded.config)
 
     export_experiment(loaded.config, "run")

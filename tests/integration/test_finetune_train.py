@@ -18,7 +18,6 @@ import torch
 from ml_playground import checkpoint
 from ml_playground.config import LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
-from ml_playground.finetune.dataset import prepare_speeches
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.sampler import sample_lora
 from ml_playground.finetune.trainer import next_token_loss, train_lora
@@ -37,6 +36,7 @@ from tests.finetune_helpers import (
     TomlValue,
     adapter_weights,
     load,
+    prepare_speech_records,
     speeches_experiment,
     tiny_settings,
 )
@@ -134,8 +134,8 @@ def test_after_training_on_a_toy_corpus_greedy_generation_stops_at_eos(
     settings: dict[str, TomlValue] = {
         **tiny_settings(tiny_models.of(family)),
         "prepare.raw_dir": "raw",
-        "prepare.add_structure_tokens": False,
-        "prepare.doc_separator": "",
+        "prepare.speeches.add_structure_tokens": False,
+        "prepare.speeches.doc_separator": "",
         "prepare.train_split": 0.6,
         "train.hf_model.block_size": 16,
         "train.data.batch_size": 8,
@@ -152,7 +152,7 @@ def test_after_training_on_a_toy_corpus_greedy_generation_stops_at_eos(
         "sample.sample.max_new_tokens": 20,
     }
     loaded = load(tmp_path, settings)
-    prepare_speeches(loaded.config, frozenset({".txt"}))
+    prepare_speech_records(loaded.config, frozenset({".txt"}))
     [untrained] = sample_lora(loaded.config)
 
     train_lora(loaded.config)

@@ -486,6 +486,57 @@ def test_shipped_defaults_link_sampling_to_the_training_runtime(tmp_path: Path) 
     assert loaded.config.sample.runtime.out_dir == tmp_path.resolve() / "out" / "x"
 
 
+# --- [prepare.speeches] and the flat keys it replaced --------------------------------------
+
+
+def test_prepare_speeches_section_parses(layout: Layout) -> None:
+    loaded = layout.load(
+        "[prepare.speeches]\nskip_chair = false\nperiods = [19, 20]\nmax_records = 5\n"
+        'doc_separator = ""\n'
+    )
+
+    speeches = loaded.config.prepare.speeches
+    assert (speeches.skip_chair, speeches.periods, speeches.max_records) == (False, [19, 20], 5)
+    assert speeches.doc_separator == ""
+    assert speeches.skip_interjections  # the default
+    assert loaded.origin_of("prepare.speeches.periods") == "experiment"
+
+
+def test_a_flat_speech_key_still_loads_and_says_once_where_it_moved(
+    layout: Layout, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout.write("[prepare]\nperiods = [19]\n")
+
+    first = load_config(layout.config_path, layout.experiment_dir, layout.defaults_path)
+    second = load_config(layout.config_path, layout.experiment_dir, layout.defaults_path)
+
+    assert first.config.prepare.speeches.periods == [19] == second.config.prepare.speeches.periods
+    [note] = capsys.readouterr().err.splitlines()
+    assert str(layout.config_path) in note
+    assert "prepare.periods" in note
+    assert "[prepare.speeches]" in note
+
+
+def test_a_flat_speech_key_in_the_defaults_is_overridden_by_the_experiments_section(
+    layout: Layout,
+) -> None:
+    loaded = layout.load(
+        "[prepare.speeches]\nmax_records = 7\n", defaults="[prepare]\nmax_records = 3\n"
+    )
+
+    assert loaded.config.prepare.speeches.max_records == 7
+
+
+def test_a_speech_key_both_flat_and_in_prepare_speeches_names_both(layout: Layout) -> None:
+    message = config_error(
+        layout, "[prepare]\nskip_chair = false\n[prepare.speeches]\nskip_chair = true\n"
+    )
+
+    assert "prepare.skip_chair" in message
+    assert "prepare.speeches.skip_chair" in message
+    assert str(layout.config_path) in message
+
+
 # --- immutability ---------------------------------------------------------------------------
 
 
@@ -531,7 +582,9 @@ def _experiment_dir_for(config_path: Path) -> Path:
     SHIPPED_CONFIGS,
     ids=[str(path.relative_to(PACKAGE_DIR)) for path in SHIPPED_CONFIGS],
 )
-def test_shipped_config_loads_without_writing_anything(config_path: Path) -> None:
+def test_shipped_config_loads_without_writing_anything_or_a_deprecation_note(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     experiment_dir = _experiment_dir_for(config_path)
     before = (_listing(config_path.parent), _listing(experiment_dir))
 
@@ -539,3 +592,4 @@ def test_shipped_config_loads_without_writing_anything(config_path: Path) -> Non
 
     assert (_listing(config_path.parent), _listing(experiment_dir)) == before
     assert loaded.config_path == config_path.resolve()
+    assert capsys.readouterr().err == ""

@@ -7,12 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from ml_playground.artifacts import write_artifact
+from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.data.records import DatasetMeta, Fingerprint, RecordSettings, record_shape
+from ml_playground.data.speeches.selection import Selection
+from ml_playground.data.speeches.source import ReadTally
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
+from ml_playground.data.table import RowTally
 from ml_playground.errors import ExportError
 from ml_playground.export.hf import adapter_dir, prompt_format
 from ml_playground.export.modelfile import RAW_COMPLETION
-from ml_playground.finetune.dataset import DatasetMeta
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
 
 
 def config(folder: Path) -> ExperimentConfig:
@@ -30,7 +35,22 @@ def tokenizer(folder: Path, **settings: object) -> Path:
     return folder
 
 
-def dataset_meta(folder: Path, structure: tuple[str, ...]) -> None:
+def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
+    """datasets/meta.json of speech records, as prepare writes it."""
+    shape = record_shape(structure_tokens=structure_tokens)
+    structure = (SPEECH_START, SPEECH_END) if structure_tokens else ()
+    tally = RowTally(read=0, repaired=0, malformed={}, examples=())
+    settings = RecordSettings(
+        format_version=1,
+        base_model="Qwen/Qwen2.5-0.5B",
+        revision=None,
+        add_structure_tokens=structure_tokens,
+        doc_separator="\n\n",
+        train_split=0.9,
+        seed=1,
+        max_records=None,
+        selection=Selection().settings(),
+    )
     meta = DatasetMeta(
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
@@ -38,34 +58,72 @@ def dataset_meta(folder: Path, structure: tuple[str, ...]) -> None:
         added_tokens=structure,
         vocab_size=10,
         doc_separator="\n\n",
+        record_opening=shape.opening,
+        record_closing=shape.closing,
+        stop_tokens=shape.stop_tokens,
         records={},
         characters={},
         file_sizes={},
-        fingerprint={},
-        report={},
+        fingerprint=Fingerprint(inputs=(), settings=settings),
+        rows=ReadTally(
+            **tally.model_dump(),
+            kept=0,
+            skipped={},
+            unreadable_values={},
+            unknown_mpids=0,
+            member_tables=tally,
+        ),
     )
-    (folder / "datasets").mkdir(parents=True, exist_ok=True)
-    (folder / "datasets" / "meta.json").write_text(json.dumps(meta.to_json()), encoding="utf-8")
+    write_artifact(folder / "datasets" / "meta.json", meta)
 
 
-def test_speech_records_with_structure_tokens(tmp_path: Path) -> None:
+def run_meta(out_dir: Path, *, opening: str, closing: str, stops: tuple[str, ...]) -> None:
+    """out/meta.json of a fine-tuning run, as the trainer writes it."""
+    RunMeta(
+        base_model="Qwen/Qwen2.5-0.5B",
+        revision=None,
+        vocab_size=10,
+        structure_tokens=(),
+        added_tokens=(),
+        doc_separator="",
+        lora=True,
+        record_opening=opening,
+        record_closing=closing,
+        stop_tokens=stops,
+    ).write(out_dir)
+
+
+def test_speech_records_with_structure_tokens_open_and_stop_as_the_dataset_says(
+    tmp_path: Path,
+) -> None:
     run = config(tmp_path)
-    dataset_meta(tmp_path, (SPEECH_START, SPEECH_END))
+    dataset_meta(tmp_path, structure_tokens=True)
 
     fmt = prompt_format(run, tokenizer(tmp_path / "tok", eos_token="<|endoftext|>"))
 
-    assert fmt.template == f"{SPEECH_START}{{{{ .Prompt }}}}\n\n"
+    assert fmt.template == f"{SPEECH_START}\n{{{{ .Prompt }}}}\n\n"
     assert fmt.stops == (SPEECH_END, "<|endoftext|>")
 
 
 def test_speech_records_without_structure_tokens(tmp_path: Path) -> None:
     run = config(tmp_path)
-    dataset_meta(tmp_path, ())
+    dataset_meta(tmp_path, structure_tokens=False)
 
     fmt = prompt_format(run, tokenizer(tmp_path / "tok", eos_token={"content": "<eos>"}))
 
     assert fmt.template == "{{ .Prompt }}\n\n"
     assert fmt.stops == ("<eos>",)
+
+
+def test_the_run_meta_in_out_dir_wins_over_the_dataset(tmp_path: Path) -> None:
+    run = config(tmp_path)
+    dataset_meta(tmp_path, structure_tokens=False)
+    run_meta(tmp_path / "out", opening="<s>\n", closing="</s>", stops=("</s>",))
+
+    fmt = prompt_format(run, tokenizer(tmp_path / "tok", eos_token="<eos>"))
+
+    assert fmt.template == "<s>\n{{ .Prompt }}\n\n"
+    assert fmt.stops == ("</s>", "<eos>")
 
 
 def test_without_speech_records_a_chat_template_is_left_to_ollama(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tiktoken
 
+from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.token_dataset import (
     DEFAULT_CHUNK_BYTES,
-    META_FILE,
     TRAIN_BIN,
     VAL_BIN,
     DatasetMeta,

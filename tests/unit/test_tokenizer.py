@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,14 +160,17 @@ def test_specs_with_different_vocabularies_are_unequal_and_describe_differently(
 @pytest.mark.parametrize(
     ("obj", "problem"),
     [
-        ([], "expected an object"),
-        ({"kind": "bpe"}, "'kind' must be one of char, tiktoken"),
-        ({"kind": "char", "vocab": "abc"}, "needs a 'vocab' list"),
-        ({"kind": "char", "vocab": ["ab"]}, "single character"),
-        ({"kind": "char", "vocab": ["a", "a"]}, "distinct characters"),
+        ([], "not a JSON object"),
+        ({"kind": "bpe"}, "'kind' input should be 'char' or 'tiktoken'"),
+        ({"kind": "char", "vocab": "abc"}, "'vocab' input should be a valid array"),
+        ({"kind": "char", "vocab": ["ab"]}, "'vocab.0' string should have at most 1 character"),
+        ({"kind": "char", "vocab": ["a", "a"]}, "'vocab' must list distinct characters"),
         ({"kind": "tiktoken", "encoding": None}, "needs an 'encoding' name"),
     ],
 )
-def test_spec_from_bad_json_names_the_source(obj: object, problem: str) -> None:
-    with pytest.raises(DataError, match=rf"invalid tokenizer spec in ckpt_last\.pt: .*{problem}"):
+def test_spec_from_bad_json_names_the_source_the_field_and_the_remedy(
+    obj: object, problem: str
+) -> None:
+    expected = rf"ckpt_last\.pt is not a valid tokenizer spec: .*{re.escape(problem)}.*recreate it"
+    with pytest.raises(DataError, match=expected):
         TokenizerSpec.from_json(obj, "ckpt_last.pt")

@@ -12,6 +12,8 @@ from ml_playground.experiments import PrepareContext, register
 @register("speakger")
 def prepare(ctx: PrepareContext) -> None:
     # Imported here: discovery imports every prepare.py, and transformers loads for seconds.
-    from ml_playground.finetune.dataset import prepare_speeches  # noqa: PLC0415
+    from ml_playground.data.records import prepare_speeches, require_hf_model  # noqa: PLC0415
+    from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415
 
-    prepare_speeches(ctx.config, frozenset({".csv"}))
+    hf = require_hf_model(ctx.config)
+    prepare_speeches(ctx.config, frozenset({".csv"}), tokenizer_loader(hf))

@@ -13,6 +13,8 @@ line, and the speech:
 With structure tokens the record is wrapped in <SPEECH_START> ... <SPEECH_END>; prepare
 registers both as special tokens, so each is a single id the model learns to open and
 close a speech with. A speech with no known field has no header, only its text.
+How a record opens and closes, and which token ends it, goes into the dataset's
+meta.json (data/records.py): sampling and export read it there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SPEECH_START = "<SPEECH_START>"
 SPEECH_END = "<SPEECH_END>"
 STRUCTURE_TOKENS = (SPEECH_START, SPEECH_END)
 HEADER_FIELDS = ("Sprecher", "Partei", "Thema", "Jahr")
+RECORD_OPENING = f"{SPEECH_START}\n"
 
 
 @dataclass(frozen=True)
@@ -59,5 +62,5 @@ def format_record(speech: Speech, *, structure_tokens: bool) -> str:
     header = "\n".join(f"{name}: {value}" for name, value in speech.header())
     body = f"{header}\n\n{speech.text}" if header else speech.text
     if structure_tokens:
-        return f"{SPEECH_START}\n{body}\n{SPEECH_END}"
+        return f"{RECORD_OPENING}{body}\n{SPEECH_END}"
     return body

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.config import PrepareConfig
-from ml_playground.errors import DataError
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START, Speech, format_record
-from ml_playground.finetune.selection import Selection
-from ml_playground.finetune.speeches import (
+from ml_playground.config import PrepareConfig, SpeechesConfig
+from ml_playground.data.speeches.selection import Selection
+from ml_playground.data.speeches.source import (
     ReadReport,
     parse_date,
     read_speeches,
     select,
     speech_sources,
 )
-from ml_playground.finetune.table import RowCounts, read_rows
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START, Speech, format_record
+from ml_playground.data.table import RowCounts, read_rows
+from ml_playground.errors import DataError
 from tests.finetune_helpers import (
     SPEAKGER_DIR,
     SpeechRow,
@@ -188,11 +188,11 @@ def test_period_party_and_date_filters_say_why_each_speech_was_left_out(tmp_path
         SpeechRow("Fünf.", party="SPD", period="", date="2019-01-10"),
     ]
     table = write_speeches_csv(tmp_path / "speeches.csv", rows)
-    prepare = PrepareConfig(
+    speeches = SpeechesConfig(
         periods=[19], parties=["spd"], date_from="2019-01-01", date_to="2019-12-31"
     )
 
-    kept, report = read_all([table], Selection.from_config(prepare))
+    kept, report = read_all([table], Selection.from_config(speeches))
 
     assert [speech.text for speech in kept] == ["Eins."]
     assert dict(report.skipped) == {

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ml_playground.artifacts import Artifact
 from ml_playground.errors import DataError
 
 if TYPE_CHECKING:
@@ -52,13 +53,22 @@ class RowCounts:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{origin}: {reason}{f' ({detail})' if detail else ''}")
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "read": self.read,
-            "repaired": self.repaired,
-            "malformed": dict(sorted(self.malformed.items())),
-            "examples": list(self.examples),
-        }
+    def tally(self) -> RowTally:
+        return RowTally(
+            read=self.read,
+            repaired=self.repaired,
+            malformed=dict(sorted(self.malformed.items())),
+            examples=tuple(self.examples),
+        )
+
+
+class RowTally(Artifact):
+    """Row counts, as a dataset's meta.json records them."""
+
+    read: int
+    repaired: int
+    malformed: dict[str, int]
+    examples: tuple[str, ...]
 
 
 @dataclass(frozen=True)

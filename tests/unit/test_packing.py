@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_playground.finetune.dataset import META_FILE, TRAIN_FILE, VAL_FILE
+from ml_playground.data.dataset_folder import META_FILE
+from ml_playground.data.packing import pack_dataset
+from ml_playground.data.records import TRAIN_FILE, VAL_FILE
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
-from ml_playground.finetune.packing import pack_dataset
 from tests.finetune_helpers import Family, TinyModels
 
 

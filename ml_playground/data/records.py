@@ -1,18 +1,23 @@
-"""The fine-tuning dataset: speeches in, training records and the tokenizer out.
+"""The records dataset: speeches in, training records and the tokenizer out.
 
     dataset_dir/train.jsonl, val.jsonl   one JSON object per speech: "text" (header,
-                                         blank line, speech; see records.py) and the known
-                                         fields (speaker, party, date, period, origin)
+                                         blank line, speech; see speeches/speech.py) and
+                                         the known fields (speaker, party, date, period,
+                                         origin)
     dataset_dir/tokenizer/               the base model's tokenizer, with the structure
                                          tokens added when add_structure_tokens is on
     dataset_dir/meta.json                written last: base model, added tokens, record
-                                         format, counts, what happened to every input row,
-                                         and the fingerprint of inputs and settings
+                                         shape (how a record opens and closes, which
+                                         tokens stop generation), counts, what happened
+                                         to every input row, and the fingerprint of
+                                         inputs and settings
 
-Idempotent like the from-scratch prepare: when meta.json records the same inputs and
-settings and both jsonl files have the sizes it recorded, nothing is done. Inputs are
+The folder follows dataset_folder.py: when meta.json records the same inputs and settings
+and both jsonl files have the sizes it recorded, nothing is done. Inputs are
 fingerprinted by path, size and modification time rather than a content hash, because
-speech CSVs run to gigabytes and hashing them would cost a full extra read.
+speech CSVs run to gigabytes and hashing them would cost a full extra read. The tokenizer
+is the caller's to load (`TokenizerLoader`), so this layer never imports the Hugging
+Face backend.
 
 The split is by speech and seeded: each speech goes to val with probability
 1 - train_split, drawn from random.Random(seed) in input order; at least one speech lands
@@ -28,98 +33,136 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Final, Literal
 
+from pydantic import Field
 from tqdm import tqdm
 
 from ml_playground import atomic
+from ml_playground.artifacts import Artifact
 from ml_playground.config import ExperimentConfig, HFModelConfig
-from ml_playground.data.token_dataset import read_meta_json
-from ml_playground.errors import ConfigError, DataError
-from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
-from ml_playground.finetune.records import STRUCTURE_TOKENS, Speech, format_record
-from ml_playground.finetune.selection import Selection
-from ml_playground.finetune.speeches import (
+from ml_playground.data import dataset_folder
+from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
+from ml_playground.data.speeches.selection import Selection, SelectionSettings
+from ml_playground.data.speeches.source import (
     ReadReport,
+    ReadTally,
     auxiliary_files,
     read_speeches,
     select,
     speech_sources,
 )
+from ml_playground.data.speeches.speech import (
+    RECORD_OPENING,
+    SPEECH_END,
+    STRUCTURE_TOKENS,
+    Speech,
+    format_record,
+)
+from ml_playground.data.tokenizer import HFTokenizer
+from ml_playground.errors import ConfigError, DataError
 
-FORMAT_VERSION = 1
-RECORD_FORMAT = "speech-records-jsonl"
+FORMAT_VERSION: Final = 1
+RECORD_FORMAT: Final = "speech-records-jsonl"
 TRAIN_FILE = "train.jsonl"
 VAL_FILE = "val.jsonl"
-TOKENIZER_DIR = "tokenizer"
-META_FILE = "meta.json"
-RERUN_HINT = "run `ml-playground prepare <experiment>` again"
 SHOWN_EXAMPLES = 3
+
+# The caller, which may import the Hugging Face backend, decides how a tokenizer is had.
+TokenizerLoader = Callable[[], HFTokenizer]
 
 
 @dataclass(frozen=True)
-class DatasetMeta:
-    """What meta.json says about a prepared fine-tuning dataset."""
+class RecordShape:
+    """What every record begins with, ends with, and the tokens that end a generated one."""
 
+    opening: str
+    closing: str
+    stop_tokens: tuple[str, ...]
+
+
+def record_shape(*, structure_tokens: bool) -> RecordShape:
+    """Speech records are wrapped in <SPEECH_START> ... <SPEECH_END> when structure tokens
+    are on; otherwise a record is its header and text, and only EOS ends one."""
+    if structure_tokens:
+        return RecordShape(opening=RECORD_OPENING, closing=SPEECH_END, stop_tokens=(SPEECH_END,))
+    return RecordShape(opening="", closing="", stop_tokens=())
+
+
+class InputFile(Artifact):
+    """An input as a fingerprint records it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+class RecordSettings(Artifact):
+    """The settings that decide a records dataset."""
+
+    format_version: int
     base_model: str
     revision: str | None
+    add_structure_tokens: bool
+    doc_separator: str
+    train_split: float
+    seed: int
+    max_records: int | None
+    selection: SelectionSettings
+
+
+class Fingerprint(Artifact):
+    """Inputs and settings of a records dataset; another fingerprint means prepare again."""
+
+    inputs: tuple[InputFile, ...]
+    settings: RecordSettings
+
+
+def _shape_of(structure_tokens: object) -> RecordShape:
+    """The record shape of a meta.json written before it was recorded: it followed from
+    the structure tokens."""
+    return record_shape(structure_tokens=bool(structure_tokens))
+
+
+class DatasetMeta(PreparedMeta):
+    """Records dataset metadata.
+
+    `record_opening` is the text every record begins with (a prompt starting with it
+    begins as training records did), `record_closing` the text each ends with, and
+    `stop_tokens` the tokens besides the tokenizer's EOS that end a generation.
+    """
+
+    format_version: Literal[1] = FORMAT_VERSION
+    format: Literal["speech-records-jsonl"] = RECORD_FORMAT
+    base_model: str
+    revision: str | None
+    tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
     structure_tokens: tuple[str, ...]
     added_tokens: tuple[str, ...]
     vocab_size: int
     doc_separator: str
-    records: Mapping[str, int]
-    characters: Mapping[str, int]
-    file_sizes: Mapping[str, int]
-    fingerprint: Mapping[str, Any]
-    report: Mapping[str, Any]
-    format_version: int = FORMAT_VERSION
-    format: str = RECORD_FORMAT
+    record_opening: str = Field(
+        default_factory=lambda data: _shape_of(data.get("structure_tokens")).opening
+    )
+    record_closing: str = Field(
+        default_factory=lambda data: _shape_of(data.get("structure_tokens")).closing
+    )
+    stop_tokens: tuple[str, ...] = Field(
+        default_factory=lambda data: _shape_of(data.get("structure_tokens")).stop_tokens
+    )
+    records: dict[str, int]
+    characters: dict[str, int]
+    file_sizes: dict[str, int]
+    fingerprint: Fingerprint
+    rows: ReadTally
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "format_version": self.format_version,
-            "format": self.format,
-            "base_model": self.base_model,
-            "revision": self.revision,
-            "tokenizer": TOKENIZER_DIR,
-            "structure_tokens": list(self.structure_tokens),
-            "added_tokens": list(self.added_tokens),
-            "vocab_size": self.vocab_size,
-            "doc_separator": self.doc_separator,
-            "records": dict(self.records),
-            "characters": dict(self.characters),
-            "file_sizes": dict(self.file_sizes),
-            "fingerprint": dict(self.fingerprint),
-            "rows": dict(self.report),
-        }
-
-    @classmethod
-    def from_json(cls, obj: object, source: Path) -> DatasetMeta:
-        fields = _mapping(obj, source)
-        if fields.get("format_version") != FORMAT_VERSION or fields.get("format") != RECORD_FORMAT:
-            raise _meta_error(source, f"it is not a {RECORD_FORMAT} v{FORMAT_VERSION} dataset")
-        revision = fields.get("revision")
-        if revision is not None and not isinstance(revision, str):
-            raise _meta_error(source, "'revision' must be a string or null")
-        return cls(
-            base_model=_typed(fields, "base_model", str, source),
-            revision=revision,
-            structure_tokens=tuple(_strings(fields, "structure_tokens", source)),
-            added_tokens=tuple(_strings(fields, "added_tokens", source)),
-            vocab_size=_typed(fields, "vocab_size", int, source),
-            doc_separator=_typed(fields, "doc_separator", str, source),
-            records=_counts(fields, "records", source),
-            characters=_counts(fields, "characters", source),
-            file_sizes=_counts(fields, "file_sizes", source),
-            fingerprint=_mapping(fields.get("fingerprint"), source),
-            report=_mapping(fields.get("rows"), source),
-        )
+    def file_sizes_expected(self) -> Mapping[str, int]:
+        return self.file_sizes
 
 
 def read_dataset_meta(dataset_dir: Path) -> DatasetMeta:
     """The meta.json of a prepared dataset; missing or damaged ones say how to rebuild."""
-    path = dataset_dir / META_FILE
-    return DatasetMeta.from_json(read_meta_json(path), path)
+    return dataset_folder.read_meta(DatasetMeta, dataset_dir / dataset_folder.META_FILE)
 
 
 def read_texts(path: Path) -> Iterator[str]:
@@ -143,46 +186,49 @@ def read_texts(path: Path) -> Iterator[str]:
         raise DataError(f"dataset file not found: {path}; {RERUN_HINT}") from None
 
 
-@dataclass(frozen=True)
-class PrepareOutcome:
-    skipped: bool
-    meta: DatasetMeta
-    message: str
+PrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
 
 
-def prepare_speeches(config: ExperimentConfig, suffixes: frozenset[str]) -> PrepareOutcome:
+def prepare_speeches(
+    config: ExperimentConfig, suffixes: frozenset[str], load_tokenizer: TokenizerLoader
+) -> PrepareOutcome:
     """What an experiment's preparer does: find the sources, prepare, say what happened."""
-    outcome = prepare_speech_dataset(config, speech_sources(config.prepare, suffixes))
+    outcome = prepare_speech_dataset(
+        config, speech_sources(config.prepare, suffixes), load_tokenizer
+    )
     print(outcome.message)
     return outcome
 
 
 def prepare_speech_dataset(
-    config: ExperimentConfig, sources: Sequence[Path], *, show_progress: bool = True
+    config: ExperimentConfig,
+    sources: Sequence[Path],
+    load_tokenizer: TokenizerLoader,
+    *,
+    show_progress: bool = True,
 ) -> PrepareOutcome:
-    """Read, select, format and split the speeches in `sources` into prepare.dataset_dir."""
+    """Read, select, format and split the speeches in `sources` into prepare.dataset_dir.
+
+    `load_tokenizer` gives the base model's tokenizer; it is called only when the dataset
+    is not up to date, since loading one takes seconds.
+    """
     hf = require_hf_model(config)
-    source = ModelSource.from_config(hf)  # a missing model folder is reported first
-    prepare = config.prepare
-    selection = Selection.from_config(prepare)
+    prepare, speeches_config = config.prepare, config.prepare.speeches
+    selection = Selection.from_config(speeches_config)
     dataset_dir = prepare.dataset_dir
     fingerprint = _fingerprint(config, hf, selection, sources)
-    existing = _up_to_date(dataset_dir, fingerprint)
+    existing = dataset_folder.up_to_date(
+        DatasetMeta,
+        dataset_dir,
+        lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
+    )
     if existing is not None:
-        return PrepareOutcome(
-            skipped=True,
-            meta=existing,
-            message=(
-                f"dataset up to date: {dataset_dir} (skipped; delete it or change inputs "
-                "or [prepare] settings to prepare again)"
-            ),
-        )
+        return existing
 
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer()
     report = ReadReport()
     total_bytes = sum(_stat(path)[0] for path in sources)
-    # A stale meta.json must not outlive the files it described should this run stop.
-    (dataset_dir / META_FILE).unlink(missing_ok=True)
+    dataset_folder.remove_meta(dataset_dir)
     with tqdm(
         total=total_bytes,
         desc="reading speeches",
@@ -191,17 +237,18 @@ def prepare_speech_dataset(
         disable=None if show_progress else True,
     ) as bar:
         speeches = select(read_speeches(sources, report, advance=bar.update), selection, report)
-        if prepare.max_records is not None:
-            speeches = itertools.islice(speeches, prepare.max_records)
+        if speeches_config.max_records is not None:
+            speeches = itertools.islice(speeches, speeches_config.max_records)
         split = _write_split(
             speeches,
             dataset_dir,
-            structure_tokens=prepare.add_structure_tokens,
+            structure_tokens=speeches_config.add_structure_tokens,
             train_split=prepare.train_split,
             seed=prepare.seed,
             describe=report.summary,
         )
-    structure = STRUCTURE_TOKENS if prepare.add_structure_tokens else ()
+    structure = STRUCTURE_TOKENS if speeches_config.add_structure_tokens else ()
+    shape = record_shape(structure_tokens=speeches_config.add_structure_tokens)
     added = _add_structure_tokens(tokenizer, structure)
     with atomic.atomic_directory(dataset_dir / TOKENIZER_DIR) as staging:
         tokenizer.save_pretrained(str(staging))
@@ -211,14 +258,17 @@ def prepare_speech_dataset(
         structure_tokens=structure,
         added_tokens=added,
         vocab_size=len(tokenizer),
-        doc_separator=prepare.doc_separator,
-        records=split.records,
-        characters=split.characters,
+        doc_separator=speeches_config.doc_separator,
+        record_opening=shape.opening,
+        record_closing=shape.closing,
+        stop_tokens=shape.stop_tokens,
+        records=dict(split.records),
+        characters=dict(split.characters),
         file_sizes={name: (dataset_dir / name).stat().st_size for name in (TRAIN_FILE, VAL_FILE)},
         fingerprint=fingerprint,
-        report=report.to_json(),
+        rows=report.tally(),
     )
-    atomic.write_json(dataset_dir / META_FILE, meta.to_json())
+    dataset_folder.write_meta(dataset_dir, meta)
     examples = "".join(f"\n  e.g. {line}" for line in report.rows.examples[:SHOWN_EXAMPLES])
     tokens_note = f" (+{len(added)} tokens: {' '.join(added)})" if added else ""
     return PrepareOutcome(
@@ -326,7 +376,7 @@ def _record(speech: Speech, text: str) -> dict[str, object]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def _add_structure_tokens(tokenizer: Tokenizer, tokens: Sequence[str]) -> tuple[str, ...]:
+def _add_structure_tokens(tokenizer: HFTokenizer, tokens: Sequence[str]) -> tuple[str, ...]:
     """Register `tokens` as special tokens; returns those that were new to the vocabulary."""
     if not tokens:
         return ()
@@ -344,48 +394,28 @@ def _fingerprint(
     hf: HFModelConfig,
     selection: Selection,
     sources: Sequence[Path],
-) -> dict[str, Any]:
-    """Inputs and settings that decide the output, as JSON (compared after a round trip)."""
-    prepare = config.prepare
+) -> Fingerprint:
+    """Inputs and settings that decide the output."""
+    prepare, speeches = config.prepare, config.prepare.speeches
     inputs = [*sources, *auxiliary_files(sources)]
-    fingerprint = {
-        "inputs": [
-            {"path": str(path), "size": size, "mtime_ns": mtime}
+    return Fingerprint(
+        inputs=tuple(
+            InputFile(path=str(path), size=size, mtime_ns=mtime)
             for path in inputs
             for size, mtime in [_stat(path)]
-        ],
-        "settings": {
-            "format_version": FORMAT_VERSION,
-            "base_model": hf.model_name,
-            "revision": hf.revision,
-            "add_structure_tokens": prepare.add_structure_tokens,
-            "doc_separator": prepare.doc_separator,
-            "train_split": prepare.train_split,
-            "seed": prepare.seed,
-            "max_records": prepare.max_records,
-            "selection": selection.to_json(),
-        },
-    }
-    roundtrip: dict[str, Any] = json.loads(json.dumps(fingerprint))
-    return roundtrip
-
-
-def _up_to_date(dataset_dir: Path, fingerprint: Mapping[str, Any]) -> DatasetMeta | None:
-    if not (dataset_dir / META_FILE).is_file():
-        return None
-    try:
-        meta = read_dataset_meta(dataset_dir)
-    except DataError:
-        return None  # a damaged meta.json is rebuilt by preparing again
-    if dict(meta.fingerprint) != dict(fingerprint):
-        return None
-    if not (dataset_dir / TOKENIZER_DIR).is_dir():
-        return None
-    for name, size in meta.file_sizes.items():
-        path = dataset_dir / name
-        if not path.is_file() or path.stat().st_size != size:
-            return None
-    return meta
+        ),
+        settings=RecordSettings(
+            format_version=FORMAT_VERSION,
+            base_model=hf.model_name,
+            revision=hf.revision,
+            add_structure_tokens=speeches.add_structure_tokens,
+            doc_separator=speeches.doc_separator,
+            train_split=prepare.train_split,
+            seed=prepare.seed,
+            max_records=speeches.max_records,
+            selection=selection.settings(),
+        ),
+    )
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -396,42 +426,3 @@ def _stat(path: Path) -> tuple[int, int]:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     return stat.st_size, stat.st_mtime_ns
-
-
-# --- meta.json validation -----------------------------------------------------------------
-
-_T = typing.TypeVar("_T")
-
-
-def _mapping(obj: object, source: Path) -> Mapping[str, Any]:
-    if not isinstance(obj, Mapping):
-        raise _meta_error(source, f"expected a JSON object, got {type(obj).__name__}")
-    return typing.cast(Mapping[str, Any], obj)
-
-
-def _typed(fields: Mapping[str, Any], key: str, kind: type[_T], source: Path) -> _T:
-    value = fields.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise _meta_error(source, f"'{key}' must be a {kind.__name__}, got {value!r}")
-    return value
-
-
-def _strings(fields: Mapping[str, Any], key: str, source: Path) -> list[str]:
-    value = fields.get(key)
-    if not isinstance(value, list):
-        raise _meta_error(source, f"'{key}' must be a list of strings")
-    items = typing.cast(list[object], value)
-    if not all(isinstance(item, str) for item in items):
-        raise _meta_error(source, f"'{key}' must be a list of strings")
-    return typing.cast(list[str], items)
-
-
-def _counts(fields: Mapping[str, Any], key: str, source: Path) -> dict[str, int]:
-    value = _mapping(fields.get(key), source)
-    if not all(isinstance(count, int) and not isinstance(count, bool) for count in value.values()):
-        raise _meta_error(source, f"'{key}' must map names to counts")
-    return {name: int(count) for name, count in value.items()}
-
-
-def _meta_error(source: Path, problem: str) -> DataError:
-    return DataError(f"invalid dataset metadata {source}: {problem}; {RERUN_HINT}")

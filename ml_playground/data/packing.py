@@ -5,15 +5,16 @@ tokenizer adds one), then followed by the end-of-sequence token and the dataset'
 doc_separator: the model sees every speech end, learns to emit EOS there, and sampling
 stops at it. The streams are written to out_dir/packed/{train,val}.bin in the token-file
 format of the from-scratch pipeline, so the same BatchSampler draws windows from them
-(random or sequential, with exact resume). packed/meta.json records what they were made
-from; an unchanged dataset is not tokenized again.
+(random or sequential, with exact resume). packed/ is a prepared folder like a dataset's
+(see dataset_folder.py): its meta.json, written last, records what the tokens were made
+from, and an unchanged dataset is not tokenized again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -21,28 +22,42 @@ from typing import IO, Any
 import numpy as np
 
 from ml_playground import atomic
-from ml_playground.data.token_dataset import UINT16_IDS
+from ml_playground.data import dataset_folder
+from ml_playground.data.dataset_folder import META_FILE, PreparedMeta
+from ml_playground.data.records import TRAIN_FILE, VAL_FILE, read_texts
+from ml_playground.data.token_dataset import UINT16_IDS, TokenDType
+from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import DataError
-from ml_playground.finetune.dataset import META_FILE, TRAIN_FILE, VAL_FILE, read_texts
-from ml_playground.finetune.hub import Tokenizer
 
 PACKED_DIR = "packed"
-PACK_META = "meta.json"
 PACK_VERSION = 1
 ENCODE_BATCH = 256
 SPLIT_FILES = {"train": TRAIN_FILE, "val": VAL_FILE}
+
+
+class PackMeta(PreparedMeta):
+    """Packed tokens metadata: what they were made from, their dtype and token counts."""
+
+    key: str
+    dtype: TokenDType
+    tokens: dict[str, int]
+
+    def file_sizes_expected(self) -> Mapping[str, int]:
+        itemsize = np.dtype(self.dtype).itemsize
+        # A split the counts lack can never match, so the tokens are packed again.
+        return {f"{split}.bin": self.tokens.get(split, -1) * itemsize for split in SPLIT_FILES}
 
 
 @dataclass(frozen=True)
 class PackedDataset:
     train: Path
     val: Path
-    dtype: str
+    dtype: TokenDType
     tokens: dict[str, int]
 
 
 def pack_dataset(
-    dataset_dir: Path, tokenizer: Tokenizer, out_dir: Path, *, separator: str
+    dataset_dir: Path, tokenizer: HFTokenizer, out_dir: Path, *, separator: str
 ) -> PackedDataset:
     """Tokenize and pack both splits into out_dir/packed, unless that is already done."""
     eos = tokenizer.eos_token_id
@@ -52,16 +67,15 @@ def pack_dataset(
             "fine-tuned model could never learn to stop; use a base model whose tokenizer has one"
         )
     folder = out_dir / PACKED_DIR
-    dtype = "uint16" if len(tokenizer) <= UINT16_IDS else "uint32"
+    dtype: TokenDType = "uint16" if len(tokenizer) <= UINT16_IDS else "uint32"
     key = _key(dataset_dir, separator, dtype)
-    packed = PackedDataset(
-        train=folder / "train.bin", val=folder / "val.bin", dtype=dtype, tokens={}
+    train, val = folder / "train.bin", folder / "val.bin"
+    existing = dataset_folder.up_to_date(
+        PackMeta, folder, lambda meta: (meta.key, meta.dtype) == (key, dtype)
     )
-    existing = _read_pack_meta(folder)
-    if existing.get("key") == key and all(
-        _intact(folder, existing, split) for split in SPLIT_FILES
-    ):
-        return PackedDataset(packed.train, packed.val, dtype, dict(existing["tokens"]))
+    if existing is not None:
+        return PackedDataset(train, val, dtype, dict(existing.meta.tokens))
+    dataset_folder.remove_meta(folder)
     separator_ids = tokenizer.encode(separator, add_special_tokens=False) if separator else []
     tokens: dict[str, int] = {}
     for split, name in SPLIT_FILES.items():
@@ -69,12 +83,12 @@ def pack_dataset(
             tokens[split] = _write_stream(
                 read_texts(dataset_dir / name), tokenizer, out, dtype, [eos, *separator_ids]
             )
-    atomic.write_json(folder / PACK_META, {"key": key, "dtype": dtype, "tokens": tokens})
-    return PackedDataset(packed.train, packed.val, dtype, tokens)
+    dataset_folder.write_meta(folder, PackMeta(key=key, dtype=dtype, tokens=tokens))
+    return PackedDataset(train, val, dtype, tokens)
 
 
 def _write_stream(
-    texts: Iterator[str], tokenizer: Tokenizer, out: IO[Any], dtype: str, closing: Sequence[int]
+    texts: Iterator[str], tokenizer: HFTokenizer, out: IO[Any], dtype: str, closing: Sequence[int]
 ) -> int:
     written = 0
     for batch in _batches(texts, ENCODE_BATCH):
@@ -104,19 +118,3 @@ def _key(dataset_dir: Path, separator: str, dtype: str) -> str:
     digest.update((dataset_dir / META_FILE).read_bytes())
     digest.update(json.dumps([PACK_VERSION, separator, dtype]).encode())
     return digest.hexdigest()
-
-
-def _read_pack_meta(folder: Path) -> dict[str, Any]:
-    try:
-        raw: object = json.loads((folder / PACK_META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return dict(raw) if isinstance(raw, dict) else {}  # pyright: ignore[reportUnknownArgumentType] - JSON
-
-
-def _intact(folder: Path, meta: dict[str, Any], split: str) -> bool:
-    tokens = meta.get("tokens", {}).get(split)
-    path = folder / f"{split}.bin"
-    if not isinstance(tokens, int) or not path.is_file():
-        return False
-    return path.stat().st_size == tokens * np.dtype(str(meta.get("dtype"))).itemsize

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml_playground.config import PrepareConfig
-from ml_playground.errors import DataError
-from ml_playground.finetune.members import (
+from ml_playground.data.speeches.members import (
     MEMBER_FILES,
     META_FILE,
     Members,
@@ -29,9 +28,10 @@ from ml_playground.finetune.members import (
     normalize_mpid,
     parse_int,
 )
-from ml_playground.finetune.records import Speech
-from ml_playground.finetune.selection import Selection
-from ml_playground.finetune.table import RowCounts, read_rows
+from ml_playground.data.speeches.selection import Selection
+from ml_playground.data.speeches.speech import Speech
+from ml_playground.data.table import RowCounts, RowTally, read_rows
+from ml_playground.errors import DataError
 
 CSV_SUFFIX = ".csv"
 TEXT_SUFFIX = ".txt"
@@ -96,15 +96,25 @@ class ReadReport:
             parts.append(f"{self.unknown_mpids:,} MPIDs not in {META_FILE}")
         return "; ".join(parts)
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            **self.rows.to_json(),
-            "kept": self.kept,
-            "skipped": dict(sorted(self.skipped.items())),
-            "unreadable_values": dict(sorted(self.unreadable.items())),
-            "unknown_mpids": self.unknown_mpids,
-            "member_tables": self.member_rows.to_json(),
-        }
+    def tally(self) -> ReadTally:
+        return ReadTally(
+            **self.rows.tally().model_dump(),
+            kept=self.kept,
+            skipped=dict(sorted(self.skipped.items())),
+            unreadable_values=dict(sorted(self.unreadable.items())),
+            unknown_mpids=self.unknown_mpids,
+            member_tables=self.member_rows.tally(),
+        )
+
+
+class ReadTally(RowTally):
+    """What happened to the rows of the speech sources, as meta.json records it."""
+
+    kept: int
+    skipped: dict[str, int]
+    unreadable_values: dict[str, int]
+    unknown_mpids: int
+    member_tables: RowTally
 
 
 def speech_sources(prepare: PrepareConfig, suffixes: frozenset[str]) -> list[Path]:

@@ -1,7 +1,7 @@
 """Which speeches a dataset keeps: chair and interjection rows, periods, parties, dates.
 
-Built from [prepare] (skip_chair, skip_interjections, periods, parties, date_from,
-date_to). A filter that needs a value a speech does not have (a period filter on a speech
+Built from [prepare.speeches] (skip_chair, skip_interjections, periods, parties,
+date_from, date_to). A filter that needs a value a speech does not have (a period filter on a speech
 without a period) skips the speech, and the reason says so.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from ml_playground.config import PrepareConfig
+from ml_playground.artifacts import Artifact
+from ml_playground.config import SpeechesConfig
+from ml_playground.data.speeches.members import display_party
+from ml_playground.data.speeches.speech import Speech
 from ml_playground.errors import ConfigError
-from ml_playground.finetune.members import display_party
-from ml_playground.finetune.records import Speech
 
 
 @dataclass(frozen=True)
@@ -26,19 +27,19 @@ class Selection:
     date_to: datetime.date | None = None
 
     @classmethod
-    def from_config(cls, prepare: PrepareConfig) -> Selection:
-        date_from = _config_date(prepare.date_from, "prepare.date_from")
-        date_to = _config_date(prepare.date_to, "prepare.date_to")
+    def from_config(cls, speeches: SpeechesConfig) -> Selection:
+        date_from = _config_date(speeches.date_from, "prepare.speeches.date_from")
+        date_to = _config_date(speeches.date_to, "prepare.speeches.date_to")
         if date_from is not None and date_to is not None and date_from > date_to:
             raise ConfigError(
-                f"prepare.date_from = {date_from} is after prepare.date_to = {date_to}; "
-                "swap or fix them"
+                f"prepare.speeches.date_from = {date_from} is after "
+                f"prepare.speeches.date_to = {date_to}; swap or fix them"
             )
         return cls(
-            skip_chair=prepare.skip_chair,
-            skip_interjections=prepare.skip_interjections,
-            periods=frozenset(prepare.periods),
-            parties=frozenset(display_party(party).casefold() for party in prepare.parties),
+            skip_chair=speeches.skip_chair,
+            skip_interjections=speeches.skip_interjections,
+            periods=frozenset(speeches.periods),
+            parties=frozenset(display_party(party).casefold() for party in speeches.parties),
             date_from=date_from,
             date_to=date_to,
         )
@@ -78,15 +79,26 @@ class Selection:
             return "after date_to"
         return None
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "skip_chair": self.skip_chair,
-            "skip_interjections": self.skip_interjections,
-            "periods": sorted(self.periods),
-            "parties": sorted(self.parties),
-            "date_from": self.date_from.isoformat() if self.date_from else None,
-            "date_to": self.date_to.isoformat() if self.date_to else None,
-        }
+    def settings(self) -> SelectionSettings:
+        return SelectionSettings(
+            skip_chair=self.skip_chair,
+            skip_interjections=self.skip_interjections,
+            periods=tuple(sorted(self.periods)),
+            parties=tuple(sorted(self.parties)),
+            date_from=self.date_from.isoformat() if self.date_from else None,
+            date_to=self.date_to.isoformat() if self.date_to else None,
+        )
+
+
+class SelectionSettings(Artifact):
+    """A selection as a dataset's fingerprint records it."""
+
+    skip_chair: bool
+    skip_interjections: bool
+    periods: tuple[int, ...]
+    parties: tuple[str, ...]
+    date_from: str | None
+    date_to: str | None
 
 
 def _config_date(value: str | None, key: str) -> datetime.date | None:

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from ml_playground.finetune.records import HEADER_FIELDS, STRUCTURE_TOKENS
+from ml_playground.data.speeches.speech import HEADER_FIELDS, STRUCTURE_TOKENS
 
 NGRAM = 4
 TOP_NGRAMS = 5

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml_playground.finetune.table import RowCounts, read_rows
+from ml_playground.data.table import RowCounts, read_rows
 
 META_FILE = "all_mps_meta.csv"
 MAPPING_FILE = "all_mps_mapping.csv"

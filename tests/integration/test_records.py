@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ml_playground.config import LoadedConfig
+from ml_playground.data.records import (
+    prepare_speech_dataset,
+    read_dataset_meta,
+    read_texts,
+    require_hf_model,
+)
+from ml_playground.data.speeches.source import speech_sources
+from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ConfigError, DataError
-from ml_playground.finetune.dataset import prepare_speech_dataset, read_dataset_meta, read_texts
-from ml_playground.finetune.hub import ModelSource, load_tokenizer
-from ml_playground.finetune.records import SPEECH_END, SPEECH_START
-from ml_playground.finetune.speeches import speech_sources
+from ml_playground.finetune.hub import ModelSource, load_tokenizer, tokenizer_loader
 from tests.finetune_helpers import (
     SpeechRow,
     TinyModels,
@@ -48,8 +54,10 @@ def speakger_settings(tiny_models: TinyModels, **overrides: TomlValue) -> dict[s
 
 
 def prepare(loaded: LoadedConfig) -> str:
-    sources = speech_sources(loaded.config.prepare, CSV_ONLY)
-    return prepare_speech_dataset(loaded.config, sources, show_progress=False).message
+    config = loaded.config
+    sources = speech_sources(config.prepare, CSV_ONLY)
+    load_tokenizer = tokenizer_loader(require_hf_model(config))
+    return prepare_speech_dataset(config, sources, load_tokenizer, show_progress=False).message
 
 
 def test_prepare_writes_records_a_tokenizer_with_structure_tokens_and_meta(
@@ -71,11 +79,63 @@ def test_prepare_writes_records_a_tokenizer_with_structure_tokens_and_meta(
     assert first["text"].endswith(SPEECH_END)
     assert meta.added_tokens == (SPEECH_START, SPEECH_END)
     assert meta.base_model == str(tiny_models.gemma3)
-    assert meta.report["skipped"] == {"chair": 1}
+    assert meta.rows.skipped == {"chair": 1}
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / "tokenizer"))
     assert len(tokenizer) == meta.vocab_size
     assert len(tokenizer.encode(SPEECH_START, add_special_tokens=False)) == 1
     assert "12 speeches kept; skipped 1 chair" in message
+
+
+@pytest.mark.parametrize("structure_tokens", [True, False])
+def test_meta_says_how_every_record_opens_and_closes_and_what_stops_generation(
+    tmp_path: Path, tiny_models: TinyModels, structure_tokens: bool
+) -> None:
+    overrides: dict[str, TomlValue] = {"prepare__speeches__add_structure_tokens": structure_tokens}
+    loaded = speakger_experiment(tmp_path, tiny_models, speeches(4), **overrides)
+    dataset_dir = loaded.config.prepare.dataset_dir
+
+    prepare(loaded)
+
+    meta = read_dataset_meta(dataset_dir)
+    texts = [*read_texts(dataset_dir / "train.jsonl"), *read_texts(dataset_dir / "val.jsonl")]
+    assert all(text.startswith(meta.record_opening) for text in texts)
+    assert all(text.endswith(meta.record_closing) for text in texts)
+    if structure_tokens:
+        assert (meta.record_opening, meta.record_closing) == (f"{SPEECH_START}\n", SPEECH_END)
+        assert meta.stop_tokens == (SPEECH_END,)
+    else:
+        assert (meta.record_opening, meta.record_closing, meta.stop_tokens) == ("", "", ())
+
+
+def prepared_meta_json(root: Path, tiny_models: TinyModels) -> tuple[Path, dict[str, Any]]:
+    """A prepared dataset's meta.json, and what it holds, for a test to rewrite."""
+    loaded = speakger_experiment(root, tiny_models, speeches(4))
+    prepare(loaded)
+    path = loaded.config.prepare.dataset_dir / "meta.json"
+    return path, json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_a_meta_json_from_before_the_record_shape_reads_with_the_shape_it_had(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    path, saved = prepared_meta_json(tmp_path, tiny_models)
+    current = read_dataset_meta(path.parent)
+    for key in ("record_opening", "record_closing", "stop_tokens"):
+        del saved[key]
+    path.write_text(json.dumps(saved), encoding="utf-8")
+
+    assert read_dataset_meta(path.parent) == current
+
+
+def test_a_damaged_meta_json_names_the_file_the_field_and_says_to_prepare(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    path, saved = prepared_meta_json(tmp_path, tiny_models)
+    saved["vocab_size"] = "many"
+    path.write_text(json.dumps(saved), encoding="utf-8")
+
+    with pytest.raises(DataError, match=rf"{path} .*'vocab_size'.*run `ml-playground prepare"):
+        read_dataset_meta(path.parent)
 
 
 def test_preparing_again_is_skipped_until_settings_or_inputs_change(
@@ -91,7 +151,7 @@ def test_preparing_again_is_skipped_until_settings_or_inputs_change(
     assert again.startswith("dataset up to date")
     assert reseeded.startswith("prepared ")
     assert more_input.startswith("prepared ")
-    assert read_dataset_meta(loaded.config.prepare.dataset_dir).report["kept"] == 9
+    assert read_dataset_meta(loaded.config.prepare.dataset_dir).rows.kept == 9
 
 
 def test_split_is_by_speech_seeded_and_leaves_no_split_empty(
@@ -110,7 +170,7 @@ def test_split_is_by_speech_seeded_and_leaves_no_split_empty(
 def test_filters_that_leave_fewer_than_two_speeches_are_an_error_with_the_counts(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    loaded = speakger_experiment(tmp_path, tiny_models, speeches(6), prepare__periods=[3])
+    loaded = speakger_experiment(tmp_path, tiny_models, speeches(6), prepare__speeches__periods=[3])
 
     with pytest.raises(DataError, match=r"0 speech\(es\) to prepare.*skipped 6 other period"):
         prepare(loaded)
@@ -127,7 +187,9 @@ def test_prepare_without_a_base_model_is_a_config_error(tmp_path: Path) -> None:
 def test_bad_date_filter_is_a_config_error_naming_the_key(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    loaded = speakger_experiment(tmp_path, tiny_models, speeches(3), prepare__date_from="3.3.2020")
+    loaded = speakger_experiment(
+        tmp_path, tiny_models, speeches(3), prepare__speeches__date_from="3.3.2020"
+    )
 
-    with pytest.raises(ConfigError, match=r"prepare.date_from = '3.3.2020' is not a date"):
+    with pytest.raises(ConfigError, match=r"prepare.speeches.date_from = '3.3.2020' is not a date"):
         prepare(loaded)
