@@ -85,6 +85,18 @@ class RunMeta:
     added_tokens: tuple[str, ...]
     doc_separator: str
     lora: bool
+    # How a record opens and closes, and the tokens that end generation besides EOS.
+    # Left out, they follow from structure_tokens (see `_record_shape`).
+    record_opening: str = ""
+    record_closing: str = ""
+    stop_tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (self.record_opening or self.record_closing or self.stop_tokens):
+            opening, closing, stop = _record_shape(self.structure_tokens)
+            object.__setattr__(self, "record_opening", opening)
+            object.__setattr__(self, "record_closing", closing)
+            object.__setattr__(self, "stop_tokens", stop)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -96,6 +108,9 @@ class RunMeta:
             "added_tokens": list(self.added_tokens),
             "doc_separator": self.doc_separator,
             "lora": self.lora,
+            "record_opening": self.record_opening,
+            "record_closing": self.record_closing,
+            "stop_tokens": list(self.stop_tokens),
             "tokenizer": TOKENIZER_DIR,
         }
 
@@ -124,6 +139,9 @@ class RunMeta:
                 added_tokens=tuple(str(token) for token in fields["added_tokens"]),
                 doc_separator=str(fields["doc_separator"]),
                 lora=bool(fields["lora"]),
+                record_opening=str(fields.get("record_opening", "")),
+                record_closing=str(fields.get("record_closing", "")),
+                stop_tokens=tuple(str(token) for token in fields.get("stop_tokens", ())),
             )
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(
@@ -132,6 +150,15 @@ class RunMeta:
 
     def write(self, out_dir: Path) -> None:
         atomic.write_json(out_dir / RUN_META, self.to_json())
+
+
+def _record_shape(structure_tokens: Sequence[str]) -> tuple[str, str, tuple[str, ...]]:
+    """(opening, closing, stop tokens) of records wrapped in `structure_tokens` (start, end),
+    one per line as prepare writes them; none for records without them."""
+    if not structure_tokens:
+        return "", "", ()
+    start, end = structure_tokens[0], structure_tokens[-1]
+    return f"{start}\n", f"\n{end}", (end,)
 
 
 def adapters_dir(out_dir: Path, name: str) -> Path:

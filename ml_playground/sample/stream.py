@@ -1,35 +1,57 @@
-"""Printing generated text as it grows, shared by the GPT and the fine-tuned samplers."""
+"""Turning a growing list of ids into text piece by piece, for any tokenizer.
+
+Decoding the whole sequence again for every new token costs O(n) per token, O(n^2) per
+sample. `TextStream` decodes only a short window instead: the ids from the last point
+where the text was complete. The window always starts a few ids before the new ones, so
+a tokenizer that renders a token differently at the start of a text (SentencePiece drops
+the leading space of the first word) decodes the new ids exactly as in the whole text.
+
+Byte-level tokenizers can end a window in the middle of a UTF-8 character, which decodes
+to U+FFFD; those ids are held back until a later id completes the character, or until
+`flush` gives up waiting at the end of the sample.
+"""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable, Sequence
 
 REPLACEMENT_CHAR = "\ufffd"
+# Ids of context before the first new one: enough for any tokenizer's start-of-text rule.
+CONTEXT_IDS = 5
+
+Decode = Callable[[Sequence[int]], str]
 
 
 class TextStream:
-    """Writes to stdout what each newer decoding of a sample adds to the last one.
+    """The text a prompt and the ids `push`ed after it add up to, in order, piece by piece.
 
-    Byte-level tokenizers can end a decoding in the middle of a UTF-8 character, which
-    decodes to U+FFFD; that tail is held back until the next token completes it.
+    `prompt_text + push(...) + ... + flush()` equals `decode(all ids)` without `hidden`,
+    a prefix the model reads but the user does not see (a record opening).
     """
 
-    def __init__(self, *, enabled: bool) -> None:
-        self._enabled = enabled
-        self._shown = ""
+    def __init__(self, decode: Decode, prompt_ids: Sequence[int], *, hidden: str = "") -> None:
+        self._decode = decode
+        self._ids = list(prompt_ids)
+        self.prompt_text = decode(self._ids).removeprefix(hidden)
+        # _ids[:_read] are shown; _ids[_start:_read] is the context the window begins with.
+        self._read = len(self._ids)
+        self._start = max(self._read - CONTEXT_IDS, 0)
 
-    def update(self, text: str) -> None:
-        if self._enabled:
-            self._show(text.rstrip(REPLACEMENT_CHAR))
+    def push(self, token: int) -> str:
+        """The text `token` completes: "" while it ends inside a character."""
+        self._ids.append(token)
+        return self._advance(wait_for_whole_characters=True)
 
-    def finish(self, text: str) -> None:
-        if self._enabled:
-            self._show(text)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+    def flush(self) -> str:
+        """Whatever is held back, broken characters included."""
+        return self._advance(wait_for_whole_characters=False)
 
-    def _show(self, ready: str) -> None:
-        if ready.startswith(self._shown) and len(ready) > len(self._shown):
-            sys.stdout.write(ready[len(self._shown) :])
-            sys.stdout.flush()
-            self._shown = ready
+    def _advance(self, *, wait_for_whole_characters: bool) -> str:
+        shown = self._decode(self._ids[self._start : self._read])
+        window = self._decode(self._ids[self._start :])
+        if len(window) <= len(shown):
+            return ""  # e.g. a special token that decodes to nothing
+        if wait_for_whole_characters and window.endswith(REPLACEMENT_CHAR):
+            return ""
+        self._start, self._read = self._read, len(self._ids)
+        return window[len(shown) :]
