@@ -1,10 +1,11 @@
 """Turning a growing list of ids into text piece by piece, for any tokenizer.
 
 Decoding the whole sequence again for every new token costs O(n) per token, O(n^2) per
-sample. `TextStream` decodes only a short window instead: the ids from the last point
-where the text was complete. The window always starts a few ids before the new ones, so
-a tokenizer that renders a token differently at the start of a text (SentencePiece drops
+sample. `TextStream` decodes only a short window instead: the ids since the last point
+where the text was complete, plus the piece before it as context. With that context a
+tokenizer that renders a token differently at the start of a text (SentencePiece drops
 the leading space of the first word) decodes the new ids exactly as in the whole text.
+Only the prompt is decoded whole, at the start.
 
 Byte-level tokenizers can end a window in the middle of a UTF-8 character, which decodes
 to U+FFFD; those ids are held back until a later id completes the character, or until
@@ -16,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 REPLACEMENT_CHAR = "\ufffd"
-# Ids of context before the first new one: enough for any tokenizer's start-of-text rule.
-CONTEXT_IDS = 5
 
 Decode = Callable[[Sequence[int]], str]
 
@@ -32,10 +31,10 @@ class TextStream:
     def __init__(self, decode: Decode, prompt_ids: Sequence[int], *, hidden: str = "") -> None:
         self._decode = decode
         self._ids = list(prompt_ids)
-        self.prompt_text = decode(self._ids).removeprefix(hidden)
+        self._hidden = hidden
         # _ids[:_read] are shown; _ids[_start:_read] is the context the window begins with.
-        self._read = len(self._ids)
-        self._start = max(self._read - CONTEXT_IDS, 0)
+        self._start = self._read = 0
+        self.prompt_text = self._advance(wait_for_whole_characters=True)
 
     def push(self, token: int) -> str:
         """The text `token` completes: "" while it ends inside a character."""
@@ -54,4 +53,8 @@ class TextStream:
         if wait_for_whole_characters and window.endswith(REPLACEMENT_CHAR):
             return ""
         self._start, self._read = self._read, len(self._ids)
-        return window[len(shown) :]
+        piece = window[len(shown) :]
+        if self._hidden:
+            # The first piece holds the whole prompt, so it holds all of the opening.
+            piece, self._hidden = piece.removeprefix(self._hidden), ""
+        return piece
