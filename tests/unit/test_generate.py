@@ -19,7 +19,7 @@ from tests.unit.test_gpt import (
     TINY,
     context_sensitive_model,
     random_ids,
-    single_thread,  # noqa: F401 - an autouse fixture, active here by being imported
+    single_thread,  # noqa: F401  # pyright: ignore[reportUnusedImport] - an autouse fixture, active here by being imported
     tiny_model,
 )
 
@@ -52,7 +52,10 @@ def continue_prompt(
     """Every row's new tokens as (num_samples, max_new_tokens); `prompt` is (1, T)."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     rows = generate(
-        gpt_step(model, use_cache=use_cache), prompt[0].tolist(), how, generator=generator
+        gpt_step(model, use_cache=use_cache),
+        [int(token) for token in prompt[0]],
+        how,
+        generator=generator,
     )
     return torch.tensor([row.ids for row in rows])
 

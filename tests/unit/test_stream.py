@@ -7,6 +7,7 @@ the char tokenizer, and a tiny Hugging Face byte-level BPE with special tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import pytest
 
@@ -39,10 +40,15 @@ def tiktoken_codec() -> tuple[Encode, Decode]:
 
 def hf_codec() -> tuple[Encode, Decode]:
     tokenizer, _ = build_tokenizer("gemma3")  # prepends <bos>, a special token
-    return (
-        tokenizer.encode,  # pyright: ignore[reportUnknownMemberType] - untyped library
-        lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True),  # pyright: ignore[reportUnknownMemberType, reportUnknownLambdaType] - untyped library
-    )
+
+    def encode(text: str) -> list[int]:
+        ids: list[int] = tokenizer.encode(text)  # pyright: ignore[reportUnknownMemberType] - untyped library
+        return ids
+
+    def decode(ids: Sequence[int]) -> str:
+        return cast(str, tokenizer.decode(list(ids), skip_special_tokens=True))  # pyright: ignore[reportUnknownMemberType] - untyped library
+
+    return encode, decode
 
 
 def char_codec() -> tuple[Encode, Decode]:
