@@ -63,9 +63,9 @@ def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     from ml_playground.sample.run import sample_texts  # noqa: PLC0415 - see module docstring
 
     if loaded.config.uses_hf_model:
-        from ml_playground.finetune.inference import load_for_sampling  # noqa: PLC0415 - see module docstring
+        from ml_playground.finetune.inference import load_hf  # noqa: PLC0415 - see module docstring
 
-        sample_texts(loaded.config, load_for_sampling(loaded.config))
+        sample_texts(loaded.config, load_hf(loaded.config))
         return
     from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
 

@@ -4,7 +4,7 @@ The adapters are out_dir/adapters/best, else final, else last. Without any, samp
 falls back to the bare base model (and says so) unless sample.sample.require_adapters is
 set, which makes their absence an error. Merging (hf_model.save_merged) loads the same way.
 
-As a sampling backend (`load_for_sampling`) the model decodes with transformers'
+As a sampling backend (`load_hf`) the model decodes with transformers'
 `past_key_values`, stops at the end-of-sequence ids and the run's stop tokens, and
 opens prompts the way the run's records opened (both from out_dir/meta.json). When the
 records had structure tokens, each sample gets the speech quality report beside it.
@@ -86,7 +86,7 @@ def load_trained(
     return Trained(model=model, tokenizer=tokenizer, weights=weights, meta=meta)
 
 
-def load_for_sampling(config: ExperimentConfig) -> LoadedModel:
+def load_hf(config: ExperimentConfig) -> LoadedModel:
     """The trained model of config's out_dir as a sampling backend."""
     hf = config.train.hf_model
     assert hf is not None  # the pipeline only sends configs with [train.hf_model] here
@@ -104,18 +104,18 @@ def load_for_sampling(config: ExperimentConfig) -> LoadedModel:
     else:
         description = f"sampling from {hf.model_name} + {trained.weights}"
     tokenizer, meta = trained.tokenizer, trained.meta
+    bos = tokenizer.bos_token_id
+    speeches = meta is not None and bool(meta.structure_tokens)
     return LoadedModel(
         description=description,
         device=precision.device,
         new_step=lambda: hf_step(trained.model, precision, vocab_size=len(tokenizer)),
         encode=lambda text: tokenizer.encode(text, add_special_tokens=True),
         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-        first_id=tokenizer.eos_token_id
-        if tokenizer.bos_token_id is None
-        else tokenizer.bos_token_id,
+        first_id=tokenizer.eos_token_id if bos is None else bos,
         stop_ids=_stop_ids(trained),
         record_opening=meta.record_opening if meta is not None else "",
-        analyse=_speech_quality(tokenizer) if meta is not None and meta.structure_tokens else None,
+        analyse=_speech_quality(tokenizer) if speeches else None,
     )
 
 

@@ -28,13 +28,14 @@ def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
     print(model.description)
     prompt = encode_prompt(model, read_prompt(settings.start))
     generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
-    live = TextStream(model.decode, prompt.ids, hidden=prompt.hidden)
+    live: TextStream | None = None
     if settings.stream:
+        live = TextStream(model.decode, prompt.ids, hidden=prompt.hidden)
         print(f"--- sample 1/{settings.num_samples} ---")
         _write(live.prompt_text)
 
     def show(row: int, token: int) -> None:
-        if row == LIVE_ROW:
+        if live is not None and row == LIVE_ROW:
             _write(live.push(token))
 
     rows = generate(
@@ -43,12 +44,12 @@ def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
         settings,
         stop_ids=model.stop_ids,
         generator=generator,
-        on_token=show if settings.stream else None,
+        on_token=show,
     )
     texts: list[str] = []
     for index, row in enumerate(rows):
         text = model.decode(prompt.ids + row.ids).removeprefix(prompt.hidden)
-        if settings.stream and index == LIVE_ROW:
+        if live is not None and index == LIVE_ROW:
             _write(live.flush() + "\n")
         else:
             if settings.stream:

@@ -19,7 +19,7 @@ from ml_playground.config import ExperimentConfig, LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
 from ml_playground.finetune import adapters
 from ml_playground.finetune.dataset import prepare_speeches
-from ml_playground.finetune.inference import load_for_sampling, load_trained
+from ml_playground.finetune.inference import load_hf, load_trained
 from ml_playground.finetune.trainer import next_token_loss, train_lora
 from ml_playground.sample.run import sample_texts
 from ml_playground.train.reporting import (
@@ -54,7 +54,7 @@ def experiment(
 
 
 def sample_lora(config: ExperimentConfig) -> list[str]:
-    return sample_texts(config, load_for_sampling(config))
+    return sample_texts(config, load_hf(config))
 
 
 def test_training_writes_best_last_final_adapters_tokenizer_and_meta(
