@@ -86,7 +86,8 @@ class RunMeta:
     doc_separator: str
     lora: bool
     # How a record opens and closes, and the tokens that end generation besides EOS.
-    # Left out, they follow from structure_tokens (see `_record_shape`).
+    # When all three are left out (runs from before they were recorded), they follow
+    # from structure_tokens (see `_record_shape`).
     record_opening: str = ""
     record_closing: str = ""
     stop_tokens: tuple[str, ...] = ()
@@ -94,6 +95,7 @@ class RunMeta:
     def __post_init__(self) -> None:
         if not (self.record_opening or self.record_closing or self.stop_tokens):
             opening, closing, stop = _record_shape(self.structure_tokens)
+            # A frozen dataclass sets its own fields only through object.__setattr__.
             object.__setattr__(self, "record_opening", opening)
             object.__setattr__(self, "record_closing", closing)
             object.__setattr__(self, "stop_tokens", stop)
