@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks.hardware import BandwidthResult, Environment, MatmulResult
 from benchmarks.prepare import MB, PrepareEstimate, PrepareResult
-from benchmarks.sampling import SamplingResult
+from benchmarks.sampling import BatchResult, SamplingResult
 from benchmarks.training import TrainingResult, TrainingSpec
 from ml_playground import atomic
 from ml_playground.config import DType
@@ -34,6 +34,7 @@ class BenchResults:
     training_specs: list[TrainingSpec]
     training: list[TrainingResult]
     sampling: list[SamplingResult]
+    batching: BatchResult
     prepare: list[PrepareResult]
     prepare_estimates: list[PrepareEstimate]
     notes: list[str]
@@ -108,6 +109,12 @@ def write_json(results: BenchResults, path: Path) -> None:
         },
         "training": [asdict(r) for r in results.training],
         "sampling": [asdict(s) for s in results.sampling],
+        "sampling_batch": {
+            **asdict(results.batching),
+            "batch_tokens_per_second": results.batching.batch_tokens_per_second,
+            "sequential_tokens_per_second": results.batching.sequential_tokens_per_second,
+            "speedup": results.batching.speedup,
+        },
         "prepare": [
             {**asdict(p), "megabytes_per_second": p.megabytes_per_second} for p in results.prepare
         ],
@@ -224,6 +231,17 @@ def _sampling_rows(results: BenchResults) -> list[Row]:
         )
         case = f"{cached.model} {_short(dtype)} cache/no-cache"
         rows.append(Row("sample", case, f"{speedup:.1f}x", detail, check))
+    b = results.batching
+    runs = "1 run" if b.runs == 1 else f"median of {b.runs}"
+    rows.append(
+        Row(
+            "sample",
+            f"{b.model} {_short(b.dtype)} {b.samples} samples batch/one by one",
+            f"{b.speedup:.1f}x",
+            f"{b.batch_tokens_per_second:,.1f} vs {b.sequential_tokens_per_second:,.1f} tok/s, "
+            f"{b.samples} x {b.new_tokens} new tokens, interleaved, {runs}",
+        )
+    )
     return rows
 
 

@@ -32,7 +32,7 @@ from benchmarks.prepare import (
     extrapolate,
     prepare_in_subprocess,
 )
-from benchmarks.sampling import SamplingSpec, measure_sampling
+from benchmarks.sampling import SamplingSpec, measure_batching, measure_sampling
 from benchmarks.training import (
     PRECISIONS,
     TokenFile,
@@ -109,7 +109,16 @@ QUICK = Settings(
     ),
     val_batches=2,
     random_tokens=10_000,
-    sampling=SamplingSpec("medium", QUICK_MEDIUM, 40, cached_repeats=2, uncached_repeats=1),
+    sampling=SamplingSpec(
+        "medium",
+        QUICK_MEDIUM,
+        40,
+        cached_repeats=2,
+        uncached_repeats=1,
+        batch_size=4,
+        batch_new_tokens=16,
+        batch_repeats=1,
+    ),
     prepare_sizes=(200_000, 400_000),
 )
 
@@ -172,6 +181,10 @@ def run_benchmarks(
 
     _progress(started, "sampling with and without the KV cache, fp32 and bf16")
     sampling = measure_sampling(settings.sampling)
+    _progress(
+        started, f"sampling {settings.sampling.batch_size} samples as one batch and one by one"
+    )
+    batching = measure_batching(settings.sampling)
 
     prepare, estimates = _prepare_benchmarks(
         settings, text, work_dir, prepare_runner, notes=notes, started=started
@@ -186,6 +199,7 @@ def run_benchmarks(
         training_specs=[small, settings.medium],
         training=training,
         sampling=sampling,
+        batching=batching,
         prepare=prepare,
         prepare_estimates=estimates,
         notes=notes,

@@ -1,7 +1,8 @@
 """The pipeline steps the CLI calls: prepare, train, sample, loop, export, new.
 
-Which trainer and sampler run is decided by the config's content: a `[train.hf_model]`
-section selects Hugging Face LoRA fine-tuning, otherwise the from-scratch GPT runs.
+Which trainer and which sampling backend run is decided by the config's content: a
+`[train.hf_model]` section selects Hugging Face LoRA fine-tuning, otherwise the
+from-scratch GPT runs; sampling has one front end (sample/run.py) for both.
 Heavy libraries are imported inside the steps so that `--help`, `list` and config errors
 answer instantly instead of waiting seconds for torch and transformers to load.
 """
@@ -58,14 +59,17 @@ def train(experiment: Experiment, loaded: LoadedConfig) -> None:
 def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     del experiment
     _single_process("sample")
+    # Both backends feed one front end; only loading the model differs.
+    from ml_playground.sample.run import sample_texts  # noqa: PLC0415 - see module docstring
+
     if loaded.config.uses_hf_model:
-        from ml_playground.finetune.sampler import sample_lora  # noqa: PLC0415 - see module docstring
+        from ml_playground.finetune.inference import load_hf  # noqa: PLC0415 - see module docstring
 
-        sample_lora(loaded.config)
+        sample_texts(loaded.config, load_hf(loaded.config))
         return
-    from ml_playground.sample.gpt import sample_gpt  # noqa: PLC0415 - see module docstring
+    from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
 
-    sample_gpt(loaded.config)
+    sample_texts(loaded.config, load_gpt(loaded.config))
 
 
 def loop(experiment: Experiment, loaded: LoadedConfig) -> None:

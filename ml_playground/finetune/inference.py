@@ -3,15 +3,21 @@
 The adapters are out_dir/adapters/best, else final, else last. Without any, sampling
 falls back to the bare base model (and says so) unless sample.sample.require_adapters is
 set, which makes their absence an error. Merging (hf_model.save_merged) loads the same way.
+
+As a sampling backend (`load_hf`) the model decodes with transformers'
+`past_key_values`, stops at the end-of-sequence ids and the run's stop tokens, and
+opens prompts the way the run's records opened (both from out_dir/meta.json). When the
+records had structure tokens, each sample gets the speech quality report beside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ml_playground.checkpoint import (
     ADAPTER_SAMPLING_ORDER,
@@ -20,8 +26,10 @@ from ml_playground.checkpoint import (
     RunMeta,
     adapters_for_sampling,
 )
-from ml_playground.config import HFModelConfig
+from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
+from ml_playground.data.speeches.quality import analyse
+from ml_playground.device import Precision, resolve_precision
 from ml_playground.errors import CheckpointError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.model import (
@@ -29,7 +37,10 @@ from ml_playground.finetune.model import (
     is_adapter_folder,
     load_adapters,
     load_base,
+    weights_dtype,
 )
+from ml_playground.sample.backend import Analyse, Analysis, LoadedModel
+from ml_playground.sample.generate import Step
 
 
 @dataclass(frozen=True)
@@ -74,3 +85,79 @@ def load_trained(
         model = base if weights is None else load_adapters(base, weights, trainable=False)
     model.eval()
     return Trained(model=model, tokenizer=tokenizer, weights=weights, meta=meta)
+
+
+def load_hf(config: ExperimentConfig) -> LoadedModel:
+    """The trained model of config's out_dir as a sampling backend."""
+    hf = config.train.hf_model
+    assert hf is not None  # the pipeline only sends configs with [train.hf_model] here
+    runtime, settings = config.sample.runtime, config.sample.sample
+    precision = resolve_precision(runtime.device, runtime.dtype)
+    trained = load_trained(
+        runtime.out_dir,
+        hf,
+        dtype=weights_dtype(hf, runtime),
+        require_adapters=settings.require_adapters,
+    )
+    trained.model.to(precision.device)
+    if trained.weights is None:
+        description = f"no adapters in {runtime.out_dir}: sampling the base model {hf.model_name}"
+    else:
+        description = f"sampling from {hf.model_name} + {trained.weights}"
+    tokenizer, meta = trained.tokenizer, trained.meta
+    bos = tokenizer.bos_token_id
+    speeches = meta is not None and bool(meta.structure_tokens)
+    return LoadedModel(
+        description=description,
+        device=precision.device,
+        new_step=lambda: hf_step(trained.model, precision, vocab_size=len(tokenizer)),
+        encode=lambda text: tokenizer.encode(text, add_special_tokens=True),
+        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+        first_id=tokenizer.eos_token_id if bos is None else bos,
+        stop_ids=_stop_ids(trained),
+        record_opening=meta.record_opening if meta is not None else "",
+        analyse=_speech_quality(tokenizer) if speeches else None,
+    )
+
+
+def hf_step(model: nn.Module, precision: Precision, *, vocab_size: int) -> Step:
+    """Next-token logits of a transformers model, with its `past_key_values` as the cache."""
+    past: object = None
+
+    def step(ids: Tensor) -> Tensor:
+        nonlocal past
+        with precision.autocast():
+            output = model(input_ids=ids.to(precision.device), past_key_values=past, use_cache=True)
+        past = output.past_key_values
+        logits: Tensor = output.logits[:, -1, :]
+        # Embedding rows past the tokenizer (padding, e.g. Qwen's) are never valid output.
+        padded = torch.arange(logits.size(-1), device=logits.device) >= vocab_size
+        return logits.masked_fill(padded, float("-inf"))
+
+    return step
+
+
+def _stop_ids(trained: Trained) -> frozenset[int]:
+    """EOS of the tokenizer and of the model's generation config, and the run's stop tokens."""
+    ids: set[int] = set()
+    if trained.tokenizer.eos_token_id is not None:
+        ids.add(trained.tokenizer.eos_token_id)
+    generation_config: object = getattr(trained.model, "generation_config", None)
+    configured: object = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, list):
+        ids.update(token for token in configured if isinstance(token, int))  # pyright: ignore[reportUnknownVariableType] - list from JSON
+    if trained.meta is not None and trained.meta.stop_tokens:
+        ids.update(trained.tokenizer.convert_tokens_to_ids(list(trained.meta.stop_tokens)))
+    return frozenset(ids)
+
+
+def _speech_quality(tokenizer: Tokenizer) -> Analyse:
+    def speech_quality(text: str, new_ids: Sequence[int], stopped: bool) -> Analysis:
+        # Special tokens stay in: a structure token in mid-speech is worth reporting.
+        continuation = tokenizer.decode(new_ids, skip_special_tokens=False)
+        quality = analyse(text, continuation, ended_at_eos=stopped)
+        return Analysis(quality.to_json(), f"{len(quality.anomalies)} anomalies in the .json")
+
+    return speech_quality

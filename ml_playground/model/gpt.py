@@ -2,14 +2,15 @@
 
 Parameter names follow GPT-2 (`transformer.wte`, `transformer.h.0.attn.c_attn`, `lm_head`,
 ...) because the GGUF exporter maps them one to one onto llama.cpp's `gpt2` tensors.
-Generation streams one token per step and, by default, keeps the keys and values of earlier
-tokens in a `KVCache` instead of recomputing the whole context for every new token.
+For generation, `forward_cached` keeps the keys and values of earlier tokens in a `KVCache`
+instead of recomputing the whole context for every new token; the decode loop and the
+sampling filters live in `ml_playground.sample`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -281,9 +282,12 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, *, last_only: bool = False
+    ) -> Tensor:
         """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T); with `targets` (B, T)
         instead the mean cross-entropy against them (a scalar), target -1 ignored.
+        `last_only` returns the logits of the last position only (B, 1, V).
 
         The loss never materialises the logits (see model/loss.py): for a 50k vocabulary they
         are the largest tensor of a training step by far.
@@ -295,7 +299,7 @@ class GPT(nn.Module):
                 f"pass at most the last {self.config.block_size} tokens"
             )
         if targets is None:
-            return self._logits(idx, start=0, cache=None)
+            return self._logits(idx, start=0, cache=None, last_only=last_only)
         hidden = self._hidden(idx, start=0, cache=None)
         return vocab_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
@@ -359,63 +363,6 @@ class GPT(nn.Module):
         padded = torch.arange(last.size(-1), device=last.device) >= self.config.vocab_size
         return last.masked_fill(padded, float("-inf"))
 
-    # inference_mode skips the autograd bookkeeping no_grad still does per op; decoding one
-    # token runs ~100 small ops, where that bookkeeping shows.
-    @torch.inference_mode()
-    def generate(
-        self,
-        idx: Tensor,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-    ) -> Iterator[Tensor]:
-        """Continue the prompts `idx` (B, T), yielding each step's new token ids (B,).
-
-        Only the last block_size prompt tokens are used. Dropout follows the module's mode,
-        so call `eval()` first for reproducible samples.
-        """
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"prompt must have shape (batch, tokens>=1), got {tuple(idx.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        block_size = self.config.block_size
-        context = idx[:, -block_size:]
-        cache = self.new_kv_cache(idx.size(0)) if use_cache else None
-        for _ in range(max_new_tokens):
-            logits = self._context_logits(context, cache)
-            token = sample_next(
-                self.next_token_logits(logits), temperature, top_k, top_p, generator
-            )
-            yield token
-            context = torch.cat((context, token[:, None]), dim=1)[:, -block_size:]
-
-    def _context_logits(self, context: Tensor, cache: KVCache | None) -> Tensor:
-        """Logits whose last position predicts the token after `context` (at most block_size).
-
-        With a cache, it holds every context token but the newest, except on the first call.
-        """
-        if cache is None:
-            # Without a cache the whole window is recomputed every step, as nanoGPT does.
-            return self._logits(context, start=0, cache=None, last_only=True)
-        if cache.length == 0:
-            return self.forward_cached(context, cache, last_only=True)
-        if cache.length == cache.capacity:
-            # Learned absolute positions are baked into every cached key and value, so a full
-            # cache cannot slide by one token: each kept token would sit one position earlier
-            # than when it was cached. Re-prefilling the last block_size tokens every step is
-            # exact but costs what the no-cache path costs. Instead, like llama.cpp's context
-            # shift, drop the older half and re-prefill the newer half: one prefill every
-            # block_size/2 tokens, and each token still sees at least half a block. Past
-            # block_size the two paths thus see different windows and may pick different tokens.
-            cache.reset()
-            newer_half = context[:, -((cache.capacity + 1) // 2) :]
-            return self.forward_cached(newer_half, cache, last_only=True)
-        return self.forward_cached(context[:, -1:], cache, last_only=True)
-
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         """Parameter count, each tied tensor once.
 
@@ -446,51 +393,3 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-
-
-def sample_next(
-    logits: Tensor,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """Pick one id per row of `logits` (B, V); ids whose logit is -inf are never picked.
-
-    temperature 0 takes the argmax; top_k 0 and top_p 1.0 switch those filters off.
-    """
-    if temperature < 0.0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1.0 = off), got {top_p}")
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.size(-1):
-        # Sample among the k best ids only: the same distribution as masking the rest to -inf,
-        # but the softmax, nucleus sort and draw touch k values instead of the vocabulary.
-        candidates, ids = torch.topk(logits, top_k, dim=-1)  # sorted, best first
-        if top_p < 1.0:
-            candidates = _keep_sorted_nucleus(candidates, top_p)
-        choice = torch.multinomial(torch.softmax(candidates, dim=-1), 1, generator=generator)
-        return ids.gather(-1, choice).squeeze(-1)
-    if top_p < 1.0:
-        logits = _keep_nucleus(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-def _keep_nucleus(logits: Tensor, top_p: float) -> Tensor:
-    """Set to -inf all but the smallest set of most likely ids whose probability is >= top_p."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    return torch.empty_like(logits).scatter(-1, order, _keep_sorted_nucleus(sorted_logits, top_p))
-
-
-def _keep_sorted_nucleus(sorted_logits: Tensor, top_p: float) -> Tensor:
-    """`_keep_nucleus` for logits already sorted best first along the last dimension."""
-    probs = torch.softmax(sorted_logits, dim=-1)
-    # An id is dropped when the ids ranked above it already reach top_p; the top id never is.
-    mass_above = torch.cumsum(probs, dim=-1) - probs
-    return sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))

@@ -1,1 +1,7 @@
-"""Sampling: load a trained model, generate from a prompt, stream and save the text."""
+"""Sampling: one generation front end for every model backend.
+
+`run.sample_texts` is the `sample` step: the prompt (`prompt`), the batched decode loop
+(`generate`) with its draw (`filters`), the text stream (`stream`) and the saved files.
+A backend supplies a `backend.LoadedModel`: `gpt.load_gpt` for the from-scratch GPT,
+`ml_playground.finetune.inference.load_hf` for a Hugging Face model with LoRA adapters.
+"""

@@ -1,4 +1,9 @@
-"""Sample from a from-scratch GPT checkpoint, streaming tokens as they are generated."""
+"""The from-scratch GPT as a sampling backend: its checkpoint, tokenizer and decode step.
+
+The step feeds each new token through the model's own `KVCache`. The GPT has learned
+absolute positions, so its context ends at block_size; past that, the cache is refilled
+with the newest half block (see `gpt_step`).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,15 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import Tokenizer, TokenizerSpec, tokenizer_from_spec
 from ml_playground.device import resolve_precision
-from ml_playground.errors import DataError
-from ml_playground.model.gpt import GPT, GPTConfig
-from ml_playground.sample.prompt import read_prompt, save_sample
-from ml_playground.sample.stream import TextStream
+from ml_playground.model.gpt import GPT, GPTConfig, KVCache
+from ml_playground.sample.backend import LoadedModel
+from ml_playground.sample.generate import Step
 
 
 def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokenizer, Path]:
@@ -48,60 +53,62 @@ def _fit_vocab(
     return fitted, state
 
 
-def sample_gpt(config: ExperimentConfig) -> list[str]:
-    """Generate num_samples texts from the prompt; print them as they grow and save them."""
-    runtime, settings = config.sample.runtime, config.sample.sample
+def load_gpt(config: ExperimentConfig) -> LoadedModel:
+    """The checkpoint sampling uses, on sample.runtime's device, in its precision."""
+    runtime = config.sample.runtime
     precision = resolve_precision(runtime.device, runtime.dtype)
     model, tokenizer, path = load_for_sampling(runtime.out_dir, precision.device)
     # Generating one token reads every weight once, so sampling is bound by memory bandwidth.
     # Casting the weights once halves what bfloat16/float16 read per token; autocast would
     # instead re-cast each float32 weight at every token and read more than float32 does.
     model.to(precision.dtype)
-    print(
-        f"sampling from {path}"
-        + ("" if precision.dtype == torch.float32 else f" in {runtime.dtype}")
+    in_dtype = "" if precision.dtype == torch.float32 else f" in {runtime.dtype}"
+    eot = tokenizer.eot_id
+    return LoadedModel(
+        description=f"sampling from {path}{in_dtype}",
+        device=precision.device,
+        new_step=lambda: gpt_step(model),
+        encode=tokenizer.encode,
+        decode=tokenizer.decode,
+        first_id=eot,
+        stop_ids=frozenset(() if eot is None else (eot,)),
     )
-    prompt_ids = _encode_prompt(tokenizer, read_prompt(settings.start))
-    generator = torch.Generator(device=precision.device).manual_seed(runtime.seed)
-    texts: list[str] = []
-    for index in range(settings.num_samples):
-        idx = torch.tensor([prompt_ids], dtype=torch.long, device=precision.device)
-        ids = list(prompt_ids)
-        stream = TextStream(enabled=settings.stream)
-        if settings.stream:
-            print(f"--- sample {index + 1}/{settings.num_samples} ---")
-        for token in model.generate(
-            idx,
-            settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_k=settings.top_k,
-            top_p=settings.top_p,
-            generator=generator,
-        ):
-            token_id = int(token.item())
-            if token_id == tokenizer.eot_id:
-                break
-            ids.append(token_id)
-            if settings.stream:
-                stream.update(tokenizer.decode(ids))
-        text = tokenizer.decode(ids)
-        stream.finish(text)
-        saved = save_sample(runtime.out_dir, index, text)
-        if not settings.stream:
-            print(text)
-        print(f"--- saved {saved} ---")
-        texts.append(text)
-    return texts
 
 
-def _encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    if prompt:
-        ids = tokenizer.encode(prompt)
-        if ids:
-            return ids
-    if tokenizer.eot_id is not None:
-        return [tokenizer.eot_id]
-    raise DataError(
-        "sample.sample.start is empty and this tokenizer has no end-of-text token; "
-        "give a prompt such as a newline"
-    )
+def gpt_step(model: GPT, *, use_cache: bool = True) -> Step:
+    """Next-token logits of `model` for a batch, with its KV cache (or, to compare, without).
+
+    Only the last block_size ids of the context are used. Dropout follows the module's
+    mode, so call `eval()` first for reproducible samples.
+    """
+    block_size = model.config.block_size
+    cache: KVCache | None = None
+    context: Tensor | None = None
+
+    def step(ids: Tensor) -> Tensor:
+        nonlocal cache, context
+        ids = ids.to(model.transformer.wte.weight.device)
+        context = ids if context is None else torch.cat((context, ids), dim=1)
+        context = context[:, -block_size:]
+        if not use_cache:
+            # Without a cache the whole window is recomputed every step, as nanoGPT does.
+            return model.next_token_logits(model(context, last_only=True))
+        if cache is None:
+            cache = model.new_kv_cache(ids.size(0))
+            new = context
+        elif cache.length + ids.size(1) > cache.capacity:
+            # Learned absolute positions are baked into every cached key and value, so a
+            # full cache cannot slide by one token: each kept token would sit one position
+            # earlier than when it was cached. Re-prefilling the last block_size tokens every
+            # step is exact but costs what the no-cache path costs. Instead, like llama.cpp's
+            # context shift, drop the older half and re-prefill the newer half: one prefill
+            # every block_size/2 tokens, and each token still sees at least half a block.
+            # Past block_size the two paths thus see different windows and may pick
+            # different tokens.
+            cache.reset()
+            new = context[:, -((cache.capacity + 1) // 2) :]
+        else:
+            new = ids
+        return model.next_token_logits(model.forward_cached(new, cache, last_only=True))
+
+    return step

@@ -1,15 +1,29 @@
-"""Prompts and where samples go, shared by the GPT and the fine-tuned-model samplers."""
+"""Prompts and where samples go: the same for every model backend.
+
+The prompt is `sample.sample.start` or the file a `FILE:path` start names. When the run
+says its records open with a fixed text (e.g. "<SPEECH_START>\\n"), a prompt that does not
+already begin with it gets it, so generation starts the way every training record did;
+the saved and printed text leaves it out and begins with the user's prompt.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ml_playground import atomic
 from ml_playground.config import FILE_PROMPT_PREFIX
 from ml_playground.errors import DataError
+from ml_playground.sample.backend import LoadedModel
 
 SAMPLES_DIR = "samples"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    hidden: str  # the decoded record opening: read by the model, not shown to the user
 
 
 def read_prompt(start: str) -> str:
@@ -25,6 +39,22 @@ def read_prompt(start: str) -> str:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read prompt file {path}: {exc}") from None
+
+
+def encode_prompt(model: LoadedModel, prompt: str) -> Prompt:
+    """The ids generation starts from: the record opening unless present, then `prompt`."""
+    opening = model.record_opening
+    added = opening if opening and not prompt.startswith(opening) else ""
+    ids = model.encode(added + prompt) if added or prompt else []
+    if not ids:
+        if model.first_id is None:
+            raise DataError(
+                "sample.sample.start is empty and the tokenizer has no begin- or end-of-text "
+                "token to start from; give a prompt such as a newline"
+            )
+        ids = [model.first_id]
+    hidden = model.decode(model.encode(added)) if added else ""
+    return Prompt(ids=ids, hidden=hidden)
 
 
 def sample_path(out_dir: Path, index: int, suffix: str = ".txt") -> Path:

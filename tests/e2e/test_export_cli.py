@@ -17,8 +17,11 @@ import gguf
 import pytest
 import torch
 
+from ml_playground.config import SampleSettings
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.sample.generate import generate
+from ml_playground.sample.gpt import gpt_step
 from tests.cli_helpers import assert_one_error_line
 from tests.export_helpers import gpt2_encoding, random_gpt, save_checkpoint, write_experiment
 
@@ -86,12 +89,12 @@ def test_export_writes_a_gguf_transformers_runs_like_our_model(tmp_path: Path) -
         print(f"f16, GPT-2 vocabulary: max |logit difference| = {difference:.3g}")
         assert difference < 1e-2
 
-        ours = [int(t.item()) for t in model.generate(torch.tensor([ids]), 8, temperature=0.0)]
+        [ours] = generate(gpt_step(model), ids, SampleSettings(temperature=0.0, max_new_tokens=8))
         context = list(ids)
         for _ in range(8):
             logits = cast(torch.Tensor, theirs(torch.tensor([context])).logits)
             context.append(int(logits[0, -1].argmax()))
-    assert context[len(ids) :] == ours
+    assert context[len(ids) :] == ours.ids
 
     again = cli(tmp_path, "convert", folder)
     assert again.returncode == 0, again.stderr

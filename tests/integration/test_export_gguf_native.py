@@ -20,10 +20,13 @@ import pytest
 import tiktoken
 import torch
 
+from ml_playground.config import SampleSettings
 from ml_playground.export.bpe_vocab import ByteLevelVocab, build_vocab
 from ml_playground.export.gguf_gpt import write_gpt_gguf
 from ml_playground.export.llama_cpp import NativeQuant
 from ml_playground.model.gpt import GPT, LAYER_NORM_EPS, GPTConfig
+from ml_playground.sample.generate import generate
+from ml_playground.sample.gpt import gpt_step
 from tests.export_helpers import EOT, random_gpt, tiny_bpe_encoding
 
 N_RANKS = 600
@@ -227,9 +230,9 @@ def test_transformers_logits_and_greedy_continuation_match_ours(
     print(f"{quant} bias={bias}: max |logit difference| = {difference.max().item():.3g}")
     assert difference.max().item() < TOLERANCE[quant]
 
-    our_tokens = ours.generate(torch.tensor([prompt_ids]), GREEDY_TOKENS, temperature=0.0)
-    ours_greedy = [int(token.item()) for token in our_tokens]
-    assert greedy(theirs, prompt_ids, GREEDY_TOKENS) == ours_greedy
+    greedy_settings = SampleSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS)
+    [ours_greedy] = generate(gpt_step(ours), prompt_ids, greedy_settings)
+    assert greedy(theirs, prompt_ids, GREEDY_TOKENS) == ours_greedy.ids
 
 
 def test_q8_0_loads_in_transformers_close_to_ours(

@@ -1,4 +1,5 @@
-"""Sampling from a trained tiny GPT in-process: reproducible text, prompts, saved samples.
+"""Sampling from a trained tiny GPT in-process: reproducible text, prompts, saved samples,
+the batch of num_samples and what it streams.
 
 One tiny model is trained per test module; each test gets a fresh experiment folder that
 holds only a copy of its out_dir (no corpus, no dataset), which is all sampling may need.
@@ -14,8 +15,9 @@ import pytest
 
 from ml_playground import checkpoint
 from ml_playground.errors import CheckpointError, DataError
-from ml_playground.sample.gpt import sample_gpt
+from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.prompt import SAMPLES_DIR
+from ml_playground.sample.run import sample_texts
 from ml_playground.train.gpt import train_gpt
 from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
 
@@ -37,7 +39,8 @@ def folder(tmp_path: Path, trained_out_dir: Path) -> Path:
 
 
 def sample(folder: Path, changes: Mapping[str, TomlValue] | None = None) -> list[str]:
-    return sample_gpt(reconfigure(folder, changes).config)
+    config = reconfigure(folder, changes).config
+    return sample_texts(config, load_gpt(config))
 
 
 def test_sampling_needs_only_out_dir(folder: Path) -> None:
@@ -89,6 +92,43 @@ def test_streamed_samples_appear_on_stdout_with_the_checkpoint_used(
     stdout = capsys.readouterr().out
     assert f"sampling from {folder / 'out' / checkpoint.BEST_FILE}" in stdout
     assert texts[0] in stdout
+
+
+def test_greedy_samples_of_a_batch_equal_the_greedy_single_sample(folder: Path) -> None:
+    greedy: dict[str, TomlValue] = {"sample.sample.temperature": 0.0}
+
+    [single] = sample(folder, greedy)
+    batch = sample(folder, {**greedy, "sample.sample.num_samples": 3})
+
+    assert batch == [single] * 3
+
+
+def test_a_seeded_batch_repeats_exactly_and_its_samples_differ(folder: Path) -> None:
+    settings: dict[str, TomlValue] = {
+        "sample.sample.temperature": 1.0,
+        "sample.sample.max_new_tokens": 64,
+        "sample.sample.num_samples": 3,
+    }
+
+    first = sample(folder, settings)
+
+    assert sample(folder, settings) == first
+    assert len(set(first)) == 3
+
+
+def test_a_streamed_batch_shows_the_first_sample_live_then_the_others_in_order(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = sample(
+        folder,
+        {"sample.sample.stream": True, "sample.sample.num_samples": 3, "train.runtime.seed": 3},
+    )
+
+    stdout = capsys.readouterr().out
+    headers = [stdout.index(f"--- sample {index}/3 ---") for index in (1, 2, 3)]
+    assert headers == sorted(headers)
+    for header, text in zip(headers, texts, strict=True):
+        assert stdout[header:].split("\n", 1)[1].startswith(text + "\n--- saved ")
 
 
 def test_a_file_prompt_is_read_relative_to_the_config(folder: Path) -> None:

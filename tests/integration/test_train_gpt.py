@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ml_playground import checkpoint
 from ml_playground.data.token_dataset import read_meta
 from ml_playground.errors import CheckpointError, DataError
-from ml_playground.sample.gpt import sample_gpt
+from ml_playground.sample.gpt import load_gpt
+from ml_playground.sample.run import sample_texts
 from ml_playground.train import reporting
 from ml_playground.train.gpt import OUT_META, train_gpt
 from ml_playground.train.schedule import learning_rate_at
@@ -92,7 +93,8 @@ def test_training_lowers_the_loss_and_leaves_checkpoints_and_tokenizer_in_out_di
     # Everything sampling needs is in out_dir: the dataset and the corpus can go.
     shutil.rmtree(folder / "datasets")
     (folder / "input.txt").unlink()
-    assert sample_gpt(reconfigure(folder).config)[0].startswith("ROMEO:")
+    config = reconfigure(folder).config
+    assert sample_texts(config, load_gpt(config))[0].startswith("ROMEO:")
 
 
 def test_tensorboard_receives_loss_lr_and_speed_scalars(tmp_path: Path) -> None:
@@ -305,16 +307,15 @@ def test_a_vocab_size_larger_than_the_tokenizers_trains_and_samples_only_known_i
     out_dir = train(folder, {"train.model.vocab_size": 100, "train.runtime.max_iters": 2})
     known = set((folder / "input.txt").read_text(encoding="utf-8"))
 
-    texts = sample_gpt(
-        reconfigure(
-            folder,
-            {
-                "sample.sample.max_new_tokens": 200,
-                "sample.sample.temperature": 1.0,
-                "sample.sample.top_k": 0,
-            },
-        ).config
-    )
+    config = reconfigure(
+        folder,
+        {
+            "sample.sample.max_new_tokens": 200,
+            "sample.sample.temperature": 1.0,
+            "sample.sample.top_k": 0,
+        },
+    ).config
+    texts = sample_texts(config, load_gpt(config))
 
     assert checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args["vocab_size"] == 100
     assert len(texts[0]) == len("ROMEO:") + 200

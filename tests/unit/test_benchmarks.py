@@ -45,6 +45,9 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
         (dtype, use_cache) for dtype in ("float32", "bfloat16") for use_cache in (True, False)
     }
     assert all(s.tokens_per_second > 0 and s.bytes_per_cached_token > 0 for s in results.sampling)
+    assert results.batching.samples == QUICK.sampling.batch_size
+    assert results.batching.batch_tokens_per_second > 0
+    assert results.batching.sequential_tokens_per_second > 0
     assert results.bandwidth.bytes_per_second > 0
     assert {p.kind for p in results.prepare} >= {"char"}
     assert all(p.megabytes_per_second > 0 and p.peak_rss_bytes > 0 for p in results.prepare)
@@ -63,6 +66,7 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
         "medium bf16/fp32 speed",
         "medium fp32 cache/no-cache",
         "medium bf16 cache/no-cache",
+        f"medium fp32 {QUICK.sampling.batch_size} samples batch/one by one",
         "GB/s",
         "1 GB (est.)",
     ):
@@ -75,3 +79,4 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     written = json.loads(out.read_text(encoding="utf-8"))
     assert {check["verdict"] for check in written["checks"]} == {"n/a"}
     assert len(written["training"]) == 4
+    assert written["sampling_batch"]["speedup"] > 0

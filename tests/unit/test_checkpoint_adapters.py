@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,30 @@ def test_run_meta_round_trips_and_a_foreign_file_is_an_error(tmp_path: Path) -> 
     assert RunMeta.read(tmp_path / "run") == meta
     with pytest.raises(CheckpointError, match=r"is not a valid meta\.json of a fine-tuning run"):
         RunMeta.read(tmp_path / "other")
+
+
+def test_run_meta_without_a_record_shape_derives_it_from_the_structure_tokens(
+    tmp_path: Path,
+) -> None:
+    fields: dict[str, object] = {
+        "base_model": "tiny",
+        "revision": None,
+        "vocab_size": 10,
+        "added_tokens": [],
+        "doc_separator": "",
+        "lora": True,
+    }
+    for name, structure in (("speeches", ["<SPEECH_START>", "<SPEECH_END>"]), ("plain", [])):
+        (tmp_path / name).mkdir()
+        written = {**fields, "structure_tokens": structure}
+        (tmp_path / name / "meta.json").write_text(json.dumps(written), encoding="utf-8")
+
+    speeches, plain = RunMeta.read(tmp_path / "speeches"), RunMeta.read(tmp_path / "plain")
+
+    assert speeches.record_opening == "<SPEECH_START>\n"
+    assert speeches.record_closing == "<SPEECH_END>"
+    assert speeches.stop_tokens == ("<SPEECH_END>",)
+    assert (plain.record_opening, plain.record_closing, plain.stop_tokens) == ("", "", ())
 
 
 def stream(seed: int) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""The from-scratch GPT: shapes, loss, KV cache, sampling, generation, optimizer, config."""
+"""The from-scratch GPT: shapes, loss, KV cache, next-token logits, optimizer, config.
+
+Generation with it (the decode step, the loop, the filters) is tested in test_generate.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
 from ml_playground.errors import CheckpointError
-from ml_playground.model.gpt import GPT, GPTConfig, sample_next
+from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.sample.filters import sample_next
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -51,30 +55,6 @@ def context_sensitive_model() -> GPT:
 def random_ids(config: GPTConfig, batch: int, length: int, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, config.vocab_size, (batch, length), generator=generator)
-
-
-def collect(
-    model: GPT,
-    prompt: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-) -> torch.Tensor:
-    """Drain `generate` and return every new token as (B, max_new_tokens)."""
-    steps = model.generate(
-        prompt,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        generator=generator,
-        use_cache=use_cache,
-    )
-    return torch.stack(list(steps), dim=1)
 
 
 # --- forward ----------------------------------------------------------------------------
@@ -210,6 +190,18 @@ def test_kv_cache_accepts_multi_token_chunks_after_the_prefill() -> None:
     assert (cached - full).abs().max().item() <= 1e-5
 
 
+def test_last_only_logits_are_the_last_position_of_the_full_logits() -> None:
+    model = tiny_model()
+    idx = random_ids(TINY, batch=2, length=7)
+
+    with torch.no_grad():
+        last = model(idx, last_only=True)
+        full = model(idx)
+
+    assert last.shape == (2, 1, TINY.padded_vocab_size)
+    assert torch.allclose(last, full[:, -1:], atol=1e-6)
+
+
 def test_kv_cache_refuses_to_grow_past_block_size() -> None:
     model = tiny_model()
     cache = model.new_kv_cache(batch_size=1)
@@ -217,90 +209,6 @@ def test_kv_cache_refuses_to_grow_past_block_size() -> None:
         model.forward_cached(random_ids(TINY, batch=1, length=TINY.block_size), cache)
         with pytest.raises(ValueError, match="exceed block_size"):
             model.forward_cached(random_ids(TINY, batch=1, length=1), cache)
-
-
-# --- generation -------------------------------------------------------------------------
-
-
-def test_greedy_generation_is_identical_with_and_without_cache_within_block_size() -> None:
-    model = context_sensitive_model()
-    prompt = random_ids(TINY, batch=2, length=4)
-    # The last of these tokens is predicted from a context of exactly block_size tokens.
-    steps = TINY.block_size - 4 + 1
-
-    cached = collect(model, prompt, steps, temperature=0.0, use_cache=True)
-    uncached = collect(model, prompt, steps, temperature=0.0, use_cache=False)
-
-    assert cached.shape == (2, steps)
-    assert torch.equal(cached, uncached)
-
-
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_generation_continues_past_block_size(use_cache: bool) -> None:
-    model = tiny_model()
-    prompt = random_ids(TINY, batch=2, length=3)
-
-    tokens = collect(model, prompt, 3 * TINY.block_size, temperature=1.0, use_cache=use_cache)
-
-    assert tokens.shape == (2, 3 * TINY.block_size)
-    assert int(tokens.min()) >= 0
-    assert int(tokens.max()) < TINY.vocab_size
-
-
-def test_cached_generation_past_block_size_refills_the_cache_with_the_newest_half_block() -> None:
-    model = context_sensitive_model()
-    prompt = random_ids(TINY, batch=1, length=TINY.block_size)
-    tokens = collect(model, prompt, 2 * TINY.block_size, temperature=0.0, use_cache=True)
-
-    # Each prediction saw a window that starts at the full block, falls back to the newest
-    # half block whenever the cache is full, and grows by one token per step in between.
-    sequence = torch.cat((prompt, tokens), dim=1)
-    window = TINY.block_size
-    for step in range(tokens.size(1)):
-        end = TINY.block_size + step
-        with torch.no_grad():
-            logits = model(sequence[:, end - window : end])
-        assert torch.equal(model.next_token_logits(logits).argmax(dim=-1), tokens[:, step])
-        window = window + 1 if window < TINY.block_size else TINY.block_size // 2
-
-
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_prompt_longer_than_block_size_is_cropped_to_its_last_block(use_cache: bool) -> None:
-    model = context_sensitive_model()
-    long_prompt = random_ids(TINY, batch=1, length=2 * TINY.block_size + 5)
-    last_block = long_prompt[:, -TINY.block_size :]
-
-    from_long = collect(model, long_prompt, 6, temperature=0.0, use_cache=use_cache)
-    from_last_block = collect(model, last_block, 6, temperature=0.0, use_cache=use_cache)
-
-    assert from_long.shape == (1, 6)
-    assert torch.equal(from_long, from_last_block)
-
-
-def test_generation_yields_one_batch_of_tokens_per_step() -> None:
-    model = tiny_model()
-    steps = model.generate(random_ids(TINY, batch=3, length=2), 2, temperature=0.0)
-    first = next(steps)
-    assert first.shape == (3,)
-    assert first.dtype == torch.long
-    assert len(list(steps)) == 1
-
-
-def test_generating_zero_tokens_yields_nothing() -> None:
-    assert list(tiny_model().generate(random_ids(TINY, batch=1, length=2), 0)) == []
-
-
-def test_padded_ids_are_never_generated() -> None:
-    # Ten real ids padded to 64: unmasked, most samples from a near-uniform model would be padding.
-    config = replace(TINY, vocab_size=10)
-    model = tiny_model(config)
-    generator = torch.Generator().manual_seed(0)
-
-    tokens = collect(
-        model, random_ids(config, batch=8, length=2), 40, temperature=5.0, generator=generator
-    )
-
-    assert int(tokens.max()) < config.vocab_size
 
 
 def test_padded_ids_are_masked_even_when_their_logits_dominate() -> None:
@@ -316,77 +224,6 @@ def test_padded_ids_are_masked_even_when_their_logits_dominate() -> None:
     assert torch.all(masked[:, TINY.vocab_size :] == float("-inf"))
     assert int(greedy.max()) < TINY.vocab_size
     assert int(sampled.max()) < TINY.vocab_size
-
-
-# --- sampling ---------------------------------------------------------------------------
-
-
-def test_temperature_zero_is_deterministic() -> None:
-    model = tiny_model()
-    prompt = random_ids(TINY, batch=2, length=3)
-    first = collect(model, prompt, 10, temperature=0.0)
-    second = collect(model, prompt, 10, temperature=0.0)
-    assert torch.equal(first, second)
-
-
-def test_same_generator_seed_gives_same_tokens() -> None:
-    model = tiny_model()
-    prompt = random_ids(TINY, batch=2, length=3)
-
-    def sample_with_seed(seed: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        return collect(model, prompt, 20, temperature=2.0, generator=generator)
-
-    assert torch.equal(sample_with_seed(7), sample_with_seed(7))
-    assert not torch.equal(sample_with_seed(7), sample_with_seed(8))
-
-
-@pytest.mark.parametrize(("top_k", "top_p"), [(1, 1.0), (0, 1e-6)])
-def test_top_k_one_and_tiny_top_p_equal_greedy(top_k: int, top_p: float) -> None:
-    model = tiny_model()
-    prompt = random_ids(TINY, batch=2, length=3)
-    generator = torch.Generator().manual_seed(0)
-
-    greedy = collect(model, prompt, 20, temperature=0.0)
-    filtered = collect(
-        model, prompt, 20, temperature=3.0, top_k=top_k, top_p=top_p, generator=generator
-    )
-
-    assert torch.equal(filtered, greedy)
-
-
-def test_top_k_samples_only_the_k_most_likely_ids() -> None:
-    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0]]).repeat(500, 1)
-    generator = torch.Generator().manual_seed(0)
-
-    ids = sample_next(logits, temperature=1.0, top_k=2, top_p=1.0, generator=generator)
-
-    assert {int(i) for i in ids} == {1, 3}
-
-
-@pytest.mark.parametrize(
-    ("top_p", "kept"), [(0.45, {0}), (0.55, {0, 1}), (0.75, {0, 1}), (0.9, {0, 1, 2})]
-)
-def test_top_p_keeps_the_smallest_set_reaching_the_probability_mass(
-    top_p: float, kept: set[int]
-) -> None:
-    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().repeat(1000, 1)
-    generator = torch.Generator().manual_seed(0)
-
-    ids = sample_next(logits, temperature=1.0, top_k=0, top_p=top_p, generator=generator)
-
-    assert {int(i) for i in ids} == kept
-
-
-@pytest.mark.parametrize(
-    ("temperature", "top_k", "top_p", "message"),
-    [(-0.1, 0, 1.0, "temperature"), (1.0, -1, 1.0, "top_k"), (1.0, 0, 0.0, "top_p")],
-)
-def test_sampling_rejects_out_of_range_settings(
-    temperature: float, top_k: int, top_p: float, message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        sample_next(torch.zeros(1, 5), temperature, top_k, top_p, generator=None)
 
 
 # --- training ---------------------------------------------------------------------------

@@ -1,0 +1,42 @@
+"""What a model backend hands the sampling front end: a trained model, ready to generate.
+
+A backend (the from-scratch GPT in sample/gpt.py, the Hugging Face + LoRA model in
+finetune/inference.py) loads its run from out_dir and fills in one `LoadedModel`: how
+text becomes ids and back, which ids stop a sample, how its records open, and a `Step`
+with a fresh key/value cache. Everything else (prompt, batch, stream, save) is written
+once, in sample/run.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ml_playground.sample.generate import Step
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A report on one sample, saved as JSON beside it."""
+
+    report: dict[str, object]
+    summary: str  # shown on the sample's "saved" line, e.g. "2 anomalies in the .json"
+
+
+# (text as saved, the ids the model added, whether it ended at a stop id) -> Analysis
+Analyse = Callable[[str, Sequence[int], bool], Analysis]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    description: str  # the first line sampling prints: which weights, in which precision
+    device: torch.device  # where the logits of `new_step` live
+    new_step: Callable[[], Step]  # a decode step with an empty cache
+    encode: Callable[[str], list[int]]
+    decode: Callable[[Sequence[int]], str]  # the text a user sees: no special tokens
+    first_id: int | None  # what an empty prompt starts from (BOS or end-of-text), if any
+    stop_ids: frozenset[int]  # end of text and the run's stop tokens
+    record_opening: str = ""  # what every training record began with
+    analyse: Analyse | None = None

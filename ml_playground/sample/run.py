@@ -1,0 +1,72 @@
+"""`sample`: generate num_samples texts from a loaded model, print them and save them.
+
+The samples are decoded as one batch (see sample/generate.py). With `stream` on, the
+first sample appears token by token as it is generated; the others are printed whole
+once the batch is done, in order. Each sample is saved as out_dir/samples/*.txt, with
+the backend's analysis (if it has one) as a *.json beside it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ml_playground import atomic
+from ml_playground.config import ExperimentConfig
+from ml_playground.sample.backend import LoadedModel
+from ml_playground.sample.generate import generate
+from ml_playground.sample.prompt import encode_prompt, read_prompt, save_sample
+from ml_playground.sample.stream import TextStream
+
+LIVE_ROW = 0
+
+
+def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
+    """The num_samples texts, each beginning with the prompt; printed and saved."""
+    runtime, settings = config.sample.runtime, config.sample.sample
+    print(model.description)
+    prompt = encode_prompt(model, read_prompt(settings.start))
+    generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
+    live: TextStream | None = None
+    if settings.stream:
+        live = TextStream(model.decode, prompt.ids, hidden=prompt.hidden)
+        print(f"--- sample 1/{settings.num_samples} ---")
+        _write(live.prompt_text)
+
+    def show(row: int, token: int) -> None:
+        if live is not None and row == LIVE_ROW:
+            _write(live.push(token))
+
+    rows = generate(
+        model.new_step(),
+        prompt.ids,
+        settings,
+        stop_ids=model.stop_ids,
+        generator=generator,
+        on_token=show,
+    )
+    texts: list[str] = []
+    for index, row in enumerate(rows):
+        text = model.decode(prompt.ids + row.ids).removeprefix(prompt.hidden)
+        if live is not None and index == LIVE_ROW:
+            _write(live.flush() + "\n")
+        else:
+            if settings.stream:
+                print(f"--- sample {index + 1}/{settings.num_samples} ---")
+            print(text)
+        saved = save_sample(runtime.out_dir, index, text)
+        note = ""
+        if model.analyse is not None:
+            analysis = model.analyse(text, row.ids, row.stopped)
+            atomic.write_json(saved.with_suffix(".json"), analysis.report)
+            note = f" ({analysis.summary})"
+        print(f"--- saved {saved}{note} ---")
+        texts.append(text)
+    return texts
+
+
+def _write(text: str) -> None:
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
