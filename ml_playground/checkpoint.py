@@ -32,8 +32,9 @@ from typing import Any, Literal, cast
 import torch
 
 from ml_playground import atomic
-from ml_playground.artifacts import Artifact, parse_artifact, read_json_object, write_artifact
+from ml_playground.artifacts import read_artifact, write_artifact
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
+from ml_playground.data.records import RecordFormat
 from ml_playground.errors import CheckpointError
 
 Slot = Literal["last", "best", "final"]
@@ -154,38 +155,19 @@ def gpt_for_sampling(out_dir: Path) -> Path:
 # --- Hugging Face + LoRA ----------------------------------------------------------------
 
 
-class RunMeta(Artifact):
-    """Meta.json of a fine-tuning run."""
+class RunMeta(RecordFormat):
+    """Meta.json of a fine-tuning run: its base model, vocabulary, and its records' format."""
 
     kind: Literal["hf-finetune"] = "hf-finetune"
     base_model: str
     revision: str | None
     vocab_size: int
-    structure_tokens: tuple[str, ...]
-    added_tokens: tuple[str, ...]
-    doc_separator: str
     lora: bool
-    tokenizer: Literal["tokenizer"] = "tokenizer"
-    record_opening: str = ""
-    """What every training record began with; prompts are prefixed with it."""
-    record_closing: str = ""
-    stop_tokens: tuple[str, ...] = ()
-    """Token strings that end generation besides the tokenizer's end of sequence."""
+    tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
 
     @classmethod
     def read(cls, out_dir: Path) -> RunMeta:
-        path = out_dir / RUN_META
-        fields = read_json_object(
-            path, what="meta.json of the run", error=CheckpointError, remedy=TRAIN_AGAIN
-        )
-        tokens: object = fields.get("structure_tokens")
-        pair = cast(list[object], tokens) if isinstance(tokens, list) else []
-        if "record_opening" not in fields and len(pair) == 2:
-            # Runs written before the record fields existed framed records by the
-            # structure tokens, [start, end].
-            start, end = pair
-            fields |= {"record_opening": f"{start}\n", "record_closing": end, "stop_tokens": [end]}
-        return parse_artifact(cls, fields, path, error=CheckpointError, remedy=TRAIN_AGAIN)
+        return read_artifact(cls, out_dir / RUN_META, error=CheckpointError, remedy=TRAIN_AGAIN)
 
     def write(self, out_dir: Path) -> None:
         write_artifact(out_dir / RUN_META, self)

@@ -33,7 +33,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final, Literal
+from typing import IO, Any, Final, Literal
 
 from pydantic import Field
 from tqdm import tqdm
@@ -72,21 +72,54 @@ SHOWN_EXAMPLES = 3
 TokenizerLoader = Callable[[], HFTokenizer]
 
 
-@dataclass(frozen=True)
-class RecordShape:
-    """What every record begins with, ends with, and the tokens that end a generated one."""
+class RecordFormat(Artifact):
+    """How the records of a dataset are framed; a training run copies it into its meta.json.
 
-    opening: str
-    closing: str
-    stop_tokens: tuple[str, ...]
+    `record_opening` is the text every record begins with (a prompt starting with it
+    begins as training records did), `record_closing` the text each ends with, and
+    `stop_tokens` the tokens besides the tokenizer's EOS that end a generation. Files
+    written before these three existed framed records by the structure tokens alone, so
+    when absent they follow from those.
+    """
+
+    structure_tokens: tuple[str, ...]
+    added_tokens: tuple[str, ...]
+    doc_separator: str
+    record_opening: str = Field(
+        default_factory=lambda data: _speech_framing(bool(data.get("structure_tokens")))[0]
+    )
+    record_closing: str = Field(
+        default_factory=lambda data: _speech_framing(bool(data.get("structure_tokens")))[1]
+    )
+    stop_tokens: tuple[str, ...] = Field(
+        default_factory=lambda data: _speech_framing(bool(data.get("structure_tokens")))[2]
+    )
+
+    def record_format(self) -> dict[str, Any]:
+        """These fields alone, to pass on: `RunMeta(..., **meta.record_format())`."""
+        return self.model_dump(include=set(RecordFormat.model_fields))
 
 
-def record_shape(*, structure_tokens: bool) -> RecordShape:
-    """Speech records are wrapped in <SPEECH_START> ... <SPEECH_END> when structure tokens
-    are on; otherwise a record is its header and text, and only EOS ends one."""
+def speech_record_format(
+    *, structure_tokens: bool, added_tokens: tuple[str, ...] = (), doc_separator: str = "\n\n"
+) -> RecordFormat:
+    """Speech records: wrapped in <SPEECH_START> ... <SPEECH_END> with structure tokens (the
+    end token stops a generation); otherwise a header and text that only EOS ends."""
+    opening, closing, stops = _speech_framing(structure_tokens)
+    return RecordFormat(
+        structure_tokens=STRUCTURE_TOKENS if structure_tokens else (),
+        added_tokens=added_tokens,
+        doc_separator=doc_separator,
+        record_opening=opening,
+        record_closing=closing,
+        stop_tokens=stops,
+    )
+
+
+def _speech_framing(structure_tokens: bool) -> tuple[str, str, tuple[str, ...]]:
     if structure_tokens:
-        return RecordShape(opening=RECORD_OPENING, closing=SPEECH_END, stop_tokens=(SPEECH_END,))
-    return RecordShape(opening="", closing="", stop_tokens=())
+        return RECORD_OPENING, SPEECH_END, (SPEECH_END,)
+    return "", "", ()
 
 
 class InputFile(Artifact):
@@ -118,38 +151,15 @@ class Fingerprint(Artifact):
     settings: RecordSettings
 
 
-def _shape_of(structure_tokens: object) -> RecordShape:
-    """The record shape of a meta.json written before it was recorded: it followed from
-    the structure tokens."""
-    return record_shape(structure_tokens=bool(structure_tokens))
-
-
-class DatasetMeta(PreparedMeta):
-    """Records dataset metadata.
-
-    `record_opening` is the text every record begins with (a prompt starting with it
-    begins as training records did), `record_closing` the text each ends with, and
-    `stop_tokens` the tokens besides the tokenizer's EOS that end a generation.
-    """
+class DatasetMeta(RecordFormat, PreparedMeta):
+    """Records dataset metadata."""
 
     format_version: Literal[1] = FORMAT_VERSION
     format: Literal["speech-records-jsonl"] = RECORD_FORMAT
     base_model: str
     revision: str | None
     tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
-    structure_tokens: tuple[str, ...]
-    added_tokens: tuple[str, ...]
     vocab_size: int
-    doc_separator: str
-    record_opening: str = Field(
-        default_factory=lambda data: _shape_of(data.get("structure_tokens")).opening
-    )
-    record_closing: str = Field(
-        default_factory=lambda data: _shape_of(data.get("structure_tokens")).closing
-    )
-    stop_tokens: tuple[str, ...] = Field(
-        default_factory=lambda data: _shape_of(data.get("structure_tokens")).stop_tokens
-    )
     records: dict[str, int]
     characters: dict[str, int]
     file_sizes: dict[str, int]
@@ -248,20 +258,19 @@ def prepare_speech_dataset(
             describe=report.summary,
         )
     structure = STRUCTURE_TOKENS if speeches_config.add_structure_tokens else ()
-    shape = record_shape(structure_tokens=speeches_config.add_structure_tokens)
     added = _add_structure_tokens(tokenizer, structure)
+    framing = speech_record_format(
+        structure_tokens=speeches_config.add_structure_tokens,
+        added_tokens=added,
+        doc_separator=speeches_config.doc_separator,
+    )
     with atomic.atomic_directory(dataset_dir / TOKENIZER_DIR) as staging:
         tokenizer.save_pretrained(str(staging))
     meta = DatasetMeta(
+        **framing.record_format(),
         base_model=hf.model_name,
         revision=hf.revision,
-        structure_tokens=structure,
-        added_tokens=added,
         vocab_size=len(tokenizer),
-        doc_separator=speeches_config.doc_separator,
-        record_opening=shape.opening,
-        record_closing=shape.closing,
-        stop_tokens=shape.stop_tokens,
         records=dict(split.records),
         characters=dict(split.characters),
         file_sizes={name: (dataset_dir / name).stat().st_size for name in (TRAIN_FILE, VAL_FILE)},

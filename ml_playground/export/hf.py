@@ -29,7 +29,7 @@ from ml_playground.checkpoint import (
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
-from ml_playground.data.records import RecordShape, read_dataset_meta
+from ml_playground.data.records import RecordFormat, read_dataset_meta
 from ml_playground.errors import DataError, ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
@@ -296,18 +296,18 @@ def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     settings = _tokenizer_settings(tokenizer)
     eos = _token_text(settings.get("eos_token"))
     eos_stop = (eos,) if eos else ()
-    shape = record_shape_of(config)
-    if shape is not None:
-        opening = shape.opening.strip()
+    records = record_format_of(config)
+    if records is not None:
+        opening = records.record_opening.strip()
         return PromptFormat(
-            template=f"{shape.opening}{RAW_COMPLETION}{HEADER_END}",
-            stops=(*shape.stop_tokens, *eos_stop),
+            template=f"{records.record_opening}{RAW_COMPLETION}{HEADER_END}",
+            stops=(*records.stop_tokens, *eos_stop),
             description=(
                 "Prompt format: speech records. Give the header lines (Sprecher, Partei,"
                 " Thema, Jahr) as the prompt; the template "
                 + (f"opens the record with {opening}, " if opening else "")
                 + "adds the blank line, and the model writes the speech"
-                + (f" until {shape.closing}." if shape.closing else ".")
+                + (f" until {records.record_closing}." if records.record_closing else ".")
             ),
         )
     if settings.get("chat_template") or (tokenizer / "chat_template.jinja").is_file():
@@ -322,18 +322,17 @@ def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     )
 
 
-def record_shape_of(config: ExperimentConfig) -> RecordShape | None:
+def record_format_of(config: ExperimentConfig) -> RecordFormat | None:
     """How the run's records open and close and which tokens stop them; None if the run
     has no records. The run's meta.json says so, else the prepared dataset's."""
     out_dir = config.train.runtime.out_dir
     if (out_dir / RUN_META).is_file():
-        run = RunMeta.read(out_dir)
-        return RecordShape(run.record_opening, run.record_closing, run.stop_tokens)
+        return RunMeta.read(out_dir)
     try:
         meta = read_dataset_meta(config.train.data.dataset_dir)
     except DataError:
         return None
-    return RecordShape(meta.record_opening, meta.record_closing, meta.stop_tokens)
+    return meta
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

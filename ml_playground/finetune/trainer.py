@@ -91,15 +91,10 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     last = checkpoint.adapters_dir(runtime.out_dir, checkpoint.LAST)
     resume = checkpoint.load_state(last) if checkpoint.has_state(last) else None
     run_meta = RunMeta(
+        **meta.record_format(),
         base_model=hf.model_name,
         revision=hf.revision,
         vocab_size=len(tokenizer),
-        structure_tokens=meta.structure_tokens,
-        added_tokens=meta.added_tokens,
-        doc_separator=meta.doc_separator,
-        record_opening=meta.record_opening,
-        record_closing=meta.record_closing,
-        stop_tokens=meta.stop_tokens,
         lora=peft.enabled,
     )
     if resume is not None:

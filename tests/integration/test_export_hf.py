@@ -22,7 +22,7 @@ from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariable
 
 from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, PeftConfig, load_config
-from ml_playground.data.records import record_shape
+from ml_playground.data.records import speech_record_format
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment
@@ -116,18 +116,13 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
     save_weights(wrapped, out / "adapters" / "best")
-    shape = record_shape(structure_tokens=structure_tokens)
+    records = speech_record_format(structure_tokens=structure_tokens, added_tokens=added)
     RunMeta(
+        **records.record_format(),
         base_model=str(base),
         revision=None,
         vocab_size=len(tokenizer),
-        structure_tokens=added,
-        added_tokens=added,
-        doc_separator="\n\n",
         lora=True,
-        record_opening=shape.opening,
-        record_closing=shape.closing,
-        stop_tokens=shape.stop_tokens,
     ).write(out)
     return out
 

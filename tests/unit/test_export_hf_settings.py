@@ -10,7 +10,12 @@ import pytest
 from ml_playground.artifacts import write_artifact
 from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, load_config
-from ml_playground.data.records import DatasetMeta, Fingerprint, RecordSettings, record_shape
+from ml_playground.data.records import (
+    DatasetMeta,
+    Fingerprint,
+    RecordSettings,
+    speech_record_format,
+)
 from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
@@ -37,8 +42,7 @@ def tokenizer(folder: Path, **settings: object) -> Path:
 
 def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
     """datasets/meta.json of speech records, as prepare writes it."""
-    shape = record_shape(structure_tokens=structure_tokens)
-    structure = (SPEECH_START, SPEECH_END) if structure_tokens else ()
+    records = speech_record_format(structure_tokens=structure_tokens)
     tally = RowTally(read=0, repaired=0, malformed={}, examples=())
     settings = RecordSettings(
         format_version=1,
@@ -52,15 +56,10 @@ def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
         selection=Selection().settings(),
     )
     meta = DatasetMeta(
+        **records.record_format(),
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
-        structure_tokens=structure,
-        added_tokens=structure,
         vocab_size=10,
-        doc_separator="\n\n",
-        record_opening=shape.opening,
-        record_closing=shape.closing,
-        stop_tokens=shape.stop_tokens,
         records={},
         characters={},
         file_sizes={},
