@@ -66,7 +66,7 @@ class Settings:
     prepare_sizes: tuple[int, int]  # corpus bytes; two sizes show whether the peak grows
 
 
-FULL_MEDIUM = GPTConfig(GPT2_VOCAB, block_size=256, n_layer=6, n_head=6, n_embd=384)
+FULL_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=256, n_layer=6, n_head=6, n_embd=384)
 FULL = Settings(
     mode="full",
     judged=True,
@@ -75,7 +75,7 @@ FULL = Settings(
     bandwidth_megabytes=400,
     small=TrainingSpec(
         "small",
-        GPTConfig(CHAR_VOCAB, block_size=64, n_layer=4, n_head=4, n_embd=128),
+        GPTConfig(vocab_size=CHAR_VOCAB, block_size=64, n_layer=4, n_head=4, n_embd=128),
         batch_size=12,
         warmup_steps=5,
         timed_steps=95,
@@ -89,7 +89,7 @@ FULL = Settings(
     sampling=SamplingSpec("medium", FULL_MEDIUM, 500, cached_repeats=3, uncached_repeats=1),
     prepare_sizes=(50 * MB, 100 * MB),
 )
-QUICK_MEDIUM = GPTConfig(GPT2_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=32)
+QUICK_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=32)
 QUICK = Settings(
     mode="quick",
     judged=False,
@@ -98,7 +98,7 @@ QUICK = Settings(
     bandwidth_megabytes=8,
     small=TrainingSpec(
         "small",
-        GPTConfig(CHAR_VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32),
+        GPTConfig(vocab_size=CHAR_VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32),
         batch_size=4,
         warmup_steps=1,
         timed_steps=3,

@@ -45,7 +45,7 @@ class TrainingSpec:
         return self.batch_size * self.model.block_size
 
     def with_vocab(self, vocab_size: int, vocab: str) -> TrainingSpec:
-        return replace(self, model=replace(self.model, vocab_size=vocab_size), vocab=vocab)
+        return replace(self, model=self.model.replace(vocab_size=vocab_size), vocab=vocab)
 
     def describe(self) -> str:
         m = self.model

@@ -86,5 +86,6 @@ def _what(kind: type[Artifact]) -> str:
 
 def _first_problem(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "the file"
-    return f"'{where}' {error['msg'].lower()}"
+    where = ".".join(str(part) for part in error["loc"])
+    problem = error["msg"].removeprefix("Value error, ")
+    return f"'{where}' {problem.lower()}" if where else problem

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias for torch's functional API
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from ml_playground.artifacts import Artifact, parse_artifact
 from ml_playground.errors import CheckpointError
 from ml_playground.model.loss import vocab_cross_entropy
 
@@ -25,35 +27,28 @@ VOCAB_PAD_MULTIPLE = 64
 # GPT-2's values; the GGUF exporter writes the same epsilon into the file's metadata.
 LAYER_NORM_EPS = 1e-5
 INIT_STD = 0.02
+OLDER_CHECKPOINT = "it was not written by this version of ml-playground; retrain or re-save it"
 
 
-@dataclass(frozen=True)
-class GPTConfig:
-    """The shape of a GPT; stored in checkpoints as `model_args` via `to_dict`."""
+Size = Annotated[int, Field(ge=1)]
 
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float = 0.0
+
+class GPTConfig(Artifact):
+    """Shape of a GPT (its checkpoint's model_args)."""
+
+    vocab_size: Size
+    block_size: Size
+    n_layer: Size
+    n_head: Size
+    n_embd: Size
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     bias: bool = False
 
-    def __post_init__(self) -> None:
-        sizes = {
-            "vocab_size": self.vocab_size,
-            "block_size": self.block_size,
-            "n_layer": self.n_layer,
-            "n_head": self.n_head,
-            "n_embd": self.n_embd,
-        }
-        for name, value in sizes.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+    @model_validator(mode="after")
+    def _heads_split_the_width(self) -> GPTConfig:
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd = {self.n_embd} must be divisible by n_head = {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        return self
 
     @property
     def padded_vocab_size(self) -> int:
@@ -65,9 +60,13 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    def replace(self, **changes: int | float | bool) -> GPTConfig:
+        """A copy with `changes`, validated like any other."""
+        return GPTConfig.model_validate({**self.to_json(), **changes})
+
     def to_dict(self) -> dict[str, int | float | bool]:
         """Plain JSON-compatible values, the form checkpoints store."""
-        return asdict(self)
+        return self.to_json()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> GPTConfig:
@@ -76,59 +75,14 @@ class GPTConfig:
         Every key is required, even those with defaults: a checkpoint missing `bias` would
         otherwise load into a model of a different shape and fail later, far from the cause.
         """
-        expected = {field.name for field in fields(cls)}
-        missing = sorted(expected - d.keys())
+        missing = sorted(set(cls.model_fields) - d.keys())
         if missing:
             raise CheckpointError(
-                f"checkpoint model_args is missing {', '.join(missing)}; "
-                "it was not written by this version of ml-playground, retrain or re-save it"
+                f"checkpoint model_args is missing {', '.join(missing)}; {OLDER_CHECKPOINT}"
             )
-        unknown = sorted(d.keys() - expected)
-        if unknown:
-            raise CheckpointError(
-                f"checkpoint model_args has unknown key(s) {', '.join(unknown)}; "
-                f"expected exactly {', '.join(sorted(expected))}"
-            )
-        try:
-            return cls(
-                vocab_size=_int_arg(d, "vocab_size"),
-                block_size=_int_arg(d, "block_size"),
-                n_layer=_int_arg(d, "n_layer"),
-                n_head=_int_arg(d, "n_head"),
-                n_embd=_int_arg(d, "n_embd"),
-                dropout=_float_arg(d, "dropout"),
-                bias=_bool_arg(d, "bias"),
-            )
-        except ValueError as exc:
-            raise CheckpointError(f"checkpoint model_args are invalid: {exc}") from None
-
-
-def _type_error(key: str, expected: str, value: object) -> CheckpointError:
-    return CheckpointError(
-        f"checkpoint model_args.{key} must be {expected}, got {value!r} ({type(value).__name__})"
-    )
-
-
-# bool is a subclass of int in Python, so each check below rules it out (or in) explicitly.
-def _int_arg(d: Mapping[str, object], key: str) -> int:
-    value = d[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(key, "an int", value)
-    return value
-
-
-def _float_arg(d: Mapping[str, object], key: str) -> float:
-    value = d[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _type_error(key, "a number", value)
-    return float(value)
-
-
-def _bool_arg(d: Mapping[str, object], key: str) -> bool:
-    value = d[key]
-    if not isinstance(value, bool):
-        raise _type_error(key, "true or false", value)
-    return value
+        return parse_artifact(
+            cls, dict(d), "checkpoint model_args", error=CheckpointError, remedy=OLDER_CHECKPOINT
+        )
 
 
 class KVCache:

@@ -7,7 +7,6 @@ with the newest half block (see `gpt_step`).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -46,7 +45,7 @@ def _fit_vocab(
     """
     if args.vocab_size <= tokenizer.vocab_size:
         return args, state
-    fitted = dataclasses.replace(args, vocab_size=tokenizer.vocab_size)
+    fitted = args.replace(vocab_size=tokenizer.vocab_size)
     rows = fitted.padded_vocab_size
     for key in ("transformer.wte.weight", "lm_head.weight"):
         state[key] = state[key][:rows]

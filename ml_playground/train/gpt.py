@@ -123,14 +123,9 @@ def _model_config(
             f"train.model.vocab_size = {model.vocab_size} is smaller than the dataset's "
             f"vocabulary ({meta.vocab_size}); remove the key or raise it"
         )
-    wanted = GPTConfig(
-        vocab_size=model.vocab_size or meta.vocab_size,
-        block_size=model.block_size,
-        n_layer=model.n_layer,
-        n_head=model.n_head,
-        n_embd=model.n_embd,
-        dropout=model.dropout,
-        bias=model.bias,
+    # [train.model] holds exactly the model arguments, the vocabulary defaulting to the data's.
+    wanted = GPTConfig.model_validate(
+        {**model.model_dump(), "vocab_size": model.vocab_size or meta.vocab_size}
     )
     if resume is None:
         return wanted

@@ -5,8 +5,6 @@ The tiny GPT of test_gpt.py stands in for any backend: the loop sees only its st
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 
@@ -123,7 +121,7 @@ def test_prompt_longer_than_block_size_is_cropped_to_its_last_block(use_cache: b
 
 def test_padded_ids_are_never_generated() -> None:
     # Ten real ids padded to 64: unmasked, most samples from a near-uniform model would be padding.
-    config = replace(TINY, vocab_size=10)
+    config = TINY.replace(vocab_size=10)
     model = tiny_model(config)
 
     tokens = continue_prompt(

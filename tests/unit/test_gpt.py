@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 import torch
@@ -62,8 +61,8 @@ def random_ids(config: GPTConfig, batch: int, length: int, seed: int = 1) -> tor
 
 def test_padded_vocab_size_rounds_up_to_a_multiple_of_64() -> None:
     assert TINY.padded_vocab_size == 64
-    assert replace(TINY, vocab_size=64).padded_vocab_size == 64
-    assert replace(TINY, vocab_size=65).padded_vocab_size == 128
+    assert TINY.replace(vocab_size=64).padded_vocab_size == 64
+    assert TINY.replace(vocab_size=65).padded_vocab_size == 128
 
 
 def test_logits_span_the_padded_vocab_and_initial_loss_is_near_uniform() -> None:
@@ -117,7 +116,7 @@ def test_lm_head_shares_its_weight_with_the_token_embedding() -> None:
 
 def test_parameter_names_follow_gpt2_conventions() -> None:
     # The GGUF exporter maps exactly these names onto llama.cpp's gpt2 tensors.
-    names = set(tiny_model(replace(TINY, bias=True)).state_dict())
+    names = set(tiny_model(TINY.replace(bias=True)).state_dict())
     layer = {
         f"transformer.h.0.{name}.{kind}"
         for name in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
@@ -134,7 +133,7 @@ def test_parameter_names_follow_gpt2_conventions() -> None:
 
 
 def test_residual_projections_start_smaller_than_other_matrices() -> None:
-    params = dict(tiny_model(replace(TINY, n_layer=8, n_embd=64)).named_parameters())
+    params = dict(tiny_model(TINY.replace(n_layer=8, n_embd=64)).named_parameters())
     c_proj = params["transformer.h.0.mlp.c_proj.weight"]
     c_fc = params["transformer.h.0.mlp.c_fc.weight"]
     assert c_fc.std().item() == pytest.approx(0.02, rel=0.1)
@@ -143,7 +142,7 @@ def test_residual_projections_start_smaller_than_other_matrices() -> None:
 
 def test_bias_free_model_has_no_bias_parameters_and_biased_model_has_zero_biases() -> None:
     without = tiny_model()
-    with_bias = tiny_model(replace(TINY, bias=True))
+    with_bias = tiny_model(TINY.replace(bias=True))
 
     assert not [name for name, _ in without.named_parameters() if name.endswith("bias")]
     biases = [p for name, p in with_bias.named_parameters() if name.endswith("bias")]
@@ -261,7 +260,7 @@ def test_parameter_count_and_flops_follow_the_model_shape() -> None:
 
 
 def test_config_survives_a_round_trip_through_a_plain_dict() -> None:
-    config = replace(TINY, dropout=0.1, bias=True)
+    config = TINY.replace(dropout=0.1, bias=True)
     as_dict = config.to_dict()
     assert all(isinstance(value, int | float | bool) for value in as_dict.values())
     assert GPTConfig.from_dict(as_dict) == config
@@ -277,12 +276,12 @@ def test_config_from_dict_with_a_missing_key_raises_checkpoint_error() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("n_layer", "2", "model_args.n_layer must be an int"),
-        ("n_layer", True, "model_args.n_layer must be an int"),
-        ("bias", 1, "model_args.bias must be true or false"),
-        ("dropout", "0.1", "model_args.dropout must be a number"),
+        ("n_layer", "2", "'n_layer' input should be a valid integer"),
+        ("n_layer", True, "'n_layer' input should be a valid integer"),
+        ("bias", 1, "'bias' input should be a valid boolean"),
+        ("dropout", "0.1", "'dropout' input should be a valid number"),
         ("n_head", 3, "divisible by n_head"),
-        ("block_size", 0, "block_size must be >= 1"),
+        ("block_size", 0, "'block_size' input should be greater than or equal to 1"),
     ],
 )
 def test_config_from_dict_rejects_bad_values_with_checkpoint_error(
@@ -294,5 +293,5 @@ def test_config_from_dict_rejects_bad_values_with_checkpoint_error(
 
 
 def test_config_from_dict_rejects_unknown_keys() -> None:
-    with pytest.raises(CheckpointError, match="unknown key"):
+    with pytest.raises(CheckpointError, match="'n_kv_head' extra inputs are not permitted"):
         GPTConfig.from_dict({**TINY.to_dict(), "n_kv_head": 2})

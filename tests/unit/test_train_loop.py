@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from ml_playground.config import TrainConfig
@@ -16,7 +14,7 @@ TINY = GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
 def test_optimizer_decays_matrices_only_and_holds_every_parameter_once() -> None:
     torch.manual_seed(0)  # pyright: ignore[reportUnknownMemberType] - torch leaves `seed` unannotated
-    model = GPT(replace(TINY, bias=True))
+    model = GPT(TINY.replace(bias=True))
     settings = TrainConfig.model_validate({"optim": {"weight_decay": 0.1}})
 
     optimizer = adamw(list(model.parameters()), settings, resolve_precision("cpu", "float32"))
