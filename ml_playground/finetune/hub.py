@@ -17,7 +17,7 @@ reported before that.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
@@ -138,13 +138,7 @@ def hub_offline() -> bool:
 def load_tokenizer(source: ModelSource) -> Tokenizer:
     from transformers import AutoTokenizer  # noqa: PLC0415 - see module docstring
 
-    try:
-        tokenizer: object = AutoTokenizer.from_pretrained(  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - untyped library
-            source.location, **source.options()
-        )
-    except LOAD_FAILURES as exc:
-        raise load_error(exc, source, "tokenizer") from None
-    return cast(Tokenizer, tokenizer)
+    return cast(Tokenizer, _load(AutoTokenizer, source, "tokenizer", {}))
 
 
 def tokenizer_loader(hf: HFModelConfig) -> Callable[[], Tokenizer]:
@@ -156,13 +150,7 @@ def tokenizer_loader(hf: HFModelConfig) -> Callable[[], Tokenizer]:
 def load_model_config(source: ModelSource) -> ModelConfig:
     from transformers import AutoConfig  # noqa: PLC0415 - see module docstring
 
-    try:
-        config: object = AutoConfig.from_pretrained(  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - untyped library
-            source.location, **source.options()
-        )
-    except LOAD_FAILURES as exc:
-        raise load_error(exc, source, "model config") from None
-    return cast(ModelConfig, config)
+    return cast(ModelConfig, _load(AutoConfig, source, "model config", {}))
 
 
 def load_causal_lm(
@@ -170,16 +158,29 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM  # noqa: PLC0415 - see module docstring
 
-    options = {**source.options(), "dtype": dtype}
+    options: dict[str, object] = {"dtype": dtype}
     if attn_implementation is not None:
         options["attn_implementation"] = attn_implementation
+    return cast("PreTrainedModel", _load(AutoModelForCausalLM, source, "model", options))
+
+
+class _Loadable(Protocol):
+    """transformers' Auto* classes, as far as loading goes."""
+
+    @classmethod
+    def from_pretrained(cls, location: str, /, **options: object) -> object: ...
+
+
+def _load(auto: object, source: ModelSource, what: str, options: Mapping[str, object]) -> object:
+    """`auto.from_pretrained(source)`, with a hub or folder problem as one error line.
+
+    `auto` is one of transformers' Auto* classes, which its stubs leave untyped.
+    """
+    loadable = cast(type[_Loadable], auto)
     try:
-        model: object = AutoModelForCausalLM.from_pretrained(  # pyright: ignore[reportUnknownMemberType] - untyped library
-            source.location, **options
-        )
+        return loadable.from_pretrained(source.location, **source.options(), **options)
     except LOAD_FAILURES as exc:
-        raise load_error(exc, source, "model") from None
-    return cast("PreTrainedModel", model)
+        raise load_error(exc, source, what) from None
 
 
 def load_error(exc: BaseException, source: ModelSource, what: str) -> ModelLoadError:
