@@ -32,10 +32,12 @@ from typing import Any, Literal, cast
 import torch
 
 from ml_playground import atomic
-from ml_playground.artifacts import read_artifact, write_artifact
+from ml_playground.artifacts import parse_artifact, read_artifact, write_artifact
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.records import RecordFormat
+from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import CheckpointError
+from ml_playground.model.gpt import GPTConfig
 
 Slot = Literal["last", "best", "final"]
 LAST: Slot = "last"
@@ -87,18 +89,18 @@ class Checkpoint:
 
     model: Mapping[str, torch.Tensor]
     state: TrainingState
-    model_args: Mapping[str, int | float | bool]
-    config: Mapping[str, Any]
-    tokenizer: Mapping[str, Any]
+    model_args: GPTConfig
+    config: Mapping[str, Any]  # the effective config, for the record; nothing reads it back
+    tokenizer: TokenizerSpec
 
     def payload(self) -> dict[str, Any]:
         """What the file holds: tensors and plain containers only."""
         return {
             "format_version": GPT_FORMAT_VERSION,
             "model": strip_compile_prefix(self.model),
-            "model_args": dict(self.model_args),
+            "model_args": self.model_args.to_dict(),
             "config": dict(self.config),
-            "tokenizer": dict(self.tokenizer),
+            "tokenizer": self.tokenizer.to_json(),
             **_state_payload(self.state),
         }
 
@@ -135,9 +137,11 @@ def load(path: Path) -> Checkpoint:
     return Checkpoint(
         model=strip_compile_prefix(payload["model"]),
         state=_training_state(payload, version=STATE_VERSION),
-        model_args=payload["model_args"],
+        model_args=GPTConfig.from_dict(payload["model_args"], source=f"{path} model_args"),
         config=payload.get("config", {}),
-        tokenizer=payload["tokenizer"],
+        tokenizer=parse_artifact(
+            TokenizerSpec, payload["tokenizer"], path, error=CheckpointError, remedy=remedy
+        ),
     )
 
 

@@ -75,9 +75,9 @@ def save_checkpoint(
             state=checkpoint.TrainingState(
                 iter_num=42, best_val_loss=3.25, optimizer={}, scaler=None, rng=[], sampler=[]
             ),
-            model_args=model.config.to_dict(),
+            model_args=model.config,
             config={},
-            tokenizer=spec.to_json(),
+            tokenizer=spec,
         ),
     )
     return path

@@ -48,7 +48,7 @@ class GPTExport:
         settings = config.export.ollama
         source = checkpoint_path(config.train.runtime.out_dir, settings.checkpoint)
         ckpt = checkpoint.load(source)
-        spec = TokenizerSpec.from_json(dict(ckpt.tokenizer), source)
+        spec = ckpt.tokenizer
         exportable_encoding(spec)
         if settings.quant not in NATIVE_QUANTS:
             llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
@@ -74,7 +74,7 @@ class GPTExport:
     def write(self, staging: Path) -> Path:
         """Fill `staging` with model.gguf, Modelfile and README.md; return the GGUF."""
         settings = self.config.export.ollama
-        model_config = GPTConfig.from_dict(self.ckpt.model_args)
+        model_config = self.ckpt.model_args
         vocab = vocab_for(self.spec)
         target = staging / GGUF_NAME
         self._write_gguf(target, model_config, vocab)

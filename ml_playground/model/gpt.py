@@ -69,7 +69,9 @@ class GPTConfig(Artifact):
         return self.to_json()
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, object]) -> GPTConfig:
+    def from_dict(
+        cls, d: Mapping[str, object], *, source: str = "checkpoint model_args"
+    ) -> GPTConfig:
         """Rebuild a config from `to_dict` output, rejecting anything a checkpoint should not hold.
 
         Every key is required, even those with defaults: a checkpoint missing `bias` would
@@ -77,12 +79,8 @@ class GPTConfig(Artifact):
         """
         missing = sorted(set(cls.model_fields) - d.keys())
         if missing:
-            raise CheckpointError(
-                f"checkpoint model_args is missing {', '.join(missing)}; {OLDER_CHECKPOINT}"
-            )
-        return parse_artifact(
-            cls, dict(d), "checkpoint model_args", error=CheckpointError, remedy=OLDER_CHECKPOINT
-        )
+            raise CheckpointError(f"{source} is missing {', '.join(missing)}; {OLDER_CHECKPOINT}")
+        return parse_artifact(cls, dict(d), source, error=CheckpointError, remedy=OLDER_CHECKPOINT)
 
 
 class KVCache:

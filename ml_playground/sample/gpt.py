@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
-from ml_playground.data.tokenizer import Tokenizer, TokenizerSpec, tokenizer_from_spec
+from ml_playground.data.tokenizer import Tokenizer, tokenizer_from_spec
 from ml_playground.device import resolve_precision
 from ml_playground.model.gpt import GPT, GPTConfig, KVCache
 from ml_playground.sample.backend import LoadedModel
@@ -25,8 +25,8 @@ def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokeniz
     """The model and tokenizer of the best (else last, else legacy) checkpoint in out_dir."""
     path = checkpoint.gpt_for_sampling(out_dir)
     ckpt = checkpoint.load(path)
-    tokenizer = tokenizer_from_spec(TokenizerSpec.from_json(dict(ckpt.tokenizer), path))
-    args, state = _fit_vocab(GPTConfig.from_dict(ckpt.model_args), dict(ckpt.model), tokenizer)
+    tokenizer = tokenizer_from_spec(ckpt.tokenizer)
+    args, state = _fit_vocab(ckpt.model_args, dict(ckpt.model), tokenizer)
     model = GPT(args)
     model.load_state_dict(state)
     model.to(device).eval()

@@ -17,7 +17,6 @@ from ml_playground import atomic, checkpoint
 from ml_playground.checkpoint import Checkpoint, Slot, TrainingState
 from ml_playground.config import ExperimentConfig, ModelConfig
 from ml_playground.data.token_dataset import DatasetMeta, read_meta
-from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import Ranks, precision_for, process_group, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
@@ -63,9 +62,9 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
             Checkpoint(
                 model=model.state_dict(),
                 state=state,
-                model_args=model_config.to_dict(),
+                model_args=model_config,
                 config=settings,
-                tokenizer=meta.tokenizer.to_json(),
+                tokenizer=meta.tokenizer,
             ),
         )
         return path
@@ -102,10 +101,7 @@ def gpt_loss(model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _check_same_tokenizer(
     meta: DatasetMeta, meta_path: Path, resume: Checkpoint, ckpt_path: Path
 ) -> None:
-    try:
-        saved = TokenizerSpec.from_json(dict(resume.tokenizer), ckpt_path)
-    except DataError as exc:
-        raise CheckpointError(str(exc)) from None
+    saved = resume.tokenizer
     if saved != meta.tokenizer:
         raise CheckpointError(
             f"dataset {meta_path} uses tokenizer {meta.tokenizer.describe()} but checkpoint "
@@ -129,7 +125,7 @@ def _model_config(
     )
     if resume is None:
         return wanted
-    saved = GPTConfig.from_dict(resume.model_args)
+    saved = resume.model_args
     for key, value in saved.to_dict().items():
         configured = wanted.to_dict().get(key)
         if configured != value and announce:

@@ -206,7 +206,7 @@ def test_resumed_model_shape_comes_from_the_checkpoint_and_the_difference_is_pri
     assert "resuming at step 3" in stdout
     assert summary.iter_num == 5
     model_args = checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args
-    assert (model_args["n_embd"], model_args["n_layer"]) == (32, 2)
+    assert (model_args.n_embd, model_args.n_layer) == (32, 2)
 
 
 def test_a_corrupt_last_checkpoint_stops_training_and_is_left_untouched(tmp_path: Path) -> None:
@@ -317,6 +317,6 @@ def test_a_vocab_size_larger_than_the_tokenizers_trains_and_samples_only_known_i
     ).config
     texts = sample_texts(config, load_gpt(config))
 
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args["vocab_size"] == 100
+    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args.vocab_size == 100
     assert len(texts[0]) == len("ROMEO:") + 200
     assert set(texts[0]) <= known

@@ -41,9 +41,9 @@ def trained_checkpoint(iter_num: int = 3) -> Checkpoint:
             rng=[checkpoint.capture_rng()],
             sampler=[{"generator": torch.Generator().manual_seed(7).get_state(), "cursor": 4}],
         ),
-        model_args=TINY.to_dict(),
+        model_args=TINY,
         config={"train": {"runtime": {"max_iters": 10}}},
-        tokenizer=CharTokenizer(list("abcdefghijkl")).spec.to_json(),
+        tokenizer=CharTokenizer(list("abcdefghijkl")).spec,
     )
 
 
@@ -72,8 +72,8 @@ def test_saved_checkpoint_loads_back_equal_with_weights_only(tmp_path: Path) -> 
     assert restored.optimizer["param_groups"] == saved.optimizer["param_groups"]
     assert restored.iter_num == saved.iter_num
     assert restored.best_val_loss == saved.best_val_loss
-    assert dict(loaded.model_args) == TINY.to_dict()
-    assert dict(loaded.tokenizer) == dict(original.tokenizer)
+    assert loaded.model_args == TINY
+    assert loaded.tokenizer == original.tokenizer
     assert dict(loaded.config) == dict(original.config)
     assert torch.equal(restored.rng[0]["torch"], saved.rng[0]["torch"])
     assert torch.equal(restored.sampler[0]["generator"], saved.sampler[0]["generator"])
@@ -89,7 +89,7 @@ def test_loaded_weights_rebuild_the_same_model(tmp_path: Path) -> None:
     tokens = torch.arange(TINY.block_size)[None, :]
 
     loaded = checkpoint.load(path)
-    model = GPT(GPTConfig.from_dict(loaded.model_args))
+    model = GPT(loaded.model_args)
     model.load_state_dict(dict(loaded.model))
     reference = GPT(TINY)
     reference.load_state_dict(dict(original.model))
