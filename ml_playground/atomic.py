@@ -2,7 +2,10 @@
 
 Every file a user would be sad to lose (datasets, checkpoints, metadata, adapters) is
 written to a temporary sibling and moved into place with `os.replace`, which is atomic
-on POSIX and Windows when source and target share a directory.
+on POSIX and Windows when source and target share a directory. The folder is synced
+after the rename, so the new name survives a power cut too. Temporary files are private
+while they are written; what lands gets the permissions of a normally created file (the
+user's umask), so a TensorBoard or Ollama service running as another user can read it.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ def atomic_open(path: Path, mode: str = "wb") -> Generator[IO[Any]]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sync_directory(path.parent)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -61,9 +66,32 @@ def atomic_directory(target: Path) -> Generator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    staging.chmod(0o777 & ~current_umask())
     retired = target.with_name(f".{target.name}.old")
     shutil.rmtree(retired, ignore_errors=True)
     if target.exists():
         target.replace(retired)
     staging.replace(target)
+    sync_directory(target.parent)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask; reading it means setting it, so it is put straight back."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def sync_directory(folder: Path) -> None:
+    """fsync a folder, so a rename in it is on disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        # Some file systems refuse fsync on a folder; the rename has happened all the same.
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -196,8 +196,20 @@ def save_adapters(
     return target
 
 
-def has_state(folder: Path) -> bool:
-    return (folder / STATE_FILE).is_file()
+def resumable_state(folder: Path) -> TrainingState | None:
+    """The state to resume from `folder` (adapters/last); None when no run has written it.
+
+    A folder without its state is not "no run yet": starting fresh would overwrite the
+    adapters of the run that wrote it, so that is an error.
+    """
+    if not folder.exists():
+        return None
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(
+            f"{folder} holds no {STATE_FILE}, so training cannot resume from it; restore the "
+            f"file, or move {folder.parent} away to train from scratch"
+        )
+    return load_state(folder)
 
 
 def load_state(folder: Path) -> TrainingState:

@@ -9,15 +9,18 @@ Ctrl-C becomes exit code 130 after the running step has saved what it must.
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from ml_playground import pipeline
 from ml_playground.config import LoadedConfig, load_config
-from ml_playground.errors import UserError
+from ml_playground.errors import UsageError, UserError
 from ml_playground.experiments import Experiment, find_experiment, list_experiments
 
 EXIT_OK = 0
@@ -65,6 +68,25 @@ STEPS: dict[str, tuple[StepFn, str]] = {
 ALIASES = {"convert": "export"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error: ...` line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        choice = INVALID_CHOICE.search(message)
+        if choice is not None and self._subparsers is not None:
+            verbs = [*STEPS, *ALIASES, "list", "new"]
+            close = difflib.get_close_matches(choice["value"], verbs, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(
+                f"unknown verb {choice['value']!r}; {hint}the verbs are {', '.join(verbs)} "
+                f"(see `{self.prog} --help`)"
+            )
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+INVALID_CHOICE = re.compile(r"invalid choice: '(?P<value>[^']*)'")
+
+
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """Options accepted both before and after the verb."""
     default_none = argparse.SUPPRESS if suppress else None
@@ -92,7 +114,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ml-playground",
         description=DESCRIPTION,
         epilog=EPILOG,

@@ -15,6 +15,10 @@ class UserError(Exception):
     exit_code = 2
 
 
+class UsageError(UserError):
+    """The command line itself is wrong: an unknown verb, a missing argument."""
+
+
 class ConfigError(UserError):
     """A config file is unreadable, has an unknown key, or a value breaks a rule."""
 

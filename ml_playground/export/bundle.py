@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Generator, Mapping
 from pathlib import Path
@@ -127,7 +126,6 @@ def _share(folder: Path) -> None:
     Temporary files and folders are private (0600/0700); an export is meant to be read by
     others, e.g. an Ollama server running as its own user.
     """
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = atomic.current_umask()
     for path in [folder, *folder.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

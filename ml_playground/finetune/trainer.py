@@ -89,7 +89,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     _check_dataset_matches(meta, hf, dataset_dir)
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
     last = checkpoint.adapters_dir(runtime.out_dir, checkpoint.LAST)
-    resume = checkpoint.load_state(last) if checkpoint.has_state(last) else None
+    resume = checkpoint.resumable_state(last)
     run_meta = RunMeta(
         **meta.record_format(),
         base_model=hf.model_name,

@@ -1,9 +1,9 @@
 """The training loop, written once for every model: read `train` top to bottom.
 
-announce -> (eval_only: evaluate and stop) -> while step < max_iters: {evaluate and save
-every eval_interval; set the scheduled learning rate; one optimizer step over
-grad_accum_steps fresh micro-batches; log every log_interval; stop cleanly on Ctrl-C} ->
-final evaluation and save.
+announce -> (eval_only: evaluate and stop) -> while step < max_iters: {set the scheduled
+learning rate; one optimizer step over grad_accum_steps fresh micro-batches; log every
+log_interval; evaluate and save every eval_interval; stop cleanly on Ctrl-C} -> final
+evaluation and save.
 
 A model backend (train/gpt.py for the from-scratch GPT, finetune/trainer.py for Hugging
 Face + LoRA) builds a `Run` with `assemble_run` and supplies only what differs: the
@@ -132,11 +132,6 @@ def train(run: Run) -> TrainSummary:
         window_start, window_steps = time.perf_counter(), 0
         with stop_requests() as stop_requested:
             while run.iter_num < runtime.max_iters:
-                if run.iter_num % runtime.eval_interval == 0 and run.iter_num > start:
-                    eval_start = time.perf_counter()
-                    last_val = _evaluate_and_save(run, reporter)
-                    window_start += time.perf_counter() - eval_start  # not part of throughput
-
                 lr = learning_rate_at(run.iter_num, run.train.optim, run.train.schedule)
                 loss = optimizer_step(run, lr)
                 run.iter_num += 1
@@ -153,6 +148,14 @@ def train(run: Run) -> TrainSummary:
                         step_time_ms=1000 * elapsed / window_steps,
                     )
                     window_start, window_steps = time.perf_counter(), 0
+
+                # Right after the step, before the stop check: a run stopped at an eval
+                # boundary has evaluated and saved it, as an uninterrupted run does. The
+                # evaluation at max_iters is the final one below.
+                if run.iter_num % runtime.eval_interval == 0 and run.iter_num < runtime.max_iters:
+                    eval_start = time.perf_counter()
+                    last_val = _evaluate_and_save(run, reporter)
+                    window_start += time.perf_counter() - eval_start  # not part of throughput
 
                 # Ranks may see Ctrl-C at different steps; they must stop at the same one.
                 if any_rank(stop_requested(), run.precision.device):

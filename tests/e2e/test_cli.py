@@ -139,6 +139,31 @@ def test_list_prints_every_experiment_folder(workdir: Path) -> None:
 # --- errors: one line, exit code 2 ---------------------------------------------------------
 
 
+def test_an_unknown_verb_exits_2_with_one_line_listing_the_verbs(workdir: Path) -> None:
+    line = assert_one_error_line(cli(workdir, "trian", "shakespeare"))
+
+    assert "unknown verb 'trian'; did you mean train?" in line
+    for verb in ("prepare", "train", "sample", "loop", "export", "list", "new"):
+        assert verb in line
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ((), "required: VERB"),
+        (("train",), "required: EXPERIMENT"),
+        (("sample", "shakespeare", "--temperature", "0"), "unrecognized arguments: --temperature"),
+    ],
+)
+def test_a_usage_mistake_exits_2_with_one_line_not_a_usage_block(
+    workdir: Path, arguments: tuple[str, ...], problem: str
+) -> None:
+    line = assert_one_error_line(cli(workdir, *arguments))
+
+    assert problem in line
+    assert "--help" in line
+
+
 def test_unknown_experiment_exits_2_naming_the_known_ones(workdir: Path) -> None:
     known = packaged_experiment_names()
 

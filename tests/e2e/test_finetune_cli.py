@@ -10,6 +10,7 @@ or touching the network.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -247,6 +248,31 @@ def test_missing_speeches_csv_exits_2_naming_it(
     line = assert_one_error_line(cli.run("prepare", "speakger"))
 
     assert f"prepare.raw_text_path {workdir / 'Bundestag.csv'} does not exist" in line
+
+
+def sha256_of_files(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_adapters_without_their_training_state_stop_train_and_stay_as_they_are(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    speakger_inputs(workdir)
+    configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
+    assert cli.run("loop", "speakger").returncode == 0
+    last = checkpoint.adapters_dir(workdir / "out", checkpoint.LAST)
+    (last / checkpoint.STATE_FILE).unlink()
+    before = sha256_of_files(workdir / "out" / checkpoint.ADAPTERS_DIR)
+
+    line = assert_one_error_line(cli.run("train", "speakger"))
+
+    assert f"{last} holds no {checkpoint.STATE_FILE}" in line
+    assert "move" in line
+    assert sha256_of_files(workdir / "out" / checkpoint.ADAPTERS_DIR) == before
 
 
 def test_sampling_without_adapters_when_they_are_required_exits_2(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import checkpoint
+from ml_playground import atomic, checkpoint
 from tests.cli_helpers import assert_one_error_line, run_command, started_command
 from tests.gpt_helpers import TomlValue, copy_experiment, shakespeare_text, write_config
 
@@ -140,6 +141,12 @@ def test_loop_prepares_trains_and_prints_samples(workdir: Path, cli: Cli, name: 
     assert (out_dir / checkpoint.BEST_FILE).is_file()
     (saved,) = (out_dir / "samples").glob("*.txt")
     assert saved.read_text(encoding="utf-8") in result.stdout
+    # Readable by a TensorBoard or Ollama service running as another user, as the umask says.
+    umask = atomic.current_umask()
+    for path in (out_dir / checkpoint.LAST_FILE, out_dir / "meta.json", saved):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    for path in (folder / "datasets" / "train.bin", folder / "datasets" / "meta.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
 def test_shakespeare_offline_without_a_corpus_says_where_to_place_it(

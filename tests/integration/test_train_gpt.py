@@ -6,9 +6,11 @@ with a model small enough that tens of steps take about a second on one CPU thre
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +23,7 @@ from ml_playground.data.token_dataset import read_meta
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.run import sample_texts
-from ml_playground.train import reporting
+from ml_playground.train import loop, reporting
 from ml_playground.train.gpt import OUT_META, train_gpt
 from ml_playground.train.schedule import learning_rate_at
 from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
@@ -320,3 +322,48 @@ def test_a_vocab_size_larger_than_the_tokenizers_trains_and_samples_only_known_i
     assert checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args.vocab_size == 100
     assert len(texts[0]) == len("ROMEO:") + 200
     assert set(texts[0]) <= known
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ctrl_c_after(steps: int) -> Generator[Callable[[], bool]]:
+    """Stand-in for the loop's SIGINT handler: a stop is requested after `steps` steps."""
+    checks = itertools.count(1)
+    yield lambda: next(checks) >= steps
+
+
+@pytest.mark.parametrize("stop_at", [4, 5], ids=["at-an-eval-boundary", "between-evals"])
+def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_at: int
+) -> None:
+    # Dropout draws from the RNG the checkpoint restores; both runs must agree on every
+    # evaluation (TensorBoard), on which step is best and on what last and best hold.
+    changes: dict[str, TomlValue] = {
+        "train.model.dropout": 0.1,
+        "train.runtime.max_iters": 12,
+        "train.runtime.eval_interval": 4,
+        "train.runtime.tensorboard_enabled": True,
+    }
+    uninterrupted = train(tmp_path / "a", changes)
+    folder = tmp_path / "b"
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "stop_requests", lambda: ctrl_c_after(stop_at))
+        with pytest.raises(KeyboardInterrupt):
+            train(folder, changes)
+    assert checkpoint.load(folder / "out" / checkpoint.LAST_FILE).state.iter_num == stop_at
+    resumed = train(folder, changes)
+
+    for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE):
+        a, b = checkpoint.load(uninterrupted / name), checkpoint.load(resumed / name)
+        assert (a.state.iter_num, a.state.best_val_loss) == (
+            b.state.iter_num,
+            b.state.best_val_loss,
+        )
+        assert all(torch.equal(a.model[key], b.model[key]) for key in a.model), name
+    expected = scalar_events(uninterrupted / reporting.TB_SUBDIR)
+    actual = scalar_events(resumed / reporting.TB_SUBDIR)
+    for tag in (reporting.TAG_VAL_LOSS, reporting.TAG_EVAL_TRAIN_LOSS):
+        assert [step for step, _ in actual[tag]] == [4, 8, 12]
+        assert actual[tag] == expected[tag], tag

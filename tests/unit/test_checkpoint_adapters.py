@@ -140,3 +140,25 @@ def test_a_single_process_state_of_version_1_loads_as_the_one_ranks_entry(tmp_pa
     assert [entry["cursor"] for entry in loaded.sampler] == [2]
     assert torch.equal(loaded.sampler[0]["generator"], stream(0))
     assert [torch.equal(entry["torch"], stream(10)) for entry in loaded.rng] == [True]
+
+
+def test_a_training_state_missing_a_field_is_an_error_naming_it_and_the_folder(
+    tmp_path: Path,
+) -> None:
+    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
+    folder.mkdir(parents=True)
+    torch.save(
+        {"version": 2, "best_val_loss": 3.0, "optimizer": {}}, folder / checkpoint.STATE_FILE
+    )
+
+    with pytest.raises(CheckpointError, match=rf"lacks iter_num; delete {folder}"):
+        load_state(folder)
+
+
+def test_an_adapters_folder_without_its_state_is_not_a_fresh_start(tmp_path: Path) -> None:
+    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
+
+    assert checkpoint.resumable_state(folder) is None  # no run yet
+    folder.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=rf"{folder} holds no training_state\.pt"):
+        checkpoint.resumable_state(folder)

@@ -1,0 +1,52 @@
+"""Atomic writes: all or nothing, and what lands is readable as the umask says."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ml_playground import atomic
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_written_file_gets_the_umask_permissions_not_the_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "meta.json"
+
+    atomic.write_json(path, {"a": 1})
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_replaced_folder_gets_the_umask_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "adapters" / "last"
+
+    with atomic.atomic_directory(target) as staging:
+        (staging / "weights").write_bytes(b"x")
+
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert (target / "weights").read_bytes() == b"x"
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt_last.pt"
+    path.write_bytes(b"old")
+
+    with pytest.raises(RuntimeError), atomic.atomic_open(path) as handle:
+        handle.write(b"half")
+        raise RuntimeError("disk full")
+
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_last.pt"]
