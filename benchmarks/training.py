@@ -93,7 +93,7 @@ class _Trainer:
             resolve_precision("cpu", dtype),
             Ranks(),
             model=self.model,
-            files=TokenFiles(train.path, (val or train).path, train.dtype),
+            files=TokenFiles(train.path, (val or train).path, train.dtype, spec.model.vocab_size),
             block_size=spec.model.block_size,
             loss=gpt_loss,
             write=_never_saved,

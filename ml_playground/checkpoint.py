@@ -22,6 +22,7 @@ containers and are read with `torch.load(weights_only=True)`: no pickle.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from typing import Any, Literal, cast
 import torch
 
 from ml_playground import atomic
-from ml_playground.artifacts import parse_artifact, read_artifact, write_artifact
+from ml_playground.artifacts import Artifact, parse_artifact, read_artifact, write_artifact
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.records import RecordFormat
 from ml_playground.data.tokenizer import TokenizerSpec
@@ -57,6 +58,9 @@ COMPILED_PREFIX = "_orig_mod."
 ADAPTERS_DIR = "adapters"
 ADAPTER_SAMPLING_ORDER: tuple[Slot, ...] = (BEST, FINAL, LAST)
 STATE_FILE = "training_state.pt"
+INTEGRITY_FILE = "integrity.json"
+DIGEST_KEY = "sha256"
+CHANGED_SINCE_WRITTEN = "fails its integrity check: its contents changed after it was written"
 MERGED_DIR = "merged"
 RUN_META = "meta.json"
 # Version 1 held one process's RNG and sampler state; version 2 holds one per rank.
@@ -115,8 +119,14 @@ def strip_compile_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def save(path: Path, checkpoint: Checkpoint) -> None:
-    """Serialize in memory, then write atomically: a crash never leaves half a checkpoint."""
-    atomic.write_bytes(path, _serialize(checkpoint.payload()))
+    """Serialize in memory, then write atomically: a crash never leaves half a checkpoint.
+
+    The payload carries a SHA-256 of its own contents: torch's zip reader checks no CRCs,
+    so without it a flipped bit in a tensor would load and train on silently.
+    """
+    payload = checkpoint.payload()
+    payload[DIGEST_KEY] = content_digest(payload)
+    atomic.write_bytes(path, _serialize(payload))
 
 
 def load(path: Path) -> Checkpoint:
@@ -134,6 +144,9 @@ def load(path: Path) -> Checkpoint:
     missing = [key for key in required if key not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; {remedy}")
+    expected = payload.pop(DIGEST_KEY, None)  # absent in checkpoints written before it
+    if expected is not None and content_digest(payload) != expected:
+        raise CheckpointError(f"checkpoint {path} {CHANGED_SINCE_WRITTEN}; {remedy}")
     return Checkpoint(
         model=strip_compile_prefix(payload["model"]),
         state=_training_state(payload, version=STATE_VERSION),
@@ -193,7 +206,29 @@ def save_adapters(
     with atomic.atomic_directory(target) as staging:
         write_weights(staging)
         (staging / STATE_FILE).write_bytes(data)
+        # Last in: the digest of every file, checked whenever the folder is read.
+        files = sorted(path for path in staging.rglob("*") if path.is_file())
+        digests = {path.relative_to(staging).as_posix(): file_digest(path) for path in files}
+        write_artifact(staging / INTEGRITY_FILE, FolderDigests(files=digests))
     return target
+
+
+def verify_adapters(folder: Path) -> None:
+    """Every file of an adapters folder is as it was written; one error line if not.
+
+    Folders written before the digests existed have none and pass unchecked.
+    """
+    manifest = folder / INTEGRITY_FILE
+    if not manifest.is_file():
+        return
+    remedy = f"restore a backup or delete {folder}"
+    digests = read_artifact(FolderDigests, manifest, error=CheckpointError, remedy=remedy)
+    for name, expected in digests.files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing from the adapters; {remedy}")
+        if file_digest(path) != expected:
+            raise CheckpointError(f"{path} {CHANGED_SINCE_WRITTEN}; {remedy}")
 
 
 def resumable_state(folder: Path) -> TrainingState | None:
@@ -209,6 +244,7 @@ def resumable_state(folder: Path) -> TrainingState | None:
             f"{folder} holds no {STATE_FILE}, so training cannot resume from it; restore the "
             f"file, or move {folder.parent} away to train from scratch"
         )
+    verify_adapters(folder)
     return load_state(folder)
 
 
@@ -259,6 +295,49 @@ def restore_rng(state: Mapping[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class FolderDigests(Artifact):
+    """Integrity.json of an adapters folder: the SHA-256 of every file in it."""
+
+    files: dict[str, str]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_digest(tree: object) -> str:
+    """SHA-256 of a checkpoint payload's contents: every tensor's dtype, shape and bytes,
+    and every other value, in a fixed order of keys."""
+    digest = hashlib.sha256()
+    _feed(digest, tree)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, node: object) -> None:
+    if isinstance(node, torch.Tensor):
+        flat = node.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {flat.dtype} {tuple(node.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    elif isinstance(node, Mapping):
+        entries = cast(Mapping[object, object], node)
+        digest.update(b"{")
+        for key in sorted(entries, key=repr):
+            digest.update(repr(key).encode())
+            _feed(digest, entries[key])
+        digest.update(b"}")
+    elif isinstance(node, list | tuple):
+        digest.update(b"[")
+        for item in cast(Sequence[object], node):
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(repr(node).encode())
 
 
 def _state_payload(state: TrainingState) -> dict[str, Any]:

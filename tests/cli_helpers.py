@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import struct
 import subprocess
+import zipfile
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
@@ -54,3 +57,33 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert lines[0].startswith("error: ")
     assert "Traceback" not in result.stderr
     return lines[0]
+
+
+def flip_a_tensor_byte(path: Path) -> None:
+    """Invert one byte in the middle of the largest tensor of a torch or safetensors file.
+
+    The file stays loadable (torch's zip reader checks no CRCs, safetensors has none), so
+    only an integrity check can tell.
+    """
+    data = bytearray(path.read_bytes())
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            entry = max(archive.infolist(), key=lambda info: info.file_size)
+        # The local header is 30 bytes plus the name and extra field it states itself.
+        name_length, extra_length = struct.unpack_from("<HH", data, entry.header_offset + 26)
+        start = entry.header_offset + 30 + name_length + extra_length
+        offset = start + entry.file_size // 2
+    else:  # safetensors: an 8-byte header length, the JSON header, then the tensors
+        (header_length,) = struct.unpack_from("<Q", data, 0)
+        offset = (8 + header_length + len(data)) // 2
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def sha256_of_files(folder: Path) -> dict[str, str]:
+    """Every file below `folder` by relative path, with its SHA-256."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }

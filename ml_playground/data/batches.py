@@ -115,6 +115,21 @@ class BatchSampler:
         return [window * self._block_size for window in windows]
 
 
+def check_token_ids(path: Path, dtype: str, vocab_size: int) -> None:
+    """Every id in the token file is below `vocab_size`; otherwise the file is damaged or
+    belongs to another dataset, which the embedding would only report as an IndexError."""
+    tokens = _open_tokens(path, dtype, min_tokens=1)
+    # Chunked, so a large file is read once without a copy of it in memory.
+    chunk = 1 << 24
+    for start in range(0, len(tokens), chunk):
+        largest = int(tokens[start : start + chunk].max())
+        if largest >= vocab_size:
+            raise DataError(
+                f"{path} holds token id {largest}, outside the vocabulary of {vocab_size}; the "
+                f"file is damaged or from another dataset, so {RERUN_HINT}"
+            )
+
+
 def _open_tokens(path: Path, dtype: str, min_tokens: int) -> np.memmap[Any, np.dtype[Any]]:
     """Map the token file read-only, after checking it holds at least `min_tokens`."""
     if dtype not in ("uint16", "uint32"):

@@ -26,6 +26,7 @@ from ml_playground.checkpoint import (
     Slot,
     adapters_dir,
     adapters_for_sampling,
+    verify_adapters,
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
@@ -246,6 +247,7 @@ def adapter_dir(out_dir: Path, which: Slot | None) -> Path:
             f"no LoRA adapters to export (looked for {looked}); fine-tune first with"
             " `ml-playground train <experiment>`"
         )
+    verify_adapters(folder)
     return folder
 
 

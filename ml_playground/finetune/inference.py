@@ -25,6 +25,7 @@ from ml_playground.checkpoint import (
     RUN_META,
     RunMeta,
     adapters_for_sampling,
+    verify_adapters,
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
@@ -62,6 +63,8 @@ def load_trained(
             f"train.hf_model.model_name is {hf.model_name}; fix the config or use another out_dir"
         )
     weights = adapters_for_sampling(out_dir)
+    if weights is not None:
+        verify_adapters(weights)
     if weights is None and require_adapters:
         raise CheckpointError(
             f"no adapters in {out_dir / ADAPTERS_DIR} "

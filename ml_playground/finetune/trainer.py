@@ -129,7 +129,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         precision,
         ranks,
         model=model,
-        files=TokenFiles(packed.train, packed.val, packed.dtype),
+        files=TokenFiles(packed.train, packed.val, packed.dtype, len(tokenizer)),
         block_size=train_config.block_size,
         loss=next_token_loss,
         write=write,

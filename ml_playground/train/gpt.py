@@ -75,7 +75,10 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
         ranks,
         model=model,
         files=TokenFiles(
-            data.dataset_dir / data.train_bin, data.dataset_dir / data.val_bin, meta.dtype
+            data.dataset_dir / data.train_bin,
+            data.dataset_dir / data.val_bin,
+            meta.dtype,
+            meta.vocab_size,
         ),
         block_size=min(train_config.block_size, model_config.block_size),
         loss=gpt_loss,

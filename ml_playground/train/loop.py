@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ml_playground import checkpoint
 from ml_playground.checkpoint import Slot, TrainingState
 from ml_playground.config import TrainConfig
-from ml_playground.data.batches import BatchSampler
+from ml_playground.data.batches import BatchSampler, check_token_ids
 from ml_playground.device import Precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
@@ -57,11 +57,12 @@ WriteWeights = Callable[[Slot, TrainingState], Path]
 
 @dataclass(frozen=True)
 class TokenFiles:
-    """The token streams a run trains and evaluates on."""
+    """The token streams a run trains and evaluates on, and the vocabulary they index."""
 
     train: Path
     val: Path
     dtype: str
+    vocab_size: int
 
 
 @dataclass
@@ -293,6 +294,8 @@ def assemble_run(
     masks and batches.
     """
     runtime = train.runtime
+    for path in (files.train, files.val):
+        check_token_ids(path, files.dtype, files.vocab_size)
     model.to(precision.device)
     model.train()
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]

@@ -10,7 +10,6 @@ or touching the network.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import signal
@@ -25,7 +24,13 @@ import pytest
 from ml_playground import checkpoint
 from ml_playground.config import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
-from tests.cli_helpers import assert_one_error_line, run_command, started_command
+from tests.cli_helpers import (
+    assert_one_error_line,
+    flip_a_tensor_byte,
+    run_command,
+    sha256_of_files,
+    started_command,
+)
 from tests.finetune_helpers import (
     TinyModels,
     TomlValue,
@@ -250,14 +255,6 @@ def test_missing_speeches_csv_exits_2_naming_it(
     assert f"prepare.raw_text_path {workdir / 'Bundestag.csv'} does not exist" in line
 
 
-def sha256_of_files(folder: Path) -> dict[str, str]:
-    return {
-        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 def test_adapters_without_their_training_state_stop_train_and_stay_as_they_are(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
@@ -273,6 +270,24 @@ def test_adapters_without_their_training_state_stop_train_and_stay_as_they_are(
     assert f"{last} holds no {checkpoint.STATE_FILE}" in line
     assert "move" in line
     assert sha256_of_files(workdir / "out" / checkpoint.ADAPTERS_DIR) == before
+
+
+def test_a_flipped_bit_in_the_adapters_stops_train_and_sample_and_changes_nothing(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    speakger_inputs(workdir)
+    configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
+    assert cli.run("loop", "speakger").returncode == 0
+    adapters = workdir / "out" / checkpoint.ADAPTERS_DIR
+    for slot in (checkpoint.LAST, checkpoint.BEST):
+        flip_a_tensor_byte(adapters / slot / "adapter_model.safetensors")
+    before = sha256_of_files(adapters)
+
+    for verb, slot in (("train", checkpoint.LAST), ("sample", checkpoint.BEST)):
+        line = assert_one_error_line(cli.run(verb, "speakger"))
+        damaged = adapters / slot / "adapter_model.safetensors"
+        assert f"{damaged} fails its integrity check" in line, verb
+    assert sha256_of_files(adapters) == before
 
 
 def test_sampling_without_adapters_when_they_are_required_exits_2(

@@ -19,10 +19,17 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ml_playground import atomic, checkpoint
-from tests.cli_helpers import assert_one_error_line, run_command, started_command
+from tests.cli_helpers import (
+    assert_one_error_line,
+    flip_a_tensor_byte,
+    run_command,
+    sha256_of_files,
+    started_command,
+)
 from tests.gpt_helpers import TomlValue, copy_experiment, shakespeare_text, write_config
 
 EXIT_INTERRUPTED = 130
@@ -168,6 +175,36 @@ def test_sample_without_a_checkpoint_exits_2_naming_out_dir(workdir: Path, cli: 
     line = assert_one_error_line(cli.run("sample", folder))
 
     assert f"no checkpoint in {folder / 'out'}" in line
+
+
+def test_a_token_id_outside_the_vocabulary_exits_2_naming_the_file(workdir: Path, cli: Cli) -> None:
+    folder = experiment(workdir, "bundestag_char")
+    assert cli.run("prepare", folder).returncode == 0
+    train_bin = folder / "datasets" / "train.bin"
+    ids = np.fromfile(train_bin, dtype=np.uint16)
+    ids[len(ids) // 2] = 60_000  # the size stays right; one id points past the vocabulary
+    ids.tofile(train_bin)
+
+    line = assert_one_error_line(cli.run("train", folder))
+
+    assert f"{train_bin} holds token id 60000, outside the vocabulary of" in line
+    assert not (folder / "out" / checkpoint.LAST_FILE).exists()
+
+
+def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothing(
+    workdir: Path, cli: Cli
+) -> None:
+    folder = experiment(workdir, "bundestag_char")
+    assert cli.run("loop", folder).returncode == 0
+    out_dir = folder / "out"
+    for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE):
+        flip_a_tensor_byte(out_dir / name)
+    before = sha256_of_files(out_dir)
+
+    for verb, name in (("train", checkpoint.LAST_FILE), ("sample", checkpoint.BEST_FILE)):
+        line = assert_one_error_line(cli.run(verb, folder))
+        assert f"checkpoint {out_dir / name} fails its integrity check" in line, verb
+    assert sha256_of_files(out_dir) == before
 
 
 def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli: Cli) -> None:
