@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from ml_playground import pipeline
 from ml_playground.config import LoadedConfig, load_config
-from ml_playground.errors import UsageError, UserError
+from ml_playground.errors import SavedAndStopped, UsageError, UserError
 from ml_playground.experiments import Experiment, find_experiment, list_experiments
 
 EXIT_OK = 0
@@ -193,8 +193,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SavedAndStopped as stopped:
+        print(
+            f"interrupted; saved {stopped.saved}, run the same command to resume", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("interrupted (what had to be saved was saved)", file=sys.stderr)
+        # Stopped at once (a second Ctrl-C, or a step that saves nothing): files are as the
+        # last completed write left them; atomic writes never leave half a file.
+        print(
+            "interrupted; nothing new was saved, files written before are as they were",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

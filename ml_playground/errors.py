@@ -8,6 +8,16 @@ traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+
+class SavedAndStopped(KeyboardInterrupt):
+    """Ctrl-C stopped training after it saved `saved`; the CLI says so and exits 130."""
+
+    def __init__(self, saved: Path) -> None:
+        super().__init__(str(saved))
+        self.saved = saved
+
 
 class UserError(Exception):
     """A problem the user can fix: bad input, missing files, wrong settings."""

@@ -43,6 +43,7 @@ from ml_playground.distributed import (
     mean_across_ranks,
     replicas_identical,
 )
+from ml_playground.errors import SavedAndStopped
 from ml_playground.train.interrupt import stop_requests
 from ml_playground.train.reporting import RunReporter
 from ml_playground.train.schedule import learning_rate_at
@@ -165,7 +166,7 @@ def train(run: Run) -> TrainSummary:
                         f"interrupted at step {run.iter_num}; saved {saved} "
                         "(run train again to resume)"
                     )
-                    raise KeyboardInterrupt
+                    raise SavedAndStopped(saved)
 
             if run.iter_num > start or not run.resumed:
                 last_val = _evaluate_and_save(run, reporter)
@@ -257,14 +258,19 @@ def save(run: Run, slot: Slot) -> Path:
 
 
 def _evaluate_and_save(run: Run, reporter: RunReporter) -> float:
-    """Evaluate, save the last slot, and the best slot when validation improved."""
+    """Evaluate; save the best slot when validation improved, then the last slot.
+
+    Best goes first: a run killed between the two writes resumes from the older last,
+    evaluates this step again and rewrites both, whereas last first would leave a last
+    that claims a best loss the best slot does not hold, for good.
+    """
     losses = evaluate(run)
     reporter.evaluation(run.iter_num, train_loss=losses["train"], val_loss=losses["val"])
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
-    save(run, checkpoint.LAST)
     if improved or run.train.runtime.always_save_checkpoint:
         save(run, checkpoint.BEST)
+    save(run, checkpoint.LAST)
     return losses["val"]
 
 

@@ -281,7 +281,7 @@ def test_ctrl_c_exits_130(workdir: Path) -> None:
     _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == EXIT_INTERRUPTED, stderr
-    assert stderr.splitlines()[-1].startswith("interrupted")
+    assert stderr.splitlines()[-1].startswith("interrupted; nothing new was saved")
     assert "Traceback" not in stderr
 
 

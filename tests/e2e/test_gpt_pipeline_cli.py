@@ -207,6 +207,29 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
     assert sha256_of_files(out_dir) == before
 
 
+def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
+    workdir: Path, cli: Cli
+) -> None:
+    # A terminal or `uv run` can hand one key press to the process twice in a row.
+    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
+    assert cli.run("prepare", folder).returncode == 0
+    last = folder / "out" / checkpoint.LAST_FILE
+    with cli.started("train", folder) as process:
+        deadline = time.monotonic() + TIMEOUT
+        while not last.exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "training never wrote its first checkpoint"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    stopped_at = checkpoint.load(last).state.iter_num
+    assert f"interrupted at step {stopped_at}; saved {last}" in stdout
+    assert stderr.splitlines()[-1] == f"interrupted; saved {last}, run the same command to resume"
+
+
 def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli: Cli) -> None:
     folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
     assert cli.run("prepare", folder).returncode == 0

@@ -367,3 +367,39 @@ def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
     for tag in (reporting.TAG_VAL_LOSS, reporting.TAG_EVAL_TRAIN_LOSS):
         assert [step for step, _ in actual[tag]] == [4, 8, 12]
         assert actual[tag] == expected[tag], tag
+
+
+class SimulatedKillError(Exception):
+    """The process dying between two checkpoint writes."""
+
+
+def test_a_kill_between_the_best_and_last_writes_leaves_a_pair_that_resume_repairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changes: dict[str, TomlValue] = {
+        "train.runtime.max_iters": 8,
+        "train.runtime.eval_interval": 4,
+    }
+    uninterrupted = train(tmp_path / "a", changes)
+    folder = tmp_path / "b"
+    save = checkpoint.save
+
+    def killed_after_the_first_write_at_step_8(path: Path, saved: checkpoint.Checkpoint) -> None:
+        save(path, saved)
+        if saved.state.iter_num == 8:
+            raise SimulatedKillError
+
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoint, "save", killed_after_the_first_write_at_step_8)
+        with pytest.raises(SimulatedKillError):
+            train(folder, changes)
+    resumed = train(folder, changes)
+
+    expected, actual = (
+        checkpoint.load(out / checkpoint.BEST_FILE) for out in (uninterrupted, resumed)
+    )
+    assert actual.state.iter_num == expected.state.iter_num == 8
+    assert actual.state.best_val_loss == expected.state.best_val_loss
+    assert all(torch.equal(actual.model[key], expected.model[key]) for key in expected.model)
+    last = checkpoint.load(resumed / checkpoint.LAST_FILE)
+    assert last.state.best_val_loss == actual.state.best_val_loss
