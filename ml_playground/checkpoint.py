@@ -22,10 +22,13 @@ containers and are read with `torch.load(weights_only=True)`: no pickle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -59,6 +62,8 @@ ADAPTERS_DIR = "adapters"
 ADAPTER_SAMPLING_ORDER: tuple[Slot, ...] = (BEST, FINAL, LAST)
 STATE_FILE = "training_state.pt"
 INTEGRITY_FILE = "integrity.json"
+LOCK_FILE = ".lock"
+LOCK_GRACE_SECONDS = 10
 DIGEST_KEY = "sha256"
 CHANGED_SINCE_WRITTEN = "fails its integrity check: its contents changed after it was written"
 MERGED_DIR = "merged"
@@ -156,6 +161,63 @@ def load(path: Path) -> Checkpoint:
             TokenizerSpec, payload["tokenizer"], path, error=CheckpointError, remedy=remedy
         ),
     )
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path) -> Generator[None]:
+    """One training run per out_dir: out_dir/.lock holds the PID of the run writing it.
+
+    A second run would keep overwriting the first one's checkpoints, so it is refused with
+    the holder's PID. A lock whose process is gone (killed, machine restarted) is stale
+    and taken over.
+    """
+    path = out_dir / LOCK_FILE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CheckpointError(
+            f"out_dir {out_dir} (or a folder above it) is a file; set train.runtime.out_dir "
+            "to a folder"
+        ) from None
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None:
+                raise CheckpointError(
+                    f"{out_dir} is in use by another training run (pid {holder}, {path}); "
+                    "wait for it or stop it, or set another train.runtime.out_dir"
+                ) from None
+            path.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> int | None:
+    """The PID of the live process holding the lock at `path`; None if it is stale."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None  # released meanwhile
+    if not text.isdigit():
+        # Created but not yet written by a run starting right now, or garbage left behind.
+        return -1 if age < LOCK_GRACE_SECONDS else None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        return pid
+    return pid
 
 
 def gpt_for_sampling(out_dir: Path) -> Path:

@@ -28,11 +28,9 @@ from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.packing import pack_dataset
 from ml_playground.data.records import DatasetMeta, read_dataset_meta
-from ml_playground.device import Precision, resolve_precision, seed_everything
+from ml_playground.device import Precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
-    precision_for,
-    process_group,
     rank_zero_first,
     ranks_from_env,
 )
@@ -57,6 +55,7 @@ from ml_playground.train.loop import (
     assemble_run,
     train,
     trainable_names,
+    training_session,
 )
 
 
@@ -68,8 +67,7 @@ def train_lora(config: ExperimentConfig, *, ranks: Ranks | None = None) -> Train
     """
     ranks = ranks or ranks_from_env()
     runtime = config.train.runtime
-    precision = precision_for(ranks, resolve_precision(runtime.device, runtime.dtype))
-    with process_group(ranks, precision.device):
+    with training_session(config.train, ranks) as precision:
         summary = train(build_lora_run(config, precision, ranks))
         hf = config.train.hf_model
         if hf is not None and hf.save_merged and ranks.is_main and not runtime.eval_only:

@@ -17,11 +17,18 @@ from ml_playground import atomic, checkpoint
 from ml_playground.checkpoint import Checkpoint, Slot, TrainingState
 from ml_playground.config import ExperimentConfig, ModelConfig
 from ml_playground.data.token_dataset import DatasetMeta, read_meta
-from ml_playground.device import Precision, resolve_precision, seed_everything
-from ml_playground.distributed import Ranks, precision_for, process_group, ranks_from_env
+from ml_playground.device import Precision, seed_everything
+from ml_playground.distributed import Ranks, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.model.gpt import GPT, GPTConfig
-from ml_playground.train.loop import Run, TokenFiles, TrainSummary, assemble_run, train
+from ml_playground.train.loop import (
+    Run,
+    TokenFiles,
+    TrainSummary,
+    assemble_run,
+    train,
+    training_session,
+)
 
 OUT_META = "meta.json"
 
@@ -32,9 +39,7 @@ def train_gpt(config: ExperimentConfig, *, ranks: Ranks | None = None) -> TrainS
     `ranks` defaults to what the launcher (torchrun) put in the environment.
     """
     ranks = ranks or ranks_from_env()
-    runtime = config.train.runtime
-    precision = precision_for(ranks, resolve_precision(runtime.device, runtime.dtype))
-    with process_group(ranks, precision.device):
+    with training_session(config.train, ranks) as precision:
         return train(build_gpt_run(config, precision, ranks))
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,14 @@ from ml_playground import checkpoint
 from ml_playground.checkpoint import Slot, TrainingState
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSampler, check_token_ids
-from ml_playground.device import Precision, seed_everything
+from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
     any_rank,
     gather_state,
     mean_across_ranks,
+    precision_for,
+    process_group,
     replicas_identical,
 )
 from ml_playground.errors import SavedAndStopped
@@ -107,6 +109,17 @@ class TrainSummary:
     best_val_loss: float
     last_val_loss: float | None
     out_dir: Path
+
+
+@contextlib.contextmanager
+def training_session(train_config: TrainConfig, ranks: Ranks) -> Generator[Precision]:
+    """Where a run computes, inside its process group, holding its out_dir alone."""
+    runtime = train_config.runtime
+    precision = precision_for(ranks, resolve_precision(runtime.device, runtime.dtype))
+    with process_group(ranks, precision.device):
+        lock = checkpoint.out_dir_lock(runtime.out_dir) if ranks.is_main else None
+        with lock or contextlib.nullcontext():
+            yield precision
 
 
 def train(run: Run) -> TrainSummary:

@@ -207,6 +207,27 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
     assert sha256_of_files(out_dir) == before
 
 
+def test_a_second_train_on_a_busy_out_dir_exits_2_naming_the_running_one(
+    workdir: Path, cli: Cli
+) -> None:
+    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
+    assert cli.run("prepare", folder).returncode == 0
+    last = folder / "out" / checkpoint.LAST_FILE
+    with cli.started("train", folder) as first:
+        deadline = time.monotonic() + TIMEOUT
+        while not last.exists() and first.poll() is None:
+            assert time.monotonic() < deadline, "training never wrote its first checkpoint"
+            time.sleep(0.05)
+
+        line = assert_one_error_line(cli.run("train", folder))
+
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=TIMEOUT)
+    assert f"is in use by another training run (pid {first.pid}" in line
+    assert first.returncode == EXIT_INTERRUPTED
+    assert not (folder / "out" / checkpoint.LOCK_FILE).exists()
+
+
 def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
     workdir: Path, cli: Cli
 ) -> None:

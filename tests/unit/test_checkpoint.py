@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -292,3 +294,42 @@ def test_no_checkpoint_to_sample_names_out_dir_and_the_files_looked_for(tmp_path
     assert str(tmp_path) in message
     for name in (checkpoint.BEST_FILE, checkpoint.LAST_FILE, checkpoint.LEGACY_FILE):
         assert name in message
+
+
+# --- one run per out_dir ----------------------------------------------------------------------
+
+
+def test_the_out_dir_lock_is_refused_while_held_and_released_after(tmp_path: Path) -> None:
+    with (
+        checkpoint.out_dir_lock(tmp_path),
+        pytest.raises(CheckpointError, match="in use"),
+        checkpoint.out_dir_lock(tmp_path),
+    ):
+        pass
+
+    assert not (tmp_path / checkpoint.LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(tmp_path: Path) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (tmp_path / checkpoint.LOCK_FILE).write_text(gone.stdout, encoding="utf-8")
+
+    with checkpoint.out_dir_lock(tmp_path):
+        assert (tmp_path / checkpoint.LOCK_FILE).read_text(encoding="utf-8").strip() == str(
+            os.getpid()
+        )
+
+
+def test_an_out_dir_that_is_a_file_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("not a folder", encoding="utf-8")
+
+    with (
+        pytest.raises(CheckpointError, match=r"out_dir .*run \(or a folder above it\) is a file"),
+        checkpoint.out_dir_lock(tmp_path / "out" / "run"),
+    ):
+        pass
