@@ -76,6 +76,25 @@ def atomic_directory(target: Path) -> Generator[Path]:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete what a write killed midway left in `folder`: temporary files and staging or
+    retired folders (dot-names ending .tmp or .old). Only call it while no one else writes
+    there (training holds out_dir's lock). Returns what it removed."""
+    if not folder.is_dir():
+        return []
+    leftovers = [
+        path
+        for path in folder.iterdir()
+        if path.name.startswith(".") and path.name.endswith((".tmp", ".old"))
+    ]
+    for path in leftovers:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return leftovers
+
+
 def current_umask() -> int:
     """The process's umask; reading it means setting it, so it is put straight back."""
     mask = os.umask(0)

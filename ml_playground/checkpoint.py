@@ -194,6 +194,9 @@ def out_dir_lock(out_dir: Path) -> Generator[None]:
         with os.fdopen(fd, "w") as handle:
             handle.write(f"{os.getpid()}\n")
         break
+    # A save killed midway (kill -9, power cut) left its temporary file or folder behind.
+    for folder in (out_dir, out_dir / ADAPTERS_DIR):
+        atomic.remove_leftovers(folder)
     try:
         yield
     finally:

@@ -403,3 +403,15 @@ def test_a_kill_between_the_best_and_last_writes_leaves_a_pair_that_resume_repai
     assert all(torch.equal(actual.model[key], expected.model[key]) for key in expected.model)
     last = checkpoint.load(resumed / checkpoint.LAST_FILE)
     assert last.state.best_val_loss == actual.state.best_val_loss
+
+
+def test_the_next_run_removes_what_a_killed_save_left_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "exp"
+    out_dir = train(folder, {"train.runtime.max_iters": 2})
+    leftover = out_dir / f".{checkpoint.LAST_FILE}.k2j3.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+
+    train_gpt(reconfigure(folder, {"train.runtime.max_iters": 4}).config)
+
+    assert not leftover.exists()
+    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 4

@@ -50,3 +50,20 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Pat
 
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_last.pt"]
+
+
+def test_leftovers_of_a_killed_write_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    (tmp_path / ".ckpt_last.pt.k2j3.tmp").write_bytes(b"half")
+    (tmp_path / ".last.x8a.tmp").mkdir()
+    (tmp_path / ".best.old").mkdir()
+    for kept in ("ckpt_last.pt", ".lock", "meta.json"):
+        (tmp_path / kept).write_bytes(b"")
+
+    removed = atomic.remove_leftovers(tmp_path)
+
+    assert len(removed) == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".lock",
+        "ckpt_last.pt",
+        "meta.json",
+    ]
