@@ -238,7 +238,6 @@ def prepare_speech_dataset(
     tokenizer = load_tokenizer()
     report = ReadReport()
     total_bytes = sum(_stat(path)[0] for path in sources)
-    dataset_folder.remove_meta(dataset_dir)
     with tqdm(
         total=total_bytes,
         desc="reading speeches",
@@ -365,6 +364,9 @@ def _write_split(
         for empty, full in ((val, train), (train, val)):
             if empty.records == 0:
                 empty.write(*full.take_last())
+        # Every input read without error: only now does the old dataset go, its meta.json
+        # first, so a folder caught between old and new files reads as not prepared.
+        dataset_folder.remove_meta(dataset_dir)
     return _Split(
         records={"train": train.records, "val": val.records},
         characters={"train": train.characters, "val": val.characters},

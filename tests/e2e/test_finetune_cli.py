@@ -290,6 +290,22 @@ def test_a_flipped_bit_in_the_adapters_stops_train_and_sample_and_changes_nothin
     assert sha256_of_files(adapters) == before
 
 
+def test_a_failed_prepare_leaves_the_previous_dataset_as_it_was(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    speakger_inputs(workdir)
+    configure(workdir, tiny_models.gemma3)
+    assert cli.run("prepare", "speakger").returncode == 0
+    before = sha256_of_files(workdir / "datasets")
+    table = workdir / "raw" / "Bundestag.csv"
+    table.write_text("MPID,Date\n1,2020-01-01\n", encoding="utf-8")  # no speech text column
+
+    line = assert_one_error_line(cli.run("prepare", "speakger"))
+
+    assert str(table) in line
+    assert sha256_of_files(workdir / "datasets") == before
+
+
 def test_sampling_without_adapters_when_they_are_required_exits_2(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
