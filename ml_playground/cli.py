@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import io
 import re
 import sys
@@ -46,6 +47,18 @@ resolve against the folder of the file that sets them.
 
 exit codes: 0 success, 2 user error (message on stderr), 130 interrupted (checkpoint saved).
 """
+
+# File-system problems a user can fix. Writes are atomic, so the files there before are intact.
+_KEPT = "the files already there are intact"
+FILE_SYSTEM_REMEDIES: dict[int, str] = {
+    errno.ENOSPC: f"the disk is full; free some space and run again ({_KEPT})",
+    errno.EDQUOT: f"the disk quota is used up; free some space and run again ({_KEPT})",
+    errno.EROFS: f"the file system is read-only; point the config at a writable folder ({_KEPT})",
+    errno.EACCES: f"make the folder writable or point the config elsewhere ({_KEPT})",
+    errno.EPERM: f"make the folder writable or point the config elsewhere ({_KEPT})",
+    errno.ENOTDIR: "a path in the way is a file, not a folder; fix the path in the config",
+    errno.EISDIR: "a path in the way is a folder, not a file; fix the path in the config",
+}
 
 StepFn = Callable[[Experiment, LoadedConfig], None]
 
@@ -193,6 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        remedy = FILE_SYSTEM_REMEDIES.get(exc.errno or 0)
+        if remedy is None:
+            raise
+        if verbose:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}; {remedy}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except SavedAndStopped as stopped:
         print(
             f"interrupted; saved {stopped.saved}, run the same command to resume", file=sys.stderr
