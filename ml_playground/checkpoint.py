@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
+from torch import nn
 
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact, parse_artifact, read_artifact, write_artifact
@@ -74,6 +75,7 @@ READABLE_STATE_VERSIONS = (1, 2)
 
 StateDict = dict[str, Any]
 TRAIN_AGAIN = "train first with `ml-playground train <experiment>`"
+DAMAGED = "the file is damaged: delete it to start fresh or restore a backup"
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def load(path: Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} {CHANGED_SINCE_WRITTEN}; {remedy}")
     return Checkpoint(
         model=strip_compile_prefix(payload["model"]),
-        state=_training_state(payload, version=STATE_VERSION),
+        state=_training_state(payload, version=STATE_VERSION, source=path),
         model_args=GPTConfig.from_dict(payload["model_args"], source=f"{path} model_args"),
         config=payload.get("config", {}),
         tokenizer=parse_artifact(
@@ -221,6 +223,20 @@ def _lock_holder(path: Path) -> int | None:
     except PermissionError:  # alive, another user's
         return pid
     return pid
+
+
+def load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Put a checkpoint's weights into the model its model_args describe; tensors that do
+    not fit (a missing key, another shape) mean the file is damaged, said in one line."""
+    try:
+        module.load_state_dict(dict(weights))
+    except RuntimeError as exc:
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = details[0] if details else str(exc)
+        raise CheckpointError(
+            f"checkpoint {source} holds weights that do not fit its model_args "
+            f"({first[:160]}); {DAMAGED}"
+        ) from None
 
 
 def gpt_for_sampling(out_dir: Path) -> Path:
@@ -326,7 +342,7 @@ def load_state(folder: Path) -> TrainingState:
     missing = [key for key in ("iter_num", "best_val_loss", "optimizer") if key not in payload]
     if missing:
         raise CheckpointError(f"training state {path} lacks {', '.join(missing)}; {remedy}")
-    return _training_state(payload, version=cast(int, version))
+    return _training_state(payload, version=cast(int, version), source=path)
 
 
 def adapters_for_sampling(out_dir: Path) -> Path | None:
@@ -434,11 +450,18 @@ def _read_pt(path: Path, damaged: str, remedy: str) -> dict[str, Any]:
     return cast(dict[str, Any], raw)
 
 
-def _training_state(payload: Mapping[str, Any], *, version: int) -> TrainingState:
+def _training_state(payload: Mapping[str, Any], *, version: int, source: Path) -> TrainingState:
+    iter_num, best, optimizer = payload["iter_num"], payload["best_val_loss"], payload["optimizer"]
+    if isinstance(iter_num, bool) or not isinstance(iter_num, int) or iter_num < 0:
+        raise CheckpointError(f"{source} has iter_num {iter_num!r}, not a step; {DAMAGED}")
+    if isinstance(best, bool) or not isinstance(best, int | float):
+        raise CheckpointError(f"{source} has best_val_loss {best!r}, not a number; {DAMAGED}")
+    if not isinstance(optimizer, dict):
+        raise CheckpointError(f"{source} holds no optimizer state; {DAMAGED}")
     return TrainingState(
-        iter_num=int(payload["iter_num"]),
-        best_val_loss=float(payload["best_val_loss"]),
-        optimizer=payload["optimizer"],
+        iter_num=iter_num,
+        best_val_loss=float(best),
+        optimizer=cast(StateDict, optimizer),
         scaler=payload.get("scaler"),
         rng=_per_rank(payload.get("rng", {}), version),
         sampler=_per_rank(payload.get("sampler", {}), version),

@@ -34,6 +34,7 @@ from ml_playground.device import Precision, resolve_precision
 from ml_playground.errors import CheckpointError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.model import (
+    check_adapters,
     fit_embeddings,
     is_adapter_folder,
     load_adapters,
@@ -82,6 +83,8 @@ def load_trained(
         # [train.peft] enabled = false: the folder is a whole fine-tuned model.
         model = load_base(hf, ModelSource.local(weights), dtype=dtype)
     else:
+        if weights is not None:
+            check_adapters(weights)
         base = load_base(hf, source, dtype=dtype)
         # Rows of added tokens come from the adapters, so new rows need no initialisation.
         fit_embeddings(base, len(tokenizer), init_new_rows=False)

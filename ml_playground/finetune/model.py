@@ -14,6 +14,7 @@ that errors found before any model loads are reported without waiting for it.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,13 +25,14 @@ from torch import nn
 
 from ml_playground.config import HFModelConfig, PeftConfig, RuntimeConfig
 from ml_playground.device import TORCH_DTYPES
-from ml_playground.errors import ConfigError
+from ml_playground.errors import CheckpointError, ConfigError
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_model_config
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # The MLP projections of Llama, Qwen2, Gemma and Mistral style blocks.
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # Gemma is trained and validated with eager attention; sdpa changes its soft-capped logits.
@@ -123,10 +125,36 @@ def load_adapters(model: PreTrainedModel, folder: Path, *, trainable: bool) -> n
     """`model` with the adapters saved in `folder` (trainable to resume, else frozen)."""
     from peft import PeftModel  # noqa: PLC0415 - see module docstring
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
-        wrapped = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)  # pyright: ignore[reportUnknownMemberType] - untyped library
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+            wrapped = PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)  # pyright: ignore[reportUnknownMemberType] - untyped library
+    except Exception as exc:  # peft, json and safetensors raise many types for damaged files
+        raise _damaged(folder, exc) from exc
     return cast(nn.Module, wrapped)
+
+
+def check_adapters(folder: Path) -> None:
+    """Read what loading the adapters will read, cheaply: run before the base model loads
+    for seconds, so a damaged folder is reported at once (and alone)."""
+    from safetensors import safe_open  # noqa: PLC0415 - see module docstring
+
+    try:
+        config: object = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("adapter_config.json holds no JSON object")
+        with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as weights:  # pyright: ignore[reportUnknownVariableType] - untyped library
+            weights.keys()  # pyright: ignore[reportUnknownMemberType] - untyped library
+    except Exception as exc:  # json, OSError and safetensors' own error types
+        raise _damaged(folder, exc) from exc
+
+
+def _damaged(folder: Path, exc: BaseException) -> CheckpointError:
+    problem = (str(exc).strip().splitlines() or [""])[0][:160]
+    return CheckpointError(
+        f"the adapters in {folder} cannot be loaded ({type(exc).__name__}: {problem}); "
+        "the folder is damaged: restore a backup or delete it"
+    )
 
 
 def is_adapter_folder(folder: Path) -> bool:

@@ -40,6 +40,7 @@ from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import (
     ADAPTER_CONFIG,
     apply_lora,
+    check_adapters,
     enable_gradient_checkpointing,
     fit_embeddings,
     load_adapters,
@@ -88,6 +89,8 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
     last = checkpoint.adapters_dir(runtime.out_dir, checkpoint.LAST)
     resume = checkpoint.resumable_state(last)
+    if resume is not None and peft.enabled:
+        check_adapters(last)
     run_meta = RunMeta(
         **meta.record_format(),
         base_model=hf.model_name,

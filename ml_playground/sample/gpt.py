@@ -28,7 +28,7 @@ def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokeniz
     tokenizer = tokenizer_from_spec(ckpt.tokenizer)
     args, state = _fit_vocab(ckpt.model_args, dict(ckpt.model), tokenizer)
     model = GPT(args)
-    model.load_state_dict(state)
+    checkpoint.load_weights(model, state, path)
     model.to(device).eval()
     return model, tokenizer, path
 
@@ -48,7 +48,8 @@ def _fit_vocab(
     fitted = args.replace(vocab_size=tokenizer.vocab_size)
     rows = fitted.padded_vocab_size
     for key in ("transformer.wte.weight", "lm_head.weight"):
-        state[key] = state[key][:rows]
+        if key in state:  # a missing one is reported when the weights are loaded
+            state[key] = state[key][:rows]
     return fitted, state
 
 

@@ -57,7 +57,7 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
     model_config = _model_config(train_config.model, meta, resume, announce=ranks.is_main)
     model = GPT(model_config)
     if resume is not None:
-        model.load_state_dict(dict(resume.model))
+        checkpoint.load_weights(model, resume.model, last_path)
     settings = config.model_dump(mode="json")
 
     def write(slot: Slot, state: TrainingState) -> Path:

@@ -45,7 +45,7 @@ from ml_playground.distributed import (
     process_group,
     replicas_identical,
 )
-from ml_playground.errors import SavedAndStopped
+from ml_playground.errors import CheckpointError, SavedAndStopped
 from ml_playground.train.interrupt import stop_requests
 from ml_playground.train.reporting import RunReporter
 from ml_playground.train.schedule import learning_rate_at
@@ -396,7 +396,14 @@ def _restore(run: Run, state: TrainingState, source: str) -> None:
     If `source` was saved by another number of ranks, the streams restart from their
     seeds and rank 0 says so.
     """
-    run.optimizer.load_state_dict(state.optimizer)
+    try:
+        run.optimizer.load_state_dict(state.optimizer)
+    except (KeyError, ValueError, TypeError, RuntimeError):
+        # torch names no file; a state for other parameters or a damaged one lands here.
+        raise CheckpointError(
+            f"the optimizer state in {source} does not fit this model's parameters; the file "
+            "is damaged or from another run: delete it to start fresh or restore a backup"
+        ) from None
     if state.scaler:
         run.scaler.load_state_dict(state.scaler)
     ranks = run.ranks

@@ -306,6 +306,28 @@ def test_a_failed_prepare_leaves_the_previous_dataset_as_it_was(
     assert sha256_of_files(workdir / "datasets") == before
 
 
+@pytest.mark.parametrize("damage", ["garbage adapter_config.json", "truncated weights"])
+def test_damaged_adapters_without_digests_are_one_error_line_and_stay(
+    workdir: Path, cli: Cli, tiny_models: TinyModels, damage: str
+) -> None:
+    speakger_inputs(workdir)
+    configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
+    assert cli.run("loop", "speakger").returncode == 0
+    best = checkpoint.adapters_dir(workdir / "out", checkpoint.BEST)
+    (best / checkpoint.INTEGRITY_FILE).unlink()  # as written before the digests existed
+    if damage == "truncated weights":
+        weights = best / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:
+        (best / "adapter_config.json").write_text("{not json", encoding="utf-8")
+    before = sha256_of_files(best)
+
+    line = assert_one_error_line(cli.run("sample", "speakger"))
+
+    assert f"the adapters in {best} cannot be loaded" in line
+    assert sha256_of_files(best) == before
+
+
 def test_sampling_without_adapters_when_they_are_required_exits_2(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:

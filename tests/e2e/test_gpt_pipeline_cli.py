@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ml_playground import atomic, checkpoint
 from tests.cli_helpers import (
@@ -249,6 +250,22 @@ def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
     stopped_at = checkpoint.load(last).state.iter_num
     assert f"interrupted at step {stopped_at}; saved {last}" in stdout
     assert stderr.splitlines()[-1] == f"interrupted; saved {last}, run the same command to resume"
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_exits_2_and_stays(workdir: Path, cli: Cli) -> None:
+    folder = experiment(workdir, "bundestag_char")
+    assert cli.run("loop", folder).returncode == 0
+    best = folder / "out" / checkpoint.BEST_FILE
+    payload = torch.load(best, weights_only=True)
+    del payload[checkpoint.DIGEST_KEY]  # as written by a version without the digest
+    del payload["model"]["lm_head.weight"]
+    torch.save(payload, best)
+    before = best.read_bytes()
+
+    line = assert_one_error_line(cli.run("sample", folder))
+
+    assert f"checkpoint {best} holds weights that do not fit its model_args" in line
+    assert best.read_bytes() == before
 
 
 def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli: Cli) -> None:

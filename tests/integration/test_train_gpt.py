@@ -415,3 +415,21 @@ def test_the_next_run_removes_what_a_killed_save_left_behind(tmp_path: Path) -> 
 
     assert not leftover.exists()
     assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 4
+
+
+def test_an_optimizer_state_that_does_not_fit_stops_the_resume_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "exp"
+    out_dir = train(folder, {"train.runtime.max_iters": 2})
+    last = out_dir / checkpoint.LAST_FILE
+    payload = raw_checkpoint(last)
+    del payload[checkpoint.DIGEST_KEY]  # as written by a version without the digest
+    payload["optimizer"] = {}
+    torch.save(payload, last)
+    before = last.read_bytes()
+
+    with pytest.raises(CheckpointError, match=rf"optimizer state in {last} does not fit"):
+        train_gpt(reconfigure(folder, {"train.runtime.max_iters": 4}).config)
+
+    assert last.read_bytes() == before

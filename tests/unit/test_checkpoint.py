@@ -333,3 +333,40 @@ def test_an_out_dir_that_is_a_file_is_one_error_line(tmp_path: Path) -> None:
         checkpoint.out_dir_lock(tmp_path / "out" / "run"),
     ):
         pass
+
+
+# --- structurally wrong files -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("iter_num", "12", "has iter_num '12', not a step"),
+        ("iter_num", -1, "has iter_num -1, not a step"),
+        ("best_val_loss", "low", "has best_val_loss 'low', not a number"),
+        ("optimizer", [], "holds no optimizer state"),
+    ],
+)
+def test_a_checkpoint_with_a_wrong_field_is_one_error_naming_the_file(
+    tmp_path: Path, key: str, value: object, problem: str
+) -> None:
+    payload = trained_checkpoint().payload()
+    payload[key] = value
+    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
+
+    with pytest.raises(CheckpointError, match=problem) as error:
+        checkpoint.load(path)
+
+    assert str(path) in str(error.value)
+
+
+def test_weights_that_do_not_fit_the_model_args_are_one_error_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    payload = trained_checkpoint().payload()
+    del payload["model"]["lm_head.weight"]
+    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
+    loaded = checkpoint.load(path)
+
+    with pytest.raises(CheckpointError, match=r"do not fit its model_args \(Missing key"):
+        checkpoint.load_weights(GPT(loaded.model_args), loaded.model, path)
