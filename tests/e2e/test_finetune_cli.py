@@ -119,6 +119,13 @@ def configure(
     write_config(workdir, settings | dict(extra or {}), CONFIG)
 
 
+def two_step_run(workdir: Path, cli: Cli, tiny_models: TinyModels) -> None:
+    """speakger looped for two steps with the tiny Gemma 3: adapters, state and samples."""
+    speakger_inputs(workdir)
+    configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
+    assert cli.run("loop", "speakger").returncode == 0
+
+
 # --- the done-when runs ------------------------------------------------------------------------
 
 
@@ -258,9 +265,7 @@ def test_missing_speeches_csv_exits_2_naming_it(
 def test_adapters_without_their_training_state_stop_train_and_stay_as_they_are(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
-    speakger_inputs(workdir)
-    configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
-    assert cli.run("loop", "speakger").returncode == 0
+    two_step_run(workdir, cli, tiny_models)
     last = checkpoint.adapters_dir(workdir / "out", checkpoint.LAST)
     (last / checkpoint.STATE_FILE).unlink()
     before = sha256_of_files(workdir / "out" / checkpoint.ADAPTERS_DIR)
@@ -275,9 +280,7 @@ def test_adapters_without_their_training_state_stop_train_and_stay_as_they_are(
 def test_a_flipped_bit_in_the_adapters_stops_train_and_sample_and_changes_nothing(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
-    speakger_inputs(workdir)
-    configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
-    assert cli.run("loop", "speakger").returncode == 0
+    two_step_run(workdir, cli, tiny_models)
     adapters = workdir / "out" / checkpoint.ADAPTERS_DIR
     for slot in (checkpoint.LAST, checkpoint.BEST):
         flip_a_tensor_byte(adapters / slot / "adapter_model.safetensors")
@@ -310,9 +313,7 @@ def test_a_failed_prepare_leaves_the_previous_dataset_as_it_was(
 def test_damaged_adapters_without_digests_are_one_error_line_and_stay(
     workdir: Path, cli: Cli, tiny_models: TinyModels, damage: str
 ) -> None:
-    speakger_inputs(workdir)
-    configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
-    assert cli.run("loop", "speakger").returncode == 0
+    two_step_run(workdir, cli, tiny_models)
     best = checkpoint.adapters_dir(workdir / "out", checkpoint.BEST)
     (best / checkpoint.INTEGRITY_FILE).unlink()  # as written before the digests existed
     if damage == "truncated weights":

@@ -208,17 +208,27 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
     assert sha256_of_files(out_dir) == before
 
 
+def endless_run(workdir: Path, cli: Cli) -> tuple[Path, Path]:
+    """A prepared bundestag_char experiment that trains until stopped; and its ckpt_last."""
+    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
+    assert cli.run("prepare", folder).returncode == 0
+    return folder, folder / "out" / checkpoint.LAST_FILE
+
+
+def wait_for(last: Path, process: subprocess.Popen[str]) -> None:
+    """Until the running training wrote its first checkpoint."""
+    deadline = time.monotonic() + TIMEOUT
+    while not last.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "training never wrote its first checkpoint"
+        time.sleep(0.05)
+
+
 def test_a_second_train_on_a_busy_out_dir_exits_2_naming_the_running_one(
     workdir: Path, cli: Cli
 ) -> None:
-    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
-    assert cli.run("prepare", folder).returncode == 0
-    last = folder / "out" / checkpoint.LAST_FILE
+    folder, last = endless_run(workdir, cli)
     with cli.started("train", folder) as first:
-        deadline = time.monotonic() + TIMEOUT
-        while not last.exists() and first.poll() is None:
-            assert time.monotonic() < deadline, "training never wrote its first checkpoint"
-            time.sleep(0.05)
+        wait_for(last, first)
 
         line = assert_one_error_line(cli.run("train", folder))
 
@@ -233,14 +243,9 @@ def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
     workdir: Path, cli: Cli
 ) -> None:
     # A terminal or `uv run` can hand one key press to the process twice in a row.
-    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
-    assert cli.run("prepare", folder).returncode == 0
-    last = folder / "out" / checkpoint.LAST_FILE
+    folder, last = endless_run(workdir, cli)
     with cli.started("train", folder) as process:
-        deadline = time.monotonic() + TIMEOUT
-        while not last.exists() and process.poll() is None:
-            assert time.monotonic() < deadline, "training never wrote its first checkpoint"
-            time.sleep(0.05)
+        wait_for(last, process)
         process.send_signal(signal.SIGINT)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=TIMEOUT)
@@ -269,14 +274,9 @@ def test_a_checkpoint_whose_weights_do_not_fit_exits_2_and_stays(workdir: Path, 
 
 
 def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli: Cli) -> None:
-    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
-    assert cli.run("prepare", folder).returncode == 0
-    last = folder / "out" / checkpoint.LAST_FILE
+    folder, last = endless_run(workdir, cli)
     with cli.started("train", folder) as process:
-        deadline = time.monotonic() + TIMEOUT
-        while not last.exists() and process.poll() is None:
-            assert time.monotonic() < deadline, "training never wrote its first checkpoint"
-            time.sleep(0.05)
+        wait_for(last, process)
 
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=TIMEOUT)
