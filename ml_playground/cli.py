@@ -57,6 +57,7 @@ FILE_SYSTEM_REMEDIES: dict[int, str] = {
     errno.EACCES: f"make the folder writable or point the config elsewhere ({_KEPT})",
     errno.EPERM: f"make the folder writable or point the config elsewhere ({_KEPT})",
     errno.ENOTDIR: "a path in the way is a file, not a folder; fix the path in the config",
+    errno.EEXIST: "a file stands where a folder should be; fix the path in the config",
     errno.EISDIR: "a path in the way is a folder, not a file; fix the path in the config",
 }
 

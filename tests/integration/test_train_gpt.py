@@ -433,3 +433,34 @@ def test_an_optimizer_state_that_does_not_fit_stops_the_resume_naming_the_file(
         train_gpt(reconfigure(folder, {"train.runtime.max_iters": 4}).config)
 
     assert last.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("always_save", "best_step"), [(False, 8), (True, 12)], ids=["lowest", "always-save"]
+)
+def test_best_holds_the_step_with_the_lowest_val_loss_unless_always_save_is_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always_save: bool, best_step: int
+) -> None:
+    # Validation falls, then rises: 3.0 at step 4, 1.0 at 8, 2.0 at 12.
+    scripted = iter([3.0, 1.0, 2.0])
+
+    def evaluate(run: loop.Run) -> dict[str, float]:
+        del run
+        return {"train": 0.0, "val": next(scripted)}
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+
+    out_dir = train(
+        tmp_path / "exp",
+        {
+            "train.runtime.max_iters": 12,
+            "train.runtime.eval_interval": 4,
+            "train.runtime.always_save_checkpoint": always_save,
+        },
+    )
+
+    best = checkpoint.load(out_dir / checkpoint.BEST_FILE)
+    last = checkpoint.load(out_dir / checkpoint.LAST_FILE)
+    assert best.state.iter_num == best_step
+    assert last.state.iter_num == 12
+    assert last.state.best_val_loss == best.state.best_val_loss == 1.0

@@ -21,6 +21,7 @@ from tests.gpt_helpers import tiny_experiment
         (errno.EROFS, "read-only; point the config at a writable folder"),
         (errno.EACCES, "make the folder writable"),
         (errno.ENOTDIR, "is a file, not a folder"),
+        (errno.EEXIST, "a file stands where a folder should be"),
     ],
 )
 def test_a_file_system_problem_is_one_error_line_naming_the_file(
