@@ -19,6 +19,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import IO, Any
 
+PROC_STATUS = Path("/proc/self/status")
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "wb") -> Generator[IO[Any]]:
@@ -96,7 +98,16 @@ def remove_leftovers(folder: Path) -> list[Path]:
 
 
 def current_umask() -> int:
-    """The process's umask; reading it means setting it, so it is put straight back."""
+    """The process's umask, read without changing it where Linux reports it.
+
+    os.umask can only read the mask by setting it; for that instant a file another thread
+    creates (TensorBoard's writer, for one) would get no mask at all, so /proc is asked
+    first and the set-and-restore is the fallback elsewhere.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in PROC_STATUS.read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

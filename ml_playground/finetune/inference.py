@@ -34,11 +34,11 @@ from ml_playground.device import Precision, resolve_precision
 from ml_playground.errors import CheckpointError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.model import (
-    check_adapters,
     fit_embeddings,
     is_adapter_folder,
     load_adapters,
     load_base,
+    read_adapter_config,
     weights_dtype,
 )
 from ml_playground.sample.backend import Analyse, Analysis, LoadedModel
@@ -84,7 +84,7 @@ def load_trained(
         model = load_base(hf, ModelSource.local(weights), dtype=dtype)
     else:
         if weights is not None:
-            check_adapters(weights)
+            read_adapter_config(weights)
         base = load_base(hf, source, dtype=dtype)
         # Rows of added tokens come from the adapters, so new rows need no initialisation.
         fit_embeddings(base, len(tokenizer), init_new_rows=False)

@@ -134,9 +134,10 @@ def load_adapters(model: PreTrainedModel, folder: Path, *, trainable: bool) -> n
     return cast(nn.Module, wrapped)
 
 
-def check_adapters(folder: Path) -> None:
-    """Read what loading the adapters will read, cheaply: run before the base model loads
-    for seconds, so a damaged folder is reported at once (and alone)."""
+def read_adapter_config(folder: Path) -> dict[str, object]:
+    """The adapters' adapter_config.json, after a cheap read of what loading them will
+    read: run before the base model loads for seconds, so a damaged folder is reported at
+    once (and alone)."""
     from safetensors import safe_open  # noqa: PLC0415 - see module docstring
 
     try:
@@ -147,6 +148,7 @@ def check_adapters(folder: Path) -> None:
             weights.keys()  # pyright: ignore[reportUnknownMemberType] - untyped library
     except Exception as exc:  # json, OSError and safetensors' own error types
         raise _damaged(folder, exc) from exc
+    return cast(dict[str, object], config)
 
 
 def _damaged(folder: Path, exc: BaseException) -> CheckpointError:

@@ -14,9 +14,8 @@ batches, and only rank 0 writes (packed tokens, adapters, tokenizer, meta.json, 
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
 
 import torch
 from torch import nn
@@ -38,14 +37,13 @@ from ml_playground.errors import CheckpointError, DataError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import (
-    ADAPTER_CONFIG,
     apply_lora,
-    check_adapters,
     enable_gradient_checkpointing,
     fit_embeddings,
     load_adapters,
     load_base,
     merge_adapters,
+    read_adapter_config,
     save_weights,
     weights_dtype,
 )
@@ -90,7 +88,9 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     last = checkpoint.adapters_dir(runtime.out_dir, checkpoint.LAST)
     resume = checkpoint.resumable_state(last)
     if resume is not None and peft.enabled:
-        check_adapters(last)
+        saved_lora = read_adapter_config(last)  # a damaged folder stops here, before loading
+        if ranks.is_main:
+            _announce_saved_lora(peft, saved_lora, last)
     run_meta = RunMeta(
         **meta.record_format(),
         base_model=hf.model_name,
@@ -110,7 +110,6 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         meta,
         resume_from=last if resume else None,
         dtype=weights_dtype(hf, runtime),
-        announce=ranks.is_main,
     )
     if resume is not None and resume.trainable != trainable_names(model):
         raise CheckpointError(
@@ -157,7 +156,6 @@ def _build_model(
     *,
     resume_from: Path | None,
     dtype: torch.dtype,
-    announce: bool,
 ) -> nn.Module:
     """The trainable model: base + fresh or resumed adapters, or the whole (resumed) model."""
     if not peft.enabled and resume_from is not None:
@@ -171,22 +169,13 @@ def _build_model(
     if not peft.enabled:
         return model
     if resume_from is not None:
-        if announce:
-            _announce_saved_lora(peft, resume_from)
         return load_adapters(model, resume_from, trainable=True)
     new_ids = tokenizer.convert_tokens_to_ids(list(meta.structure_tokens))
     return apply_lora(model, peft, hf.model_name, new_ids)
 
 
-def _announce_saved_lora(peft: PeftConfig, folder: Path) -> None:
+def _announce_saved_lora(peft: PeftConfig, fields: Mapping[str, object], folder: Path) -> None:
     """Resumed adapters keep the LoRA settings they were created with; say where they differ."""
-    try:
-        saved: object = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # loading the adapters reports a damaged folder properly
-    if not isinstance(saved, dict):
-        return
-    fields = cast(dict[str, object], saved)
     for key in ("r", "lora_alpha", "lora_dropout", "bias"):
         configured: object = getattr(peft, key)
         if key in fields and fields[key] != configured:
