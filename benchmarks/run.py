@@ -42,7 +42,7 @@ from benchmarks.training import (
 )
 from ml_playground.data.token_dataset import TRAIN_BIN, VAL_BIN, prepare_token_dataset
 from ml_playground.data.tokenizer import TokenizerKind
-from ml_playground.model.gpt import GPTConfig
+from ml_playground.model.config import GPTConfig
 
 DEFAULT_OUT = corpus.REPO_ROOT / "bench_out" / "bench.json"
 GPT2_VOCAB = 50257  # padded to 50304 inside the model

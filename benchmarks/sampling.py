@@ -23,7 +23,8 @@ import torch
 from benchmarks.timing import Case, time_side_by_side
 from ml_playground.config import DType, SampleSettings
 from ml_playground.device import TORCH_DTYPES, seed_everything
-from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
 from ml_playground.sample.generate import generate
 from ml_playground.sample.gpt import gpt_step
 

@@ -23,7 +23,8 @@ from ml_playground.checkpoint import Slot, TrainingState
 from ml_playground.config import DType, TrainConfig
 from ml_playground.device import resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
-from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
 from ml_playground.train.gpt import gpt_loss
 from ml_playground.train.loop import Run, TokenFiles, assemble_run, evaluate, optimizer_step
 

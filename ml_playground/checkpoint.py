@@ -42,7 +42,7 @@ from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.records import RecordFormat
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import CheckpointError
-from ml_playground.model.gpt import GPTConfig
+from ml_playground.model.config import GPTConfig
 
 Slot = Literal["last", "best", "final"]
 LAST: Slot = "last"

@@ -70,6 +70,8 @@ class PrepareConfig(Section):
 
 
 class ModelConfig(Section):
+    """The from-scratch model's shape; `arch` picks GPT-2's block or Llama's (model/blocks.py)."""
+
     n_layer: PositiveInt = 4
     n_head: PositiveInt = 4
     n_embd: PositiveInt = 128
@@ -77,6 +79,14 @@ class ModelConfig(Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     bias: bool = False
     vocab_size: PositiveInt | None = None
+    # "gpt2" stays the default so that configs written before "llama" existed keep
+    # describing the model their checkpoints hold; the presets choose "llama".
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    rope_base: Annotated[float, Field(gt=1.0)] = 10000.0
+    mlp_hidden: PositiveInt | None = None
+    tie_embeddings: bool = True
+    qk_norm: bool = False
+    n_kv_head: PositiveInt | None = None
 
 
 class DataConfig(Section):
@@ -541,6 +551,26 @@ def _check_rules(config: ExperimentConfig, file_of: typing.Callable[[str], Path]
         f"train.model.n_embd = {train.model.n_embd} must be divisible by "
         f"train.model.n_head = {train.model.n_head}",
     )
+    model = train.model
+    if model.arch == "llama":
+        require(
+            (model.n_embd // model.n_head) % 2 == 0,
+            "train.model.n_embd",
+            f"train.model.n_embd / n_head = {model.n_embd // model.n_head} must be even for "
+            "arch = 'llama': rotary embeddings rotate pairs of values",
+        )
+        require(
+            model.n_kv_head is None or model.n_head % model.n_kv_head == 0,
+            "train.model.n_kv_head",
+            f"train.model.n_head = {model.n_head} must be a multiple of "
+            f"train.model.n_kv_head = {model.n_kv_head}",
+        )
+        require(
+            not model.bias,
+            "train.model.bias",
+            "train.model.bias = true is not available with arch = 'llama' (it has no biases); "
+            "remove the key",
+        )
     require(
         train.peft is None or train.hf_model is not None,
         "train.peft",

@@ -17,7 +17,8 @@ import torch
 
 from ml_playground import checkpoint
 from ml_playground.data.tokenizer import TokenizerSpec
-from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
 
 R50K = "r50k_base"
 EOT = "<|endoftext|>"

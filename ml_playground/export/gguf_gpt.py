@@ -27,7 +27,7 @@ import torch
 
 from ml_playground.export.bpe_vocab import ByteLevelVocab
 from ml_playground.export.llama_cpp import NativeQuant
-from ml_playground.model.gpt import LAYER_NORM_EPS, GPTConfig
+from ml_playground.model.config import NORM_EPS, GPTConfig
 
 ARCH = "gpt2"
 
@@ -156,7 +156,7 @@ def _add_metadata(
     writer.add_feed_forward_length(4 * config.n_embd)
     writer.add_block_count(config.n_layer)
     writer.add_head_count(config.n_head)
-    writer.add_layer_norm_eps(LAYER_NORM_EPS)
+    writer.add_layer_norm_eps(NORM_EPS)
     writer.add_vocab_size(n_tokens)
 
 

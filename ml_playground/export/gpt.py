@@ -18,7 +18,7 @@ from ml_playground.export.gguf_gpt import write_gpt_gguf
 from ml_playground.export.llama_cpp import NATIVE_QUANTS, NativeQuant
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults, raw_completion_template
 from ml_playground.export.readme import BundleReadme, example_prompt
-from ml_playground.model.gpt import GPTConfig
+from ml_playground.model.config import GPTConfig
 
 GGUF_NAME = "model.gguf"
 ROUTE = "gguf-native-gpt2"

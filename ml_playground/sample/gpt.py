@@ -1,8 +1,9 @@
 """The from-scratch GPT as a sampling backend: its checkpoint, tokenizer and decode step.
 
-The step feeds each new token through the model's own `KVCache`. The GPT has learned
-absolute positions, so its context ends at block_size; past that, the cache is refilled
-with the newest half block (see `gpt_step`).
+The step feeds each new token through the model's own `KVCache`. Past block_size the
+window moves on: a `llama` model (rotary, relative positions) slides its cache by the
+tokens that no longer fit; a `gpt2` model (learned absolute positions) refills it with the
+newest half block (see `gpt_step`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import Tokenizer, tokenizer_from_spec
 from ml_playground.device import resolve_precision
-from ml_playground.model.gpt import GPT, GPTConfig, KVCache
+from ml_playground.model.attention import KVCache
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
 from ml_playground.sample.backend import LoadedModel
 from ml_playground.sample.generate import Step
 
@@ -96,6 +99,11 @@ def gpt_step(model: GPT, *, use_cache: bool = True) -> Step:
         if cache is None:
             cache = model.new_kv_cache(ids.size(0))
             new = context
+        elif cache.length + ids.size(1) > cache.capacity and model.config.arch == "llama":
+            # Rotary keys encode where they were, so the oldest positions can simply go: the
+            # model then sees exactly the last block_size tokens, as without a cache.
+            cache.drop_oldest(cache.length + ids.size(1) - cache.capacity)
+            new = ids
         elif cache.length + ids.size(1) > cache.capacity:
             # Learned absolute positions are baked into every cached key and value, so a
             # full cache cannot slide by one token: each kept token would sit one position

@@ -20,7 +20,8 @@ from ml_playground.data.token_dataset import DatasetMeta, read_meta
 from ml_playground.device import Precision, seed_everything
 from ml_playground.distributed import Ranks, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
-from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
 from ml_playground.train.loop import (
     Run,
     TokenFiles,
@@ -88,7 +89,9 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
         block_size=min(train_config.block_size, model_config.block_size),
         loss=gpt_loss,
         write=write,
-        description=f"training {model.num_parameters() / 1e6:.2f}M parameters",
+        description=(
+            f"training {model.num_parameters() / 1e6:.2f}M parameters ({model_config.arch})"
+        ),
         resume=None if resume is None else resume.state,
         resume_source=str(last_path),
         compile_model=runtime.compile,

@@ -19,7 +19,8 @@ import torch
 
 from ml_playground.config import SampleSettings
 from ml_playground.data.tokenizer import TokenizerSpec
-from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
 from ml_playground.sample.generate import generate
 from ml_playground.sample.gpt import gpt_step
 from tests.cli_helpers import assert_one_error_line

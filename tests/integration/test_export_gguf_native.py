@@ -24,7 +24,8 @@ from ml_playground.config import SampleSettings
 from ml_playground.export.bpe_vocab import ByteLevelVocab, build_vocab
 from ml_playground.export.gguf_gpt import write_gpt_gguf
 from ml_playground.export.llama_cpp import NativeQuant
-from ml_playground.model.gpt import GPT, LAYER_NORM_EPS, GPTConfig
+from ml_playground.model.config import NORM_EPS, GPTConfig
+from ml_playground.model.gpt import GPT
 from ml_playground.sample.generate import generate
 from ml_playground.sample.gpt import gpt_step
 from tests.export_helpers import EOT, random_gpt, tiny_bpe_encoding
@@ -138,7 +139,7 @@ def test_metadata_holds_every_key_llama_cpp_requires(f32_no_bias: Path) -> None:
     }
     for key, value in expected.items():
         assert read_field(reader, key) == value, key
-    assert read_field(reader, "gpt2.attention.layer_norm_epsilon") == pytest.approx(LAYER_NORM_EPS)
+    assert read_field(reader, "gpt2.attention.layer_norm_epsilon") == pytest.approx(NORM_EPS)
     tokens = read_field(reader, "tokenizer.ggml.tokens")
     assert len(tokens) == N_RANKS + 1
     assert tokens[N_RANKS] == EOT

@@ -21,7 +21,7 @@ from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import CheckpointError, ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
-from ml_playground.model.gpt import GPTConfig
+from ml_playground.model.config import GPTConfig
 from tests.export_helpers import TomlValue, random_gpt, save_checkpoint, write_experiment
 
 GPT2_SPEC = TokenizerSpec(kind="tiktoken", encoding="gpt2")

@@ -17,7 +17,8 @@ from ml_playground import checkpoint
 from ml_playground.checkpoint import Checkpoint, TrainingState
 from ml_playground.data.tokenizer import CharTokenizer
 from ml_playground.errors import CheckpointError
-from ml_playground.model.gpt import GPT, GPTConfig
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
 
 TINY = GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
