@@ -26,19 +26,38 @@ PROC_STATUS = Path("/proc/self/status")
 def atomic_open(path: Path, mode: str = "wb") -> Generator[IO[Any]]:
     """Open a temporary file next to `path`; on success move it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with naming(path):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, mode) as handle:
+                yield handle
+                handle.flush()
+                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     sync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Generator[None]:
+    """A failed write names `path`, the file the user knows.
+
+    A full disk fails write() or fsync() with no file name at all, and a refused create
+    names the temporary sibling, which is gone by the time the user reads the message.
+    """
+    try:
+        yield
+    except OSError as exc:
+        named = exc.filename is not None and not Path(exc.filename).name.startswith(
+            f".{path.name}."
+        )
+        if named or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -62,12 +81,15 @@ def atomic_directory(target: Path) -> Generator[Path]:
     leaves either the old directory or the new one, never a half-written mix.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with naming(target):
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        )
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     staging.chmod(0o777 & ~current_umask())
     retired = target.with_name(f".{target.name}.old")
     shutil.rmtree(retired, ignore_errors=True)

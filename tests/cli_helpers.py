@@ -9,8 +9,21 @@ import subprocess
 import zipfile
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
+
+import torch
 
 EXIT_USER_ERROR = 2
+EXIT_KILLED = 137  # what a shell reports for a process killed by SIGKILL
+FAULTS_SCRIPT = Path(__file__).parent / "e2e" / "faults.py"
+
+
+def cli_entry(fault: Sequence[str] = ()) -> list[str]:
+    """What follows the Python executable to run the CLI: `-m ml_playground.cli`, or
+    tests/e2e/faults.py with one fault installed (see there) in front of the same CLI."""
+    if not fault:
+        return ["-m", "ml_playground.cli"]
+    return [str(FAULTS_SCRIPT), *fault, "--"]
 
 
 def run_command(
@@ -86,4 +99,39 @@ def sha256_of_files(folder: Path) -> dict[str, str]:
         path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
         if path.is_file()
+    }
+
+
+def tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested checkpoint payload, keyed by its path in the tree."""
+    found: dict[str, torch.Tensor] = {}
+    if isinstance(tree, torch.Tensor):
+        found[prefix] = tree
+    elif isinstance(tree, Mapping):
+        for key, value in cast(Mapping[object, object], tree).items():
+            found.update(tensors(value, f"{prefix}/{key}"))
+    elif isinstance(tree, list | tuple):
+        for index, value in enumerate(cast(Sequence[object], tree)):
+            found.update(tensors(value, f"{prefix}/{index}"))
+    return found
+
+
+def same_tensors(a: object, b: object) -> bool:
+    """Whether two nested payloads hold the same tensors at the same places, bit for bit."""
+    left, right = tensors(a), tensors(b)
+    return left.keys() == right.keys() and all(torch.equal(left[key], right[key]) for key in left)
+
+
+def scalar_events(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard recorded under log_dir, by tag, as (step, value) pairs."""
+    from tensorboard.backend.event_processing.event_accumulator import (  # noqa: PLC0415 - slow import
+        EventAccumulator,
+    )
+
+    # tensorboard ships no type information; Any keeps the untyped surface to this function.
+    accumulator: Any = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return {
+        str(tag): [(int(event.step), float(event.value)) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
     }

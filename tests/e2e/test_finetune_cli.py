@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,16 +24,21 @@ import pytest
 from ml_playground import checkpoint
 from ml_playground.config import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
+from ml_playground.train import reporting
 from tests.cli_helpers import (
     assert_one_error_line,
+    cli_entry,
     flip_a_tensor_byte,
     run_command,
+    same_tensors,
+    scalar_events,
     sha256_of_files,
     started_command,
 )
 from tests.finetune_helpers import (
     TinyModels,
     TomlValue,
+    adapter_weights,
     copy_member_slices,
     prepare_speech_records,
     speeches,
@@ -71,21 +76,23 @@ class Cli:
         self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
         self.env["HF_HUB_OFFLINE"] = "1"
 
-    def command(self, verb: str, experiment: str) -> list[str]:
+    def command(self, verb: str, experiment: str, fault: Sequence[str] = ()) -> list[str]:
         config = self.cwd / CONFIG
         return [
             sys.executable,
-            "-m",
-            "ml_playground.cli",
+            *cli_entry(fault),
             verb,
             experiment,
             "--exp-config",
             str(config),
         ]
 
-    def run(self, verb: str, experiment: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, verb: str, experiment: str, fault: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """The command run to completion; with `fault` installed (tests/e2e/faults.py)."""
         return run_command(
-            self.command(verb, experiment), cwd=self.cwd, env=self.env, timeout=TIMEOUT
+            self.command(verb, experiment, fault), cwd=self.cwd, env=self.env, timeout=TIMEOUT
         )
 
     def started(
@@ -228,6 +235,56 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     assert result.returncode == 0, result.stderr
     assert f"resuming at step {stopped_at}" in result.stdout
     assert f"done: step {stopped_at + 2}" in result.stdout
+
+
+def test_a_ctrl_c_at_an_eval_boundary_resumes_into_the_uninterrupted_run(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    # Dropout on the adapters draws from the RNG the training state restores.
+    settings: dict[str, TomlValue] = {
+        "train.peft.lora_dropout": 0.1,
+        "train.runtime.max_iters": 6,
+        "train.runtime.eval_interval": 3,
+        "train.runtime.tensorboard_enabled": True,
+    }
+    speakger_inputs(workdir)
+    configure(workdir, tiny_models.qwen2, settings | {"train.runtime.out_dir": "straight"})
+    loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
+    prepare_speech_records(loaded.config, frozenset({".csv"}))
+    dataset = sha256_of_files(workdir / "datasets")
+    assert cli.run("train", "speakger").returncode == 0
+    configure(workdir, tiny_models.qwen2, settings)
+    out_dir = workdir / "out"
+    last = checkpoint.adapters_dir(out_dir, checkpoint.LAST)
+
+    stopped = cli.run("train", "speakger", ("sigint-after-step", "3"))
+
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.splitlines()[-1] == (
+        f"interrupted; saved {last}, run the same command to resume"
+    )
+    # The boundary at step 3 was evaluated before the stop, as in the uninterrupted run.
+    best = checkpoint.adapters_dir(out_dir, checkpoint.BEST)
+    assert checkpoint.load_state(best).iter_num == checkpoint.load_state(last).iter_num == 3
+    resumed = cli.run("train", "speakger")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 3" in resumed.stdout
+
+    straight = workdir / "straight"
+    for slot in (checkpoint.BEST, checkpoint.LAST, checkpoint.FINAL):
+        assert same_tensors(adapter_weights(straight, slot), adapter_weights(out_dir, slot)), slot
+        expected, got = (
+            checkpoint.load_state(checkpoint.adapters_dir(out, slot)) for out in (straight, out_dir)
+        )
+        assert (got.iter_num, got.best_val_loss) == (expected.iter_num, expected.best_val_loss)
+        assert same_tensors(expected.optimizer, got.optimizer), slot
+        assert same_tensors(expected.rng, got.rng), slot
+    tag = reporting.TAG_VAL_LOSS
+    evaluations = [scalar_events(out / reporting.TB_SUBDIR)[tag] for out in (straight, out_dir)]
+    assert [step for step, _ in evaluations[1]] == [3, 6]
+    assert evaluations[1] == evaluations[0]
+    assert sha256_of_files(workdir / "datasets") == dataset
 
 
 # --- errors: one line, exit 2 ------------------------------------------------------------------

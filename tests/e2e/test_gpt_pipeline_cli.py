@@ -10,13 +10,15 @@ bundestag experiments seed their bundled sample, tiktoken reads TIKTOKEN_CACHE_D
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,15 @@ import pytest
 import torch
 
 from ml_playground import atomic, checkpoint
+from ml_playground.train import reporting
 from tests.cli_helpers import (
+    EXIT_KILLED,
     assert_one_error_line,
+    cli_entry,
     flip_a_tensor_byte,
     run_command,
+    same_tensors,
+    scalar_events,
     sha256_of_files,
     started_command,
 )
@@ -95,19 +102,23 @@ class Cli:
         self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
         self.env["HF_HUB_OFFLINE"] = "1"
 
-    def command(self, verb: str, folder: Path) -> list[str]:
+    def command(self, verb: str, folder: Path, fault: Sequence[str] = ()) -> list[str]:
         return [
             sys.executable,
-            "-m",
-            "ml_playground.cli",
+            *cli_entry(fault),
             verb,
             str(folder),
             "--exp-config",
             str(folder / OVERRIDE),
         ]
 
-    def run(self, verb: str, folder: Path) -> subprocess.CompletedProcess[str]:
-        return run_command(self.command(verb, folder), cwd=self.cwd, env=self.env, timeout=TIMEOUT)
+    def run(
+        self, verb: str, folder: Path, fault: Sequence[str] = (), *, prefix: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """The command run to completion; with `fault` installed (tests/e2e/faults.py), and
+        behind `prefix` (a program that runs the rest as its command) where given."""
+        command = [*prefix, *self.command(verb, folder, fault)]
+        return run_command(command, cwd=self.cwd, env=self.env, timeout=TIMEOUT)
 
     def started(
         self, verb: str, folder: Path
@@ -125,6 +136,18 @@ def experiment(workdir: Path, name: str, changes: Mapping[str, TomlValue] | None
     """A copy of the packaged experiment with a tiny override config in its folder."""
     folder = copy_experiment(name, workdir)
     write_config(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS[name], **(changes or {})})
+    return folder
+
+
+def reconfigure(folder: Path, changes: Mapping[str, TomlValue]) -> None:
+    """Rewrite the bundestag_char experiment's tiny override as the tiny run plus `changes`."""
+    write_config(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS["bundestag_char"], **changes})
+
+
+def prepared_run(workdir: Path, cli: Cli, changes: Mapping[str, TomlValue]) -> Path:
+    """A bundestag_char experiment with `changes`, its dataset prepared, not yet trained."""
+    folder = experiment(workdir, "bundestag_char", changes)
+    assert cli.run("prepare", folder).returncode == 0
     return folder
 
 
@@ -210,8 +233,7 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
 
 def endless_run(workdir: Path, cli: Cli) -> tuple[Path, Path]:
     """A prepared bundestag_char experiment that trains until stopped; and its ckpt_last."""
-    folder = experiment(workdir, "bundestag_char", {"train.runtime.max_iters": 100_000})
-    assert cli.run("prepare", folder).returncode == 0
+    folder = prepared_run(workdir, cli, {"train.runtime.max_iters": 100_000})
     return folder, folder / "out" / checkpoint.LAST_FILE
 
 
@@ -299,3 +321,274 @@ def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli
     assert f"done: step {stopped_at + 3}" in result.stdout
     assert "--- sample 1/1 ---" in result.stdout
     assert checkpoint.load(last).state.iter_num == stopped_at + 3
+
+
+# --- faults a test cannot time from outside: tests/e2e/faults.py installs them ------------------
+
+
+def train_uninterrupted(folder: Path, cli: Cli, changes: Mapping[str, TomlValue]) -> Path:
+    """The same run trained without a fault into folder/straight; returns that out_dir."""
+    override = folder / OVERRIDE
+    kept = override.read_text(encoding="utf-8")
+    reconfigure(folder, {**changes, "train.runtime.out_dir": "straight"})
+    result = cli.run("train", folder)
+    override.write_text(kept, encoding="utf-8")
+    assert result.returncode == 0, result.stderr
+    return folder / "straight"
+
+
+def assert_same_checkpoints(expected: Path, actual: Path) -> None:
+    """Both out_dirs hold the same last and best: step, best loss, weights, optimizer, RNG."""
+    for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE):
+        a, b = checkpoint.load(expected / name), checkpoint.load(actual / name)
+        assert a.state.iter_num == b.state.iter_num, name
+        assert a.state.best_val_loss == b.state.best_val_loss, name
+        assert same_tensors(a.model, b.model), name
+        assert same_tensors(a.state.optimizer, b.state.optimizer), name
+        assert same_tensors(a.state.rng, b.state.rng), name
+
+
+def evaluations(out_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    scalars = scalar_events(out_dir / reporting.TB_SUBDIR)
+    return {tag: scalars[tag] for tag in (reporting.TAG_VAL_LOSS, reporting.TAG_EVAL_TRAIN_LOSS)}
+
+
+@pytest.mark.parametrize("stop_at", [4, 5], ids=["at-an-eval-boundary", "between-evals"])
+def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
+    workdir: Path, cli: Cli, stop_at: int
+) -> None:
+    # Dropout draws from the RNG the checkpoint restores; both runs must agree on every
+    # evaluation (TensorBoard), on which step is best and on what last and best hold.
+    changes: dict[str, TomlValue] = {
+        "train.model.dropout": 0.1,
+        "train.runtime.max_iters": 12,
+        "train.runtime.eval_interval": 4,
+        "train.runtime.tensorboard_enabled": True,
+    }
+    folder = prepared_run(workdir, cli, changes)
+    dataset = sha256_of_files(folder / "datasets")
+    out_dir = folder / "out"
+    last = out_dir / checkpoint.LAST_FILE
+
+    stopped = cli.run("train", folder, ("sigint-after-step", str(stop_at)))
+
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.splitlines()[-1] == (
+        f"interrupted; saved {last}, run the same command to resume"
+    )
+    assert f"interrupted at step {stop_at}; saved {last}" in stopped.stdout
+    assert checkpoint.load(last).state.iter_num == stop_at
+    resumed = cli.run("train", folder)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {stop_at}" in resumed.stdout
+    straight = train_uninterrupted(folder, cli, changes)
+    assert_same_checkpoints(straight, out_dir)
+    expected, actual = evaluations(straight), evaluations(out_dir)
+    assert [step for step, _ in actual[reporting.TAG_VAL_LOSS]] == [4, 8, 12]
+    assert actual == expected
+    assert sha256_of_files(folder / "datasets") == dataset
+
+
+def test_a_kill_between_the_best_and_last_writes_leaves_a_pair_that_resume_repairs(
+    workdir: Path, cli: Cli
+) -> None:
+    changes: dict[str, TomlValue] = {
+        "train.runtime.max_iters": 8,
+        "train.runtime.eval_interval": 4,
+    }
+    folder = prepared_run(workdir, cli, changes)
+    out_dir = folder / "out"
+
+    # Best is written at steps 4 and 8; the process dies right after the second.
+    killed = cli.run("train", folder, ("kill-after-write", checkpoint.BEST_FILE, "2"))
+
+    assert killed.returncode == EXIT_KILLED, killed.stderr
+    best, last = (
+        checkpoint.load(out_dir / name) for name in (checkpoint.BEST_FILE, checkpoint.LAST_FILE)
+    )
+    assert (best.state.iter_num, last.state.iter_num) == (8, 4)
+    assert last.state.best_val_loss > best.state.best_val_loss
+    resumed = cli.run("train", folder)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 4" in resumed.stdout
+    assert_same_checkpoints(train_uninterrupted(folder, cli, changes), out_dir)
+
+
+def test_a_kill_during_a_save_keeps_the_old_checkpoint_and_the_next_run_removes_the_leftover(
+    workdir: Path, cli: Cli
+) -> None:
+    folder = prepared_run(workdir, cli, {"train.runtime.max_iters": 2})
+    assert cli.run("train", folder).returncode == 0
+    out_dir = folder / "out"
+    before = sha256_of_files(out_dir)
+    reconfigure(folder, {"train.runtime.max_iters": 4})
+
+    # The new ckpt_last.pt is complete in its temporary file when the process dies.
+    killed = cli.run("train", folder, ("kill-before-rename", checkpoint.LAST_FILE))
+
+    assert killed.returncode == EXIT_KILLED, killed.stderr
+    assert len(list(out_dir.glob(f".{checkpoint.LAST_FILE}.*.tmp"))) == 1
+    after = sha256_of_files(out_dir)
+    assert after[checkpoint.LAST_FILE] == before[checkpoint.LAST_FILE]
+    resumed = cli.run("train", folder)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 2" in resumed.stdout
+    assert not [path for path in out_dir.iterdir() if path.name.startswith(".")]
+    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 4
+
+
+@pytest.mark.parametrize(
+    ("always_save", "best_step"), [(False, 8), (True, 12)], ids=["lowest", "always-save"]
+)
+def test_best_holds_the_step_with_the_lowest_val_loss_unless_always_save_is_on(
+    workdir: Path, cli: Cli, always_save: bool, best_step: int
+) -> None:
+    folder = prepared_run(
+        workdir,
+        cli,
+        {
+            "train.runtime.max_iters": 12,
+            "train.runtime.eval_interval": 4,
+            "train.runtime.always_save_checkpoint": always_save,
+        },
+    )
+
+    # Validation falls, then rises: 3.0 at step 4, 1.0 at 8, 2.0 at 12.
+    result = cli.run("train", folder, ("val-losses", "3.0,1.0,2.0"))
+
+    assert result.returncode == 0, result.stderr
+    assert "done: step 12, best val loss 1.0000" in result.stdout
+    out_dir = folder / "out"
+    best = checkpoint.load(out_dir / checkpoint.BEST_FILE)
+    last = checkpoint.load(out_dir / checkpoint.LAST_FILE)
+    assert best.state.iter_num == best_step
+    assert last.state.iter_num == 12
+    assert last.state.best_val_loss == best.state.best_val_loss == 1.0
+
+
+# --- file-system errors: one line, exit 2, the files there before intact ----------------------
+
+
+@pytest.fixture
+def small_disk(workdir: Path) -> Generator[Path]:
+    """A 2 MiB tmpfs mounted in workdir; skipped where this process may not mount one."""
+    disk = workdir / "disk"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True, check=False)
+
+
+def trained_into(workdir: Path, cli: Cli, out_dir: Path) -> Path:
+    """A bundestag_char run trained to step 4 (evaluations at 2 and 4) into `out_dir`;
+    its config then asks for 8 steps. Returns the experiment folder."""
+    changes: dict[str, TomlValue] = {
+        "train.runtime.max_iters": 4,
+        "train.runtime.eval_interval": 2,
+        "train.runtime.out_dir": str(out_dir),
+    }
+    folder = prepared_run(workdir, cli, changes)
+    assert cli.run("train", folder).returncode == 0
+    reconfigure(folder, {**changes, "train.runtime.max_iters": 8})
+    return folder
+
+
+@pytest.mark.parametrize("how", ["a real full tmpfs", "an injected ENOSPC"])
+def test_a_full_disk_during_a_checkpoint_save_is_one_error_line_and_the_checkpoints_stay(
+    workdir: Path, cli: Cli, request: pytest.FixtureRequest, how: str
+) -> None:
+    # A full disk fails the write (or its fsync) with no file name; the line names the file.
+    real = how == "a real full tmpfs"
+    out_dir = (request.getfixturevalue("small_disk") if real else workdir) / "out"
+    folder = trained_into(workdir, cli, out_dir)
+    before = sha256_of_files(out_dir)
+    fault: tuple[str, ...] = ()
+    if real:
+        free = os.statvfs(out_dir)
+        (out_dir.parent / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 64 * 1024))
+    else:
+        fault = ("fail-fsync", checkpoint.BEST_FILE, "ENOSPC")
+
+    line = assert_one_error_line(cli.run("train", folder, fault))
+
+    assert line.startswith(
+        f"error: No space left on device: {out_dir / checkpoint.BEST_FILE}; the disk is full"
+    )
+    assert sha256_of_files(out_dir) == before
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "a real read-only mount",
+        "an injected EROFS",
+        "a real unwritable folder",
+        "an injected EACCES",
+    ],
+)
+def test_a_read_only_or_unwritable_out_dir_is_one_error_line_and_the_checkpoints_stay(
+    workdir: Path, cli: Cli, request: pytest.FixtureRequest, how: str
+) -> None:
+    read_only = "EROFS" in how or "read-only" in how
+    disk = request.getfixturevalue("small_disk") if how == "a real read-only mount" else workdir
+    out_dir = disk / "out"
+    folder = trained_into(workdir, cli, out_dir)
+    before = sha256_of_files(out_dir)
+    code = errno.EROFS if read_only else errno.EACCES
+    fault: tuple[str, ...] = ()
+    prefix: list[str] = []
+    if how == "a real read-only mount":
+        remounted = subprocess.run(
+            ["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True, check=False
+        )
+        assert remounted.returncode == 0, remounted.stderr
+    elif how == "a real unwritable folder":
+        prefix = without_root_file_access()
+        out_dir.chmod(0o555)
+    else:
+        fault = ("refuse-open", checkpoint.BEST_FILE, errno.errorcode[code])
+
+    line = assert_one_error_line(cli.run("train", folder, fault, prefix=prefix))
+
+    assert line.startswith(f"error: {os.strerror(code)}: {out_dir}{os.sep}")
+    assert ("read-only" if read_only else "make the folder writable") in line
+    assert sha256_of_files(out_dir) == before
+
+
+def without_root_file_access() -> list[str]:
+    """A command prefix under which root, too, is bound by file permissions: setpriv drops
+    the capabilities that let root write anywhere. Nothing for other users; skips where
+    root cannot drop them."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root ignores file permissions and setpriv is missing to drop that")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.parametrize("where", ["dataset_dir", "out_dir"])
+def test_a_file_where_a_folder_should_be_is_one_error_line(
+    workdir: Path, cli: Cli, where: str
+) -> None:
+    blocker = workdir / "blocker"
+    blocker.write_text("a file, not a folder", encoding="utf-8")
+    key = "prepare.dataset_dir" if where == "dataset_dir" else "train.runtime.out_dir"
+    folder = experiment(workdir, "bundestag_char", {key: str(blocker / where)})
+
+    line = assert_one_error_line(cli.run("loop", folder))
+
+    assert str(blocker) in line
+    assert blocker.read_text(encoding="utf-8") == "a file, not a folder"

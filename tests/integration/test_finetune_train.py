@@ -6,11 +6,9 @@ and Gemma3 models of tests/finetune_helpers.py as `model_name`, on CPU in float3
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import math
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
@@ -19,11 +17,10 @@ import torch
 
 from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig, LoadedConfig
-from ml_playground.errors import CheckpointError, ConfigError, DataError, SavedAndStopped
+from ml_playground.errors import CheckpointError, ConfigError, DataError
 from ml_playground.finetune.inference import load_hf, load_trained
 from ml_playground.finetune.trainer import next_token_loss, train_lora
 from ml_playground.sample.run import sample_texts
-from ml_playground.train import loop
 from ml_playground.train.reporting import (
     TAG_LR,
     TAG_STEP_TIME_MS,
@@ -110,43 +107,6 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run_exactly(
     lora = [key for key in got if "lora_" in key]
     assert lora
     assert all(not torch.equal(at_stop[key], got[key]) for key in lora)
-
-
-@contextlib.contextmanager
-def ctrl_c_after(steps: int) -> Generator[Callable[[], bool]]:
-    """Stand-in for the loop's SIGINT handler: a stop is requested after `steps` steps."""
-    checks = itertools.count(1)
-    yield lambda: next(checks) >= steps
-
-
-def test_a_stop_at_an_eval_boundary_resumes_into_the_uninterrupted_run(
-    tmp_path: Path, tiny_models: TinyModels, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings: dict[str, TomlValue] = {
-        "train.peft.lora_dropout": 0.1,
-        "train.runtime.max_iters": 6,
-        "train.runtime.eval_interval": 3,
-    }
-    straight = experiment(tmp_path / "straight", tiny_models, settings)
-    train_lora(straight.config)
-    stopped = experiment(tmp_path / "stopped", tiny_models, settings)
-    with monkeypatch.context() as patched:
-        patched.setattr(loop, "stop_requests", lambda: ctrl_c_after(3))
-        with pytest.raises(SavedAndStopped):
-            train_lora(stopped.config)
-    # The boundary at step 3 was evaluated before the stop, as in the uninterrupted run.
-    best_at_stop = checkpoint.adapters_dir(stopped.config.train.runtime.out_dir, checkpoint.BEST)
-    assert checkpoint.load_state(best_at_stop).iter_num == 3
-
-    train_lora(stopped.config)
-
-    a, b = (run.config.train.runtime.out_dir for run in (straight, stopped))
-    for slot in (checkpoint.BEST, checkpoint.LAST, checkpoint.FINAL):
-        expected, got = adapter_weights(a, slot), adapter_weights(b, slot)
-        assert all(torch.equal(tensor, got[key]) for key, tensor in expected.items()), slot
-        states = [checkpoint.load_state(checkpoint.adapters_dir(out, slot)) for out in (a, b)]
-        assert states[0].iter_num == states[1].iter_num, slot
-        assert states[0].best_val_loss == states[1].best_val_loss, slot
 
 
 def test_the_same_tensorboard_tags_as_the_from_scratch_trainer(

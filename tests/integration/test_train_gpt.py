@@ -6,26 +6,24 @@ with a model small enough that tens of steps take about a second on one CPU thre
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import math
 import shutil
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ml_playground import checkpoint
 from ml_playground.data.token_dataset import read_meta
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.run import sample_texts
-from ml_playground.train import loop, reporting
+from ml_playground.train import reporting
 from ml_playground.train.gpt import OUT_META, train_gpt
 from ml_playground.train.schedule import learning_rate_at
+from tests.cli_helpers import scalar_events, tensors
 from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
 
 
@@ -39,31 +37,6 @@ def train(folder: Path, changes: Mapping[str, TomlValue] | None = None) -> Path:
 def raw_checkpoint(path: Path) -> dict[str, Any]:
     loaded: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     return loaded
-
-
-def tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor in a nested checkpoint payload, keyed by its path in the tree."""
-    found: dict[str, torch.Tensor] = {}
-    if isinstance(tree, torch.Tensor):
-        found[prefix] = tree
-    elif isinstance(tree, Mapping):
-        for key, value in cast(Mapping[object, object], tree).items():
-            found.update(tensors(value, f"{prefix}/{key}"))
-    elif isinstance(tree, list | tuple):
-        for index, value in enumerate(cast(Sequence[object], tree)):
-            found.update(tensors(value, f"{prefix}/{index}"))
-    return found
-
-
-def scalar_events(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar TensorBoard recorded under log_dir, by tag, as (step, value) pairs."""
-    # tensorboard ships no type information; Any keeps the untyped surface to this function.
-    accumulator: Any = EventAccumulator(str(log_dir))
-    accumulator.Reload()
-    return {
-        str(tag): [(int(event.step), float(event.value)) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-    }
 
 
 # --- a run from scratch ---------------------------------------------------------------------
@@ -324,97 +297,7 @@ def test_a_vocab_size_larger_than_the_tokenizers_trains_and_samples_only_known_i
     assert set(texts[0]) <= known
 
 
-# --- Ctrl-C ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def ctrl_c_after(steps: int) -> Generator[Callable[[], bool]]:
-    """Stand-in for the loop's SIGINT handler: a stop is requested after `steps` steps."""
-    checks = itertools.count(1)
-    yield lambda: next(checks) >= steps
-
-
-@pytest.mark.parametrize("stop_at", [4, 5], ids=["at-an-eval-boundary", "between-evals"])
-def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_at: int
-) -> None:
-    # Dropout draws from the RNG the checkpoint restores; both runs must agree on every
-    # evaluation (TensorBoard), on which step is best and on what last and best hold.
-    changes: dict[str, TomlValue] = {
-        "train.model.dropout": 0.1,
-        "train.runtime.max_iters": 12,
-        "train.runtime.eval_interval": 4,
-        "train.runtime.tensorboard_enabled": True,
-    }
-    uninterrupted = train(tmp_path / "a", changes)
-    folder = tmp_path / "b"
-    with monkeypatch.context() as patched:
-        patched.setattr(loop, "stop_requests", lambda: ctrl_c_after(stop_at))
-        with pytest.raises(KeyboardInterrupt):
-            train(folder, changes)
-    assert checkpoint.load(folder / "out" / checkpoint.LAST_FILE).state.iter_num == stop_at
-    resumed = train(folder, changes)
-
-    for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE):
-        a, b = checkpoint.load(uninterrupted / name), checkpoint.load(resumed / name)
-        assert (a.state.iter_num, a.state.best_val_loss) == (
-            b.state.iter_num,
-            b.state.best_val_loss,
-        )
-        assert all(torch.equal(a.model[key], b.model[key]) for key in a.model), name
-    expected = scalar_events(uninterrupted / reporting.TB_SUBDIR)
-    actual = scalar_events(resumed / reporting.TB_SUBDIR)
-    for tag in (reporting.TAG_VAL_LOSS, reporting.TAG_EVAL_TRAIN_LOSS):
-        assert [step for step, _ in actual[tag]] == [4, 8, 12]
-        assert actual[tag] == expected[tag], tag
-
-
-class SimulatedKillError(Exception):
-    """The process dying between two checkpoint writes."""
-
-
-def test_a_kill_between_the_best_and_last_writes_leaves_a_pair_that_resume_repairs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    changes: dict[str, TomlValue] = {
-        "train.runtime.max_iters": 8,
-        "train.runtime.eval_interval": 4,
-    }
-    uninterrupted = train(tmp_path / "a", changes)
-    folder = tmp_path / "b"
-    save = checkpoint.save
-
-    def killed_after_the_first_write_at_step_8(path: Path, saved: checkpoint.Checkpoint) -> None:
-        save(path, saved)
-        if saved.state.iter_num == 8:
-            raise SimulatedKillError
-
-    with monkeypatch.context() as patched:
-        patched.setattr(checkpoint, "save", killed_after_the_first_write_at_step_8)
-        with pytest.raises(SimulatedKillError):
-            train(folder, changes)
-    resumed = train(folder, changes)
-
-    expected, actual = (
-        checkpoint.load(out / checkpoint.BEST_FILE) for out in (uninterrupted, resumed)
-    )
-    assert actual.state.iter_num == expected.state.iter_num == 8
-    assert actual.state.best_val_loss == expected.state.best_val_loss
-    assert all(torch.equal(actual.model[key], expected.model[key]) for key in expected.model)
-    last = checkpoint.load(resumed / checkpoint.LAST_FILE)
-    assert last.state.best_val_loss == actual.state.best_val_loss
-
-
-def test_the_next_run_removes_what_a_killed_save_left_behind(tmp_path: Path) -> None:
-    folder = tmp_path / "exp"
-    out_dir = train(folder, {"train.runtime.max_iters": 2})
-    leftover = out_dir / f".{checkpoint.LAST_FILE}.k2j3.tmp"
-    leftover.write_bytes(b"half a checkpoint")
-
-    train_gpt(reconfigure(folder, {"train.runtime.max_iters": 4}).config)
-
-    assert not leftover.exists()
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 4
+# --- a damaged training state ---------------------------------------------------------------
 
 
 def test_an_optimizer_state_that_does_not_fit_stops_the_resume_naming_the_file(
@@ -433,34 +316,3 @@ def test_an_optimizer_state_that_does_not_fit_stops_the_resume_naming_the_file(
         train_gpt(reconfigure(folder, {"train.runtime.max_iters": 4}).config)
 
     assert last.read_bytes() == before
-
-
-@pytest.mark.parametrize(
-    ("always_save", "best_step"), [(False, 8), (True, 12)], ids=["lowest", "always-save"]
-)
-def test_best_holds_the_step_with_the_lowest_val_loss_unless_always_save_is_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always_save: bool, best_step: int
-) -> None:
-    # Validation falls, then rises: 3.0 at step 4, 1.0 at 8, 2.0 at 12.
-    scripted = iter([3.0, 1.0, 2.0])
-
-    def evaluate(run: loop.Run) -> dict[str, float]:
-        del run
-        return {"train": 0.0, "val": next(scripted)}
-
-    monkeypatch.setattr(loop, "evaluate", evaluate)
-
-    out_dir = train(
-        tmp_path / "exp",
-        {
-            "train.runtime.max_iters": 12,
-            "train.runtime.eval_interval": 4,
-            "train.runtime.always_save_checkpoint": always_save,
-        },
-    )
-
-    best = checkpoint.load(out_dir / checkpoint.BEST_FILE)
-    last = checkpoint.load(out_dir / checkpoint.LAST_FILE)
-    assert best.state.iter_num == best_step
-    assert last.state.iter_num == 12
-    assert last.state.best_val_loss == best.state.best_val_loss == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -67,3 +68,19 @@ def test_leftovers_of_a_killed_write_are_removed_and_nothing_else(tmp_path: Path
         "ckpt_last.pt",
         "meta.json",
     ]
+
+
+def test_a_write_error_without_a_file_name_names_the_file_being_written(tmp_path: Path) -> None:
+    # A full disk fails write() with ENOSPC and no name; the user needs to know which file.
+    path = tmp_path / "ckpt_last.pt"
+
+    with (
+        pytest.raises(OSError, match="No space left on device") as error,
+        atomic.atomic_open(path) as handle,
+    ):
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []
