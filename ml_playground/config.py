@@ -39,6 +39,8 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 Device = Literal["cpu", "mps", "cuda", "auto"]
 DType = Literal["float32", "bfloat16", "float16"]
+DTypeChoice = Literal[DType, "auto"]
+"""What a dtype key accepts: a dtype, or "auto" (runtime: from the hardware, see device.py)."""
 
 
 class SpeechesConfig(Section):
@@ -115,7 +117,7 @@ class RuntimeConfig(Section):
     always_save_checkpoint: bool = False
     seed: int = 1337
     device: Device = "auto"
-    dtype: DType = "float32"
+    dtype: DTypeChoice = "float32"
     compile: bool = False
     tensorboard_enabled: bool = True
 
@@ -130,7 +132,7 @@ class HFModelConfig(Section):
     save_merged: bool = False
     # The dtype the frozen base weights are stored in; "auto" follows runtime.dtype.
     # LoRA weights and the optimizer always stay float32.
-    dtype: DType | Literal["auto"] = "auto"
+    dtype: DTypeChoice = "auto"
 
 
 class PeftConfig(Section):

@@ -134,11 +134,13 @@ def train(run: Run) -> TrainSummary:
         tensorboard=runtime.tensorboard_enabled,
         enabled=run.ranks.is_main,
     ) as reporter:
+        precision = run.precision
         reporter.say(
-            f"{run.description} on {run.precision.device} ({runtime.dtype}); "
+            f"{run.description} on {precision.device}; "
             f"{run.tokens_per_step:,} tokens per optimizer step; "
             f"{f'resuming at step {start}' if run.resumed else 'fresh start'}"
         )
+        reporter.say(f"precision: {precision.dtype_name} ({precision.reason})")
         if runtime.eval_only:
             losses = evaluate(run)
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])

@@ -164,6 +164,10 @@ INVALID = {
         "[train.peft]\nr = 4\n",
         ["[train.peft] needs a [train.hf_model] section"],
     ),
+    "unknown dtype": (
+        '[train.runtime]\ndtype = "fp8"\n',
+        ["invalid value for train.runtime.dtype", "'auto'", "'fp8' (str)"],
+    ),
 }
 
 
