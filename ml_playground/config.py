@@ -39,6 +39,9 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 Device = Literal["cpu", "mps", "cuda", "auto"]
 DType = Literal["float32", "bfloat16", "float16"]
+DTypeChoice = Literal[DType, "auto"]
+"""What a dtype key accepts: a dtype, or "auto" (runtime: from the hardware, see device.py)."""
+OptimizerName = Literal["adamw", "muon"]
 
 
 class SpeechesConfig(Section):
@@ -106,6 +109,15 @@ class OptimConfig(Section):
     beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
     grad_clip: NonNegativeFloat = 1.0
+    # "muon": Muon for the 2-D matrices inside the transformer blocks, AdamW for the rest.
+    name: OptimizerName = "adamw"
+    # Muon's own peak learning rate (name = "muon" only). Its update is orthogonalised, so
+    # every step moves a matrix by about lr * sqrt(max(1, rows/cols)) in spectral norm,
+    # whatever the gradient's size: 0.02 is what Keller Jordan's Muon, modded-nanogpt and
+    # nanochat use with torch's default ("original") shape adjustment. The schedule scales
+    # it like learning_rate.
+    muon_learning_rate: Annotated[float, Field(gt=0.0)] = 0.02
+    muon_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.95
 
 
 class ScheduleConfig(Section):
@@ -125,7 +137,7 @@ class RuntimeConfig(Section):
     always_save_checkpoint: bool = False
     seed: int = 1337
     device: Device = "auto"
-    dtype: DType = "float32"
+    dtype: DTypeChoice = "float32"
     compile: bool = False
     tensorboard_enabled: bool = True
 
@@ -140,7 +152,7 @@ class HFModelConfig(Section):
     save_merged: bool = False
     # The dtype the frozen base weights are stored in; "auto" follows runtime.dtype.
     # LoRA weights and the optimizer always stay float32.
-    dtype: DType | Literal["auto"] = "auto"
+    dtype: DTypeChoice = "auto"
 
 
 class PeftConfig(Section):
@@ -571,6 +583,12 @@ def _check_rules(config: ExperimentConfig, file_of: typing.Callable[[str], Path]
             "train.model.bias = true is not available with arch = 'llama' (it has no biases); "
             "remove the key",
         )
+    require(
+        train.optim.name != "muon" or train.hf_model is None,
+        "train.optim.name",
+        "train.optim.name = 'muon' is for GPTs trained from scratch, not for LoRA adapters "
+        "on [train.hf_model]; use name = 'adamw'",
+    )
     require(
         train.peft is None or train.hf_model is not None,
         "train.peft",

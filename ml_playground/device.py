@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Set
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ml_playground.config import Device, DType
+from ml_playground.config import Device, DType, DTypeChoice
 from ml_playground.errors import ConfigError
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
+DTYPE_NAMES: dict[torch.dtype, DType] = {
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
 }
+TORCH_DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+CPUINFO = Path("/proc/cpuinfo")
+# Intel's Advanced Matrix Extensions: the tile units that make bfloat16 matmuls fast on a CPU.
+AMX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,12 @@ class Precision:
 
     device: torch.device
     dtype: torch.dtype
+    reason: str = "set in runtime.dtype"
+    """Why this dtype: the key that set it, or what `auto` saw on the hardware."""
+
+    @property
+    def dtype_name(self) -> DType:
+        return DTYPE_NAMES[self.dtype]
 
     @property
     def device_type(self) -> str:
@@ -66,14 +78,55 @@ def resolve_device(name: Device) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(device: Device, dtype: DType) -> Precision:
+def resolve_precision(device: Device, dtype: DTypeChoice) -> Precision:
     resolved = resolve_device(device)
+    if dtype == "auto":
+        cuda_bf16 = resolved.type == "cuda" and torch.cuda.is_bf16_supported()
+        cpu_flags = read_cpu_flags() if resolved.type == "cpu" else None
+        chosen, why = auto_dtype(resolved.type, cpu_flags=cpu_flags, cuda_bf16=cuda_bf16)
+        return Precision(device=resolved, dtype=TORCH_DTYPES[chosen], reason=f"auto: {why}")
     torch_dtype = TORCH_DTYPES[dtype]
     if torch_dtype == torch.float16 and resolved.type == "cpu":
         raise ConfigError(
             "runtime.dtype = 'float16' is not supported on the CPU; use 'bfloat16' or 'float32'"
         )
     return Precision(device=resolved, dtype=torch_dtype)
+
+
+def auto_dtype(
+    device_type: str, *, cpu_flags: Set[str] | None, cuda_bf16: bool
+) -> tuple[DType, str]:
+    """What `dtype = "auto"` trains in on this hardware, and why, as one clause.
+
+    `cpu_flags` are the CPU's feature flags (None when they cannot be read); `cuda_bf16`
+    whether the GPU computes in bfloat16.
+    """
+    if device_type == "cuda":
+        if cuda_bf16:
+            return "bfloat16", "this GPU computes in bfloat16, which needs no grad scaler"
+        return "float16", "this GPU has no bfloat16; float16 with a grad scaler"
+    if device_type == "mps":
+        return "float32", "bfloat16 on MPS needs macOS 14 and float16 a grad scaler"
+    if cpu_flags is None:
+        return "float32", "this CPU's features cannot be read, float32 is the safe choice"
+    if AMX_FLAGS & cpu_flags:
+        return "bfloat16", "this CPU has AMX matrix units for bfloat16"
+    # Measured on this project's machines (AMD EPYC with avx512_bf16, no AMX): a small
+    # GPT trained 2.6x slower under bfloat16 autocast than in float32.
+    return "float32", "this CPU has no AMX matrix units, bfloat16 autocast would be slower"
+
+
+def read_cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo; None where there is none (off Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()  # no x86 flags line (an ARM CPU, say): no AMX either
 
 
 def seed_everything(seed: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, cast
 
@@ -80,7 +80,7 @@ def precision_for(ranks: Ranks, precision: Precision) -> Precision:
     """`precision` on this rank's device: on CUDA each process drives the GPU matching its
     local rank."""
     if precision.device.type == "cuda" and ranks.is_distributed:
-        return Precision(torch.device("cuda", ranks.local_rank), precision.dtype)
+        return replace(precision, device=torch.device("cuda", ranks.local_rank))
     return precision
 
 

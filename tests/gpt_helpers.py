@@ -41,6 +41,8 @@ TINY_SETTINGS: Mapping[str, TomlValue] = {
     "train.runtime.eval_iters": 4,
     "train.runtime.log_interval": 10,
     "train.runtime.device": "cpu",
+    # Not the presets' "auto": a test computes the same on every machine.
+    "train.runtime.dtype": "float32",
     "train.runtime.tensorboard_enabled": False,
     "sample.sample.start": "ROMEO:",
     "sample.sample.num_samples": 1,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ml_playground.config import HFModelConfig, PeftConfig, RuntimeConfig
-from ml_playground.device import TORCH_DTYPES
+from ml_playground.device import TORCH_DTYPES, resolve_precision
 from ml_playground.errors import CheckpointError, ConfigError
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_model_config
 
@@ -43,8 +43,13 @@ PEFT_DEPRECATION = r".*is_gradient_checkpointing.*"
 
 
 def weights_dtype(hf: HFModelConfig, runtime: RuntimeConfig) -> torch.dtype:
-    """The dtype the base weights are stored in: hf_model.dtype, or runtime.dtype for auto."""
-    return TORCH_DTYPES[runtime.dtype if hf.dtype == "auto" else hf.dtype]
+    """The dtype the base weights are stored in: hf_model.dtype, or runtime.dtype for auto
+    (resolved from the hardware when that is auto too)."""
+    if hf.dtype != "auto":
+        return TORCH_DTYPES[hf.dtype]
+    if runtime.dtype != "auto":
+        return TORCH_DTYPES[runtime.dtype]
+    return resolve_precision(runtime.device, runtime.dtype).dtype
 
 
 def attention_implementation(hf: HFModelConfig, source: ModelSource) -> str | None:

@@ -65,7 +65,7 @@ def load_gpt(config: ExperimentConfig) -> LoadedModel:
     # Casting the weights once halves what bfloat16/float16 read per token; autocast would
     # instead re-cast each float32 weight at every token and read more than float32 does.
     model.to(precision.dtype)
-    in_dtype = "" if precision.dtype == torch.float32 else f" in {runtime.dtype}"
+    in_dtype = "" if precision.dtype == torch.float32 else f" in {precision.dtype_name}"
     eot = tokenizer.eot_id
     return LoadedModel(
         description=f"sampling from {path}{in_dtype}",

@@ -47,6 +47,7 @@ from ml_playground.distributed import (
 )
 from ml_playground.errors import CheckpointError, SavedAndStopped
 from ml_playground.train.interrupt import stop_requests
+from ml_playground.train.optim import Optimizers, build_optimizers, saved_optimizer
 from ml_playground.train.reporting import RunReporter
 from ml_playground.train.schedule import learning_rate_at
 
@@ -81,8 +82,8 @@ class Run:
     """The model as trained: wrapped in DDP under a launcher, compiled where asked."""
     ddp: DistributedDataParallel | None
     parameters: list[nn.Parameter]
-    """What the optimizer trains and the gradient clip sees."""
-    optimizer: torch.optim.Optimizer
+    """What the optimizers train and the gradient clip sees."""
+    optimizer: Optimizers
     scaler: torch.amp.GradScaler
     sampler: BatchSampler
     files: TokenFiles
@@ -134,11 +135,13 @@ def train(run: Run) -> TrainSummary:
         tensorboard=runtime.tensorboard_enabled,
         enabled=run.ranks.is_main,
     ) as reporter:
+        precision = run.precision
         reporter.say(
-            f"{run.description} on {run.precision.device} ({runtime.dtype}); "
+            f"{run.description} on {precision.device}; "
             f"{run.tokens_per_step:,} tokens per optimizer step; "
             f"{f'resuming at step {start}' if run.resumed else 'fresh start'}"
         )
+        reporter.say(f"precision: {precision.dtype_name} ({precision.reason})")
         if runtime.eval_only:
             losses = evaluate(run)
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
@@ -198,12 +201,12 @@ def train(run: Run) -> TrainSummary:
 
 
 def optimizer_step(run: Run, lr: float) -> torch.Tensor:
-    """Accumulate gradients over fresh micro-batches, clip once, step once at `lr`.
+    """Accumulate gradients over fresh micro-batches, clip once, step once at `lr`
+    (AdamW's learning rate; Muon's follows in proportion).
 
     Returns the step's mean loss as a device tensor (reading it would sync the host).
     """
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    run.optimizer.set_learning_rate(lr)
     accum = run.train.data.grad_accum_steps
     total = torch.zeros((), device=run.precision.device)
     for micro in range(accum):
@@ -219,11 +222,11 @@ def optimizer_step(run: Run, lr: float) -> torch.Tensor:
         assert isinstance(scaled, torch.Tensor)  # scale() maps a tensor to a tensor
         torch.autograd.backward(scaled)  # typed, unlike Tensor.backward in torch's stubs
     if run.train.optim.grad_clip > 0:
-        run.scaler.unscale_(run.optimizer)
+        run.optimizer.unscale_gradients(run.scaler)
         nn.utils.clip_grad_norm_(run.parameters, run.train.optim.grad_clip)
-    run.scaler.step(run.optimizer)
+    run.optimizer.step(run.scaler)
     run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad()
     return total
 
 
@@ -326,7 +329,7 @@ def assemble_run(
         forward=model,
         ddp=None,
         parameters=parameters,
-        optimizer=adamw(parameters, train, precision),
+        optimizer=build_optimizers(model, train, precision),
         scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
         sampler=BatchSampler(
             files.train,
@@ -363,28 +366,6 @@ def assemble_run(
     return run
 
 
-def adamw(
-    parameters: list[nn.Parameter], train: TrainConfig, precision: Precision
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only.
-
-    Biases and norm gains are vectors that shift and scale activations; decaying them
-    toward zero regularises nothing useful and fights the normalisation.
-    """
-    optim = train.optim
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    groups = [group for group in groups if group["params"]]
-    betas = (optim.beta1, optim.beta2)
-    if precision.device_type in ("cuda", "cpu"):
-        # The fused kernel updates every parameter in one pass (on a 30M-parameter GPT on
-        # CPU about 4x faster than foreach).
-        return torch.optim.AdamW(groups, lr=optim.learning_rate, betas=betas, fused=True)
-    return torch.optim.AdamW(groups, lr=optim.learning_rate, betas=betas, foreach=True)
-
-
 def trainable_names(model: nn.Module) -> tuple[str, ...]:
     """The names of the parameters that train, in optimizer order."""
     return tuple(name for name, parameter in model.named_parameters() if parameter.requires_grad)
@@ -396,6 +377,13 @@ def _restore(run: Run, state: TrainingState, source: str) -> None:
     If `source` was saved by another number of ranks, the streams restart from their
     seeds and rank 0 says so.
     """
+    saved, configured = saved_optimizer(state.optimizer), run.train.optim.name
+    if saved != configured:
+        raise CheckpointError(
+            f"{source} was trained with train.optim.name = '{saved}' but the config says "
+            f"'{configured}'; set name = '{saved}' to resume it, or move the file away to "
+            f"start fresh with {configured}"
+        )
     try:
         run.optimizer.load_state_dict(state.optimizer)
     except (KeyError, ValueError, TypeError, RuntimeError):

@@ -164,6 +164,18 @@ INVALID = {
         "[train.peft]\nr = 4\n",
         ["[train.peft] needs a [train.hf_model] section"],
     ),
+    "unknown optimizer": (
+        '[train.optim]\nname = "sgd"\n',
+        ["invalid value for train.optim.name", "'adamw' or 'muon'", "'sgd' (str)"],
+    ),
+    "muon for LoRA adapters": (
+        '[train.optim]\nname = "muon"\n[train.hf_model]\nmodel_name = "m"\n',
+        ["train.optim.name = 'muon' is for GPTs trained from scratch", "use name = 'adamw'"],
+    ),
+    "unknown dtype": (
+        '[train.runtime]\ndtype = "fp8"\n',
+        ["invalid value for train.runtime.dtype", "'auto'", "'fp8' (str)"],
+    ),
 }
 
 

@@ -8,7 +8,7 @@ from ml_playground.config import TrainConfig
 from ml_playground.device import resolve_precision
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.train.loop import adamw
+from ml_playground.train.optim import adamw
 
 TINY = GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
