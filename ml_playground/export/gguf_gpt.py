@@ -18,6 +18,7 @@ import torch
 from ml_playground.export.bpe_vocab import ByteLevelVocab
 from ml_playground.export.gguf_arch import GGUFArch, GGUFTensor
 from ml_playground.export.gguf_gpt2 import GPT2
+from ml_playground.export.gguf_llama import LLAMA, QWEN3
 from ml_playground.export.llama_cpp import NativeQuant
 from ml_playground.model.config import GPTConfig
 
@@ -30,7 +31,9 @@ FILE_TYPES: Mapping[NativeQuant, gguf.LlamaFileType] = {
 
 def arch_for(config: GPTConfig) -> GGUFArch:
     """The llama.cpp architecture whose graph computes exactly what this model does."""
-    return GPT2
+    if config.arch == "gpt2":
+        return GPT2
+    return QWEN3 if config.qk_norm else LLAMA
 
 
 def storage_type(tensor: GGUFTensor, quant: NativeQuant) -> gguf.GGMLQuantizationType:
