@@ -60,7 +60,7 @@ def random_gpt(config: GPTConfig, seed: int = 0) -> GPT:
     model = GPT(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "ln_" in name or name.endswith(".bias"):
+            if "ln_" in name or "_norm" in name or name.endswith(".bias"):
                 param.add_(0.1 * torch.randn_like(param))
     return model
 

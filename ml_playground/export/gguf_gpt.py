@@ -1,35 +1,26 @@
-"""Write a from-scratch GPT as a GGUF file of llama.cpp's `gpt2` architecture.
+"""Write a from-scratch GPT as a GGUF file llama.cpp runs without conversion.
 
-Our GPT is GPT-2's architecture with `nn.Linear` layers, so every tensor maps one to one
-onto a llama.cpp `gpt2` tensor. llama.cpp stores a matrix with ggml's dimension order
-{in, out}, which in numpy's row-major order is (out, in): exactly `nn.Linear.weight`, so
-nothing is transposed (Hugging Face's GPT-2 uses Conv1D, (in, out), which its converter
-transposes). Three differences from our checkpoints are bridged here:
-
-- llama.cpp's `gpt2` graph requires every bias; a model trained with `bias = false` gets
-  zero biases, which compute exactly what no bias computes.
-- The embedding is padded to a multiple of 64 rows for speed; the extra rows are no tokens,
-  so they are dropped (kept, llama.cpp would sample them: it cannot mask them as we do).
-- `lm_head` is tied to the token embedding; llama.cpp reuses `token_embd` when there is no
-  `output` tensor, so it is not written twice.
+Which llama.cpp architecture holds it follows from the model's own `arch` (`arch_for`):
+`gpt2` for GPT-2, `llama` for the llama block, `qwen3` for a llama block with QK-norm.
+Everything else is the same for all of them and written here: the keys every architecture
+shares, GPT-2's byte-level BPE tokenizer, and how each tensor is stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import gguf
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from ml_playground.export.bpe_vocab import ByteLevelVocab
+from ml_playground.export.gguf_arch import GGUFArch, GGUFTensor
+from ml_playground.export.gguf_gpt2 import GPT2
+from ml_playground.export.gguf_llama import LLAMA, QWEN3
 from ml_playground.export.llama_cpp import NativeQuant
-from ml_playground.model.config import NORM_EPS, GPTConfig
-
-ARCH = "gpt2"
+from ml_playground.model.config import GPTConfig
 
 FILE_TYPES: Mapping[NativeQuant, gguf.LlamaFileType] = {
     "f32": gguf.LlamaFileType.ALL_F32,
@@ -37,70 +28,12 @@ FILE_TYPES: Mapping[NativeQuant, gguf.LlamaFileType] = {
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
 
-Float32Array = npt.NDArray[np.float32]
 
-
-@dataclass(frozen=True)
-class GGUFTensor:
-    """One tensor as GGUF will hold it: its name and float32 values in numpy layout."""
-
-    name: str
-    values: Float32Array
-
-
-def tensor_name(kind: gguf.MODEL_TENSOR, suffix: str, block: int | None = None) -> str:
-    """llama.cpp's name for a tensor, e.g. `blk.0.attn_qkv.weight`, from gguf's own table."""
-    base = gguf.TENSOR_NAMES[kind]
-    return f"{base.format(bid=block) if block is not None else base}.{suffix}"
-
-
-# Our parameter (after `transformer.h.N.`) -> llama.cpp tensor, for each block.
-BLOCK_TENSORS: Mapping[str, gguf.MODEL_TENSOR] = {
-    "ln_1": gguf.MODEL_TENSOR.ATTN_NORM,
-    "attn.c_attn": gguf.MODEL_TENSOR.ATTN_QKV,
-    "attn.c_proj": gguf.MODEL_TENSOR.ATTN_OUT,
-    "ln_2": gguf.MODEL_TENSOR.FFN_NORM,
-    "mlp.c_fc": gguf.MODEL_TENSOR.FFN_UP,
-    "mlp.c_proj": gguf.MODEL_TENSOR.FFN_DOWN,
-}
-
-
-def gguf_tensors(
-    state: Mapping[str, torch.Tensor], config: GPTConfig, n_tokens: int
-) -> Iterator[GGUFTensor]:
-    """Every tensor llama.cpp's `gpt2` loads, in float32, from a GPT state dict.
-
-    Only the first `n_tokens` embedding rows are tokens; the rest is padding.
-    """
-
-    def values(name: str) -> Float32Array:
-        array: Float32Array = state[name].detach().to(torch.float32).cpu().numpy()
-        return array
-
-    def bias_or_zeros(module: str, width: int) -> Float32Array:
-        key = f"{module}.bias"
-        return values(key) if key in state else np.zeros(width, dtype=np.float32)
-
-    def layer(
-        kind: gguf.MODEL_TENSOR, module: str, width: int, block: int | None
-    ) -> list[GGUFTensor]:
-        return [
-            GGUFTensor(tensor_name(kind, "weight", block), values(f"{module}.weight")),
-            GGUFTensor(tensor_name(kind, "bias", block), bias_or_zeros(module, width)),
-        ]
-
-    d = config.n_embd
-    embedding = values("transformer.wte.weight")[:n_tokens]
-    yield GGUFTensor(tensor_name(gguf.MODEL_TENSOR.TOKEN_EMBD, "weight"), embedding)
-    yield GGUFTensor(
-        tensor_name(gguf.MODEL_TENSOR.POS_EMBD, "weight"), values("transformer.wpe.weight")
-    )
-    for block in range(config.n_layer):
-        for ours, kind in BLOCK_TENSORS.items():
-            module = f"transformer.h.{block}.{ours}"
-            width = state[f"{module}.weight"].shape[0]
-            yield from layer(kind, module, width, block)
-    yield from layer(gguf.MODEL_TENSOR.OUTPUT_NORM, "transformer.ln_f", d, None)
+def arch_for(config: GPTConfig) -> GGUFArch:
+    """The llama.cpp architecture whose graph computes exactly what this model does."""
+    if config.arch == "gpt2":
+        return GPT2
+    return QWEN3 if config.qk_norm else LLAMA
 
 
 def storage_type(tensor: GGUFTensor, quant: NativeQuant) -> gguf.GGMLQuantizationType:
@@ -131,11 +64,13 @@ def write_gpt_gguf(
     n_tokens = len(vocab.tokens)
     if n_tokens > config.vocab_size:
         raise ValueError(f"tokenizer has {n_tokens} tokens but the model only {config.vocab_size}")
-    writer = gguf.GGUFWriter(path, ARCH)
+    arch = arch_for(config)
+    writer = gguf.GGUFWriter(path, arch.name)
     try:
         _add_metadata(writer, config, n_tokens, quant, model_name)
+        arch.hyperparameters(writer, config)
         _add_tokenizer(writer, vocab)
-        for tensor in gguf_tensors(state, config, n_tokens):
+        for tensor in arch.tensors(state, config, n_tokens):
             _add_tensor(writer, tensor, storage_type(tensor, quant))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -153,10 +88,9 @@ def _add_metadata(
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(config.block_size)
     writer.add_embedding_length(config.n_embd)
-    writer.add_feed_forward_length(4 * config.n_embd)
+    writer.add_feed_forward_length(config.hidden_size)
     writer.add_block_count(config.n_layer)
     writer.add_head_count(config.n_head)
-    writer.add_layer_norm_eps(NORM_EPS)
     writer.add_vocab_size(n_tokens)
 
 

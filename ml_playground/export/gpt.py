@@ -14,16 +14,17 @@ from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec
 from ml_playground.errors import ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.bpe_vocab import GPT2_PRETOKENIZER_ENCODINGS, ByteLevelVocab, gpt2_vocab
-from ml_playground.export.gguf_gpt import write_gpt_gguf
+from ml_playground.export.gguf_gpt import arch_for, write_gpt_gguf
 from ml_playground.export.llama_cpp import NATIVE_QUANTS, NativeQuant
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults, raw_completion_template
 from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.model.config import GPTConfig
 
 GGUF_NAME = "model.gguf"
-ROUTE = "gguf-native-gpt2"
+# The from-scratch GPT written natively, whichever llama.cpp architecture holds it.
+ROUTE = "gguf-native-gpt"
 # Bump when the bytes this route writes change, so that older stamps no longer match.
-ROUTE_VERSION = 1
+ROUTE_VERSION = 2
 CHECKPOINT_FILES = {"best": checkpoint.BEST_FILE, "last": checkpoint.LAST_FILE}
 
 CHAR_REFUSAL = (
@@ -116,13 +117,14 @@ class GPTExport:
         self, model_config: GPTConfig, vocab: ByteLevelVocab, sampling: SamplingDefaults
     ) -> str:
         quant = self.config.export.ollama.quant
+        arch = arch_for(model_config).name
         return BundleReadme(
             model_name=self.name,
             source=(
                 f"`{self.source}` (iteration {self.ckpt.state.iter_num},"
                 f" best val loss {self.ckpt.state.best_val_loss:.4f})"
             ),
-            weights=[(GGUF_NAME, f"the model: llama.cpp architecture gpt2, {quant}")],
+            weights=[(GGUF_NAME, f"the model: llama.cpp architecture {arch}, {quant}")],
             prompt=example_prompt(self.config),
             sampling=sampling,
             context_length=model_config.block_size,
@@ -131,8 +133,8 @@ class GPTExport:
                 f" generation stops at `{vocab.eos_token}`.",
                 "The template is raw completion: the model continues your prompt as text, as"
                 " it was trained to.",
-                f"The context is {model_config.block_size} tokens, the length the position"
-                " embeddings were learned for; the Modelfile sets `num_ctx` to it.",
+                f"The context is {model_config.block_size} tokens, the length the model was"
+                " trained on; the Modelfile sets `num_ctx` to it.",
             ],
         ).render()
 

@@ -1,4 +1,4 @@
-"""`ml-playground export` as a user runs it, on a GPT with GPT-2's full BPE vocabulary.
+"""`ml-playground export` as a user runs it, on GPTs with GPT-2's full BPE vocabulary.
 
 The exported file is judged by tools we did not write: gguf's GGUFReader reads its keys
 and shapes back, and transformers loads it and must compute our model's logits and greedy
@@ -11,22 +11,26 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import cast
 
 import gguf
 import pytest
 import torch
 
-from ml_playground.config import SampleSettings
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.sample.generate import generate
-from ml_playground.sample.gpt import gpt_step
 from tests.cli_helpers import assert_one_error_line
 from tests.export_helpers import gpt2_encoding, random_gpt, save_checkpoint, write_experiment
+from tests.gguf_helpers import (
+    PROMPT,
+    load_with_transformers,
+    max_logit_difference,
+    our_greedy,
+    read_field,
+    tensor_shapes,
+    their_greedy,
+)
 
-PROMPT = "ROMEO: But soft, what light through yonder window breaks?"
 SMALL = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=64)
 GPT2 = TokenizerSpec(kind="tiktoken", encoding="gpt2")
 
@@ -45,61 +49,65 @@ def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def assert_transformers_runs_like(model: GPT, theirs: torch.nn.Module) -> None:
+    """transformers' model from the file computes our logits (f16) and greedy continuation."""
+    ids = gpt2_encoding().encode_ordinary(PROMPT)
+    assert max_logit_difference(model, theirs, ids) < 1e-2
+    assert their_greedy(theirs, ids, steps=8) == our_greedy(model, ids, steps=8)
+
+
 def trained(folder: Path, model: GPT, spec: TokenizerSpec = GPT2, **export: str | bool) -> Path:
     write_experiment(folder, {"enabled": True, "quant": "f16", **export})
     save_checkpoint(folder / "out", model, spec)
     return folder
 
 
-def test_export_writes_a_gguf_transformers_runs_like_our_model(tmp_path: Path) -> None:
-    model = random_gpt(SMALL)
-    folder = trained(tmp_path / "shakespeare", model)
+def exported(tmp_path: Path, model: GPT, experiment: str) -> Path:
+    """`ml-playground export` of `model`'s checkpoint, succeeded; the bundle's folder."""
+    folder = trained(tmp_path / experiment, model)
 
     result = cli(tmp_path, "export", folder)
 
     assert result.returncode == 0, result.stderr
     export_dir = folder / "export"
-    gguf_path = export_dir / "model.gguf"
-    for name in ("Modelfile", "README.md", "SHA256SUMS"):
+    for name in ("model.gguf", "Modelfile", "README.md", "SHA256SUMS"):
         assert (export_dir / name).is_file()
-    assert f"exported {gguf_path}" in result.stdout
+    assert f"exported {export_dir / 'model.gguf'}" in result.stdout
+    return export_dir
 
+
+def test_export_writes_a_gguf_transformers_runs_like_our_model(tmp_path: Path) -> None:
+    model = random_gpt(SMALL)
+    export_dir = exported(tmp_path, model, "shakespeare")
+
+    gguf_path = export_dir / "model.gguf"
     reader = gguf.GGUFReader(gguf_path)
-    field = reader.get_field("tokenizer.ggml.tokens")
-    assert field is not None
-    assert len(field.data) == 50257
-    merges = reader.get_field("tokenizer.ggml.merges")
-    assert merges is not None
-    assert len(merges.data) == 50000
-    shapes = {tensor.name: tuple(int(n) for n in tensor.data.shape) for tensor in reader.tensors}
+    assert len(read_field(reader, "tokenizer.ggml.tokens")) == 50257
+    assert len(read_field(reader, "tokenizer.ggml.merges")) == 50000
+    shapes = tensor_shapes(reader)
     assert shapes["token_embd.weight"] == (50257, 64)  # the model's 50304 padded rows, cut
     assert shapes["position_embd.weight"] == (64, 64)
-
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - slow import, one test
-
     # n_positions: transformers maps gpt2.context_length to `n_ctx`, which GPT2Config ignores.
-    theirs: torch.nn.Module = AutoModelForCausalLM.from_pretrained(  # pyright: ignore[reportUnknownMemberType] - untyped
-        str(export_dir), gguf_file=gguf_path.name, dtype=torch.float32, n_positions=64
-    )
-    theirs.eval()
-    ids = gpt2_encoding().encode_ordinary(PROMPT)
-    with torch.no_grad():
-        our_logits = model(torch.tensor([ids]))[0, :, :50257]
-        their_logits = cast(torch.Tensor, theirs(torch.tensor([ids])).logits)[0]
-        difference = (our_logits - their_logits).abs().max().item()
-        print(f"f16, GPT-2 vocabulary: max |logit difference| = {difference:.3g}")
-        assert difference < 1e-2
+    assert_transformers_runs_like(model, load_with_transformers(gguf_path, n_positions=64))
 
-        [ours] = generate(gpt_step(model), ids, SampleSettings(temperature=0.0, max_new_tokens=8))
-        context = list(ids)
-        for _ in range(8):
-            logits = cast(torch.Tensor, theirs(torch.tensor([context])).logits)
-            context.append(int(logits[0, -1].argmax()))
-    assert context[len(ids) :] == ours.ids
-
-    again = cli(tmp_path, "convert", folder)
+    again = cli(tmp_path, "convert", export_dir.parent)
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stdout
+
+
+def test_export_of_a_llama_model_writes_llama_cpps_llama_architecture(tmp_path: Path) -> None:
+    model = random_gpt(SMALL.replace(arch="llama", n_kv_head=1, tie_embeddings=False))
+    export_dir = exported(tmp_path, model, "llama")
+
+    gguf_path = export_dir / "model.gguf"
+    reader = gguf.GGUFReader(gguf_path)
+    assert read_field(reader, "general.architecture") == "llama"
+    assert read_field(reader, "llama.attention.head_count_kv") == 1
+    shapes = tensor_shapes(reader)
+    assert shapes["token_embd.weight"] == shapes["output.weight"] == (50257, 64)
+    readme = (export_dir / "README.md").read_text(encoding="utf-8")
+    assert "llama.cpp architecture llama, f16" in readme
+    assert_transformers_runs_like(model, load_with_transformers(gguf_path))
 
 
 def test_export_disabled_is_one_error_line(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, cast
 
 import gguf
 import numpy as np
@@ -20,26 +19,25 @@ import pytest
 import tiktoken
 import torch
 
-from ml_playground.config import SampleSettings
-from ml_playground.export.bpe_vocab import ByteLevelVocab, build_vocab
-from ml_playground.export.gguf_gpt import write_gpt_gguf
 from ml_playground.export.llama_cpp import NativeQuant
 from ml_playground.model.config import NORM_EPS, GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.sample.generate import generate
-from ml_playground.sample.gpt import gpt_step
 from tests.export_helpers import EOT, random_gpt, tiny_bpe_encoding
+from tests.gguf_helpers import (
+    N_RANKS,
+    PROMPT,
+    assert_tokenizer_splits_like_tiktoken,
+    export,
+    load_with_transformers,
+    max_logit_difference,
+    one_torch_thread,
+    our_greedy,
+    read_field,
+    tensor_shapes,
+    their_greedy,
+)
 
-N_RANKS = 600
-PROMPT = "ROMEO: But soft, what light through yonder window breaks?"
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:  Speak, speak!  2024"
-GREEDY_TOKENS = 12
 TOLERANCE: dict[NativeQuant, float] = {"f32": 1e-4, "f16": 1e-2}
-
-
-def tiny_vocab(encoding: tiktoken.Encoding) -> ByteLevelVocab:
-    ranks = {encoding.decode_single_token_bytes(rank): rank for rank in range(N_RANKS)}
-    return build_vocab(ranks, {N_RANKS: EOT}, eos_id=N_RANKS)
 
 
 @pytest.fixture(scope="module")
@@ -47,69 +45,20 @@ def encoding() -> tiktoken.Encoding:
     return tiny_bpe_encoding(N_RANKS)
 
 
-def model_for(bias: bool) -> GPT:
+def model_for(bias: bool, **shape: int | bool) -> GPT:
     # vocab 601 pads to 640 rows: the 39 padding rows must not reach the file.
     config = GPTConfig(
         vocab_size=N_RANKS + 1, block_size=48, n_layer=2, n_head=2, n_embd=64, bias=bias
-    )
+    ).replace(**shape)
     return random_gpt(config, seed=int(bias))
 
 
-def export(folder: Path, model: GPT, encoding: tiktoken.Encoding, quant: NativeQuant) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.gguf"
-    write_gpt_gguf(
-        path, model.state_dict(), model.config, tiny_vocab(encoding), quant=quant, model_name="t"
-    )
-    return path
-
-
-class TextTokenizer(Protocol):
-    """The part of a transformers tokenizer these tests use."""
-
-    eos_token: str
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-
-def load_with_transformers(path: Path, block_size: int) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - slow import, these tests only
-
-    # transformers maps gpt2.context_length onto `n_ctx`, a name GPT2Config no longer reads
-    # (it reads n_positions, default 1024), so a context other than 1024 has to be passed;
-    # test_metadata_holds_every_key_llama_cpp_requires checks the file states it.
-    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(  # pyright: ignore[reportUnknownMemberType] - untyped
-        str(path.parent), gguf_file=path.name, dtype=torch.float32, n_positions=block_size
-    )
-    return model.eval()
-
-
-def transformers_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        output = model(torch.tensor([ids]))
-    return cast(torch.Tensor, output.logits)[0]
-
-
-def our_logits(model: GPT, ids: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        logits: torch.Tensor = model(torch.tensor([ids]))
-    return logits[0, :, : model.config.vocab_size]
-
-
-def greedy(model: torch.nn.Module, ids: list[int], steps: int) -> list[int]:
-    """Greedy decoding with transformers' model, the whole context each step."""
-    context = list(ids)
-    for _ in range(steps):
-        context.append(int(transformers_logits(model, context)[-1].argmax()))
-    return context[len(ids) :]
-
-
-def read_field(reader: gguf.GGUFReader, key: str) -> Any:
-    field = reader.get_field(key)
-    assert field is not None, f"{key} missing"
-    return field.contents()
+def load_gpt2(path: Path, inner: int = 256) -> torch.nn.Module:
+    # transformers maps gpt2.context_length onto `n_ctx` and feed_forward_length onto a key
+    # of the same name, neither of which GPT2Config reads (it reads n_positions, default
+    # 1024, and n_inner, default 4 * n_embd), so both have to be passed; the tests of the
+    # metadata check that the file states them.
+    return load_with_transformers(path, n_positions=48, n_inner=inner)
 
 
 # --- what the file says ------------------------------------------------------------------
@@ -154,7 +103,7 @@ def test_metadata_holds_every_key_llama_cpp_requires(f32_no_bias: Path) -> None:
 
 def test_tensors_have_llama_cpp_names_and_shapes_without_padding_rows(f32_no_bias: Path) -> None:
     reader = gguf.GGUFReader(f32_no_bias)
-    shapes = {tensor.name: tuple(int(n) for n in tensor.data.shape) for tensor in reader.tensors}
+    shapes = tensor_shapes(reader)
 
     d, vocab, ctx = 64, N_RANKS + 1, 48
     expected: dict[str, tuple[int, ...]] = {
@@ -225,52 +174,44 @@ def test_transformers_logits_and_greedy_continuation_match_ours(
     bias: bool,
 ) -> None:
     ours = model_for(bias)
-    theirs = load_with_transformers(export(tmp_path, ours, encoding, quant), block_size=48)
+    theirs = load_gpt2(export(tmp_path, ours, encoding, quant))
 
-    difference = (our_logits(ours, prompt_ids) - transformers_logits(theirs, prompt_ids)).abs()
-    print(f"{quant} bias={bias}: max |logit difference| = {difference.max().item():.3g}")
-    assert difference.max().item() < TOLERANCE[quant]
+    assert max_logit_difference(ours, theirs, prompt_ids) < TOLERANCE[quant]
+    assert their_greedy(theirs, prompt_ids) == our_greedy(ours, prompt_ids)
 
-    greedy_settings = SampleSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS)
-    [ours_greedy] = generate(gpt_step(ours), prompt_ids, greedy_settings)
-    assert greedy(theirs, prompt_ids, GREEDY_TOKENS) == ours_greedy.ids
+
+def test_an_untied_head_is_written_as_output_and_transformers_uses_it(
+    tmp_path: Path, encoding: tiktoken.Encoding, prompt_ids: list[int]
+) -> None:
+    ours = model_for(bias=True, tie_embeddings=False, mlp_hidden=96)
+    path = export(tmp_path, ours, encoding, "f32")
+    reader = gguf.GGUFReader(path)
+
+    assert tensor_shapes(reader)["output.weight"] == (N_RANKS + 1, 64)  # padding rows cut
+    assert tensor_shapes(reader)["blk.0.ffn_up.weight"] == (96, 64)
+    assert read_field(reader, "gpt2.feed_forward_length") == 96
+    theirs = load_gpt2(path, inner=96)
+    assert max_logit_difference(ours, theirs, prompt_ids) < TOLERANCE["f32"]
+    assert their_greedy(theirs, prompt_ids) == our_greedy(ours, prompt_ids)
 
 
 def test_q8_0_loads_in_transformers_close_to_ours(
     tmp_path: Path, encoding: tiktoken.Encoding, prompt_ids: list[int]
 ) -> None:
     ours = model_for(bias=True)
-    theirs = load_with_transformers(export(tmp_path, ours, encoding, "q8_0"), block_size=48)
+    theirs = load_gpt2(export(tmp_path, ours, encoding, "q8_0"))
 
-    difference = (our_logits(ours, prompt_ids) - transformers_logits(theirs, prompt_ids)).abs()
-    print(f"q8_0: max |logit difference| = {difference.max().item():.3g}")
     # 8-bit blocks: each weight is off by up to half a step of its block's scale.
-    assert difference.max().item() < 5e-2
+    assert max_logit_difference(ours, theirs, prompt_ids) < 5e-2
 
 
 def test_transformers_tokenizer_from_the_file_splits_text_like_tiktoken(
     f32_no_bias: Path, encoding: tiktoken.Encoding
 ) -> None:
-    from transformers import AutoTokenizer  # noqa: PLC0415 - slow import, these tests only
-
-    tokenizer = cast(
-        TextTokenizer,
-        AutoTokenizer.from_pretrained(  # pyright: ignore[reportUnknownMemberType] - untyped
-            str(f32_no_bias.parent), gguf_file=f32_no_bias.name
-        ),
-    )
-
-    for text in (TEXT, PROMPT, "naïve café, ünïcödé: 😀 and\ttabs\r\n"):
-        assert tokenizer.encode(text, add_special_tokens=False) == encoding.encode_ordinary(text)
-    ids = encoding.encode_ordinary(TEXT)
-    assert tokenizer.decode(ids) == TEXT
-    assert tokenizer.eos_token == EOT
+    assert_tokenizer_splits_like_tiktoken(f32_no_bias, encoding)
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    """Tiny matmuls are fastest and bit-stable on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
