@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks import quality
 from benchmarks.hardware import BandwidthResult, Environment, MatmulResult
 from benchmarks.prepare import MB, PrepareEstimate, PrepareResult
+from benchmarks.quality import QualityResult, Recipe
 from benchmarks.sampling import BatchResult, SamplingResult
 from benchmarks.training import TrainingResult, TrainingSpec
 from ml_playground import atomic
@@ -33,6 +35,8 @@ class BenchResults:
     bandwidth: BandwidthResult
     training_specs: list[TrainingSpec]
     training: list[TrainingResult]
+    quality_recipe: Recipe
+    quality: list[QualityResult]
     sampling: list[SamplingResult]
     batching: BatchResult
     prepare: list[PrepareResult]
@@ -72,6 +76,7 @@ def table_rows(results: BenchResults) -> list[Row]:
     return [
         *_matmul_rows(results),
         *_training_rows(results),
+        *_quality_rows(results),
         *_sampling_rows(results),
         *_prepare_rows(results),
     ]
@@ -89,6 +94,7 @@ def render(results: BenchResults) -> str:
     lines.append("")
     lines.extend(f"{spec.name}: {spec.describe()}" for spec in results.training_specs)
     lines.extend(results.notes)
+    lines += ["", quality.render(results.quality, results.quality_recipe)]
     return "\n".join(lines)
 
 
@@ -108,6 +114,7 @@ def write_json(results: BenchResults, path: Path) -> None:
             for spec in results.training_specs
         },
         "training": [asdict(r) for r in results.training],
+        "time_to_quality": quality.results_json(results.quality),
         "sampling": [asdict(s) for s in results.sampling],
         "sampling_batch": {
             **asdict(results.batching),
@@ -191,6 +198,47 @@ def _training_rows(results: BenchResults) -> list[Row]:
             rows.append(
                 Row("train", f"{spec.name} val loss bf16-fp32", f"{delta:+.4f}", detail, check)
             )
+    return rows
+
+
+def _quality_rows(results: BenchResults) -> list[Row]:
+    """The two time-to-quality targets; the table of every setting follows the main table."""
+    if not results.quality:
+        return []
+    best = quality.best_final(results.quality)
+    rows = [
+        Row(
+            "quality",
+            f"best val after {results.quality_recipe.steps} steps",
+            f"{best.final_val:.3f}",
+            best.setting,
+            _check(
+                results,
+                "best val loss",
+                best.final_val,
+                f"<= {quality.GOAL:g}",
+                best.final_val <= quality.GOAL,
+            ),
+        )
+    ]
+    fastest = quality.fastest_ratio(results.quality)
+    if fastest is not None:
+        setting, ratio = fastest
+        rows.append(
+            Row(
+                "quality",
+                f"time to val {quality.TARGET:g} vs {quality.BASELINE}",
+                f"{ratio:.2f}x",
+                setting.setting,
+                _check(
+                    results,
+                    "time to target ratio",
+                    ratio,
+                    f"<= {quality.TIME_GOAL:g}",
+                    ratio <= quality.TIME_GOAL,
+                ),
+            )
+        )
     return rows
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import corpus, hardware, report
+from benchmarks import corpus, hardware, quality, report
 from benchmarks.prepare import (
     GB,
     MB,
@@ -64,6 +64,7 @@ class Settings:
     random_tokens: int  # length of the medium model's token file
     sampling: SamplingSpec
     prepare_sizes: tuple[int, int]  # corpus bytes; two sizes show whether the peak grows
+    quality: quality.Recipe  # the time-to-quality runs
 
 
 FULL_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=256, n_layer=6, n_head=6, n_embd=384)
@@ -88,6 +89,7 @@ FULL = Settings(
     random_tokens=1_000_000,
     sampling=SamplingSpec("medium", FULL_MEDIUM, 500, cached_repeats=3, uncached_repeats=1),
     prepare_sizes=(50 * MB, 100 * MB),
+    quality=quality.NANOGPT_CPU,
 )
 QUICK_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=32)
 QUICK = Settings(
@@ -120,6 +122,7 @@ QUICK = Settings(
         batch_repeats=1,
     ),
     prepare_sizes=(200_000, 400_000),
+    quality=quality.QUICK_RECIPE,
 )
 
 
@@ -168,6 +171,17 @@ def run_benchmarks(
         matmul_repeats=settings.matmul_repeats,
     )
 
+    recipe = settings.quality.with_vocab(meta.vocab_size)
+    _progress(
+        started,
+        f"time to quality: {len(quality.SETTINGS)} settings x {recipe.steps} steps side by side",
+    )
+    time_to_quality = quality.measure_time_to_quality(
+        recipe,
+        TokenFile(char_dir / TRAIN_BIN, meta.dtype),
+        TokenFile(char_dir / VAL_BIN, meta.dtype),
+    )
+
     _progress(started, "training the medium model, fp32 and bf16 side by side")
     random_ids = write_random_tokens(work_dir / "random.bin", settings.random_tokens, GPT2_VOCAB)
     training += measure_training(
@@ -198,6 +212,8 @@ def run_benchmarks(
         bandwidth=bandwidth,
         training_specs=[small, settings.medium],
         training=training,
+        quality_recipe=recipe,
+        quality=time_to_quality,
         sampling=sampling,
         batching=batching,
         prepare=prepare,

@@ -97,7 +97,7 @@ class _Trainer:
             files=TokenFiles(train.path, (val or train).path, train.dtype, spec.model.vocab_size),
             block_size=spec.model.block_size,
             loss=gpt_loss,
-            write=_never_saved,
+            write=never_saved,
             description=spec.describe(),
             resume=None,
             resume_source="",
@@ -121,7 +121,7 @@ class _Trainer:
         return evaluate(fp32)["val"]
 
 
-def _never_saved(slot: Slot, state: TrainingState) -> Path:
+def never_saved(slot: Slot, state: TrainingState) -> Path:
     raise AssertionError(f"the benchmark never saves (asked for {slot} at {state.iter_num})")
 
 

@@ -42,6 +42,7 @@ DType = Literal["float32", "bfloat16", "float16"]
 DTypeChoice = Literal[DType, "auto"]
 """What a dtype key accepts: a dtype, or "auto" (runtime: from the hardware, see device.py)."""
 OptimizerName = Literal["adamw", "muon"]
+Arch = Literal["gpt2", "llama"]
 
 
 class SpeechesConfig(Section):
@@ -84,7 +85,7 @@ class ModelConfig(Section):
     vocab_size: PositiveInt | None = None
     # "gpt2" stays the default so that configs written before "llama" existed keep
     # describing the model their checkpoints hold; the presets choose "llama".
-    arch: Literal["gpt2", "llama"] = "gpt2"
+    arch: Arch = "gpt2"
     rope_base: Annotated[float, Field(gt=1.0)] = 10000.0
     mlp_hidden: PositiveInt | None = None
     tie_embeddings: bool = True

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
 from ml_playground.artifacts import Artifact, parse_artifact
+from ml_playground.config import Arch
 from ml_playground.errors import CheckpointError
-
-Arch = Literal["gpt2", "llama"]
 
 # Matmuls over a vocabulary padded to a multiple of 64 map onto faster GPU kernels.
 VOCAB_PAD_MULTIPLE = 64

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import report
+from benchmarks import quality, report
 from benchmarks.prepare import prepare_in_process
 from benchmarks.run import QUICK, run_benchmarks
 
@@ -53,6 +53,13 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     assert all(p.megabytes_per_second > 0 and p.peak_rss_bytes > 0 for p in results.prepare)
     assert len(results.prepare_estimates) == len({p.kind for p in results.prepare})
 
+    # Time to quality: every setting, each evaluated at the same steps with a finite loss.
+    assert [r.setting for r in results.quality] == [s.name for s in quality.SETTINGS]
+    for r in results.quality:
+        assert [step for step, _, _ in r.evals] == [3, 6]
+        assert all(math.isfinite(val) and val > 0 for _, _, val in r.evals)
+        assert r.seconds > 0
+
     table = report.render(results)
     lines = table.splitlines()
     header = lines[3]
@@ -79,4 +86,5 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     written = json.loads(out.read_text(encoding="utf-8"))
     assert {check["verdict"] for check in written["checks"]} == {"n/a"}
     assert len(written["training"]) == 4
+    assert len(written["time_to_quality"]) == len(quality.SETTINGS)
     assert written["sampling_batch"]["speedup"] > 0

@@ -1,0 +1,257 @@
+"""Time to quality: how fast each model and optimizer reaches a validation loss.
+
+Tokens per second say how fast a step is; what a user waits for is a good model. This
+trains nanoGPT's CPU recipe for character-level Tiny Shakespeare (4 layers, 4 heads,
+128 wide, block 64, batch 12, 2000 steps, learning rate 1e-3 with 100 warmup steps and a
+cosine to 1e-4, evaluated every 250 steps over 20 batches; nanoGPT reports val 1.88) once
+per setting: each architecture with each optimizer, in float32 and in the precision
+`dtype = "auto"` picks here.
+
+The runs step in alternation, one step each per round, so a burst of load on the shared
+machine slows all of them alike. Each run's clock counts only its own optimizer steps:
+evaluation is the same work for every setting and is left out. "Time to target" is that
+clock at the first evaluation whose validation loss is at or below the target, so it is
+as coarse as eval_interval.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from benchmarks.training import TokenFile, never_saved
+from ml_playground.config import Arch, DTypeChoice, OptimizerName, TrainConfig
+from ml_playground.device import resolve_precision, seed_everything
+from ml_playground.distributed import Ranks
+from ml_playground.model.config import GPTConfig
+from ml_playground.model.gpt import GPT
+from ml_playground.train.gpt import gpt_loss
+from ml_playground.train.loop import Run, TokenFiles, assemble_run, evaluate, optimizer_step
+from ml_playground.train.schedule import learning_rate_at
+
+TARGET = 1.90  # the time-to-target column
+GOAL = 1.80  # what the best setting should reach within the recipe's steps
+TIME_GOAL = 0.60  # ... and the most of the baseline's time it may take to reach TARGET
+BASELINE = "gpt2+adamw float32"
+SEED = 1337
+
+
+@dataclass(frozen=True)
+class Setting:
+    arch: Arch
+    optimizer: OptimizerName
+    dtype: DTypeChoice
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}+{self.optimizer} {self.dtype}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: GPTConfig
+    batch_size: int
+    steps: int
+    eval_interval: int
+    eval_iters: int
+    learning_rate: float
+    min_lr: float
+    warmup_iters: int
+
+    def with_vocab(self, vocab_size: int) -> Recipe:
+        return replace(self, model=self.model.replace(vocab_size=vocab_size))
+
+    def train_config(self, setting: Setting) -> TrainConfig:
+        return TrainConfig.model_validate(
+            {
+                "data": {"batch_size": self.batch_size},
+                "optim": {
+                    "name": setting.optimizer,
+                    "learning_rate": self.learning_rate,
+                    # nanoGPT's shakespeare_char recipe: few tokens per step, so a shorter
+                    # second-moment memory than GPT-2's 0.95 is not needed; 0.99 as there.
+                    "beta2": 0.99,
+                },
+                "schedule": {
+                    "warmup_iters": self.warmup_iters,
+                    "lr_decay_iters": self.steps,
+                    "min_lr": self.min_lr,
+                },
+                "runtime": {
+                    "seed": SEED,
+                    "eval_iters": self.eval_iters,
+                    "eval_interval": self.eval_interval,
+                    "max_iters": self.steps,
+                    "dtype": setting.dtype,
+                    "device": "cpu",
+                },
+            }
+        )
+
+
+NANOGPT_CPU = Recipe(
+    model=GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+    batch_size=12,
+    steps=2000,
+    eval_interval=250,
+    eval_iters=20,
+    learning_rate=1e-3,
+    min_lr=1e-4,
+    warmup_iters=100,
+)
+QUICK_RECIPE = Recipe(
+    model=GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_head=2, n_embd=32),
+    batch_size=4,
+    steps=6,
+    eval_interval=3,
+    eval_iters=2,
+    learning_rate=1e-3,
+    min_lr=1e-4,
+    warmup_iters=2,
+)
+MODELS: tuple[tuple[Arch, OptimizerName], ...] = (
+    ("gpt2", "adamw"),
+    ("llama", "adamw"),
+    ("llama", "muon"),
+)
+PRECISIONS: tuple[DTypeChoice, ...] = ("float32", "auto")
+SETTINGS = tuple(
+    Setting(arch, optimizer, dtype) for arch, optimizer in MODELS for dtype in PRECISIONS
+)
+
+
+@dataclass
+class QualityResult:
+    setting: str
+    precision: str  # what the setting's dtype resolved to
+    seconds: float = 0.0  # optimizer steps only
+    # (step, seconds so far, val loss) at each evaluation
+    evals: list[tuple[int, float, float]] = field(default_factory=list[tuple[int, float, float]])
+
+    @property
+    def final_val(self) -> float:
+        return self.evals[-1][2]
+
+    def seconds_to(self, target: float) -> float | None:
+        return next((seconds for _, seconds, val in self.evals if val <= target), None)
+
+
+class _Contender:
+    def __init__(self, recipe: Recipe, setting: Setting, train: TokenFile, val: TokenFile) -> None:
+        seed_everything(SEED)  # the same batches for every setting; weights per architecture
+        config = recipe.train_config(setting)
+        model_config = recipe.model.replace(arch=setting.arch)
+        precision = resolve_precision("cpu", config.runtime.dtype)
+        self.run: Run = assemble_run(
+            config,
+            precision,
+            Ranks(),
+            model=GPT(model_config),
+            files=TokenFiles(train.path, val.path, train.dtype, model_config.vocab_size),
+            block_size=model_config.block_size,
+            loss=gpt_loss,
+            write=never_saved,
+            description=setting.name,
+            resume=None,
+            resume_source="",
+        )
+        self.result = QualityResult(setting.name, str(precision.dtype).removeprefix("torch."))
+
+    def step(self, index: int) -> None:
+        train = self.run.train
+        lr = learning_rate_at(index, train.optim, train.schedule)
+        start = time.perf_counter()
+        optimizer_step(self.run, lr)
+        self.result.seconds += time.perf_counter() - start
+
+    def evaluate(self, step: int) -> None:
+        val = evaluate(self.run)["val"]
+        self.result.evals.append((step, self.result.seconds, val))
+
+
+def measure_time_to_quality(
+    recipe: Recipe, train: TokenFile, val: TokenFile, settings: tuple[Setting, ...] = SETTINGS
+) -> list[QualityResult]:
+    """Every setting trained side by side on the same batches; see the module docstring.
+
+    A setting whose dtype "auto" resolves to a precision already in the table (float32 on
+    a CPU where bfloat16 would be slower) is the same run, so it is trained once and
+    listed under both names.
+    """
+    contenders: dict[tuple[str, str, str], _Contender] = {}
+    names: list[tuple[str, tuple[str, str, str]]] = []
+    for setting in settings:
+        dtype = str(resolve_precision("cpu", setting.dtype).dtype).removeprefix("torch.")
+        key = (setting.arch, setting.optimizer, dtype)
+        if key not in contenders:
+            contenders[key] = _Contender(recipe, setting, train, val)
+        names.append((setting.name, key))
+    for index in range(recipe.steps):
+        for contender in contenders.values():
+            contender.step(index)
+        step = index + 1
+        if step % recipe.eval_interval == 0 or step == recipe.steps:
+            for contender in contenders.values():
+                contender.evaluate(step)
+    return [replace(contenders[key].result, setting=name) for name, key in names]
+
+
+def render(results: list[QualityResult], recipe: Recipe) -> str:
+    """One row per setting: time, val loss at each eval, time to TARGET and its ratio."""
+    baseline = next((r for r in results if r.setting == BASELINE), None)
+    base_time = baseline.seconds_to(TARGET) if baseline else None
+    steps = [step for step, _, _ in results[0].evals]
+    header = ["setting", "runs in", "wall s", *(f"@{s}" for s in steps), f"to {TARGET}", "ratio"]
+    rows = [header]
+    for r in results:
+        reached = r.seconds_to(TARGET)
+        ratio = "" if reached is None or not base_time else f"{reached / base_time:.2f}"
+        rows.append(
+            [
+                r.setting,
+                r.precision,
+                f"{r.seconds:.0f}",
+                *(f"{val:.3f}" for _, _, val in r.evals),
+                "-" if reached is None else f"{reached:.0f} s",
+                ratio,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    m = recipe.model
+    lines += [
+        "",
+        f"time to quality: char-level Tiny Shakespeare, {m.n_layer}L {m.n_head}H {m.n_embd}d, "
+        f"T={m.block_size} B={recipe.batch_size}, {recipe.steps} steps; 'wall s' counts "
+        f"optimizer steps only; ratio = time to {TARGET} over gpt2+adamw float32's",
+    ]
+    return "\n".join(lines)
+
+
+def best_final(results: list[QualityResult]) -> QualityResult:
+    return min(results, key=lambda r: r.final_val)
+
+
+def fastest_ratio(results: list[QualityResult]) -> tuple[QualityResult, float] | None:
+    """The setting that reached TARGET soonest, and its time over gpt2+adamw float32's."""
+    baseline = next((r for r in results if r.setting == BASELINE), None)
+    base_time = baseline.seconds_to(TARGET) if baseline else None
+    reached = [(r, t) for r in results if (t := r.seconds_to(TARGET)) is not None]
+    if not reached or not base_time:
+        return None
+    fastest, seconds = min(reached, key=lambda pair: pair[1])
+    return fastest, seconds / base_time
+
+
+def results_json(results: list[QualityResult]) -> list[dict[str, object]]:
+    return [
+        {
+            "setting": r.setting,
+            "precision": r.precision,
+            "seconds": r.seconds,
+            "evals": [{"step": s, "seconds": t, "val_loss": v} for s, t, v in r.evals],
+            "seconds_to_target": r.seconds_to(TARGET),
+            "target": TARGET,
+        }
+        for r in results
+    ]
