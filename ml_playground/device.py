@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ml_playground.config import Device, DType, DTypeChoice
+from ml_playground.cpu_probe import bf16_speedup
 from ml_playground.errors import ConfigError
 
 DTYPE_NAMES: dict[torch.dtype, DType] = {
@@ -23,6 +24,11 @@ TORCH_DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAM
 CPUINFO = Path("/proc/cpuinfo")
 # Intel's Advanced Matrix Extensions: the tile units that make bfloat16 matmuls fast on a CPU.
 AMX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
+# bfloat16 dot products in AVX-512 registers: faster than float32 on some CPUs, slower on
+# others, so auto measures (cpu_probe.py).
+BF16_VECTOR_FLAG = "avx512_bf16"
+# Below this measured speed-up float32 stays: the gain would not pay for bf16's rounding.
+BF16_MIN_SPEEDUP = 1.1
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,12 @@ def resolve_precision(device: Device, dtype: DTypeChoice) -> Precision:
     if dtype == "auto":
         cuda_bf16 = resolved.type == "cuda" and torch.cuda.is_bf16_supported()
         cpu_flags = read_cpu_flags() if resolved.type == "cpu" else None
-        chosen, why = auto_dtype(resolved.type, cpu_flags=cpu_flags, cuda_bf16=cuda_bf16)
+        chosen, why = auto_dtype(
+            resolved.type,
+            cpu_flags=cpu_flags,
+            cuda_bf16=cuda_bf16,
+            cpu_bf16_speedup=None if cpu_flags is None else _probe_cpu(cpu_flags),
+        )
         return Precision(device=resolved, dtype=TORCH_DTYPES[chosen], reason=f"auto: {why}")
     torch_dtype = TORCH_DTYPES[dtype]
     if torch_dtype == torch.float16 and resolved.type == "cpu":
@@ -94,12 +105,18 @@ def resolve_precision(device: Device, dtype: DTypeChoice) -> Precision:
 
 
 def auto_dtype(
-    device_type: str, *, cpu_flags: Set[str] | None, cuda_bf16: bool
+    device_type: str,
+    *,
+    cpu_flags: Set[str] | None,
+    cuda_bf16: bool,
+    cpu_bf16_speedup: Callable[[], tuple[float, str]] | None = None,
 ) -> tuple[DType, str]:
     """What `dtype = "auto"` trains in on this hardware, and why, as one clause.
 
     `cpu_flags` are the CPU's feature flags (None when they cannot be read); `cuda_bf16`
-    whether the GPU computes in bfloat16.
+    whether the GPU computes in bfloat16. Where the flags alone cannot tell (avx512_bf16
+    without AMX), `cpu_bf16_speedup` measures bfloat16 against float32 and says where the
+    measurement came from (see cpu_probe.py); without it that case stays float32.
     """
     if device_type == "cuda":
         if cuda_bf16:
@@ -107,13 +124,34 @@ def auto_dtype(
         return "float16", "this GPU has no bfloat16; float16 with a grad scaler"
     if device_type == "mps":
         return "float32", "bfloat16 on MPS needs macOS 14 and float16 a grad scaler"
+    return _auto_cpu_dtype(cpu_flags, cpu_bf16_speedup)
+
+
+def _auto_cpu_dtype(
+    cpu_flags: Set[str] | None, cpu_bf16_speedup: Callable[[], tuple[float, str]] | None
+) -> tuple[DType, str]:
     if cpu_flags is None:
         return "float32", "this CPU's features cannot be read, float32 is the safe choice"
     if AMX_FLAGS & cpu_flags:
         return "bfloat16", "this CPU has AMX matrix units for bfloat16"
-    # Measured on this project's machines (AMD EPYC with avx512_bf16, no AMX): a small
-    # GPT trained 2.6x slower under bfloat16 autocast than in float32.
-    return "float32", "this CPU has no AMX matrix units, bfloat16 autocast would be slower"
+    if BF16_VECTOR_FLAG not in cpu_flags:
+        return "float32", "this CPU has no bfloat16 instructions; autocast would emulate them"
+    if cpu_bf16_speedup is None:
+        return "float32", "this CPU has avx512_bf16 but no AMX, and was not measured"
+    speedup, source = cpu_bf16_speedup()
+    verdict: DType = "bfloat16" if speedup >= BF16_MIN_SPEEDUP else "float32"
+    return verdict, (
+        f"bfloat16 autocast measured {speedup:.2f}x the speed of float32 on this CPU "
+        f"(avx512_bf16, no AMX; {source})"
+    )
+
+
+def _probe_cpu(flags: Set[str]) -> Callable[[], tuple[float, str]]:
+    def measure() -> tuple[float, str]:
+        probe = bf16_speedup(flags)
+        return probe.speedup, f"{'cached in' if probe.cached else 'saved to'} {probe.cache}"
+
+    return measure
 
 
 def read_cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # cores and makes tiny-model ops orders of magnitude slower. One thread per process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# dtype = "auto" caches what it measured about the CPU (cpu_probe.py) under the user's cache
+# folder; the suite keeps it in a folder of its own, outside the user's home and the tree.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ml-playground-test-cache-")
 if (SHARED_DIR / "tiktoken").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DIR / "tiktoken"))
 
