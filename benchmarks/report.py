@@ -19,6 +19,7 @@ from ml_playground import atomic
 from ml_playground.config import DType
 
 KV_CACHE_TARGET = 10.0  # KV cache vs no cache, medium model
+BANDWIDTH_TARGET = 0.8  # cached decode tokens/s over the memory-bandwidth ceiling
 BF16_TARGET = 1.8  # bf16 vs fp32 training speed, medium model, where bf16 matrix units exist
 PREPARE_RSS_TARGET_MB = 500.0  # prepare's peak RSS at the 1 GB corpus target
 VAL_LOSS_TOLERANCE = 0.05  # nats bf16 may end above fp32 and still count as no worse
@@ -279,6 +280,18 @@ def _sampling_rows(results: BenchResults) -> list[Row]:
         )
         case = f"{cached.model} {_short(dtype)} cache/no-cache"
         rows.append(Row("sample", case, f"{speedup:.1f}x", detail, check))
+        share = cached.tokens_per_second / ceiling
+        check = _check(
+            results,
+            "cached decode share of the bandwidth ceiling",
+            share,
+            f">= {BANDWIDTH_TARGET:.0%}",
+            share >= BANDWIDTH_TARGET,
+            applies=dtype == "float32",
+        )
+        detail = "batch 1; the ceiling reads every weight and cached key/value once per token"
+        case = f"{cached.model} {_short(dtype)} cached decode / ceiling"
+        rows.append(Row("sample", case, f"{share:.0%}", detail, check))
     b = results.batching
     runs = "1 run" if b.runs == 1 else f"median of {b.runs}"
     rows.append(

@@ -182,16 +182,18 @@ def run_benchmarks(
         TokenFile(char_dir / VAL_BIN, meta.dtype),
     )
 
-    _progress(started, "training the medium model, fp32 and bf16 side by side")
     random_ids = write_random_tokens(work_dir / "random.bin", settings.random_tokens, GPT2_VOCAB)
-    training += measure_training(
-        settings.medium,
-        random_ids,
-        None,
-        val_batches=0,
-        matmul_size=settings.matmul_size,
-        matmul_repeats=settings.matmul_repeats,
-    )
+    mediums = [settings.medium, settings.medium.with_arch("llama")]
+    for medium in mediums:
+        _progress(started, f"training {medium.name}, fp32 and bf16 side by side")
+        training += measure_training(
+            medium,
+            random_ids,
+            None,
+            val_batches=0,
+            matmul_size=settings.matmul_size,
+            matmul_repeats=settings.matmul_repeats,
+        )
 
     _progress(started, "sampling with and without the KV cache, fp32 and bf16")
     sampling = measure_sampling(settings.sampling)
@@ -210,7 +212,7 @@ def run_benchmarks(
         environment=environment,
         matmul=matmul,
         bandwidth=bandwidth,
-        training_specs=[small, settings.medium],
+        training_specs=[small, *mediums],
         training=training,
         quality_recipe=recipe,
         quality=time_to_quality,

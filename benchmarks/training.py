@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.hardware import Matmul
 from benchmarks.timing import Case, time_side_by_side
 from ml_playground.checkpoint import Slot, TrainingState
-from ml_playground.config import DType, TrainConfig
+from ml_playground.config import Arch, DType, TrainConfig
 from ml_playground.device import resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
 from ml_playground.model.config import GPTConfig
@@ -45,13 +45,17 @@ class TrainingSpec:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.model.block_size
 
+    def with_arch(self, arch: Arch) -> TrainingSpec:
+        """The same sizes with the other block; named e.g. `medium-llama`."""
+        return replace(self, name=f"{self.name}-{arch}", model=self.model.replace(arch=arch))
+
     def with_vocab(self, vocab_size: int, vocab: str) -> TrainingSpec:
         return replace(self, model=self.model.replace(vocab_size=vocab_size), vocab=vocab)
 
     def describe(self) -> str:
         m = self.model
         return (
-            f"{m.n_layer}L {m.n_head}H {m.n_embd}d, T={m.block_size} B={self.batch_size}, "
+            f"{m.arch} {m.n_layer}L {m.n_head}H {m.n_embd}d, T={m.block_size} B={self.batch_size}, "
             f"{self.vocab}"
         )
 

@@ -36,7 +36,9 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     assert [m.dtype for m in results.matmul] == ["float32", "bfloat16"]
     assert all(m.flops_per_second > 0 for m in results.matmul)
     assert {(r.model, r.dtype) for r in results.training} == {
-        (model, dtype) for model in ("small", "medium") for dtype in ("float32", "bfloat16")
+        (model, dtype)
+        for model in ("small", "medium", "medium-llama")
+        for dtype in ("float32", "bfloat16")
     }
     assert all(r.tokens_per_second > 0 and r.mfu > 0 for r in results.training)
     small_losses = [r.val_loss for r in results.training if r.model == "small"]
@@ -71,6 +73,8 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     for case in (
         matmul,
         "medium bf16/fp32 speed",
+        "medium-llama bf16/fp32 speed",
+        "medium fp32 cached decode / ceiling",
         "medium fp32 cache/no-cache",
         "medium bf16 cache/no-cache",
         f"medium fp32 {QUICK.sampling.batch_size} samples batch/one by one",
@@ -85,6 +89,6 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     report.write_json(results, out)
     written = json.loads(out.read_text(encoding="utf-8"))
     assert {check["verdict"] for check in written["checks"]} == {"n/a"}
-    assert len(written["training"]) == 4
+    assert len(written["training"]) == 6
     assert len(written["time_to_quality"]) == len(quality.SETTINGS)
     assert written["sampling_batch"]["speedup"] > 0
