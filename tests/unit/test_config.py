@@ -176,6 +176,22 @@ INVALID = {
         '[train.runtime]\ndtype = "fp8"\n',
         ["invalid value for train.runtime.dtype", "'auto'", "'fp8' (str)"],
     ),
+    "unknown architecture": (
+        '[train.model]\narch = "mamba"\n',
+        ["invalid value for train.model.arch", "'gpt2' or 'llama'", "'mamba' (str)"],
+    ),
+    "llama with biases": (
+        '[train.model]\narch = "llama"\nbias = true\n',
+        ["train.model.bias = true is not available with arch = 'llama'", "remove the key"],
+    ),
+    "llama head width odd": (
+        '[train.model]\narch = "llama"\nn_embd = 36\nn_head = 4\n',
+        ["train.model.n_embd / n_head = 9 must be even for arch = 'llama'"],
+    ),
+    "n_head not a multiple of n_kv_head": (
+        '[train.model]\narch = "llama"\nn_head = 4\nn_kv_head = 3\n',
+        ["train.model.n_head = 4 must be a multiple of train.model.n_kv_head = 3"],
+    ),
 }
 
 
