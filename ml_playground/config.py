@@ -43,6 +43,8 @@ DTypeChoice = Literal[DType, "auto"]
 """What a dtype key accepts: a dtype, or "auto" (runtime: from the hardware, see device.py)."""
 OptimizerName = Literal["adamw", "muon"]
 Arch = Literal["gpt2", "llama"]
+RecordsSourceFormat = Literal["text", "prompt_completion", "messages"]
+"""The shape of the JSON objects in [prepare] records_path (see data/chat_records.py)."""
 
 
 class SpeechesConfig(Section):
@@ -63,6 +65,9 @@ class PrepareConfig(Section):
     dataset: str | None = None
     raw_dir: Path | None = None
     raw_text_path: Path | None = None
+    records_path: Path | None = None
+    format: RecordsSourceFormat | None = None
+    chat_template: str | None = None
     dataset_dir: Path = Path("datasets")
     tokenizer: Literal["char", "tiktoken", "hf"] = "char"
     encoding: str = "gpt2"
@@ -468,6 +473,8 @@ def _path_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 PATH_KEYS = frozenset(_path_keys(ExperimentConfig))
 FILE_PROMPT_PREFIX = "FILE:"
+FILE_KEYS = frozenset({"sample.sample.start", "prepare.chat_template"})
+"""Text keys whose value may instead name a file, as FILE:<path>."""
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -477,11 +484,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         anchored: Any = value
         if key in PATH_KEYS and isinstance(value, str):
             anchored = _anchor(value, base)
-        elif (
-            key == "sample.sample.start"
-            and isinstance(value, str)
-            and value.startswith(FILE_PROMPT_PREFIX)
-        ):
+        elif key in FILE_KEYS and isinstance(value, str) and value.startswith(FILE_PROMPT_PREFIX):
             anchored = FILE_PROMPT_PREFIX + str(_anchor(value[len(FILE_PROMPT_PREFIX) :], base))
         _set_dotted(resolved, key, anchored)
     return resolved

@@ -331,3 +331,100 @@ def _toml_value(value: TomlValue) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return repr(value)
+
+
+# --- chat models -------------------------------------------------------------------------------
+
+# Chat templates in the shapes of the real ones, small enough to read. Qwen2's frames every
+# turn in <|im_start|>role ... <|im_end|> and opens with a default system turn; Gemma's
+# starts with <bos>, calls the assistant "model", folds a system message into the first
+# user turn and refuses roles that do not alternate.
+QWEN2_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# Qwen2's shape with the assistant's part marked for transformers' assistant mask.
+QWEN2_GENERATION_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{% generation %}"
+    "{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+TURN_TOKENS: Mapping[Family, tuple[str, str]] = {
+    "qwen2": ("<|im_start|>", "<|im_end|>"),
+    "gemma3": ("<start_of_turn>", "<end_of_turn>"),
+}
+
+
+def build_chat_model(
+    folder: Path, tiny_models: TinyModels, family: Family, template: str | None
+) -> Path:
+    """A copy of the tiny `family` model whose tokenizer has the family's turn tokens (as
+    special tokens, like the real ones) and `template` as its chat template (None: none)."""
+    import shutil  # noqa: PLC0415 - only chat tests copy models
+
+    from ml_playground.data.chat_records import ChatTokenizer  # noqa: PLC0415 - heavy
+    from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - heavy
+
+    shutil.copytree(tiny_models.of(family), folder)
+    tokenizer = cast(ChatTokenizer, load_tokenizer(ModelSource.local(folder)))
+    tokenizer.add_special_tokens({"additional_special_tokens": list(TURN_TOKENS[family])})
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def write_jsonl(path: Path, records: Iterable[object], *, extra_lines: Sequence[str] = ()) -> Path:
+    """One JSON object per line; `extra_lines` are appended raw (to plant damage)."""
+    import json  # noqa: PLC0415 - only chat tests write jsonl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(record, ensure_ascii=False) for record in records]
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n", encoding="utf-8")
+    return path
+
+
+def conversation(question: str, answer: str, *, system: str | None = None) -> dict[str, object]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": messages}
+
+
+def chat_settings(model_dir: Path, records: str = "chats.jsonl") -> dict[str, TomlValue]:
+    """tiny_settings for a messages dataset read from `records`."""
+    settings = tiny_settings(model_dir) | {
+        "prepare.records_path": records,
+        "prepare.format": "messages",
+        "train.runtime.eval_interval": 2,
+        "sample.sample.start": "Hallo",
+    }
+    settings.pop("prepare.speeches.add_structure_tokens")
+    return settings

@@ -6,6 +6,10 @@ of torch's global RNG can disturb. "sequential" walks the file in non-overlappin
 windows: window j starts at j * block_size and belongs to rank j % world_size, and each
 rank wraps around to the start when it runs out. `state_dict` captures either position,
 so a resumed run draws exactly the batches the uninterrupted run would have.
+
+A token file may come with a mask file beside it (one uint8 per token, 1 where the token
+is a target the model learns to predict): where the mask is 0, y holds IGNORE_INDEX, which
+the losses skip. Chat records use it to train on the assistant's turns only.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from ml_playground.data.dataset_folder import RERUN_HINT
 from ml_playground.errors import CheckpointError, DataError
 
 SamplerMode = Literal["random", "sequential"]
+IGNORE_INDEX = -100
+"""A target no loss counts (PyTorch's cross_entropy default)."""
+MASK_DTYPE = "uint8"
 
 
 class BatchSampler:
@@ -36,6 +43,7 @@ class BatchSampler:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str = "cpu",
+        mask: Path | None = None,
     ) -> None:
         if block_size < 1 or batch_size < 1:
             raise ValueError(
@@ -44,6 +52,7 @@ class BatchSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self._tokens = _open_tokens(data, dtype, min_tokens=block_size + 1)
+        self._mask = None if mask is None else _open_mask(mask, len(self._tokens), data)
         self._block_size = block_size
         self._batch_size = batch_size
         self._mode: SamplerMode = mode
@@ -55,9 +64,10 @@ class BatchSampler:
         # Each window needs block_size inputs plus the one target past its end.
         self._windows = (len(self._tokens) - 1) // block_size
 
-    def over(self, data: Path, *, seed: int) -> BatchSampler:
+    def over(self, data: Path, *, seed: int, mask: Path | None = None) -> BatchSampler:
         """Random batches of the same shape for the same rank and device, from another token
-        file of the same dtype and another seed (evaluation draws its batches this way)."""
+        file of the same dtype (and its mask) and another seed (evaluation draws its batches
+        this way)."""
         return BatchSampler(
             data,
             str(self._tokens.dtype),
@@ -67,6 +77,7 @@ class BatchSampler:
             rank=self._rank,
             world_size=self._world_size,
             device=self._device,
+            mask=mask,
         )
 
     @property
@@ -76,10 +87,17 @@ class BatchSampler:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x and y, both int64 of shape (batch_size, block_size), on the sampler's device."""
         span = self._block_size + 1
-        windows = np.stack([self._tokens[start : start + span] for start in self._offsets()])
+        starts = self._offsets()
+        windows = np.stack([self._tokens[start : start + span] for start in starts])
         windows = windows.astype(np.int64)
+        targets = windows[:, 1:].copy()  # a copy: x must keep its ids
+        if self._mask is not None:
+            # The mask flags each token as a target: window position j + 1 is y's j.
+            mask = self._mask
+            trained = np.stack([mask[start + 1 : start + span] for start in starts])
+            targets[trained == 0] = IGNORE_INDEX
         x = torch.as_tensor(np.ascontiguousarray(windows[:, :-1]))
-        y = torch.as_tensor(np.ascontiguousarray(windows[:, 1:]))
+        y = torch.as_tensor(targets)
         if self._device.type == "cuda":
             # Pinned host memory lets the copy overlap with the GPU's work.
             return (
@@ -128,6 +146,20 @@ def check_token_ids(path: Path, dtype: str, vocab_size: int) -> None:
                 f"{path} holds token id {largest}, outside the vocabulary of {vocab_size}; the "
                 f"file is damaged or from another dataset, so {RERUN_HINT}"
             )
+
+
+def _open_mask(path: Path, tokens: int, data: Path) -> np.memmap[Any, np.dtype[Any]]:
+    """Map the mask file read-only, after checking it flags exactly the tokens of `data`."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"mask file not found: {path}; {RERUN_HINT}") from None
+    if size != tokens:
+        raise DataError(
+            f"{path} flags {size} tokens but {data} holds {tokens}; they were not written "
+            f"together, so {RERUN_HINT}"
+        )
+    return np.memmap(path, dtype=MASK_DTYPE, mode="r")
 
 
 def _open_tokens(path: Path, dtype: str, min_tokens: int) -> np.memmap[Any, np.dtype[Any]]:

@@ -23,6 +23,8 @@ import numpy as np
 
 from ml_playground import atomic
 from ml_playground.data import dataset_folder
+from ml_playground.data.batches import MASK_DTYPE
+from ml_playground.data.chat_records import TokenRecord, read_token_records
 from ml_playground.data.dataset_folder import META_FILE, PreparedMeta
 from ml_playground.data.records import TRAIN_FILE, VAL_FILE, read_texts
 from ml_playground.data.token_dataset import UINT16_IDS, TokenDType
@@ -41,11 +43,15 @@ class PackMeta(PreparedMeta):
     key: str
     dtype: TokenDType
     tokens: dict[str, int]
+    masked: bool = False
 
     def file_sizes_expected(self) -> Mapping[str, int]:
         itemsize = np.dtype(self.dtype).itemsize
         # A split the counts lack can never match, so the tokens are packed again.
-        return {f"{split}.bin": self.tokens.get(split, -1) * itemsize for split in SPLIT_FILES}
+        sizes = {f"{split}.bin": self.tokens.get(split, -1) * itemsize for split in SPLIT_FILES}
+        if self.masked:
+            sizes |= {mask_name(split): self.tokens.get(split, -1) for split in SPLIT_FILES}
+        return sizes
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,12 @@ class PackedDataset:
     val: Path
     dtype: TokenDType
     tokens: dict[str, int]
+    train_mask: Path | None = None
+    val_mask: Path | None = None
+
+
+def mask_name(split: str) -> str:
+    return f"{split}.mask.bin"
 
 
 def pack_dataset(
@@ -85,6 +97,47 @@ def pack_dataset(
             )
     dataset_folder.write_meta(folder, PackMeta(key=key, dtype=dtype, tokens=tokens))
     return PackedDataset(train, val, dtype, tokens)
+
+
+def pack_token_records(dataset_dir: Path, vocab_size: int, out_dir: Path) -> PackedDataset:
+    """Pack both splits of a chat records dataset, with their masks, into out_dir/packed,
+    unless that is already done."""
+    folder = out_dir / PACKED_DIR
+    dtype: TokenDType = "uint16" if vocab_size <= UINT16_IDS else "uint32"
+    key = _key(dataset_dir, "", dtype)
+    masks = {split: folder / mask_name(split) for split in SPLIT_FILES}
+    existing = dataset_folder.up_to_date(
+        PackMeta, folder, lambda meta: (meta.key, meta.dtype, meta.masked) == (key, dtype, True)
+    )
+    if existing is None:
+        dataset_folder.remove_meta(folder)
+        tokens: dict[str, int] = {}
+        for split, name in SPLIT_FILES.items():
+            with (
+                atomic.atomic_open(folder / f"{split}.bin") as out,
+                atomic.atomic_open(masks[split]) as mask_out,
+            ):
+                tokens[split] = _write_records(
+                    read_token_records(dataset_dir / name), out, mask_out, dtype
+                )
+        meta = PackMeta(key=key, dtype=dtype, tokens=tokens, masked=True)
+        dataset_folder.write_meta(folder, meta)
+    else:
+        tokens = dict(existing.meta.tokens)
+    return PackedDataset(
+        folder / "train.bin", folder / "val.bin", dtype, tokens, masks["train"], masks["val"]
+    )
+
+
+def _write_records(
+    records: Iterator[TokenRecord], out: IO[Any], mask_out: IO[Any], dtype: str
+) -> int:
+    written = 0
+    for record in records:
+        out.write(np.asarray(record.input_ids, dtype=dtype).tobytes())
+        mask_out.write(np.asarray(record.mask(), dtype=MASK_DTYPE).tobytes())
+        written += len(record.input_ids)
+    return written
 
 
 def _write_stream(

@@ -24,9 +24,11 @@ from torch.nn import functional as F  # noqa: N812 - the conventional name
 from ml_playground import atomic, checkpoint
 from ml_playground.checkpoint import RunMeta, Slot, TrainingState
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
+from ml_playground.data.batches import IGNORE_INDEX
+from ml_playground.data.chat_records import ChatDatasetMeta, read_records_meta
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
-from ml_playground.data.packing import pack_dataset
-from ml_playground.data.records import DatasetMeta, read_dataset_meta
+from ml_playground.data.packing import pack_dataset, pack_token_records
+from ml_playground.data.records import DatasetMeta, RecordFormat
 from ml_playground.device import Precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
@@ -82,7 +84,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     peft = train_config.peft or PeftConfig()
     seed_everything(runtime.seed)  # the same fresh adapters on every rank
     dataset_dir = train_config.data.dataset_dir
-    meta = read_dataset_meta(dataset_dir)
+    meta = read_records_meta(dataset_dir)
     _check_dataset_matches(meta, hf, dataset_dir)
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
     last = checkpoint.adapters_dir(runtime.out_dir, checkpoint.LAST)
@@ -102,7 +104,12 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         _check_same_run(run_meta, runtime.out_dir)
     # Rank 0 tokenizes; the other ranks then find its packed files and only read them.
     with rank_zero_first():
-        packed = pack_dataset(dataset_dir, tokenizer, runtime.out_dir, separator=meta.doc_separator)
+        if isinstance(meta, ChatDatasetMeta):
+            packed = pack_token_records(dataset_dir, len(tokenizer), runtime.out_dir)
+        else:
+            packed = pack_dataset(
+                dataset_dir, tokenizer, runtime.out_dir, separator=meta.doc_separator
+            )
     model = _build_model(
         hf,
         peft,
@@ -129,7 +136,14 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         precision,
         ranks,
         model=model,
-        files=TokenFiles(packed.train, packed.val, packed.dtype, len(tokenizer)),
+        files=TokenFiles(
+            packed.train,
+            packed.val,
+            packed.dtype,
+            len(tokenizer),
+            train_mask=packed.train_mask,
+            val_mask=packed.val_mask,
+        ),
         block_size=train_config.block_size,
         loss=next_token_loss,
         write=write,
@@ -152,7 +166,7 @@ def _build_model(
     hf: HFModelConfig,
     peft: PeftConfig,
     tokenizer: Tokenizer,
-    meta: DatasetMeta,
+    meta: RecordFormat,
     *,
     resume_from: Path | None,
     dtype: torch.dtype,
@@ -186,12 +200,22 @@ def _announce_saved_lora(peft: PeftConfig, fields: Mapping[str, object], folder:
 
 
 def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting y from x; computed in float32 whatever the autocast."""
+    """Mean cross-entropy of predicting y from x over the targets that count (IGNORE_INDEX
+    marks prompt tokens of chat records); computed in float32 whatever the autocast."""
     logits: torch.Tensor = model(input_ids=x, use_cache=False).logits
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+    total = F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)),
+        y.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    # A batch of prompt tokens only has no target: its loss is 0, where the mean is 0/0.
+    return total / (y != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def _check_dataset_matches(meta: DatasetMeta, hf: HFModelConfig, dataset_dir: Path) -> None:
+def _check_dataset_matches(
+    meta: DatasetMeta | ChatDatasetMeta, hf: HFModelConfig, dataset_dir: Path
+) -> None:
     if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
         raise DataError(
             f"dataset {dataset_dir} was prepared with the tokenizer of {meta.base_model} but "

@@ -67,6 +67,9 @@ class TokenFiles:
     val: Path
     dtype: str
     vocab_size: int
+    train_mask: Path | None = None
+    """One uint8 per token of `train`, 1 where it is a target (see data/batches.py)."""
+    val_mask: Path | None = None
 
 
 @dataclass
@@ -242,8 +245,12 @@ def evaluate(run: Run) -> dict[str, float]:
     forward = run.model if run.ddp is not None else run.forward
     run.model.eval()
     losses: dict[str, float] = {}
-    for split, path in (("train", run.files.train), ("val", run.files.val)):
-        sampler = run.sampler.over(path, seed=runtime.seed + EVAL_SEED_OFFSET)
+    files = run.files
+    for split, path, mask in (
+        ("train", files.train, files.train_mask),
+        ("val", files.val, files.val_mask),
+    ):
+        sampler = run.sampler.over(path, seed=runtime.seed + EVAL_SEED_OFFSET, mask=mask)
         total = torch.zeros((), device=run.precision.device)
         for _ in range(runtime.eval_iters):
             x, y = sampler.next_batch()
@@ -341,6 +348,7 @@ def assemble_run(
             rank=ranks.rank,
             world_size=ranks.world_size,
             device=precision.device,
+            mask=files.train_mask,
         ),
         files=files,
         block_size=block_size,

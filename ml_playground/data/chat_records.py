@@ -1,0 +1,591 @@
+"""The chat records dataset: JSONL instructions or conversations in, token records out.
+
+    [prepare] records_path   a .jsonl file, or a folder whose .jsonl files are read in
+                             sorted order; one JSON object per line, in the shape that
+                             `format` names:
+                text                {"text": ...}
+                prompt_completion   {"prompt": ..., "completion": ...}
+                messages            {"messages": [{"role": ..., "content": ...}, ...]}
+
+    dataset_dir/train.jsonl, val.jsonl   one JSON object per record: "input_ids" and
+                                         "trained_spans", the [start, end) ranges of the
+                                         tokens the model learns to predict
+    dataset_dir/tokenizer/               the base model's tokenizer (with the chat
+                                         template that rendered the records)
+    dataset_dir/meta.json                written last (see dataset_folder.py)
+
+Records are tokenized here, not at train time, because which tokens train depends on
+how the conversation was rendered: a "messages" record is rendered with the tokenizer's
+chat template (or `[prepare] chat_template`) and only the assistant turns train; a
+"prompt_completion" record is the prompt, then the completion and EOS, and only the
+completion and EOS train; a "text" record trains on every token, then EOS. packing.py
+turns the spans into a mask beside the token stream, so a prompt token is never a target.
+
+Assistant spans come from the template itself: where it marks them with
+`{% generation %}`, from transformers' assistant mask; otherwise by rendering the
+conversation up to each assistant turn (with the generation prompt: where the answer
+starts) and through it (where the turn ends), and finding those prefixes in the tokens
+of the whole conversation. A record the template renders otherwise (a prefix that is not
+a prefix, a boundary inside a token) is counted, not guessed at.
+
+Bad records (not JSON, a missing or empty field, an unknown role, roles out of order, a
+template that refuses them) are counted by reason, reported on the console and in
+meta.json like the speech path's damage; a source without one usable record is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+# transformers renders chat templates with jinja2, so it is there wherever they are.
+from jinja2 import TemplateError
+
+from ml_playground import atomic
+from ml_playground.artifacts import Artifact, read_user_file
+from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
+from ml_playground.data import dataset_folder
+from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
+from ml_playground.data.records import (
+    TRAIN_FILE,
+    VAL_FILE,
+    DatasetMeta,
+    InputFile,
+    RecordFormat,
+    TokenizerLoader,
+    read_dataset_meta,
+    require_hf_model,
+)
+from ml_playground.data.table import RowCounts, RowTally
+from ml_playground.data.tokenizer import HFTokenizer
+from ml_playground.errors import ConfigError, DataError
+
+FORMAT_VERSION: Final = 1
+RECORD_FORMAT: Final = "token-records-jsonl"
+RECORDS_SUFFIX = ".jsonl"
+ROLES = ("system", "user", "assistant")
+SHOWN_EXAMPLES = 3
+GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+Span = tuple[int, int]
+
+
+class ChatTokenizer(HFTokenizer, Protocol):
+    """A Hugging Face tokenizer with the chat template machinery."""
+
+    chat_template: str | None
+    name_or_path: str
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A record as the model sees it: its tokens, and which of them are targets."""
+
+    input_ids: tuple[int, ...]
+    trained_spans: tuple[Span, ...]
+
+    def mask(self) -> list[int]:
+        """One flag per token: 1 where the token is a target."""
+        flags = [0] * len(self.input_ids)
+        for start, end in self.trained_spans:
+            flags[start:end] = [1] * (end - start)
+        return flags
+
+
+class BadRecordError(Exception):
+    """A record that cannot be used; `reason` is what the tally counts it under."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def text_record(tokenizer: HFTokenizer, text: str) -> TokenRecord:
+    """Every token trains, then EOS."""
+    ids = [*_encode_opening(tokenizer, text), _eos(tokenizer)]
+    return TokenRecord(tuple(ids), ((0, len(ids)),))
+
+
+def prompt_completion_record(tokenizer: HFTokenizer, prompt: str, completion: str) -> TokenRecord:
+    """The prompt (with the tokenizer's opening, e.g. <bos>), then the completion and EOS;
+    only the completion and EOS train."""
+    prompt_ids = _encode_opening(tokenizer, prompt)
+    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
+    ids = [*prompt_ids, *completion_ids, _eos(tokenizer)]
+    return TokenRecord(tuple(ids), ((len(prompt_ids), len(ids)),))
+
+
+def messages_record(tokenizer: ChatTokenizer, messages: Sequence[Mapping[str, str]]) -> TokenRecord:
+    """The conversation rendered with the tokenizer's chat template; the assistant turns
+    train, everything else (system, user, the template's own framing) does not."""
+    conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
+    template = tokenizer.chat_template or ""
+    if GENERATION_BLOCK.search(template):
+        return _generation_masked(tokenizer, conversation)
+    return _prefix_masked(tokenizer, conversation)
+
+
+def _generation_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]]) -> TokenRecord:
+    encoded = _render(
+        tokenizer, conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = [int(i) for i in encoded["input_ids"]]
+    flags = [int(f) for f in encoded["assistant_masks"]]
+    return TokenRecord(tuple(ids), _spans_of(flags))
+
+
+def _prefix_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]]) -> TokenRecord:
+    full = _render(tokenizer, conversation, tokenize=False)
+    ids = tokenizer.encode(full, add_special_tokens=False)
+    spans: list[Span] = []
+    for turn, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        opened = _render(tokenizer, conversation[:turn], tokenize=False, add_generation_prompt=True)
+        closed = _render(tokenizer, conversation[: turn + 1], tokenize=False)
+        start, end = (
+            _boundary(tokenizer, full, ids, opened),
+            _boundary(tokenizer, full, ids, closed),
+        )
+        if start < end:
+            spans.append((start, end))
+    return TokenRecord(tuple(ids), tuple(spans))
+
+
+def _boundary(tokenizer: HFTokenizer, full: str, ids: Sequence[int], prefix: str) -> int:
+    """How many tokens of `full` the rendered `prefix` covers."""
+    if not full.startswith(prefix):
+        raise BadRecordError("template renders a turn differently in a longer conversation")
+    prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
+    if list(ids[: len(prefix_ids)]) != prefix_ids:
+        raise BadRecordError("a turn boundary falls inside a token")
+    return len(prefix_ids)
+
+
+def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
+    try:
+        return tokenizer.apply_chat_template(conversation, **kwargs)
+    except (ValueError, TemplateError) as exc:
+        # Templates reject conversations they cannot render with raise_exception(...).
+        raise BadRecordError("the chat template refused it", str(exc)) from None
+
+
+def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:
+    spans: list[Span] = []
+    start: int | None = None
+    for index, flag in enumerate([*flags, 0]):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            spans.append((start, index))
+            start = None
+    return tuple(spans)
+
+
+def _encode_opening(tokenizer: HFTokenizer, text: str) -> list[int]:
+    """`text` as a record begins: with <bos> where the tokenizer adds one, without the EOS
+    some tokenizers (Llama's with add_eos_token) append."""
+    ids = tokenizer.encode(text, add_special_tokens=True)
+    return ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
+
+
+def _eos(tokenizer: HFTokenizer) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(
+            "the base model's tokenizer has no end-of-sequence token, so a fine-tuned model "
+            "could never learn to stop; use a base model whose tokenizer has one"
+        )
+    return eos
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def record_sources(records_path: Path | None) -> list[Path]:
+    """The .jsonl files to read: records_path itself, or those below it, sorted."""
+    if records_path is None:
+        raise ConfigError(
+            "[prepare] format reads JSONL records and needs [prepare] records_path "
+            "(a .jsonl file or a folder of them)"
+        )
+    if records_path.is_file():
+        return [records_path]
+    if not records_path.is_dir():
+        raise DataError(f"prepare.records_path {records_path} does not exist; fix the path")
+    files = sorted(path for path in records_path.rglob(f"*{RECORDS_SUFFIX}") if path.is_file())
+    if not files:
+        raise DataError(f"no {RECORDS_SUFFIX} files below prepare.records_path {records_path}")
+    return files
+
+
+def read_records(
+    sources: Sequence[Path],
+    source_format: RecordsSourceFormat,
+    tokenizer: ChatTokenizer,
+    counts: RowCounts,
+) -> Iterator[TokenRecord]:
+    """The usable records of `sources`, rendered; every other line is counted in `counts`."""
+    for path in sources:
+        for number, line in _lines(path):
+            counts.read += 1
+            try:
+                yield _token_record(json.loads(line), source_format, tokenizer)
+            except json.JSONDecodeError:
+                counts.add_malformed(f"{path}:{number}", "not JSON")
+            except BadRecordError as bad:
+                counts.add_malformed(f"{path}:{number}", bad.reason, bad.detail)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield number, line
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not valid UTF-8; convert it to UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _token_record(
+    value: object, source_format: RecordsSourceFormat, tokenizer: ChatTokenizer
+) -> TokenRecord:
+    if not isinstance(value, Mapping):
+        raise BadRecordError("not a JSON object")
+    record = typing.cast(Mapping[str, object], value)
+    if source_format == "text":
+        return text_record(tokenizer, _text_field(record, "text"))
+    if source_format == "prompt_completion":
+        prompt, completion = _text_field(record, "prompt"), _text_field(record, "completion")
+        return prompt_completion_record(tokenizer, prompt, completion)
+    return messages_record(tokenizer, _messages(record))
+
+
+def _text_field(record: Mapping[str, object], key: str) -> str:
+    if key not in record:
+        raise BadRecordError(f"no {key!r} key")
+    value = record[key]
+    if not isinstance(value, str):
+        raise BadRecordError(f"{key!r} is not a string")
+    if not value.strip():
+        raise BadRecordError(f"empty {key!r}")
+    return value
+
+
+def _messages(record: Mapping[str, object]) -> list[dict[str, str]]:
+    """The messages, checked: known roles, a system message only first, then user and
+    assistant taking turns from the user on, non-empty content, an assistant turn."""
+    if "messages" not in record:
+        raise BadRecordError("no 'messages' key")
+    raw = record["messages"]
+    if not isinstance(raw, list) or not raw:
+        raise BadRecordError("'messages' is not a non-empty list")
+    messages: list[dict[str, str]] = []
+    for item in typing.cast(list[object], raw):
+        if not isinstance(item, Mapping):
+            raise BadRecordError("a message is not an object")
+        message = typing.cast(Mapping[str, object], item)
+        role = message.get("role")
+        if role not in ROLES:
+            raise BadRecordError("unknown role", f"{role!r}; use one of {', '.join(ROLES)}")
+        assert isinstance(role, str)
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise BadRecordError("empty content")
+        messages.append({"role": role, "content": content})
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    expected = ("user", "assistant")
+    if any(m["role"] != expected[i % 2] for i, m in enumerate(turns)):
+        raise BadRecordError("roles out of order", "user and assistant take turns, the user first")
+    if not any(m["role"] == "assistant" for m in turns):
+        raise BadRecordError("no assistant turn")
+    return messages
+
+
+def read_token_records(path: Path) -> Iterator[TokenRecord]:
+    """The records of a prepared split, in order."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    yield _prepared_record(json.loads(line))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    raise DataError(
+                        f"{path}:{number} is not a token record; {RERUN_HINT}"
+                    ) from None
+    except FileNotFoundError:
+        raise DataError(f"dataset file not found: {path}; {RERUN_HINT}") from None
+
+
+def _prepared_record(value: Any) -> TokenRecord:
+    ids = tuple(int(i) for i in value["input_ids"])
+    spans = tuple((int(start), int(end)) for start, end in value["trained_spans"])
+    return TokenRecord(ids, spans)
+
+
+# --- the dataset --------------------------------------------------------------------------
+
+
+class ChatRecordSettings(Artifact):
+    """The settings that decide a chat records dataset."""
+
+    format_version: int
+    base_model: str
+    revision: str | None
+    source_format: RecordsSourceFormat
+    chat_template: str | None
+    train_split: float
+    seed: int
+
+
+class ChatFingerprint(Artifact):
+    inputs: tuple[InputFile, ...]
+    settings: ChatRecordSettings
+
+
+class ChatDatasetMeta(RecordFormat, PreparedMeta):
+    """Chat records dataset metadata."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    format: Literal["token-records-jsonl"] = RECORD_FORMAT
+    source_format: RecordsSourceFormat
+    base_model: str
+    revision: str | None
+    tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
+    vocab_size: int
+    records: dict[str, int]
+    tokens: dict[str, int]
+    trained_tokens: dict[str, int]
+    file_sizes: dict[str, int]
+    fingerprint: ChatFingerprint
+    rows: RowTally
+
+    def file_sizes_expected(self) -> Mapping[str, int]:
+        return self.file_sizes
+
+
+ChatPrepareOutcome = dataset_folder.PrepareOutcome[ChatDatasetMeta]
+
+
+def read_records_meta(dataset_dir: Path) -> DatasetMeta | ChatDatasetMeta:
+    """The meta.json of a records dataset of either kind, told apart by its "format"."""
+    path = dataset_dir / dataset_folder.META_FILE
+    try:
+        peeked: object = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        peeked = None  # the speech reader below says what is wrong with the file
+    if isinstance(peeked, dict) and typing.cast(dict[str, object], peeked).get("format") == (
+        RECORD_FORMAT
+    ):
+        return dataset_folder.read_meta(ChatDatasetMeta, path)
+    return read_dataset_meta(dataset_dir)
+
+
+def prepare_chat_records(
+    config: ExperimentConfig, load_tokenizer: TokenizerLoader
+) -> ChatPrepareOutcome:
+    """What a chat experiment's preparer does: prepare, then say what happened."""
+    outcome = prepare_chat_dataset(config, load_tokenizer)
+    print(outcome.message)
+    return outcome
+
+
+def prepare_chat_dataset(
+    config: ExperimentConfig, load_tokenizer: TokenizerLoader
+) -> ChatPrepareOutcome:
+    """Read, render, tokenize and split the records below prepare.records_path."""
+    hf = require_hf_model(config)
+    prepare = config.prepare
+    source_format = prepare.format
+    if source_format is None:
+        raise ConfigError(
+            '[prepare] format is needed for JSONL records: "text", "prompt_completion" or '
+            '"messages"'
+        )
+    sources = record_sources(prepare.records_path)
+    template = _configured_template(prepare.chat_template)
+    dataset_dir = prepare.dataset_dir
+    fingerprint = ChatFingerprint(
+        inputs=tuple(_input_file(path) for path in sources),
+        settings=ChatRecordSettings(
+            format_version=FORMAT_VERSION,
+            base_model=hf.model_name,
+            revision=hf.revision,
+            source_format=source_format,
+            chat_template=template,
+            train_split=prepare.train_split,
+            seed=prepare.seed,
+        ),
+    )
+    existing = dataset_folder.up_to_date(
+        ChatDatasetMeta,
+        dataset_dir,
+        lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
+    )
+    if existing is not None:
+        return existing
+
+    tokenizer = typing.cast(ChatTokenizer, load_tokenizer())
+    if template is not None:
+        tokenizer.chat_template = template
+    if source_format == "messages" and not tokenizer.chat_template:
+        raise ConfigError(
+            f"the tokenizer of {hf.model_name} has no chat template to render messages with; "
+            "set [prepare] chat_template to a Jinja template or FILE:<path of one>"
+        )
+    counts = RowCounts()
+    split = _write_split(
+        read_records(sources, source_format, tokenizer, counts),
+        dataset_dir,
+        train_split=prepare.train_split,
+        seed=prepare.seed,
+    )
+    if split.records["train"] + split.records["val"] < 2:
+        raise DataError(
+            f"{_usable(split)} usable record(s) in {_sources_text(sources)}, at least 2 are "
+            f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
+        )
+    with atomic.atomic_directory(dataset_dir / TOKENIZER_DIR) as staging:
+        tokenizer.save_pretrained(str(staging))
+    meta = ChatDatasetMeta(
+        structure_tokens=(),
+        added_tokens=(),
+        doc_separator="",
+        record_opening="",
+        record_closing="",
+        stop_tokens=(),
+        source_format=source_format,
+        base_model=hf.model_name,
+        revision=hf.revision,
+        vocab_size=len(tokenizer),
+        records=dict(split.records),
+        tokens=dict(split.tokens),
+        trained_tokens=dict(split.trained),
+        file_sizes={name: (dataset_dir / name).stat().st_size for name in (TRAIN_FILE, VAL_FILE)},
+        fingerprint=fingerprint,
+        rows=counts.tally(),
+    )
+    dataset_folder.write_meta(dataset_dir, meta)
+    return ChatPrepareOutcome(
+        skipped=False,
+        meta=meta,
+        message=(
+            f"prepared {dataset_dir}: {split.records['train']:,} train + "
+            f"{split.records['val']:,} val {source_format} records for {hf.model_name} "
+            f"({split.trained['train']:,} of {split.tokens['train']:,} train tokens train); "
+            f"{_summary(counts)}{_examples(counts, chr(10) + '  e.g. ')}"
+        ),
+    )
+
+
+def _configured_template(value: str | None) -> str | None:
+    """[prepare] chat_template: a Jinja template, or FILE:<path> of one."""
+    if value is None:
+        return None
+    if value.startswith(FILE_PROMPT_PREFIX):
+        path = Path(value[len(FILE_PROMPT_PREFIX) :])
+        return read_user_file(
+            path, what="chat template", error=ConfigError, remedy="fix [prepare] chat_template"
+        )
+    if "{{" not in value and "{%" not in value:
+        raise ConfigError(
+            f"[prepare] chat_template = {value!r} is not a Jinja template; give the template "
+            "itself or FILE:<path of one>"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class _Split:
+    records: Mapping[str, int]
+    tokens: Mapping[str, int]
+    trained: Mapping[str, int]
+
+
+def _write_split(
+    records: Iterator[TokenRecord], dataset_dir: Path, *, train_split: float, seed: int
+) -> _Split:
+    """Seeded split by record, like the speeches'; a split left empty takes one record of
+    the other (kept aside, since a jsonl line cannot be taken back cheaply)."""
+    rng = random.Random(seed)
+    counts = {split: {"records": 0, "tokens": 0, "trained": 0} for split in ("train", "val")}
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    for record in records:
+        split = "train" if rng.random() < train_split else "val"
+        lines[split].append(_line(record))
+        tally = counts[split]
+        tally["records"] += 1
+        tally["tokens"] += len(record.input_ids)
+        tally["trained"] += sum(end - start for start, end in record.trained_spans)
+    total = counts["train"]["records"] + counts["val"]["records"]
+    if total >= 2:
+        for empty, full in (("val", "train"), ("train", "val")):
+            if not lines[empty]:
+                moved = lines[full].pop()
+                record = _prepared_record(json.loads(moved))
+                lines[empty].append(moved)
+                for key, size in (
+                    ("records", 1),
+                    ("tokens", len(record.input_ids)),
+                    ("trained", sum(end - start for start, end in record.trained_spans)),
+                ):
+                    counts[full][key] -= size
+                    counts[empty][key] += size
+        dataset_folder.remove_meta(dataset_dir)
+        for split, name in (("train", TRAIN_FILE), ("val", VAL_FILE)):
+            with atomic.atomic_open(dataset_dir / name) as handle:
+                handle.write("".join(lines[split]).encode("utf-8"))
+    return _Split(
+        records={split: tally["records"] for split, tally in counts.items()},
+        tokens={split: tally["tokens"] for split, tally in counts.items()},
+        trained={split: tally["trained"] for split, tally in counts.items()},
+    )
+
+
+def _line(record: TokenRecord) -> str:
+    fields = {"input_ids": record.input_ids, "trained_spans": record.trained_spans}
+    return json.dumps(fields, separators=(",", ":")) + "\n"
+
+
+def _usable(split: _Split) -> int:
+    return split.records["train"] + split.records["val"]
+
+
+def _summary(counts: RowCounts) -> str:
+    parts = [f"{counts.read:,} records read"]
+    if counts.malformed:
+        reasons = ", ".join(
+            f"{count:,} {reason}" for reason, count in counts.malformed.most_common()
+        )
+        parts.append(f"{counts.malformed_total:,} bad ({reasons})")
+    return "; ".join(parts)
+
+
+def _examples(counts: RowCounts, joiner: str) -> str:
+    return "".join(f"{joiner}{example}" for example in counts.examples[:SHOWN_EXAMPLES])
+
+
+def _sources_text(sources: Sequence[Path]) -> str:
+    return str(sources[0]) if len(sources) == 1 else f"{len(sources)} files"
+
+
+def _input_file(path: Path) -> InputFile:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return InputFile(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)

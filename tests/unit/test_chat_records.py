@@ -1,0 +1,246 @@
+"""Chat records: rendering with the chat template, which tokens train, bad records, packing.
+
+The tokenizers are the tiny BPE ones of tests/finetune_helpers.py with the turn tokens of
+Qwen2 or Gemma and a chat template in that family's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
+from ml_playground.data.chat_records import (
+    ChatTokenizer,
+    TokenRecord,
+    messages_record,
+    prepare_chat_dataset,
+    prompt_completion_record,
+    read_records_meta,
+    read_token_records,
+)
+from ml_playground.data.packing import pack_token_records
+from ml_playground.data.records import TRAIN_FILE, VAL_FILE
+from ml_playground.errors import ConfigError, DataError
+from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from tests.finetune_helpers import (
+    GEMMA_TEMPLATE,
+    QWEN2_GENERATION_TEMPLATE,
+    QWEN2_TEMPLATE,
+    Family,
+    TinyModels,
+    build_chat_model,
+    chat_settings,
+    conversation,
+    load,
+    write_jsonl,
+)
+
+SYSTEM = "Sprich kurz."
+TWO_TURNS = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "Wer hat das Wort?"},
+    {"role": "assistant", "content": "Herr Kollege, Sie haben das Wort."},
+    {"role": "user", "content": "Und dann?"},
+    {"role": "assistant", "content": "Ich danke Ihnen für Ihre Aufmerksamkeit."},
+]
+
+
+def chat_tokenizer(
+    tmp_path: Path, tiny_models: TinyModels, family: Family, template: str | None
+) -> ChatTokenizer:
+    folder = build_chat_model(tmp_path / f"chat-{family}", tiny_models, family, template)
+    return typing.cast(ChatTokenizer, load_tokenizer(ModelSource.local(folder)))
+
+
+def trained_and_untrained(tokenizer: ChatTokenizer, record: TokenRecord) -> tuple[str, str]:
+    """The text of the trained spans (joined by |) and of all other tokens."""
+    mask = record.mask()
+    trained = "|".join(tokenizer.decode(record.input_ids[a:b]) for a, b in record.trained_spans)
+    untrained = tokenizer.decode([i for i, m in zip(record.input_ids, mask, strict=True) if not m])
+    return trained, untrained
+
+
+@pytest.mark.parametrize(
+    ("family", "template", "closing"),
+    [
+        ("qwen2", QWEN2_TEMPLATE, "<|im_end|>\n"),
+        ("qwen2", QWEN2_GENERATION_TEMPLATE, "<|im_end|>"),
+        ("gemma3", GEMMA_TEMPLATE, "<end_of_turn>\n"),
+    ],
+    ids=["qwen2-prefix", "qwen2-generation-block", "gemma-prefix"],
+)
+def test_only_the_assistant_turns_of_a_conversation_train(
+    tmp_path: Path, tiny_models: TinyModels, family: Family, template: str, closing: str
+) -> None:
+    tokenizer = chat_tokenizer(tmp_path, tiny_models, family, template)
+
+    record = messages_record(tokenizer, TWO_TURNS)
+
+    rendered = typing.cast(str, tokenizer.apply_chat_template(TWO_TURNS, tokenize=False))
+    assert list(record.input_ids) == tokenizer.encode(rendered, add_special_tokens=False)
+    trained, untrained = trained_and_untrained(tokenizer, record)
+    answers = [m["content"] for m in TWO_TURNS if m["role"] == "assistant"]
+    assert trained == "|".join(answer + closing for answer in answers)
+    # Everything else is the prompt: system, user turns and the template's framing.
+    for message in TWO_TURNS[:2] + TWO_TURNS[3:4]:
+        assert message["content"] in untrained
+    assert all(answer not in untrained for answer in answers)
+    assert record.mask()[0] == 0
+
+
+def test_prompt_then_completion_and_eos_where_only_the_completion_trains(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    tokenizer = chat_tokenizer(tmp_path, tiny_models, "gemma3", None)
+
+    record = prompt_completion_record(tokenizer, "Wer hat das Wort?", " Herr Kollege.")
+
+    assert record.input_ids[0] == tokenizer.bos_token_id
+    assert record.input_ids[-1] == tokenizer.eos_token_id
+    (span,) = record.trained_spans
+    assert span[1] == len(record.input_ids)
+    assert tokenizer.decode(record.input_ids[: span[0]]) == "<bos>Wer hat das Wort?"
+    assert tokenizer.decode(record.input_ids[span[0] :]) == " Herr Kollege.<eos>"
+
+
+def test_bad_records_are_counted_by_reason_with_their_line_and_the_rest_prepared(
+    tmp_path: Path, tiny_models: TinyModels, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    good = [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(6)]
+    write_jsonl(
+        tmp_path / "chats.jsonl",
+        good,
+        extra_lines=[
+            "{not json",
+            json.dumps({"text": "no messages"}),
+            json.dumps({"messages": [{"role": "robot", "content": "Hallo"}]}),
+            json.dumps({"messages": [{"role": "user", "content": " "}]}),
+            json.dumps(conversation("Frage?", "")),
+            json.dumps({"messages": [{"role": "assistant", "content": "Zuerst ich."}]}),
+            json.dumps({"messages": [{"role": "user", "content": "Nur eine Frage."}]}),
+        ],
+    )
+    config = load(tmp_path, chat_settings(model)).config
+
+    outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+
+    rows = outcome.meta.rows
+    assert rows.read == 13
+    assert rows.malformed == {
+        "empty content": 2,
+        "no 'messages' key": 1,
+        "no assistant turn": 1,
+        "not JSON": 1,
+        "roles out of order": 1,
+        "unknown role": 1,
+    }
+    assert rows.examples[0] == f"{tmp_path / 'chats.jsonl'}:7: not JSON"
+    assert outcome.meta.records["train"] + outcome.meta.records["val"] == 6
+    assert "13 records read; 7 bad (" in outcome.message
+    assert read_records_meta(config.prepare.dataset_dir) == outcome.meta
+    again = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+    assert again.skipped
+    capsys.readouterr()
+
+
+def test_a_file_without_a_usable_record_is_one_line_naming_it(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    write_jsonl(tmp_path / "chats.jsonl", [{"text": "no messages"}], extra_lines=["[1, 2]"])
+    config = load(tmp_path, chat_settings(model)).config
+
+    with pytest.raises(DataError) as error:
+        prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"0 usable record(s) in {tmp_path / 'chats.jsonl'}" in message
+    assert "1 no 'messages' key" in message and "1 not a JSON object" in message
+    assert not (config.prepare.dataset_dir / TRAIN_FILE).exists()
+
+
+def test_a_tokenizer_without_a_chat_template_names_the_model_and_the_key(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", None)
+    write_jsonl(tmp_path / "chats.jsonl", [conversation("Frage?", "Antwort.")] * 3)
+    config = load(tmp_path, chat_settings(model)).config
+
+    with pytest.raises(ConfigError, match=r"\[prepare\] chat_template") as error:
+        prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+
+    assert f"the tokenizer of {model} has no chat template" in str(error.value)
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["inline", "FILE:"])
+def test_prepare_chat_template_supplies_one_and_travels_with_the_tokenizer(
+    tmp_path: Path, tiny_models: TinyModels, as_file: bool
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", None)
+    write_jsonl(tmp_path / "chats.jsonl", [conversation("Frage?", "Antwort.")] * 3)
+    (tmp_path / "chat.jinja").write_text(QWEN2_TEMPLATE, encoding="utf-8")
+    template = "FILE:chat.jinja" if as_file else QWEN2_TEMPLATE
+    config = load(tmp_path, chat_settings(model) | {"prepare.chat_template": template}).config
+
+    outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+
+    saved = load_tokenizer(ModelSource.local(config.prepare.dataset_dir / "tokenizer"))
+    assert typing.cast(ChatTokenizer, saved).chat_template == QWEN2_TEMPLATE
+    assert outcome.meta.trained_tokens["train"] > 0
+
+
+def test_a_chat_template_that_is_neither_jinja_nor_a_file_is_a_config_error(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", None)
+    write_jsonl(tmp_path / "chats.jsonl", [conversation("Frage?", "Antwort.")] * 3)
+    config = load(tmp_path, chat_settings(model) | {"prepare.chat_template": "chat.jinja"}).config
+
+    with pytest.raises(ConfigError, match="FILE:<path of one>"):
+        prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+
+
+def test_packing_keeps_each_records_mask_and_batches_ignore_the_prompt_targets(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "gemma3", GEMMA_TEMPLATE)
+    chats = [conversation(f"Frage {i}?", f"Antwort {i}.", system=SYSTEM) for i in range(8)]
+    write_jsonl(tmp_path / "chats.jsonl", chats)
+    config = load(tmp_path, chat_settings(model)).config
+    prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+    dataset_dir = config.prepare.dataset_dir
+
+    packed = pack_token_records(dataset_dir, 500, tmp_path / "out")
+
+    records = list(read_token_records(dataset_dir / TRAIN_FILE))
+    ids = np.fromfile(packed.train, dtype=packed.dtype).tolist()
+    assert packed.train_mask is not None and packed.val_mask is not None
+    mask = np.fromfile(packed.train_mask, dtype=np.uint8).tolist()
+    assert ids == [i for record in records for i in record.input_ids]
+    assert mask == [m for record in records for m in record.mask()]
+    assert len(list(read_token_records(dataset_dir / VAL_FILE))) >= 1
+    # Walk the stream in windows: y is the next token where it trains, ignored elsewhere.
+    block = 8
+    sampler = BatchSampler(
+        packed.train, packed.dtype, block, 1, mode="sequential", mask=packed.train_mask
+    )
+    for window in range((len(ids) - 1) // block):
+        x, y = sampler.next_batch()
+        start = window * block
+        assert [int(i) for i in x[0]] == ids[start : start + block]
+        expected = [
+            ids[t] if mask[t] else IGNORE_INDEX for t in range(start + 1, start + block + 1)
+        ]
+        assert [int(i) for i in y[0]] == expected
+    # A record's first token (<bos>, a prompt token) is never the target after the last.
+    starts = np.cumsum([0] + [len(r.input_ids) for r in records])[1:-1]
+    assert all(mask[int(s)] == 0 for s in starts)
+    again = pack_token_records(dataset_dir, 500, tmp_path / "out")
+    assert again == packed
