@@ -391,14 +391,28 @@ def build_chat_model(
     special tokens, like the real ones) and `template` as its chat template (None: none)."""
     import shutil  # noqa: PLC0415 - only chat tests copy models
 
+    import torch  # noqa: PLC0415 - as above
+
     from ml_playground.data.chat_records import ChatTokenizer  # noqa: PLC0415 - heavy
-    from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - heavy
+    from ml_playground.finetune.hub import (  # noqa: PLC0415 - heavy
+        ModelSource,
+        load_causal_lm,
+        load_tokenizer,
+    )
+    from ml_playground.finetune.model import fit_embeddings  # noqa: PLC0415 - as above
 
     shutil.copytree(tiny_models.of(family), folder)
     tokenizer = cast(ChatTokenizer, load_tokenizer(ModelSource.local(folder)))
     tokenizer.add_special_tokens({"additional_special_tokens": list(TURN_TOKENS[family])})
     tokenizer.chat_template = template
     tokenizer.save_pretrained(str(folder))
+    # The real models have rows for their turn tokens; so does the stand-in.
+    model = load_causal_lm(
+        ModelSource.local(folder), dtype=torch.float32, attn_implementation="eager"
+    )
+    torch.default_generator.manual_seed(0)
+    fit_embeddings(model, len(tokenizer), init_new_rows=True)
+    model.save_pretrained(folder)  # pyright: ignore[reportUnknownMemberType] - untyped library
     return folder
 
 

@@ -36,14 +36,18 @@ from tests.cli_helpers import (
     started_command,
 )
 from tests.finetune_helpers import (
+    QWEN2_TEMPLATE,
     TinyModels,
     TomlValue,
     adapter_weights,
+    build_chat_model,
+    chat_settings,
     copy_member_slices,
     prepare_speech_records,
     speeches,
     tiny_settings,
     write_config,
+    write_jsonl,
     write_speeches_csv,
 )
 
@@ -199,6 +203,43 @@ def test_the_qwen_preset_runs_on_the_generic_preparer_with_a_txt_folder(
     assert "12 speeches kept" in result.stdout
     assert "done: step 6" in result.stdout
     assert list((workdir / "out" / "samples").glob("*.txt"))
+
+
+def test_loop_qwen_chat_lora_trains_on_its_bundled_conversations_and_counts_a_bad_line(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(workdir / "chat-model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    bundled = EXPERIMENTS_ROOT / "qwen_chat_lora" / "chats.jsonl"
+    chats = workdir / "chats.jsonl"
+    chats.write_text(bundled.read_text(encoding="utf-8") + "{not json\n", encoding="utf-8")
+    start = "<|im_start|>user\nHow do I run the tests?<|im_end|>\n<|im_start|>assistant\n"
+    write_config(workdir, chat_settings(model) | {"sample.sample.start": start}, CONFIG)
+
+    result = cli.run("loop", "qwen_chat_lora")
+
+    assert result.returncode == 0, result.stderr
+    assert "messages records for" in result.stdout
+    assert "31 records read; 1 bad (1 not JSON)" in result.stdout
+    assert f"e.g. {chats}:31: not JSON" in result.stdout
+    assert "done: step 6" in result.stdout
+    assert list((workdir / "out" / "samples").glob("*.txt"))
+
+
+def test_a_jsonl_without_a_usable_record_exits_2_with_one_error_line(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(workdir / "chat-model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    write_jsonl(
+        workdir / "chats.jsonl",
+        [{"prompt": "Frage?", "completion": "Antwort."}],
+        extra_lines=["{not json"],
+    )
+    write_config(workdir, chat_settings(model), CONFIG)
+
+    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+
+    assert f"0 usable record(s) in {workdir / 'chats.jsonl'}" in line
+    assert "2 records read; 2 bad (1 no 'messages' key, 1 not JSON)" in line
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------------
