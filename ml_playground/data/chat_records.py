@@ -519,8 +519,9 @@ class _Split:
 def _write_split(
     records: Iterator[TokenRecord], dataset_dir: Path, *, train_split: float, seed: int
 ) -> _Split:
-    """Seeded split by record, like the speeches'; a split left empty takes one record of
-    the other (kept aside, since a jsonl line cannot be taken back cheaply)."""
+    """Seeded split by record, like the speeches'; a split left empty takes the last record
+    of the other. The lines are held in memory until all are read: chat datasets are small
+    beside speech corpora, and nothing is written before the source has been read whole."""
     rng = random.Random(seed)
     counts = {split: {"records": 0, "tokens": 0, "trained": 0} for split in ("train", "val")}
     lines: dict[str, list[str]] = {"train": [], "val": []}

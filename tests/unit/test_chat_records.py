@@ -244,3 +244,30 @@ def test_packing_keeps_each_records_mask_and_batches_ignore_the_prompt_targets(
     assert all(mask[int(s)] == 0 for s in starts)
     again = pack_token_records(dataset_dir, 500, tmp_path / "out")
     assert again == packed
+
+
+def test_every_jsonl_file_below_a_folder_is_read_and_every_text_token_trains(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "gemma3", None)
+    texts = [f"Herr Kollege {i}, Sie haben das Wort." for i in range(4)]
+    write_jsonl(tmp_path / "texts" / "b.jsonl", [{"text": text} for text in texts[2:]])
+    write_jsonl(tmp_path / "texts" / "nested" / "a.jsonl", [{"text": text} for text in texts[:2]])
+    (tmp_path / "texts" / "notes.txt").write_text("not a record", encoding="utf-8")
+    settings = chat_settings(model, "texts") | {"prepare.format": "text"}
+    config = load(tmp_path, settings).config
+
+    outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+
+    meta = outcome.meta
+    assert meta.source_format == "text"
+    assert meta.rows.read == 4 and not meta.rows.malformed
+    assert meta.trained_tokens == meta.tokens
+    tokenizer = load_tokenizer(ModelSource.local(model))
+    dataset_dir = config.prepare.dataset_dir
+    records = [
+        *read_token_records(dataset_dir / TRAIN_FILE),
+        *read_token_records(dataset_dir / VAL_FILE),
+    ]
+    decoded = sorted(tokenizer.decode(record.input_ids) for record in records)
+    assert decoded == sorted(f"<bos>{text}<eos>" for text in texts)
