@@ -11,6 +11,7 @@ from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import torch
 
 EXIT_USER_ERROR = 2
@@ -135,3 +136,13 @@ def scalar_events(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
         str(tag): [(int(event.step), float(event.value)) for event in accumulator.Scalars(tag)]
         for tag in accumulator.Tags()["scalars"]
     }
+
+
+# A Gloo job whose ranks all finished, saved and destroyed their process group can still
+# abort one rank at interpreter exit ("terminate called without an active exception",
+# torch 2.15, about one launch in twenty on a loaded 2-core machine; pytorch/pytorch#179291
+# describes the mechanism). The run's files are complete, but the launcher reports a
+# failure. Tests that launch ranks retry once on exactly that message, and only on it.
+GLOO_TEARDOWN_ABORT = pytest.mark.flaky(
+    reruns=1, only_rerun=["terminate called without an active exception"]
+)

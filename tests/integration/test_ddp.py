@@ -21,8 +21,11 @@ from ml_playground.config import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment
 from ml_playground.train.gpt import train_gpt
+from tests.cli_helpers import GLOO_TEARDOWN_ABORT
 from tests.conftest import REPO_ROOT
 from tests.gpt_helpers import TomlValue, prepare, tiny_experiment
+
+pytestmark = GLOO_TEARDOWN_ABORT
 
 DDP_SETTINGS: dict[str, TomlValue] = {
     "train.model.dropout": 0.0,

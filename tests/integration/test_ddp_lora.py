@@ -21,10 +21,12 @@ import torch
 from ml_playground import checkpoint
 from ml_playground.finetune.trainer import train_lora
 from ml_playground.train.reporting import TB_SUBDIR
-from tests.cli_helpers import run_command
+from tests.cli_helpers import GLOO_TEARDOWN_ABORT, run_command
 from tests.conftest import REPO_ROOT
 from tests.finetune_helpers import TinyModels, TomlValue, adapter_weights, speeches_experiment
 from tests.integration.ddp_failing_rank import FAILURE
+
+pytestmark = GLOO_TEARDOWN_ABORT
 
 LAUNCH_TIMEOUT = 240  # seconds; a hung rank fails the test instead of the suite
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
