@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from benchmarks.training import TokenFile, never_saved
 from ml_playground.config import Arch, DTypeChoice, OptimizerName, TrainConfig
-from ml_playground.device import resolve_precision, seed_everything
+from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
@@ -137,11 +137,17 @@ class QualityResult:
 
 
 class _Contender:
-    def __init__(self, recipe: Recipe, setting: Setting, train: TokenFile, val: TokenFile) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        setting: Setting,
+        precision: Precision,
+        train: TokenFile,
+        val: TokenFile,
+    ) -> None:
         seed_everything(SEED)  # the same batches for every setting; weights per architecture
         config = recipe.train_config(setting)
         model_config = recipe.model.replace(arch=setting.arch)
-        precision = resolve_precision("cpu", config.runtime.dtype)
         self.run: Run = assemble_run(
             config,
             precision,
@@ -155,7 +161,7 @@ class _Contender:
             resume=None,
             resume_source="",
         )
-        self.result = QualityResult(setting.name, str(precision.dtype).removeprefix("torch."))
+        self.result = QualityResult(setting.name, precision.dtype_name)
 
     def step(self, index: int) -> None:
         train = self.run.train
@@ -181,10 +187,10 @@ def measure_time_to_quality(
     contenders: dict[tuple[str, str, str], _Contender] = {}
     names: list[tuple[str, tuple[str, str, str]]] = []
     for setting in settings:
-        dtype = str(resolve_precision("cpu", setting.dtype).dtype).removeprefix("torch.")
-        key = (setting.arch, setting.optimizer, dtype)
+        precision = resolve_precision("cpu", setting.dtype)
+        key = (setting.arch, setting.optimizer, precision.dtype_name)
         if key not in contenders:
-            contenders[key] = _Contender(recipe, setting, train, val)
+            contenders[key] = _Contender(recipe, setting, precision, train, val)
         names.append((setting.name, key))
     for index in range(recipe.steps):
         for contender in contenders.values():
@@ -198,8 +204,7 @@ def measure_time_to_quality(
 
 def render(results: list[QualityResult], recipe: Recipe) -> str:
     """One row per setting: time, val loss at each eval, time to TARGET and its ratio."""
-    baseline = next((r for r in results if r.setting == BASELINE), None)
-    base_time = baseline.seconds_to(TARGET) if baseline else None
+    base_time = _baseline_seconds(results)
     steps = [step for step, _, _ in results[0].evals]
     header = ["setting", "runs in", "wall s", *(f"@{s}" for s in steps), f"to {TARGET}", "ratio"]
     rows = [header]
@@ -234,13 +239,18 @@ def best_final(results: list[QualityResult]) -> QualityResult:
 
 def fastest_ratio(results: list[QualityResult]) -> tuple[QualityResult, float] | None:
     """The setting that reached TARGET soonest, and its time over gpt2+adamw float32's."""
-    baseline = next((r for r in results if r.setting == BASELINE), None)
-    base_time = baseline.seconds_to(TARGET) if baseline else None
+    base_time = _baseline_seconds(results)
     reached = [(r, t) for r in results if (t := r.seconds_to(TARGET)) is not None]
     if not reached or not base_time:
         return None
     fastest, seconds = min(reached, key=lambda pair: pair[1])
     return fastest, seconds / base_time
+
+
+def _baseline_seconds(results: list[QualityResult]) -> float | None:
+    """gpt2+adamw float32's time to TARGET, the ratios' denominator; None if it never got there."""
+    baseline = next((r for r in results if r.setting == BASELINE), None)
+    return baseline.seconds_to(TARGET) if baseline else None
 
 
 def results_json(results: list[QualityResult]) -> list[dict[str, object]]:
