@@ -66,6 +66,11 @@ class PrepareConfig(Section):
     raw_dir: Path | None = None
     raw_text_path: Path | None = None
     records_path: Path | None = None
+    # A Hugging Face datasets dataset instead of records_path: a local folder (resolved
+    # against the config's folder when it exists there) or a name in the datasets cache.
+    hf_dataset: str | None = None
+    hf_dataset_subset: str | None = None
+    hf_dataset_split: str = "train"
     format: RecordsSourceFormat | None = None
     chat_template: str | None = None
     dataset_dir: Path = Path("datasets")
@@ -475,6 +480,8 @@ PATH_KEYS = frozenset(_path_keys(ExperimentConfig))
 FILE_PROMPT_PREFIX = "FILE:"
 FILE_KEYS = frozenset({"sample.sample.start", "prepare.chat_template"})
 """Text keys whose value may instead name a file, as FILE:<path>."""
+PATH_OR_NAME_KEYS = frozenset({"prepare.hf_dataset"})
+"""Keys naming a local folder when one is there, else something else (a hub name)."""
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -486,6 +493,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             anchored = _anchor(value, base)
         elif key in FILE_KEYS and isinstance(value, str) and value.startswith(FILE_PROMPT_PREFIX):
             anchored = FILE_PROMPT_PREFIX + str(_anchor(value[len(FILE_PROMPT_PREFIX) :], base))
+        elif key in PATH_OR_NAME_KEYS and isinstance(value, str) and _anchor(value, base).exists():
+            anchored = str(_anchor(value, base))
         _set_dotted(resolved, key, anchored)
     return resolved
 
@@ -597,4 +606,10 @@ def _check_rules(config: ExperimentConfig, file_of: typing.Callable[[str], Path]
         train.peft is None or train.hf_model is not None,
         "train.peft",
         "[train.peft] needs a [train.hf_model] section naming the base model",
+    )
+    require(
+        config.prepare.records_path is None or config.prepare.hf_dataset is None,
+        "prepare.hf_dataset",
+        "set either prepare.records_path (JSONL files) or prepare.hf_dataset (a datasets "
+        "dataset), not both",
     )

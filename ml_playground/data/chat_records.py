@@ -2,7 +2,8 @@
 
     [prepare] records_path   a .jsonl file, or a folder whose .jsonl files are read in
                              sorted order; one JSON object per line, in the shape that
-                             `format` names:
+                             `format` names (or [prepare] hf_dataset: the rows of a
+                             Hugging Face datasets split, see hf_datasets.py):
                 text                {"text": ...}
                 prompt_completion   {"prompt": ..., "completion": ...}
                 messages            {"messages": [{"role": ..., "content": ...}, ...]}
@@ -39,7 +40,7 @@ import json
 import random
 import re
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -50,7 +51,7 @@ from jinja2 import TemplateError
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact, read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
-from ml_playground.data import dataset_folder
+from ml_playground.data import dataset_folder, hf_datasets
 from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
 from ml_playground.data.records import (
     TRAIN_FILE,
@@ -218,8 +219,8 @@ def record_sources(records_path: Path | None) -> list[Path]:
     """The .jsonl files to read: records_path itself, or those below it, sorted."""
     if records_path is None:
         raise ConfigError(
-            "[prepare] format reads JSONL records and needs [prepare] records_path "
-            "(a .jsonl file or a folder of them)"
+            "[prepare] format reads records and needs [prepare] records_path (a .jsonl file "
+            "or a folder of them) or [prepare] hf_dataset (a Hugging Face datasets dataset)"
         )
     if records_path.is_file():
         return [records_path]
@@ -231,22 +232,30 @@ def record_sources(records_path: Path | None) -> list[Path]:
     return files
 
 
+def jsonl_rows(sources: Sequence[Path]) -> Iterator[tuple[str, object]]:
+    """Each non-blank line of the files with where it is, as `path:line`."""
+    for path in sources:
+        for number, line in _lines(path):
+            yield f"{path}:{number}", line
+
+
 def read_records(
-    sources: Sequence[Path],
+    rows: Iterable[tuple[str, object]],
     source_format: RecordsSourceFormat,
     tokenizer: ChatTokenizer,
     counts: RowCounts,
 ) -> Iterator[TokenRecord]:
-    """The usable records of `sources`, rendered; every other line is counted in `counts`."""
-    for path in sources:
-        for number, line in _lines(path):
-            counts.read += 1
-            try:
-                yield _token_record(json.loads(line), source_format, tokenizer)
-            except json.JSONDecodeError:
-                counts.add_malformed(f"{path}:{number}", "not JSON")
-            except BadRecordError as bad:
-                counts.add_malformed(f"{path}:{number}", bad.reason, bad.detail)
+    """The usable records among `rows` (JSON lines, or rows a dataset already decoded),
+    rendered; every other row is counted in `counts` under where it is."""
+    for where, raw in rows:
+        counts.read += 1
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            yield _token_record(value, source_format, tokenizer)
+        except json.JSONDecodeError:
+            counts.add_malformed(where, "not JSON")
+        except BadRecordError as bad:
+            counts.add_malformed(where, bad.reason, bad.detail)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -354,6 +363,8 @@ class ChatRecordSettings(Artifact):
 
 class ChatFingerprint(Artifact):
     inputs: tuple[InputFile, ...]
+    # "name[split]@content-hash" of an [prepare] hf_dataset source; None for JSONL files.
+    hf_dataset: str | None = None
     settings: ChatRecordSettings
 
 
@@ -416,11 +427,12 @@ def prepare_chat_dataset(
             '[prepare] format is needed for JSONL records: "text", "prompt_completion" or '
             '"messages"'
         )
-    sources = record_sources(prepare.records_path)
+    rows, described, inputs, hf_source = _record_rows(config)
     template = _configured_template(prepare.chat_template)
     dataset_dir = prepare.dataset_dir
     fingerprint = ChatFingerprint(
-        inputs=tuple(_input_file(path) for path in sources),
+        inputs=inputs,
+        hf_dataset=hf_source,
         settings=ChatRecordSettings(
             format_version=FORMAT_VERSION,
             base_model=hf.model_name,
@@ -449,14 +461,14 @@ def prepare_chat_dataset(
         )
     counts = RowCounts()
     split = _write_split(
-        read_records(sources, source_format, tokenizer, counts),
+        read_records(rows, source_format, tokenizer, counts),
         dataset_dir,
         train_split=prepare.train_split,
         seed=prepare.seed,
     )
     if split.records["train"] + split.records["val"] < 2:
         raise DataError(
-            f"{_usable(split)} usable record(s) in {_sources_text(sources)}, at least 2 are "
+            f"{_usable(split)} usable record(s) in {described}, at least 2 are "
             f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
         )
     with atomic.atomic_directory(dataset_dir / TOKENIZER_DIR) as staging:
@@ -490,6 +502,21 @@ def prepare_chat_dataset(
             f"{_summary(counts)}{_examples(counts, chr(10) + '  e.g. ')}"
         ),
     )
+
+
+def _record_rows(
+    config: ExperimentConfig,
+) -> tuple[Iterable[tuple[str, object]], str, tuple[InputFile, ...], str | None]:
+    """The rows to read, how to name them, and what identifies them in the fingerprint."""
+    prepare = config.prepare
+    if prepare.hf_dataset is not None:
+        split = hf_datasets.load_split(
+            prepare.hf_dataset, prepare.hf_dataset_subset, prepare.hf_dataset_split
+        )
+        return split.located(), split.label, (), f"{split.label}@{split.fingerprint}"
+    sources = record_sources(prepare.records_path)
+    inputs = tuple(_input_file(path) for path in sources)
+    return jsonl_rows(sources), _sources_text(sources), inputs, None
 
 
 def _configured_template(value: str | None) -> str | None:

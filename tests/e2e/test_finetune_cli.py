@@ -242,6 +242,20 @@ def test_a_jsonl_without_a_usable_record_exits_2_with_one_error_line(
     assert "2 records read; 2 bad (1 no 'messages' key, 1 not JSON)" in line
 
 
+def test_an_hf_dataset_that_cannot_be_loaded_offline_exits_2_with_one_error_line(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(workdir / "chat-model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    settings = chat_settings(model) | {"prepare.hf_dataset": "nobody/no-such-dataset"}
+    settings.pop("prepare.records_path")
+    write_config(workdir, settings, CONFIG)
+
+    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+
+    assert "cannot load [prepare] hf_dataset nobody/no-such-dataset[train]" in line
+    assert not (workdir / "datasets").exists()
+
+
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
 
