@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ml_playground.artifacts import read_user_file
@@ -269,6 +270,25 @@ class LoadedConfig:
         """One `key = value  (origin)` line per leaf of the effective config."""
         leaves = _flatten(self.config.model_dump(mode="json"))
         return [f"{key} = {value!r}  ({self.origin_of(key)})" for key, value in leaves.items()]
+
+    def to_toml(self) -> str:
+        """The effective config as TOML that loads back into the same config, each key
+        followed by where it came from. Paths are absolute, so the text can be saved
+        anywhere and passed as --exp-config."""
+        tables: dict[str, list[str]] = {}
+        for key, value in _flatten(self.config.model_dump(mode="json")).items():
+            table, _, leaf = key.rpartition(".")
+            origin = self.origin_of(key)
+            if value is None:
+                # TOML has no null: an unset key is left out, which loads back as unset.
+                line = f"# {leaf} is unset ({origin})"
+            else:
+                line = f"{tomli_w.dumps({leaf: value}).strip()}  # {origin}"
+            tables.setdefault(table, []).append(line)
+        top = tables.pop("", [])
+        blocks = ["\n".join(top)] if top else []
+        blocks += [f"[{table}]\n" + "\n".join(lines) for table, lines in tables.items()]
+        return "\n\n".join(blocks) + "\n"
 
 
 def load_config(

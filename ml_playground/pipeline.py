@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Generator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
-from ml_playground.config import LoadedConfig
-from ml_playground.errors import ConfigError
+from ml_playground.config import ExperimentConfig, LoadedConfig, load_config
+from ml_playground.data import dataset_folder
+from ml_playground.errors import ConfigError, UserError
 from ml_playground.experiments import (
     EXPERIMENTS_ROOT,
     Experiment,
     PrepareContext,
+    list_experiments,
+    new_experiments_root,
     resolve_preparer,
 )
 
@@ -38,10 +45,74 @@ def _single_process(step: str) -> None:
         )
 
 
+_FORCE_PREPARE: ContextVar[bool] = ContextVar("force_prepare", default=False)
+
+
+@contextmanager
+def forcing(*, prepare: bool) -> Generator[None]:
+    """`--force`: within this block, `prepare` prepares again even when up to date."""
+    token = _FORCE_PREPARE.set(prepare)
+    try:
+        yield
+    finally:
+        _FORCE_PREPARE.reset(token)
+
+
 def prepare(experiment: Experiment, loaded: LoadedConfig) -> None:
     _single_process("prepare")
     preparer = resolve_preparer(experiment, loaded.config.prepare.dataset)
-    preparer(PrepareContext(experiment.name, experiment.directory, loaded.config))
+    with dataset_folder.forced(_FORCE_PREPARE.get()):
+        preparer(PrepareContext(experiment.name, experiment.directory, loaded.config))
+
+
+def set_aside_out_dir(config: ExperimentConfig) -> Path | None:
+    """`train --fresh`: rename out_dir to the first free out_dir.N; never delete a run."""
+    from ml_playground.distributed import ranks_from_env  # noqa: PLC0415 - imports torch
+
+    out_dir = config.train.runtime.out_dir
+    if ranks_from_env().is_distributed:
+        raise ConfigError(
+            f"--fresh renames {out_dir} in one process; run without torchrun/accelerate "
+            "once, or move the folder yourself, then start the distributed run"
+        )
+    if not out_dir.exists():
+        return None
+    number = 1
+    while out_dir.with_name(f"{out_dir.name}.{number}").exists():
+        number += 1
+    target = out_dir.with_name(f"{out_dir.name}.{number}")
+    out_dir.rename(target)  # one rename on one file system: the run moves whole or not at all
+    return target
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """What `list` shows of an experiment: where it lives and how far it got."""
+
+    experiment: Experiment
+    state: tuple[str, ...]
+
+
+# The checkpoint store's file names (checkpoint.py), matched here without importing torch.
+_TRAINED_PATTERNS = ("ckpt_best.pt", "ckpt_last.pt", "ckpt.pt", "adapters/*/adapter_config.json")
+
+
+def experiment_states() -> list[ExperimentState]:
+    states: list[ExperimentState] = []
+    for experiment in list_experiments():
+        try:
+            config = load_config(experiment.config_path, experiment.directory).config
+        except UserError:
+            states.append(ExperimentState(experiment, ("config has an error",)))
+            continue
+        state: list[str] = []
+        if (config.prepare.dataset_dir / dataset_folder.META_FILE).is_file():
+            state.append("prepared")
+        out_dir = config.train.runtime.out_dir
+        if any(any(out_dir.glob(pattern)) for pattern in _TRAINED_PATTERNS):
+            state.append("trained")
+        states.append(ExperimentState(experiment, tuple(state)))
+    return states
 
 
 def train(experiment: Experiment, loaded: LoadedConfig) -> None:
@@ -85,13 +156,14 @@ def export(experiment: Experiment, loaded: LoadedConfig) -> None:
 
 
 def new_experiment(name: str, parent: Path | None) -> Path:
-    """Copy the template into `parent/name`, filling in the experiment's name."""
+    """Copy the template into `parent/name`, filling in the experiment's name; without a
+    parent, into the folder `new_experiments_root` names."""
     if not EXPERIMENT_NAME.match(name):
         raise ConfigError(
             f"invalid experiment name {name!r}: use lowercase letters, digits and _, "
             "starting with a letter"
         )
-    target = (parent or EXPERIMENTS_ROOT) / name
+    target = (parent or new_experiments_root()) / name
     if target.exists():
         raise ConfigError(f"{target} already exists; choose another name or remove it")
     target.parent.mkdir(parents=True, exist_ok=True)
