@@ -325,4 +325,4 @@ def plot_curves(events: RunEvents, handle: IO[bytes]) -> None:
         steps, values = zip(*rate, strict=True)
         rates.plot(steps, values)
     rates.set(title="learning rate", xlabel="step")
-    figure.savefig(handle, format="png", dpi=PLOT_DPI)
+    figure.savefig(handle, format="png", dpi=PLOT_DPI)  # pyright: ignore[reportUnknownMemberType] - its **kwargs are untyped
