@@ -85,6 +85,10 @@ STEPS: dict[str, tuple[StepFn, str]] = {
         "generate text from the best (else last) checkpoint; streams and saves to out_dir/samples",
     ),
     "loop": (pipeline.loop, "prepare, then train (resuming if a checkpoint exists), then sample"),
+    "report": (
+        pipeline.report,
+        "rebuild out_dir/report.md and loss.png (written by train) from the TensorBoard events",
+    ),
     "export": (
         pipeline.export,
         "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])",

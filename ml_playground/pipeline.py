@@ -1,4 +1,4 @@
-"""The pipeline steps the CLI calls: prepare, train, sample, loop, export, new.
+"""The pipeline steps the CLI calls: prepare, train, sample, loop, report, export, new.
 
 Which trainer and which sampling backend run is decided by the config's content: a
 `[train.hf_model]` section selects Hugging Face LoRA fine-tuning, otherwise the
@@ -116,15 +116,18 @@ def experiment_states() -> list[ExperimentState]:
 
 
 def train(experiment: Experiment, loaded: LoadedConfig) -> None:
-    del experiment  # the config carries every path a trainer needs
-    if loaded.config.uses_hf_model:
-        from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - see module docstring
+    # The report (out_dir/report.md, loss.png) follows the run, also one stopped by Ctrl-C.
+    from ml_playground.train.report_card import reported  # noqa: PLC0415 - see module docstring
 
-        train_lora(loaded.config)
-        return
-    from ml_playground.train.gpt import train_gpt  # noqa: PLC0415 - see module docstring
+    with reported(loaded, experiment.name):
+        if loaded.config.uses_hf_model:
+            from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - see module docstring
 
-    train_gpt(loaded.config)
+            train_lora(loaded.config)
+            return
+        from ml_playground.train.gpt import train_gpt  # noqa: PLC0415 - see module docstring
+
+        train_gpt(loaded.config)
 
 
 def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
@@ -136,17 +139,37 @@ def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     if loaded.config.uses_hf_model:
         from ml_playground.finetune.inference import load_hf  # noqa: PLC0415 - see module docstring
 
-        sample_texts(loaded.config, load_hf(loaded.config))
-        return
-    from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
+        texts = sample_texts(loaded.config, load_hf(loaded.config))
+    else:
+        from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
 
-    sample_texts(loaded.config, load_gpt(loaded.config))
+        texts = sample_texts(loaded.config, load_gpt(loaded.config))
+    _log_first_sample(loaded, texts)
+
+
+def _log_first_sample(loaded: LoadedConfig, texts: list[str]) -> None:
+    """The first sample goes to TensorBoard too, beside the run's curves."""
+    from ml_playground.train.report_card import log_first_sample  # noqa: PLC0415 - see module docstring
+
+    if texts:
+        log_first_sample(loaded, texts[0])
 
 
 def loop(experiment: Experiment, loaded: LoadedConfig) -> None:
     prepare(experiment, loaded)
     train(experiment, loaded)
     sample(experiment, loaded)
+    if loaded.config.train.runtime.tensorboard_enabled:
+        report(experiment, loaded)  # again, now with the samples
+
+
+def report(experiment: Experiment, loaded: LoadedConfig) -> None:
+    """Rebuild out_dir/report.md and loss.png from the run's TensorBoard events."""
+    _single_process("report")
+    from ml_playground.train.report_card import PLOT_FILE, write_report  # noqa: PLC0415 - see module docstring
+
+    written = write_report(loaded, experiment.name)
+    print(f"report: {written} and {written.with_name(PLOT_FILE)}")
 
 
 def export(experiment: Experiment, loaded: LoadedConfig) -> None:
