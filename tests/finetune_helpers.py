@@ -502,7 +502,7 @@ QWEN25_TEMPLATE = r"""{%- if tools %}
 {%- if add_generation_prompt %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
-"""
+"""  # noqa: E501 - the released template, line for line
 
 # Gemma 3's chat template: <bos> first, the assistant called "model", a system message
 # folded into the first user turn, every content trimmed, roles that must alternate.

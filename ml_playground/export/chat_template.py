@@ -267,7 +267,7 @@ def _header(shape: ChatShape) -> list[str | _Action]:
     """What precedes the first user turn, with `.System` where the template has it."""
     if shape.system_separator is not None:
         return [shape.opening]
-    prompt = [shape.system_open, _Action("$.System"), shape.system_close]
+    prompt: list[str | _Action] = [shape.system_open, _Action("$.System"), shape.system_close]
     if shape.default_system is None:
         return [shape.opening, _Action("if $.System"), *prompt, _Action("end")]
     return [

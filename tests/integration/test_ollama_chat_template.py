@@ -1,17 +1,14 @@
 """The Modelfile TEMPLATE of a chat fine-tune, executed by Go's own text/template.
 
-tests/go/render_template is a small Go program that renders a template with the data
-Ollama gives it; it is built once per session. Its output must equal what the tokenizer's
-chat template renders, character for character, so that Ollama shows a fine-tuned model
-conversations exactly as it learned them.
+The `go_renderer` fixture (tests/go_helpers.py) renders a template with the data Ollama
+gives it. Its output must equal what the tokenizer's chat template renders, character for
+character, so that Ollama shows a fine-tuned model conversations exactly as it learned them:
+for the released Qwen2.5 and Gemma 3 templates, and for two ChatML variants that take the
+other ways through the translation (no default system prompt; template text holding `{{`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -19,14 +16,11 @@ from typing import TYPE_CHECKING, cast
 import pytest
 
 from ml_playground.export.chat_template import TemplateTokenizer, ollama_chat, runtime_bos
-from tests.conftest import TESTS_DIR
 from tests.finetune_helpers import GEMMA3_TEMPLATE, QWEN25_TEMPLATE, Family, chat_tokenizer
+from tests.go_helpers import render_in_go
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
-
-GO_PROGRAM = TESTS_DIR / "go" / "render_template"
-INSTALL_GO = "command -v go || (apt-get update && apt-get install -y golang-go)"
 
 Message = dict[str, str]
 SYSTEM = {"role": "system", "content": "Antworte knapp, auf Deutsch."}
@@ -36,48 +30,36 @@ TWO_TURNS: list[Message] = [
     {"role": "assistant", "content": 'Herr Kollege, Sie haben das "Wort".'},
     {"role": "user", "content": "Und {{ .System }} danach?"},
 ]
-TEMPLATES = {"qwen2": QWEN25_TEMPLATE, "gemma3": GEMMA3_TEMPLATE}
 
 
-@pytest.fixture(scope="session")
-def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The render_template program, built with the installed Go toolchain."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail(
-            "Go is not installed, and these tests execute Modelfile templates with Go's own"
-            f" text/template; install it: {INSTALL_GO}"
-        )
-    binary = tmp_path_factory.mktemp("go") / "render_template"
-    # Go 1.21+ could try to download a newer toolchain for a go.mod; only the local one runs.
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
-    built = subprocess.run(
-        [go, "build", "-o", str(binary), "."],
-        cwd=GO_PROGRAM,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+def chatml(default_system: str | None) -> str:
+    """ChatML turns; a system turn with `default_system` when none is given (None: none)."""
+    default = (
+        "{%- if messages[0]['role'] != 'system' %}"
+        f"{{{{- '<|im_start|>system\\n{default_system}<|im_end|>\\n' }}}}"
+        "{%- endif %}"
+        if default_system is not None
+        else ""
     )
-    assert built.returncode == 0, built.stderr
-    return binary
-
-
-def render_in_go(renderer: Path, request: dict[str, object]) -> str:
-    done = subprocess.run(
-        [str(renderer)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
+    return (
+        default + "{%- for m in messages %}"
+        "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
-def tokenizer_of(family: Family) -> PreTrainedTokenizerFast:
-    return chat_tokenizer(family, TEMPLATES[family])
+CASES: dict[str, tuple[Family, str]] = {
+    "qwen2.5": ("qwen2", QWEN25_TEMPLATE),
+    "gemma3": ("gemma3", GEMMA3_TEMPLATE),
+    "chatml-without-default-system": ("qwen2", chatml(None)),
+    "chatml-default-system-with-braces": ("qwen2", chatml('Antworte als {{\\"json\\"}}.')),
+}
+
+
+def tokenizer_of(case: str) -> PreTrainedTokenizerFast:
+    family, template = CASES[case]
+    return chat_tokenizer(family, template)
 
 
 def rendered_by_tokenizer(
@@ -93,13 +75,13 @@ def runtime_prefix(tokenizer: PreTrainedTokenizerFast) -> str:
     return runtime_bos(cast(TemplateTokenizer, tokenizer)) or ""
 
 
-@pytest.mark.parametrize("family", ["qwen2", "gemma3"], ids=["qwen2.5", "gemma3"])
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("system", [True, False], ids=["with-system", "without-system"])
 def test_two_turns_render_in_go_exactly_as_the_tokenizers_chat_template(
-    go_renderer: Path, family: Family, system: bool
+    go_renderer: Path, case: str, system: bool
 ) -> None:
-    tokenizer = tokenizer_of(family)
-    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), f"tiny-{family}")
+    tokenizer = tokenizer_of(case)
+    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), case)
     conversation = [SYSTEM, *TWO_TURNS] if system else TWO_TURNS
 
     ours = render_in_go(go_renderer, {"template": chat.template, "messages": conversation})
@@ -122,13 +104,13 @@ def test_gemma_bos_is_left_to_the_runtime_so_the_model_sees_it_once(go_renderer:
     assert tokenizer.encode(ours, add_special_tokens=True).count(bos_id) == 1
 
 
-@pytest.mark.parametrize("family", ["qwen2", "gemma3"], ids=["qwen2.5", "gemma3"])
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("system", [True, False], ids=["with-system", "without-system"])
 def test_the_one_turn_form_of_older_ollama_renders_as_the_tokenizer_does(
-    go_renderer: Path, family: Family, system: bool
+    go_renderer: Path, case: str, system: bool
 ) -> None:
-    tokenizer = tokenizer_of(family)
-    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), f"tiny-{family}")
+    tokenizer = tokenizer_of(case)
+    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), case)
     question = TWO_TURNS[0]
 
     ours = render_in_go(
@@ -145,12 +127,12 @@ def test_the_one_turn_form_of_older_ollama_renders_as_the_tokenizer_does(
     assert runtime_prefix(tokenizer) + ours == expected
 
 
-@pytest.mark.parametrize("family", ["qwen2", "gemma3"], ids=["qwen2.5", "gemma3"])
+@pytest.mark.parametrize("case", CASES)
 def test_a_final_assistant_message_stays_open_for_the_model_to_continue(
-    go_renderer: Path, family: Family
+    go_renderer: Path, case: str
 ) -> None:
-    tokenizer = tokenizer_of(family)
-    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), f"tiny-{family}")
+    tokenizer = tokenizer_of(case)
+    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), case)
     conversation = [SYSTEM, *TWO_TURNS[:2]]
 
     ours = render_in_go(go_renderer, {"template": chat.template, "messages": conversation})
