@@ -340,7 +340,8 @@ def _pieces(text: str, *contents: str) -> list[str]:
     pieces: list[str] = []
     rest = text
     for content in contents:
-        _require(text.count(content) == 1, "it does not write a message's content verbatim once")
+        role = "system" if content == SYSTEM else "user" if content in USERS else "assistant"
+        _require(text.count(content) == 1, f"it does not write a {role} message once, verbatim")
         before, found, rest = rest.partition(content)
         _require(bool(found), "it reorders the messages")
         pieces.append(before)
