@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
     from ml_playground.checkpoint import Slot
+    from ml_playground.export.chat_template import TemplateTokenizer
 
 SPEAKGER_DIR = SHARED_DIR / "data" / "speakger"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -556,10 +557,10 @@ GEMMA3_TEMPLATE = r"""{{ bos_token }}
 """
 
 
-def chat_tokenizer(family: Family, template: str) -> PreTrainedTokenizerFast:
+def chat_tokenizer(family: Family, template: str) -> TemplateTokenizer:
     """The tiny `family` tokenizer with its turn tokens and `template`, as build_chat_model
     gives it, without a model."""
     tokenizer, _ = build_tokenizer(family)
     tokenizer.add_special_tokens({"additional_special_tokens": list(TURN_TOKENS[family])})
     tokenizer.chat_template = template
-    return tokenizer
+    return cast("TemplateTokenizer", tokenizer)

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from ml_playground.export.chat_template import TemplateTokenizer, ollama_chat, runtime_bos
 from tests.finetune_helpers import GEMMA3_TEMPLATE, QWEN25_TEMPLATE, Family, chat_tokenizer
 from tests.go_helpers import render_in_go
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
 
 Message = dict[str, str]
 SYSTEM = {"role": "system", "content": "Antworte knapp, auf Deutsch."}
@@ -57,22 +53,22 @@ CASES: dict[str, tuple[Family, str]] = {
 }
 
 
-def tokenizer_of(case: str) -> PreTrainedTokenizerFast:
+def tokenizer_of(case: str) -> TemplateTokenizer:
     family, template = CASES[case]
     return chat_tokenizer(family, template)
 
 
 def rendered_by_tokenizer(
-    tokenizer: PreTrainedTokenizerFast, conversation: Sequence[Message], **options: bool
+    tokenizer: TemplateTokenizer, conversation: Sequence[Message], **options: bool
 ) -> str:
-    text = tokenizer.apply_chat_template(list(conversation), tokenize=False, **options)  # pyright: ignore[reportUnknownMemberType] - untyped library
+    text: object = tokenizer.apply_chat_template(list(conversation), tokenize=False, **options)
     assert isinstance(text, str)
     return text
 
 
-def runtime_prefix(tokenizer: PreTrainedTokenizerFast) -> str:
+def runtime_prefix(tokenizer: TemplateTokenizer) -> str:
     """What llama.cpp puts in front of the template's text: BOS, when the tokenizer adds it."""
-    return runtime_bos(cast(TemplateTokenizer, tokenizer)) or ""
+    return runtime_bos(tokenizer) or ""
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -81,7 +77,7 @@ def test_two_turns_render_in_go_exactly_as_the_tokenizers_chat_template(
     go_renderer: Path, case: str, system: bool
 ) -> None:
     tokenizer = tokenizer_of(case)
-    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), case)
+    chat = ollama_chat(tokenizer, case)
     conversation = [SYSTEM, *TWO_TURNS] if system else TWO_TURNS
 
     ours = render_in_go(go_renderer, {"template": chat.template, "messages": conversation})
@@ -95,7 +91,7 @@ def test_two_turns_render_in_go_exactly_as_the_tokenizers_chat_template(
 
 def test_gemma_bos_is_left_to_the_runtime_so_the_model_sees_it_once(go_renderer: Path) -> None:
     tokenizer = tokenizer_of("gemma3")
-    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), "tiny-gemma3")
+    chat = ollama_chat(tokenizer, "tiny-gemma3")
 
     ours = render_in_go(go_renderer, {"template": chat.template, "messages": TWO_TURNS})
 
@@ -110,7 +106,7 @@ def test_the_one_turn_form_of_older_ollama_renders_as_the_tokenizer_does(
     go_renderer: Path, case: str, system: bool
 ) -> None:
     tokenizer = tokenizer_of(case)
-    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), case)
+    chat = ollama_chat(tokenizer, case)
     question = TWO_TURNS[0]
 
     ours = render_in_go(
@@ -132,7 +128,7 @@ def test_a_final_assistant_message_stays_open_for_the_model_to_continue(
     go_renderer: Path, case: str
 ) -> None:
     tokenizer = tokenizer_of(case)
-    chat = ollama_chat(cast(TemplateTokenizer, tokenizer), case)
+    chat = ollama_chat(tokenizer, case)
     conversation = [SYSTEM, *TWO_TURNS[:2]]
 
     ours = render_in_go(go_renderer, {"template": chat.template, "messages": conversation})

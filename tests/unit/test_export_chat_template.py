@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import pytest
 
 from ml_playground.errors import ExportError
@@ -34,7 +32,7 @@ NO_SYSTEM = (
 
 
 def tokenizer(family: Family, template: str) -> TemplateTokenizer:
-    return cast(TemplateTokenizer, chat_tokenizer(family, template))
+    return chat_tokenizer(family, template)
 
 
 def test_qwen25_reads_as_chatml_turns_after_its_default_system_turn() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import cast
 
 import pytest
 
@@ -23,7 +22,7 @@ from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.data.table import RowTally
 from ml_playground.errors import ExportError
-from ml_playground.export.chat_template import TemplateTokenizer, ollama_chat
+from ml_playground.export.chat_template import ollama_chat
 from ml_playground.export.hf import adapter_dir, prompt_format
 from ml_playground.export.modelfile import RAW_COMPLETION
 from tests.finetune_helpers import QWEN25_TEMPLATE, chat_tokenizer
@@ -203,9 +202,7 @@ def test_messages_records_get_the_chat_template_in_go_and_its_end_of_turn_stop(
 
     fmt = prompt_format(run, tokenizer)
 
-    expected = ollama_chat(
-        cast(TemplateTokenizer, chat_tokenizer("qwen2", QWEN25_TEMPLATE)), "Qwen/Qwen2.5-0.5B"
-    )
+    expected = ollama_chat(chat_tokenizer("qwen2", QWEN25_TEMPLATE), "Qwen/Qwen2.5-0.5B")
     assert fmt.template == expected.template
     assert fmt.stops == ("<|im_end|>", "<|endoftext|>")
     assert "Qwen/Qwen2.5-0.5B's chat template" in fmt.description
