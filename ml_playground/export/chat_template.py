@@ -111,10 +111,10 @@ def ollama_chat(tokenizer: TemplateTokenizer, model: str) -> OllamaChat:
             " end-of-turn text)"
         ) from None
     bos = runtime_bos(tokenizer)
-    # llama.cpp and Ollama put BOS in front of the prompt themselves when the GGUF says so
-    # (the converter takes that from the tokenizer); the template must then not write it
-    # too, or the model would see two. What the fine-tuning text started with stays: a
-    # template without BOS text and a tokenizer that adds none keep none.
+    # llama.cpp and Ollama put BOS in front of a prompt themselves when the GGUF says so,
+    # which the converter takes from the tokenizer; a template writing it too would give
+    # the model two. (Where the tokenizer adds BOS but its chat template writes none, the
+    # runtime still adds one that fine-tuning did not see: the GGUF decides that.)
     if bos and shape.opening.startswith(bos):
         shape = replace(shape, opening=shape.opening[len(bos) :])
     stop = shape.end_of_turn()
@@ -221,7 +221,7 @@ def go_template(shape: ChatShape) -> str:
         _Action("if .Messages"),
         *_header(shape),
         *([_Action("$first := true")] if first_user else []),
-        _Action("range $i, $m := .Messages"),
+        _Action("range $i, $_ := .Messages"),
         _Action("$last := eq (len (slice $.Messages $i)) 1"),
         _Action('if eq .Role "user"'),
         shape.user_open,

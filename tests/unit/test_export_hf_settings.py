@@ -231,7 +231,7 @@ def test_a_run_from_before_source_formats_were_recorded_takes_it_from_its_datase
     fmt = prompt_format(run, chat_run_tokenizer(tmp_path / "out" / "tokenizer"))
 
     assert fmt.template is not None
-    assert "{{ range $i, $m := .Messages }}" in fmt.template
+    assert "{{ range $i, $_ := .Messages }}" in fmt.template
 
 
 def test_a_configured_template_is_used_without_reading_the_chat_template(
