@@ -369,11 +369,11 @@ class ChatFingerprint(Artifact):
 
 
 class ChatDatasetMeta(RecordFormat, PreparedMeta):
-    """Chat records dataset metadata."""
+    """Chat records dataset metadata; its `source_format` (a RecordFormat field, which a run
+    copies) is always set."""
 
     format_version: Literal[1] = FORMAT_VERSION
     format: Literal["token-records-jsonl"] = RECORD_FORMAT
-    source_format: RecordsSourceFormat
     base_model: str
     revision: str | None
     tokenizer: Literal["tokenizer"] = TOKENIZER_DIR

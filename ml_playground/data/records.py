@@ -39,7 +39,7 @@ from pydantic import Field
 
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact
-from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.config import ExperimentConfig, HFModelConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder
 from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
 from ml_playground.data.speeches.selection import Selection, SelectionSettings
@@ -94,6 +94,9 @@ class RecordFormat(Artifact):
     stop_tokens: tuple[str, ...] = Field(
         default_factory=lambda data: _speech_framing(bool(data.get("structure_tokens")))[2]
     )
+    # The JSONL shape chat records were read from; None for speech records. "messages"
+    # went through the tokenizer's chat template, so an exported model's prompt must too.
+    source_format: RecordsSourceFormat | None = None
 
     def record_format(self) -> dict[str, Any]:
         """These fields alone, to pass on: `RunMeta(..., **meta.record_format())`."""
