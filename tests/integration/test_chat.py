@@ -18,35 +18,25 @@ import pytest
 import torch
 from torch import Tensor
 
-from ml_playground.config import ExperimentConfig
-from ml_playground.data.chat_records import ChatTokenizer, prepare_chat_dataset
-from ml_playground.data.tokenizer import TokenizerSpec
+from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.data.chat_records import ChatTokenizer
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.finetune.inference import load_hf
-from ml_playground.finetune.trainer import train_lora
-from ml_playground.model.config import GPTConfig
 from ml_playground.sample.backend import LoadedModel
 from ml_playground.sample.chat import Streams, chat
 from ml_playground.sample.generate import Step
 from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.run import sample_texts
-from tests.export_helpers import random_gpt, save_checkpoint
+from tests.export_helpers import char_gpt_experiment
 from tests.finetune_helpers import (
-    GEMMA_TEMPLATE,
-    QWEN2_TEMPLATE,
     TURN_TOKENS,
     Family,
     TinyModels,
     TomlValue,
-    build_chat_model,
-    chat_settings,
-    conversation,
-    load,
-    write_jsonl,
+    chat_fine_tune,
 )
 
 GREEDY: dict[str, TomlValue] = {"sample.sample.temperature": 0.0, "sample.sample.max_new_tokens": 8}
-TEMPLATES = {"qwen2": QWEN2_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +53,9 @@ def chat_run(
     *,
     trained: bool = True,
 ) -> ChatRun:
-    model = build_chat_model(folder / "model", tiny_models, family, TEMPLATES[family])
-    chats = [conversation(f"Wer spricht, Nummer {i}?", f"Herr Kollege {i}.") for i in range(8)]
-    write_jsonl(folder / "chats.jsonl", chats)
-    config = load(folder, chat_settings(model) | GREEDY | (settings or {})).config
-    if trained:
-        prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
-        train_lora(config)
-    return ChatRun(config, cast(ChatTokenizer, load_tokenizer(ModelSource.local(model))))
+    loaded = chat_fine_tune(folder, tiny_models, family, GREEDY | (settings or {}), trained=trained)
+    tokenizer = load_tokenizer(ModelSource.local(folder / "model"))
+    return ChatRun(loaded.config, cast(ChatTokenizer, tokenizer))
 
 
 @pytest.fixture(scope="module")
@@ -282,21 +267,10 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on_with_it(qwen_run: ChatRun) 
 
 # --- the from-scratch GPT: plain continuation ------------------------------------------------
 
-CHARS = "\n abcdefghijklmnopqrstuvwxyz:"
-
 
 def gpt_run(folder: Path, block_size: int, max_new_tokens: int) -> ExperimentConfig:
-    spec = TokenizerSpec(kind="char", vocab=tuple(CHARS))
-    args = GPTConfig(vocab_size=len(CHARS), block_size=block_size, n_layer=1, n_head=2, n_embd=16)
-    save_checkpoint(folder / "out", random_gpt(args), spec)
-    settings: dict[str, TomlValue] = {
-        "train.runtime.out_dir": "out",
-        "train.runtime.device": "cpu",
-        "train.runtime.dtype": "float32",
-        "sample.sample.temperature": 0.0,
-        "sample.sample.max_new_tokens": max_new_tokens,
-    }
-    return load(folder, settings).config
+    config_path = char_gpt_experiment(folder, block_size=block_size, max_new_tokens=max_new_tokens)
+    return load_config(config_path, folder).config
 
 
 def test_a_gpt_continues_the_transcript_each_line_on_a_new_line(tmp_path: Path) -> None:
@@ -326,7 +300,7 @@ def test_a_gpt_transcript_keeps_to_the_block_size_dropping_whole_old_turns(
 
     assert "outgrew the model's context of 32 tokens: dropped the oldest" in session.status
     assert all(len(prompt) <= 32 - 4 for prompt in session.prompts)
-    last = "".join(CHARS[i] for i in session.prompts[-1])
+    last = model.decode(session.prompts[-1])
     assert last.startswith("line ")  # a whole turn first, not the tail of one
     assert last.endswith("line h")
     assert "line a" not in last
