@@ -29,6 +29,9 @@ starts) and through it (where the turn ends), and finding those prefixes in the 
 of the whole conversation. A record the template renders otherwise (a prefix that is not
 a prefix, a boundary inside a token) is counted, not guessed at.
 
+Generation reads the same rendering: `generation_prompt` is a conversation up to where
+the next answer begins, `end_of_turn_ids` the special token that closes an answer.
+
 Bad records (not JSON, a missing or empty field, an unknown role, roles out of order, a
 template that refuses them) are counted by reason, reported on the console and in
 meta.json like the speech path's damage; a source without one usable record is an error.
