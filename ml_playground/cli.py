@@ -84,6 +84,10 @@ STEPS: dict[str, tuple[StepFn, str]] = {
         pipeline.sample,
         "generate text from the best (else last) checkpoint; streams and saves to out_dir/samples",
     ),
+    "chat": (
+        pipeline.chat,
+        "talk to the trained model: one streamed reply per line read (a terminal or a pipe)",
+    ),
     "loop": (pipeline.loop, "prepare, then train (resuming if a checkpoint exists), then sample"),
     "report": (
         pipeline.report,

@@ -1,8 +1,9 @@
-"""The pipeline steps the CLI calls: prepare, train, sample, loop, report, export, new.
+"""The pipeline steps the CLI calls: prepare, train, sample, chat, loop, report, export, new.
 
 Which trainer and which sampling backend run is decided by the config's content: a
 `[train.hf_model]` section selects Hugging Face LoRA fine-tuning, otherwise the
-from-scratch GPT runs; sampling has one front end (sample/run.py) for both.
+from-scratch GPT runs; sampling (sample/run.py) and chat (sample/chat.py) are each one
+front end for both.
 Heavy libraries are imported inside the steps so that `--help`, `list` and config errors
 answer instantly instead of waiting seconds for torch and transformers to load.
 """
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ml_playground.config import ExperimentConfig, LoadedConfig, load_config
 from ml_playground.data import dataset_folder
@@ -28,6 +30,9 @@ from ml_playground.experiments import (
     new_experiments_root,
     resolve_preparer,
 )
+
+if TYPE_CHECKING:
+    from ml_playground.sample.backend import LoadedModel  # imports torch
 
 TEMPLATE_DIR = EXPERIMENTS_ROOT / "_template"
 TEMPLATE_PLACEHOLDER = "{{name}}"
@@ -133,18 +138,30 @@ def train(experiment: Experiment, loaded: LoadedConfig) -> None:
 def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     del experiment
     _single_process("sample")
-    # Both backends feed one front end; only loading the model differs.
     from ml_playground.sample.run import sample_texts  # noqa: PLC0415 - see module docstring
 
-    if loaded.config.uses_hf_model:
+    texts = sample_texts(loaded.config, _trained_model(loaded.config))
+    _log_first_sample(loaded, texts)
+
+
+def chat(experiment: Experiment, loaded: LoadedConfig) -> None:
+    del experiment
+    _single_process("chat")
+    from ml_playground.sample.chat import chat as chat_loop  # noqa: PLC0415 - see module docstring
+
+    chat_loop(loaded.config, _trained_model(loaded.config))
+
+
+def _trained_model(config: ExperimentConfig) -> LoadedModel:
+    """The trained model of config's out_dir, ready to generate: both backends feed the same
+    front ends (sample, chat); only loading the model differs."""
+    if config.uses_hf_model:
         from ml_playground.finetune.inference import load_hf  # noqa: PLC0415 - see module docstring
 
-        texts = sample_texts(loaded.config, load_hf(loaded.config))
-    else:
-        from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
+        return load_hf(config)
+    from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
 
-        texts = sample_texts(loaded.config, load_gpt(loaded.config))
-    _log_first_sample(loaded, texts)
+    return load_gpt(config)
 
 
 def _log_first_sample(loaded: LoadedConfig, texts: list[str]) -> None:

@@ -564,3 +564,31 @@ def chat_tokenizer(family: Family, template: str) -> TemplateTokenizer:
     tokenizer.add_special_tokens({"additional_special_tokens": list(TURN_TOKENS[family])})
     tokenizer.chat_template = template
     return cast("TemplateTokenizer", tokenizer)
+
+
+CHAT_TEMPLATES: Mapping[Family, str] = {"qwen2": QWEN2_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+
+
+def chat_fine_tune(
+    folder: Path,
+    tiny_models: TinyModels,
+    family: Family,
+    settings: Mapping[str, TomlValue] | None = None,
+    *,
+    trained: bool = True,
+) -> LoadedConfig:
+    """An experiment in `folder` on eight short conversations with a chat model of
+    `family` (the family's template), prepared and trained for a few LoRA steps unless
+    `trained` is False; chat_settings plus `settings`."""
+    from ml_playground.data.chat_records import prepare_chat_dataset  # noqa: PLC0415 - heavy
+    from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - as above
+    from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - as above
+
+    model = build_chat_model(folder / "model", tiny_models, family, CHAT_TEMPLATES[family])
+    chats = [conversation(f"Wer spricht, Nummer {i}?", f"Herr Kollege {i}.") for i in range(8)]
+    write_jsonl(folder / "chats.jsonl", chats)
+    loaded = load(folder, chat_settings(model) | dict(settings or {}))
+    if trained:
+        prepare_chat_dataset(loaded.config, lambda: load_tokenizer(ModelSource.local(model)))
+        train_lora(loaded.config)
+    return loaded

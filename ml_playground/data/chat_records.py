@@ -29,6 +29,9 @@ starts) and through it (where the turn ends), and finding those prefixes in the 
 of the whole conversation. A record the template renders otherwise (a prefix that is not
 a prefix, a boundary inside a token) is counted, not guessed at.
 
+Generation reads the same rendering: `generation_prompt` is a conversation up to where
+the next answer begins, `end_of_turn_ids` the special token that closes an answer.
+
 Bad records (not JSON, a missing or empty field, an unknown role, roles out of order, a
 template that refuses them) are counted by reason, reported on the console and in
 meta.json like the speech path's damage; a source without one usable record is an error.
@@ -82,6 +85,7 @@ class ChatTokenizer(HFTokenizer, Protocol):
 
     chat_template: str | None
     name_or_path: str
+    all_special_ids: list[int]
 
     def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
 
@@ -181,6 +185,54 @@ def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwar
     except (ValueError, TemplateError) as exc:
         # Templates reject conversations they cannot render with raise_exception(...).
         raise BadRecordError("the chat template refused it", str(exc)) from None
+
+
+def generation_prompt(
+    tokenizer: ChatTokenizer, conversation: Sequence[Mapping[str, str]]
+) -> list[int]:
+    """The ids the model answers `conversation` from: the turns rendered as training
+    rendered them, then the template's opening of an assistant turn."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(message) for message in conversation],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except (ValueError, TemplateError) as exc:
+        raise DataError(
+            f"the chat template of {tokenizer.name_or_path} refuses the conversation ({exc}); "
+            "fix the template ([prepare] chat_template) or the system prompt "
+            "([export.ollama] system)"
+        ) from None
+    return tokenizer.encode(str(text), add_special_tokens=False)
+
+
+END_OF_TURN_PROBE = "Ja."
+
+
+def end_of_turn_ids(tokenizer: ChatTokenizer) -> frozenset[int]:
+    """The special token the chat template closes an assistant turn with (Qwen2's
+    <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|>): where an answer ends.
+
+    Found by rendering a one-turn conversation and reading the token after the answer, so
+    any template works without a list of model families. Empty without a template, or
+    when the answer is followed by plain text rather than a special token.
+    """
+    if not tokenizer.chat_template:
+        return frozenset()
+    conversation = [
+        {"role": "user", "content": "Wer?"},
+        {"role": "assistant", "content": END_OF_TURN_PROBE},
+    ]
+    try:
+        rendered = str(tokenizer.apply_chat_template(conversation, tokenize=False))
+    except (ValueError, TemplateError):
+        return frozenset()  # a template this strict refuses chats too, with its own message
+    _, found, after = rendered.rpartition(END_OF_TURN_PROBE)
+    following = tokenizer.encode(after, add_special_tokens=False) if found else []
+    if following and following[0] in tokenizer.all_special_ids:
+        return frozenset(following[:1])
+    return frozenset()
 
 
 def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:
@@ -428,7 +480,7 @@ def prepare_chat_dataset(
             '"messages"'
         )
     rows, described, inputs, hf_source = _record_rows(config)
-    template = _configured_template(prepare.chat_template)
+    template = configured_template(prepare.chat_template)
     dataset_dir = prepare.dataset_dir
     fingerprint = ChatFingerprint(
         inputs=inputs,
@@ -519,8 +571,8 @@ def _record_rows(
     return jsonl_rows(sources), _sources_text(sources), inputs, None
 
 
-def _configured_template(value: str | None) -> str | None:
-    """[prepare] chat_template: a Jinja template, or FILE:<path> of one."""
+def configured_template(value: str | None) -> str | None:
+    """[prepare] chat_template: a Jinja template, or FILE:<path> of one (None: not set)."""
     if value is None:
         return None
     if value.startswith(FILE_PROMPT_PREFIX):

@@ -23,7 +23,7 @@ from tests.cli_helpers import EXIT_USER_ERROR, assert_one_error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_ROOT = REPO_ROOT / "ml_playground" / "experiments"
-STEP_VERBS = ("prepare", "train", "sample", "loop", "report", "export")
+STEP_VERBS = ("prepare", "train", "sample", "chat", "loop", "report", "export")
 ALL_VERBS = (*STEP_VERBS, "list", "new")
 EXIT_INTERRUPTED = 130
 
