@@ -44,7 +44,9 @@ def download(
 
     `retries` counts attempts after the first; the wait doubles from `backoff_seconds`.
     Client errors (4xx other than 408/429) and a host name that does not resolve are not
-    retried: asking again will not help. Progress goes to stderr, a bar on a terminal.
+    retried: asking again will not help. A terminal shows a progress bar on stderr; a log
+gets the line saying what arrived (stdout, like prepare's other status lines, so that a
+failure stays one `error:` line on stderr).
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise DataError(f"cannot download {url!r}: only http and https URLs are supported")
@@ -57,7 +59,7 @@ def download(
             time.sleep(backoff_seconds * 2 ** (len(failures) - 1))
         try:
             received = _fetch(url, dest, timeout)
-            print(f"downloaded {received:,} bytes to {dest}", file=sys.stderr)
+            print(f"downloaded {received:,} bytes to {dest}")
             return
         except urllib.error.HTTPError as exc:
             exc.close()
@@ -82,7 +84,7 @@ def _fetch(url: str, dest: Path, timeout: float) -> int:
         total = int(expected) if expected is not None else None
         received = 0
         # disable=None: a bar on a terminal, nothing in a log file or pipe (the lines
-        # before and after the download say what happened there).
+        # before and after the download say what happened there); leave=False clears it.
         with tqdm(
             total=total,
             desc="downloading",

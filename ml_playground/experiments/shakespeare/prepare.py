@@ -8,8 +8,6 @@ the first run needs no network.
 
 from __future__ import annotations
 
-import sys
-
 from ml_playground.data.corpus import configured_sources, default_input, prepare_corpus
 from ml_playground.data.sources import TINY_SHAKESPEARE, download
 from ml_playground.experiments import PrepareContext, register
@@ -22,7 +20,7 @@ def prepare(ctx: PrepareContext) -> None:
     if sources is None:
         target = default_input(settings)
         if not target.is_file() and settings.download_url is not None:
-            print(f"downloading {settings.download_url} to {target}", file=sys.stderr)
+            print(f"downloading {settings.download_url} to {target}")
             download(settings.download_url, target)
         if target.is_file():
             sources = [target]
