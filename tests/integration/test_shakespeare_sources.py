@@ -42,4 +42,3 @@ def test_raw_text_path_wins_over_a_placed_file_and_the_bundled_text(tmp_path: Pa
     (tmp_path / "datasets" / "input.txt").write_text("placed\n" * 500, encoding="utf-8")
 
     assert prepared_sources(tmp_path, {"prepare.raw_text_path": "mine.txt"}) == [str(own)]
-
