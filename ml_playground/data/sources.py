@@ -45,8 +45,8 @@ def download(
     `retries` counts attempts after the first; the wait doubles from `backoff_seconds`.
     Client errors (4xx other than 408/429) and a host name that does not resolve are not
     retried: asking again will not help. A terminal shows a progress bar on stderr; a log
-gets the line saying what arrived (stdout, like prepare's other status lines, so that a
-failure stays one `error:` line on stderr).
+    gets the line saying what arrived (stdout, like prepare's other status lines, so that
+    a failure stays one `error:` line on stderr).
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise DataError(f"cannot download {url!r}: only http and https URLs are supported")
