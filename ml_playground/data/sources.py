@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import http.client
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ml_playground.atomic import atomic_open
 from ml_playground.errors import DataError
+from ml_playground.progress import byte_progress
 
 DOWNLOAD_BLOCK_BYTES = 1 << 20
 # Bundled so that the first run works on a machine without network (data/bundled/LICENSES.md).
@@ -44,9 +42,9 @@ def download(
 
     `retries` counts attempts after the first; the wait doubles from `backoff_seconds`.
     Client errors (4xx other than 408/429) and a host name that does not resolve are not
-    retried: asking again will not help. A terminal shows a progress bar on stderr; a log
-    gets the line saying what arrived (stdout, like prepare's other status lines, so that
-    a failure stays one `error:` line on stderr).
+    retried: asking again will not help. Progress goes to stderr (progress.py: a bar on a
+    terminal, a line every few seconds in a log); the line saying what arrived goes to
+    stdout, like prepare's other status lines.
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise DataError(f"cannot download {url!r}: only http and https URLs are supported")
@@ -83,21 +81,13 @@ def _fetch(url: str, dest: Path, timeout: float) -> int:
         expected = response.headers.get("Content-Length")
         total = int(expected) if expected is not None else None
         received = 0
-        # disable=None: a bar on a terminal, nothing in a log file or pipe (the lines
-        # before and after the download say what happened there); leave=False clears it.
-        with tqdm(
-            total=total,
-            desc="downloading",
-            unit="B",
-            unit_scale=True,
-            file=sys.stderr,
-            disable=None,
-            leave=False,
-        ) as bar:
+        # Without a length there is no "how far" to show; the line after the download
+        # still says what arrived.
+        with byte_progress("downloading", total or 0, enabled=total is not None) as advance:
             while block := response.read(DOWNLOAD_BLOCK_BYTES):
                 out.write(block)
                 received += len(block)
-                bar.update(len(block))
+                advance(len(block))
         if total is not None and received != total:
             raise http.client.IncompleteRead(b"", total - received)
     return received
