@@ -3,8 +3,9 @@
 Each test copies a packaged experiment folder into tmp_path and runs
 `python -m ml_playground.cli <verb> <folder> --exp-config <folder>/tiny.toml` with cwd in
 tmp_path, so the real preparers, trainer and sampler run on a tiny model without touching
-the source tree or the network (Tiny Shakespeare comes from the shared offline copy, the
-bundestag experiments seed their bundled sample, tiktoken reads TIKTOKEN_CACHE_DIR).
+the source tree or the network (a slice of Tiny Shakespeare is placed from the shared
+offline copy, the bundestag experiments seed their bundled sample, GPT-2's BPE ranks ship
+with the package).
 """
 
 from __future__ import annotations
