@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import argcomplete
 
-from ml_playground import pipeline
+from ml_playground import console, pipeline
 from ml_playground.config import LoadedConfig, load_config
 from ml_playground.errors import SavedAndStopped, UsageError, UserError
 from ml_playground.experiments import Experiment, find_experiment, list_experiments
@@ -31,6 +31,8 @@ EXIT_OK = 0
 EXPERIMENT_PLACEHOLDER = "<experiment>"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# What a shell reports for a program its reader stopped (128 + SIGPIPE), as for `yes | head`.
+EXIT_BROKEN_PIPE = 141
 
 DESCRIPTION = """\
 ml-playground: prepare text, train small GPTs from scratch, fine-tune Hugging Face models
@@ -311,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 message = message.replace(EXPERIMENT_PLACEHOLDER, invocation)
         print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader of stdout stopped early (`| head`): end quietly, as shell tools do.
+        console.silence_stdout()
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         remedy = FILE_SYSTEM_REMEDIES.get(exc.errno or 0)
         if remedy is None:

@@ -166,7 +166,7 @@ def test_loop_speakger_with_a_tiny_local_model_runs_end_to_end(
         assert (checkpoint.adapters_dir(out_dir, name) / "adapter_model.safetensors").is_file()
     suffixes = sorted(path.suffix for path in (out_dir / "samples").iterdir())
     assert suffixes == [".json", ".txt"]
-    assert f"sampling from {tiny_models.gemma3} + {out_dir / 'adapters' / 'best'}" in result.stdout
+    assert f"sampling from {tiny_models.gemma3} + {out_dir / 'adapters' / 'best'}" in result.stderr
 
 
 def test_loop_bundestag_finetuning_mps_reads_txt_files_and_a_speeches_csv(

@@ -3,8 +3,9 @@
 Each test copies a packaged experiment folder into tmp_path and runs
 `python -m ml_playground.cli <verb> <folder> --exp-config <folder>/tiny.toml` with cwd in
 tmp_path, so the real preparers, trainer and sampler run on a tiny model without touching
-the source tree or the network (Tiny Shakespeare comes from the shared offline copy, the
-bundestag experiments seed their bundled sample, tiktoken reads TIKTOKEN_CACHE_DIR).
+the source tree or the network (a slice of Tiny Shakespeare is placed from the shared
+offline copy, the bundestag experiments seed their bundled sample, GPT-2's BPE ranks ship
+with the package).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def test_loop_prepares_trains_and_prints_samples(workdir: Path, cli: Cli, name: 
     assert f"prepared {folder / 'datasets'}" in result.stdout
     assert "fresh start" in result.stdout
     assert "done: step 10, best val loss" in result.stdout
-    assert "--- sample 1/1 ---" in result.stdout
+    assert "--- sample 1/1 ---" in result.stderr
     assert str(EXPERIMENTS[name]["sample.sample.start"]) in result.stdout
     assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 10
     assert (out_dir / checkpoint.BEST_FILE).is_file()
@@ -322,7 +323,7 @@ def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli
     assert f"dataset up to date: {folder / 'datasets'}" in result.stdout
     assert f"resuming at step {stopped_at}" in result.stdout
     assert f"done: step {stopped_at + 3}" in result.stdout
-    assert "--- sample 1/1 ---" in result.stdout
+    assert "--- sample 1/1 ---" in result.stderr
     assert checkpoint.load(last).state.iter_num == stopped_at + 3
 
 
