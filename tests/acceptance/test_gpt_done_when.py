@@ -58,8 +58,11 @@ def test_list_names_every_shipped_experiment(tmp_path: Path) -> None:
     result = run_cli("list", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    # Two lines per experiment: the name and description, then where it lives and its state.
+    listed = {line.split()[0] for line in lines[::2]}
     assert listed == {experiment.name for experiment in list_experiments()}
+    assert all(line.startswith(" ") for line in lines[1::2])
     assert {"shakespeare", "bundestag_char", "bundestag_tiktoken"} <= listed
 
 

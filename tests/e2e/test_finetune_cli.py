@@ -245,6 +245,45 @@ def test_a_jsonl_without_a_usable_record_exits_2_with_one_error_line(
     assert "2 records read; 2 bad (1 no 'messages' key, 1 not JSON)" in line
 
 
+def prepared_chats(workdir: Path, cli: Cli, tiny_models: TinyModels) -> dict[str, str]:
+    """qwen_chat_lora prepared from six good conversations; the dataset files' hashes."""
+    model = build_chat_model(workdir / "chat-model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    write_jsonl(
+        workdir / "chats.jsonl", [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(6)]
+    )
+    write_config(workdir, chat_settings(model), CONFIG)
+    assert cli.run("prepare", "qwen_chat_lora").returncode == 0
+    return sha256_of_files(workdir / "datasets")
+
+
+def test_a_messages_file_read_as_text_exits_2_and_the_prepared_dataset_stays(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    before = prepared_chats(workdir, cli, tiny_models)
+    model = workdir / "chat-model"
+    write_config(workdir, chat_settings(model) | {"prepare.format": "text"}, CONFIG)
+
+    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+
+    assert f"0 usable record(s) in {workdir / 'chats.jsonl'}" in line
+    assert "6 records read; 6 bad (6 no 'text' key)" in line
+    assert sha256_of_files(workdir / "datasets") == before
+
+
+def test_a_tokenizer_without_a_chat_template_exits_2_naming_the_key_and_the_dataset_stays(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    before = prepared_chats(workdir, cli, tiny_models)
+    plain = build_chat_model(workdir / "plain-model", tiny_models, "qwen2", None)
+    write_config(workdir, chat_settings(plain), CONFIG)
+
+    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+
+    assert f"the tokenizer of {plain} has no chat template" in line
+    assert "[prepare] chat_template" in line
+    assert sha256_of_files(workdir / "datasets") == before
+
+
 def test_an_hf_dataset_that_cannot_be_loaded_offline_exits_2_with_one_error_line(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
