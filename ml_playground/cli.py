@@ -78,6 +78,11 @@ STEPS: dict[str, tuple[StepFn, str]] = {
         pipeline.export,
         "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])",
     ),
+    "eval": (
+        pipeline.evaluate,
+        "measure the trained model (loss, perplexity, bits per byte; base vs fine-tuned for "
+        "LoRA) on the val split or --text FILE; writes out_dir/eval/",
+    ),
 }
 ALIASES = {"convert": "export"}
 
@@ -147,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.add_argument("experiment", metavar="EXPERIMENT", help="experiment name or folder")
+        if verb == "eval":
+            sub.add_argument(
+                "--text",
+                type=Path,
+                metavar="FILE",
+                default=None,
+                help="score this UTF-8 text file instead of the val split",
+            )
         _global_options(sub, suppress=True)
     listing = verbs.add_parser(
         "list",
@@ -188,6 +201,9 @@ def run(argv: Sequence[str]) -> int:
         print(f"# effective config of {experiment.name} ({config_path})")
         for line in loaded.describe():
             print(line)
+    if verb == "eval":
+        pipeline.evaluate(experiment, loaded, text=args.text)
+        return EXIT_OK
     step, _ = STEPS[verb]
     step(experiment, loaded)
     return EXIT_OK
