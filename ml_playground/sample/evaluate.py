@@ -132,6 +132,7 @@ def evaluate(
 ) -> EvalResult:
     """Score the trained model `load` returns on the val split, or on the file `text`."""
     out_dir = config.sample.runtime.out_dir
+    text = None if text is None else text.resolve()  # messages name the file unmistakably
     _require_trained(config)
     # Everything a user can get wrong is checked before the model loads for seconds.
     raw = read_text_file(text) if text is not None else None
@@ -188,7 +189,7 @@ def read_text_file(path: Path) -> str:
         raise DataError(f"--text {path} is a folder; give the path of a UTF-8 text file") from None
     except OSError as exc:
         raise DataError(f"cannot read --text file {path} ({exc.strerror}); check it") from None
-    if not data.strip():
+    if not data:
         raise DataError(f"--text file {path} is empty; give a file with text to score")
     try:
         return data.decode("utf-8")
@@ -216,7 +217,7 @@ def encode_text(model: LoadedModel, path: Path, text: str) -> Tokens:
         ids=np.asarray(ids, dtype=np.int64),
         counted=None,
         source="text file",
-        path=path.resolve(),
+        path=path,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         rule=rule,
     )
@@ -378,7 +379,7 @@ def _batches(
         if counted is not None:
             flags = np.stack([np.asarray(counted[s + 1 : s + span + 1]) for s in group])
             targets[flags == 0] = IGNORE_INDEX
-        yield torch.from_numpy(np.ascontiguousarray(windows[:, :-1])), torch.from_numpy(targets)
+        yield torch.as_tensor(np.ascontiguousarray(windows[:, :-1])), torch.as_tensor(targets)
 
 
 def target_bytes(model: LoadedModel, tokens: Tokens) -> int:
