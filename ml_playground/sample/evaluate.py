@@ -267,7 +267,7 @@ def _packed_val(out_dir: Path) -> Tokens:
             ids, None, "val split", path, _file_sha256(path), "every token after the first"
         )
     counted = np.memmap(folder / mask_name("val"), dtype=MASK_DTYPE, mode="r")
-    rule = "assistant tokens only (the targets val.mask.bin flags, as in training)"
+    rule = "assistant tokens only, as training counts them: val.mask.bin"
     return Tokens(ids, counted, "val split", path, _file_sha256(path), rule)
 
 
