@@ -139,8 +139,7 @@ def evaluate(
     split = val_split(config) if text is None else None
     model = load(config)
     scoring = model.scoring
-    if scoring is None:
-        raise DataError("this model backend cannot score text")
+    assert scoring is not None  # both backends fill it in; a new one must too
     if split is not None:
         tokens = split
         target = out_dir / EVAL_DIR / VAL_RESULT
@@ -151,7 +150,7 @@ def evaluate(
     _check_vocabulary(tokens, scoring.vocab_size)
     if tokens.targets == 0:
         raise DataError(f"{tokens.path} holds no target that counts; nothing to score")
-    print(f"evaluating {scoring.weights or model.description} on {tokens.path}")
+    print(f"evaluating {scoring.weights} on {tokens.path}")
     result = score_tokens(model, scoring, tokens, batch_size=config.train.data.batch_size)
     for line in table(result):
         print(line)
