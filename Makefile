@@ -1,5 +1,5 @@
 # Every target runs through uv, so the locked environment is the only one in play.
-.PHONY: setup format lint pyright mypy quality test unit integration e2e acceptance bench tensorboard
+.PHONY: setup setup-user format lint pyright mypy quality test unit integration e2e acceptance bench tensorboard
 
 PYTEST := uv run pytest
 SRC := ml_playground tests benchmarks
@@ -7,6 +7,11 @@ SRC := ml_playground tests benchmarks
 setup:
 	uv venv --clear
 	uv sync --all-groups --compile-bytecode
+
+# Only what running the tool needs: no test runner, linters or type checkers.
+setup-user:
+	uv venv --clear
+	uv sync --locked --no-dev --compile-bytecode
 
 format:
 	uv run ruff format $(SRC)

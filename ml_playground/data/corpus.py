@@ -7,6 +7,7 @@ when none exists yet (download it, seed a bundled sample, or stop with an error)
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from ml_playground.config import ExperimentConfig, PrepareConfig
@@ -47,8 +48,11 @@ def require_sources(prepare: PrepareConfig) -> list[Path]:
     fallback = default_input(prepare)
     if fallback.is_file():
         return [fallback]
+    # The instruction must work as written, also where the folder does not exist yet.
+    missing = not fallback.parent.is_dir()
+    folder = f"mkdir -p {shlex.quote(str(fallback.parent))} and " if missing else ""
     raise DataError(
-        f"no text to prepare: place a corpus at {fallback}, or set "
+        f"no text to prepare: {folder}place a corpus at {fallback}, or set "
         "[prepare] raw_text_path (a file) or raw_dir (a folder of .txt files)"
     )
 

@@ -1,8 +1,10 @@
-"""Where raw text comes from: `.txt` files in a folder, or a download to a known path."""
+"""Where raw text comes from: `.txt` files in a folder, a download to a known path, or the
+corpus bundled with the package (Tiny Shakespeare, public domain)."""
 
 from __future__ import annotations
 
 import http.client
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -11,8 +13,11 @@ from pathlib import Path
 
 from ml_playground.atomic import atomic_open
 from ml_playground.errors import DataError
+from ml_playground.progress import byte_progress
 
 DOWNLOAD_BLOCK_BYTES = 1 << 20
+# Bundled so that the first run works on a machine without network (data/bundled/LICENSES.md).
+TINY_SHAKESPEARE = Path(__file__).with_name("bundled") / "tinyshakespeare.txt"
 
 
 def text_files(raw_dir: Path) -> list[Path]:
@@ -36,17 +41,23 @@ def download(
     """Fetch `url` into `dest` atomically, retrying transient failures with backoff.
 
     `retries` counts attempts after the first; the wait doubles from `backoff_seconds`.
-    Client errors (4xx other than 408/429) are not retried: asking again will not help.
+    Client errors (4xx other than 408/429) and a host name that does not resolve are not
+    retried: asking again will not help. Progress goes to stderr (progress.py: a bar on a
+    terminal, a line every few seconds in a log); the line saying what arrived goes to
+    stdout, like prepare's other status lines.
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise DataError(f"cannot download {url!r}: only http and https URLs are supported")
+    # The error below tells the user to place the file at `dest`: its folder must exist.
+    dest.parent.mkdir(parents=True, exist_ok=True)
     attempts = max(retries, 0) + 1
     failures: list[str] = []
     while len(failures) < attempts:
         if failures:
             time.sleep(backoff_seconds * 2 ** (len(failures) - 1))
         try:
-            _fetch(url, dest, timeout)
+            received = _fetch(url, dest, timeout)
+            print(f"downloaded {received:,} bytes to {dest}")
             return
         except urllib.error.HTTPError as exc:
             exc.close()
@@ -55,29 +66,46 @@ def download(
                 break
         except (OSError, http.client.HTTPException) as exc:
             failures.append(_describe(exc))
+            if _unresolvable(exc):
+                break
     raise DataError(
         f"download of {url} failed after {len(failures)} attempt(s) ({failures[-1]});"
         f" download it yourself and place it at {dest}"
     )
 
 
-def _fetch(url: str, dest: Path, timeout: float) -> None:
+def _fetch(url: str, dest: Path, timeout: float) -> int:
+    """Write the body to `dest`; the number of bytes received."""
     with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(dest) as out:
         # A connection that drops early can look like a clean end of the body.
         expected = response.headers.get("Content-Length")
+        total = int(expected) if expected is not None else None
         received = 0
-        while block := response.read(DOWNLOAD_BLOCK_BYTES):
-            out.write(block)
-            received += len(block)
-        if expected is not None and received != int(expected):
-            raise http.client.IncompleteRead(b"", int(expected) - received)
+        # Without a length there is no "how far" to show; the line after the download
+        # still says what arrived.
+        with byte_progress("downloading", total or 0, enabled=total is not None) as advance:
+            while block := response.read(DOWNLOAD_BLOCK_BYTES):
+                out.write(block)
+                received += len(block)
+                advance(len(block))
+        if total is not None and received != total:
+            raise http.client.IncompleteRead(b"", total - received)
+    return received
 
 
 def _worth_retrying(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
+def _unresolvable(exc: BaseException) -> bool:
+    """Whether the host name did not resolve: offline or a typo, which no retry fixes."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, socket.gaierror)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError):
+        if isinstance(exc.reason, socket.gaierror):
+            return f"host name not resolved: {exc.reason}; offline?"
         return str(exc.reason)
     return str(exc) or type(exc).__name__

@@ -5,6 +5,10 @@ The from-scratch pipeline builds its own (`CharTokenizer`, `TiktokenTokenizer`).
 in checkpoints, and two artifacts agree on their tokenizer exactly when their specs are
 equal. `tokenizer_from_spec` rebuilds the working tokenizer from it.
 
+GPT-2's BPE ranks (tiktoken's `r50k_base`) ship with the package in data/bundled/, so
+the common case needs no download; other tiktoken encodings use tiktoken's own download
+and cache (`TIKTOKEN_CACHE_DIR`).
+
 The records dataset works with a pretrained model's tokenizer instead; `HFTokenizer` is
 the part of it the package uses, so data/ can take one without importing the Hugging
 Face backend that loads it (finetune/hub.py).
@@ -12,6 +16,8 @@ Face backend that loads it (finetune/hub.py).
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +26,7 @@ from typing import Annotated, Literal, Protocol, Self
 
 import tiktoken
 from pydantic import StringConstraints, model_validator
+from tiktoken_ext.openai_public import r50k_pat_str
 
 from ml_playground.artifacts import Artifact, parse_artifact
 from ml_playground.errors import DataError
@@ -28,9 +35,16 @@ TokenizerKind = Literal["char", "tiktoken"]
 TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("char", "tiktoken")
 
 # tiktoken's own "gpt2" encoding needs two legacy files (vocab.bpe, encoder.json), while
-# "r50k_base" has identical ranks, pattern and <|endoftext|> = 50256 in one cached file,
-# so that single file is all an offline machine needs.
+# "r50k_base" has identical ranks, pattern and <|endoftext|> = 50256 in one file, so that
+# single file is all an offline machine needs, and it is the one the package bundles.
 TIKTOKEN_ALIASES: Mapping[str, str] = {"gpt2": "r50k_base"}
+BUNDLED_ENCODING = "r50k_base"
+BUNDLED_RANKS = Path(__file__).with_name("bundled") / "r50k_base.tiktoken"
+# The SHA-256 tiktoken itself pins for r50k_base's ranks; a damaged install fails loudly
+# instead of training on a subtly different vocabulary.
+BUNDLED_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+ENDOFTEXT = "<|endoftext|>"
+R50K_ENDOFTEXT_ID = 50256
 DEFAULT_SPEC_REMEDY = "the file is damaged or from another version, so recreate it"
 
 
@@ -170,7 +184,7 @@ class TiktokenTokenizer:
 
     def __init__(self, encoding: str) -> None:
         self._spec = TokenizerSpec(kind="tiktoken", encoding=encoding)
-        self._encoding = _load_tiktoken(encoding)
+        self._encoding = load_tiktoken_encoding(encoding)
 
     @property
     def spec(self) -> TokenizerSpec:
@@ -213,8 +227,15 @@ def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
     return TiktokenTokenizer(spec.encoding)
 
 
-def _load_tiktoken(name: str) -> tiktoken.Encoding:
+def load_tiktoken_encoding(name: str) -> tiktoken.Encoding:
+    """The tiktoken encoding `name` (an alias such as "gpt2" allowed).
+
+    GPT-2's ranks come from the package, with no network round trip; any other encoding
+    goes through tiktoken's download-and-cache, failing in one line when offline.
+    """
     resolved = TIKTOKEN_ALIASES.get(name, name)
+    if resolved == BUNDLED_ENCODING:
+        return bundled_encoding()
     known = tiktoken.list_encoding_names()
     if resolved not in known:
         raise DataError(f"unknown tiktoken encoding {name!r}; use one of: {', '.join(known)}")
@@ -228,3 +249,35 @@ def _load_tiktoken(name: str) -> tiktoken.Encoding:
             f" and could not be downloaded ({type(exc).__name__}); set TIKTOKEN_CACHE_DIR to"
             " a folder holding the cached ranks, or go online"
         ) from exc
+
+
+@functools.cache
+def bundled_encoding() -> tiktoken.Encoding:
+    """GPT-2's BPE (r50k_base) built from the ranks file shipped in data/bundled/."""
+    # tiktoken's own loader (load_tiktoken_bpe) would copy even a local file into
+    # TIKTOKEN_CACHE_DIR, and fail where that folder is read-only; the format is simple
+    # enough to read here: one "<base64 token> <rank>" pair per line.
+    try:
+        data = BUNDLED_RANKS.read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"cannot read GPT-2's bundled BPE ranks {BUNDLED_RANKS} ({exc.strerror});"
+            " reinstall ml-playground"
+        ) from None
+    if hashlib.sha256(data).hexdigest() != BUNDLED_RANKS_SHA256:
+        raise DataError(
+            f"GPT-2's bundled BPE ranks {BUNDLED_RANKS} are damaged (SHA-256 mismatch);"
+            " reinstall ml-playground"
+        )
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return tiktoken.Encoding(
+        name=BUNDLED_ENCODING,
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: R50K_ENDOFTEXT_ID},
+        explicit_n_vocab=R50K_ENDOFTEXT_ID + 1,
+    )

@@ -6,11 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tiktoken
-
 from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
-from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec
+from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec, load_tiktoken_encoding
 from ml_playground.errors import ExportError
 from ml_playground.export import bundle, llama_cpp
 from ml_playground.export.bpe_vocab import GPT2_PRETOKENIZER_ENCODINGS, ByteLevelVocab, gpt2_vocab
@@ -173,14 +171,8 @@ def exportable_encoding(spec: TokenizerSpec) -> str:
 
 def vocab_for(spec: TokenizerSpec) -> ByteLevelVocab:
     resolved = exportable_encoding(spec)
-    try:
-        encoding = tiktoken.get_encoding(resolved)
-    except (OSError, ValueError) as exc:
-        raise ExportError(
-            f"cannot load tiktoken encoding {resolved!r} ({type(exc).__name__}); set"
-            " TIKTOKEN_CACHE_DIR to a folder holding its ranks, or go online"
-        ) from None
-    return gpt2_vocab(resolved, encoding)
+    # The same loader as training: GPT-2's ranks from the package, others via tiktoken.
+    return gpt2_vocab(resolved, load_tiktoken_encoding(resolved))
 
 
 def native_quant(quant: str) -> NativeQuant | None:

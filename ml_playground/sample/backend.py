@@ -10,7 +10,7 @@ sample/evaluate.py) adds a `Scoring`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,12 @@ class Analysis:
 
 # (text as saved, the ids the model added, whether it ended at a stop id) -> Analysis
 Analyse = Callable[[str, Sequence[int], bool], Analysis]
+
+Message = Mapping[str, str]
+"""One turn of a conversation: {"role": "system" | "user" | "assistant", "content": ...}."""
+
+RenderChat = Callable[[Sequence[Message]], list[int]]
+"""The ids of a conversation in the run's chat template, ending where the answer begins."""
 
 Forward = Callable[[Tensor], Tensor]
 """Next-token logits at every position (B, T, V) of a batch of ids (B, T), without a cache."""
@@ -70,4 +76,6 @@ class LoadedModel:
     stop_ids: frozenset[int]  # end of text and the run's stop tokens
     record_opening: str = ""  # what every training record began with
     analyse: Analyse | None = None
+    context_size: int | None = None  # the most tokens the model reads at once, if known
+    render_chat: RenderChat | None = None  # None: no chat template, text is continued as is
     scoring: Scoring | None = None  # for `eval`; None where a backend cannot score text

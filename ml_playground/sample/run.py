@@ -4,15 +4,18 @@ The samples are decoded as one batch (see sample/generate.py). With `stream` on,
 first sample appears token by token as it is generated; the others are printed whole
 once the batch is done, in order. Each sample is saved as out_dir/samples/*.txt, with
 the backend's analysis (if it has one) as a *.json beside it.
+
+stdout carries only the samples' text, one blank line between two samples, so
+`ml-playground sample X > out.txt` holds just them; the status (which checkpoint,
+`--- sample i/n ---` before each, `--- saved PATH ---` after) goes to stderr. A reader
+that stops early (`| head`) only cuts the display short: every sample is still saved.
 """
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
-from ml_playground import atomic
+from ml_playground import atomic, console
 from ml_playground.config import ExperimentConfig
 from ml_playground.sample.backend import LoadedModel
 from ml_playground.sample.generate import generate
@@ -25,18 +28,18 @@ LIVE_ROW = 0
 def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
     """The num_samples texts, each beginning with the prompt; printed and saved."""
     runtime, settings = config.sample.runtime, config.sample.sample
-    print(model.description)
+    console.status(model.description)
     prompt = encode_prompt(model, read_prompt(settings.start))
     generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
     live: TextStream | None = None
     if settings.stream:
         live = TextStream(model.decode, prompt.ids, hidden=prompt.hidden)
-        print(f"--- sample 1/{settings.num_samples} ---")
-        _write(live.prompt_text)
+        console.status(_header(0, settings.num_samples))
+        console.write(live.prompt_text)
 
     def show(row: int, token: int) -> None:
         if live is not None and row == LIVE_ROW:
-            _write(live.push(token))
+            console.write(live.push(token))
 
     rows = generate(
         model.new_step(),
@@ -49,24 +52,23 @@ def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
     texts: list[str] = []
     for index, row in enumerate(rows):
         text = model.decode(prompt.ids + row.ids).removeprefix(prompt.hidden)
+        if index > 0:
+            console.write("\n")  # a blank line between two samples
         if live is not None and index == LIVE_ROW:
-            _write(live.flush() + "\n")
+            console.write(live.flush() + "\n")
         else:
-            if settings.stream:
-                print(f"--- sample {index + 1}/{settings.num_samples} ---")
-            print(text)
+            console.status(_header(index, settings.num_samples))
+            console.write(text + "\n")
         saved = save_sample(runtime.out_dir, index, text)
         note = ""
         if model.analyse is not None:
             analysis = model.analyse(text, row.ids, row.stopped)
             atomic.write_json(saved.with_suffix(".json"), analysis.report)
             note = f" ({analysis.summary})"
-        print(f"--- saved {saved}{note} ---")
+        console.status(f"--- saved {saved}{note} ---")
         texts.append(text)
     return texts
 
 
-def _write(text: str) -> None:
-    if text:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+def _header(index: int, count: int) -> str:
+    return f"--- sample {index + 1}/{count} ---"

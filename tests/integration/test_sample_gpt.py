@@ -84,14 +84,14 @@ def test_samples_are_saved_under_out_dir_samples(folder: Path) -> None:
     assert len(texts) == 2
 
 
-def test_streamed_samples_appear_on_stdout_with_the_checkpoint_used(
+def test_streamed_samples_appear_on_stdout_and_the_checkpoint_used_on_stderr(
     folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     texts = sample(folder, {"sample.sample.stream": True})
 
-    stdout = capsys.readouterr().out
-    assert f"sampling from {folder / 'out' / checkpoint.BEST_FILE}" in stdout
-    assert texts[0] in stdout
+    captured = capsys.readouterr()
+    assert f"sampling from {folder / 'out' / checkpoint.BEST_FILE}" in captured.err
+    assert captured.out == texts[0] + "\n"
 
 
 def test_greedy_samples_of_a_batch_equal_the_greedy_single_sample(folder: Path) -> None:
@@ -116,19 +116,24 @@ def test_a_seeded_batch_repeats_exactly_and_its_samples_differ(folder: Path) -> 
     assert len(set(first)) == 3
 
 
-def test_a_streamed_batch_shows_the_first_sample_live_then_the_others_in_order(
-    folder: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("stream", [True, False])
+def test_stdout_holds_only_the_samples_a_blank_line_apart_and_stderr_the_status_in_order(
+    folder: Path, capsys: pytest.CaptureFixture[str], stream: bool
 ) -> None:
     texts = sample(
         folder,
-        {"sample.sample.stream": True, "sample.sample.num_samples": 3, "train.runtime.seed": 3},
+        {"sample.sample.stream": stream, "sample.sample.num_samples": 3, "train.runtime.seed": 3},
     )
 
-    stdout = capsys.readouterr().out
-    headers = [stdout.index(f"--- sample {index}/3 ---") for index in (1, 2, 3)]
-    assert headers == sorted(headers)
-    for header, text in zip(headers, texts, strict=True):
-        assert stdout[header:].split("\n", 1)[1].startswith(text + "\n--- saved ")
+    captured = capsys.readouterr()
+    assert captured.out == "\n\n".join(texts) + "\n"
+    saved = sorted((folder / "out" / SAMPLES_DIR).glob("*.txt"))
+    status = captured.err.splitlines()
+    assert status[1:] == [
+        line
+        for index, path in enumerate(saved)
+        for line in (f"--- sample {index + 1}/3 ---", f"--- saved {path} ---")
+    ]
 
 
 def test_a_file_prompt_is_read_relative_to_the_config(folder: Path) -> None:
@@ -162,7 +167,7 @@ def test_sampling_reads_the_last_checkpoint_when_there_is_no_best(
 
     sample(folder)
 
-    assert f"sampling from {folder / 'out' / checkpoint.LAST_FILE}" in capsys.readouterr().out
+    assert f"sampling from {folder / 'out' / checkpoint.LAST_FILE}" in capsys.readouterr().err
 
 
 def test_no_checkpoint_is_a_checkpoint_error_naming_out_dir(tmp_path: Path) -> None:
@@ -186,7 +191,7 @@ def test_bfloat16_sampling_runs_on_bfloat16_weights_and_is_reproducible(
     first = sample(folder, settings)
     again = sample(folder, settings)
 
-    assert "in bfloat16" in capsys.readouterr().out
+    assert "in bfloat16" in capsys.readouterr().err
     assert first == again
     assert first[0].startswith("ROMEO:")
     assert len(first[0]) == len("ROMEO:") + 32

@@ -28,9 +28,14 @@ class LocalServer:
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalServer]:
-    for name in PROXY_VARIABLES:  # a proxy from the environment must not see local requests
+def direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests go straight to their host: a proxy from the environment sees none of them."""
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def server(direct: None) -> Iterator[LocalServer]:
     state = LocalServer(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -144,6 +149,35 @@ def test_download_of_an_unreachable_host_says_where_to_place_the_file(tmp_path: 
 
     with pytest.raises(DataError, match=rf"download it yourself and place it at {dest}"):
         download("http://127.0.0.1:9/input.txt", dest, retries=1, backoff_seconds=0.0)
+
+
+def test_download_of_a_host_name_that_does_not_resolve_fails_after_one_attempt(
+    direct: None, tmp_path: Path
+) -> None:
+    # .invalid never resolves (RFC 6761); with no proxy the name is looked up here, as on
+    # a machine without network.
+    dest = tmp_path / "datasets" / "input.txt"
+
+    with pytest.raises(DataError) as caught:
+        download("http://ml-playground-test.invalid/input.txt", dest, retries=3)
+
+    message = str(caught.value)
+    assert "failed after 1 attempt(s) (host name not resolved" in message
+    assert f"download it yourself and place it at {dest}" in message
+    assert dest.parent.is_dir()  # the instruction works as written
+    assert not dest.exists()
+
+
+def test_download_says_on_stdout_how_much_it_fetched_and_where(
+    server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = b"To be, or not to be\n" * 500
+    server.replies["/input.txt"] = [(200, body)]
+    dest = tmp_path / "input.txt"
+
+    download(f"{server.url}/input.txt", dest)
+
+    assert capsys.readouterr().out == f"downloaded {len(body):,} bytes to {dest}\n"
 
 
 def test_download_refuses_urls_that_are_not_http(tmp_path: Path) -> None:

@@ -1,18 +1,23 @@
-"""Char and tiktoken tokenizers: exact round trips, gpt2 offline, specs as identities."""
+"""Char and tiktoken tokenizers: exact round trips, gpt2 offline from the bundled ranks,
+specs as identities."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tiktoken
 
+from ml_playground.data import tokenizer as tokenizer_module
 from ml_playground.data.tokenizer import (
+    BUNDLED_RANKS,
     CharTokenizer,
     TiktokenTokenizer,
     TokenizerSpec,
+    bundled_encoding,
     tokenizer_from_spec,
 )
 from ml_playground.errors import DataError
@@ -122,6 +127,69 @@ def test_uncached_encoding_offline_tells_user_to_set_tiktoken_cache_dir(
 
     with pytest.raises(DataError, match=r"'p50k_base'.*set TIKTOKEN_CACHE_DIR.*or go online"):
         TiktokenTokenizer("p50k_base")
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No tiktoken cache and every proxy on a closed local port: any download fails at once.
+
+    The bundled encoding's in-process cache is cleared before and after, so the test reads
+    the ranks file itself and leaves no encoding built from a patched path behind."""
+    cache = tmp_path / "empty-tiktoken-cache"
+    cache.mkdir()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    bundled_encoding.cache_clear()
+    yield cache
+    bundled_encoding.cache_clear()
+
+
+def test_the_bundled_gpt2_ranks_give_every_id_the_bytes_r50k_base_gives_it() -> None:
+    bundled = bundled_encoding()
+    r50k = tiktoken.get_encoding("r50k_base")  # from the shared cache (tests/conftest.py)
+
+    assert bundled.n_vocab == r50k.n_vocab
+    assert bundled.eot_token == r50k.eot_token
+    for token_id in range(r50k.n_vocab):
+        assert bundled.decode_single_token_bytes(token_id) == r50k.decode_single_token_bytes(
+            token_id
+        )
+
+
+def test_the_bundled_gpt2_encoding_gives_r50k_base_ids(shakespeare: str) -> None:
+    bundled = bundled_encoding()
+    r50k = tiktoken.get_encoding("r50k_base")
+    text = shakespeare[:50_000] + GERMAN + "end<|endoftext|>start"
+
+    assert bundled.encode_ordinary(text) == r50k.encode_ordinary(text)
+    assert bundled.encode(text, allowed_special="all") == r50k.encode(text, allowed_special="all")
+
+
+def test_gpt2_loads_from_the_package_with_no_network_and_no_cache(offline: Path) -> None:
+    tokenizer = TiktokenTokenizer("gpt2")
+
+    assert tokenizer.decode(tokenizer.encode(GERMAN)) == GERMAN
+    assert tokenizer.vocab_size == 50257
+    assert list(offline.iterdir()) == []  # nothing was downloaded or cached
+
+
+def test_damaged_bundled_ranks_are_refused_in_one_line_naming_the_file(
+    offline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damaged = tmp_path / "r50k_base.tiktoken"
+    damaged.write_bytes(BUNDLED_RANKS.read_bytes().replace(b" 50255\n", b" 50254\n"))
+    monkeypatch.setattr(tokenizer_module, "BUNDLED_RANKS", damaged)
+
+    with pytest.raises(DataError) as caught:
+        TiktokenTokenizer("gpt2")
+
+    message = str(caught.value)
+    assert f"{damaged} are damaged" in message
+    assert "reinstall ml-playground" in message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,16 @@
 """Prepare shakespeare: GPT-2 BPE tokens of Tiny Shakespeare.
 
-A local source in [prepare] (raw_text_path or raw_dir) wins; otherwise datasets/input.txt
-is used, downloaded from download_url first when it is missing.
+What is read, first match wins: a local source in [prepare] (raw_text_path or raw_dir);
+datasets/input.txt if a file was placed there; a download from [prepare] download_url
+into datasets/input.txt when that key is set; else the copy bundled with the package, so
+the first run needs no network.
 """
 
 from __future__ import annotations
 
 from ml_playground.data.corpus import configured_sources, default_input, prepare_corpus
-from ml_playground.data.sources import download
+from ml_playground.data.sources import TINY_SHAKESPEARE, download
 from ml_playground.experiments import PrepareContext, register
-
-TINY_SHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-)
 
 
 @register("shakespeare")
@@ -21,9 +19,12 @@ def prepare(ctx: PrepareContext) -> None:
     sources = configured_sources(settings)
     if sources is None:
         target = default_input(settings)
-        if not target.is_file():
-            url = settings.download_url or TINY_SHAKESPEARE_URL
-            print(f"downloading Tiny Shakespeare from {url} to {target}")
-            download(url, target)
-        sources = [target]
+        if not target.is_file() and settings.download_url is not None:
+            print(f"downloading {settings.download_url} to {target}")
+            download(settings.download_url, target)
+        if target.is_file():
+            sources = [target]
+        else:
+            print(f"no corpus placed at {target}: using the bundled Tiny Shakespeare")
+            sources = [TINY_SHAKESPEARE]
     prepare_corpus(ctx.config, sources)
