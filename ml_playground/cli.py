@@ -99,6 +99,11 @@ STEPS: dict[str, tuple[StepFn, str]] = {
         pipeline.export,
         "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])",
     ),
+    "eval": (
+        pipeline.evaluate,
+        "measure the trained model (loss, perplexity, bits per byte; base vs fine-tuned for "
+        "LoRA) on the val split or --text FILE; writes out_dir/eval/",
+    ),
 }
 ALIASES = {"convert": "export"}
 
@@ -180,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         experiment_arg.completer = _complete_experiments  # type: ignore[attr-defined]
         for flag, help_text in ACTION_FLAGS.get(verb, {}).items():
             sub.add_argument(flag, action="store_true", help=help_text)
+        if verb == "eval":
+            sub.add_argument(
+                "--text",
+                type=Path,
+                metavar="FILE",
+                default=None,
+                help="score this UTF-8 text file instead of the val split",
+            )
         _global_options(sub, suppress=True)
     listing = verbs.add_parser(
         "list",
@@ -258,6 +271,9 @@ def run(argv: Sequence[str]) -> int:
         moved = pipeline.set_aside_out_dir(loaded.config)
         if moved is not None:
             print(f"--fresh: moved the previous run to {moved}", file=sys.stderr)
+    if verb == "eval":
+        pipeline.evaluate(experiment, loaded, text=args.text)
+        return EXIT_OK
     step, _ = STEPS[verb]
     with pipeline.forcing(prepare=getattr(args, "force", False)):
         step(experiment, loaded)

@@ -1,4 +1,5 @@
-"""The pipeline steps the CLI calls: prepare, train, sample, chat, loop, report, export, new.
+"""The pipeline steps the CLI calls: prepare, train, sample, chat, loop, report, export, eval,
+new.
 
 Which trainer and which sampling backend run is decided by the config's content: a
 `[train.hf_model]` section selects Hugging Face LoRA fine-tuning, otherwise the
@@ -193,6 +194,22 @@ def export(experiment: Experiment, loaded: LoadedConfig) -> None:
     from ml_playground.export import export_experiment  # noqa: PLC0415 - see module docstring
 
     export_experiment(loaded.config, experiment.name)
+
+
+def evaluate(experiment: Experiment, loaded: LoadedConfig, text: Path | None = None) -> None:
+    """Loss, perplexity and bits per byte of the trained model on its val split or `text`."""
+    del experiment
+    _single_process("eval")
+    from ml_playground.sample.evaluate import evaluate as evaluate_model  # noqa: PLC0415 - see module docstring
+
+    if loaded.config.uses_hf_model:
+        from ml_playground.finetune.inference import load_hf  # noqa: PLC0415 - see module docstring
+
+        evaluate_model(loaded.config, load_hf, text)
+        return
+    from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
+
+    evaluate_model(loaded.config, load_gpt, text)
 
 
 def new_experiment(name: str, parent: Path | None) -> Path:

@@ -50,8 +50,18 @@ from ml_playground.finetune.model import (
     load_base,
     read_adapter_config,
     weights_dtype,
+    without_adapters,
 )
-from ml_playground.sample.backend import Analyse, Analysis, LoadedModel, Message, RenderChat
+from ml_playground.sample.backend import (
+    Analyse,
+    Analysis,
+    Forward,
+    LoadedModel,
+    Message,
+    RenderChat,
+    Scoring,
+    mask_padded,
+)
 from ml_playground.sample.generate import Step
 
 
@@ -136,7 +146,27 @@ def load_hf(config: ExperimentConfig) -> LoadedModel:
         analyse=_speech_quality(tokenizer) if speeches else None,
         context_size=_context_size(trained.model),
         render_chat=_chat_renderer(chat) if chat.chat_template else None,
+        scoring=Scoring(
+            forward=hf_forward(trained.model, precision, vocab_size=len(tokenizer)),
+            context=config.train.block_size,
+            vocab_size=len(tokenizer),
+            weights=trained.weights,
+            precision=precision,
+            base=without_adapters(trained.model),
+        ),
     )
+
+
+def hf_forward(model: nn.Module, precision: Precision, *, vocab_size: int) -> Forward:
+    """Logits of every position of a batch of a transformers model, without a cache."""
+
+    def forward(ids: Tensor) -> Tensor:
+        with precision.autocast():
+            output = model(input_ids=ids.to(precision.device), use_cache=False)
+        logits: Tensor = output.logits
+        return mask_padded(logits, vocab_size)
+
+    return forward
 
 
 def _with_chat_template(tokenizer: Tokenizer, config: ExperimentConfig) -> ChatTokenizer:

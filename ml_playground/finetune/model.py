@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -189,6 +190,18 @@ def merge_adapters(model: nn.Module) -> PreTrainedModel:
         merged: object = model.merge_and_unload()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - untyped library
         return cast("PreTrainedModel", merged)
     return cast("PreTrainedModel", model)
+
+
+def without_adapters(model: nn.Module) -> Callable[[], AbstractContextManager[object]] | None:
+    """A context manager factory within which `model` runs as its base alone (peft's
+    disable_adapter: LoRA and the added tokens' rows switched off, nothing unloaded);
+    None for a model without adapters (a bare base, or a fully fine-tuned one)."""
+    from peft import PeftModel  # noqa: PLC0415 - see module docstring
+
+    if not isinstance(model, PeftModel):
+        return None
+    disable: Callable[[], AbstractContextManager[object]] = model.disable_adapter  # pyright: ignore[reportUnknownMemberType] - untyped library
+    return disable
 
 
 def _embedding_rows(model: PreTrainedModel) -> int:

@@ -4,16 +4,21 @@ A backend (the from-scratch GPT in sample/gpt.py, the Hugging Face + LoRA model 
 finetune/inference.py) loads its run from out_dir and fills in one `LoadedModel`: how
 text becomes ids and back, which ids stop a sample, how its records open, and a `Step`
 with a fresh key/value cache. Everything else (prompt, batch, stream, save) is written
-once, in sample/run.py.
+once, in sample/run.py. A backend that can also be measured on text (`eval`, see
+sample/evaluate.py) adds a `Scoring`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from ml_playground.device import Precision
 from ml_playground.sample.generate import Step
 
 
@@ -34,6 +39,31 @@ Message = Mapping[str, str]
 RenderChat = Callable[[Sequence[Message]], list[int]]
 """The ids of a conversation in the run's chat template, ending where the answer begins."""
 
+Forward = Callable[[Tensor], Tensor]
+"""Next-token logits at every position (B, T, V) of a batch of ids (B, T), without a cache."""
+
+
+def mask_padded(logits: Tensor, vocab_size: int) -> Tensor:
+    """`logits` with the ids at or past `vocab_size` (padding rows of the embedding) at -inf:
+    no tokenizer can decode them, so sampling never draws them and scoring never counts
+    them in a prediction's normaliser."""
+    padded = torch.arange(logits.size(-1), device=logits.device) >= vocab_size
+    return logits.masked_fill(padded, float("-inf"))
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What measuring a model on text needs beyond sampling (sample/evaluate.py)."""
+
+    forward: Forward  # padded ids masked (mask_padded), in the precision sampling uses
+    context: int  # the longest window forward takes: block_size, or the run's sequence length
+    vocab_size: int  # the tokenizer's: ids at or past it are not the model's
+    weights: Path | None  # the checkpoint file or adapters folder scored
+    precision: Precision
+    # Within this context manager `forward` is the base model alone, its LoRA adapters
+    # disabled; None where there is no base to compare with.
+    base: Callable[[], AbstractContextManager[object]] | None = None
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -48,3 +78,4 @@ class LoadedModel:
     analyse: Analyse | None = None
     context_size: int | None = None  # the most tokens the model reads at once, if known
     render_chat: RenderChat | None = None  # None: no chat template, text is continued as is
+    scoring: Scoring | None = None  # for `eval`; None where a backend cannot score text

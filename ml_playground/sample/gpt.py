@@ -20,7 +20,7 @@ from ml_playground.device import resolve_precision
 from ml_playground.model.attention import KVCache
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.sample.backend import LoadedModel
+from ml_playground.sample.backend import Forward, LoadedModel, Scoring, mask_padded
 from ml_playground.sample.generate import Step
 
 
@@ -76,7 +76,24 @@ def load_gpt(config: ExperimentConfig) -> LoadedModel:
         first_id=eot,
         stop_ids=frozenset(() if eot is None else (eot,)),
         context_size=model.config.block_size,
+        scoring=Scoring(
+            forward=gpt_forward(model),
+            context=model.config.block_size,
+            vocab_size=tokenizer.vocab_size,
+            weights=path,
+            precision=precision,
+        ),
     )
+
+
+def gpt_forward(model: GPT) -> Forward:
+    """Logits of every position of a batch of at most block_size ids, padded ids at -inf."""
+
+    def forward(ids: Tensor) -> Tensor:
+        logits: Tensor = model(ids.to(model.transformer.wte.weight.device))
+        return mask_padded(logits, model.config.vocab_size)
+
+    return forward
 
 
 def gpt_step(model: GPT, *, use_cache: bool = True) -> Step:
