@@ -72,7 +72,7 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # pyright: ignore[reportAttributeAccessIssue] - the stubs lack the setter
     bpe.decoder = decoders.ByteLevel()  # pyright: ignore[reportAttributeAccessIssue] - as above
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOT, bos_token=EOT)  # type: ignore[no-untyped-call]  # untyped library
-    tokenizer.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))  # pyright: ignore[reportUnknownMemberType] - untyped library
     config = LlamaConfig(
         vocab_size=len(vocab.tokens),
         hidden_size=32,

@@ -76,7 +76,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cached_archive(cache: Path, url: str = URL, sha256: str = SHA256) -> Path:
+def cached_archive(cache: Path, url: str, sha256: str) -> Path:
     """The pinned sdist in `cache`, downloaded once; a copy with another hash is replaced."""
     target = cache / url.rsplit("/", 1)[-1]
     if target.is_file() and sha256_of(target) == sha256:
@@ -192,7 +192,7 @@ def fetch_converters() -> None:
     if is_current(HERE, (*CONVERTER_FILES, *CONVERTER_DIRS)):
         print(f"llama.cpp converters {VERSION} already in {HERE}")
         return
-    install_converters(cached_archive(cache_dir()), HERE)
+    install_converters(cached_archive(cache_dir(), URL, SHA256), HERE)
     print(f"llama.cpp converters {VERSION} in {HERE}")
 
 
@@ -202,7 +202,7 @@ def fetch_binaries() -> None:
         print(f"llama.cpp binaries {VERSION} already in {bin_dir}")
         return
     cache = cache_dir()
-    source = source_tree(cached_archive(cache), cache)
+    source = source_tree(cached_archive(cache, URL, SHA256), cache)
     build_binaries(source, cache / f"llama.cpp-{VERSION}-build", bin_dir)
     print(f"llama.cpp binaries {VERSION} in {bin_dir}: {', '.join(TARGETS)}")
 
