@@ -57,23 +57,24 @@ class Tool:
         command = [*self.argv, *map(str, args)]
         # Python buffers a pipe in blocks; unbuffered, the converter's log arrives line by line.
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
         try:
             process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
             )
         except OSError as exc:
             raise ExportError(f"cannot run {self.name} ({command[0]}): {exc.strerror}") from None
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        assert process.stdout is not None
-        # newline="": a progress bar's carriage returns reach the terminal as they are.
-        with io.TextIOWrapper(
-            process.stdout, encoding="utf-8", errors="replace", newline=""
-        ) as out:
-            for line in out:
-                sys.stderr.write(line)
-                sys.stderr.flush()
-                if line.strip():
-                    tail.append(line.strip())
+        with process:  # waits for the tool, also when reading is interrupted
+            assert process.stdout is not None  # PIPE was asked for
+            # newline="": a progress bar's carriage returns reach the terminal as they are;
+            # its frames (ending in a carriage return) are not kept for the error line.
+            text = io.TextIOWrapper(process.stdout, encoding="utf-8", errors="replace", newline="")
+            with text:
+                for line in text:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                    if line.strip() and not line.endswith("\r"):
+                        tail.append(line.strip())
         if process.wait() != 0:
             raise ExportError(
                 f"{self.name} failed with exit code {process.returncode}:"

@@ -128,3 +128,16 @@ def test_a_tool_streams_its_output_to_stderr_as_it_runs(
     assert out == ""
     assert "INFO:hf-to-gguf:Loading model\n" in err
     assert "Writing: 100%\rdone\n" in err
+
+
+def test_the_error_line_ends_with_the_last_lines_not_progress_bar_frames(tmp_path: Path) -> None:
+    failing = script(
+        tmp_path / "fail.py",
+        "print('NotImplementedError: no such architecture')\n"
+        "for i in range(9): print(f'Writing: {i}0%', end='\\r')\nsys.exit(1)",
+    )
+
+    with pytest.raises(ExportError) as error:
+        llama_cpp.find_converter(str(failing)).run([])
+
+    assert str(error.value).endswith("exit code 1: NotImplementedError: no such architecture")
