@@ -1,6 +1,6 @@
 # Every target runs through uv, so the locked environment is the only one in play.
-.PHONY: setup format lint pyright mypy quality test unit integration e2e acceptance bench tensorboard \
-	llama-cpp llama-cpp-converters
+.PHONY: setup setup-user format lint pyright mypy quality test unit integration e2e acceptance bench \
+	tensorboard llama-cpp llama-cpp-converters
 
 PYTEST := uv run pytest
 SRC := ml_playground tests benchmarks tools/llama_cpp/fetch.py
@@ -8,6 +8,11 @@ SRC := ml_playground tests benchmarks tools/llama_cpp/fetch.py
 setup:
 	uv venv --clear
 	uv sync --all-groups --compile-bytecode
+
+# Only what running the tool needs: no test runner, linters or type checkers.
+setup-user:
+	uv venv --clear
+	uv sync --locked --no-dev --compile-bytecode
 
 format:
 	uv run ruff format $(SRC)

@@ -13,11 +13,14 @@ import difflib
 import errno
 import io
 import re
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
+
+import argcomplete
 
 from ml_playground import pipeline
 from ml_playground.config import LoadedConfig, load_config
@@ -25,13 +28,14 @@ from ml_playground.errors import SavedAndStopped, UsageError, UserError
 from ml_playground.experiments import Experiment, find_experiment, list_experiments
 
 EXIT_OK = 0
+EXPERIMENT_PLACEHOLDER = "<experiment>"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
 ml-playground: prepare text, train small GPTs from scratch, fine-tune Hugging Face models
 with LoRA, sample from them and export them to GGUF/Ollama. One experiment = one folder
-(ml_playground/experiments/<name>/) with a config.toml.
+with a config.toml (./experiments/NAME/, or one bundled with the package).
 
 typical run:
   ml-playground list                      # what experiments exist
@@ -39,14 +43,21 @@ typical run:
   ml-playground sample shakespeare        # sample again from the best checkpoint
 """
 
-EPILOG = """\
-EXPERIMENT is a registered name (see `ml-playground list`) or a path to a folder holding a
-config.toml. --exp-config replaces the experiment's config.toml (the project defaults in
-experiments/default_config.toml still apply underneath). Relative paths in a config
-resolve against the folder of the file that sets them.
-
-exit codes: 0 success, 2 user error (message on stderr), 130 interrupted (checkpoint saved).
+EXPERIMENT_HELP = """\
+EXPERIMENT is an experiment's name (see `ml-playground list`: ./experiments/ and
+$ML_PLAYGROUND_EXPERIMENTS are searched before the bundled ones) or a path to a folder
+holding a config.toml. --exp-config replaces the experiment's config.toml (the project
+defaults in experiments/default_config.toml still apply underneath). Relative paths in a
+config resolve against the folder of the file that sets them.
 """
+EXIT_CODES = "exit codes: 0 success, 2 user error (message on stderr), 130 interrupted.\n"
+EXIT_CODES_CHECKPOINTING = (
+    "exit codes: 0 success, 2 user error (message on stderr), 130 interrupted (the\n"
+    "checkpoint is saved first; run the same command to resume).\n"
+)
+EPILOG = f"{EXPERIMENT_HELP}\n{EXIT_CODES_CHECKPOINTING}"
+# The verbs whose Ctrl-C saves a checkpoint before it exits.
+CHECKPOINTING_VERBS = frozenset({"train", "loop"})
 
 # File-system problems a user can fix. Writes are atomic, so the files there before are intact.
 _KEPT = "the files already there are intact"
@@ -73,7 +84,15 @@ STEPS: dict[str, tuple[StepFn, str]] = {
         pipeline.sample,
         "generate text from the best (else last) checkpoint; streams and saves to out_dir/samples",
     ),
+    "chat": (
+        pipeline.chat,
+        "talk to the trained model: one streamed reply per line read (a terminal or a pipe)",
+    ),
     "loop": (pipeline.loop, "prepare, then train (resuming if a checkpoint exists), then sample"),
+    "report": (
+        pipeline.report,
+        "rebuild out_dir/report.md and loss.png (written by train) from the TensorBoard events",
+    ),
     "export": (
         pipeline.export,
         "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])",
@@ -116,13 +135,18 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--print-config",
         action="store_true",
         default=default_false,
-        help="print the effective config, each key tagged with where it came from",
+        help="print the effective config as TOML (each key's origin as a comment) and exit;"
+        " the output works as --exp-config",
     )
+    _verbose_option(parser, suppress=suppress)
+
+
+def _verbose_option(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        default=default_false,
+        default=argparse.SUPPRESS if suppress else False,
         help="show tracebacks for errors",
     )
 
@@ -134,63 +158,137 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _global_options(parser, suppress=False)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, (_, summary) in STEPS.items():
         aliases = [alias for alias, target in ALIASES.items() if target == verb]
+        exit_codes = EXIT_CODES_CHECKPOINTING if verb in CHECKPOINTING_VERBS else EXIT_CODES
         sub = verbs.add_parser(
             verb,
             aliases=aliases,
             help=summary,
             description=f"{summary}.",
-            epilog=EPILOG,
+            epilog=f"{EXPERIMENT_HELP}\n{exit_codes}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.add_argument("experiment", metavar="EXPERIMENT", help="experiment name or folder")
+        experiment_arg = sub.add_argument(
+            "experiment", metavar="EXPERIMENT", help="experiment name or folder"
+        )
+        experiment_arg.completer = _complete_experiments  # type: ignore[attr-defined]
+        for flag, help_text in ACTION_FLAGS.get(verb, {}).items():
+            sub.add_argument(flag, action="store_true", help=help_text)
         _global_options(sub, suppress=True)
     listing = verbs.add_parser(
         "list",
-        help="list the experiments with a one-line description",
+        help="list the experiments: where each lives, whether it is prepared and trained",
         description="List experiments.",
     )
-    _global_options(listing, suppress=True)
+    _verbose_option(listing, suppress=True)
     new = verbs.add_parser(
         "new",
         help="scaffold a new experiment folder from the template",
         description=(
-            "Create ml_playground/experiments/NAME/ (or DIR/NAME with --dir) with a working "
-            "config.toml, prepare.py and Readme.md copied from the template."
+            "Create experiments/NAME/ with a working config.toml, prepare.py and Readme.md "
+            "copied from the template: under --dir if given, else $ML_PLAYGROUND_EXPERIMENTS "
+            "if set, else ./experiments/ (the package's own folder in a source checkout)."
         ),
     )
     new.add_argument("name", metavar="NAME", help="experiment name: lowercase letters, digits, _")
-    new.add_argument("--dir", type=Path, default=None, help="parent folder (default: the package)")
-    _global_options(new, suppress=True)
+    new.add_argument("--dir", type=Path, default=None, help="parent folder")
+    _verbose_option(new, suppress=True)
     return parser
 
 
+# Actions, not settings: every setting still comes from the TOML.
+ACTION_FLAGS: dict[str, dict[str, str]] = {
+    "prepare": {"--force": "prepare again even when the inputs and settings are unchanged"},
+    "train": {"--fresh": "start a new run; the existing out_dir is renamed aside, not deleted"},
+    "loop": {
+        "--force": "prepare again even when the inputs and settings are unchanged",
+        "--fresh": "start a new run; the existing out_dir is renamed aside, not deleted",
+    },
+}
+
+
+def _complete_experiments(**_: object) -> list[str]:
+    """Shell completion of EXPERIMENT: the names `list` shows."""
+    return [experiment.name for experiment in list_experiments()]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("ml-playground")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def run(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
+    parser = build_parser()
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(list(argv))
     verb = str(args.verb)
     verb = ALIASES.get(verb, verb)
+    if verb in {"list", "new"}:
+        _reject_ignored_options(args, verb)
     if verb == "list":
-        for experiment in list_experiments():
-            print(f"{experiment.name:<28} {experiment.description}")
+        _print_experiments()
         return EXIT_OK
     if verb == "new":
         created = pipeline.new_experiment(args.name, args.dir)
         print(f"created experiment {args.name} in {created}")
-        print(f"next: edit {created / 'config.toml'}, then `ml-playground loop {created}`")
+        # By name where the lookup finds this folder; elsewhere (--dir) only its path works.
+        found = [e for e in list_experiments() if e.directory.resolve() == created.resolve()]
+        handle = args.name if found else shlex.quote(str(created))
+        print(f"next: edit {created / 'config.toml'}, then `ml-playground loop {handle}`")
         return EXIT_OK
     experiment = find_experiment(args.experiment)
     config_path: Path = args.exp_config or experiment.config_path
     loaded = load_config(config_path, experiment.directory)
     if args.print_config:
+        # A dry run: the text is valid TOML that --exp-config accepts as it is.
         print(f"# effective config of {experiment.name} ({config_path})")
-        for line in loaded.describe():
-            print(line)
+        print(loaded.to_toml(), end="")
+        return EXIT_OK
+    if getattr(args, "fresh", False):
+        moved = pipeline.set_aside_out_dir(loaded.config)
+        if moved is not None:
+            print(f"--fresh: moved the previous run to {moved}", file=sys.stderr)
     step, _ = STEPS[verb]
-    step(experiment, loaded)
+    with pipeline.forcing(prepare=getattr(args, "force", False)):
+        step(experiment, loaded)
     return EXIT_OK
+
+
+def _reject_ignored_options(args: argparse.Namespace, verb: str) -> None:
+    """`list` and `new` read no config: an option they would ignore is a mistake."""
+    for option, given in (("--exp-config", args.exp_config), ("--print-config", args.print_config)):
+        if given:
+            raise UsageError(f"`{verb}` takes no {option}; it reads no experiment config")
+
+
+def _print_experiments() -> None:
+    for entry in pipeline.experiment_states():
+        state = ", ".join(entry.state) or "not prepared"
+        print(f"{entry.experiment.name:<28} {entry.experiment.description}")
+        print(f"{'':<28} {entry.experiment.directory}  [{state}]")
+
+
+def _invocation(argv: Sequence[str]) -> str | None:
+    """How the user named the experiment, for hints: `NAME [--exp-config PATH]`."""
+    try:
+        args, _ = build_parser().parse_known_args(list(argv))
+    except (UsageError, SystemExit):
+        return None
+    name = getattr(args, "experiment", None)
+    if name is None:
+        return None
+    parts = [shlex.quote(str(name))]
+    if getattr(args, "exp_config", None) is not None:
+        parts += ["--exp-config", shlex.quote(str(args.exp_config))]
+    return " ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,7 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if verbose:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if EXPERIMENT_PLACEHOLDER in message:
+            # Deep code cannot know how the user named the experiment; the CLI does.
+            invocation = _invocation(arguments)
+            if invocation is not None:
+                message = message.replace(EXPERIMENT_PLACEHOLDER, invocation)
+        print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         remedy = FILE_SYSTEM_REMEDIES.get(exc.errno or 0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ml_playground.artifacts import read_user_file
@@ -66,6 +67,11 @@ class PrepareConfig(Section):
     raw_dir: Path | None = None
     raw_text_path: Path | None = None
     records_path: Path | None = None
+    # A Hugging Face datasets dataset instead of records_path: a local folder (resolved
+    # against the config's folder when it exists there) or a name in the datasets cache.
+    hf_dataset: str | None = None
+    hf_dataset_subset: str | None = None
+    hf_dataset_split: str = "train"
     format: RecordsSourceFormat | None = None
     chat_template: str | None = None
     dataset_dir: Path = Path("datasets")
@@ -264,6 +270,25 @@ class LoadedConfig:
         """One `key = value  (origin)` line per leaf of the effective config."""
         leaves = _flatten(self.config.model_dump(mode="json"))
         return [f"{key} = {value!r}  ({self.origin_of(key)})" for key, value in leaves.items()]
+
+    def to_toml(self) -> str:
+        """The effective config as TOML that loads back into the same config, each key
+        followed by where it came from. Paths are absolute, so the text can be saved
+        anywhere and passed as --exp-config."""
+        tables: dict[str, list[str]] = {}
+        for key, value in _flatten(self.config.model_dump(mode="json")).items():
+            table, _, leaf = key.rpartition(".")
+            origin = self.origin_of(key)
+            if value is None:
+                # TOML has no null: an unset key is left out, which loads back as unset.
+                line = f"# {leaf} is unset ({origin})"
+            else:
+                line = f"{tomli_w.dumps({leaf: value}).strip()}  # {origin}"
+            tables.setdefault(table, []).append(line)
+        top = tables.pop("", [])
+        blocks = ["\n".join(top)] if top else []
+        blocks += [f"[{table}]\n" + "\n".join(lines) for table, lines in tables.items()]
+        return "\n\n".join(blocks) + "\n"
 
 
 def load_config(
@@ -475,6 +500,8 @@ PATH_KEYS = frozenset(_path_keys(ExperimentConfig))
 FILE_PROMPT_PREFIX = "FILE:"
 FILE_KEYS = frozenset({"sample.sample.start", "prepare.chat_template"})
 """Text keys whose value may instead name a file, as FILE:<path>."""
+PATH_OR_NAME_KEYS = frozenset({"prepare.hf_dataset"})
+"""Keys naming a local folder when one is there, else something else (a hub name)."""
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -486,6 +513,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             anchored = _anchor(value, base)
         elif key in FILE_KEYS and isinstance(value, str) and value.startswith(FILE_PROMPT_PREFIX):
             anchored = FILE_PROMPT_PREFIX + str(_anchor(value[len(FILE_PROMPT_PREFIX) :], base))
+        elif key in PATH_OR_NAME_KEYS and isinstance(value, str) and _anchor(value, base).exists():
+            anchored = str(_anchor(value, base))
         _set_dotted(resolved, key, anchored)
     return resolved
 
@@ -597,4 +626,10 @@ def _check_rules(config: ExperimentConfig, file_of: typing.Callable[[str], Path]
         train.peft is None or train.hf_model is not None,
         "train.peft",
         "[train.peft] needs a [train.hf_model] section naming the base model",
+    )
+    require(
+        config.prepare.records_path is None or config.prepare.hf_dataset is None,
+        "prepare.hf_dataset",
+        "set either prepare.records_path (JSONL files) or prepare.hf_dataset (a datasets "
+        "dataset), not both",
     )

@@ -50,7 +50,7 @@ def cache_dir() -> Path:
 def machine_key(flags: Set[str]) -> str:
     """What the measurement depends on: CPU, its features, torch and the thread count."""
     parts = [
-        _cpu_model(),
+        cpu_model(),
         platform.machine(),
         hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16],
         torch.__version__,
@@ -115,7 +115,8 @@ def _read(path: Path) -> dict[str, object]:
     return {str(key): value for key, value in cast(dict[object, object], data).items()}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's marketing name, as /proc/cpuinfo (or the platform) gives it."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             key, _, value = line.partition(":")

@@ -51,3 +51,7 @@ class ModelLoadError(UserError):
 
 class ExportError(UserError):
     """Exporting a model failed or was refused."""
+
+
+class ReportError(UserError):
+    """A run report cannot be written: there is no run (TensorBoard events) to report on."""

@@ -138,6 +138,28 @@ def scalar_events(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def report_rows(report: Path) -> dict[str, str]:
+    """The summary table of a run report (out_dir/report.md), label -> value."""
+    rows: dict[str, str] = {}
+    for line in report.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 2 and cells[0] and cells[0] != "---":
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def png_pixels(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file, read back by matplotlib's PNG decoder."""
+    from matplotlib import image  # noqa: PLC0415 - slow import, only report tests need it
+
+    assert path.read_bytes()[: len(PNG_SIGNATURE)] == PNG_SIGNATURE
+    height, width = image.imread(path).shape[:2]
+    return int(width), int(height)
+
+
 # A Gloo job whose ranks all finished, saved and destroyed their process group can still
 # abort one rank at interpreter exit ("terminate called without an active exception",
 # torch 2.15, about one launch in twenty on a loaded 2-core machine; pytorch/pytorch#179291

@@ -21,6 +21,7 @@ MARKER_FOLDERS = ("unit", "integration", "e2e", "acceptance")
 # test must never depend on them. tiktoken reads its ranks from the shared cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # xdist runs one worker per core; torch's own thread pool on top of that oversubscribes the
 # cores and makes tiny-model ops orders of magnitude slower. One thread per process.

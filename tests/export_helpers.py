@@ -101,3 +101,26 @@ def write_experiment(
     config_path = folder / "config.toml"
     config_path.write_text(text, encoding="utf-8")
     return config_path
+
+
+CHAT_CHARS = "\n abcdefghijklmnopqrstuvwxyz:"
+
+
+def char_gpt_experiment(
+    folder: Path, *, block_size: int, max_new_tokens: int, seed: int = 0
+) -> Path:
+    """An experiment folder whose out/ holds a random character-level GPT over CHAT_CHARS
+    (no end-of-text token: every reply runs to max_new_tokens), sampled greedily on the
+    CPU; returns its config.toml."""
+    spec = TokenizerSpec(kind="char", vocab=tuple(CHAT_CHARS))
+    args = GPTConfig(
+        vocab_size=len(CHAT_CHARS), block_size=block_size, n_layer=1, n_head=2, n_embd=16
+    )
+    save_checkpoint(folder / "out", random_gpt(args, seed), spec)
+    config_path = folder / "config.toml"
+    config_path.write_text(
+        '[train.runtime]\nout_dir = "out"\ndevice = "cpu"\ndtype = "float32"\n\n'
+        f"[sample.sample]\ntemperature = 0.0\nmax_new_tokens = {max_new_tokens}\n",
+        encoding="utf-8",
+    )
+    return config_path

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
     from ml_playground.checkpoint import Slot
+    from ml_playground.export.chat_template import TemplateTokenizer
 
 SPEAKGER_DIR = SHARED_DIR / "data" / "speakger"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -442,3 +443,152 @@ def chat_settings(model_dir: Path, records: str = "chats.jsonl") -> dict[str, To
     }
     settings.pop("prepare.speeches.add_structure_tokens")
     return settings
+
+
+# --- the released models' chat templates -------------------------------------------------------
+
+# Qwen2.5-Instruct's chat template (tool calls included), as its tokenizer_config.json holds
+# it: ChatML turns, and a default system turn when the conversation has no system message.
+QWEN25_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""  # noqa: E501 - the released template, line for line
+
+# Gemma 3's chat template: <bos> first, the assistant called "model", a system message
+# folded into the first user turn, every content trimmed, roles that must alternate.
+GEMMA3_TEMPLATE = r"""{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '
+
+' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '
+
+' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '
+' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>
+' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model
+'}}
+{%- endif -%}
+"""
+
+
+def chat_tokenizer(family: Family, template: str) -> TemplateTokenizer:
+    """The tiny `family` tokenizer with its turn tokens and `template`, as build_chat_model
+    gives it, without a model."""
+    tokenizer, _ = build_tokenizer(family)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(TURN_TOKENS[family])})
+    tokenizer.chat_template = template
+    return cast("TemplateTokenizer", tokenizer)
+
+
+CHAT_TEMPLATES: Mapping[Family, str] = {"qwen2": QWEN2_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+
+
+def chat_fine_tune(
+    folder: Path,
+    tiny_models: TinyModels,
+    family: Family,
+    settings: Mapping[str, TomlValue] | None = None,
+    *,
+    trained: bool = True,
+) -> LoadedConfig:
+    """An experiment in `folder` on eight short conversations with a chat model of
+    `family` (the family's template), prepared and trained for a few LoRA steps unless
+    `trained` is False; chat_settings plus `settings`."""
+    from ml_playground.data.chat_records import prepare_chat_dataset  # noqa: PLC0415 - heavy
+    from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - as above
+    from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - as above
+
+    model = build_chat_model(folder / "model", tiny_models, family, CHAT_TEMPLATES[family])
+    chats = [conversation(f"Wer spricht, Nummer {i}?", f"Herr Kollege {i}.") for i in range(8)]
+    write_jsonl(folder / "chats.jsonl", chats)
+    loaded = load(folder, chat_settings(model) | dict(settings or {}))
+    if trained:
+        prepare_chat_dataset(loaded.config, lambda: load_tokenizer(ModelSource.local(model)))
+        train_lora(loaded.config)
+    return loaded

@@ -2,7 +2,8 @@
 
     [prepare] records_path   a .jsonl file, or a folder whose .jsonl files are read in
                              sorted order; one JSON object per line, in the shape that
-                             `format` names:
+                             `format` names (or [prepare] hf_dataset: the rows of a
+                             Hugging Face datasets split, see hf_datasets.py):
                 text                {"text": ...}
                 prompt_completion   {"prompt": ..., "completion": ...}
                 messages            {"messages": [{"role": ..., "content": ...}, ...]}
@@ -28,6 +29,9 @@ starts) and through it (where the turn ends), and finding those prefixes in the 
 of the whole conversation. A record the template renders otherwise (a prefix that is not
 a prefix, a boundary inside a token) is counted, not guessed at.
 
+Generation reads the same rendering: `generation_prompt` is a conversation up to where
+the next answer begins, `end_of_turn_ids` the special token that closes an answer.
+
 Bad records (not JSON, a missing or empty field, an unknown role, roles out of order, a
 template that refuses them) are counted by reason, reported on the console and in
 meta.json like the speech path's damage; a source without one usable record is an error.
@@ -39,7 +43,7 @@ import json
 import random
 import re
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -50,7 +54,7 @@ from jinja2 import TemplateError
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact, read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
-from ml_playground.data import dataset_folder
+from ml_playground.data import dataset_folder, hf_datasets
 from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
 from ml_playground.data.records import (
     TRAIN_FILE,
@@ -81,6 +85,7 @@ class ChatTokenizer(HFTokenizer, Protocol):
 
     chat_template: str | None
     name_or_path: str
+    all_special_ids: list[int]
 
     def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
 
@@ -182,6 +187,54 @@ def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwar
         raise BadRecordError("the chat template refused it", str(exc)) from None
 
 
+def generation_prompt(
+    tokenizer: ChatTokenizer, conversation: Sequence[Mapping[str, str]]
+) -> list[int]:
+    """The ids the model answers `conversation` from: the turns rendered as training
+    rendered them, then the template's opening of an assistant turn."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(message) for message in conversation],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except (ValueError, TemplateError) as exc:
+        raise DataError(
+            f"the chat template of {tokenizer.name_or_path} refuses the conversation ({exc}); "
+            "fix the template ([prepare] chat_template) or the system prompt "
+            "([export.ollama] system)"
+        ) from None
+    return tokenizer.encode(str(text), add_special_tokens=False)
+
+
+END_OF_TURN_PROBE = "Ja."
+
+
+def end_of_turn_ids(tokenizer: ChatTokenizer) -> frozenset[int]:
+    """The special token the chat template closes an assistant turn with (Qwen2's
+    <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|>): where an answer ends.
+
+    Found by rendering a one-turn conversation and reading the token after the answer, so
+    any template works without a list of model families. Empty without a template, or
+    when the answer is followed by plain text rather than a special token.
+    """
+    if not tokenizer.chat_template:
+        return frozenset()
+    conversation = [
+        {"role": "user", "content": "Wer?"},
+        {"role": "assistant", "content": END_OF_TURN_PROBE},
+    ]
+    try:
+        rendered = str(tokenizer.apply_chat_template(conversation, tokenize=False))
+    except (ValueError, TemplateError):
+        return frozenset()  # a template this strict refuses chats too, with its own message
+    _, found, after = rendered.rpartition(END_OF_TURN_PROBE)
+    following = tokenizer.encode(after, add_special_tokens=False) if found else []
+    if following and following[0] in tokenizer.all_special_ids:
+        return frozenset(following[:1])
+    return frozenset()
+
+
 def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:
     spans: list[Span] = []
     start: int | None = None
@@ -218,8 +271,8 @@ def record_sources(records_path: Path | None) -> list[Path]:
     """The .jsonl files to read: records_path itself, or those below it, sorted."""
     if records_path is None:
         raise ConfigError(
-            "[prepare] format reads JSONL records and needs [prepare] records_path "
-            "(a .jsonl file or a folder of them)"
+            "[prepare] format reads records and needs [prepare] records_path (a .jsonl file "
+            "or a folder of them) or [prepare] hf_dataset (a Hugging Face datasets dataset)"
         )
     if records_path.is_file():
         return [records_path]
@@ -231,22 +284,30 @@ def record_sources(records_path: Path | None) -> list[Path]:
     return files
 
 
+def jsonl_rows(sources: Sequence[Path]) -> Iterator[tuple[str, object]]:
+    """Each non-blank line of the files with where it is, as `path:line`."""
+    for path in sources:
+        for number, line in _lines(path):
+            yield f"{path}:{number}", line
+
+
 def read_records(
-    sources: Sequence[Path],
+    rows: Iterable[tuple[str, object]],
     source_format: RecordsSourceFormat,
     tokenizer: ChatTokenizer,
     counts: RowCounts,
 ) -> Iterator[TokenRecord]:
-    """The usable records of `sources`, rendered; every other line is counted in `counts`."""
-    for path in sources:
-        for number, line in _lines(path):
-            counts.read += 1
-            try:
-                yield _token_record(json.loads(line), source_format, tokenizer)
-            except json.JSONDecodeError:
-                counts.add_malformed(f"{path}:{number}", "not JSON")
-            except BadRecordError as bad:
-                counts.add_malformed(f"{path}:{number}", bad.reason, bad.detail)
+    """The usable records among `rows` (JSON lines, or rows a dataset already decoded),
+    rendered; every other row is counted in `counts` under where it is."""
+    for where, raw in rows:
+        counts.read += 1
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            yield _token_record(value, source_format, tokenizer)
+        except json.JSONDecodeError:
+            counts.add_malformed(where, "not JSON")
+        except BadRecordError as bad:
+            counts.add_malformed(where, bad.reason, bad.detail)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -354,15 +415,17 @@ class ChatRecordSettings(Artifact):
 
 class ChatFingerprint(Artifact):
     inputs: tuple[InputFile, ...]
+    # "name[split]@content-hash" of an [prepare] hf_dataset source; None for JSONL files.
+    hf_dataset: str | None = None
     settings: ChatRecordSettings
 
 
 class ChatDatasetMeta(RecordFormat, PreparedMeta):
-    """Chat records dataset metadata."""
+    """Chat records dataset metadata; its `source_format` (a RecordFormat field, which a run
+    copies) is always set."""
 
     format_version: Literal[1] = FORMAT_VERSION
     format: Literal["token-records-jsonl"] = RECORD_FORMAT
-    source_format: RecordsSourceFormat
     base_model: str
     revision: str | None
     tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
@@ -416,11 +479,12 @@ def prepare_chat_dataset(
             '[prepare] format is needed for JSONL records: "text", "prompt_completion" or '
             '"messages"'
         )
-    sources = record_sources(prepare.records_path)
-    template = _configured_template(prepare.chat_template)
+    rows, described, inputs, hf_source = _record_rows(config)
+    template = configured_template(prepare.chat_template)
     dataset_dir = prepare.dataset_dir
     fingerprint = ChatFingerprint(
-        inputs=tuple(_input_file(path) for path in sources),
+        inputs=inputs,
+        hf_dataset=hf_source,
         settings=ChatRecordSettings(
             format_version=FORMAT_VERSION,
             base_model=hf.model_name,
@@ -449,14 +513,14 @@ def prepare_chat_dataset(
         )
     counts = RowCounts()
     split = _write_split(
-        read_records(sources, source_format, tokenizer, counts),
+        read_records(rows, source_format, tokenizer, counts),
         dataset_dir,
         train_split=prepare.train_split,
         seed=prepare.seed,
     )
     if split.records["train"] + split.records["val"] < 2:
         raise DataError(
-            f"{_usable(split)} usable record(s) in {_sources_text(sources)}, at least 2 are "
+            f"{_usable(split)} usable record(s) in {described}, at least 2 are "
             f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
         )
     with atomic.atomic_directory(dataset_dir / TOKENIZER_DIR) as staging:
@@ -492,8 +556,23 @@ def prepare_chat_dataset(
     )
 
 
-def _configured_template(value: str | None) -> str | None:
-    """[prepare] chat_template: a Jinja template, or FILE:<path> of one."""
+def _record_rows(
+    config: ExperimentConfig,
+) -> tuple[Iterable[tuple[str, object]], str, tuple[InputFile, ...], str | None]:
+    """The rows to read, how to name them, and what identifies them in the fingerprint."""
+    prepare = config.prepare
+    if prepare.hf_dataset is not None:
+        split = hf_datasets.load_split(
+            prepare.hf_dataset, prepare.hf_dataset_subset, prepare.hf_dataset_split
+        )
+        return split.located(), split.label, (), f"{split.label}@{split.fingerprint}"
+    sources = record_sources(prepare.records_path)
+    inputs = tuple(_input_file(path) for path in sources)
+    return jsonl_rows(sources), _sources_text(sources), inputs, None
+
+
+def configured_template(value: str | None) -> str | None:
+    """[prepare] chat_template: a Jinja template, or FILE:<path> of one (None: not set)."""
     if value is None:
         return None
     if value.startswith(FILE_PROMPT_PREFIX):

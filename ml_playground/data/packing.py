@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +30,7 @@ from ml_playground.data.records import TRAIN_FILE, VAL_FILE, read_texts
 from ml_playground.data.token_dataset import UINT16_IDS, TokenDType
 from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import DataError
+from ml_playground.progress import byte_progress
 
 PACKED_DIR = "packed"
 PACK_VERSION = 1
@@ -91,10 +92,14 @@ def pack_dataset(
     separator_ids = tokenizer.encode(separator, add_special_tokens=False) if separator else []
     tokens: dict[str, int] = {}
     for split, name in SPLIT_FILES.items():
-        with atomic.atomic_open(folder / f"{split}.bin") as out:
-            tokens[split] = _write_stream(
-                read_texts(dataset_dir / name), tokenizer, out, dtype, [eos, *separator_ids]
-            )
+        source = dataset_dir / name
+        size = source.stat().st_size if source.is_file() else 0  # missing: read_texts says so
+        with (
+            byte_progress(f"packing {split}", size) as advance,
+            atomic.atomic_open(folder / f"{split}.bin") as out,
+        ):
+            texts = _advancing(read_texts(source), advance)
+            tokens[split] = _write_stream(texts, tokenizer, out, dtype, [eos, *separator_ids])
     dataset_folder.write_meta(folder, PackMeta(key=key, dtype=dtype, tokens=tokens))
     return PackedDataset(train, val, dtype, tokens)
 
@@ -152,6 +157,13 @@ def _write_stream(
             out.write(array.tobytes())
             written += int(array.size)
     return written
+
+
+def _advancing(texts: Iterator[str], advance: Callable[[int], object]) -> Iterator[str]:
+    """The texts, moving the progress by each one's UTF-8 size (the JSONL's, less its quoting)."""
+    for text in texts:
+        advance(len(text.encode("utf-8")))
+        yield text
 
 
 def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:

@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal
 
 from pydantic import Field
-from tqdm import tqdm
 
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact
-from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.config import ExperimentConfig, HFModelConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder
 from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
 from ml_playground.data.speeches.selection import Selection, SelectionSettings
@@ -61,6 +60,7 @@ from ml_playground.data.speeches.speech import (
 )
 from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import ConfigError, DataError
+from ml_playground.progress import byte_progress
 
 FORMAT_VERSION: Final = 1
 RECORD_FORMAT: Final = "speech-records-jsonl"
@@ -94,6 +94,9 @@ class RecordFormat(Artifact):
     stop_tokens: tuple[str, ...] = Field(
         default_factory=lambda data: _speech_framing(bool(data.get("structure_tokens")))[2]
     )
+    # The JSONL shape chat records were read from; None for speech records. "messages"
+    # went through the tokenizer's chat template, so an exported model's prompt must too.
+    source_format: RecordsSourceFormat | None = None
 
     def record_format(self) -> dict[str, Any]:
         """These fields alone, to pass on: `RunMeta(..., **meta.record_format())`."""
@@ -238,14 +241,8 @@ def prepare_speech_dataset(
     tokenizer = load_tokenizer()
     report = ReadReport()
     total_bytes = sum(_stat(path)[0] for path in sources)
-    with tqdm(
-        total=total_bytes,
-        desc="reading speeches",
-        unit="B",
-        unit_scale=True,
-        disable=None if show_progress else True,
-    ) as bar:
-        speeches = select(read_speeches(sources, report, advance=bar.update), selection, report)
+    with byte_progress("reading speeches", total_bytes, enabled=show_progress) as advance:
+        speeches = select(read_speeches(sources, report, advance=advance), selection, report)
         if speeches_config.max_records is not None:
             speeches = itertools.islice(speeches, speeches_config.max_records)
         split = _write_split(

@@ -21,15 +21,13 @@ the char tokenizer, collects its characters; the second pass encodes.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import hashlib
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact
@@ -43,6 +41,7 @@ from ml_playground.data.tokenizer import (
     TokenizerSpec,
 )
 from ml_playground.errors import DataError
+from ml_playground.progress import byte_progress
 
 FORMAT_VERSION: Final = 1
 TRAIN_BIN = "train.bin"
@@ -122,7 +121,7 @@ def prepare_token_dataset(
     )
     total_bytes = _total_bytes(sources)
 
-    with _progress("scanning", total_bytes, show_progress) as advance:
+    with byte_progress("scanning", total_bytes, enabled=show_progress) as advance:
         scan = _scan(sources, chunk_bytes, advance, collect_chars=tokenizer_kind == "char")
     existing = dataset_folder.up_to_date(
         DatasetMeta,
@@ -149,7 +148,7 @@ def prepare_token_dataset(
     dtype: TokenDType = "uint16" if tokenizer.vocab_size <= UINT16_IDS else "uint32"
 
     dataset_folder.remove_meta(dataset_dir)
-    with _progress("encoding", total_bytes, show_progress) as advance:
+    with byte_progress("encoding", total_bytes, enabled=show_progress) as advance:
         train_tokens, val_tokens = _write_bins(
             sources,
             dataset_dir,
@@ -376,13 +375,3 @@ def _check_vocab_limit(vocab_size: int, limit: int | None) -> None:
             f"train.model.vocab_size = {limit} is smaller than the tokenizer's vocabulary"
             f" ({vocab_size}); raise it to at least {vocab_size} or remove the key"
         )
-
-
-@contextlib.contextmanager
-def _progress(desc: str, total: int, enabled: bool) -> Generator[Callable[[int], object]]:
-    """A tqdm bar over bytes, handed out as the callable that advances it."""
-    # disable=None lets tqdm switch itself off when stderr is not a terminal.
-    with tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, disable=None if enabled else True
-    ) as bar:
-        yield bar.update

@@ -5,6 +5,11 @@ An experiment is a folder `ml_playground/experiments/<name>/` holding `config.to
 `@register("<name>")`; discovery imports every experiment folder, so adding a folder is
 all it takes (no central list). A folder elsewhere on disk is an experiment too when the
 CLI is given its path, which is how copies and tests run outside the source tree.
+
+Names are looked up in the user's folders before the bundled ones: the folder named by
+$ML_PLAYGROUND_EXPERIMENTS, then ./experiments/ of the working directory, then this
+package. An installed package is read-only in spirit (site-packages), so `new` writes
+into the user's folders unless the package is a source checkout.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Mapping
@@ -23,6 +29,10 @@ from ml_playground.config import ExperimentConfig
 from ml_playground.errors import ExperimentNotFoundError
 
 EXPERIMENTS_ROOT = Path(__file__).parent
+USER_EXPERIMENTS_ENV = "ML_PLAYGROUND_EXPERIMENTS"
+LOCAL_EXPERIMENTS = "experiments"
+# A source checkout has the project file two levels above this package folder.
+SOURCE_CHECKOUT = (EXPERIMENTS_ROOT.parents[1] / "pyproject.toml").is_file()
 CONFIG_FILE = "config.toml"
 README_FILE = "Readme.md"
 LEGACY_PREPARERS_MODULE = "ml_playground.datasets"
@@ -75,17 +85,44 @@ class Experiment:
         return ""
 
 
-def list_experiments(root: Path = EXPERIMENTS_ROOT) -> list[Experiment]:
-    """Every folder below `root` with a config.toml, by name; `_`-folders are templates."""
-    return [
-        Experiment(name=path.name, directory=path)
-        for path in sorted(root.iterdir())
-        if path.is_dir() and not path.name.startswith(("_", ".")) and (path / CONFIG_FILE).is_file()
-    ]
+def search_roots() -> list[Path]:
+    """Where names are looked up, first match wins: $ML_PLAYGROUND_EXPERIMENTS,
+    ./experiments/, the bundled experiments."""
+    roots: list[Path] = []
+    configured = os.environ.get(USER_EXPERIMENTS_ENV, "").strip()
+    if configured:
+        roots.append(Path(configured).expanduser())
+    roots += [Path.cwd() / LOCAL_EXPERIMENTS, EXPERIMENTS_ROOT]
+    unique: dict[Path, Path] = {}
+    for root in roots:
+        unique.setdefault(root.resolve(), root)
+    return list(unique.values())
 
 
-def find_experiment(name_or_path: str, root: Path = EXPERIMENTS_ROOT) -> Experiment:
-    """Look an experiment up by registered folder name, or take a folder path as given."""
+def new_experiments_root() -> Path:
+    """Where `new NAME` creates NAME/ when no --dir is given."""
+    configured = os.environ.get(USER_EXPERIMENTS_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return EXPERIMENTS_ROOT if SOURCE_CHECKOUT else Path.cwd() / LOCAL_EXPERIMENTS
+
+
+def list_experiments(root: Path | None = None) -> list[Experiment]:
+    """Every folder with a config.toml below `root` (default: every search root, a name
+    found earlier hiding a later one), by name; `_`-folders are templates."""
+    found: dict[str, Experiment] = {}
+    for folder in [root] if root is not None else search_roots():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            usable = path.is_dir() and not path.name.startswith(("_", "."))
+            if usable and (path / CONFIG_FILE).is_file():
+                found.setdefault(path.name, Experiment(name=path.name, directory=path))
+    return sorted(found.values(), key=lambda experiment: experiment.name)
+
+
+def find_experiment(name_or_path: str, root: Path | None = None) -> Experiment:
+    """Look an experiment up by folder name in the search roots, or take a folder path."""
     candidate = Path(name_or_path).expanduser()
     looks_like_path = candidate.is_absolute() or len(candidate.parts) > 1 or name_or_path == "."
     if looks_like_path or (candidate.is_dir() and (candidate / CONFIG_FILE).is_file()):
@@ -93,13 +130,14 @@ def find_experiment(name_or_path: str, root: Path = EXPERIMENTS_ROOT) -> Experim
         if not (directory / CONFIG_FILE).is_file():
             raise ExperimentNotFoundError(
                 f"no {CONFIG_FILE} in experiment folder {directory}; "
-                "create one or run `ml-playground new <name>`"
+                "create one or run `ml-playground new NAME`"
             )
         return Experiment(name=directory.name, directory=directory)
-    for experiment in list_experiments(root):
+    experiments = list_experiments(root)
+    for experiment in experiments:
         if experiment.name == name_or_path:
             return experiment
-    known = ", ".join(e.name for e in list_experiments(root)) or "none"
+    known = ", ".join(e.name for e in experiments) or "none"
     raise ExperimentNotFoundError(
         f"unknown experiment {name_or_path!r}; known experiments: {known} "
         "(or pass a folder path that holds a config.toml)"

@@ -29,10 +29,12 @@ from ml_playground.checkpoint import (
     verify_adapters,
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.data.chat_records import read_records_meta
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
-from ml_playground.data.records import RecordFormat, read_dataset_meta
+from ml_playground.data.records import RecordFormat
 from ml_playground.errors import DataError, ExportError
 from ml_playground.export import bundle, llama_cpp
+from ml_playground.export.chat_template import TemplateTokenizer, ollama_chat
 from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
 from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
@@ -299,6 +301,17 @@ def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     eos = _token_text(settings.get("eos_token"))
     eos_stop = (eos,) if eos else ()
     records = record_format_of(config)
+    if records is not None and records.source_format == "messages":
+        return chat_format(config, tokenizer, eos_stop)
+    if records is not None and records.source_format is not None:
+        # Text and prompt_completion records are the prompt's own text (with the
+        # tokenizer's BOS, which llama.cpp adds too), then the answer and EOS.
+        return PromptFormat(
+            template=RAW_COMPLETION,
+            stops=eos_stop,
+            description=f"Prompt format: raw completion, as the {records.source_format}"
+            " records were trained: the model continues your prompt.",
+        )
     if records is not None:
         opening = records.record_opening.strip()
         return PromptFormat(
@@ -324,17 +337,42 @@ def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
     )
 
 
+def chat_format(
+    config: ExperimentConfig, tokenizer: Path, eos_stop: tuple[str, ...]
+) -> PromptFormat:
+    """Conversations as fine-tuning rendered them: the tokenizer's chat template, in Go;
+    `[export.ollama] template`, when set, instead."""
+    if config.export.ollama.template is not None:
+        return PromptFormat(
+            template=None,
+            stops=eos_stop,
+            description="Prompt format: chat, with the template set in [export.ollama].",
+        )
+    hf = config.train.hf_model
+    model = hf.model_name if hf is not None else str(tokenizer)
+    loaded = load_tokenizer(ModelSource.local(tokenizer))
+    chat = ollama_chat(cast(TemplateTokenizer, loaded), model)
+    return PromptFormat(
+        template=chat.template, stops=(*chat.stops, *eos_stop), description=chat.description
+    )
+
+
 def record_format_of(config: ExperimentConfig) -> RecordFormat | None:
-    """How the run's records open and close and which tokens stop them; None if the run
-    has no records. The run's meta.json says so, else the prepared dataset's."""
+    """How the run's records open and close, which tokens stop them and which JSONL shape
+    chat records came from; None if the run has no records. The run's meta.json says so,
+    else the prepared dataset's."""
     out_dir = config.train.runtime.out_dir
-    if (out_dir / RUN_META).is_file():
-        return RunMeta.read(out_dir)
     try:
-        meta = read_dataset_meta(config.train.data.dataset_dir)
+        dataset: RecordFormat | None = read_records_meta(config.train.data.dataset_dir)
     except DataError:
-        return None
-    return meta
+        dataset = None
+    if (out_dir / RUN_META).is_file():
+        run = RunMeta.read(out_dir)
+        # Runs trained before meta.json recorded the source format: the dataset's says it.
+        if run.source_format is None and dataset is not None and dataset.source_format:
+            return dataset
+        return run
+    return dataset
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

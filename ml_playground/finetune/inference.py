@@ -5,9 +5,12 @@ falls back to the bare base model (and says so) unless sample.sample.require_ada
 set, which makes their absence an error. Merging (hf_model.save_merged) loads the same way.
 
 As a sampling backend (`load_hf`) the model decodes with transformers'
-`past_key_values`, stops at the end-of-sequence ids and the run's stop tokens, and
-opens prompts the way the run's records opened (both from out_dir/meta.json). When the
-records had structure tokens, each sample gets the speech quality report beside it.
+`past_key_values`, stops at the end-of-sequence ids, the run's stop tokens and the chat
+template's end of turn, and opens prompts the way the run's records opened (both from
+out_dir/meta.json). The chat template is the one the run trained with (saved in
+out_dir/tokenizer), else `[prepare] chat_template`, else the base model's; `chat` renders
+conversations with it. When the records had structure tokens, each sample gets the
+speech quality report beside it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +32,12 @@ from ml_playground.checkpoint import (
     verify_adapters,
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
+from ml_playground.data.chat_records import (
+    ChatTokenizer,
+    configured_template,
+    end_of_turn_ids,
+    generation_prompt,
+)
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.speeches.quality import analyse
 from ml_playground.device import Precision, resolve_precision
@@ -41,7 +51,7 @@ from ml_playground.finetune.model import (
     read_adapter_config,
     weights_dtype,
 )
-from ml_playground.sample.backend import Analyse, Analysis, LoadedModel
+from ml_playground.sample.backend import Analyse, Analysis, LoadedModel, Message, RenderChat
 from ml_playground.sample.generate import Step
 
 
@@ -111,6 +121,7 @@ def load_hf(config: ExperimentConfig) -> LoadedModel:
     else:
         description = f"sampling from {hf.model_name} + {trained.weights}"
     tokenizer, meta = trained.tokenizer, trained.meta
+    chat = _with_chat_template(tokenizer, config)
     bos = tokenizer.bos_token_id
     speeches = meta is not None and bool(meta.structure_tokens)
     return LoadedModel(
@@ -120,10 +131,35 @@ def load_hf(config: ExperimentConfig) -> LoadedModel:
         encode=lambda text: tokenizer.encode(text, add_special_tokens=True),
         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
         first_id=tokenizer.eos_token_id if bos is None else bos,
-        stop_ids=_stop_ids(trained),
+        stop_ids=_stop_ids(trained) | end_of_turn_ids(chat),
         record_opening=meta.record_opening if meta is not None else "",
         analyse=_speech_quality(tokenizer) if speeches else None,
+        context_size=_context_size(trained.model),
+        render_chat=_chat_renderer(chat) if chat.chat_template else None,
     )
+
+
+def _with_chat_template(tokenizer: Tokenizer, config: ExperimentConfig) -> ChatTokenizer:
+    """The tokenizer with the chat template the run trained with: the one saved with the
+    run's tokenizer, else `[prepare] chat_template` over the base model's, as prepare does."""
+    chat = cast(ChatTokenizer, tokenizer)
+    trained_with = (config.sample.runtime.out_dir / TOKENIZER_DIR).is_dir() and chat.chat_template
+    if not trained_with and config.prepare.chat_template is not None:
+        chat.chat_template = configured_template(config.prepare.chat_template)
+    return chat
+
+
+def _chat_renderer(tokenizer: ChatTokenizer) -> RenderChat:
+    def render(conversation: Sequence[Message]) -> list[int]:
+        return generation_prompt(tokenizer, conversation)
+
+    return render
+
+
+def _context_size(model: nn.Module) -> int | None:
+    """The positions the model was built for (PEFT's wrapper forwards `config` to the base)."""
+    size: object = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def hf_step(model: nn.Module, precision: Precision, *, vocab_size: int) -> Step:

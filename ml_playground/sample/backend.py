@@ -9,7 +9,7 @@ once, in sample/run.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,12 @@ class Analysis:
 # (text as saved, the ids the model added, whether it ended at a stop id) -> Analysis
 Analyse = Callable[[str, Sequence[int], bool], Analysis]
 
+Message = Mapping[str, str]
+"""One turn of a conversation: {"role": "system" | "user" | "assistant", "content": ...}."""
+
+RenderChat = Callable[[Sequence[Message]], list[int]]
+"""The ids of a conversation in the run's chat template, ending where the answer begins."""
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -40,3 +46,5 @@ class LoadedModel:
     stop_ids: frozenset[int]  # end of text and the run's stop tokens
     record_opening: str = ""  # what every training record began with
     analyse: Analyse | None = None
+    context_size: int | None = None  # the most tokens the model reads at once, if known
+    render_chat: RenderChat | None = None  # None: no chat template, text is continued as is

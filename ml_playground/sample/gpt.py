@@ -75,6 +75,7 @@ def load_gpt(config: ExperimentConfig) -> LoadedModel:
         decode=tokenizer.decode,
         first_id=eot,
         stop_ids=frozenset(() if eot is None else (eot,)),
+        context_size=model.config.block_size,
     )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ from ml_playground.distributed import (
 from ml_playground.errors import CheckpointError, SavedAndStopped
 from ml_playground.train.interrupt import stop_requests
 from ml_playground.train.optim import Optimizers, build_optimizers, saved_optimizer
-from ml_playground.train.reporting import RunReporter
+from ml_playground.train.reporting import RunReporter, machine_lines
 from ml_playground.train.schedule import learning_rate_at
 
 EVAL_SEED_OFFSET = 10_007  # eval batches come from their own stream, fixed across evals
@@ -135,6 +134,8 @@ def train(run: Run) -> TrainSummary:
         runtime.out_dir,
         total_steps=runtime.max_iters,
         start_step=start,
+        eval_interval=runtime.eval_interval,
+        tokens_per_step=run.tokens_per_step,
         tensorboard=runtime.tensorboard_enabled,
         enabled=run.ranks.is_main,
     ) as reporter:
@@ -145,42 +146,43 @@ def train(run: Run) -> TrainSummary:
             f"{f'resuming at step {start}' if run.resumed else 'fresh start'}"
         )
         reporter.say(f"precision: {precision.dtype_name} ({precision.reason})")
+        reporter.describe_run(
+            run.description,
+            machine_lines(precision, run.ranks.world_size),
+            parameters=sum(parameter.numel() for parameter in run.model.parameters()),
+            trainable=sum(parameter.numel() for parameter in run.parameters),
+        )
         if runtime.eval_only:
             losses = evaluate(run)
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
             return TrainSummary(start, run.best_val_loss, losses["val"], runtime.out_dir)
 
-        window_start, window_steps = time.perf_counter(), 0
         with stop_requests() as stop_requested:
             while run.iter_num < runtime.max_iters:
                 lr = learning_rate_at(run.iter_num, run.train.optim, run.train.schedule)
-                loss = optimizer_step(run, lr)
+                step = optimizer_step(run, lr)
                 run.iter_num += 1
                 reporter.advance()
-                window_steps += 1
 
                 if run.iter_num % runtime.log_interval == 0:
-                    elapsed = time.perf_counter() - window_start
                     reporter.log_step(
                         run.iter_num,
-                        loss=loss.item(),  # the only host sync in the step
+                        loss=step.loss.item(),  # with the norm, the only host syncs of a step
                         lr=lr,
-                        tokens_per_sec=run.tokens_per_step * window_steps / elapsed,
-                        step_time_ms=1000 * elapsed / window_steps,
+                        grad_norm=None if step.grad_norm is None else step.grad_norm.item(),
                     )
-                    window_start, window_steps = time.perf_counter(), 0
 
                 # Right after the step, before the stop check: a run stopped at an eval
                 # boundary has evaluated and saved it, as an uninterrupted run does. The
                 # evaluation at max_iters is the final one below.
                 if run.iter_num % runtime.eval_interval == 0 and run.iter_num < runtime.max_iters:
-                    eval_start = time.perf_counter()
-                    last_val = _evaluate_and_save(run, reporter)
-                    window_start += time.perf_counter() - eval_start  # not part of throughput
+                    with reporter.evaluating():  # not part of throughput or time per step
+                        last_val = _evaluate_and_save(run, reporter)
 
                 # Ranks may see Ctrl-C at different steps; they must stop at the same one.
                 if any_rank(stop_requested(), run.precision.device):
                     saved = save(run, checkpoint.LAST)
+                    reporter.mark_progress(run.iter_num)
                     reporter.say(
                         f"interrupted at step {run.iter_num}; saved {saved} "
                         "(run train again to resume)"
@@ -188,7 +190,8 @@ def train(run: Run) -> TrainSummary:
                     raise SavedAndStopped(saved)
 
             if run.iter_num > start or not run.resumed:
-                last_val = _evaluate_and_save(run, reporter)
+                with reporter.evaluating():
+                    last_val = _evaluate_and_save(run, reporter)
         if run.keeps_final and run.iter_num >= runtime.max_iters:
             save(run, checkpoint.FINAL)
 
@@ -196,6 +199,8 @@ def train(run: Run) -> TrainSummary:
             if not replicas_identical(run.parameters):
                 raise RuntimeError("DDP replicas diverged: ranks hold different weights")
             reporter.say(f"all {run.ranks.world_size} ranks hold identical weights")
+        if run.iter_num > start:
+            reporter.mark_progress(run.iter_num)
         reporter.say(
             f"done: step {run.iter_num}, best val loss {run.best_val_loss:.4f}; "
             f"saved in {runtime.out_dir}"
@@ -203,12 +208,19 @@ def train(run: Run) -> TrainSummary:
     return TrainSummary(run.iter_num, run.best_val_loss, last_val, runtime.out_dir)
 
 
-def optimizer_step(run: Run, lr: float) -> torch.Tensor:
-    """Accumulate gradients over fresh micro-batches, clip once, step once at `lr`
-    (AdamW's learning rate; Muon's follows in proportion).
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step's numbers, as device tensors (reading one syncs the host)."""
 
-    Returns the step's mean loss as a device tensor (reading it would sync the host).
-    """
+    loss: torch.Tensor
+    """The mean loss over the step's micro-batches."""
+    grad_norm: torch.Tensor | None
+    """The gradients' total norm before clipping; None when grad_clip = 0 (never measured)."""
+
+
+def optimizer_step(run: Run, lr: float) -> StepResult:
+    """Accumulate gradients over fresh micro-batches, clip once, step once at `lr`
+    (AdamW's learning rate; Muon's follows in proportion)."""
     run.optimizer.set_learning_rate(lr)
     accum = run.train.data.grad_accum_steps
     total = torch.zeros((), device=run.precision.device)
@@ -224,13 +236,14 @@ def optimizer_step(run: Run, lr: float) -> torch.Tensor:
         scaled = run.scaler.scale(loss)
         assert isinstance(scaled, torch.Tensor)  # scale() maps a tensor to a tensor
         torch.autograd.backward(scaled)  # typed, unlike Tensor.backward in torch's stubs
+    grad_norm: torch.Tensor | None = None
     if run.train.optim.grad_clip > 0:
         run.optimizer.unscale_gradients(run.scaler)
-        nn.utils.clip_grad_norm_(run.parameters, run.train.optim.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(run.parameters, run.train.optim.grad_clip)
     run.optimizer.step(run.scaler)
     run.scaler.update()
     run.optimizer.zero_grad()
-    return total
+    return StepResult(total, grad_norm)
 
 
 @torch.no_grad()

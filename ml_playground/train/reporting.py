@@ -1,44 +1,109 @@
-"""What a training run tells the user: a progress bar, log lines and TensorBoard scalars.
+"""What a training run tells the user: a progress bar, log lines and TensorBoard events.
 
 Both trainers (from-scratch GPT and LoRA) report through this class, so the TensorBoard
-tags and the console format are the same whichever model is training.
+tags and the console format are the same whichever model is training. Every log line
+says where the run is (`step 120/5000`), how long it has run since this (re)start and how
+long it still needs, so a log file or a pipe, where the terminal's bar is off, tells as
+much as the bar. The events are also what train/report_card.py builds the run report from:
+it needs nothing else from the run, so `ml-playground report` can rebuild it at any time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 import sys
+import time
+from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+import torch
 from tqdm import tqdm
+
+from ml_playground.cpu_probe import cpu_model
+from ml_playground.device import Precision
+from ml_playground.progress import format_duration, remaining_s
 
 TAG_TRAIN_LOSS = "train/loss"
 TAG_VAL_LOSS = "val/loss"
 TAG_EVAL_TRAIN_LOSS = "eval/train_loss"
 TAG_LR = "train/lr"
+TAG_GRAD_NORM = "train/grad_norm"
+"""The gradient norm before clipping, as the clip measured it (only with grad_clip > 0)."""
 TAG_TOKENS_PER_SEC = "train/tokens_per_sec"
 TAG_STEP_TIME_MS = "train/step_time_ms"
+TAG_TOKENS_SEEN = "progress/tokens_seen"
+"""Completed steps x tokens per optimizer step, at every log line, evaluation and stop."""
+TAG_ELAPSED = "progress/elapsed_s"
+"""Seconds since this (re)start of training; it starts again from 0 after a resume."""
+TAG_MAX_ITERS = "run/max_iters"
+TAG_PARAMETERS = "run/parameters"
+TAG_TRAINABLE = "run/trainable_parameters"
+TEXT_DESCRIPTION = "run/description"
+TEXT_MACHINE = "run/machine"
+TEXT_FIRST_SAMPLE = "samples/first"
 TB_SUBDIR = Path("logs") / "tb"
 
 
-class _ScalarWriter(Protocol):
+class _EventWriter(Protocol):
     def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None: ...
+    def add_text(self, tag: str, text_string: str, global_step: int) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
-def _tensorboard_writer(log_dir: Path) -> _ScalarWriter:
+def tensorboard_writer(out_dir: Path) -> _EventWriter:
+    """A writer of a new event file in out_dir/logs/tb."""
     # Imported here: tensorboard pulls in a lot and only training needs it.
     from torch.utils.tensorboard.writer import SummaryWriter  # noqa: PLC0415
 
+    log_dir = out_dir / TB_SUBDIR
     log_dir.mkdir(parents=True, exist_ok=True)
-    writer: _ScalarWriter = SummaryWriter(log_dir=str(log_dir))
+    writer: _EventWriter = SummaryWriter(log_dir=str(log_dir))
     return writer
 
 
+def machine_lines(precision: Precision, world_size: int) -> list[str]:
+    """What the run computes on, as markdown list items (TensorBoard's text tab and the report)."""
+    device = str(precision.device)
+    if precision.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(precision.device)})"
+    return [
+        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores, "
+        f"{torch.get_num_threads()} torch threads)",
+        f"- device: {device}",
+        f"- precision: {precision.dtype_name} ({precision.reason})",
+        f"- processes: {world_size}",
+        f"- software: Python {platform.python_version()}, torch {torch.__version__}",
+    ]
+
+
+class _Clock:
+    """This (re)start's wall time, split into training steps and evaluations."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.eval_s = 0.0
+        self.evals = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def remaining(self, steps_done: int, steps_left: int, evals_left: int) -> float | None:
+        """Steps at this restart's time per step, evaluation excluded, plus the evaluations
+        still ahead at their measured mean (none measured yet: steps only)."""
+        steps_s = remaining_s(steps_done, steps_done + steps_left, self.elapsed() - self.eval_s)
+        if steps_s is None:
+            return None
+        return steps_s + (evals_left * self.eval_s / self.evals if self.evals else 0.0)
+
+
 class RunReporter:
-    """Progress bar with ETA, a compact line every log_interval, TensorBoard scalars."""
+    """Progress bar, a line every log_interval with step/total, elapsed and ETA, and
+    TensorBoard events (scalars, the run's description and machine, later the report's)."""
 
     def __init__(
         self,
@@ -46,11 +111,19 @@ class RunReporter:
         *,
         total_steps: int,
         start_step: int,
+        eval_interval: int,
+        tokens_per_step: int,
         tensorboard: bool,
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
-        self._writer = _tensorboard_writer(out_dir / TB_SUBDIR) if tensorboard and enabled else None
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.eval_interval = eval_interval
+        self.tokens_per_step = tokens_per_step
+        self._writer = tensorboard_writer(out_dir) if tensorboard and enabled else None
+        self._clock = _Clock()
+        self._window_start, self._window_steps = time.perf_counter(), 0
         # disable=None turns the bar off when stderr is not a terminal (CI, pipes, tests).
         self._bar = tqdm(
             total=total_steps,
@@ -76,34 +149,105 @@ class RunReporter:
         if self.enabled:
             tqdm.write(message, file=sys.stdout)
 
+    def describe_run(
+        self, description: str, machine: list[str], *, parameters: int, trainable: int
+    ) -> None:
+        """What trains on what, recorded once per (re)start for the report."""
+        if self._writer is None:
+            return
+        step = self.start_step
+        self._writer.add_text(TEXT_DESCRIPTION, description, step)
+        self._writer.add_text(TEXT_MACHINE, "\n".join(machine), step)
+        self._writer.add_scalar(TAG_MAX_ITERS, self.total_steps, step)
+        self._writer.add_scalar(TAG_PARAMETERS, parameters, step)
+        self._writer.add_scalar(TAG_TRAINABLE, trainable, step)
+
     def advance(self) -> None:
         """One optimizer step finished (moves the progress bar and its ETA)."""
         self._bar.update(1)
+        self._window_steps += 1
 
-    def log_step(
-        self, step: int, *, loss: float, lr: float, tokens_per_sec: float, step_time_ms: float
-    ) -> None:
-        """Record the metrics of the last log interval (`step` counts completed steps)."""
+    def log_step(self, step: int, *, loss: float, lr: float, grad_norm: float | None) -> None:
+        """Record the steps since the last log line (`step` counts completed steps)."""
+        window_s = time.perf_counter() - self._window_start
+        steps = max(self._window_steps, 1)
+        tokens_per_sec = self.tokens_per_step * steps / window_s if window_s > 0 else 0.0
+        step_time_ms = 1000 * window_s / steps
+        self._window_start, self._window_steps = time.perf_counter(), 0
         if self._writer is not None:
             self._writer.add_scalar(TAG_TRAIN_LOSS, loss, step)
             self._writer.add_scalar(TAG_LR, lr, step)
+            if grad_norm is not None:
+                self._writer.add_scalar(TAG_GRAD_NORM, grad_norm, step)
             self._writer.add_scalar(TAG_TOKENS_PER_SEC, tokens_per_sec, step)
             self._writer.add_scalar(TAG_STEP_TIME_MS, step_time_ms, step)
+        self.mark_progress(step)
         self._bar.set_postfix_str(f"loss={loss:.4f}", refresh=False)
+        grad = "" if grad_norm is None else f" | grad {grad_norm:.3f}"
         self.say(
-            f"step {step:>6} | loss {loss:.4f} | lr {lr:.2e} | "
-            f"{step_time_ms:7.1f} ms/step | {tokens_per_sec:,.0f} tok/s"
+            f"step {self._where(step)} | loss {loss:.4f} | lr {lr:.2e}{grad} | "
+            f"{step_time_ms:7.1f} ms/step | {tokens_per_sec:,.0f} tok/s | {self._timing(step)}"
         )
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Generator[None]:
+        """Time spent in here counts neither toward throughput nor toward time per step."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self._window_start += spent
+            self._clock.eval_s += spent
+            self._clock.evals += 1
 
     def evaluation(self, step: int, *, train_loss: float, val_loss: float) -> None:
         if self._writer is not None:
             self._writer.add_scalar(TAG_EVAL_TRAIN_LOSS, train_loss, step)
             self._writer.add_scalar(TAG_VAL_LOSS, val_loss, step)
-            self._writer.flush()
-        self.say(f"eval {step:>6} | train loss {train_loss:.4f} | val loss {val_loss:.4f}")
+        self.mark_progress(step)
+        self.say(
+            f"eval {self._where(step)} | train loss {train_loss:.4f} | val loss {val_loss:.4f}"
+        )
+
+    def mark_progress(self, step: int) -> None:
+        """Tokens seen and time spent at `step`: the report's tokens and wall time."""
+        if self._writer is None:
+            return
+        self._writer.add_scalar(TAG_TOKENS_SEEN, step * self.tokens_per_step, step)
+        self._writer.add_scalar(TAG_ELAPSED, self._clock.elapsed(), step)
+        self._writer.flush()
 
     def close(self) -> None:
         self._bar.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def _where(self, step: int) -> str:
+        width = len(str(self.total_steps))
+        return f"{step:>{width}}/{self.total_steps}"
+
+    def _timing(self, step: int) -> str:
+        left = self._clock.remaining(
+            step - self.start_step, self.total_steps - step, self._evals_left(step)
+        )
+        eta = "?" if left is None else format_duration(left)
+        return f"elapsed {format_duration(self._clock.elapsed())} | eta {eta}"
+
+    def _evals_left(self, step: int) -> int:
+        """Evaluations at or after `step`: the eval_interval boundaries before the end, and
+        the final one (a log line at an eval boundary is written before that evaluation)."""
+        if step >= self.total_steps:
+            return 1
+        first = -(-step // self.eval_interval) * self.eval_interval
+        return len(range(first, self.total_steps, self.eval_interval)) + 1
+
+
+def log_text(out_dir: Path, tag: str, text: str, step: int) -> None:
+    """One text event in a new event file of out_dir/logs/tb (e.g. a sample after training)."""
+    writer = tensorboard_writer(out_dir)
+    try:
+        writer.add_text(tag, text, step)
+    finally:
+        writer.close()

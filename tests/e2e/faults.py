@@ -31,8 +31,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
 from ml_playground import atomic, cli
 from ml_playground.train import loop
 
@@ -48,13 +46,13 @@ def sigint_after_step(steps: str) -> None:
     step = loop.optimizer_step
     done = 0
 
-    def step_then_ctrl_c(run: loop.Run, lr: float) -> torch.Tensor:
+    def step_then_ctrl_c(run: loop.Run, lr: float) -> loop.StepResult:
         nonlocal done
-        loss = step(run, lr)
+        result = step(run, lr)
         done += 1
         if done == int(steps):
             os.kill(os.getpid(), signal.SIGINT)
-        return loss
+        return result
 
     loop.optimizer_step = step_then_ctrl_c
 

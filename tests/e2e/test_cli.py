@@ -7,11 +7,13 @@ bring their own tiny prepare.py, which keeps these tests independent of the data
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from tests.cli_helpers import EXIT_USER_ERROR, assert_one_error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_ROOT = REPO_ROOT / "ml_playground" / "experiments"
-STEP_VERBS = ("prepare", "train", "sample", "loop", "export")
+STEP_VERBS = ("prepare", "train", "sample", "chat", "loop", "report", "export")
 ALL_VERBS = (*STEP_VERBS, "list", "new")
 EXIT_INTERRUPTED = 130
 
@@ -238,7 +240,7 @@ def test_exp_config_replaces_the_experiment_config(workdir: Path, position: str)
     variants.mkdir()
     alternative = variants / "long.toml"
     alternative.write_text('[train.runtime]\nmax_iters = 7\ndevice = "cpu"\n', encoding="utf-8")
-    options = ["--exp-config", str(alternative), "--print-config"]
+    options = ["--exp-config", str(alternative)]
     args = (
         [*options, "prepare", str(folder)]
         if position == "before the verb"
@@ -248,15 +250,157 @@ def test_exp_config_replaces_the_experiment_config(workdir: Path, position: str)
     result = cli(workdir, *args)
 
     assert result.returncode == 0, result.stderr
+    assert (folder / "prepared.txt").read_text(encoding="utf-8") == "7", "the step got it"
+
+
+def test_print_config_is_toml_with_origins_and_runs_nothing(workdir: Path) -> None:
+    folder = experiment(
+        workdir, "demo", '[train.runtime]\nmax_iters = 7\ndevice = "cpu"\n', RECORDING_PREPARE_PY
+    )
+
+    result = cli(workdir, "prepare", folder, "--print-config")
+
+    assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert f"# effective config of demo ({alternative})" in lines
-    assert "train.runtime.max_iters = 7  (experiment)" in lines
-    assert "train.runtime.device = 'cpu'  (experiment)" in lines
-    assert "sample.runtime.device = 'cpu'  (from train.runtime.device)" in lines
-    assert "sample.runtime_ref = 'train.runtime'  (default)" in lines
-    # unset paths stay in the experiment folder, not next to the --exp-config file
-    assert f"prepare.dataset_dir = '{folder / 'datasets'}'  (built-in)" in lines
-    assert (folder / "prepared.txt").read_text(encoding="utf-8") == "7", "the step got it too"
+    assert lines[0] == f"# effective config of demo ({folder / 'config.toml'})"
+    assert "max_iters = 7  # experiment" in lines
+    assert 'device = "cpu"  # experiment' in lines
+    assert 'runtime_ref = "train.runtime"  # default' in lines
+    # unset paths stay in the experiment folder
+    assert f'dataset_dir = "{folder / "datasets"}"  # built-in' in lines
+    assert "# date_from is unset (built-in)" in lines
+    tables = tomllib.loads(result.stdout)
+    assert tables["train"]["runtime"]["max_iters"] == 7
+    assert not (folder / "prepared.txt").exists(), "a dry run does not run the step"
+
+
+def test_print_config_output_round_trips_as_exp_config(workdir: Path) -> None:
+    folder = experiment(workdir, "demo", "[train.runtime]\nmax_iters = 7\n", RECORDING_PREPARE_PY)
+    first = cli(workdir, "train", folder, "--print-config")
+    saved = workdir / "saved.toml"
+    saved.write_text(first.stdout, encoding="utf-8")
+
+    second = cli(workdir, "train", folder, "--exp-config", saved, "--print-config")
+    ran = cli(workdir, "prepare", folder, "--exp-config", saved)
+
+    assert second.returncode == 0, second.stderr
+    values = [line.split("  #")[0] for line in first.stdout.splitlines()[1:]]
+    assert [line.split("  #")[0] for line in second.stdout.splitlines()[1:]] == values
+    assert ran.returncode == 0, ran.stderr
+    assert (folder / "prepared.txt").read_text(encoding="utf-8") == "7"
+
+
+# --- version, completion, options a verb would ignore ---------------------------------------
+
+
+def test_version_prints_the_installed_version(workdir: Path) -> None:
+    result = cli(workdir, "--version")
+
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ml-playground {importlib.metadata.version('ml-playground')}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--exp-config", "x.toml"],
+        ["--exp-config", "x.toml", "list"],
+        ["--print-config", "list"],
+        ["new", "poems", "--print-config"],
+        ["--exp-config", "x.toml", "new", "poems"],
+    ],
+)
+def test_list_and_new_reject_the_config_options_they_would_ignore(
+    workdir: Path, args: list[str]
+) -> None:
+    line = assert_one_error_line(cli(workdir, *args))
+
+    assert "config" in line
+    assert not (workdir / "experiments").exists() and not (workdir / "poems").exists()
+
+
+def test_only_the_verbs_that_checkpoint_promise_a_resume_on_ctrl_c(workdir: Path) -> None:
+    for verb in STEP_VERBS:
+        text = cli(workdir, verb, "--help").stdout
+        assert "130 interrupted" in text
+        assert ("run the same command to resume" in text) == (verb in {"train", "loop"}), verb
+
+
+def completions(workdir: Path, line: str) -> list[str]:
+    """What the shell would offer for `line` (argcomplete's protocol, as bash drives it)."""
+    answer = workdir / "completions.txt"
+    env = cli_env() | {
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_IFS": "\n",
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(answer),
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "COMP_TYPE": "9",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ml_playground.cli"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return answer.read_text(encoding="utf-8").split()
+
+
+def test_the_shell_completes_verbs_and_experiment_names(workdir: Path) -> None:
+    experiment(workdir / "experiments", "mine", "", RECORDING_PREPARE_PY)
+
+    assert "loop" in completions(workdir, "ml-playground lo")
+    assert completions(workdir, "ml-playground train sha") == ["shakespeare"]
+    assert completions(workdir, "ml-playground train mi") == ["mine"]
+
+
+# --- experiments outside the package --------------------------------------------------------
+
+
+def test_an_experiment_in_the_working_directory_is_found_by_name_and_listed(
+    workdir: Path,
+) -> None:
+    folder = experiment(
+        workdir / "experiments", "mine", "[train.runtime]\nmax_iters = 3\n", RECORDING_PREPARE_PY
+    )
+
+    ran = cli(workdir, "prepare", "mine")
+    listed = cli(workdir, "list").stdout.splitlines()
+
+    assert ran.returncode == 0, ran.stderr
+    assert (folder / "prepared.txt").read_text(encoding="utf-8") == "3"
+    where = listed.index(next(line for line in listed if line.startswith("mine ")))
+    assert listed[where + 1].split() == [str(folder), "[not", "prepared]"]
+    assert any(line.split()[:1] == ["shakespeare"] for line in listed), "bundled ones stay"
+
+
+def test_the_environment_folder_comes_first_and_new_writes_there(workdir: Path) -> None:
+    mine = workdir / "mine"
+    env_cli = {"ML_PLAYGROUND_EXPERIMENTS": str(mine)}
+
+    created = run_with_env(workdir, env_cli, "new", "shakespeare")
+    found = run_with_env(workdir, env_cli, "prepare", "shakespeare", "--print-config")
+
+    assert created.returncode == 0, created.stderr
+    assert (mine / "shakespeare" / "config.toml").is_file()
+    assert "`ml-playground loop shakespeare`" in created.stdout
+    assert found.stdout.splitlines()[0].endswith(f"({mine / 'shakespeare' / 'config.toml'})")
+
+
+def run_with_env(cwd: Path, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ml_playground.cli", *args],
+        cwd=cwd,
+        env=cli_env() | extra,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 # --- interruption --------------------------------------------------------------------------

@@ -24,11 +24,13 @@ import pytest
 from ml_playground import checkpoint
 from ml_playground.config import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
-from ml_playground.train import reporting
+from ml_playground.train import report_card, reporting
 from tests.cli_helpers import (
     assert_one_error_line,
     cli_entry,
     flip_a_tensor_byte,
+    png_pixels,
+    report_rows,
     run_command,
     same_tensors,
     scalar_events,
@@ -42,6 +44,7 @@ from tests.finetune_helpers import (
     adapter_weights,
     build_chat_model,
     chat_settings,
+    conversation,
     copy_member_slices,
     prepare_speech_records,
     speeches,
@@ -242,6 +245,20 @@ def test_a_jsonl_without_a_usable_record_exits_2_with_one_error_line(
     assert "2 records read; 2 bad (1 no 'messages' key, 1 not JSON)" in line
 
 
+def test_an_hf_dataset_that_cannot_be_loaded_offline_exits_2_with_one_error_line(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(workdir / "chat-model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    settings = chat_settings(model) | {"prepare.hf_dataset": "nobody/no-such-dataset"}
+    settings.pop("prepare.records_path")
+    write_config(workdir, settings, CONFIG)
+
+    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+
+    assert "cannot load [prepare] hf_dataset nobody/no-such-dataset[train]" in line
+    assert not (workdir / "datasets").exists()
+
+
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
 
@@ -436,3 +453,34 @@ def test_sampling_without_adapters_when_they_are_required_exits_2(
 
     assert f"no adapters in {workdir / 'out' / 'adapters'}" in line
     assert "require_adapters" in line
+
+
+def test_a_lora_loop_reports_trainable_parameters_and_its_sample(
+    workdir: Path, cli: Cli, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(workdir / "chat-model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    chats = [conversation(f"Frage {n}?", "Antwort.") for n in range(8)]
+    write_jsonl(workdir / "chats.jsonl", chats)
+    settings = chat_settings(model) | {"train.runtime.tensorboard_enabled": True}
+    write_config(workdir, settings, CONFIG)
+
+    result = cli.run("loop", "qwen_chat_lora")
+
+    assert result.returncode == 0, result.stderr
+    out_dir = workdir / "out"
+    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
+    report = out_dir / report_card.REPORT_FILE
+    rows = report_rows(report)
+    scalars = scalar_events(out_dir / reporting.TB_SUBDIR)
+    assert rows["steps"] == "6 of 6"
+    val = scalars[reporting.TAG_VAL_LOSS]
+    assert rows["last val loss"] == f"{val[-1][1]:.4f} at step {val[-1][0]}"
+    trainable = int(rows["trainable parameters"].replace(",", ""))
+    assert 0 < trainable < int(rows["parameters"].replace(",", ""))
+    assert trainable == scalars[reporting.TAG_TRAINABLE][-1][1]
+    # The loop rebuilt the report after sampling: it shows the sample, as TensorBoard does.
+    (saved,) = (out_dir / "samples").glob("*.txt")
+    sample = saved.read_text(encoding="utf-8")
+    assert sample in report.read_text(encoding="utf-8")
+    texts = report_card.read_events(out_dir).texts[reporting.TEXT_FIRST_SAMPLE]
+    assert [text for _, text in texts] == [sample]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import stat
@@ -26,12 +27,14 @@ import pytest
 import torch
 
 from ml_playground import atomic, checkpoint
-from ml_playground.train import reporting
+from ml_playground.train import report_card, reporting
 from tests.cli_helpers import (
     EXIT_KILLED,
     assert_one_error_line,
     cli_entry,
     flip_a_tensor_byte,
+    png_pixels,
+    report_rows,
     run_command,
     same_tensors,
     scalar_events,
@@ -592,3 +595,87 @@ def test_a_file_where_a_folder_should_be_is_one_error_line(
 
     assert str(blocker) in line
     assert blocker.read_text(encoding="utf-8") == "a file, not a folder"
+
+
+# --- where a run is and what it did: log lines and the run report -------------------------------
+
+REPORTED: Mapping[str, TomlValue] = {
+    "train.runtime.tensorboard_enabled": True,
+    "train.runtime.log_interval": 2,
+}
+TOKENS_PER_STEP = 4 * 32  # TINY_RUN: batch_size x block_size, no accumulation
+# A log line in a file or pipe (no progress bar there) says where the run is and how long.
+LOG_LINE = re.compile(
+    r"^step +(?P<step>\d+)/(?P<total>\d+) \| loss [\d.]+ \| .* tok/s \| "
+    r"elapsed \d+(m\d\ds|s) \| eta \d+(m\d\ds|s)$"
+)
+
+
+def test_train_logs_step_of_total_with_elapsed_and_eta_and_reports_the_events_numbers(
+    workdir: Path, cli: Cli
+) -> None:
+    folder = prepared_run(workdir, cli, REPORTED)
+    out_dir = folder / "out"
+
+    result = cli.run("train", folder)
+
+    assert result.returncode == 0, result.stderr
+    logged = [LOG_LINE.match(line) for line in result.stdout.splitlines() if "tok/s" in line]
+    assert all(logged), result.stdout
+    assert [(int(m["step"]), int(m["total"])) for m in logged if m] == [
+        (step, 10) for step in (2, 4, 6, 8, 10)
+    ]
+    report = out_dir / report_card.REPORT_FILE
+    assert f"report: {report} and {out_dir / report_card.PLOT_FILE}" in result.stdout
+    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
+    rows = report_rows(report)
+    scalars = scalar_events(out_dir / reporting.TB_SUBDIR)
+    val = scalars[reporting.TAG_VAL_LOSS]
+    best, last = min(val, key=lambda point: point[1]), val[-1]
+    assert rows["best val loss"] == f"{best[1]:.4f} at step {best[0]}"
+    assert rows["last val loss"] == f"{last[1]:.4f} at step {last[0]}"
+    steps, tokens = scalars[reporting.TAG_TOKENS_SEEN][-1]
+    assert (steps, tokens) == (10, 10 * TOKENS_PER_STEP)
+    assert rows["steps"] == f"{steps} of 10"
+    assert rows["tokens seen"] == f"{int(tokens):,}"
+    assert int(rows["parameters"].replace(",", "")) == scalars[reporting.TAG_PARAMETERS][-1][1]
+    assert [step for step, _ in scalars[reporting.TAG_GRAD_NORM]] == [2, 4, 6, 8, 10]
+
+    # The report is the events' whole story: rebuilt from them alone, it says the same.
+    first = report.read_text(encoding="utf-8")
+    report.unlink()
+    (out_dir / report_card.PLOT_FILE).unlink()
+    rebuilt = cli.run("report", folder)
+
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert report.read_text(encoding="utf-8") == first
+    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
+
+
+def test_ctrl_c_writes_the_report_of_the_steps_done_after_saving_the_checkpoint(
+    workdir: Path, cli: Cli
+) -> None:
+    folder = prepared_run(workdir, cli, REPORTED)
+    out_dir = folder / "out"
+    last = out_dir / checkpoint.LAST_FILE
+
+    stopped = cli.run("train", folder, ("sigint-after-step", "3"))
+
+    assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr
+    assert stopped.stderr.splitlines()[-1] == (
+        f"interrupted; saved {last}, run the same command to resume"
+    )
+    assert checkpoint.load(last).state.iter_num == 3
+    rows = report_rows(out_dir / report_card.REPORT_FILE)
+    assert rows["steps"] == "3 of 10"
+    assert rows["tokens seen"] == f"{3 * TOKENS_PER_STEP:,}"
+    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
+
+
+def test_report_before_any_run_exits_2_naming_the_missing_events(workdir: Path, cli: Cli) -> None:
+    folder = experiment(workdir, "bundestag_char")
+
+    line = assert_one_error_line(cli.run("report", folder))
+
+    assert f"{folder / 'out' / reporting.TB_SUBDIR} holds no TensorBoard events" in line
+    assert not (folder / "out" / report_card.REPORT_FILE).exists()

@@ -151,7 +151,7 @@ def test_a_failing_rank_fails_the_whole_job_without_hanging(tmp_path: Path) -> N
     assert not (folder / "out" / checkpoint.LAST_FILE).exists()
 
 
-@pytest.mark.parametrize("step", [pipeline.prepare, pipeline.sample])
+@pytest.mark.parametrize("step", [pipeline.prepare, pipeline.sample, pipeline.report])
 def test_single_process_steps_refuse_to_run_under_a_launcher(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

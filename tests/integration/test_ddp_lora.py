@@ -20,6 +20,7 @@ import torch
 
 from ml_playground import checkpoint
 from ml_playground.finetune.trainer import train_lora
+from ml_playground.train.report_card import reported
 from ml_playground.train.reporting import TB_SUBDIR
 from tests.cli_helpers import GLOO_TEARDOWN_ABORT, run_command
 from tests.conftest import REPO_ROOT
@@ -101,12 +102,14 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b_and_only_rank_0_
     }
     two = tmp_path / "two"
     speeches_experiment(two, tiny_models.qwen2, same_data_order | {"train.data.batch_size": 4})
-    one = speeches_experiment(
+    one_loaded = speeches_experiment(
         tmp_path / "one", tiny_models.qwen2, same_data_order | {"train.data.batch_size": 8}
-    ).config
+    )
+    one = one_loaded.config
 
     _, output = launch(TORCHRUN, two)
-    train_lora(one)
+    with reported(one_loaded, "one"):  # as `train` runs it: the report follows the run
+        train_lora(one)
 
     assert TWO_RANKS in output
     assert "512 tokens per optimizer step" in output  # 4 sequences x 32 tokens x 2 x 2 ranks
@@ -123,7 +126,8 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b_and_only_rank_0_
             atol=1e-5,
         )
     # Rank 0 alone writes and talks: the same files as one process (so none from rank 1,
-    # no duplicates, no leftover temporaries), one TensorBoard writer, one summary line.
+    # no duplicates, no leftover temporaries; the run report too), one TensorBoard writer,
+    # one summary line.
     files = written_files(out_dir(two))
     assert files == written_files(one.train.runtime.out_dir)
     assert files.count(f"{TB_SUBDIR.as_posix()}/events") == 1

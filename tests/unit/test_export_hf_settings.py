@@ -9,7 +9,8 @@ import pytest
 
 from ml_playground.artifacts import write_artifact
 from ml_playground.checkpoint import RunMeta
-from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.config import ExperimentConfig, RecordsSourceFormat, load_config
+from ml_playground.data.chat_records import ChatDatasetMeta, ChatFingerprint, ChatRecordSettings
 from ml_playground.data.records import (
     DatasetMeta,
     Fingerprint,
@@ -21,14 +22,17 @@ from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.data.table import RowTally
 from ml_playground.errors import ExportError
+from ml_playground.export.chat_template import ollama_chat
 from ml_playground.export.hf import adapter_dir, prompt_format
 from ml_playground.export.modelfile import RAW_COMPLETION
+from tests.finetune_helpers import QWEN25_TEMPLATE, chat_tokenizer
 
 
-def config(folder: Path) -> ExperimentConfig:
+def config(folder: Path, export: str = "") -> ExperimentConfig:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.toml").write_text(
-        '[train.hf_model]\nmodel_name = "Qwen/Qwen2.5-0.5B"\n[train.runtime]\nout_dir = "out"\n',
+        '[train.hf_model]\nmodel_name = "Qwen/Qwen2.5-0.5B"\n[train.runtime]\nout_dir = "out"\n'
+        + export,
         encoding="utf-8",
     )
     return load_config(folder / "config.toml", folder).config
@@ -76,9 +80,17 @@ def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
     write_artifact(folder / "datasets" / "meta.json", meta)
 
 
-def run_meta(out_dir: Path, *, opening: str, closing: str, stops: tuple[str, ...]) -> None:
+def run_meta(
+    out_dir: Path,
+    *,
+    opening: str = "",
+    closing: str = "",
+    stops: tuple[str, ...] = (),
+    source_format: RecordsSourceFormat | None = None,
+) -> None:
     """out/meta.json of a fine-tuning run, as the trainer writes it."""
     RunMeta(
+        source_format=source_format,
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
         vocab_size=10,
@@ -141,6 +153,99 @@ def test_without_records_or_chat_template_it_is_raw_completion(tmp_path: Path) -
 
     assert fmt.template == RAW_COMPLETION
     assert fmt.stops == ()
+
+
+def chat_run_tokenizer(folder: Path, template: str = QWEN25_TEMPLATE) -> Path:
+    """out/tokenizer of a chat run: the tiny Qwen2 tokenizer with ChatML turn tokens."""
+    chat_tokenizer("qwen2", template).save_pretrained(str(folder))
+    return folder
+
+
+def chat_dataset_meta(folder: Path, source_format: RecordsSourceFormat) -> None:
+    """datasets/meta.json of chat records, as prepare writes it."""
+    settings = ChatRecordSettings(
+        format_version=1,
+        base_model="Qwen/Qwen2.5-0.5B",
+        revision=None,
+        source_format=source_format,
+        chat_template=None,
+        train_split=0.9,
+        seed=1,
+    )
+    meta = ChatDatasetMeta(
+        structure_tokens=(),
+        added_tokens=(),
+        doc_separator="",
+        record_opening="",
+        record_closing="",
+        stop_tokens=(),
+        source_format=source_format,
+        base_model="Qwen/Qwen2.5-0.5B",
+        revision=None,
+        vocab_size=10,
+        records={},
+        tokens={},
+        trained_tokens={},
+        file_sizes={},
+        fingerprint=ChatFingerprint(inputs=(), settings=settings),
+        rows=RowTally(read=0, repaired=0, malformed={}, examples=()),
+    )
+    write_artifact(folder / "datasets" / "meta.json", meta)
+
+
+def test_messages_records_get_the_chat_template_in_go_and_its_end_of_turn_stop(
+    tmp_path: Path,
+) -> None:
+    run = config(tmp_path)
+    run_meta(tmp_path / "out", source_format="messages")
+    tokenizer = chat_run_tokenizer(tmp_path / "out" / "tokenizer")
+
+    fmt = prompt_format(run, tokenizer)
+
+    expected = ollama_chat(chat_tokenizer("qwen2", QWEN25_TEMPLATE), "Qwen/Qwen2.5-0.5B")
+    assert fmt.template == expected.template
+    assert fmt.stops == ("<|im_end|>", "<|endoftext|>")
+    assert "Qwen/Qwen2.5-0.5B's chat template" in fmt.description
+
+
+@pytest.mark.parametrize("source_format", ["prompt_completion", "text"])
+def test_prompt_completion_and_text_records_are_raw_completion(
+    tmp_path: Path, source_format: RecordsSourceFormat
+) -> None:
+    run = config(tmp_path)
+    run_meta(tmp_path / "out", source_format=source_format)
+
+    fmt = prompt_format(run, chat_run_tokenizer(tmp_path / "out" / "tokenizer"))
+
+    assert fmt.template == RAW_COMPLETION
+    assert fmt.stops == ("<|endoftext|>",)
+
+
+def test_a_run_from_before_source_formats_were_recorded_takes_it_from_its_dataset(
+    tmp_path: Path,
+) -> None:
+    run = config(tmp_path)
+    run_meta(tmp_path / "out")
+    chat_dataset_meta(tmp_path, "messages")
+
+    fmt = prompt_format(run, chat_run_tokenizer(tmp_path / "out" / "tokenizer"))
+
+    assert fmt.template is not None
+    assert "{{ range $i, $_ := .Messages }}" in fmt.template
+
+
+def test_a_configured_template_is_used_without_reading_the_chat_template(
+    tmp_path: Path,
+) -> None:
+    run = config(tmp_path, export='[export.ollama]\ntemplate = "{{ .Prompt }}"\n')
+    run_meta(tmp_path / "out", source_format="messages")
+    # A template no Go template is derived from: numbered turns.
+    numbered = "{% for m in messages %}{{ loop.index }} {{ m['content'] }}{% endfor %}"
+
+    fmt = prompt_format(run, chat_run_tokenizer(tmp_path / "out" / "tokenizer", numbered))
+
+    assert fmt.template is None  # the Modelfile takes [export.ollama] template
+    assert fmt.stops == ("<|endoftext|>",)
 
 
 def test_adapters_default_to_best_then_final_then_last(tmp_path: Path) -> None:

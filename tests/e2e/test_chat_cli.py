@@ -1,0 +1,192 @@
+"""`ml-playground chat` from the command line, with the user's lines piped into stdin.
+
+`python -m ml_playground.cli chat <folder>`, cwd in tmp_path: a tiny Qwen2 chat fine-tune
+trained in-process (tests/finetune_helpers.py), and a random character-level GPT checkpoint
+(tests/export_helpers.py). What a reply should be comes from the same chat run in-process,
+whose replies stream has nothing but replies in it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ml_playground import checkpoint
+from ml_playground.config import load_config
+from ml_playground.finetune.inference import load_hf
+from ml_playground.sample.chat import HELP, Streams, chat
+from tests.cli_helpers import assert_one_error_line, flip_a_tensor_byte
+from tests.export_helpers import char_gpt_experiment
+from tests.finetune_helpers import TinyModels, chat_fine_tune
+
+EXIT_INTERRUPTED = 130
+TIMEOUT = 300  # seconds; a loaded CI machine imports torch and transformers slowly
+GREEDY = {"sample.sample.temperature": 0.0, "sample.sample.max_new_tokens": 8}
+
+
+def cli_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def chat_command(folder: Path) -> list[str]:
+    return [sys.executable, "-m", "ml_playground.cli", "chat", str(folder)]
+
+
+def run_chat(folder: Path, lines: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        chat_command(folder),
+        cwd=folder.parent,
+        env=cli_env(),
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def replies_in_process(folder: Path, lines: str) -> str:
+    """What the chat writes to its replies stream for `lines`, run in this process."""
+    config = load_config(folder / "config.toml", folder).config
+    replies = io.StringIO()
+    chat(config, load_hf(config), Streams(io.StringIO(lines), replies, io.StringIO()))
+    return replies.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fine_tune(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
+    folder = tmp_path_factory.mktemp("chat-cli") / "qwen"
+    chat_fine_tune(folder, tiny_models, "qwen2", GREEDY)
+    return folder
+
+
+def test_a_piped_chat_with_a_fine_tune_prints_only_the_replies_and_ends_at_eof(
+    fine_tune: Path,
+) -> None:
+    lines = "Wer spricht?\nUnd dann?\n"
+
+    result = run_chat(fine_tune, lines)
+
+    assert result.returncode == 0, result.stderr
+    expected = replies_in_process(fine_tune, lines)
+    assert expected.count("\n") >= 2  # two replies, each ended by a newline
+    assert result.stdout == expected
+    adapters = fine_tune / "out" / "adapters" / "best"
+    assert f"chat in the run's chat template: sampling from {fine_tune / 'model'} + {adapters}" in (
+        result.stderr
+    )
+    assert HELP in result.stderr
+    assert "> " not in result.stderr  # the prompt marker is for terminals only
+    assert "Traceback" not in result.stderr
+
+
+def test_reset_and_exit_in_a_piped_chat(fine_tune: Path) -> None:
+    result = run_chat(fine_tune, "Wer spricht?\n/reset\nUnd dann?\n/exit\nNie gesendet.\n")
+
+    assert result.returncode == 0, result.stderr
+    # After /reset the second line is answered as a first one; after /exit nothing is.
+    fresh = replies_in_process(fine_tune, "Wer spricht?\n") + replies_in_process(
+        fine_tune, "Und dann?\n"
+    )
+    assert result.stdout == fresh
+    assert "conversation reset" in result.stderr
+
+
+def test_chat_with_flipped_adapter_bits_is_the_same_one_error_line_as_sample(
+    fine_tune: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "damaged"
+    shutil.copytree(fine_tune, folder, symlinks=True)
+    best = checkpoint.adapters_dir(folder / "out", checkpoint.BEST)
+    flip_a_tensor_byte(best / "adapter_model.safetensors")
+
+    line = assert_one_error_line(run_chat(folder, "Wer spricht?\n"))
+
+    assert f"{best / 'adapter_model.safetensors'} fails its integrity check" in line
+
+
+# --- the from-scratch GPT ---------------------------------------------------------------------
+
+
+def test_a_gpt_chat_continues_each_line_as_text(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt"
+    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+
+    result = run_chat(folder, "romeo:\njuliet:\n/exit\n")
+
+    assert result.returncode == 0, result.stderr
+    # No end-of-text in a char vocabulary: each reply is 6 characters and its newline.
+    assert len(result.stdout) == 2 * 7
+    assert result.stderr.startswith("plain continuation (no chat template)")
+
+
+def test_chat_without_a_trained_model_is_one_error_line(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt"
+    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    shutil.rmtree(folder / "out")
+
+    line = assert_one_error_line(run_chat(folder, "romeo:\n"))
+
+    assert str(folder / "out") in line
+
+
+def test_a_reader_that_goes_away_ends_the_chat_quietly(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt"
+    char_gpt_experiment(folder, block_size=64, max_new_tokens=200)
+    process = subprocess.Popen(
+        chat_command(folder),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin and process.stdout and process.stderr
+    process.stdin.write("romeo:\n" * 50)
+    process.stdin.close()
+
+    assert process.stdout.read(1)  # like `| head -c 1`
+    process.stdout.close()
+    with process.stderr:
+        stderr = process.stderr.read()  # to the end: until the chat has exited
+    process.wait(timeout=TIMEOUT)
+
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "BrokenPipe" not in stderr
+
+
+def test_ctrl_c_at_the_prompt_ends_the_chat_with_130(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt"
+    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    process = subprocess.Popen(
+        chat_command(folder),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdin=subprocess.PIPE,  # held open: the chat waits for a line
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + TIMEOUT
+    while HELP not in process.stderr.readline():  # the last line before it reads stdin
+        assert time.monotonic() < deadline and process.poll() is None, "the chat never started"
+
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert stderr.splitlines()[-1].startswith("interrupted;")
+    assert "Traceback" not in stderr

@@ -1,0 +1,103 @@
+"""Starting over without losing anything, and hints that name the experiment as typed.
+
+Real tiny runs of a copy of bundestag_char through `python -m ml_playground.cli`: the
+experiment lives in ./experiments/ of the working directory (so it is found by name, as a
+user's own experiments are) and its config.toml is the tiny run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import assert_one_error_line, run_command
+from tests.e2e.test_gpt_pipeline_cli import EXPERIMENTS, TIMEOUT, TINY_RUN, Cli
+from tests.gpt_helpers import copy_experiment, write_config
+
+NAME = "bundestag_char"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path.resolve()
+
+
+@pytest.fixture
+def mine(workdir: Path) -> Path:
+    """bundestag_char copied into ./experiments/ with the tiny run as its config.toml."""
+    folder = copy_experiment(NAME, workdir / "experiments")
+    write_config(folder / "config.toml", {**TINY_RUN, **EXPERIMENTS[NAME]})
+    return folder
+
+
+def run(workdir: Path, *args: str) -> tuple[int, str, str]:
+    env = Cli(workdir, workdir / "pycache").env
+    result = run_command(
+        [
+            *["python", "-m", "ml_playground.cli"],
+            *args,
+        ],
+        cwd=workdir,
+        env=env,
+        timeout=TIMEOUT,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_train_fresh_moves_the_previous_run_aside_and_starts_at_step_zero(
+    workdir: Path, mine: Path
+) -> None:
+    assert run(workdir, "prepare", NAME)[0] == 0
+    assert run(workdir, "train", NAME)[0] == 0
+    out = mine / "out"
+    before = {path.name: digest(path) for path in out.glob("*.pt")}
+
+    code, stdout, stderr = run(workdir, "train", NAME, "--fresh")
+    again = run(workdir, "train", NAME, "--fresh")
+
+    assert code == 0, stderr
+    assert f"--fresh: moved the previous run to {mine / 'out.1'}" in stderr
+    assert {path.name: digest(path) for path in (mine / "out.1").glob("*.pt")} == before
+    assert "resum" not in stdout.lower(), "the new run starts from scratch"
+    assert (out / "ckpt_last.pt").is_file()
+    assert again[0] == 0 and (mine / "out.2" / "ckpt_last.pt").is_file()
+    assert "prepared, trained" in run(workdir, "list")[1]
+
+
+def test_prepare_force_prepares_again_with_unchanged_inputs(workdir: Path, mine: Path) -> None:
+    assert run(workdir, "prepare", NAME)[0] == 0
+    meta = mine / "datasets" / "meta.json"
+    first = meta.stat().st_mtime_ns
+
+    skipped = run(workdir, "prepare", NAME)
+    forced = run(workdir, "prepare", NAME, "--force")
+
+    assert "dataset up to date" in skipped[1]
+    assert forced[0] == 0, forced[2]
+    assert "dataset up to date" not in forced[1]
+    assert meta.stat().st_mtime_ns != first
+
+
+def test_a_hint_names_the_experiment_and_exp_config_as_the_user_typed_them(
+    workdir: Path, mine: Path
+) -> None:
+    variant = workdir / "variant.toml"
+    shutil.copy(mine / "config.toml", variant)
+
+    result = run_command(
+        ["python", "-m", "ml_playground.cli", "sample", NAME, "--exp-config", "variant.toml"],
+        cwd=workdir,
+        env=Cli(workdir, workdir / "pycache").env,
+        timeout=TIMEOUT,
+    )
+
+    line = assert_one_error_line(result)
+    assert f"`ml-playground train {NAME} --exp-config variant.toml`" in line
+    assert "<experiment>" not in line

@@ -1,0 +1,65 @@
+"""`ml-playground export` of a chat fine-tune whose chat template has no Ollama form."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ml_playground.checkpoint import RunMeta
+from tests.cli_helpers import assert_one_error_line, cli_entry, run_command
+from tests.finetune_helpers import chat_tokenizer, toml_text
+
+# Turn numbers in the text: no fixed opening per role, so no Go template without counting.
+NUMBERED_TURNS = (
+    "{%- for m in messages %}{{ loop.index }}. {{ m['role'] }}: {{ m['content'] }}\n"
+    "{%- endfor %}{%- if add_generation_prompt %}assistant:{%- endif %}"
+)
+
+
+def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_override(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    folder = tmp_path / "odd-chat"
+    out = folder / "out"
+    (out / "adapters" / "best").mkdir(parents=True)
+    (out / "adapters" / "best" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    chat_tokenizer("qwen2", NUMBERED_TURNS).save_pretrained(str(out / "tokenizer"))
+    RunMeta(
+        base_model=str(base),
+        revision=None,
+        vocab_size=10,
+        lora=True,
+        structure_tokens=(),
+        added_tokens=(),
+        doc_separator="",
+        source_format="messages",
+    ).write(out)
+    converter = tmp_path / "convert_hf_to_gguf.py"
+    converter.write_text(
+        "raise SystemExit('the export must stop before converting')\n", encoding="utf-8"
+    )
+    (folder / "config.toml").write_text(
+        toml_text(
+            {
+                "train.hf_model.model_name": str(base),
+                "train.runtime.out_dir": "out",
+                "export.ollama.enabled": True,
+                "export.ollama.convert_bin": str(converter),
+            }
+        ),
+        encoding="utf-8",
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written into the source tree
+
+    result = run_command(
+        [sys.executable, *cli_entry(), "export", str(folder)], cwd=tmp_path, env=env, timeout=300
+    )
+
+    line = assert_one_error_line(result)
+    assert f"chat template of {base}" in line
+    assert "[export.ollama] template" in line
+    assert not (folder / "export").exists()

@@ -1,0 +1,3 @@
+module ml-playground/tests/render_template
+
+go 1.19
