@@ -1,7 +1,9 @@
 """`ml-playground export` of a LoRA fine-tune through llama.cpp's real converters.
 
 The converters are the ones `make llama-cpp-converters` puts into tools/llama_cpp/ (CI runs
-it); without them these tests fail, saying so, instead of skipping. The fine-tune is a
+it); without them these tests fail, saying so, instead of skipping. The last test also
+needs llama.cpp's binaries, which only `make llama-cpp` builds (minutes of cmake, not in
+CI); without them it is skipped, saying so. The fine-tune is a
 tiny Llama on GPT-2's byte-level BPE, whose pre-tokenizer llama.cpp's converter
 recognises, with LoRA adapters on q_proj and v_proj. The files are judged by readers we
 did not write: transformers' GGUF loader must compute the merged model's logits, and
@@ -100,8 +102,8 @@ def fine_tuned(folder: Path, base: Path) -> Path:
     load_tokenizer(ModelSource.local(base)).save_pretrained(str(out / "tokenizer"))
     model = load_causal_lm(ModelSource.local(base), dtype=torch.float32, attn_implementation=None)
     lora = PeftConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q_proj", "v_proj"])
+    torch.default_generator.manual_seed(1)  # LoRA's A is drawn at random too
     wrapped = apply_lora(model, lora, str(base), [])
-    torch.default_generator.manual_seed(1)
     with torch.no_grad():  # as if trained: LoRA's B starts at zero, which merges to nothing
         for param in wrapped.parameters():
             if param.requires_grad:
@@ -220,3 +222,54 @@ def test_an_adapter_only_export_holds_the_adapters_matrices(
             np.testing.assert_array_equal(written[f"blk.{layer}.{gguf_name}.weight.lora_b"], b)
     base = gguf.GGUFReader(export_dir / "base.gguf")
     assert {tensor.name for tensor in base.tensors} >= {"token_embd.weight", "output.weight"}
+
+
+def greedy_text(model: torch.nn.Module, ids: list[int], steps: int) -> str:
+    sequence = list(ids)
+    for _ in range(steps):
+        sequence.append(int(logits(model, sequence)[-1].argmax()))
+    return gpt2_encoding().decode(sequence[len(ids) :])
+
+
+def llama_completion(gguf_file: Path, prompt: str, steps: int) -> str:
+    """llama.cpp's greedy continuation of `prompt`, on one thread, without the prompt."""
+    model = ["-m", str(gguf_file), "-p", prompt, "-n", str(steps)]
+    greedy = ["--temp", "0", "-no-cnv", "--no-warmup", "--no-display-prompt", "-t", "1"]
+    result = subprocess.run(
+        [str(TOOLS / "bin" / "llama-completion"), *model, *greedy],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.rstrip("\n")  # it ends its output with blank lines of its own
+
+
+def test_llama_cpp_runs_the_exports_greedy_like_the_merged_model_and_quantizes_them(
+    tmp_path: Path, base_model: Path
+) -> None:
+    built = [TOOLS / "bin" / name for name in ("llama-quantize", "llama-completion")]
+    if not all(path.is_file() for path in built):
+        pytest.skip(f"llama.cpp's binaries are not built in {TOOLS / 'bin'}: run `make llama-cpp`")
+    f32 = experiment(tmp_path / "f32", base_model)
+    out = fine_tuned(f32, base_model)
+    q4 = experiment(tmp_path / "q4", base_model, quant="q4_k_m")  # no quant_bin: bin/ is found
+    fine_tuned(q4, base_model)
+
+    export(tmp_path, f32)
+    quantized = export(tmp_path, q4)
+
+    assert "llama_model_quantize_impl: quant size" in quantized.stderr
+    reader = gguf.GGUFReader(q4 / "export" / "model.gguf")
+    file_type = int(reader.fields["general.file_type"].parts[-1][0])
+    assert file_type == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    base = load_causal_lm(
+        ModelSource.local(base_model), dtype=torch.float32, attn_implementation=None
+    )
+    ours = merge_adapters(load_adapters(base, out / "adapters" / "best", trainable=False))
+    ids = gpt2_encoding().encode_ordinary(PROMPT)
+    expected = greedy_text(ours, ids, steps=6).rstrip("\n")
+    assert llama_completion(f32 / "export" / "model.gguf", PROMPT, steps=6) == expected
+    # Four bits per weight move the logits of a random model too far to compare tokens.
+    assert llama_completion(q4 / "export" / "model.gguf", PROMPT, steps=6)
