@@ -1,8 +1,9 @@
 # Every target runs through uv, so the locked environment is the only one in play.
-.PHONY: setup setup-user format lint pyright mypy quality test unit integration e2e acceptance bench tensorboard
+.PHONY: setup setup-user format lint pyright mypy quality test unit integration e2e acceptance bench \
+	tensorboard llama-cpp llama-cpp-converters
 
 PYTEST := uv run pytest
-SRC := ml_playground tests benchmarks
+SRC := ml_playground tests benchmarks tools/llama_cpp/fetch.py
 
 setup:
 	uv venv --clear
@@ -49,3 +50,11 @@ bench:
 
 tensorboard:
 	uv run tensorboard --logdir ml_playground/experiments --bind_all
+
+# llama.cpp's converters (Python, seconds) and its llama-quantize and llama-completion
+# (cmake, minutes), from the pinned llama-cpp-python sdist on PyPI; see tools/llama_cpp/README.md.
+llama-cpp-converters:
+	uv run python tools/llama_cpp/fetch.py converters
+
+llama-cpp: llama-cpp-converters
+	uv run python tools/llama_cpp/fetch.py binaries

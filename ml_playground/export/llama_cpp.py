@@ -1,16 +1,20 @@
 """llama.cpp's own tools, run as subprocesses: the HF converter, the LoRA converter, quantize.
 
-They are not Python dependencies: users vendor the converter scripts from llama.cpp into
-`tools/llama_cpp/` (or name them with `convert_bin`) and install `llama-quantize`. The
-repository ships a placeholder converter that only explains how to vendor the real one;
-it is recognised here by its marker and reported in one line instead of being run.
+They are not Python dependencies: `make llama-cpp-converters` puts the converter scripts
+into `tools/llama_cpp/` and `make llama-cpp` builds `llama-quantize` into
+`tools/llama_cpp/bin/` (see tools/llama_cpp/README.md); `convert_bin` and `quant_bin`
+name other copies. Their progress streams to stderr as they run; a failure ends in one
+line with the last lines they printed.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +26,10 @@ from ml_playground.errors import ExportError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = Path("tools") / "llama_cpp"
-# llama.cpp renamed the script; the underscore name is today's, the dash name the old one.
-CONVERTER_NAMES = ("convert_hf_to_gguf.py", "convert-hf-to-gguf.py")
-LORA_CONVERTER_NAMES = ("convert_lora_to_gguf.py", "convert-lora-to-gguf.py")
-PLACEHOLDER_MARKER = "ml-playground placeholder for llama.cpp's converter"
-STDERR_TAIL_LINES = 5
+CONVERTER = "convert_hf_to_gguf.py"
+LORA_CONVERTER = "convert_lora_to_gguf.py"
+QUANTIZER = Path("bin") / "llama-quantize"
+TAIL_LINES = 5
 
 # What the converter writes itself; anything else goes through llama-quantize.
 CONVERTER_OUTTYPES = frozenset({"f32", "f16", "bf16", "q8_0"})
@@ -49,16 +52,33 @@ class Tool:
     name: str
 
     def run(self, args: Sequence[str | Path]) -> None:
-        """Run with `args`; a failure is an ExportError ending in the tail of its stderr."""
+        """Run with `args`, echoing its output to stderr as it comes (conversions take
+        minutes); a failure is an ExportError ending in the last lines it printed."""
         command = [*self.argv, *map(str, args)]
+        # Python buffers a pipe in blocks; unbuffered, the converter's log arrives line by line.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
         try:
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            )
         except OSError as exc:
             raise ExportError(f"cannot run {self.name} ({command[0]}): {exc.strerror}") from None
-        if result.returncode != 0:
-            tail = " | ".join(result.stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
+        with process:  # waits for the tool, also when reading is interrupted
+            assert process.stdout is not None  # PIPE was asked for
+            # newline="": a progress bar's carriage returns reach the terminal as they are;
+            # its frames (ending in a carriage return) are not kept for the error line.
+            text = io.TextIOWrapper(process.stdout, encoding="utf-8", errors="replace", newline="")
+            with text:
+                for line in text:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                    if line.strip() and not line.endswith("\r"):
+                        tail.append(line.strip())
+        if process.wait() != 0:
             raise ExportError(
-                f"{self.name} failed with exit code {result.returncode}: {tail or 'no stderr'}"
+                f"{self.name} failed with exit code {process.returncode}:"
+                f" {' | '.join(tail) or 'no output'}"
             )
 
 
@@ -66,57 +86,49 @@ def check_quant(quant: str) -> None:
     if quant not in KNOWN_QUANTS:
         raise ExportError(
             f"unknown [export.ollama] quant {quant!r}; use f32, f16 or q8_0, or a llama.cpp"
-            " type such as q4_k_m with quant_bin"
+            " type such as q4_k_m (through llama-quantize: `make llama-cpp` or quant_bin)"
         )
 
 
 def find_converter(convert_bin: str | None) -> Tool:
-    """llama.cpp's HF-to-GGUF converter: `convert_bin`, else the vendored script."""
+    """llama.cpp's HF-to-GGUF converter: `convert_bin`, else the one `make` fetched."""
     if convert_bin is not None:
         return _tool(_resolve(convert_bin, "convert_bin"), "llama.cpp converter")
-    candidates = [
-        root / TOOLS_DIR / name for name in CONVERTER_NAMES for root in (Path.cwd(), REPO_ROOT)
-    ]
-    present = [path for path in candidates if path.is_file()]
-    real = [path for path in present if not is_placeholder(path)]
-    if real:
-        return _tool(real[0], "llama.cpp converter")
-    if present:
-        raise ExportError(_placeholder_message(present[0]))
-    raise ExportError(
-        f"llama.cpp's converter not found (looked for {TOOLS_DIR / CONVERTER_NAMES[0]});"
-        " vendor it from llama.cpp or set [export.ollama] convert_bin"
-    )
+    converter = _fetched(Path(CONVERTER), "make llama-cpp-converters", "convert_bin")
+    return _tool(converter, "llama.cpp converter")
 
 
 def find_lora_converter(converter: Tool) -> Tool:
     """llama.cpp's LoRA converter, which ships next to the HF converter."""
-    folder = Path(converter.argv[-1]).parent
-    for name in LORA_CONVERTER_NAMES:
-        candidate = folder / name
-        if candidate.is_file() and not is_placeholder(candidate):
-            return _tool(candidate, "llama.cpp LoRA converter")
-    raise ExportError(
-        f"llama.cpp's {LORA_CONVERTER_NAMES[0]} not found next to the converter in {folder};"
-        " vendor it too, or set adapter_only = false"
-    )
+    candidate = Path(converter.argv[-1]).parent / LORA_CONVERTER
+    if not candidate.is_file():
+        raise ExportError(
+            f"llama.cpp's {LORA_CONVERTER} not found next to the converter in"
+            f" {candidate.parent}; run `make llama-cpp-converters`, or set adapter_only = false"
+        )
+    return _tool(candidate, "llama.cpp LoRA converter")
 
 
 def find_quantizer(quant_bin: str | None, quant: str) -> Tool:
-    if quant_bin is None:
-        raise ExportError(
-            f"[export.ollama] quant = {quant!r} needs llama.cpp's llama-quantize: set quant_bin"
-            f" to its path, or use one of {', '.join(sorted(NATIVE_QUANTS))}"
-        )
-    return _tool(_resolve(quant_bin, "quant_bin"), "llama-quantize")
-
-
-def is_placeholder(path: Path) -> bool:
+    """llama.cpp's llama-quantize: `quant_bin`, else the one `make llama-cpp` built."""
+    if quant_bin is not None:
+        return _tool(_resolve(quant_bin, "quant_bin"), "llama-quantize")
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            return PLACEHOLDER_MARKER in handle.read(4096)
-    except OSError:
-        return False
+        return _tool(_fetched(QUANTIZER, "make llama-cpp", "quant_bin"), "llama-quantize")
+    except ExportError as exc:
+        raise ExportError(
+            f"[export.ollama] quant = {quant!r} needs llama.cpp's llama-quantize: {exc}"
+            f" (or use one of {', '.join(NATIVE_QUANTS)})"
+        ) from None
+
+
+def _fetched(relative: Path, make: str, key: str) -> Path:
+    """tools/llama_cpp/<relative> in the working directory, else in this repository."""
+    candidates = [root / TOOLS_DIR / relative for root in (Path.cwd(), REPO_ROOT)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ExportError(f"{candidates[-1]} not found; run `{make}`, or set [export.ollama] {key}")
 
 
 def _resolve(command: str, key: str) -> Path:
@@ -133,15 +145,6 @@ def _resolve(command: str, key: str) -> Path:
 
 
 def _tool(path: Path, name: str) -> Tool:
-    if is_placeholder(path):
-        raise ExportError(_placeholder_message(path))
     # Python scripts run with this interpreter, which has gguf, torch and transformers.
     argv = (sys.executable, str(path)) if path.suffix == ".py" else (str(path),)
     return Tool(argv=argv, name=name)
-
-
-def _placeholder_message(path: Path) -> str:
-    return (
-        f"{path} is only a placeholder: vendor llama.cpp's convert_hf_to_gguf.py into"
-        f" {path.parent} (see {path.parent / 'README.md'}) or set [export.ollama] convert_bin"
-    )

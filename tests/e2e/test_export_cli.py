@@ -140,7 +140,9 @@ def test_export_of_a_character_level_model_is_one_error_line(tmp_path: Path) -> 
     assert not (folder / "export").exists()
 
 
-def test_export_of_a_fine_tuned_model_names_the_placeholder_converter(tmp_path: Path) -> None:
+def test_export_of_a_fine_tuned_model_with_a_missing_convert_bin_is_one_error_line(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "speakger"
     adapters = folder / "out" / "adapters" / "best"
     adapters.mkdir(parents=True)
@@ -150,14 +152,15 @@ def test_export_of_a_fine_tuned_model_names_the_placeholder_converter(tmp_path: 
     (folder / "config.toml").write_text(
         f'[train.hf_model]\nmodel_name = "{tmp_path / "base"}"\n'
         '[train.runtime]\nout_dir = "out"\n'
-        "[export.ollama]\nenabled = true\n",
+        "[export.ollama]\nenabled = true\n"
+        f'convert_bin = "{tmp_path / "llama.cpp" / "convert_hf_to_gguf.py"}"\n',
         encoding="utf-8",
     )
 
     line = assert_one_error_line(cli(tmp_path, "export", folder))
 
-    assert "convert-hf-to-gguf.py is only a placeholder" in line
-    assert "convert_bin" in line
+    assert "convert_bin = " in line
+    assert "llama.cpp/convert_hf_to_gguf.py' is neither a file nor a command on PATH" in line
     assert not (folder / "export").exists()
 
 

@@ -25,7 +25,7 @@ from ml_playground.config import ExperimentConfig, PeftConfig, load_config
 from ml_playground.data.records import speech_record_format
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ExportError
-from ml_playground.export import export_experiment
+from ml_playground.export import export_experiment, llama_cpp
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.inference import load_trained
@@ -350,10 +350,11 @@ def test_an_unchanged_rerun_is_skipped_without_merging_again(
     assert len(calls(tools, "convert")) == 1
 
 
-def test_the_placeholder_converter_is_refused_in_one_line(
+def test_without_the_converter_the_error_says_to_run_make(
     tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # no tools/llama_cpp here: the repository's placeholder is found
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(llama_cpp, "REPO_ROOT", tmp_path / "repo")  # nothing fetched there
     folder = tmp_path / "speakger"
     fine_tuned(folder, base_model)
     config = experiment(folder, base_model)
@@ -365,7 +366,7 @@ def test_the_placeholder_converter_is_refused_in_one_line(
         }
     )
 
-    with pytest.raises(ExportError, match="only a placeholder") as error:
+    with pytest.raises(ExportError, match="run `make llama-cpp-converters`") as error:
         export_experiment(unset, "speakger")
 
     assert "\n" not in str(error.value)

@@ -1,8 +1,7 @@
-"""Finding and running llama.cpp's tools: the converter, its placeholder, llama-quantize."""
+"""Finding and running llama.cpp's tools: the converters, llama-quantize."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,47 +10,48 @@ import pytest
 from ml_playground.errors import ExportError
 from ml_playground.export import llama_cpp
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PLACEHOLDER = REPO_ROOT / "tools" / "llama_cpp" / "convert-hf-to-gguf.py"
-
 
 def script(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"import sys\n{body}\n", encoding="utf-8")
     return path
 
 
-def test_the_shipped_placeholder_explains_how_to_vendor_and_fails() -> None:
-    result = subprocess.run(
-        [sys.executable, str(PLACEHOLDER), "--help"], capture_output=True, text=True, check=False
-    )
-
-    assert result.returncode != 0
-    assert "placeholder" in result.stderr
-    assert "convert_hf_to_gguf.py" in result.stderr
-    assert "tools/llama_cpp/README.md" in result.stderr
-
-
-def test_without_a_vendored_converter_the_placeholder_is_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory and a repository without anything `make llama-cpp` fetches."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(llama_cpp, "REPO_ROOT", REPO_ROOT)
+    monkeypatch.setattr(llama_cpp, "REPO_ROOT", tmp_path / "repo")
+    return tmp_path
 
-    with pytest.raises(ExportError, match=r"convert-hf-to-gguf\.py is only a placeholder"):
+
+def test_no_converter_anywhere_says_to_run_make(nowhere: Path) -> None:
+    with pytest.raises(ExportError) as error:
         llama_cpp.find_converter(None)
 
+    message = str(error.value)
+    assert str(nowhere / "repo" / "tools" / "llama_cpp" / "convert_hf_to_gguf.py") in message
+    assert "run `make llama-cpp-converters`, or set [export.ollama] convert_bin" in message
 
-def test_convert_bin_pointing_at_the_placeholder_is_refused() -> None:
-    with pytest.raises(ExportError, match="only a placeholder"):
-        llama_cpp.find_converter(str(PLACEHOLDER))
+
+def test_the_converter_in_the_repository_is_found_from_any_directory(nowhere: Path) -> None:
+    fetched = script(nowhere / "repo" / "tools" / "llama_cpp" / "convert_hf_to_gguf.py", "")
+
+    tool = llama_cpp.find_converter(None)
+
+    assert tool.argv == (sys.executable, str(fetched))
 
 
-def test_no_converter_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(llama_cpp, "REPO_ROOT", tmp_path)
+def test_the_lora_converter_is_the_one_next_to_the_converter(nowhere: Path) -> None:
+    folder = nowhere / "repo" / "tools" / "llama_cpp"
+    converter = llama_cpp.find_converter(str(script(folder / "convert_hf_to_gguf.py", "")))
+    missing = r"convert_lora_to_gguf\.py not found .* `make llama-cpp-converters`"
+    with pytest.raises(ExportError, match=missing):
+        llama_cpp.find_lora_converter(converter)
 
-    with pytest.raises(ExportError, match="converter not found"):
-        llama_cpp.find_converter(None)
+    lora = script(folder / "convert_lora_to_gguf.py", "")
+
+    assert llama_cpp.find_lora_converter(converter).argv == (sys.executable, str(lora))
 
 
 def test_a_vendored_converter_in_the_working_directory_wins(
@@ -96,6 +96,48 @@ def test_unknown_quant_is_refused_with_the_choices() -> None:
         llama_cpp.check_quant(quant)
 
 
-def test_quant_beyond_q8_0_needs_quant_bin() -> None:
-    with pytest.raises(ExportError, match=r"quant = 'q4_k_m' needs llama\.cpp's llama-quantize"):
+def test_quant_beyond_q8_0_without_llama_quantize_says_to_run_make(nowhere: Path) -> None:
+    with pytest.raises(ExportError) as error:
         llama_cpp.find_quantizer(None, "q4_k_m")
+
+    message = str(error.value)
+    assert message.startswith("[export.ollama] quant = 'q4_k_m' needs llama.cpp's llama-quantize")
+    assert "run `make llama-cpp`, or set [export.ollama] quant_bin" in message
+
+
+def test_llama_quantize_built_by_make_is_used_without_quant_bin(nowhere: Path) -> None:
+    built = nowhere / "tools" / "llama_cpp" / "bin" / "llama-quantize"
+    built.parent.mkdir(parents=True)
+    built.write_text("#!/bin/sh\n", encoding="utf-8")
+
+    assert llama_cpp.find_quantizer(None, "q4_k_m").argv == (str(built),)
+
+
+def test_a_tool_streams_its_output_to_stderr_as_it_runs(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    chatty = script(
+        tmp_path / "chatty.py",
+        "print('INFO:hf-to-gguf:Loading model', file=sys.stderr)\n"
+        "print('Writing: 100%', end='\\r')\nprint('done')",
+    )
+
+    llama_cpp.find_converter(str(chatty)).run([])
+
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "INFO:hf-to-gguf:Loading model\n" in err
+    assert "Writing: 100%\rdone\n" in err
+
+
+def test_the_error_line_ends_with_the_last_lines_not_progress_bar_frames(tmp_path: Path) -> None:
+    failing = script(
+        tmp_path / "fail.py",
+        "print('NotImplementedError: no such architecture')\n"
+        "for i in range(9): print(f'Writing: {i}0%', end='\\r')\nsys.exit(1)",
+    )
+
+    with pytest.raises(ExportError) as error:
+        llama_cpp.find_converter(str(failing)).run([])
+
+    assert str(error.value).endswith("exit code 1: NotImplementedError: no such architecture")
