@@ -67,7 +67,8 @@ class GPT(nn.Module):
         self, idx: Tensor, targets: Tensor | None = None, *, last_only: bool = False
     ) -> Tensor:
         """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T); with `targets` (B, T)
-        instead the mean cross-entropy against them (a scalar), target -1 ignored.
+        instead the mean cross-entropy against them (a scalar), skipping targets equal to
+        IGNORE_INDEX (-100, PyTorch's default).
         `last_only` returns the logits of the last position only (B, 1, V).
 
         The loss never materialises the logits (see model/loss.py): for a 50k vocabulary they

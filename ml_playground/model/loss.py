@@ -23,7 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -1
+# One ignore index for every loss in the package: the batches mark untrained targets with
+# it (PyTorch's and Hugging Face's -100), and this loss and the HF trainer's skip them.
+from ml_playground.data.batches import IGNORE_INDEX
+
 # Bytes of logits per chunk in the matmul dtype (128 MB: 64M bfloat16 or 32M float32
 # values). Chunks this large keep the matmuls efficient, and in bfloat16 they keep rare
 # the float32 additions of each chunk's output-matrix gradient (a float32 GEMM adds in
@@ -44,7 +47,7 @@ def vocab_cross_entropy(
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, with IGNORE_INDEX skipped.
 
     hidden (N, C), weight (V, C), targets (N,). Equal, up to float rounding, to
-    `F.cross_entropy(hidden @ weight.T, targets, ignore_index=-1)`, and differentiable in
+    `F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX)`, and differentiable in
     `hidden` and `weight`. Under autocast the matmuls run in the autocast dtype and the
     softmax in float32, as autocast does for the plain path. `chunk_rows` and
     `softmax_rows` override how many tokens a chunk and a softmax slice hold (by default

@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
+from ml_playground.model.loss import IGNORE_INDEX
 from ml_playground.sample.filters import sample_next
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -92,12 +93,12 @@ def test_loss_equals_cross_entropy_of_the_logits() -> None:
     assert model(idx, targets).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_loss_ignores_targets_marked_minus_one() -> None:
+def test_loss_ignores_targets_marked_with_the_ignore_index() -> None:
     model = tiny_model()
     idx = random_ids(TINY, batch=1, length=8)
     targets = random_ids(TINY, batch=1, length=8, seed=2)
     masked = targets.clone()
-    masked[:, 4:] = -1
+    masked[:, 4:] = IGNORE_INDEX
 
     loss_first_half = model(idx[:, :4], targets[:, :4])
     loss_masked = model(idx, masked)
