@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
+from ml_playground.data.batches import IGNORE_INDEX
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.model.loss import IGNORE_INDEX
 from ml_playground.sample.filters import sample_next
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)

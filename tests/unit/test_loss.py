@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 
-from ml_playground.model.loss import IGNORE_INDEX, vocab_cross_entropy
+from ml_playground.data.batches import IGNORE_INDEX
+from ml_playground.model.loss import vocab_cross_entropy
 
 ROWS, WIDTH, VOCAB = 37, 16, 101  # odd sizes, so chunks of 8 leave a ragged last chunk
 
