@@ -82,20 +82,38 @@ def machine_lines(precision: Precision, world_size: int) -> list[str]:
 
 
 class _Clock:
-    """This (re)start's wall time, split into training steps and evaluations."""
+    """This (re)start's wall time, split into training steps and evaluations.
+
+    The first step of a (re)start pays one-time costs (compiling, allocating, faulting in
+    the weights) that can take as long as dozens of later steps; time per step and the
+    ETA are measured from its end, or the first log line would promise hours for minutes.
+    """
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
+        self.warm: float | None = None  # when the first step of this (re)start ended
+        self.warm_steps = 0  # steps completed since then
         self.eval_s = 0.0
         self.evals = 0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def remaining(self, steps_done: int, steps_left: int, evals_left: int) -> float | None:
-        """Steps at this restart's time per step, evaluation excluded, plus the evaluations
-        still ahead at their measured mean (none measured yet: steps only)."""
-        steps_s = remaining_s(steps_done, steps_done + steps_left, self.elapsed() - self.eval_s)
+    def step_done(self) -> bool:
+        """Count a finished step; True for the first one, which timing leaves out."""
+        if self.warm is None:
+            self.warm = time.perf_counter()
+            return True
+        self.warm_steps += 1
+        return False
+
+    def remaining(self, steps_left: int, evals_left: int) -> float | None:
+        """Steps at the time per step since the first one, evaluation excluded, plus the
+        evaluations still ahead at their measured mean (none measured yet: steps only)."""
+        if self.warm is None:
+            return None
+        measured = time.perf_counter() - self.warm - self.eval_s
+        steps_s = remaining_s(self.warm_steps, self.warm_steps + steps_left, measured)
         if steps_s is None:
             return None
         return steps_s + (evals_left * self.eval_s / self.evals if self.evals else 0.0)
@@ -124,6 +142,7 @@ class RunReporter:
         self._writer = tensorboard_writer(out_dir) if tensorboard and enabled else None
         self._clock = _Clock()
         self._window_start, self._window_steps = time.perf_counter(), 0
+        self._first_step_s = 0.0
         # disable=None turns the bar off when stderr is not a terminal (CI, pipes, tests).
         self._bar = tqdm(
             total=total_steps,
@@ -165,11 +184,19 @@ class RunReporter:
     def advance(self) -> None:
         """One optimizer step finished (moves the progress bar and its ETA)."""
         self._bar.update(1)
+        if self._clock.step_done():
+            # The first step's one-time costs stay out of time per step and throughput,
+            # unless it is the only step a log line can speak of (log_interval = 1).
+            self._first_step_s = time.perf_counter() - self._window_start
+            self._window_start = time.perf_counter()
+            return
         self._window_steps += 1
 
     def log_step(self, step: int, *, loss: float, lr: float, grad_norm: float | None) -> None:
         """Record the steps since the last log line (`step` counts completed steps)."""
         window_s = time.perf_counter() - self._window_start
+        if self._window_steps == 0:
+            window_s = self._first_step_s
         steps = max(self._window_steps, 1)
         tokens_per_sec = self.tokens_per_step * steps / window_s if window_s > 0 else 0.0
         step_time_ms = 1000 * window_s / steps
@@ -229,9 +256,7 @@ class RunReporter:
         return f"{step:>{width}}/{self.total_steps}"
 
     def _timing(self, step: int) -> str:
-        left = self._clock.remaining(
-            step - self.start_step, self.total_steps - step, self._evals_left(step)
-        )
+        left = self._clock.remaining(self.total_steps - step, self._evals_left(step))
         eta = "?" if left is None else format_duration(left)
         return f"elapsed {format_duration(self._clock.elapsed())} | eta {eta}"
 
