@@ -392,7 +392,15 @@ def build_chat_model(
     special tokens, like the real ones) and `template` as its chat template (None: none)."""
     import shutil  # noqa: PLC0415 - only chat tests copy models
 
-    import torch  # noqa: PLC0415 - as above
+    shutil.copytree(tiny_models.of(family), folder)
+    return add_chat_turns(folder, TURN_TOKENS[family], template)
+
+
+def add_chat_turns(folder: Path, turn_tokens: Sequence[str], template: str | None) -> Path:
+    """Make the saved model in `folder` a chat model, in place: `turn_tokens` added to its
+    tokenizer as special tokens, with embedding rows of their own, and `template` as its
+    chat template (None: none); returns `folder`."""
+    import torch  # noqa: PLC0415 - heavy, and only chat tests need it
 
     from ml_playground.data.chat_records import ChatTokenizer  # noqa: PLC0415 - heavy
     from ml_playground.finetune.hub import (  # noqa: PLC0415 - heavy
@@ -402,9 +410,8 @@ def build_chat_model(
     )
     from ml_playground.finetune.model import fit_embeddings  # noqa: PLC0415 - as above
 
-    shutil.copytree(tiny_models.of(family), folder)
     tokenizer = cast(ChatTokenizer, load_tokenizer(ModelSource.local(folder)))
-    tokenizer.add_special_tokens({"additional_special_tokens": list(TURN_TOKENS[family])})
+    tokenizer.add_special_tokens({"additional_special_tokens": list(turn_tokens)})
     tokenizer.chat_template = template
     tokenizer.save_pretrained(str(folder))
     # The real models have rows for their turn tokens; so does the stand-in.

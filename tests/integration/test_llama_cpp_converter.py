@@ -13,9 +13,6 @@ gguf's GGUFReader must find the adapter's own matrices in the LoRA GGUF.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import cast
 
@@ -30,70 +27,30 @@ from ml_playground.config import PeftConfig
 from ml_playground.data.records import speech_record_format
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import apply_lora, load_adapters, merge_adapters, save_weights
-from tests.conftest import REPO_ROOT
-from tests.export_helpers import EOT, gpt2_encoding
+from tests.export_helpers import gpt2_encoding
 from tests.finetune_helpers import ADAPTER_FILE
+from tests.llama_cpp_helpers import (
+    N_HEAD,
+    TOOLS,
+    build_gpt2_llama,
+    export_cli,
+    llama_binaries,
+    llama_completion,
+    require_converters,
+)
 
-TOOLS = REPO_ROOT / "tools" / "llama_cpp"
 LORA_R, LORA_ALPHA = 4, 8
-N_HEAD, N_KV_HEAD = 4, 2
 PROMPT = "Sprecher: Erika Muster\n\nFrau Präsidentin! 3.14"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _converters() -> None:
-    missing = [
-        name
-        for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")
-        if not (TOOLS / name).is_file()
-    ]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} missing in {TOOLS}: run `make llama-cpp-converters`")
+    require_converters()
 
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama with GPT-2's tokenizer (from tiktoken's r50k_base ranks), saved like a
-    hub download. A Llama, not a Qwen2: transformers 5 always gives a qwen2 model its own
-    Qwen2Tokenizer, whose pre-tokenizer is not GPT-2's; a llama model keeps tokenizer.json's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415 - heavy
-    from transformers import (  # noqa: PLC0415 - heavy
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
-
-    from ml_playground.export.bpe_vocab import gpt2_vocab  # noqa: PLC0415 - imports tiktoken
-
-    folder = tmp_path_factory.mktemp("hub") / "tiny-llama-gpt2"
-    vocab = gpt2_vocab("r50k_base", gpt2_encoding())
-    merges = [cast(tuple[str, str], tuple(merge.split(" "))) for merge in vocab.merges]
-    bpe = Tokenizer(
-        models.BPE(vocab={token: i for i, token in enumerate(vocab.tokens)}, merges=merges)
-    )
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # pyright: ignore[reportAttributeAccessIssue] - the stubs lack the setter
-    bpe.decoder = decoders.ByteLevel()  # pyright: ignore[reportAttributeAccessIssue] - as above
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOT, bos_token=EOT)  # type: ignore[no-untyped-call]  # untyped library
-    tokenizer.save_pretrained(str(folder))  # pyright: ignore[reportUnknownMemberType] - untyped library
-    config = LlamaConfig(
-        vocab_size=len(vocab.tokens),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=N_HEAD,
-        num_key_value_heads=N_KV_HEAD,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        bos_token_id=vocab.eos_id,
-        eos_token_id=vocab.eos_id,
-    )
-    torch.default_generator.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # unit-scale weights: attention then depends on what goes in
-        for param in model.parameters():
-            param.normal_(0.0, 1.0 if param.ndim == 1 else 0.3)
-    model.save_pretrained(str(folder))  # pyright: ignore[reportUnknownMemberType] - untyped library
-    return folder
+    return build_gpt2_llama(tmp_path_factory.mktemp("hub") / "tiny-llama-gpt2")
 
 
 def fine_tuned(folder: Path, base: Path) -> Path:
@@ -136,21 +93,6 @@ def experiment(folder: Path, base: Path, **export: str | bool) -> Path:
     return folder
 
 
-def export(cwd: Path, folder: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    result = subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", "export", str(folder)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return cast(torch.Tensor, model(torch.tensor([ids])).logits)[0]
@@ -164,7 +106,7 @@ def test_a_merged_lora_export_computes_what_the_merged_model_does(
     folder = experiment(tmp_path / "run", base_model)
     out = fine_tuned(folder, base_model)
 
-    result = export(tmp_path, folder)
+    result = export_cli(tmp_path, folder)
 
     # The converter's progress reaches the terminal while it runs; stdout stays ours.
     assert "INFO:hf-to-gguf:Model successfully exported" in result.stderr
@@ -200,7 +142,7 @@ def test_an_adapter_only_export_holds_the_adapters_matrices(
     folder = experiment(tmp_path / "run", base_model, adapter_only=True)
     out = fine_tuned(folder, base_model)
 
-    export(tmp_path, folder)
+    export_cli(tmp_path, folder)
 
     export_dir = folder / "export"
     modelfile = (export_dir / "Modelfile").read_text(encoding="utf-8").splitlines()
@@ -231,34 +173,18 @@ def greedy_text(model: torch.nn.Module, ids: list[int], steps: int) -> str:
     return gpt2_encoding().decode(sequence[len(ids) :])
 
 
-def llama_completion(gguf_file: Path, prompt: str, steps: int) -> str:
-    """llama.cpp's greedy continuation of `prompt`, on one thread, without the prompt."""
-    model = ["-m", str(gguf_file), "-p", prompt, "-n", str(steps)]
-    greedy = ["--temp", "0", "-no-cnv", "--no-warmup", "--no-display-prompt", "-t", "1"]
-    result = subprocess.run(
-        [str(TOOLS / "bin" / "llama-completion"), *model, *greedy],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.rstrip("\n")  # it ends its output with blank lines of its own
-
-
 def test_llama_cpp_runs_the_exports_greedy_like_the_merged_model_and_quantizes_them(
     tmp_path: Path, base_model: Path
 ) -> None:
-    built = [TOOLS / "bin" / name for name in ("llama-quantize", "llama-completion")]
-    if not all(path.is_file() for path in built):
+    if not all(path.is_file() for path in llama_binaries()):
         pytest.skip(f"llama.cpp's binaries are not built in {TOOLS / 'bin'}: run `make llama-cpp`")
     f32 = experiment(tmp_path / "f32", base_model)
     out = fine_tuned(f32, base_model)
     q4 = experiment(tmp_path / "q4", base_model, quant="q4_k_m")  # no quant_bin: bin/ is found
     fine_tuned(q4, base_model)
 
-    export(tmp_path, f32)
-    quantized = export(tmp_path, q4)
+    export_cli(tmp_path, f32)
+    quantized = export_cli(tmp_path, q4)
 
     assert "llama_model_quantize_impl: quant size" in quantized.stderr
     reader = gguf.GGUFReader(q4 / "export" / "model.gguf")
