@@ -28,6 +28,7 @@ def logged_line(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    *,
     first_step_s: float,
     later_step_s: float,
     steps: int,
