@@ -7,6 +7,7 @@ takes and the numbers on the line can be checked exactly.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ def logged_line(
     steps: int,
 ) -> str:
     clock = FakeClock()
-    monkeypatch.setattr(reporting.time, "perf_counter", clock)
+    # reporting reads time.perf_counter through the time module, so the module's attribute
+    # is what must change; monkeypatch puts it back after the test.
+    monkeypatch.setattr(time, "perf_counter", clock)
     with reporting.RunReporter(
         tmp_path,
         total_steps=100,
