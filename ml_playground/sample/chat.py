@@ -27,6 +27,8 @@ any interrupted command (exit 130).
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -120,6 +122,27 @@ def chat(config: ExperimentConfig, model: LoadedModel, streams: Streams | None =
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+@functools.cache
+def _readline_loaded() -> bool:
+    """Load GNU readline (or libedit), which gives input() arrow keys, editing and history;
+    False where Python has none (Windows). Loaded only for a terminal: on import it may
+    write terminal control codes to stdout."""
+    try:
+        importlib.import_module("readline")
+    except ImportError:
+        return False
+    return True
+
+
+def _edited_line() -> str | None:
+    """One line typed at the terminal, edited with readline; None at Ctrl-D."""
+    try:
+        return input(PROMPT_MARKER) + "\n"
+    except EOFError:
+        print(file=sys.stderr)  # the shell's next prompt starts on a line of its own
+        return None
+
+
 class ChatSession:
     def __init__(self, config: ExperimentConfig, model: LoadedModel, streams: Streams) -> None:
         self.model = model
@@ -164,15 +187,32 @@ class ChatSession:
         )
 
     def read_line(self) -> str | None:
-        if self.interactive:
-            self.streams.status.write(PROMPT_MARKER)
-            self.streams.status.flush()
         try:
+            if self.edits_lines():
+                return _edited_line()
+            if self.interactive:
+                self.streams.status.write(PROMPT_MARKER)
+                self.streams.status.flush()
             line = self.streams.lines.readline()
         except KeyboardInterrupt:
             self.streams.status.write("\n")  # the CLI's "interrupted" line, on a line of its own
             raise
         return line or None
+
+    def edits_lines(self) -> bool:
+        """Whether the person at the terminal gets line editing and history (readline).
+
+        `input()` is what readline edits, and it writes its prompt to stdout: only when
+        both ends are this terminal, or the marker would land among redirected replies.
+        """
+        streams = self.streams
+        return (
+            self.interactive
+            and streams.lines is sys.stdin
+            and streams.replies is sys.stdout
+            and sys.stdout.isatty()
+            and _readline_loaded()
+        )
 
     def command(self, text: str) -> bool:
         """Do the command; False when the chat should end."""

@@ -8,8 +8,11 @@ whose replies stream has nothing but replies in it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import pty
+import select
 import shutil
 import signal
 import subprocess
@@ -190,3 +193,39 @@ def test_ctrl_c_at_the_prompt_ends_the_chat_with_130(tmp_path: Path) -> None:
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert stderr.splitlines()[-1].startswith("interrupted;")
     assert "Traceback" not in stderr
+
+
+def test_at_a_terminal_the_typed_line_can_be_edited_with_the_arrow_keys(tmp_path: Path) -> None:
+    """In a real terminal (a pty), "/eit", two steps left, "x" is the command /exit."""
+    folder = tmp_path / "gpt"
+    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        chat_command(folder),
+        cwd=tmp_path,
+        env=cli_env() | {"TERM": "xterm"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + TIMEOUT
+    while HELP.encode() not in seen:
+        assert time.monotonic() < deadline and process.poll() is None, seen.decode(errors="replace")
+        if select.select([controller], [], [], 1.0)[0]:
+            seen += os.read(controller, 4096)
+
+    left = b"\x1b[D"
+    os.write(controller, b"/eit" + left + left + b"x\r")
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
+        with contextlib.suppress(OSError):
+            while select.select([controller], [], [], 0.2)[0]:
+                seen += os.read(controller, 4096)
+        os.close(controller)
+
+    assert code == 0, seen.decode(errors="replace")
+    assert b"unknown command" not in seen
