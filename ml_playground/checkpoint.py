@@ -205,6 +205,12 @@ def out_dir_lock(out_dir: Path) -> Generator[None]:
         path.unlink(missing_ok=True)
 
 
+def running_holder(out_dir: Path) -> int | None:
+    """The PID of a training run writing out_dir now (-1: one starting), else None."""
+    path = out_dir / LOCK_FILE
+    return _lock_holder(path) if path.is_file() else None
+
+
 def _lock_holder(path: Path) -> int | None:
     """The PID of the live process holding the lock at `path`; None if it is stale."""
     try:

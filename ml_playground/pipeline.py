@@ -83,6 +83,15 @@ def set_aside_out_dir(config: ExperimentConfig) -> Path | None:
         )
     if not out_dir.exists():
         return None
+    from ml_playground.checkpoint import running_holder  # noqa: PLC0415 - imports torch
+
+    holder = running_holder(out_dir)
+    if holder is not None:
+        # Moving it would pull the folder from under a run that keeps writing by its path.
+        raise ConfigError(
+            f"--fresh: {out_dir} is in use by a training run (pid {holder}); wait for it or "
+            "stop it, then run again"
+        )
     number = 1
     while out_dir.with_name(f"{out_dir.name}.{number}").exists():
         number += 1

@@ -8,6 +8,7 @@ user's own experiments are) and its config.toml is the tiny run.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -101,3 +102,21 @@ def test_a_hint_names_the_experiment_and_exp_config_as_the_user_typed_them(
     line = assert_one_error_line(result)
     assert f"`ml-playground train {NAME} --exp-config variant.toml`" in line
     assert "<experiment>" not in line
+
+
+def test_train_fresh_leaves_a_run_in_progress_where_it_is(workdir: Path, mine: Path) -> None:
+    out = mine / "out"
+    out.mkdir()
+    # The lock a live run holds: its PID, here this test's own live process.
+    (out / ".lock").write_text(f"{os.getpid()}\n", encoding="utf-8")
+
+    result = run_command(
+        ["python", "-m", "ml_playground.cli", "train", NAME, "--fresh"],
+        cwd=workdir,
+        env=Cli(workdir, workdir / "pycache").env,
+        timeout=TIMEOUT,
+    )
+
+    line = assert_one_error_line(result)
+    assert f"--fresh: {out} is in use by a training run (pid {os.getpid()})" in line
+    assert sorted(path.name for path in mine.iterdir() if path.name.startswith("out")) == ["out"]
