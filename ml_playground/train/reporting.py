@@ -23,6 +23,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from ml_playground import console
 from ml_playground.cpu_probe import cpu_model
 from ml_playground.device import Precision
 from ml_playground.progress import format_duration, remaining_s
@@ -165,8 +166,14 @@ class RunReporter:
         self.close()
 
     def say(self, message: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             tqdm.write(message, file=sys.stdout)
+        except BrokenPipeError:
+            # `train ... | head`: whoever read the log has gone. The run goes on and saves
+            # as it would have; only what it says now goes nowhere.
+            console.silence_stdout()
 
     def describe_run(
         self, description: str, machine: list[str], *, parameters: int, trainable: int

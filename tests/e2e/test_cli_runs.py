@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,29 @@ def test_train_fresh_leaves_a_run_in_progress_where_it_is(workdir: Path, mine: P
     line = assert_one_error_line(result)
     assert f"--fresh: {out} is in use by a training run (pid {os.getpid()})" in line
     assert sorted(path.name for path in mine.iterdir() if path.name.startswith("out")) == ["out"]
+
+
+def test_train_whose_log_reader_has_gone_trains_to_the_end_and_saves(
+    workdir: Path, mine: Path
+) -> None:
+    assert run(workdir, "prepare", NAME)[0] == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `train | head -0`: every line written breaks the pipe
+    try:
+        result = subprocess.run(
+            ["python", "-m", "ml_playground.cli", "train", NAME],
+            cwd=workdir,
+            env=Cli(workdir, workdir / "pycache").env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    last = run(workdir, "train", NAME)
+    assert f"resuming at step {TINY_RUN['train.runtime.max_iters']}" in last[1], last
