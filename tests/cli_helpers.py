@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import struct
 import subprocess
 import zipfile
@@ -40,6 +41,28 @@ def run_command(
         timeout=timeout,
         check=False,
     )
+
+
+def run_with_reader_gone(
+    command: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run with stdout a pipe whose reader has gone before the first byte (every write
+    breaks it, as after `| head`); stderr is captured."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            list(command),
+            cwd=cwd,
+            env=dict(env),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
 
 
 @contextlib.contextmanager

@@ -55,13 +55,13 @@ from ml_playground import atomic
 from ml_playground.artifacts import Artifact, read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder, hf_datasets
-from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
+from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR
 from ml_playground.data.records import (
     TRAIN_FILE,
     VAL_FILE,
     DatasetMeta,
+    HFRecordsMeta,
     InputFile,
-    RecordFormat,
     TokenizerLoader,
     read_dataset_meta,
     require_hf_model,
@@ -420,25 +420,16 @@ class ChatFingerprint(Artifact):
     settings: ChatRecordSettings
 
 
-class ChatDatasetMeta(RecordFormat, PreparedMeta):
+class ChatDatasetMeta(HFRecordsMeta):
     """Chat records dataset metadata; its `source_format` (a RecordFormat field, which a run
     copies) is always set."""
 
     format_version: Literal[1] = FORMAT_VERSION
     format: Literal["token-records-jsonl"] = RECORD_FORMAT
-    base_model: str
-    revision: str | None
-    tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
-    vocab_size: int
-    records: dict[str, int]
     tokens: dict[str, int]
     trained_tokens: dict[str, int]
-    file_sizes: dict[str, int]
     fingerprint: ChatFingerprint
     rows: RowTally
-
-    def file_sizes_expected(self) -> Mapping[str, int]:
-        return self.file_sizes
 
 
 ChatPrepareOutcome = dataset_folder.PrepareOutcome[ChatDatasetMeta]

@@ -60,8 +60,6 @@ def load_split(name: str, subset: str | None, split: str) -> DatasetRows:
             )
         else:
             dataset = datasets.load_dataset(name, subset, split=split)
-    except DataError:
-        raise
     except (datasets.exceptions.DatasetsError, OSError, ValueError, ConnectionError) as error:
         exc = typing.cast(Exception, error)
         reason = " ".join(str(exc).split()) or type(exc).__name__

@@ -154,23 +154,29 @@ class Fingerprint(Artifact):
     settings: RecordSettings
 
 
-class DatasetMeta(RecordFormat, PreparedMeta):
-    """Records dataset metadata."""
+class HFRecordsMeta(RecordFormat, PreparedMeta):
+    """What every records dataset for a Hugging Face model holds, speeches or chats: the
+    base model and its tokenizer folder, records per split, the split files' sizes."""
 
-    format_version: Literal[1] = FORMAT_VERSION
-    format: Literal["speech-records-jsonl"] = RECORD_FORMAT
     base_model: str
     revision: str | None
     tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
     vocab_size: int
     records: dict[str, int]
-    characters: dict[str, int]
     file_sizes: dict[str, int]
-    fingerprint: Fingerprint
-    rows: ReadTally
 
     def file_sizes_expected(self) -> Mapping[str, int]:
         return self.file_sizes
+
+
+class DatasetMeta(HFRecordsMeta):
+    """Speech records dataset metadata."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    format: Literal["speech-records-jsonl"] = RECORD_FORMAT
+    characters: dict[str, int]
+    fingerprint: Fingerprint
+    rows: ReadTally
 
 
 def read_dataset_meta(dataset_dir: Path) -> DatasetMeta:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import assert_one_error_line, run_command
+from tests.cli_helpers import assert_one_error_line, run_command, run_with_reader_gone
 from tests.e2e.test_gpt_pipeline_cli import EXPERIMENTS, TIMEOUT, TINY_RUN, Cli
 from tests.gpt_helpers import copy_experiment, write_config
 
@@ -127,21 +126,12 @@ def test_train_whose_log_reader_has_gone_trains_to_the_end_and_saves(
     workdir: Path, mine: Path
 ) -> None:
     assert run(workdir, "prepare", NAME)[0] == 0
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # like `train | head -0`: every line written breaks the pipe
-    try:
-        result = subprocess.run(
-            ["python", "-m", "ml_playground.cli", "train", NAME],
-            cwd=workdir,
-            env=Cli(workdir, workdir / "pycache").env,
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
+    result = run_with_reader_gone(
+        ["python", "-m", "ml_playground.cli", "train", NAME],
+        cwd=workdir,
+        env=Cli(workdir, workdir / "pycache").env,
+        timeout=TIMEOUT,
+    )
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

@@ -27,7 +27,7 @@ import tiktoken
 
 from ml_playground import checkpoint
 from ml_playground.data.sources import TINY_SHAKESPEARE
-from tests.cli_helpers import assert_one_error_line, run_command
+from tests.cli_helpers import assert_one_error_line, run_command, run_with_reader_gone
 from tests.conftest import SHARED_DIR
 from tests.gpt_helpers import TomlValue, write_config
 
@@ -221,21 +221,9 @@ def test_sample_redirected_to_a_file_writes_only_the_samples_there(
 def test_sample_into_a_pipe_nobody_reads_ends_quietly_and_saves_every_sample(
     trained: Offline,
 ) -> None:
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first byte: every write breaks
-    try:
-        result = subprocess.run(
-            trained.command("sample"),
-            cwd=trained.folder,
-            env=trained.env,
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
+    result = run_with_reader_gone(
+        trained.command("sample"), cwd=trained.folder, env=trained.env, timeout=TIMEOUT
+    )
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -260,21 +248,12 @@ def test_sample_piped_into_head_shows_the_first_line_and_ends_quietly(trained: O
 
 
 def test_a_verb_whose_reader_has_gone_exits_141_without_a_word(tmp_path: Path) -> None:
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "ml_playground.cli", "list"],
-            cwd=tmp_path,
-            env=cli_env(tmp_path, proxy=BLOCKED_PROXY),
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
+    result = run_with_reader_gone(
+        [sys.executable, "-m", "ml_playground.cli", "list"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path, proxy=BLOCKED_PROXY),
+        timeout=TIMEOUT,
+    )
 
     assert result.returncode == EXIT_BROKEN_PIPE
     assert result.stderr == ""
