@@ -41,6 +41,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 Device = Literal["cpu", "mps", "cuda", "auto"]
 DType = Literal["float32", "bfloat16", "float16"]
 DTypeChoice = Literal[DType, "auto"]
+GradientCheckpointing = bool | Literal["auto"]
 """What a dtype key accepts: a dtype, or "auto" (runtime: from the hardware, see device.py)."""
 OptimizerName = Literal["adamw", "muon"]
 Arch = Literal["gpt2", "llama"]
@@ -157,7 +158,8 @@ class RuntimeConfig(Section):
 class HFModelConfig(Section):
     model_name: str
     revision: str | None = None
-    gradient_checkpointing: bool = False
+    # auto: on only when the estimated activations would not fit the free memory.
+    gradient_checkpointing: GradientCheckpointing = "auto"
     block_size: PositiveInt = 512
     attn_implementation: str | None = None
     trust_remote_code: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Callable, Set
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ DTYPE_NAMES: dict[torch.dtype, DType] = {
 }
 TORCH_DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 CPUINFO = Path("/proc/cpuinfo")
+MEMINFO = Path("/proc/meminfo")
 # Intel's Advanced Matrix Extensions: the tile units that make bfloat16 matmuls fast on a CPU.
 AMX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 # bfloat16 dot products in AVX-512 registers: faster than float32 on some CPUs, slower on
@@ -174,3 +176,25 @@ def seed_everything(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def free_memory_bytes(device: torch.device, meminfo: Path = MEMINFO) -> int | None:
+    """Memory a run on `device` can still take, in bytes; None where it cannot be read.
+
+    CUDA: what the driver reports free; MPS: the recommended working set less what Metal
+    holds; CPU: the kernel's MemAvailable (Linux), else the free physical pages.
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    try:
+        for line in meminfo.read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the kernel counts in KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None

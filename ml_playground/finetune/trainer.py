@@ -19,12 +19,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812 - the conventional name
 
 from ml_playground import atomic, checkpoint
 from ml_playground.checkpoint import RunMeta, Slot, TrainingState
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
-from ml_playground.data.batches import IGNORE_INDEX
 from ml_playground.data.chat_records import ChatDatasetMeta, read_records_meta
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.packing import pack_dataset, pack_token_records
@@ -36,12 +34,16 @@ from ml_playground.distributed import (
     ranks_from_env,
 )
 from ml_playground.errors import CheckpointError, DataError
+from ml_playground.finetune.dropout import install_shared_dropout
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from ml_playground.finetune.inference import load_trained
+from ml_playground.finetune.loss import next_token_loss_for
 from ml_playground.finetune.model import (
     apply_lora,
+    choose_gradient_checkpointing,
     enable_gradient_checkpointing,
     fit_embeddings,
+    keep_adapter_inputs_in,
     load_adapters,
     load_base,
     merge_adapters,
@@ -110,14 +112,28 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
             packed = pack_dataset(
                 dataset_dir, tokenizer, runtime.out_dir, separator=meta.doc_separator
             )
-    model = _build_model(
+    dtype = weights_dtype(hf, runtime)
+    model, checkpointing = _build_model(
         hf,
         peft,
         tokenizer,
         meta,
         resume_from=last if resume else None,
-        dtype=weights_dtype(hf, runtime),
+        dtype=dtype,
+        micro_batch_tokens=train_config.data.batch_size * train_config.block_size,
+        device=precision.device,
     )
+    if precision.uses_autocast and precision.dtype == dtype:
+        # Base and autocast agree: adapter inputs stay in that dtype (peft would copy them
+        # to float32 per adapter and call, and autocast copy them back for the matmul).
+        keep_adapter_inputs_in(model)
+    if install_shared_dropout(model) is not None and ranks.is_main:
+        print("LoRA dropout: one mask per input tensor and pass, shared by its adapters")
+    loss, plain_because = next_token_loss_for(model)
+    if ranks.is_main:
+        print(f"gradient checkpointing: {checkpointing}")
+        if plain_because is not None:
+            print(f"loss: full-vocabulary logits in float32, since {plain_because}")
     if resume is not None and resume.trainable != trainable_names(model):
         raise CheckpointError(
             f"the adapters in {last} train other parameters than this config "
@@ -145,7 +161,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
             val_mask=packed.val_mask,
         ),
         block_size=train_config.block_size,
-        loss=next_token_loss,
+        loss=loss,
         write=write,
         description=(
             f"fine-tuning {hf.model_name}: {trainable / 1e6:.2f}M of {total / 1e6:.1f}M "
@@ -170,22 +186,29 @@ def _build_model(
     *,
     resume_from: Path | None,
     dtype: torch.dtype,
-) -> nn.Module:
-    """The trainable model: base + fresh or resumed adapters, or the whole (resumed) model."""
+    micro_batch_tokens: int,
+    device: torch.device,
+) -> tuple[nn.Module, str]:
+    """The trainable model: base + fresh or resumed adapters, or the whole (resumed)
+    model; and whether gradient checkpointing is on, and why, as the start line says it."""
     if not peft.enabled and resume_from is not None:
         model = load_base(hf, ModelSource.local(resume_from), dtype=dtype)
     else:
         model = load_base(hf, ModelSource.from_config(hf), dtype=dtype)
         fit_embeddings(model, len(tokenizer), init_new_rows=resume_from is None)
     model.config.use_cache = False  # pyright: ignore[reportUnknownMemberType] - untyped library; no KV cache while training
-    if hf.gradient_checkpointing:
+    checkpointing, why = choose_gradient_checkpointing(
+        hf.gradient_checkpointing, model, micro_batch_tokens, device, dtype
+    )
+    if checkpointing:
         enable_gradient_checkpointing(model)
+    said = f"{'on' if checkpointing else 'off'} ({why})"
     if not peft.enabled:
-        return model
+        return model, said
     if resume_from is not None:
-        return load_adapters(model, resume_from, trainable=True)
+        return load_adapters(model, resume_from, trainable=True), said
     new_ids = tokenizer.convert_tokens_to_ids(list(meta.structure_tokens))
-    return apply_lora(model, peft, hf.model_name, new_ids)
+    return apply_lora(model, peft, hf.model_name, new_ids), said
 
 
 def _announce_saved_lora(peft: PeftConfig, fields: Mapping[str, object], folder: Path) -> None:
@@ -197,20 +220,6 @@ def _announce_saved_lora(peft: PeftConfig, fields: Mapping[str, object], folder:
                 f"resume: train.peft.{key} = {fields[key]!r} from {folder} "
                 f"(config says {configured!r})"
             )
-
-
-def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting y from x over the targets that count (IGNORE_INDEX
-    marks prompt tokens of chat records); computed in float32 whatever the autocast."""
-    logits: torch.Tensor = model(input_ids=x, use_cache=False).logits
-    total = F.cross_entropy(
-        logits.float().view(-1, logits.size(-1)),
-        y.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    # A batch of prompt tokens only has no target: its loss is 0, where the mean is 0/0.
-    return total / (y != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def _check_dataset_matches(

@@ -36,22 +36,40 @@ CHUNK_BYTES = 1 << 27
 SOFTMAX_ELEMENTS = 1 << 20
 
 
+@dataclass(frozen=True)
+class ReplacedRows:
+    """Rows of the output matrix that stand in for the stored ones, and train.
+
+    A fine-tune that adds tokens to a frozen vocabulary trains only their rows (peft's
+    trainable tokens): the matrix the loss multiplies by is `weight` with rows `indices`
+    replaced by `values`, and only `values` gets a gradient, so the frozen (V, C) matrix is
+    neither copied per step nor given a (V, C) float32 gradient.
+    """
+
+    indices: Tensor  # (K,) int64 row ids
+    values: Tensor  # (K, C)
+
+
 def vocab_cross_entropy(
     hidden: Tensor,
     weight: Tensor,
     targets: Tensor,
     *,
+    softcap: float | None = None,
+    replaced: ReplacedRows | None = None,
     chunk_rows: int | None = None,
     softmax_rows: int | None = None,
 ) -> Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, with IGNORE_INDEX skipped.
 
     hidden (N, C), weight (V, C), targets (N,). Equal, up to float rounding, to
-    `F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX)`, and differentiable in
-    `hidden` and `weight`. Under autocast the matmuls run in the autocast dtype and the
-    softmax in float32, as autocast does for the plain path. `chunk_rows` and
-    `softmax_rows` override how many tokens a chunk and a softmax slice hold (by default
-    about CHUNK_BYTES and SOFTMAX_ELEMENTS of logits).
+    `F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX)`, and
+    differentiable in `hidden`, `weight` and `replaced.values` (a gradient is computed only
+    for those that require one). `softcap` applies Gemma's final-logit soft-capping,
+    `cap * tanh(logits / cap)`, before the softmax. Under autocast the matmuls run in the
+    autocast dtype and the softmax in float32, as autocast does for the plain path.
+    `chunk_rows` and `softmax_rows` override how many tokens a chunk and a softmax slice
+    hold (by default about CHUNK_BYTES and SOFTMAX_ELEMENTS of logits).
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(
@@ -60,21 +78,52 @@ def vocab_cross_entropy(
         )
     compute_dtype = _compute_dtype(hidden)
     vocab = weight.size(0)
-    rows = _Rows(
+    shape = _Shape(
         chunk=chunk_rows or max(1, CHUNK_BYTES // (vocab * compute_dtype.itemsize)),
         softmax=softmax_rows or max(1, SOFTMAX_ELEMENTS // vocab),
+        softcap=softcap,
     )
+    indices = None if replaced is None else replaced.indices
+    values = None if replaced is None else replaced.values
     with torch.autocast(hidden.device.type, enabled=False):
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            loss: Tensor = _FusedLoss.apply(hidden, weight, targets, compute_dtype, rows)
+        differentiable = [hidden, weight] + ([] if values is None else [values])
+        if torch.is_grad_enabled() and any(t.requires_grad for t in differentiable):
+            loss: Tensor = _FusedLoss.apply(
+                hidden, weight, values, targets, indices, compute_dtype, shape
+            )
             return loss
-        return _chunked_loss(hidden, weight, targets, compute_dtype, rows, gradients=None)
+        return _chunked_loss(
+            _Operands(hidden, weight, targets, indices, values),
+            compute_dtype,
+            shape,
+            gradients=None,
+        )
 
 
 @dataclass(frozen=True)
-class _Rows:
+class _Shape:
     chunk: int
     softmax: int
+    softcap: float | None
+
+
+@dataclass(frozen=True)
+class _Operands:
+    hidden: Tensor
+    weight: Tensor
+    targets: Tensor
+    indices: Tensor | None
+    values: Tensor | None
+
+
+@dataclass(frozen=True)
+class _Gradients:
+    """Buffers the forward pass fills with the gradients of the mean loss; None where the
+    input needs none."""
+
+    hidden: Tensor | None
+    weight: Tensor | None  # float32 accumulator
+    values: Tensor | None  # float32 accumulator
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -92,43 +141,56 @@ class _FusedLoss(torch.autograd.Function):
         ctx: Any,
         hidden: Tensor,
         weight: Tensor,
+        values: Tensor | None,
         targets: Tensor,
+        indices: Tensor | None,
         compute_dtype: torch.dtype,
-        rows: _Rows,
+        shape: _Shape,
     ) -> Tensor:
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        loss = _chunked_loss(
-            hidden, weight, targets, compute_dtype, rows, gradients=(grad_hidden, grad_weight)
+        needs_hidden, needs_weight, needs_values = ctx.needs_input_grad[:3]
+        gradients = _Gradients(
+            hidden=torch.empty_like(hidden) if needs_hidden else None,
+            weight=torch.zeros_like(weight, dtype=torch.float32) if needs_weight else None,
+            values=(
+                torch.zeros_like(values, dtype=torch.float32)
+                if needs_values and values is not None
+                else None
+            ),
         )
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        loss = _chunked_loss(
+            _Operands(hidden, weight, targets, indices, values),
+            compute_dtype,
+            shape,
+            gradients=gradients,
+        )
+        ctx.grads = (
+            gradients.hidden,
+            None if gradients.weight is None else gradients.weight.to(weight.dtype),
+            None
+            if gradients.values is None or values is None
+            else gradients.values.to(values.dtype),
+        )
         return loss
 
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
         (grad_loss,) = grad_outputs
-        grad_hidden, grad_weight = ctx.saved_tensors
-        needs_hidden, needs_weight = ctx.needs_input_grad[:2]
-        return (
-            grad_hidden * grad_loss if needs_hidden else None,
-            grad_weight * grad_loss if needs_weight else None,
-            None,
-            None,
-            None,
-        )
+        grads: tuple[Tensor | None, ...] = ctx.grads
+        del ctx.grads  # a second backward through the same loss is an error, as usual
+        scaled = tuple(None if g is None else g * grad_loss for g in grads)
+        return (*scaled, None, None, None, None)
 
 
 def _chunked_loss(
-    hidden: Tensor,
-    weight: Tensor,
-    targets: Tensor,
+    operands: _Operands,
     compute_dtype: torch.dtype,
-    rows: _Rows,
+    shape: _Shape,
     *,
-    gradients: tuple[Tensor, Tensor] | None,
+    gradients: _Gradients | None,
 ) -> Tensor:
-    """The mean loss; with `gradients` = (d hidden, d weight) buffers, also fills those with
-    the gradient of the mean loss (d weight accumulated in float32)."""
+    """The mean loss; with `gradients`, also fills those buffers with the gradient of the
+    mean loss (the matrix gradients accumulated in float32)."""
+    hidden, targets = operands.hidden, operands.targets
     valid = targets != IGNORE_INDEX
     # Like F.cross_entropy: the mean over counted targets, NaN when there are none.
     count = valid.sum().to(torch.float32)
@@ -137,38 +199,74 @@ def _chunked_loss(
     # fewer over the largest buffer, and bf16 still rounds each product once.
     row_scale = (valid.to(torch.float32) / count)[:, None]
     ids = targets.clamp(min=0)[:, None]
-    w = weight.to(compute_dtype)
+    w = operands.weight.to(compute_dtype)
     # CPU GEMMs (oneDNN's bf16 ones above all) run faster on a contiguous right-hand
     # operand than on a transposed view; one copy of the matrix serves every chunk.
     w_t = _scratch("weight_t", (w.size(1), w.size(0)), w)
     w_t.copy_(w.T)
+    if operands.indices is not None and operands.values is not None:
+        w_t[:, operands.indices] = operands.values.to(compute_dtype).T
+        w = w_t.T  # the stored matrix must not change: the replaced rows live in w_t only
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for start in range(0, hidden.size(0), rows.chunk):
-        end = min(start + rows.chunk, hidden.size(0))
+    for start in range(0, hidden.size(0), shape.chunk):
+        end = min(start + shape.chunk, hidden.size(0))
         h = hidden[start:end].to(compute_dtype)
         # Becomes d loss / d logits (unscaled) below, in place.
         logits = torch.mm(h, w_t, out=_scratch("logits", (end - start, w.size(0)), w))
-        for first in range(0, end - start, rows.softmax):
-            last = min(first + rows.softmax, end - start)
+        for first in range(0, end - start, shape.softmax):
+            last = min(first + shape.softmax, end - start)
             part, at = slice(first, last), slice(start + first, start + last)
-            log_probs = torch.log_softmax(logits[part], dim=-1, dtype=torch.float32)
+            log_probs, squash = _log_softmax(logits[part], shape.softcap)
             picked = log_probs.gather(1, ids[at])
             total -= (picked * row_scale[at]).sum()
             if gradients is not None:
                 probs = log_probs.exp_()
                 probs.scatter_add_(1, ids[at], torch.full_like(picked, -1.0))
+                if squash is not None:  # d cap*tanh(z/cap) / dz = 1 - tanh(z/cap)^2
+                    probs.mul_(squash)
                 logits[part] = probs
-        if gradients is None:
-            continue
-        grad_hidden, grad_weight = gradients
-        scale = row_scale[start:end]
-        grad_hidden[start:end] = (logits @ w) * scale
-        scaled_h = (hidden[start:end] * scale).to(compute_dtype)
-        if grad_weight.dtype == compute_dtype:
-            grad_weight.addmm_(logits.T, scaled_h)  # accumulates inside the GEMM
-        else:
-            grad_weight += logits.T @ scaled_h
+        if gradients is not None:
+            _chunk_gradients(operands, gradients, logits, w, row_scale, (start, end))
     return total
+
+
+def _log_softmax(logits: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
+    """float32 log-probabilities of a slice of logits, and with a soft cap the factor
+    (1 - tanh^2) its gradient is multiplied by."""
+    if softcap is None:
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32), None
+    squashed = torch.tanh(logits.float() / softcap)
+    log_probs = torch.log_softmax(squashed * softcap, dim=-1)
+    return log_probs, squashed.square_().neg_().add_(1.0)
+
+
+def _chunk_gradients(  # noqa: PLR0917 - a step of _chunked_loss, split out to read it
+    operands: _Operands,
+    gradients: _Gradients,
+    grad_logits: Tensor,
+    w: Tensor,
+    row_scale: Tensor,
+    span: tuple[int, int],
+) -> None:
+    """Add one chunk's share to the gradient buffers, given its d loss / d logits."""
+    start, end = span
+    compute_dtype = grad_logits.dtype
+    scale = row_scale[start:end]
+    if gradients.hidden is not None:
+        gradients.hidden[start:end] = (grad_logits @ w) * scale
+    if gradients.weight is None and gradients.values is None:
+        return
+    scaled_h = (operands.hidden[start:end] * scale).to(compute_dtype)
+    if gradients.values is not None and operands.indices is not None:
+        gradients.values.add_(grad_logits[:, operands.indices].T @ scaled_h)
+    if gradients.weight is not None:
+        if operands.indices is not None:
+            # Replaced rows take their gradient through `values`, not the stored matrix.
+            grad_logits = grad_logits.index_fill(1, operands.indices, 0.0)
+        if gradients.weight.dtype == compute_dtype:
+            gradients.weight.addmm_(grad_logits.T, scaled_h)  # accumulates inside the GEMM
+        else:
+            gradients.weight.add_(grad_logits.T @ scaled_h)
 
 
 # Buffers reused from call to call, keyed by name, dtype and device. Freshly allocated,

@@ -21,7 +21,8 @@ from ml_playground.data.chat_records import prepare_chat_dataset, read_token_rec
 from ml_playground.data.packing import PACKED_DIR, pack_token_records
 from ml_playground.data.records import TRAIN_FILE
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
-from ml_playground.finetune.trainer import next_token_loss, train_lora
+from ml_playground.finetune.loss import plain_next_token_loss
+from ml_playground.finetune.trainer import train_lora
 from tests.finetune_helpers import (
     ADAPTER_FILE,
     GEMMA_TEMPLATE,
@@ -93,7 +94,7 @@ def record_loss_and_gradient(
         ModelSource.local(model_dir), dtype=torch.float32, attn_implementation="eager"
     )
     last = list(model.parameters())[-1]
-    loss = next_token_loss(model, x, y)
+    loss = plain_next_token_loss(model, x, y)
     (gradient,) = torch.autograd.grad(loss, [last])
     return float(loss.detach()), gradient
 

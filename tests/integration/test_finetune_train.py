@@ -19,7 +19,8 @@ from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig, LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
 from ml_playground.finetune.inference import load_hf, load_trained
-from ml_playground.finetune.trainer import next_token_loss, train_lora
+from ml_playground.finetune.loss import plain_next_token_loss
+from ml_playground.finetune.trainer import train_lora
 from ml_playground.sample.run import sample_texts
 from ml_playground.train.reporting import (
     TAG_LR,
@@ -221,8 +222,8 @@ def test_merged_model_is_a_plain_transformers_model_with_the_adapters_folded_in(
     ids = torch.tensor([trained.tokenizer.encode("<SPEECH_START>\nSprecher: Paul")])
     with torch.no_grad():
         assert torch.allclose(
-            next_token_loss(merged, ids[:, :-1], ids[:, 1:]),
-            next_token_loss(trained.model, ids[:, :-1], ids[:, 1:]),
+            plain_next_token_loss(merged, ids[:, :-1], ids[:, 1:]),
+            plain_next_token_loss(trained.model, ids[:, :-1], ids[:, 1:]),
             atol=1e-5,
         )
     assert (out_dir / "merged" / "tokenizer.json").is_file()
