@@ -177,7 +177,7 @@ def test_adapters_reading_one_input_share_one_mask_drawn_once_per_pass() -> None
 def test_with_checkpointing_the_recompute_reuses_the_masks_and_gradients_match() -> None:
     from ml_playground.finetune.model import enable_gradient_checkpointing  # noqa: PLC0415
 
-    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+    def grads(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
         base = tiny_model("qwen2")
         if checkpointing:
             enable_gradient_checkpointing(base)
@@ -188,8 +188,25 @@ def test_with_checkpointing_the_recompute_reuses_the_masks_and_gradients_match()
         fast, _ = next_token_loss_for(model)
         x, y = batch(masked_prompts=False)
         torch.default_generator.manual_seed(7)
-        return loss_and_grads(model, fast, x, y)[1]
+        loss = fast(model, x, y)
+        drawn: list[int] = []
+        real_draw = torch.Tensor.random_
 
-    plain, checkpointed = grads(False), grads(True)
+        def counting(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            drawn.append(tensor.numel())
+            return real_draw(tensor, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.Tensor, "random_", counting)
+            torch.autograd.backward(loss)
+        grads = {
+            name: cast(torch.Tensor, p.grad).clone()
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        }
+        return grads, len(drawn)
+
+    (plain, _), (checkpointed, redrawn) = grads(False), grads(True)
+    assert redrawn == 0  # the recompute pass took the masks its forward pass drew
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
