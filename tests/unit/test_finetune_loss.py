@@ -9,6 +9,7 @@ with and without trainable rows for added structure tokens.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import pytest
@@ -210,3 +211,32 @@ def test_with_checkpointing_the_recompute_reuses_the_masks_and_gradients_match()
     assert redrawn == 0  # the recompute pass took the masks its forward pass drew
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_checkpointing_auto_stays_off_when_the_activations_fit_and_says_why() -> None:
+    from ml_playground.finetune.model import choose_gradient_checkpointing  # noqa: PLC0415
+
+    model = tiny_model("qwen2")
+    on, why = choose_gradient_checkpointing("auto", model, 1024, torch.device("cpu"), torch.float32)
+    assert not on and why.startswith("auto: ~") and "fit in half of the" in why
+    assert choose_gradient_checkpointing(True, model, 1024, torch.device("cpu"), torch.float32)[0]
+
+
+def test_checkpointing_auto_turns_on_when_the_activations_would_not_fit() -> None:
+    from ml_playground.finetune.model import activation_bytes, choose_gradient_checkpointing  # noqa: PLC0415
+
+    model = tiny_model("llama")
+    tokens = 1 << 28  # about 0.9 TiB of activations for even this tiny model
+    assert activation_bytes(model.config, tokens, torch.bfloat16) > 1 << 39
+    on, why = choose_gradient_checkpointing(
+        "auto", model, tokens, torch.device("cpu"), torch.bfloat16
+    )
+    assert on and "would not fit" in why
+
+
+def test_free_memory_is_read_from_the_kernels_mem_available(tmp_path: Path) -> None:
+    from ml_playground.device import free_memory_bytes  # noqa: PLC0415
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 100 kB\nMemAvailable:   2048 kB\n", encoding="ascii")
+    assert free_memory_bytes(torch.device("cpu"), meminfo) == 2048 * 1024
