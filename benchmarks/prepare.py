@@ -12,7 +12,6 @@ extrapolates both time and peak from the two.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -20,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.memory import peak_rss_bytes
 from ml_playground.data.token_dataset import prepare_token_dataset
 from ml_playground.data.tokenizer import TOKENIZER_KINDS, TokenizerKind
 
 MB = 1_000_000
 GB = 1_000_000_000
 TIKTOKEN_ENCODING = "gpt2"
-STATUS = Path("/proc/self/status")
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ PrepareRunner = Callable[[PrepareJob], PrepareResult]
 
 def prepare_in_process(job: PrepareJob) -> PrepareResult:
     """Prepare once in this process; its peak RSS is this process's lifetime high-water mark."""
-    rss_before = _peak_rss_bytes()
+    rss_before = peak_rss_bytes()
     start = time.perf_counter()
     outcome = prepare_token_dataset(
         [job.corpus],
@@ -70,7 +69,7 @@ def prepare_in_process(job: PrepareJob) -> PrepareResult:
         corpus_bytes=job.corpus.stat().st_size,
         tokens=outcome.meta.train_tokens + outcome.meta.val_tokens,
         seconds=seconds,
-        peak_rss_bytes=_peak_rss_bytes(),
+        peak_rss_bytes=peak_rss_bytes(),
         rss_before_bytes=rss_before,
     )
 
@@ -97,24 +96,6 @@ def prepare_in_subprocess(job: PrepareJob) -> PrepareResult:
         )
     fields = json.loads(completed.stdout.strip().splitlines()[-1])
     return PrepareResult(**fields)
-
-
-def _peak_rss_bytes() -> int:
-    """This process's peak RSS: VmHWM from /proc, else ru_maxrss.
-
-    ru_maxrss is not enough on Linux: exec keeps the high-water mark of the image it
-    replaced, so a child started by a 1 GB parent reports at least 1 GB. VmHWM belongs to
-    the process's current address space, which exec makes afresh.
-    """
-    try:
-        status = STATUS.read_text(encoding="ascii")
-    except OSError:
-        # ru_maxrss is in kilobytes on Linux (bytes on macOS; these benchmarks target Linux).
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
-    raise RuntimeError(f"{STATUS} has no VmHWM line")
 
 
 @dataclass(frozen=True)

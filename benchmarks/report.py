@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks import quality
 from benchmarks.hardware import BandwidthResult, Environment, MatmulResult
+from benchmarks.lora import LoraResults, LoraRow
 from benchmarks.prepare import MB, PrepareEstimate, PrepareResult
 from benchmarks.quality import QualityResult, Recipe
 from benchmarks.sampling import BatchResult, SamplingResult
@@ -24,6 +25,10 @@ BF16_TARGET = 1.8  # bf16 vs fp32 training speed, medium model, where bf16 matri
 PREPARE_RSS_TARGET_MB = 500.0  # prepare's peak RSS at the 1 GB corpus target
 VAL_LOSS_TOLERANCE = 0.05  # nats bf16 may end above fp32 and still count as no worse
 JUDGED_MODEL = "medium"  # the speed targets are about the realistic model
+# LoRA, ours vs the transformers Trainer: tokens/s ratio, and peak RSS ratio in every row.
+LORA_HEADLINE_SPEEDUP = 2.0  # bf16, attention targets, gradient checkpointing on
+LORA_SPEEDUP = 1.5  # every other setting
+LORA_RSS_RATIO = 0.6
 HEADER = ("area", "case", "result", "detail", "target", "check")
 
 
@@ -42,6 +47,18 @@ class BenchResults:
     batching: BatchResult
     prepare: list[PrepareResult]
     prepare_estimates: list[PrepareEstimate]
+    notes: list[str]
+    lora: LoraResults | None = None  # measured by run.py after the rest, when asked for
+
+
+@dataclass(frozen=True)
+class LoraBench:
+    """`--only lora`: the LoRA rows alone, with the machine they were measured on."""
+
+    mode: str
+    judged: bool
+    environment: Environment
+    lora: LoraResults
     notes: list[str]
 
 
@@ -80,34 +97,49 @@ def table_rows(results: BenchResults) -> list[Row]:
         *_quality_rows(results),
         *_sampling_rows(results),
         *_prepare_rows(results),
+        *(lora_rows(results.lora, judged=results.judged) if results.lora else []),
     ]
 
 
 def render(results: BenchResults) -> str:
     """The environment line, the table, then what the short names mean."""
-    rows = [HEADER, *(row.cells() for row in table_rows(results))]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    rule = tuple("-" * width for width in widths)
-    lines = [f"ml-playground benchmarks ({results.mode})", results.environment.describe(), ""]
-    for row in (rows[0], rule, *rows[1:]):
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        lines.append("  ".join(cells).rstrip())
-    lines.append("")
+    title = f"ml-playground benchmarks ({results.mode})"
+    lines = _table(title, results.environment, table_rows(results))
     lines.extend(f"{spec.name}: {spec.describe()}" for spec in results.training_specs)
+    if results.lora is not None:
+        lines.append(results.lora.spec.describe())
     lines.extend(results.notes)
     lines += ["", quality.render(results.quality, results.quality_recipe)]
     return "\n".join(lines)
 
 
+def render_lora(bench: LoraBench) -> str:
+    """`render` for a run of the LoRA rows alone."""
+    title = f"ml-playground benchmarks, LoRA only ({bench.mode})"
+    rows = lora_rows(bench.lora, judged=bench.judged)
+    lines = _table(title, bench.environment, rows)
+    lines += [bench.lora.spec.describe(), *bench.notes]
+    return "\n".join(lines)
+
+
+def _table(title: str, environment: Environment, rows: list[Row]) -> list[str]:
+    """The title, the environment line and the aligned table, then a blank line."""
+    cells = [HEADER, *(row.cells() for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    rule = tuple("-" * width for width in widths)
+    lines = [title, environment.describe(), ""]
+    for row in (cells[0], rule, *cells[1:]):
+        aligned = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append("  ".join(aligned).rstrip())
+    lines.append("")
+    return lines
+
+
 def write_json(results: BenchResults, path: Path) -> None:
     """The table's numbers unrounded, with the checks, written atomically."""
-    environment = results.environment
     payload = {
         "mode": results.mode,
-        "environment": {
-            **asdict(environment),
-            "has_bf16_matrix_units": environment.has_bf16_matrix_units,
-        },
+        "environment": _environment_json(results.environment),
         "matmul": [asdict(m) for m in results.matmul],
         "memory_bandwidth": asdict(results.bandwidth),
         "training_models": {
@@ -127,10 +159,28 @@ def write_json(results: BenchResults, path: Path) -> None:
             {**asdict(p), "megabytes_per_second": p.megabytes_per_second} for p in results.prepare
         ],
         "prepare_estimates": [asdict(e) for e in results.prepare_estimates],
+        "lora": results.lora.to_dict() if results.lora else None,
         "checks": [asdict(row.check) for row in table_rows(results) if row.check is not None],
         "notes": results.notes,
     }
     atomic.write_json(path, payload)
+
+
+def write_lora_json(bench: LoraBench, path: Path) -> None:
+    """`write_json` for a run of the LoRA rows alone."""
+    rows = lora_rows(bench.lora, judged=bench.judged)
+    payload = {
+        "mode": bench.mode,
+        "environment": _environment_json(bench.environment),
+        "lora": bench.lora.to_dict(),
+        "checks": [asdict(row.check) for row in rows if row.check is not None],
+        "notes": bench.notes,
+    }
+    atomic.write_json(path, payload)
+
+
+def _environment_json(environment: Environment) -> dict[str, object]:
+    return {**asdict(environment), "has_bf16_matrix_units": environment.has_bf16_matrix_units}
 
 
 # --- rows, one function per area ----------------------------------------------------------
@@ -340,6 +390,46 @@ def _prepare_rows(results: BenchResults) -> list[Row]:
     return rows
 
 
+def lora_rows(lora: LoraResults, *, judged: bool) -> list[Row]:
+    """Two rows per setting: ours vs the Trainer in speed, then in peak RSS."""
+    rows: list[Row] = []
+    for row in lora.rows:
+        name = row.setting.name
+        target = LORA_HEADLINE_SPEEDUP if _is_headline(row) else LORA_SPEEDUP
+        speed = _judge(
+            judged,
+            f"LoRA {name} tokens/s vs Trainer",
+            row.speedup,
+            f">= {target:g}x",
+            row.speedup >= target,
+        )
+        detail = (
+            f"ours {row.ours.step_median * 1000:,.0f} ms/step {row.tokens_per_second('ours'):,.0f} "
+            f"tok/s, Trainer {row.trainer.step_median * 1000:,.0f} ms/step "
+            f"{row.tokens_per_second('trainer'):,.0f} tok/s"
+        )
+        rows.append(Row("lora", f"{name} ours/Trainer speed", f"{row.speedup:.2f}x", detail, speed))
+        memory = _judge(
+            judged,
+            f"LoRA {name} peak RSS vs Trainer",
+            row.rss_ratio,
+            f"<= {LORA_RSS_RATIO:g}x",
+            row.rss_ratio <= LORA_RSS_RATIO,
+        )
+        detail = (
+            f"ours {row.ours.peak_rss_bytes / MB:,.0f} MB, "
+            f"Trainer {row.trainer.peak_rss_bytes / MB:,.0f} MB"
+        )
+        case = f"{name} ours/Trainer peak RSS"
+        rows.append(Row("lora", case, f"{row.rss_ratio:.2f}x", detail, memory))
+    return rows
+
+
+def _is_headline(row: LoraRow) -> bool:
+    setting = row.setting
+    return setting.dtype == "bfloat16" and not setting.mlp and setting.checkpointing
+
+
 def _check(
     results: BenchResults,
     name: str,
@@ -349,7 +439,13 @@ def _check(
     *,
     applies: bool = True,
 ) -> Check:
-    if not (results.judged and applies):
+    return _judge(results.judged, name, value, target, passed, applies=applies)
+
+
+def _judge(
+    judged: bool, name: str, value: float, target: str, passed: bool, *, applies: bool = True
+) -> Check:
+    if not (judged and applies):
         return Check(name, value, target, "n/a")
     return Check(name, value, target, "PASS" if passed else "FAIL")
 

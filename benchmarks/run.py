@@ -1,7 +1,9 @@
-"""`make bench`: training, sampling, prepare and matmul throughput, measured in one run.
+"""`make bench`: training, sampling, prepare and matmul throughput, and LoRA fine-tuning
+against the transformers Trainer, measured in one run.
 
-    uv run python -m benchmarks.run            # the full run, a few minutes on 2 cores
-    uv run python -m benchmarks.run --quick    # tiny sizes, seconds: a smoke run
+    uv run python -m benchmarks.run              # the full run: minutes, then 30+ of LoRA
+    uv run python -m benchmarks.run --quick      # tiny sizes, seconds: a smoke run
+    uv run python -m benchmarks.run --only lora  # the LoRA rows alone (--quick works too)
     uv run python -m benchmarks.run --out path/bench.json --threads 1
 
 Prints one table and writes the same numbers as JSON (default bench_out/bench.json).
@@ -16,12 +18,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from benchmarks import corpus, hardware, quality, report
+from benchmarks.lora import FULL_LORA, QUICK_LORA, LoraSpec, measure_lora
 from benchmarks.prepare import (
     GB,
     MB,
@@ -65,6 +68,7 @@ class Settings:
     sampling: SamplingSpec
     prepare_sizes: tuple[int, int]  # corpus bytes; two sizes show whether the peak grows
     quality: quality.Recipe  # the time-to-quality runs
+    lora: LoraSpec  # ours vs the transformers Trainer, each side in its own process
 
 
 FULL_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=256, n_layer=6, n_head=6, n_embd=384)
@@ -90,6 +94,7 @@ FULL = Settings(
     sampling=SamplingSpec("medium", FULL_MEDIUM, 500, cached_repeats=3, uncached_repeats=1),
     prepare_sizes=(50 * MB, 100 * MB),
     quality=quality.NANOGPT_CPU,
+    lora=FULL_LORA,
 )
 QUICK_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=32)
 QUICK = Settings(
@@ -123,6 +128,7 @@ QUICK = Settings(
     ),
     prepare_sizes=(200_000, 400_000),
     quality=quality.QUICK_RECIPE,
+    lora=QUICK_LORA,
 )
 
 
@@ -224,6 +230,24 @@ def run_benchmarks(
     )
 
 
+def run_lora_benchmark(settings: Settings, work_dir: Path) -> report.LoraBench:
+    """The LoRA rows: every setting, ours and the Trainer's, side by side."""
+    started = time.perf_counter()
+    environment = hardware.environment()
+    text, text_origin = corpus.seed_text()
+    lora = measure_lora(
+        settings.lora, text, work_dir, progress=lambda stage: _progress(started, stage)
+    )
+    notes = [
+        f"LoRA text: {text_origin}; peak RSS is each side's own process's VmHWM "
+        "(/proc/self/status), not ru_maxrss, which keeps the parent's peak across exec",
+        f"LoRA wall time: {time.perf_counter() - started:,.0f} s",
+    ]
+    if not settings.judged:
+        notes.append("quick LoRA run: a tiny model, so its targets are not judged (n/a)")
+    return report.LoraBench(settings.mode, settings.judged, environment, lora, notes)
+
+
 def _prepare_benchmarks(
     settings: Settings,
     text: str,
@@ -287,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
+    parser.add_argument(
+        "--only", choices=("lora",), default=None, help="run one area alone: the LoRA rows"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -294,7 +321,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="ml-playground-bench-") as tmp:
+        if args.only == "lora":
+            lora = run_lora_benchmark(settings, Path(tmp))
+            print(report.render_lora(lora))
+            report.write_lora_json(lora, args.out)
+            print(f"\nwrote {args.out}")
+            return 0
         results = run_benchmarks(settings, Path(tmp), prepare_in_subprocess)
+        lora = run_lora_benchmark(settings, Path(tmp) / "lora")
+    results = replace(results, lora=lora.lora, notes=[*results.notes, *lora.notes])
     print(report.render(results))
     report.write_json(results, args.out)
     print(f"\nwrote {args.out}")
