@@ -1,7 +1,7 @@
 """`make bench`: training, sampling, prepare and matmul throughput, and LoRA fine-tuning
 against the transformers Trainer, measured in one run.
 
-    uv run python -m benchmarks.run              # the full run: minutes, then 30+ of LoRA
+    uv run python -m benchmarks.run              # the full run: minutes, then ~25 of LoRA
     uv run python -m benchmarks.run --quick      # tiny sizes, seconds: a smoke run
     uv run python -m benchmarks.run --only lora  # the LoRA rows alone (--quick works too)
     uv run python -m benchmarks.run --out path/bench.json --threads 1
@@ -241,7 +241,9 @@ def run_lora_benchmark(settings: Settings, work_dir: Path) -> report.LoraBench:
     notes = [
         f"LoRA text: {text_origin}; peak RSS is each side's own process's VmHWM "
         "(/proc/self/status), not ru_maxrss, which keeps the parent's peak across exec",
-        f"LoRA wall time: {time.perf_counter() - started:,.0f} s",
+        f"LoRA wall time: {time.perf_counter() - started:,.0f} s; load average "
+        f"{environment.load_average:.1f} at its start, {os.getloadavg()[0]:.1f} at its end "
+        "(other work on the machine slows whichever side runs beside it)",
     ]
     if not settings.judged:
         notes.append("quick LoRA run: a tiny model, so its targets are not judged (n/a)")
