@@ -23,7 +23,7 @@ back to the plain path, which the start of training says once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,6 +37,9 @@ from ml_playground.model.loss import ReplacedRows, vocab_cross_entropy
 
 # Model types whose causal-LM forward ends in `logits = lm_head(hidden)` (then, for the
 # Gemma family, the optional soft cap that config.final_logit_softcapping sets).
+NextTokenLoss = Callable[[Any, Tensor, Tensor], Tensor]
+"""(model as called, inputs, targets) -> mean loss: train/loop.py's Loss for this backend."""
+
 HIDDEN_STATE_MODEL_TYPES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"}
 )
@@ -118,9 +121,8 @@ class HiddenStateLoss:
             hidden: Tensor = model(input_ids=x, use_cache=False).logits
         targets = y.reshape(-1)
         counted = targets != IGNORE_INDEX
-        hidden = hidden.reshape(-1, hidden.size(-1))
-        if not bool(counted.all()):
-            hidden, targets = hidden[counted], targets[counted]
+        # One host sync: the count of targets sizes the selection.
+        hidden, targets = hidden.reshape(-1, hidden.size(-1))[counted], targets[counted]
         if targets.numel() == 0:
             return hidden.sum() * 0.0  # no target: loss 0 (and no gradient), as the plain path
         weight, replaced = self._head.weight()
@@ -129,7 +131,7 @@ class HiddenStateLoss:
         )
 
 
-def next_token_loss_for(model: nn.Module) -> tuple[Any, str | None]:
+def next_token_loss_for(model: nn.Module) -> tuple[NextTokenLoss, str | None]:
     """The loss a training run of `model` uses: the hidden-state loss where it is exact,
     else the plain one and the reason, for the run to say once."""
     causal_lm = _causal_lm(model)
