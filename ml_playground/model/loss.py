@@ -200,19 +200,18 @@ def _chunked_loss(
     row_scale = (valid.to(torch.float32) / count)[:, None]
     ids = targets.clamp(min=0)[:, None]
     w = operands.weight.to(compute_dtype)
-    # CPU GEMMs (oneDNN's bf16 ones above all) run faster on a contiguous right-hand
-    # operand than on a transposed view; one copy of the matrix serves every chunk.
-    w_t = _scratch("weight_t", (w.size(1), w.size(0)), w)
-    w_t.copy_(w.T)
-    if operands.indices is not None and operands.values is not None:
-        w_t[:, operands.indices] = operands.values.to(compute_dtype).T
-        w = w_t.T  # the stored matrix must not change: the replaced rows live in w_t only
+    w_t = _right_operand(w)
+    values = None if operands.values is None else operands.values.to(compute_dtype)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.size(0), shape.chunk):
         end = min(start + shape.chunk, hidden.size(0))
         h = hidden[start:end].to(compute_dtype)
         # Becomes d loss / d logits (unscaled) below, in place.
         logits = torch.mm(h, w_t, out=_scratch("logits", (end - start, w.size(0)), w))
+        if operands.indices is not None and values is not None:
+            # The replaced rows' columns, computed apart: the stored matrix is used as it
+            # is, never copied with the rows swapped in.
+            logits[:, operands.indices] = h @ values.T
         for first in range(0, end - start, shape.softmax):
             last = min(first + shape.softmax, end - start)
             part, at = slice(first, last), slice(start + first, start + last)
@@ -226,8 +225,24 @@ def _chunked_loss(
                     probs.mul_(squash)
                 logits[part] = probs
         if gradients is not None:
-            _chunk_gradients(operands, gradients, logits, w, row_scale, (start, end))
+            _chunk_gradients(operands, gradients, logits, (w, values), row_scale, (start, end))
     return total
+
+
+# Output matrices up to this size get a contiguous transposed copy for the logits GEMM.
+# oneDNN's bf16 GEMM ran ~1.5x faster on one than on the transposed view for the medium
+# GPT's (50k x 384) matrix, where the copy costs ~20 ms a step. For a Qwen-sized (152k x
+# 896) matrix on an AVX512-BF16 CPU without AMX the view was instead 1.7x faster, and the
+# copy would hold 272 MB (545 MB in float32) of the memory a LoRA run is short of.
+TRANSPOSED_COPY_BYTES = 64 << 20
+
+
+def _right_operand(w: Tensor) -> Tensor:
+    """`w.T` for the logits GEMM: a reused contiguous copy when the matrix is small."""
+    if w.numel() * w.element_size() > TRANSPOSED_COPY_BYTES:
+        return w.T
+    w_t = _scratch("weight_t", (w.size(1), w.size(0)), w)
+    return w_t.copy_(w.T)
 
 
 def _log_softmax(logits: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
@@ -244,25 +259,33 @@ def _chunk_gradients(  # noqa: PLR0917 - a step of _chunked_loss, split out to r
     operands: _Operands,
     gradients: _Gradients,
     grad_logits: Tensor,
-    w: Tensor,
+    matrices: tuple[Tensor, Tensor | None],
     row_scale: Tensor,
     span: tuple[int, int],
 ) -> None:
-    """Add one chunk's share to the gradient buffers, given its d loss / d logits."""
+    """Add one chunk's share to the gradient buffers, given its d loss / d logits and the
+    stored matrix with the replaced rows' values (in the compute dtype)."""
     start, end = span
+    w, values = matrices
     compute_dtype = grad_logits.dtype
     scale = row_scale[start:end]
+    replaced = None
+    if operands.indices is not None and values is not None:
+        # The replaced columns take their share through `values`; zeroed, the rest flows
+        # through the stored matrix as if they were not there.
+        replaced = grad_logits[:, operands.indices]
+        grad_logits.index_fill_(1, operands.indices, 0.0)
     if gradients.hidden is not None:
-        gradients.hidden[start:end] = (grad_logits @ w) * scale
+        grad_hidden = grad_logits @ w
+        if replaced is not None and values is not None:
+            grad_hidden.addmm_(replaced, values)
+        gradients.hidden[start:end] = grad_hidden * scale
     if gradients.weight is None and gradients.values is None:
         return
     scaled_h = (operands.hidden[start:end] * scale).to(compute_dtype)
-    if gradients.values is not None and operands.indices is not None:
-        gradients.values.add_(grad_logits[:, operands.indices].T @ scaled_h)
+    if gradients.values is not None and replaced is not None:
+        gradients.values.add_(replaced.T @ scaled_h)
     if gradients.weight is not None:
-        if operands.indices is not None:
-            # Replaced rows take their gradient through `values`, not the stored matrix.
-            grad_logits = grad_logits.index_fill(1, operands.indices, 0.0)
         if gradients.weight.dtype == compute_dtype:
             gradients.weight.addmm_(grad_logits.T, scaled_h)  # accumulates inside the GEMM
         else:
