@@ -78,6 +78,11 @@ StepFn = Callable[[Experiment, LoadedConfig], None]
 
 STEPS: dict[str, tuple[StepFn, str]] = {
     "prepare": (pipeline.prepare, "tokenize the experiment's raw data into dataset_dir"),
+    "inspect": (
+        pipeline.inspect,
+        "show the prepared dataset as training reads it: counts, the first training windows "
+        "with their targets marked, and warnings about the loss mask",
+    ),
     "train": (
         pipeline.train,
         "train (or resume) the model; checkpoints, TensorBoard logs and meta go to out_dir",
@@ -114,7 +119,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         choice = INVALID_CHOICE.search(message)
         if choice is not None and self._subparsers is not None:
-            verbs = [*STEPS, *ALIASES, "list", "new"]
+            verbs = [*STEPS, *ALIASES, "compare", "list", "new"]
             close = difflib.get_close_matches(choice["value"], verbs, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             raise UsageError(
@@ -193,7 +198,38 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="score this UTF-8 text file instead of the val split",
             )
+        if verb == "inspect":
+            sub.add_argument(
+                "--n",
+                type=_positive_int,
+                metavar="N",
+                default=None,
+                help="how many training windows to show (default 3); the first N the run's "
+                "batcher draws. Targets are coloured on a terminal; in a pipe or file they "
+                "stand between [[ and ]]",
+            )
         _global_options(sub, suppress=True)
+    comparing = verbs.add_parser(
+        "compare",
+        help="compare two or more runs: a table, compare.md and compare.png (loss over tokens)",
+        description=(
+            "Compare two or more runs (experiment names or folders, or out_dirs) from their\n"
+            "TensorBoard events and eval results: print a table and write compare.md and\n"
+            "compare.png into the working directory (or --out DIR). Runs with different\n"
+            "tokenizers are compared on bits per byte (run `eval` on each first)."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    comparing.add_argument("runs", metavar="RUN", nargs="+", help="experiment or out_dir")
+    comparing.add_argument(
+        "--out",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="where compare.md and compare.png go",
+    )
+    _verbose_option(comparing, suppress=True)
     listing = verbs.add_parser(
         "list",
         help="list the experiments: where each lives, whether it is prepared and trained",
@@ -226,6 +262,16 @@ ACTION_FLAGS: dict[str, dict[str, str]] = {
 }
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
 def _complete_experiments(**_: object) -> list[str]:
     """Shell completion of EXPERIMENT: the names `list` shows."""
     return [experiment.name for experiment in list_experiments()]
@@ -246,8 +292,11 @@ def run(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     verb = str(args.verb)
     verb = ALIASES.get(verb, verb)
-    if verb in {"list", "new"}:
+    if verb in {"list", "new", "compare"}:
         _reject_ignored_options(args, verb)
+    if verb == "compare":
+        _compare(args)
+        return EXIT_OK
     if verb == "list":
         _print_experiments()
         return EXIT_OK
@@ -273,15 +322,28 @@ def run(argv: Sequence[str]) -> int:
             print(f"--fresh: moved the previous run to {moved}", file=sys.stderr)
     if verb == "eval":
         pipeline.evaluate(experiment, loaded, text=args.text)
-        return EXIT_OK
-    step, _ = STEPS[verb]
-    with pipeline.forcing(prepare=getattr(args, "force", False)):
-        step(experiment, loaded)
+    elif verb == "inspect":
+        pipeline.inspect(experiment, loaded, windows=args.n)
+    else:
+        step, _ = STEPS[verb]
+        with pipeline.forcing(prepare=getattr(args, "force", False)):
+            step(experiment, loaded)
     return EXIT_OK
 
 
+MIN_COMPARED = 2
+
+
+def _compare(args: argparse.Namespace) -> None:
+    if len(args.runs) < MIN_COMPARED:
+        raise UsageError(
+            "compare needs two or more runs (experiment names or folders, or out_dirs)"
+        )
+    pipeline.compare(list(args.runs), args.out)
+
+
 def _reject_ignored_options(args: argparse.Namespace, verb: str) -> None:
-    """`list` and `new` read no config: an option they would ignore is a mistake."""
+    """`list`, `new` and `compare` read no config: an option they would ignore is a mistake."""
     for option, given in (("--exp-config", args.exp_config), ("--print-config", args.print_config)):
         if given:
             raise UsageError(f"`{verb}` takes no {option}; it reads no experiment config")

@@ -1,5 +1,5 @@
-"""The pipeline steps the CLI calls: prepare, train, sample, chat, loop, report, export, eval,
-new.
+"""The pipeline steps the CLI calls: prepare, inspect, train, sample, chat, loop, report,
+compare, export, eval, new.
 
 Which trainer and which sampling backend run is decided by the config's content: a
 `[train.hf_model]` section selects Hugging Face LoRA fine-tuning, otherwise the
@@ -69,6 +69,26 @@ def prepare(experiment: Experiment, loaded: LoadedConfig) -> None:
     preparer = resolve_preparer(experiment, loaded.config.prepare.dataset)
     with dataset_folder.forced(_FORCE_PREPARE.get()):
         preparer(PrepareContext(experiment.name, experiment.directory, loaded.config))
+
+
+def inspect(experiment: Experiment, loaded: LoadedConfig, windows: int | None = None) -> None:
+    """What the model will be trained on: the prepared dataset, `windows` training windows
+    as the batcher draws them, and the checks' warnings. Never prepares."""
+    del experiment
+    _single_process("inspect")
+    from ml_playground.inspect_dataset import DEFAULT_WINDOWS  # noqa: PLC0415 - see module docstring
+    from ml_playground.inspect_dataset import inspect as inspect_dataset  # noqa: PLC0415 - see module docstring
+
+    inspect_dataset(loaded.config, DEFAULT_WINDOWS if windows is None else windows)
+
+
+def compare(runs: list[str], out: Path) -> None:
+    """Several runs side by side: a table on stdout, compare.md and compare.png in `out`."""
+    _single_process("compare")
+    from ml_playground.compare import compare as compare_runs  # noqa: PLC0415 - see module docstring
+
+    table, plot = compare_runs(runs, out)
+    print(f"compare: {table} and {plot}")
 
 
 def set_aside_out_dir(config: ExperimentConfig) -> Path | None:

@@ -87,7 +87,7 @@ class BatchSampler:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x and y, both int64 of shape (batch_size, block_size), on the sampler's device."""
         span = self._block_size + 1
-        starts = self._offsets()
+        starts = self.next_starts()
         windows = np.stack([self._tokens[start : start + span] for start in starts])
         windows = windows.astype(np.int64)
         targets = windows[:, 1:].copy()  # a copy: x must keep its ids
@@ -119,7 +119,9 @@ class BatchSampler:
         self._generator.set_state(generator.cpu())
         self._cursor = cursor % self._windows
 
-    def _offsets(self) -> list[int]:
+    def next_starts(self) -> list[int]:
+        """Where the next batch's windows start in the token file; `next_batch` draws its
+        windows from exactly these, and `inspect` shows them."""
         if self._mode == "random":
             # The last start that still leaves room for the final target is len - span.
             high = len(self._tokens) - self._block_size
