@@ -136,18 +136,25 @@ def records_without_target(dataset: Dataset) -> str | None:
 
 
 def same_rendering(dataset: Dataset) -> str | None:
-    """Two different conversations of the dataset that the template renders alike."""
-    first_by_text: dict[str, tuple[str, str]] = {}
-    clashes: list[tuple[str, str]] = []
+    """Different conversations of the dataset that the template renders alike (a repeated
+    conversation is no clash: it renders alike because it is alike)."""
+    by_text: dict[str, dict[str, str]] = {}  # text -> conversation -> where it is first
+    first_clash: tuple[str, str] | None = None
+    clashes = 0
     for rendering in dataset.renderings:
-        seen = first_by_text.setdefault(rendering.text, (rendering.conversation, rendering.where))
-        if seen[0] != rendering.conversation:
-            clashes.append((seen[1], rendering.where))
-    if not clashes:
+        seen = by_text.setdefault(rendering.text, {})
+        if rendering.conversation in seen:
+            continue
+        if seen:
+            clashes += 1
+            if first_clash is None:
+                first_clash = (next(iter(seen.values())), rendering.where)
+        seen[rendering.conversation] = rendering.where
+    if first_clash is None:
         return None
-    first, second = clashes[0]
+    first, second = first_clash
     return (
-        f"the chat template renders different conversations as the same text {len(clashes):,} "
+        f"the chat template renders different conversations as the same text {clashes:,} "
         f"time(s) (first: {first} and {second}): what it drops never reaches the model; fix "
         "[prepare] chat_template and prepare again"
     )

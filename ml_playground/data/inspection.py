@@ -61,6 +61,7 @@ TARGET_OPEN, TARGET_CLOSE = "[[", "]]"
 TARGET_COLOUR, RESET = "\x1b[1;32m", "\x1b[0m"
 """Targets in bold green on a terminal; the other tokens keep the terminal's colour."""
 SPLITS = ("train", "val")
+SHOWN_INPUTS = 3  # a speech corpus may have thousands of files; the summary names a few
 SPLIT_FILES = {"train": TRAIN_FILE, "val": VAL_FILE}
 
 # How the verb reads an HF tokenizer folder; the caller (pipeline) supplies it, since data/
@@ -237,7 +238,10 @@ def _records_dataset(
                 "token), so records are not told apart"
             )
         kind = "speech records, each closed by EOS and the separator, packed into one stream"
-        source = meta.fingerprint.inputs[0].path if meta.fingerprint.inputs else "?"
+        inputs = [entry.path for entry in meta.fingerprint.inputs]
+        shown = ", ".join(inputs[:SHOWN_INPUTS])
+        more = len(inputs) - SHOWN_INPUTS
+        source = shown + (f" (+{more} more)" if more > 0 else "")
         chat = None
     return Dataset(
         folder=dataset_dir,

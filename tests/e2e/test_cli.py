@@ -23,8 +23,8 @@ from tests.cli_helpers import EXIT_USER_ERROR, assert_one_error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_ROOT = REPO_ROOT / "ml_playground" / "experiments"
-STEP_VERBS = ("prepare", "train", "sample", "chat", "loop", "report", "export")
-ALL_VERBS = (*STEP_VERBS, "list", "new")
+STEP_VERBS = ("prepare", "inspect", "train", "sample", "chat", "loop", "report", "export")
+ALL_VERBS = (*STEP_VERBS, "compare", "list", "new")
 EXIT_INTERRUPTED = 130
 
 # A preparer that records which config it was given, so a test can see what the step got.
