@@ -197,8 +197,12 @@ def _records_dataset(
     dataset_dir = config.train.data.dataset_dir
     meta = read_records_meta(dataset_dir)
     tokenizer = load_tokenizer(dataset_dir / TOKENIZER_DIR)
-    unknown = typing.cast(int | None, getattr(tokenizer, "unk_token_id", None))
     eos = tokenizer.eos_token_id
+    unknown = typing.cast(int | None, getattr(tokenizer, "unk_token_id", None))
+    if unknown is not None and unknown in (eos, tokenizer.bos_token_id):
+        # GPT-2-style byte-level tokenizers name their end-of-text token as the unknown one
+        # too; they have a token for every byte, so no character ever maps to it.
+        unknown = None
     closing = {eos} if eos is not None else set[int]()
     notes: list[str] = []
     renderings: tuple[Rendering, ...] = ()
