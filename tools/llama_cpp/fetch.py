@@ -44,8 +44,9 @@ CONVERTER_DIRS = ("conversion", "gguf-py")
 STAMP = ".llama-cpp-version"
 BIN_DIR = "bin"
 # llama-cli is now the server's chat front end (it needs the server library and web UI
-# assets fetched from the network); llama-completion is the classic one-shot generator.
-TARGETS = ("llama-quantize", "llama-completion")
+# assets fetched from the network); llama-completion is the classic one-shot generator;
+# llama-bench times prompt processing and generation, for `make bench`'s decode rows.
+TARGETS = ("llama-quantize", "llama-completion", "llama-bench")
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DLLAMA_CURL=OFF",
