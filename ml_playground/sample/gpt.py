@@ -17,7 +17,7 @@ from torch import Tensor
 from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import Tokenizer, tokenizer_from_spec
-from ml_playground.device import resolve_precision
+from ml_playground.device import resolve_sampling_precision
 from ml_playground.model.attention import CacheSlot, KVCache
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
@@ -63,7 +63,7 @@ def _fit_vocab(
 def load_gpt(config: ExperimentConfig) -> LoadedModel:
     """The checkpoint sampling uses, on sample.runtime's device, in its precision."""
     runtime = config.sample.runtime
-    precision = resolve_precision(runtime.device, runtime.dtype)
+    precision = resolve_sampling_precision(runtime.device, runtime.dtype)
     model, tokenizer, path = load_for_sampling(runtime.out_dir, precision.device)
     # Generating one token reads every weight once, so sampling is bound by memory bandwidth.
     # Casting the weights once halves what bfloat16/float16 read per token; autocast would
