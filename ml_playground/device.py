@@ -182,9 +182,7 @@ def _probe_cpu(flags: Set[str]) -> Callable[[], tuple[float, str]]:
     return _probe(flags, bf16_speedup)
 
 
-def _probe(
-    flags: Set[str], probe: Callable[[Set[str]], Probe]
-) -> Callable[[], tuple[float, str]]:
+def _probe(flags: Set[str], probe: Callable[[Set[str]], Probe]) -> Callable[[], tuple[float, str]]:
     def measure() -> tuple[float, str]:
         result = probe(flags)
         return result.speedup, f"{'cached in' if result.cached else 'saved to'} {result.cache}"
