@@ -1,11 +1,11 @@
-"""Fetch llama.cpp's converters, and build llama-quantize and llama-completion, from one pin.
+"""Fetch llama.cpp's converters, and build llama-quantize, -completion and -bench, from one pin.
 
 GitHub is not always reachable; PyPI is. llama-cpp-python's source distribution vendors a
 whole llama.cpp tree (`vendor/llama.cpp/`), so one pinned, hash-checked archive gives the
 converter scripts together with the gguf-py they were written for, and the C++ sources.
 
     uv run python tools/llama_cpp/fetch.py converters   # the Python converters: seconds
-    uv run python tools/llama_cpp/fetch.py binaries     # llama-quantize, llama-completion: cmake
+    uv run python tools/llama_cpp/fetch.py binaries     # llama-quantize, -completion, -bench: cmake
 
 `make llama-cpp-converters` and `make llama-cpp` run these. Each step writes a stamp last
 and is a no-op when its stamp names the pinned archive. The archive is cached under
