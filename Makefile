@@ -51,7 +51,7 @@ bench:
 tensorboard:
 	uv run tensorboard --logdir ml_playground/experiments --bind_all
 
-# llama.cpp's converters (Python, seconds) and its llama-quantize and llama-completion
+# llama.cpp's converters (Python, seconds) and its llama-quantize, llama-completion and llama-bench
 # (cmake, minutes), from the pinned llama-cpp-python sdist on PyPI; see tools/llama_cpp/README.md.
 llama-cpp-converters:
 	uv run python tools/llama_cpp/fetch.py converters

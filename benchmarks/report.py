@@ -6,7 +6,7 @@ so they survive a noisy machine far better than the absolute rates next to them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks import quality
@@ -14,12 +14,13 @@ from benchmarks.hardware import BandwidthResult, Environment, MatmulResult
 from benchmarks.lora import LoraResults, LoraRow
 from benchmarks.prepare import MB, PrepareEstimate, PrepareResult
 from benchmarks.quality import QualityResult, Recipe
-from benchmarks.sampling import BatchResult, SamplingResult
+from benchmarks.sampling import BatchResult, DecodeResult, SamplingResult
 from benchmarks.training import TrainingResult, TrainingSpec
 from ml_playground import atomic
 from ml_playground.config import DType
 
 KV_CACHE_TARGET = 10.0  # KV cache vs no cache, medium model
+DECODE_TARGET = 1.0  # our batch-1 decode tokens/s over llama-bench's tg on our GGUF
 BANDWIDTH_TARGET = 0.8  # cached decode tokens/s over the memory-bandwidth ceiling
 BF16_TARGET = 1.8  # bf16 vs fp32 training speed, medium model, where bf16 matrix units exist
 PREPARE_RSS_TARGET_MB = 500.0  # prepare's peak RSS at the 1 GB corpus target
@@ -49,6 +50,7 @@ class BenchResults:
     prepare_estimates: list[PrepareEstimate]
     notes: list[str]
     lora: LoraResults | None = None  # measured by run.py after the rest, when asked for
+    decode: list[DecodeResult] = field(default_factory=list[DecodeResult])
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def table_rows(results: BenchResults) -> list[Row]:
         *_training_rows(results),
         *_quality_rows(results),
         *_sampling_rows(results),
+        *_decode_rows(results),
         *_prepare_rows(results),
         *(lora_rows(results.lora, judged=results.judged) if results.lora else []),
     ]
@@ -158,6 +161,7 @@ def write_json(results: BenchResults, path: Path) -> None:
         "prepare": [
             {**asdict(p), "megabytes_per_second": p.megabytes_per_second} for p in results.prepare
         ],
+        "decode": [{**asdict(d), "ratio": d.ratio} for d in results.decode],
         "prepare_estimates": [asdict(e) for e in results.prepare_estimates],
         "lora": results.lora.to_dict() if results.lora else None,
         "checks": [asdict(row.check) for row in table_rows(results) if row.check is not None],
@@ -353,6 +357,27 @@ def _sampling_rows(results: BenchResults) -> list[Row]:
             f"{b.samples} x {b.new_tokens} new tokens, interleaved, {runs}",
         )
     )
+    return rows
+
+
+def _decode_rows(results: BenchResults) -> list[Row]:
+    rows: list[Row] = []
+    for d in results.decode:
+        case = f"{d.model} {_short(d.dtype)} batch 1, ours/llama.cpp"
+        ours = f"ours {d.ours_tokens_per_second:,.1f} tok/s (default filters)"
+        runs = f"{d.new_tokens} tokens, {d.threads} threads, median of {d.runs} alternating"
+        if d.ratio is None or d.llama_tokens_per_second is None:
+            rows.append(Row("decode", case, "n/a", f"{ours}; {d.llama_note}"))
+            continue
+        theirs = f"{d.llama_tokens_per_second:,.1f} tok/s ({d.llama_note})"
+        check = _check(
+            results,
+            f"{d.model} decode vs llama.cpp",
+            d.ratio,
+            f">= {DECODE_TARGET:g}x",
+            d.ratio >= DECODE_TARGET,
+        )
+        rows.append(Row("decode", case, f"{d.ratio:.2f}x", f"{ours} vs {theirs}; {runs}", check))
     return rows
 
 

@@ -35,7 +35,13 @@ from benchmarks.prepare import (
     extrapolate,
     prepare_in_subprocess,
 )
-from benchmarks.sampling import SamplingSpec, measure_batching, measure_sampling
+from benchmarks.sampling import (
+    DecodeSpec,
+    SamplingSpec,
+    measure_batching,
+    measure_decode,
+    measure_sampling,
+)
 from benchmarks.training import (
     PRECISIONS,
     TokenFile,
@@ -69,9 +75,14 @@ class Settings:
     prepare_sizes: tuple[int, int]  # corpus bytes; two sizes show whether the peak grows
     quality: quality.Recipe  # the time-to-quality runs
     lora: LoraSpec  # ours vs the transformers Trainer, each side in its own process
+    decode: tuple[DecodeSpec, ...]  # batch-1 decode, ours vs llama-bench
 
 
 FULL_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=256, n_layer=6, n_head=6, n_embd=384)
+# The `shakespeare` experiment's model: 7.3M parameters, most of them the tied embedding.
+SHAKESPEARE = GPTConfig(
+    vocab_size=GPT2_VOCAB, block_size=64, n_layer=4, n_head=4, n_embd=128, arch="llama"
+)
 FULL = Settings(
     mode="full",
     judged=True,
@@ -95,6 +106,7 @@ FULL = Settings(
     prepare_sizes=(50 * MB, 100 * MB),
     quality=quality.NANOGPT_CPU,
     lora=FULL_LORA,
+    decode=(DecodeSpec("shakespeare", SHAKESPEARE), DecodeSpec("medium", FULL_MEDIUM)),
 )
 QUICK_MEDIUM = GPTConfig(vocab_size=GPT2_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=32)
 QUICK = Settings(
@@ -129,6 +141,7 @@ QUICK = Settings(
     prepare_sizes=(200_000, 400_000),
     quality=quality.QUICK_RECIPE,
     lora=QUICK_LORA,
+    decode=(DecodeSpec("medium", QUICK_MEDIUM, new_tokens=16, repeats=2),),
 )
 
 
@@ -207,6 +220,8 @@ def run_benchmarks(
         started, f"sampling {settings.sampling.batch_size} samples as one batch and one by one"
     )
     batching = measure_batching(settings.sampling)
+    _progress(started, "decoding at batch 1, ours and llama-bench alternating")
+    decode = [measure_decode(spec, work_dir) for spec in settings.decode]
 
     prepare, estimates = _prepare_benchmarks(
         settings, text, work_dir, prepare_runner, notes=notes, started=started
@@ -224,6 +239,7 @@ def run_benchmarks(
         quality=time_to_quality,
         sampling=sampling,
         batching=batching,
+        decode=decode,
         prepare=prepare,
         prepare_estimates=estimates,
         notes=notes,

@@ -8,6 +8,12 @@ another avx512_bf16 machine without AMX measured 2.6x slower. So there `dtype = 
 few forward and backward passes of a transformer-sized MLP both ways and keeps the result
 in a small JSON file under the user's cache folder, keyed by CPU model, flags, torch
 version and thread count, so that the next run decides instantly and the same way.
+
+Sampling asks a different question: a decoded token is one-row products with every weight
+matrix, which read weights rather than compute, and bfloat16 kernels for them can lose to
+float32 even where bfloat16 trains faster (an EPYC with avx512_bf16 trains 1.9x faster in
+bfloat16 yet decoded the 7.3M shakespeare model faster in float32; an AMX Xeon too). So
+`decode_bf16_speedup` times such a token both ways, cached beside the training verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -34,6 +40,15 @@ ROUNDS = 7
 # Part of the cache key: a verdict of an older way of measuring is measured again.
 # 2: each precision's fastest round, not the median (see measure_bf16_speedup).
 PROBE_VERSION = "2"
+TRAINING_PROBE = f"probe {PROBE_VERSION}"
+# The decode probe: one token through the shakespeare preset's shape (4 blocks 128 wide,
+# GPT-2's 50k vocabulary), the model most often sampled on a CPU; weights cast, as
+# sampling casts them, and the output matrix in decode's (width, vocab) layout.
+DECODE_PROBE = "decode probe 1"
+DECODE_WIDTH, DECODE_LAYERS, DECODE_VOCAB = 128, 4, 50257
+DECODE_TOKENS = 2  # tokens per round
+DTYPES = (torch.float32, torch.bfloat16)
+DECODE_PROBE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -49,10 +64,10 @@ def cache_dir() -> Path:
     return Path(base) / "ml-playground"
 
 
-def machine_key(flags: Set[str]) -> str:
+def machine_key(flags: Set[str], probe: str = TRAINING_PROBE) -> str:
     """What the measurement depends on: CPU, its features, torch and the thread count."""
     parts = [
-        f"probe {PROBE_VERSION}",
+        probe,
         cpu_model(),
         platform.machine(),
         hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16],
@@ -63,14 +78,22 @@ def machine_key(flags: Set[str]) -> str:
 
 
 def bf16_speedup(flags: Set[str], folder: Path | None = None) -> Probe:
-    """The cached speed-up for this machine, measuring and caching it on the first call."""
+    """The cached training speed-up for this machine, measured and cached on the first call."""
+    return _cached(folder, machine_key(flags), measure_bf16_speedup)
+
+
+def decode_bf16_speedup(flags: Set[str], folder: Path | None = None) -> Probe:
+    """The cached decoding speed-up for this machine, measured and cached on the first call."""
+    return _cached(folder, machine_key(flags, DECODE_PROBE), measure_decode_bf16_speedup)
+
+
+def _cached(folder: Path | None, key: str, measure: Callable[[], float]) -> Probe:
     path = (folder or cache_dir()) / CACHE_FILE
-    key = machine_key(flags)
     known = _read(path)
     saved = known.get(key)
     if isinstance(saved, float) and saved > 0:
         return Probe(saved, path, cached=True)
-    speedup = measure_bf16_speedup()
+    speedup = measure()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(path, {**known, key: speedup})
@@ -106,6 +129,48 @@ def measure_bf16_speedup(rounds: int = ROUNDS) -> float:
     fp32: list[float] = []
     bf16: list[float] = []
     for _ in range(rounds):
+        fp32.append(once(torch.float32))
+        bf16.append(once(torch.bfloat16))
+    return min(fp32) / min(bf16)
+
+
+def measure_decode_bf16_speedup(rounds: int = ROUNDS) -> float:
+    """float32 over bfloat16 time of decoding a token: the blocks' one-row Linear products
+    and the output matrix, with weights stored in each dtype; rounds alternate and each
+    precision keeps its fastest (see measure_bf16_speedup)."""
+    generator = torch.Generator().manual_seed(0)
+    width = DECODE_WIDTH
+    # Linear's (out, in) layout: query, key, value, output, MLP in and out, per block.
+    shapes = [(width, width)] * 4 + [(4 * width, width), (width, 4 * width)]
+    blocks = [
+        torch.randn(rows, cols, generator=generator) / cols**0.5
+        for _ in range(DECODE_LAYERS)
+        for rows, cols in shapes
+    ]
+    head = torch.randn(width, DECODE_VOCAB, generator=generator) / width**0.5
+    x = torch.randn(1, width, generator=generator)
+    cast = {dtype: ([m.to(dtype) for m in blocks], head.to(dtype)) for dtype in DTYPES}
+
+    @torch.inference_mode()
+    def once(dtype: torch.dtype) -> float:
+        matrices, output = cast[dtype]
+        start = time.perf_counter()
+        for _ in range(DECODE_TOKENS):
+            h = x.to(dtype)
+            for matrix in matrices:
+                h = nn.functional.linear(h, matrix)
+            torch.mm(h, output)  # the logits, which the probe does not need
+        return time.perf_counter() - start
+
+    for dtype in DTYPES:  # warm-up: kernel choice, allocations
+        once(dtype)
+    fp32: list[float] = []
+    bf16: list[float] = []
+    # Where bfloat16 is very slow (a one-row bfloat16 Linear took 25 ms against 4 us in
+    # float32 with 2 threads on a busy EPYC) one round says so: the probe stops at its time
+    # budget rather than finish all of them.
+    deadline = time.perf_counter() + DECODE_PROBE_SECONDS
+    while len(fp32) < rounds and (not fp32 or time.perf_counter() < deadline):
         fp32.append(once(torch.float32))
         bf16.append(once(torch.bfloat16))
     return min(fp32) / min(bf16)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ml_playground.config import Device, DType, DTypeChoice
-from ml_playground.cpu_probe import bf16_speedup
+from ml_playground.cpu_probe import Probe, bf16_speedup, decode_bf16_speedup
 from ml_playground.errors import ConfigError
 
 DTYPE_NAMES: dict[torch.dtype, DType] = {
@@ -106,6 +106,36 @@ def resolve_precision(device: Device, dtype: DTypeChoice) -> Precision:
     return Precision(device=resolved, dtype=torch_dtype)
 
 
+def resolve_sampling_precision(device: Device, dtype: DTypeChoice) -> Precision:
+    """`resolve_precision` for decoding: on a CPU with bfloat16 instructions `auto` is what
+    decoded faster when measured here (`auto_sampling_dtype`), since bfloat16 training
+    speed says little about one-row products; elsewhere the same as for training."""
+    resolved = resolve_device(device)
+    if dtype != "auto" or resolved.type != "cpu":
+        return resolve_precision(device, dtype)
+    flags = read_cpu_flags()
+    chosen, why = auto_sampling_dtype(
+        flags, None if flags is None else _probe(flags, decode_bf16_speedup)
+    )
+    return Precision(device=resolved, dtype=TORCH_DTYPES[chosen], reason=f"auto: {why}")
+
+
+def auto_sampling_dtype(
+    cpu_flags: Set[str] | None, decode_speedup: Callable[[], tuple[float, str]] | None
+) -> tuple[DType, str]:
+    """What `dtype = "auto"` decodes in on a CPU, and why: bfloat16 only where it measured
+    faster (at least BF16_MIN_SPEEDUP), AMX or not."""
+    if cpu_flags is None:
+        return "float32", "this CPU's features cannot be read, float32 is the safe choice"
+    if not (AMX_FLAGS & cpu_flags or BF16_VECTOR_FLAG in cpu_flags):
+        return "float32", "this CPU has no bfloat16 instructions; they would be emulated"
+    if decode_speedup is None:
+        return "float32", "this CPU has bfloat16 instructions but was not measured"
+    speedup, source = decode_speedup()
+    verdict: DType = "bfloat16" if speedup >= BF16_MIN_SPEEDUP else "float32"
+    return verdict, f"bfloat16 measured {speedup:.2f}x the decoding speed of float32 ({source})"
+
+
 def auto_dtype(
     device_type: str,
     *,
@@ -149,9 +179,13 @@ def _auto_cpu_dtype(
 
 
 def _probe_cpu(flags: Set[str]) -> Callable[[], tuple[float, str]]:
+    return _probe(flags, bf16_speedup)
+
+
+def _probe(flags: Set[str], probe: Callable[[Set[str]], Probe]) -> Callable[[], tuple[float, str]]:
     def measure() -> tuple[float, str]:
-        probe = bf16_speedup(flags)
-        return probe.speedup, f"{'cached in' if probe.cached else 'saved to'} {probe.cache}"
+        result = probe(flags)
+        return result.speedup, f"{'cached in' if result.cached else 'saved to'} {result.cache}"
 
     return measure
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias for torch's functional API
 from torch import Tensor
@@ -65,12 +67,58 @@ class KVCache:
         self.length = 0
         self.position = 0
 
+    @property
+    def visible(self) -> None:
+        """`update` returns only the filled positions, so attention needs no mask."""
+        return None
 
-def attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
+    def slot(self) -> CacheSlot:
+        """Where the next single token goes, as tensors: see `CacheSlot`."""
+        index = torch.tensor([self.length], device=self.keys[0].device)
+        return CacheSlot(
+            cache=self,
+            index=index,
+            position=torch.tensor([self.position], device=index.device),
+            visible=(torch.arange(self.capacity, device=index.device) <= index)[None, :],
+        )
+
+
+@dataclass(frozen=True)
+class CacheSlot:
+    """One decoded token's place in a `KVCache`, with every number a tensor.
+
+    `KVCache.update` slices the buffers at Python ints, so each step has new shapes, which
+    a compiled step would have to recompile for (or trace symbolically). Through a slot the
+    token is written at `index` and attention reads the whole buffer, the positions past
+    it masked out: one graph for every step. Reading `capacity` positions rather than the
+    filled ones costs little next to the weights a step reads.
+    """
+
+    cache: KVCache
+    index: Tensor  # (1,) long: the buffer row the token is stored in
+    position: Tensor  # (1,) long: its absolute position (differs once the window slid)
+    visible: Tensor  # (1, capacity) bool: the rows up to and including `index`
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `k`, `v` (B, n_kv_head, 1, head_dim) at `index`; return the whole buffers."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys.index_copy_(2, self.index, k)
+        values.index_copy_(2, self.index, v)
+        return keys, values
+
+
+Cache = KVCache | CacheSlot
+"""What a block writes its keys and values to: the cache's next positions, or one slot."""
+
+
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float, visible: Tensor | None = None
+) -> Tensor:
     """Causal attention of queries (B, H, T, D) that are the last T positions of the keys.
 
     Keys and values may have fewer heads than the queries (grouped-query attention); each
-    of their heads then serves n_head / n_kv_head query heads.
+    of their heads then serves n_head / n_kv_head query heads. `visible` (1, S), for one
+    query over a whole `CacheSlot` buffer, marks the keys it may see instead.
     """
     if k.size(1) != q.size(1):
         groups = q.size(1) // k.size(1)
@@ -80,7 +128,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
         # float32 (profiled on an AMX Xeon, torch 2.15); attention is a small share of a
         # step's FLOPs, so bf16 training on the CPU attends in float32.
         with torch.autocast("cpu", enabled=False):
-            return attend(q.float(), k.float(), v.float(), dropout_p).to(q.dtype)
+            return attend(q.float(), k.float(), v.float(), dropout_p, visible).to(q.dtype)
+    if visible is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p)
     t, past = q.size(2), k.size(2) - q.size(2)
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ml_playground.model.attention import KVCache, attend
+from ml_playground.model.attention import Cache, attend
 from ml_playground.model.config import NORM_EPS, GPTConfig
 from ml_playground.model.rope import apply_rotary
 
@@ -33,16 +33,18 @@ class GPT2Attention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, cache: Cache | None) -> Tensor:
         b, t, c = x.shape
         qkv: Tensor = self.c_attn(x)
         q, k, v = (
             part.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
             for part in qkv.chunk(3, dim=2)
         )
+        visible = None
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
-        y = attend(q, k, v, self.dropout if self.training else 0.0)
+            visible = cache.visible
+        y = attend(q, k, v, self.dropout if self.training else 0.0, visible)
         out: Tensor = self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
         return out
 
@@ -70,7 +72,7 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=NORM_EPS, bias=config.bias)
         self.mlp = GPT2MLP(config)
 
-    def forward(self, x: Tensor, rotary: Rotary | None, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, rotary: Rotary | None, cache: Cache | None) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         out: Tensor = x + self.mlp(self.ln_2(x))
         return out
@@ -95,7 +97,7 @@ class LlamaAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=NORM_EPS) if config.qk_norm else None
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, rotary: Rotary, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, rotary: Rotary, cache: Cache | None) -> Tensor:
         b, t, c = x.shape
         q = self.c_q(x).view(b, t, self.n_head, self.head_dim)
         k = self.c_k(x).view(b, t, self.n_kv_head, self.head_dim)
@@ -105,9 +107,11 @@ class LlamaAttention(nn.Module):
         cos, sin = rotary
         q = apply_rotary(q.transpose(1, 2), cos, sin)
         k = apply_rotary(k.transpose(1, 2), cos, sin)
+        visible = None
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
-        y = attend(q, k, v, self.dropout if self.training else 0.0)
+            visible = cache.visible
+        y = attend(q, k, v, self.dropout if self.training else 0.0, visible)
         out: Tensor = self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
         return out
 
@@ -136,7 +140,7 @@ class LlamaBlock(nn.Module):
         self.ln_2 = nn.RMSNorm(config.n_embd, eps=NORM_EPS)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x: Tensor, rotary: Rotary | None, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, rotary: Rotary | None, cache: Cache | None) -> Tensor:
         if rotary is None:
             raise ValueError("a llama block needs the rotary angles of its positions")
         x = x + self.attn(self.ln_1(x), rotary, cache)

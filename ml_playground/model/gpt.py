@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ml_playground.model.attention import KVCache
+from ml_playground.model.attention import Cache, CacheSlot, KVCache
 from ml_playground.model.blocks import GPT2Block, LlamaBlock, Rotary
 from ml_playground.model.config import NORM_EPS, GPTConfig
 from ml_playground.model.loss import vocab_cross_entropy
@@ -82,7 +82,7 @@ class GPT(nn.Module):
             )
         if targets is None:
             return self._logits(idx, cache=None, last_only=last_only)
-        hidden = self._hidden(idx, cache=None)
+        hidden = self._hidden(idx, None, torch.arange(t, device=idx.device))
         return vocab_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     def forward_cached(self, idx: Tensor, cache: KVCache, *, last_only: bool = False) -> Tensor:
@@ -105,8 +105,34 @@ class GPT(nn.Module):
         cache.advance(t)
         return logits
 
+    def decode(self, idx: Tensor, slot: CacheSlot, head: Tensor) -> Tensor:
+        """Next-token logits (B, vocab_size) after one token per row `idx` (B, 1), stored at
+        `slot` of its cache, through `head` (`decoding_head()`); the caller advances the
+        cache.
+
+        The same numbers as `next_token_logits(forward_cached(idx, cache))` without its
+        padded columns, but every shape is fixed and every position a tensor, so a compiled
+        decode step (sample/gpt.py) runs one graph for all tokens.
+        """
+        x = self._hidden(idx, slot, slot.position)
+        logits: Tensor = x[:, -1, :] @ head
+        return logits
+
+    def decoding_head(self) -> Tensor:
+        """The output matrix for `decode`: the tokenizer's rows of lm_head, transposed into
+        a contiguous (n_embd, vocab_size) copy.
+
+        One token's logits are a vector-matrix product over the largest matrix of a small
+        model. On the CPU torch reads Linear's (vocab, n_embd) layout 2-3.5x slower for it
+        than this one (float32, 50k x 128 and 50k x 384, a 2-core EPYC); the padded rows
+        are left out because they would be masked anyway. The copy is taken once per
+        loaded model and costs the size of the embedding again.
+        """
+        return self.lm_head.weight[: self.config.vocab_size].t().contiguous()
+
     def _logits(self, idx: Tensor, cache: KVCache | None, *, last_only: bool = False) -> Tensor:
-        x = self._hidden(idx, cache)
+        start = 0 if cache is None else cache.position
+        x = self._hidden(idx, cache, torch.arange(start, start + idx.size(1), device=idx.device))
         if last_only:
             # The vocabulary projection is the largest matmul of a small model; generation
             # needs it for the newest position only.
@@ -114,11 +140,10 @@ class GPT(nn.Module):
         logits: Tensor = self.lm_head(x)
         return logits
 
-    def _hidden(self, idx: Tensor, cache: KVCache | None) -> Tensor:
-        """The final-norm hidden states (B, T, n_embd) of `idx`, after the cached positions."""
+    def _hidden(self, idx: Tensor, cache: Cache | None, positions: Tensor) -> Tensor:
+        """The final-norm hidden states (B, T, n_embd) of `idx` at `positions` (T,), after
+        the cached ones."""
         trunk, config = self.transformer, self.config
-        start = 0 if cache is None else cache.position
-        positions = torch.arange(start, start + idx.size(1), device=idx.device)
         x: Tensor = trunk.wte(idx)
         rotary: Rotary | None = None
         if config.arch == "gpt2":

@@ -13,7 +13,8 @@ turn's: the template may render earlier turns differently once later ones exist,
 rendered conversation is what the model must see. Decoding a reply, not the prefill,
 is where the time goes.
 
-Replies go to stdout, everything else (which model, resets, trimming) to stderr, so
+Replies go to stdout, everything else (which model, resets, trimming, and after each reply
+one line saying how fast it came, see generate.Speed) to stderr, so
 `chat EXP < questions.txt > answers.txt` keeps only the answers. A `> ` prompt appears only
 when stdin is a terminal. When the conversation no longer leaves room for a reply in the
 model's context, the oldest turns go (the system prompt stays) and stderr says so.
@@ -232,6 +233,7 @@ class ChatSession:
         if prompt is None:
             return
         ids: list[int] = []
+        speeds: list[str] = []
         stream = TextStream(self.model.decode, prompt)
 
         def show(row: int, token: int) -> None:
@@ -247,12 +249,15 @@ class ChatSession:
                 stop_ids=self.model.stop_ids,
                 generator=self.generator,
                 on_token=show,
+                on_speed=lambda speed: speeds.append(speed.line()),
             )
         except KeyboardInterrupt:
             self.write(stream.flush() + "\n")
             self.say("reply stopped; what it said so far stays in the conversation")
         else:
             self.write(stream.flush() + "\n")
+            for line in speeds:
+                self.say(line)
         self.conversation.turns.append(Turn(user, self.model.decode(ids)))
 
     def fitted_prompt(self, user: str) -> list[int] | None:

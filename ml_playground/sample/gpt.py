@@ -8,6 +8,7 @@ newest half block (see `gpt_step`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,12 +17,15 @@ from torch import Tensor
 from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import Tokenizer, tokenizer_from_spec
-from ml_playground.device import resolve_precision
-from ml_playground.model.attention import KVCache
+from ml_playground.device import resolve_sampling_precision
+from ml_playground.model.attention import CacheSlot, KVCache
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from ml_playground.sample.backend import Forward, LoadedModel, Scoring, mask_padded
 from ml_playground.sample.generate import Step
+
+Decode = Callable[[Tensor, CacheSlot, Tensor], Tensor]
+"""`GPT.decode`, or a compiled version of it: logits (B, vocab_size) of one new token."""
 
 
 def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokenizer, Path]:
@@ -59,18 +63,19 @@ def _fit_vocab(
 def load_gpt(config: ExperimentConfig) -> LoadedModel:
     """The checkpoint sampling uses, on sample.runtime's device, in its precision."""
     runtime = config.sample.runtime
-    precision = resolve_precision(runtime.device, runtime.dtype)
+    precision = resolve_sampling_precision(runtime.device, runtime.dtype)
     model, tokenizer, path = load_for_sampling(runtime.out_dir, precision.device)
     # Generating one token reads every weight once, so sampling is bound by memory bandwidth.
     # Casting the weights once halves what bfloat16/float16 read per token; autocast would
     # instead re-cast each float32 weight at every token and read more than float32 does.
     model.to(precision.dtype)
+    head = model.decoding_head()  # once, not per sample or chat turn
     in_dtype = "" if precision.dtype == torch.float32 else f" in {precision.dtype_name}"
     eot = tokenizer.eot_id
     return LoadedModel(
         description=f"sampling from {path}{in_dtype}",
         device=precision.device,
-        new_step=lambda: gpt_step(model),
+        new_step=lambda: gpt_step(model, head=head),
         encode=tokenizer.encode,
         decode=tokenizer.decode,
         first_id=eot,
@@ -96,30 +101,43 @@ def gpt_forward(model: GPT) -> Forward:
     return forward
 
 
-def gpt_step(model: GPT, *, use_cache: bool = True) -> Step:
-    """Next-token logits of `model` for a batch, with its KV cache (or, to compare, without).
+def gpt_step(
+    model: GPT,
+    *,
+    use_cache: bool = True,
+    head: Tensor | None = None,
+    decode: Decode | None = None,
+) -> Step:
+    """Next-token logits (B, vocab_size) of `model` for a batch, with its KV cache (or, to
+    compare, without).
 
-    Only the last block_size ids of the context are used. Dropout follows the module's
-    mode, so call `eval()` first for reproducible samples.
+    Prompts and refills go through `forward_cached`; each later single token through
+    `decode` (default `model.decode`; a compiled one from `compiled_decode`), which writes
+    one `CacheSlot` and multiplies by `head` (`model.decoding_head()`, taken here when not
+    given). Only the last block_size ids of the context are used. Dropout follows the
+    module's mode, so call `eval()` first for reproducible samples.
     """
-    block_size = model.config.block_size
+    if not use_cache:
+        return _uncached_step(model)
+    block_size, vocab_size = model.config.block_size, model.config.vocab_size
+    decode_one = decode or model.decode
+    output = model.decoding_head() if head is None else head
     cache: KVCache | None = None
     context: Tensor | None = None
 
     def step(ids: Tensor) -> Tensor:
         nonlocal cache, context
-        ids = ids.to(model.transformer.wte.weight.device)
+        ids = ids.to(output.device)
         context = ids if context is None else torch.cat((context, ids), dim=1)
         context = context[:, -block_size:]
-        if not use_cache:
-            # Without a cache the whole window is recomputed every step, as nanoGPT does.
-            return model.next_token_logits(model(context, last_only=True))
         if cache is None:
             cache = model.new_kv_cache(ids.size(0))
             new = context
         elif cache.length + ids.size(1) > cache.capacity and model.config.arch == "llama":
-            # Rotary keys encode where they were, so the oldest positions can simply go: the
-            # model then sees exactly the last block_size tokens, as without a cache.
+            # Rotary keys encode where they were, so the oldest positions can simply go and
+            # the model attends to the last block_size tokens. Their keys and values were
+            # computed while older tokens were still in view, so beyond one layer this is
+            # close to, not equal to, recomputing the window without a cache.
             cache.drop_oldest(cache.length + ids.size(1) - cache.capacity)
             new = ids
         elif cache.length + ids.size(1) > cache.capacity:
@@ -135,6 +153,26 @@ def gpt_step(model: GPT, *, use_cache: bool = True) -> Step:
             new = context[:, -((cache.capacity + 1) // 2) :]
         else:
             new = ids
-        return model.next_token_logits(model.forward_cached(new, cache, last_only=True))
+        if new.size(1) == 1 and cache.length > 0:
+            logits = decode_one(new, cache.slot(), output)
+            cache.advance(1)
+            return logits
+        return model.forward_cached(new, cache, last_only=True)[:, -1, :vocab_size]
+
+    return step
+
+
+def _uncached_step(model: GPT) -> Step:
+    """The whole window recomputed every step, as nanoGPT does: the reference the cache
+    is compared with."""
+    block_size, vocab_size = model.config.block_size, model.config.vocab_size
+    context: Tensor | None = None
+
+    def step(ids: Tensor) -> Tensor:
+        nonlocal context
+        ids = ids.to(model.transformer.wte.weight.device)
+        context = ids if context is None else torch.cat((context, ids), dim=1)
+        context = context[:, -block_size:]
+        return model.next_token_logits(model(context, last_only=True))[:, :vocab_size]
 
     return step

@@ -7,7 +7,8 @@ the backend's analysis (if it has one) as a *.json beside it.
 
 stdout carries only the samples' text, one blank line between two samples, so
 `ml-playground sample X > out.txt` holds just them; the status (which checkpoint,
-`--- sample i/n ---` before each, `--- saved PATH ---` after) goes to stderr. A reader
+`--- sample i/n ---` before each, `--- saved PATH ---` after, and last one line saying how
+fast the batch came, see generate.Speed) goes to stderr. A reader
 that stops early (`| head`) only cuts the display short: every sample is still saved.
 """
 
@@ -18,7 +19,7 @@ import torch
 from ml_playground import atomic, console
 from ml_playground.config import ExperimentConfig
 from ml_playground.sample.backend import LoadedModel
-from ml_playground.sample.generate import generate
+from ml_playground.sample.generate import Speed, generate
 from ml_playground.sample.prompt import encode_prompt, read_prompt, save_sample
 from ml_playground.sample.stream import TextStream
 
@@ -41,6 +42,7 @@ def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
         if live is not None and row == LIVE_ROW:
             console.write(live.push(token))
 
+    speeds: list[Speed] = []
     rows = generate(
         model.new_step(),
         prompt.ids,
@@ -48,6 +50,7 @@ def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
         stop_ids=model.stop_ids,
         generator=generator,
         on_token=show,
+        on_speed=speeds.append,
     )
     texts: list[str] = []
     for index, row in enumerate(rows):
@@ -67,6 +70,8 @@ def sample_texts(config: ExperimentConfig, model: LoadedModel) -> list[str]:
             note = f" ({analysis.summary})"
         console.status(f"--- saved {saved}{note} ---")
         texts.append(text)
+    for speed in speeds:
+        console.status(speed.line())
     return texts
 
 

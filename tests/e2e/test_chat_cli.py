@@ -89,6 +89,8 @@ def test_a_piped_chat_with_a_fine_tune_prints_only_the_replies_and_ends_at_eof(
         result.stderr
     )
     assert HELP in result.stderr
+    # Each reply is followed by how fast it came, on stderr (tests/e2e/test_speed_line_cli.py).
+    assert result.stderr.count("speed: prompt ") == 2
     assert "> " not in result.stderr  # the prompt marker is for terminals only
     assert "Traceback" not in result.stderr
 

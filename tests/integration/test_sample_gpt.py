@@ -129,11 +129,12 @@ def test_stdout_holds_only_the_samples_a_blank_line_apart_and_stderr_the_status_
     assert captured.out == "\n\n".join(texts) + "\n"
     saved = sorted((folder / "out" / SAMPLES_DIR).glob("*.txt"))
     status = captured.err.splitlines()
-    assert status[1:] == [
+    assert status[1:-1] == [
         line
         for index, path in enumerate(saved)
         for line in (f"--- sample {index + 1}/3 ---", f"--- saved {path} ---")
     ]
+    assert status[-1].startswith("speed: prompt ")  # how fast the batch came, last
 
 
 def test_a_file_prompt_is_read_relative_to_the_config(folder: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from benchmarks import quality, report
 from benchmarks.prepare import prepare_in_process
 from benchmarks.run import QUICK, run_benchmarks
+from benchmarks.sampling import LLAMA_BENCH, LLAMA_BENCH_MISSING, DecodeSpec, measure_decode
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +52,13 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     assert results.batching.batch_tokens_per_second > 0
     assert results.batching.sequential_tokens_per_second > 0
     assert results.bandwidth.bytes_per_second > 0
+    [decode] = results.decode
+    assert decode.ours_tokens_per_second > 0
+    if LLAMA_BENCH.is_file():  # `make llama-cpp` built it: it ran on our own GGUF
+        assert decode.ratio is not None and decode.ratio > 0
+        assert decode.llama_note.startswith("llama-bench -m medium-f32.gguf -p 0 -n 16 -t 1")
+    else:
+        assert decode.llama_note == LLAMA_BENCH_MISSING
     assert {p.kind for p in results.prepare} >= {"char"}
     assert all(p.megabytes_per_second > 0 and p.peak_rss_bytes > 0 for p in results.prepare)
     assert len(results.prepare_estimates) == len({p.kind for p in results.prepare})
@@ -78,6 +86,7 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
         "medium fp32 cache/no-cache",
         "medium bf16 cache/no-cache",
         f"medium fp32 {QUICK.sampling.batch_size} samples batch/one by one",
+        "medium fp32 batch 1, ours/llama.cpp",
         "GB/s",
         "1 GB (est.)",
     ):
@@ -92,3 +101,15 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     assert len(written["training"]) == 6
     assert len(written["time_to_quality"]) == len(quality.SETTINGS)
     assert written["sampling_batch"]["speedup"] > 0
+    assert written["decode"][0]["ours_tokens_per_second"] > 0
+
+
+def test_without_llama_bench_the_decode_row_says_how_to_build_it(tmp_path: Path) -> None:
+    spec = DecodeSpec("medium", QUICK.sampling.model, new_tokens=4, repeats=1)
+
+    result = measure_decode(spec, tmp_path, llama_bench=tmp_path / "no-llama-bench")
+
+    assert result.ours_tokens_per_second > 0
+    assert result.ratio is None
+    assert "make llama-cpp" in result.llama_note
+    assert (tmp_path / "medium-f32.gguf").is_file()  # our GGUF is written either way

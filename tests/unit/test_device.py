@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground.cpu_probe import CACHE_FILE, bf16_speedup
-from ml_playground.device import auto_dtype, read_cpu_flags, resolve_precision
+from ml_playground.cpu_probe import CACHE_FILE, bf16_speedup, decode_bf16_speedup
+from ml_playground.device import (
+    auto_dtype,
+    auto_sampling_dtype,
+    read_cpu_flags,
+    resolve_precision,
+    resolve_sampling_precision,
+)
 
 # Flags as /proc/cpuinfo lists them, trimmed: a Sapphire Rapids Xeon and an AMD EPYC (Zen 4).
 XEON_AMX = frozenset(["avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"])
@@ -113,3 +119,51 @@ def test_an_explicit_dtype_says_it_was_set_in_the_config() -> None:
 
     assert precision.dtype_name == "bfloat16"
     assert precision.reason == "set in runtime.dtype"
+
+
+# --- the precision sampling decodes in ----------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [XEON_AMX, EPYC_AVX512_BF16])
+@pytest.mark.parametrize(("speedup", "expected"), [(1.6, "bfloat16"), (0.7, "float32")])
+def test_sampling_on_a_cpu_with_bfloat16_decodes_in_what_measured_faster_amx_or_not(
+    flags: frozenset[str], speedup: float, expected: str
+) -> None:
+    # An AMX Xeon decoded the shakespeare model in bfloat16 at 0.7x float32's rate, though
+    # it trains in bfloat16 faster: AMX alone does not decide sampling.
+    dtype, why = auto_sampling_dtype(flags, lambda: (speedup, "cached in /c/cpu-precision.json"))
+
+    assert dtype == expected
+    assert f"measured {speedup:.2f}x the decoding speed of float32" in why
+
+
+def test_sampling_on_a_cpu_without_bfloat16_stays_in_float32_without_measuring() -> None:
+    def never() -> tuple[float, str]:
+        raise AssertionError("nothing to measure without bfloat16 instructions")
+
+    assert auto_sampling_dtype({"avx2"}, never)[0] == "float32"
+    assert auto_sampling_dtype(None, never)[0] == "float32"
+
+
+def test_the_decoding_measurement_is_cached_beside_the_training_one(tmp_path: Path) -> None:
+    trained = bf16_speedup(EPYC_AVX512_BF16, tmp_path)
+    first = decode_bf16_speedup(EPYC_AVX512_BF16, tmp_path)
+    again = decode_bf16_speedup(EPYC_AVX512_BF16, tmp_path)
+
+    assert (trained.cached, first.cached, again.cached) == (False, False, True)
+    assert again.speedup == first.speedup > 0
+    assert len(json.loads((tmp_path / CACHE_FILE).read_text(encoding="utf-8"))) == 2
+
+
+def test_an_explicit_sampling_dtype_is_kept_as_set() -> None:
+    precision = resolve_sampling_precision("cpu", "bfloat16")
+
+    assert precision.dtype == torch.bfloat16
+    assert precision.reason == "set in runtime.dtype"
+
+
+def test_auto_sampling_on_this_cpu_resolves_to_a_measured_or_safe_dtype() -> None:
+    precision = resolve_sampling_precision("cpu", "auto")
+
+    assert precision.dtype in (torch.float32, torch.bfloat16)
+    assert precision.reason.startswith("auto: ")

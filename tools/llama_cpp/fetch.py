@@ -1,11 +1,11 @@
-"""Fetch llama.cpp's converters, and build llama-quantize and llama-completion, from one pin.
+"""Fetch llama.cpp's converters, and build llama-quantize, -completion and -bench, from one pin.
 
 GitHub is not always reachable; PyPI is. llama-cpp-python's source distribution vendors a
 whole llama.cpp tree (`vendor/llama.cpp/`), so one pinned, hash-checked archive gives the
 converter scripts together with the gguf-py they were written for, and the C++ sources.
 
     uv run python tools/llama_cpp/fetch.py converters   # the Python converters: seconds
-    uv run python tools/llama_cpp/fetch.py binaries     # llama-quantize, llama-completion: cmake
+    uv run python tools/llama_cpp/fetch.py binaries     # llama-quantize, -completion, -bench: cmake
 
 `make llama-cpp-converters` and `make llama-cpp` run these. Each step writes a stamp last
 and is a no-op when its stamp names the pinned archive. The archive is cached under
@@ -44,8 +44,9 @@ CONVERTER_DIRS = ("conversion", "gguf-py")
 STAMP = ".llama-cpp-version"
 BIN_DIR = "bin"
 # llama-cli is now the server's chat front end (it needs the server library and web UI
-# assets fetched from the network); llama-completion is the classic one-shot generator.
-TARGETS = ("llama-quantize", "llama-completion")
+# assets fetched from the network); llama-completion is the classic one-shot generator;
+# llama-bench times prompt processing and generation, for `make bench`'s decode rows.
+TARGETS = ("llama-quantize", "llama-completion", "llama-bench")
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DLLAMA_CURL=OFF",
