@@ -51,7 +51,6 @@ from typing import Any, Final, Literal, Protocol
 # transformers renders chat templates with jinja2, so it is there wherever they are.
 from jinja2 import TemplateError
 
-from ml_playground import atomic
 from ml_playground.artifacts import Artifact, read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder, hf_datasets
@@ -503,38 +502,39 @@ def prepare_chat_dataset(
             "set [prepare] chat_template to a Jinja template or FILE:<path of one>"
         )
     counts = RowCounts()
-    split = _write_split(
-        read_records(rows, source_format, tokenizer, counts),
-        dataset_dir,
-        train_split=prepare.train_split,
-        seed=prepare.seed,
-    )
-    if split.records["train"] + split.records["val"] < 2:
-        raise DataError(
-            f"{_usable(split)} usable record(s) in {described}, at least 2 are "
-            f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
+    with dataset_folder.replacing(dataset_dir) as staged:
+        split = _write_split(
+            read_records(rows, source_format, tokenizer, counts),
+            staged,
+            train_split=prepare.train_split,
+            seed=prepare.seed,
         )
-    with atomic.atomic_directory(dataset_dir / TOKENIZER_DIR) as staging:
-        tokenizer.save_pretrained(str(staging))
-    meta = ChatDatasetMeta(
-        structure_tokens=(),
-        added_tokens=(),
-        doc_separator="",
-        record_opening="",
-        record_closing="",
-        stop_tokens=(),
-        source_format=source_format,
-        base_model=hf.model_name,
-        revision=hf.revision,
-        vocab_size=len(tokenizer),
-        records=dict(split.records),
-        tokens=dict(split.tokens),
-        trained_tokens=dict(split.trained),
-        file_sizes={name: (dataset_dir / name).stat().st_size for name in (TRAIN_FILE, VAL_FILE)},
-        fingerprint=fingerprint,
-        rows=counts.tally(),
-    )
-    dataset_folder.write_meta(dataset_dir, meta)
+        if split.records["train"] + split.records["val"] < 2:
+            raise DataError(
+                f"{_usable(split)} usable record(s) in {described}, at least 2 are "
+                f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
+            )
+        with staged.folder(TOKENIZER_DIR) as folder:
+            tokenizer.save_pretrained(str(folder))
+        meta = ChatDatasetMeta(
+            structure_tokens=(),
+            added_tokens=(),
+            doc_separator="",
+            record_opening="",
+            record_closing="",
+            stop_tokens=(),
+            source_format=source_format,
+            base_model=hf.model_name,
+            revision=hf.revision,
+            vocab_size=len(tokenizer),
+            records=dict(split.records),
+            tokens=dict(split.tokens),
+            trained_tokens=dict(split.trained),
+            file_sizes=staged.sizes(TRAIN_FILE, VAL_FILE),
+            fingerprint=fingerprint,
+            rows=counts.tally(),
+        )
+        staged.commit(meta)
     return ChatPrepareOutcome(
         skipped=False,
         meta=meta,
@@ -587,7 +587,11 @@ class _Split:
 
 
 def _write_split(
-    records: Iterator[TokenRecord], dataset_dir: Path, *, train_split: float, seed: int
+    records: Iterator[TokenRecord],
+    staged: dataset_folder.StagedDataset,
+    *,
+    train_split: float,
+    seed: int,
 ) -> _Split:
     """Seeded split by record, like the speeches'; a split left empty takes the last record
     of the other. The lines are held in memory until all are read: chat datasets are small
@@ -616,9 +620,8 @@ def _write_split(
                 ):
                     counts[full][key] -= size
                     counts[empty][key] += size
-        dataset_folder.remove_meta(dataset_dir)
         for split, name in (("train", TRAIN_FILE), ("val", VAL_FILE)):
-            with atomic.atomic_open(dataset_dir / name) as handle:
+            with staged.open(name) as handle:
                 handle.write("".join(lines[split]).encode("utf-8"))
     return _Split(
         records={split: tally["records"] for split, tally in counts.items()},

@@ -4,23 +4,33 @@
     dataset_dir/meta.json     written last and atomically: a complete meta.json means
                               complete files, and it lists their sizes
 
-Preparing removes a stale meta.json before it changes anything else, so a run that stops
-half way leaves a folder that reads as "not prepared" rather than one whose meta.json
-describes files that are no longer there. A folder is up to date when its meta.json
-records the same fingerprint of inputs and settings and every file it lists still has
-the recorded size; then preparing again does nothing.
+Preparing writes every new file and folder beside the old ones under a staged name
+(`.NAME.new`), so a prepare that fails or is killed while it reads and writes leaves the
+old dataset exactly as it was. Once all of them are complete, the new meta.json is staged
+too: that rename is the commit. Then the old meta.json goes (the folder reads as "not
+prepared" while its files change), each staged file and folder is renamed over its old
+one, and the new meta.json comes last. A kill after the commit is finished by the next
+prepare (`recover` rolls the staged copies forward); a kill before it is undone (the staged
+copies are deleted). Either way the next run finds the old complete dataset or the new one.
+
+A folder is up to date when its meta.json records the same fingerprint of inputs and
+settings and every file it lists still has the recorded size; then preparing again does
+nothing.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from abc import abstractmethod
 from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Generic, TypeVar
+from typing import IO, Any, Final, Generic, TypeVar
 
+from ml_playground import atomic
 from ml_playground.artifacts import Artifact, read_artifact, write_artifact
 from ml_playground.errors import DataError
 
@@ -71,7 +81,9 @@ def up_to_date(
     kind: type[M], dataset_dir: Path, same_inputs: Callable[[M], bool]
 ) -> PrepareOutcome[M] | None:
     """The skipped outcome when dataset_dir's meta.json passes `same_inputs` and every file
-    it lists is intact; None when the folder must be prepared (again)."""
+    it lists is intact; None when the folder must be prepared (again). A prepare that was
+    killed is finished or undone first (`recover`)."""
+    recover(dataset_dir)
     path = dataset_dir / META_FILE
     if _FORCED.get() or not path.is_file():
         return None
@@ -95,11 +107,104 @@ def up_to_date(
     )
 
 
-def remove_meta(dataset_dir: Path) -> None:
-    """Before anything in dataset_dir changes: its files stop being vouched for."""
-    (dataset_dir / META_FILE).unlink(missing_ok=True)
+class StagedDataset:
+    """The new files and folders of a dataset being prepared, under their staged names
+    until `commit` swaps them in. Obtained from `replacing`."""
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self.dataset_dir = dataset_dir
+
+    @contextmanager
+    def open(self, name: str) -> Generator[IO[Any]]:
+        """Write the new `name` (binary); it is staged complete when the block ends."""
+        path = self.dataset_dir / name
+        with atomic.naming(path), atomic.atomic_open(atomic.staged_name(path)) as handle:
+            yield handle
+
+    @contextmanager
+    def folder(self, name: str) -> Generator[Path]:
+        """Fill the new folder `name`; it is staged complete when the block ends."""
+        path = self.dataset_dir / name
+        with atomic.naming(path):
+            staging = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{name}.", suffix=atomic.TEMP_SUFFIX, dir=self.dataset_dir
+                )
+            )
+            try:
+                yield staging
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            staging.chmod(0o777 & ~atomic.current_umask())
+            atomic.sync_directory(staging)
+            staging.replace(atomic.staged_name(path))
+
+    def sizes(self, *names: str) -> dict[str, int]:
+        """The size of each staged file, for meta.json's `file_sizes`."""
+        return {name: atomic.staged_name(self.dataset_dir / name).stat().st_size for name in names}
+
+    def commit(self, meta: PreparedMeta) -> None:
+        """Stage meta.json (the commit: from here on the new dataset wins), then swap
+        everything in, meta.json last."""
+        write_artifact(atomic.staged_name(self.dataset_dir / META_FILE), meta)
+        _roll_forward(self.dataset_dir)
 
 
-def write_meta(dataset_dir: Path, meta: PreparedMeta) -> None:
-    """Last: the files are complete, so meta.json may say so."""
-    write_artifact(dataset_dir / META_FILE, meta)
+@contextmanager
+def replacing(dataset_dir: Path) -> Generator[StagedDataset]:
+    """Prepare a new version of dataset_dir: write it through the yielded `StagedDataset`
+    and end with its `commit`. An error before the commit deletes what was staged and
+    leaves the old dataset exactly usable."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    recover(dataset_dir)
+    try:
+        yield StagedDataset(dataset_dir)
+    except BaseException:
+        _roll_back(dataset_dir)
+        raise
+
+
+def recover(dataset_dir: Path) -> None:
+    """Finish a prepare killed after its commit, or undo one killed before it."""
+    if not dataset_dir.is_dir():
+        return
+    if atomic.staged_name(dataset_dir / META_FILE).exists():
+        _roll_forward(dataset_dir)
+    else:
+        _roll_back(dataset_dir)
+
+
+def _roll_forward(dataset_dir: Path) -> None:
+    meta = dataset_dir / META_FILE
+    with atomic.naming(meta):
+        meta.unlink(missing_ok=True)
+        atomic.sync_directory(dataset_dir)
+        for staged, target in _staged(dataset_dir):
+            if target != meta:
+                atomic.promote(staged, target)
+        atomic.sync_directory(dataset_dir)
+        atomic.staged_name(meta).replace(meta)
+        atomic.sync_directory(dataset_dir)
+    atomic.remove_leftovers(dataset_dir)
+
+
+def _roll_back(dataset_dir: Path) -> None:
+    for staged, _ in _staged(dataset_dir):
+        if staged.is_dir():
+            shutil.rmtree(staged, ignore_errors=True)
+        else:
+            staged.unlink(missing_ok=True)
+    atomic.remove_leftovers(dataset_dir)
+
+
+def _staged(dataset_dir: Path) -> list[tuple[Path, Path]]:
+    """(staged copy, the name it replaces) for every staged file and folder."""
+    suffix = atomic.NEW_SUFFIX
+    return [
+        (path, dataset_dir / path.name[1 : -len(suffix)])
+        for path in sorted(dataset_dir.iterdir())
+        if path.name.startswith(".")
+        and path.name.endswith(suffix)
+        and len(path.name) > len(suffix) + 1
+    ]

@@ -21,7 +21,6 @@ from typing import IO, Any
 
 import numpy as np
 
-from ml_playground import atomic
 from ml_playground.data import dataset_folder
 from ml_playground.data.batches import MASK_DTYPE
 from ml_playground.data.chat_records import TokenRecord, read_token_records
@@ -88,19 +87,19 @@ def pack_dataset(
     )
     if existing is not None:
         return PackedDataset(train, val, dtype, dict(existing.meta.tokens))
-    dataset_folder.remove_meta(folder)
     separator_ids = tokenizer.encode(separator, add_special_tokens=False) if separator else []
     tokens: dict[str, int] = {}
-    for split, name in SPLIT_FILES.items():
-        source = dataset_dir / name
-        size = source.stat().st_size if source.is_file() else 0  # missing: read_texts says so
-        with (
-            byte_progress(f"packing {split}", size) as advance,
-            atomic.atomic_open(folder / f"{split}.bin") as out,
-        ):
-            texts = _advancing(read_texts(source), advance)
-            tokens[split] = _write_stream(texts, tokenizer, out, dtype, [eos, *separator_ids])
-    dataset_folder.write_meta(folder, PackMeta(key=key, dtype=dtype, tokens=tokens))
+    with dataset_folder.replacing(folder) as staged:
+        for split, name in SPLIT_FILES.items():
+            source = dataset_dir / name
+            size = source.stat().st_size if source.is_file() else 0  # missing: read_texts says
+            with (
+                byte_progress(f"packing {split}", size) as advance,
+                staged.open(f"{split}.bin") as out,
+            ):
+                texts = _advancing(read_texts(source), advance)
+                tokens[split] = _write_stream(texts, tokenizer, out, dtype, [eos, *separator_ids])
+        staged.commit(PackMeta(key=key, dtype=dtype, tokens=tokens))
     return PackedDataset(train, val, dtype, tokens)
 
 
@@ -115,18 +114,17 @@ def pack_token_records(dataset_dir: Path, vocab_size: int, out_dir: Path) -> Pac
         PackMeta, folder, lambda meta: (meta.key, meta.dtype, meta.masked) == (key, dtype, True)
     )
     if existing is None:
-        dataset_folder.remove_meta(folder)
         tokens: dict[str, int] = {}
-        for split, name in SPLIT_FILES.items():
-            with (
-                atomic.atomic_open(folder / f"{split}.bin") as out,
-                atomic.atomic_open(masks[split]) as mask_out,
-            ):
-                tokens[split] = _write_records(
-                    read_token_records(dataset_dir / name), out, mask_out, dtype
-                )
-        meta = PackMeta(key=key, dtype=dtype, tokens=tokens, masked=True)
-        dataset_folder.write_meta(folder, meta)
+        with dataset_folder.replacing(folder) as staged:
+            for split, name in SPLIT_FILES.items():
+                with (
+                    staged.open(f"{split}.bin") as out,
+                    staged.open(mask_name(split)) as mask_out,
+                ):
+                    tokens[split] = _write_records(
+                        read_token_records(dataset_dir / name), out, mask_out, dtype
+                    )
+            staged.commit(PackMeta(key=key, dtype=dtype, tokens=tokens, masked=True))
     else:
         tokens = dict(existing.meta.tokens)
     return PackedDataset(

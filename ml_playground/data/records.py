@@ -37,7 +37,6 @@ from typing import IO, Any, Final, Literal
 
 from pydantic import Field
 
-from ml_playground import atomic
 from ml_playground.artifacts import Artifact
 from ml_playground.config import ExperimentConfig, HFModelConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder
@@ -247,39 +246,42 @@ def prepare_speech_dataset(
     tokenizer = load_tokenizer()
     report = ReadReport()
     total_bytes = sum(_stat(path)[0] for path in sources)
-    with byte_progress("reading speeches", total_bytes, enabled=show_progress) as advance:
+    with (
+        byte_progress("reading speeches", total_bytes, enabled=show_progress) as advance,
+        dataset_folder.replacing(dataset_dir) as staged,
+    ):
         speeches = select(read_speeches(sources, report, advance=advance), selection, report)
         if speeches_config.max_records is not None:
             speeches = itertools.islice(speeches, speeches_config.max_records)
         split = _write_split(
             speeches,
-            dataset_dir,
+            staged,
             structure_tokens=speeches_config.add_structure_tokens,
             train_split=prepare.train_split,
             seed=prepare.seed,
             describe=report.summary,
         )
-    structure = STRUCTURE_TOKENS if speeches_config.add_structure_tokens else ()
-    added = _add_structure_tokens(tokenizer, structure)
-    framing = speech_record_format(
-        structure_tokens=speeches_config.add_structure_tokens,
-        added_tokens=added,
-        doc_separator=speeches_config.doc_separator,
-    )
-    with atomic.atomic_directory(dataset_dir / TOKENIZER_DIR) as staging:
-        tokenizer.save_pretrained(str(staging))
-    meta = DatasetMeta(
-        **framing.record_format(),
-        base_model=hf.model_name,
-        revision=hf.revision,
-        vocab_size=len(tokenizer),
-        records=dict(split.records),
-        characters=dict(split.characters),
-        file_sizes={name: (dataset_dir / name).stat().st_size for name in (TRAIN_FILE, VAL_FILE)},
-        fingerprint=fingerprint,
-        rows=report.tally(),
-    )
-    dataset_folder.write_meta(dataset_dir, meta)
+        structure = STRUCTURE_TOKENS if speeches_config.add_structure_tokens else ()
+        added = _add_structure_tokens(tokenizer, structure)
+        framing = speech_record_format(
+            structure_tokens=speeches_config.add_structure_tokens,
+            added_tokens=added,
+            doc_separator=speeches_config.doc_separator,
+        )
+        with staged.folder(TOKENIZER_DIR) as folder:
+            tokenizer.save_pretrained(str(folder))
+        meta = DatasetMeta(
+            **framing.record_format(),
+            base_model=hf.model_name,
+            revision=hf.revision,
+            vocab_size=len(tokenizer),
+            records=dict(split.records),
+            characters=dict(split.characters),
+            file_sizes=staged.sizes(TRAIN_FILE, VAL_FILE),
+            fingerprint=fingerprint,
+            rows=report.tally(),
+        )
+        staged.commit(meta)
     examples = "".join(f"\n  e.g. {line}" for line in report.rows.examples[:SHOWN_EXAMPLES])
     tokens_note = f" (+{len(added)} tokens: {' '.join(added)})" if added else ""
     return PrepareOutcome(
@@ -339,7 +341,7 @@ class _SplitWriter:
 
 def _write_split(
     speeches: Iterator[Speech],
-    dataset_dir: Path,
+    staged: dataset_folder.StagedDataset,
     *,
     structure_tokens: bool,
     train_split: float,
@@ -348,8 +350,8 @@ def _write_split(
 ) -> _Split:
     rng = random.Random(seed)
     with (
-        atomic.atomic_open(dataset_dir / TRAIN_FILE) as train_handle,
-        atomic.atomic_open(dataset_dir / VAL_FILE) as val_handle,
+        staged.open(TRAIN_FILE) as train_handle,
+        staged.open(VAL_FILE) as val_handle,
     ):
         train, val = _SplitWriter(train_handle), _SplitWriter(val_handle)
         for speech in speeches:
@@ -367,9 +369,6 @@ def _write_split(
         for empty, full in ((val, train), (train, val)):
             if empty.records == 0:
                 empty.write(*full.take_last())
-        # Every input read without error: only now does the old dataset go, its meta.json
-        # first, so a folder caught between old and new files reads as not prepared.
-        dataset_folder.remove_meta(dataset_dir)
     return _Split(
         records={"train": train.records, "val": val.records},
         characters={"train": train.characters, "val": val.characters},

@@ -29,7 +29,6 @@ from typing import IO, Any, Final, Literal
 
 import numpy as np
 
-from ml_playground import atomic
 from ml_playground.artifacts import Artifact
 from ml_playground.data import dataset_folder
 from ml_playground.data.dataset_folder import PreparedMeta
@@ -147,11 +146,13 @@ def prepare_token_dataset(
     _check_vocab_limit(tokenizer.vocab_size, vocab_size_limit)
     dtype: TokenDType = "uint16" if tokenizer.vocab_size <= UINT16_IDS else "uint32"
 
-    dataset_folder.remove_meta(dataset_dir)
-    with byte_progress("encoding", total_bytes, enabled=show_progress) as advance:
+    with (
+        dataset_folder.replacing(dataset_dir) as staged,
+        byte_progress("encoding", total_bytes, enabled=show_progress) as advance,
+    ):
         train_tokens, val_tokens = _write_bins(
             sources,
-            dataset_dir,
+            staged,
             tokenizer=tokenizer,
             dtype=dtype,
             train_chars=train_chars,
@@ -159,17 +160,17 @@ def prepare_token_dataset(
             advance=advance,
             sha256=scan.sha256,
         )
-    meta = DatasetMeta(
-        tokenizer=tokenizer.spec,
-        dtype=dtype,
-        vocab_size=tokenizer.vocab_size,
-        train_tokens=train_tokens,
-        val_tokens=val_tokens,
-        source_sha256=scan.sha256,
-        settings=settings,
-        sources=tuple(str(path) for path in sources),
-    )
-    dataset_folder.write_meta(dataset_dir, meta)
+        meta = DatasetMeta(
+            tokenizer=tokenizer.spec,
+            dtype=dtype,
+            vocab_size=tokenizer.vocab_size,
+            train_tokens=train_tokens,
+            val_tokens=val_tokens,
+            source_sha256=scan.sha256,
+            settings=settings,
+            sources=tuple(str(path) for path in sources),
+        )
+        staged.commit(meta)
     return PrepareOutcome(
         skipped=False,
         meta=meta,
@@ -275,7 +276,7 @@ def _not_utf8(path: Path, offset: int) -> DataError:
 
 def _write_bins(
     sources: Sequence[Path],
-    dataset_dir: Path,
+    staged: dataset_folder.StagedDataset,
     *,
     tokenizer: Tokenizer,
     dtype: TokenDType,
@@ -287,8 +288,8 @@ def _write_bins(
     """Encode the corpus into train.bin and val.bin; returns both token counts."""
     digest = hashlib.sha256()
     with (
-        atomic.atomic_open(dataset_dir / TRAIN_BIN) as train_out,
-        atomic.atomic_open(dataset_dir / VAL_BIN) as val_out,
+        staged.open(TRAIN_BIN) as train_out,
+        staged.open(VAL_BIN) as val_out,
     ):
         train = _SplitEncoder(tokenizer, train_out, dtype, max_carry=chunk_bytes)
         val = _SplitEncoder(tokenizer, val_out, dtype, max_carry=chunk_bytes)

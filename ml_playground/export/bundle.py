@@ -1,8 +1,9 @@
 """The export folder as a unit: written whole or not at all, checksummed, stamped.
 
 Everything is built in a staging folder next to `export_dir` and swapped in at the end
-(`atomic.atomic_directory`), so an interrupted export leaves the previous bundle or none,
-never a half-written one that looks complete. Last into the staging folder go
+(`atomic.atomic_directory`), so an interrupted export leaves the previous bundle or the
+new one, never a half-written one that looks complete; the next export removes what the
+interrupted one left beside export_dir. Last into the staging folder go
 `SHA256SUMS` and the inputs stamp: what the bundle was made from and the size of every
 file. A re-run whose inputs match the stamp, with every file still in place, is skipped.
 """
@@ -47,7 +48,12 @@ def sha256_file(path: Path) -> str:
 
 
 def up_to_date(export_dir: Path, inputs: JsonObject) -> bool:
-    """True when export_dir holds a complete bundle made from exactly these inputs."""
+    """True when export_dir holds a complete bundle made from exactly these inputs.
+
+    An export killed midway is finished or undone first: its complete bundle under a spare
+    name moves into place, its staging folder goes (`atomic.recover`).
+    """
+    atomic.recover(export_dir)
     stamp = _read_stamp(export_dir)
     if stamp is None or stamp.inputs != _as_json(inputs) or not stamp.files:
         return False

@@ -8,6 +8,7 @@ shares, GPT-2's byte-level BPE tokenizer, and how each tensor is stored.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import gguf
 import numpy as np
 import torch
 
+from ml_playground import atomic
 from ml_playground.export.bpe_vocab import ByteLevelVocab
 from ml_playground.export.gguf_arch import GGUFArch, GGUFTensor
 from ml_playground.export.gguf_gpt2 import GPT2
@@ -66,7 +68,8 @@ def write_gpt_gguf(
         raise ValueError(f"tokenizer has {n_tokens} tokens but the model only {config.vocab_size}")
     arch = arch_for(config)
     writer = gguf.GGUFWriter(path, arch.name)
-    try:
+    # gguf writes with numpy, whose short write on a full disk names no file.
+    with atomic.naming(path), contextlib.closing(writer):
         _add_metadata(writer, config, n_tokens, quant, model_name)
         arch.hyperparameters(writer, config)
         _add_tokenizer(writer, vocab)
@@ -75,8 +78,6 @@ def write_gpt_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-    finally:
-        writer.close()
 
 
 def _add_metadata(

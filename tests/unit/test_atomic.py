@@ -56,18 +56,36 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path: Pat
 def test_leftovers_of_a_killed_write_are_removed_and_nothing_else(tmp_path: Path) -> None:
     (tmp_path / ".ckpt_last.pt.k2j3.tmp").write_bytes(b"half")
     (tmp_path / ".last.x8a.tmp").mkdir()
+    (tmp_path / "best").mkdir()
     (tmp_path / ".best.old").mkdir()
+    (tmp_path / ".best.new").mkdir()
     for kept in ("ckpt_last.pt", ".lock", "meta.json"):
         (tmp_path / kept).write_bytes(b"")
 
     removed = atomic.remove_leftovers(tmp_path)
 
-    assert len(removed) == 3
+    assert len(removed) == 4
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         ".lock",
+        "best",
         "ckpt_last.pt",
         "meta.json",
     ]
+
+
+def test_a_complete_copy_left_under_a_spare_name_is_moved_back_not_deleted(
+    tmp_path: Path,
+) -> None:
+    # Killed between the two renames of the fallback: only the spare names hold the folders.
+    for spare, content in ((".last.old", b"old"), (".last.new", b"new")):
+        (tmp_path / spare).mkdir()
+        (tmp_path / spare / "weights").write_bytes(content)
+    (tmp_path / ".best.old").mkdir()
+
+    atomic.remove_leftovers(tmp_path)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best", "last"]
+    assert (tmp_path / "last" / "weights").read_bytes() == b"new"
 
 
 def test_a_write_error_without_a_file_name_names_the_file_being_written(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The prepared-folder rules both datasets follow: meta.json last, the up-to-date check."""
+"""The prepared-folder rules every dataset follows: new files staged and swapped in only
+when complete, meta.json last, the up-to-date check."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ class NotesMeta(PreparedMeta):
 
 
 def prepared(folder: Path, text: str = "hello", source: str = "a") -> NotesMeta:
-    dataset_folder.remove_meta(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "notes.txt").write_text(text, encoding="utf-8")
-    meta = NotesMeta(source=source, notes_bytes=len(text.encode()))
-    dataset_folder.write_meta(folder, meta)
+    with dataset_folder.replacing(folder) as staged:
+        with staged.open("notes.txt") as handle:
+            handle.write(text.encode())
+        meta = NotesMeta(source=source, notes_bytes=staged.sizes("notes.txt")["notes.txt"])
+        staged.commit(meta)
     return meta
 
 
@@ -61,12 +62,45 @@ def test_other_inputs_a_resized_file_or_a_damaged_meta_json_mean_prepare_again(
     assert (other_inputs, resized, damaged) == (None, None, None)
 
 
-def test_removing_the_meta_json_first_leaves_a_folder_that_reads_as_not_prepared(
+def test_a_prepare_that_fails_before_its_commit_leaves_the_old_dataset_byte_for_byte(
     tmp_path: Path,
 ) -> None:
-    prepared(tmp_path)
+    prepared(tmp_path, "old notes")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
 
-    dataset_folder.remove_meta(tmp_path)
+    with pytest.raises(DataError, match="bad record"), dataset_folder.replacing(tmp_path) as staged:
+        with staged.open("notes.txt") as handle:
+            handle.write(b"new notes, half")
+        with staged.folder("tokenizer") as folder:
+            (folder / "vocab.json").write_text("{}", encoding="utf-8")
+        raise DataError("bad record")
+
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+    assert up_to_date(tmp_path) is not None
+
+
+def test_a_committed_dataset_replaces_files_and_folders_and_leaves_nothing_staged(
+    tmp_path: Path,
+) -> None:
+    prepared(tmp_path, "old")
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "old.json").write_text("old", encoding="utf-8")
+
+    with dataset_folder.replacing(tmp_path) as staged:
+        with staged.open("notes.txt") as handle:
+            handle.write(b"new!")
+        with staged.folder("tokenizer") as folder:
+            (folder / "new.json").write_text("new", encoding="utf-8")
+        staged.commit(NotesMeta(source="b", notes_bytes=4))
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == [META_FILE, "notes.txt", "tokenizer"]
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "new!"
+    assert [path.name for path in (tmp_path / "tokenizer").iterdir()] == ["new.json"]
+    assert up_to_date(tmp_path, source="b") is not None
+
+
+def test_a_folder_without_a_meta_json_reads_as_not_prepared(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
 
     assert up_to_date(tmp_path) is None
     with pytest.raises(DataError, match=rf"not found: {tmp_path / META_FILE}; run `ml-playground"):
