@@ -40,7 +40,7 @@ from ml_playground import atomic
 from ml_playground.artifacts import Artifact, parse_artifact, read_artifact, write_artifact
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.records import RecordFormat
-from ml_playground.data.tokenizer import TokenizerSpec
+from ml_playground.data.tokenizer import TokenizerSpec, is_known_encoding
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
 
@@ -154,14 +154,21 @@ def load(path: Path) -> Checkpoint:
     expected = payload.pop(DIGEST_KEY, None)  # absent in checkpoints written before it
     if expected is not None and content_digest(payload) != expected:
         raise CheckpointError(f"checkpoint {path} {CHANGED_SINCE_WRITTEN}; {remedy}")
+    tokenizer = parse_artifact(
+        TokenizerSpec, payload["tokenizer"], path, error=CheckpointError, remedy=remedy
+    )
+    if tokenizer.encoding is not None and not is_known_encoding(tokenizer.encoding):
+        raise CheckpointError(
+            f"checkpoint {path} was written with tiktoken encoding {tokenizer.encoding!r}, which "
+            "this tiktoken does not have; install the tiktoken version that trained it, or "
+            f"{remedy}"
+        )
     return Checkpoint(
         model=strip_compile_prefix(payload["model"]),
         state=_training_state(payload, version=STATE_VERSION, source=path),
         model_args=GPTConfig.from_dict(payload["model_args"], source=f"{path} model_args"),
         config=payload.get("config", {}),
-        tokenizer=parse_artifact(
-            TokenizerSpec, payload["tokenizer"], path, error=CheckpointError, remedy=remedy
-        ),
+        tokenizer=tokenizer,
     )
 
 

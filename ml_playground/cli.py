@@ -72,7 +72,14 @@ FILE_SYSTEM_REMEDIES: dict[int, str] = {
     errno.ENOTDIR: "a path in the way is a file, not a folder; fix the path in the config",
     errno.EEXIST: "a file stands where a folder should be; fix the path in the config",
     errno.EISDIR: "a path in the way is a folder, not a file; fix the path in the config",
+    errno.EFBIG: f"the file is larger than the file system allows; write elsewhere ({_KEPT})",
+    errno.EIO: f"the disk reported an I/O error; check it and run again ({_KEPT})",
 }
+# A write a library cut short without an errno (numpy's on a full disk): atomic.naming
+# gives it the file's name, which is how such an error is told from a bug.
+FAILED_WRITE_REMEDY = (
+    f"the write was cut short, most likely by a full disk; free some space and run again ({_KEPT})"
+)
 
 StepFn = Callable[[Experiment, LoadedConfig], None]
 
@@ -371,6 +378,16 @@ def _invocation(argv: Sequence[str]) -> str | None:
     return " ".join(parts)
 
 
+def _file_system_remedy(exc: OSError) -> str | None:
+    """What the user can do about `exc`; None for an error only a bug explains."""
+    if exc.errno is None:
+        return FAILED_WRITE_REMEDY if exc.filename else None
+    remedy = FILE_SYSTEM_REMEDIES.get(exc.errno)
+    if exc.errno == errno.EIO and not exc.filename:
+        return None  # no file to name: where it came from is only in the traceback
+    return remedy
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # Progress lines should reach a pipe or log file as they happen, not in 8 KB blocks.
@@ -396,13 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.silence_stdout()
         return EXIT_BROKEN_PIPE
     except OSError as exc:
-        remedy = FILE_SYSTEM_REMEDIES.get(exc.errno or 0)
+        remedy = _file_system_remedy(exc)
         if remedy is None:
             raise
         if verbose:
             traceback.print_exc()
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror}{where}; {remedy}", file=sys.stderr)
+        print(f"error: {exc.strerror or exc}{where}; {remedy}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SavedAndStopped as stopped:
         print(

@@ -51,8 +51,13 @@ class BatchSampler:
             )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self._tokens = _open_tokens(data, dtype, min_tokens=block_size + 1)
-        self._mask = None if mask is None else _open_mask(mask, len(self._tokens), data)
+        self._tokens = open_tokens(data, dtype)
+        if len(self._tokens) < block_size + 1:
+            raise DataError(
+                f"{data} holds {len(self._tokens)} tokens, fewer than block_size + 1 = "
+                f"{block_size + 1}; lower block_size or prepare more text"
+            )
+        self._mask = None if mask is None else open_mask(mask, len(self._tokens), data)
         self._block_size = block_size
         self._batch_size = batch_size
         self._mode: SamplerMode = mode
@@ -138,7 +143,7 @@ class BatchSampler:
 def check_token_ids(path: Path, dtype: str, vocab_size: int) -> None:
     """Every id in the token file is below `vocab_size`; otherwise the file is damaged or
     belongs to another dataset, which the embedding would only report as an IndexError."""
-    tokens = _open_tokens(path, dtype, min_tokens=1)
+    tokens = open_tokens(path, dtype)
     # Chunked, so a large file is read once without a copy of it in memory.
     chunk = 1 << 24
     for start in range(0, len(tokens), chunk):
@@ -150,37 +155,41 @@ def check_token_ids(path: Path, dtype: str, vocab_size: int) -> None:
             )
 
 
-def _open_mask(path: Path, tokens: int, data: Path) -> np.memmap[Any, np.dtype[Any]]:
+def open_mask(
+    path: Path, tokens: int, data: Path, remedy: str = RERUN_HINT
+) -> np.memmap[Any, np.dtype[Any]]:
     """Map the mask file read-only, after checking it flags exactly the tokens of `data`."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise DataError(f"mask file not found: {path}; {RERUN_HINT}") from None
+        raise DataError(f"mask file not found: {path}; {remedy}") from None
     if size != tokens:
         raise DataError(
             f"{path} flags {size} tokens but {data} holds {tokens}; they were not written "
-            f"together, so {RERUN_HINT}"
+            f"together, so {remedy}"
         )
     return np.memmap(path, dtype=MASK_DTYPE, mode="r")
 
 
-def _open_tokens(path: Path, dtype: str, min_tokens: int) -> np.memmap[Any, np.dtype[Any]]:
-    """Map the token file read-only, after checking it holds at least `min_tokens`."""
+def open_tokens(path: Path, dtype: str, remedy: str = RERUN_HINT) -> np.memmap[Any, np.dtype[Any]]:
+    """Map the token file read-only, after checking its dtype, that it is a file and that
+    its size is whole tokens: the one reader of token files, so every verb reports a
+    damaged one in the same line. How many tokens are enough is the caller's to say."""
     if dtype not in ("uint16", "uint32"):
         raise DataError(f"unsupported token dtype {dtype!r} for {path}; expected uint16 or uint32")
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise DataError(f"token file not found: {path}; {RERUN_HINT}") from None
+        raise DataError(f"token file not found: {path}; {remedy}") from None
+    if not path.is_file():
+        raise DataError(f"token file {path} is not a file; {remedy}")
     itemsize = np.dtype(dtype).itemsize
     if size % itemsize:
         raise DataError(
             f"{path} has {size} bytes, not a whole number of {dtype} tokens; it is damaged,"
-            f" so {RERUN_HINT}"
+            f" so {remedy}"
         )
-    if size // itemsize < min_tokens:
-        raise DataError(
-            f"{path} holds {size // itemsize} tokens, fewer than block_size + 1 = {min_tokens};"
-            " lower block_size or prepare more text"
-        )
+    if size == 0:
+        # numpy cannot map an empty file; no verb has a use for one.
+        raise DataError(f"{path} is empty; {remedy}")
     return np.memmap(path, dtype=dtype, mode="r")

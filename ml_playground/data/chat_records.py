@@ -178,12 +178,29 @@ def _boundary(tokenizer: HFTokenizer, full: str, ids: Sequence[int], prefix: str
     return len(prefix_ids)
 
 
+class TemplateFailedError(Exception):
+    """The chat template itself failed, not the record: raised again naming the row."""
+
+
+def template_failure(tokenizer: ChatTokenizer, exc: Exception) -> str:
+    """What went wrong in a chat template, in one line that names it: a template is user
+    code, so anything its expressions raise (a TypeError, a ZeroDivisionError) is reported,
+    not a traceback."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return (
+        f"the chat template of {tokenizer.name_or_path} failed ({detail}); fix the template "
+        "([prepare] chat_template, or chat_template.jinja in that tokenizer folder)"
+    )
+
+
 def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
     try:
         return tokenizer.apply_chat_template(conversation, **kwargs)
     except (ValueError, TemplateError) as exc:
         # Templates reject conversations they cannot render with raise_exception(...).
         raise BadRecordError("the chat template refused it", str(exc)) from None
+    except Exception as exc:  # user code: whatever it raises is one line
+        raise TemplateFailedError(template_failure(tokenizer, exc)) from None
 
 
 def generation_prompt(
@@ -203,6 +220,8 @@ def generation_prompt(
             "fix the template ([prepare] chat_template) or the system prompt "
             "([export.ollama] system)"
         ) from None
+    except Exception as exc:  # user code: whatever it raises is one line
+        raise DataError(template_failure(tokenizer, exc)) from None
     return tokenizer.encode(str(text), add_special_tokens=False)
 
 
@@ -225,8 +244,8 @@ def end_of_turn_ids(tokenizer: ChatTokenizer) -> frozenset[int]:
     ]
     try:
         rendered = str(tokenizer.apply_chat_template(conversation, tokenize=False))
-    except (ValueError, TemplateError):
-        return frozenset()  # a template this strict refuses chats too, with its own message
+    except Exception:  # user code; a template that fails here fails a chat
+        return frozenset()  # too, where generation_prompt reports it in one line
     _, found, after = rendered.rpartition(END_OF_TURN_PROBE)
     following = tokenizer.encode(after, add_special_tokens=False) if found else []
     if following and following[0] in tokenizer.all_special_ids:
@@ -307,6 +326,8 @@ def read_records(
             counts.add_malformed(where, "not JSON")
         except BadRecordError as bad:
             counts.add_malformed(where, bad.reason, bad.detail)
+        except TemplateFailedError as failed:
+            raise DataError(f"{where}: {failed}") from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -364,7 +385,11 @@ def _messages(record: Mapping[str, object]) -> list[dict[str, str]]:
             raise BadRecordError("unknown role", f"{role!r}; use one of {', '.join(ROLES)}")
         assert isinstance(role, str)
         content = message.get("content")
-        if not isinstance(content, str) or not content.strip():
+        if "content" not in message:
+            raise BadRecordError("a message has no content")
+        if not isinstance(content, str):
+            raise BadRecordError(f"content is {_json_kind(content)}, not a string")
+        if not content.strip():
             raise BadRecordError("empty content")
         messages.append({"role": role, "content": content})
     turns = messages[1:] if messages[0]["role"] == "system" else messages
@@ -374,6 +399,19 @@ def _messages(record: Mapping[str, object]) -> list[dict[str, str]]:
     if not any(m["role"] == "assistant" for m in turns):
         raise BadRecordError("no assistant turn")
     return messages
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, as a user reads it in the file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
 
 
 def read_token_records(path: Path) -> Iterator[TokenRecord]:
@@ -434,16 +472,19 @@ class ChatDatasetMeta(HFRecordsMeta):
 ChatPrepareOutcome = dataset_folder.PrepareOutcome[ChatDatasetMeta]
 
 
-def read_records_meta(dataset_dir: Path) -> DatasetMeta | ChatDatasetMeta:
-    """The meta.json of a records dataset of either kind, told apart by its "format"."""
+def read_records_meta(dataset_dir: Path, *, chat: bool = False) -> DatasetMeta | ChatDatasetMeta:
+    """The meta.json of a records dataset of either kind, told apart by its "format"; one
+    that is missing or unreadable is reported as the kind the config asks for (`chat`:
+    [prepare] format is set)."""
     path = dataset_dir / dataset_folder.META_FILE
     try:
         peeked: object = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        peeked = None  # the speech reader below says what is wrong with the file
-    if isinstance(peeked, dict) and typing.cast(dict[str, object], peeked).get("format") == (
-        RECORD_FORMAT
-    ):
+        peeked = None  # the reader below says what is wrong with the file
+    found = (
+        typing.cast(dict[str, object], peeked).get("format") if isinstance(peeked, dict) else None
+    )
+    if found == RECORD_FORMAT or (found is None and chat):
         return dataset_folder.read_meta(ChatDatasetMeta, path)
     return read_dataset_meta(dataset_dir)
 

@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 
 from ml_playground.config import ExperimentConfig, PrepareConfig
-from ml_playground.data.sources import text_files
+from ml_playground.data.sources import raw_text_file, text_files
 from ml_playground.data.token_dataset import PrepareOutcome, prepare_token_dataset
 from ml_playground.errors import DataError
 
@@ -25,12 +25,7 @@ def default_input(prepare: PrepareConfig) -> Path:
 def configured_sources(prepare: PrepareConfig) -> list[Path] | None:
     """Sources named in the config, or None when the config names none."""
     if prepare.raw_text_path is not None:
-        if not prepare.raw_text_path.is_file():
-            raise DataError(
-                f"prepare.raw_text_path {prepare.raw_text_path} does not exist; "
-                "fix the path or remove the key"
-            )
-        return [prepare.raw_text_path]
+        return [raw_text_file(prepare.raw_text_path)]
     if prepare.raw_dir is not None:
         if not prepare.raw_dir.is_dir():
             raise DataError(

@@ -20,6 +20,20 @@ DOWNLOAD_BLOCK_BYTES = 1 << 20
 TINY_SHAKESPEARE = Path(__file__).with_name("bundled") / "tinyshakespeare.txt"
 
 
+def raw_text_file(path: Path) -> Path:
+    """`[prepare] raw_text_path`, checked: an existing file, not a folder."""
+    if path.is_dir():
+        raise DataError(
+            f"prepare.raw_text_path {path} is a folder, not a file; name one file there, or "
+            "set prepare.raw_dir to read every file below the folder"
+        )
+    if not path.is_file():
+        raise DataError(
+            f"prepare.raw_text_path {path} does not exist; fix the path or remove the key"
+        )
+    return path
+
+
 def text_files(raw_dir: Path) -> list[Path]:
     """Every `*.txt` file below `raw_dir`, recursively, in sorted path order."""
     if not raw_dir.is_dir():

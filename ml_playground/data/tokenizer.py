@@ -227,6 +227,12 @@ def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
     return TiktokenTokenizer(spec.encoding)
 
 
+def is_known_encoding(name: str) -> bool:
+    """Whether tiktoken (or the bundled GPT-2 ranks) has the encoding `name` or its alias."""
+    resolved = TIKTOKEN_ALIASES.get(name, name)
+    return resolved == BUNDLED_ENCODING or resolved in tiktoken.list_encoding_names()
+
+
 def load_tiktoken_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken encoding `name` (an alias such as "gpt2" allowed).
 

@@ -74,11 +74,18 @@ class Experiment:
 
     @property
     def description(self) -> str:
-        """The first prose line of the experiment's Readme."""
+        """The first prose line of the experiment's Readme; what is wrong with it where it
+        cannot be read, so `list` still shows every experiment and marks this one."""
         readme = self.directory / README_FILE
         if not readme.is_file():
             return ""
-        for line in readme.read_text(encoding="utf-8").splitlines():
+        try:
+            text = readme.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            return f"({README_FILE} is not UTF-8; convert it to UTF-8)"
+        except OSError as exc:
+            return f"({README_FILE} cannot be read: {exc.strerror or exc})"
+        for line in text.splitlines():
             text = line.strip()
             if text and not text.startswith(("#", "<!--", "|", "-", "```")):
                 return text

@@ -330,6 +330,9 @@ def _render(tokenizer: ChatTokenizer, conversation: list[Message], generation: b
     except (ValueError, TemplateError) as exc:
         # Templates refuse conversations they cannot render with raise_exception(...).
         raise ShapeError(f"it refuses a plain conversation ({exc})") from None
+    except Exception as exc:  # a template is user code: one line, any error
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise ShapeError(f"it fails rendering a plain conversation ({detail})") from None
     if not isinstance(text, str):
         raise ShapeError("it does not render a conversation as text")
     return text

@@ -86,7 +86,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     peft = train_config.peft or PeftConfig()
     seed_everything(runtime.seed)  # the same fresh adapters on every rank
     dataset_dir = train_config.data.dataset_dir
-    meta = read_records_meta(dataset_dir)
+    meta = read_records_meta(dataset_dir, chat=config.prepare.format is not None)
     _check_dataset_matches(meta, hf, dataset_dir)
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
     last = checkpoint.adapters_dir(runtime.out_dir, checkpoint.LAST)

@@ -39,7 +39,7 @@ from typing import TextIO
 import torch
 
 from ml_playground.config import ExperimentConfig, SampleSettings
-from ml_playground.errors import UserError
+from ml_playground.errors import DataError, UserError
 from ml_playground.sample.backend import LoadedModel, Message
 from ml_playground.sample.generate import generate
 from ml_playground.sample.prompt import encode_prompt
@@ -107,6 +107,12 @@ class Streams:
     lines: TextIO
     replies: TextIO
     status: TextIO
+
+
+NOT_UTF8 = (
+    "the input is not UTF-8; send UTF-8 text (convert a file with iconv, or set the "
+    "terminal to UTF-8)"
+)
 
 
 def chat(config: ExperimentConfig, model: LoadedModel, streams: Streams | None = None) -> None:
@@ -198,6 +204,12 @@ class ChatSession:
         except KeyboardInterrupt:
             self.streams.status.write("\n")  # the CLI's "interrupted" line, on a line of its own
             raise
+        except UnicodeDecodeError:
+            raise DataError(NOT_UTF8) from None
+        # Under a C or POSIX locale Python reads undecodable bytes as lone surrogates
+        # (U+DC80..U+DCFF); no tokenizer knows them, and the fix is the input's encoding.
+        if line and any("\udc80" <= char <= "\udcff" for char in line):
+            raise DataError(NOT_UTF8)
         return line or None
 
     def edits_lines(self) -> bool:

@@ -45,7 +45,7 @@ from torch.nn import functional as F  # noqa: N812 - the conventional name
 from ml_playground import checkpoint
 from ml_playground.artifacts import Artifact, read_artifact, write_artifact
 from ml_playground.config import ExperimentConfig
-from ml_playground.data.batches import IGNORE_INDEX, MASK_DTYPE
+from ml_playground.data.batches import IGNORE_INDEX, open_mask, open_tokens
 from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.packing import PACKED_DIR, PackMeta, mask_name
 from ml_playground.data.token_dataset import read_meta
@@ -265,15 +265,15 @@ def _packed_val(out_dir: Path) -> Tokens:
         return Tokens(
             ids, None, "val split", path, _file_sha256(path), "every token after the first"
         )
-    counted = np.memmap(folder / mask_name("val"), dtype=MASK_DTYPE, mode="r")
+    counted = open_mask(folder / mask_name("val"), len(ids), path, remedy)
     rule = "assistant tokens only, as training counts them: val.mask.bin"
     return Tokens(ids, counted, "val split", path, _file_sha256(path), rule)
 
 
 def _token_file(path: Path, dtype: str, remedy: str) -> npt.NDArray[Any]:
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"no prepared val split: {path} not found; {remedy}")
-    ids = np.memmap(path, dtype=dtype, mode="r")
+    ids = open_tokens(path, dtype, remedy)
     if len(ids) < MIN_TOKENS:
         raise DataError(
             f"the val split {path} holds {len(ids)} token(s), too few to score (at least "

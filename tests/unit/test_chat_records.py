@@ -124,6 +124,8 @@ def test_bad_records_are_counted_by_reason_with_their_line_and_the_rest_prepared
             json.dumps(conversation("Frage?", "")),
             json.dumps({"messages": [{"role": "assistant", "content": "Zuerst ich."}]}),
             json.dumps({"messages": [{"role": "user", "content": "Nur eine Frage."}]}),
+            json.dumps({"messages": [{"role": "user", "content": 42}]}),
+            json.dumps({"messages": [{"role": "user", "content": ["Hallo"]}]}),
         ],
     )
     config = load(tmp_path, chat_settings(model)).config
@@ -131,8 +133,10 @@ def test_bad_records_are_counted_by_reason_with_their_line_and_the_rest_prepared
     outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
 
     rows = outcome.meta.rows
-    assert rows.read == 13
+    assert rows.read == 15
     assert rows.malformed == {
+        "content is a list, not a string": 1,
+        "content is a number, not a string": 1,
         "empty content": 2,
         "no 'messages' key": 1,
         "no assistant turn": 1,
@@ -142,7 +146,7 @@ def test_bad_records_are_counted_by_reason_with_their_line_and_the_rest_prepared
     }
     assert rows.examples[0] == f"{tmp_path / 'chats.jsonl'}:7: not JSON"
     assert outcome.meta.records["train"] + outcome.meta.records["val"] == 6
-    assert "13 records read; 7 bad (" in outcome.message
+    assert "15 records read; 9 bad (" in outcome.message
     assert read_records_meta(config.prepare.dataset_dir) == outcome.meta
     again = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
     assert again.skipped
@@ -164,6 +168,39 @@ def test_a_file_without_a_usable_record_is_one_line_naming_it(
     assert f"0 usable record(s) in {tmp_path / 'chats.jsonl'}" in message
     assert "1 no 'messages' key" in message and "1 not a JSON object" in message
     assert not (config.prepare.dataset_dir / TRAIN_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ messages[0].content + 1 }}",
+        "{% for m in messages %}{{ (1 / 0) ~ m.content }}{% endfor %}",
+    ],
+    ids=["TypeError", "ZeroDivisionError"],
+)
+def test_a_chat_template_that_raises_is_one_line_naming_it_and_the_old_dataset_stays(
+    tmp_path: Path, tiny_models: TinyModels, template: str
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    write_jsonl(
+        tmp_path / "chats.jsonl", [conversation(f"Frage {i}?", "Antwort.") for i in range(4)]
+    )
+    config = load(tmp_path, chat_settings(model)).config
+    prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+    dataset_dir = config.prepare.dataset_dir
+    before = {p: p.read_bytes() for p in sorted(dataset_dir.rglob("*")) if p.is_file()}
+    broken = load(tmp_path, chat_settings(model) | {"prepare.chat_template": template}).config
+
+    with pytest.raises(DataError) as error:
+        prepare_chat_dataset(broken, lambda: load_tokenizer(ModelSource.local(model)))
+
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{tmp_path / 'chats.jsonl'}:1: the chat template of {model} failed ("
+    )
+    assert "[prepare] chat_template" in message
+    assert {p: p.read_bytes() for p in sorted(dataset_dir.rglob("*")) if p.is_file()} == before
 
 
 def test_a_tokenizer_without_a_chat_template_names_the_model_and_the_key(

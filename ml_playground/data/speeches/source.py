@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml_playground.config import PrepareConfig
+from ml_playground.data.sources import raw_text_file
 from ml_playground.data.speeches.members import (
     MEMBER_FILES,
     META_FILE,
@@ -125,11 +126,7 @@ def speech_sources(prepare: PrepareConfig, suffixes: frozenset[str]) -> list[Pat
     """
     kinds = " or ".join(sorted(suffixes))
     if prepare.raw_text_path is not None:
-        path = prepare.raw_text_path
-        if not path.is_file():
-            raise DataError(
-                f"prepare.raw_text_path {path} does not exist; fix the path or remove the key"
-            )
+        path = raw_text_file(prepare.raw_text_path)
         if path.suffix.lower() not in suffixes:
             raise DataError(f"prepare.raw_text_path {path} is not a {kinds} file")
         return [path]
