@@ -161,7 +161,10 @@ def replacing(dataset_dir: Path) -> Generator[StagedDataset]:
     try:
         yield StagedDataset(dataset_dir)
     except BaseException:
-        _roll_back(dataset_dir)
+        # After the commit the new dataset wins: what is left of the swap is the next
+        # prepare's to finish, and nothing staged may go.
+        if not atomic.staged_name(dataset_dir / META_FILE).exists():
+            _roll_back(dataset_dir)
         raise
 
 
@@ -190,6 +193,7 @@ def _roll_forward(dataset_dir: Path) -> None:
 
 
 def _roll_back(dataset_dir: Path) -> None:
+    """Delete what an uncommitted prepare staged (there is no staged meta.json)."""
     for staged, _ in _staged(dataset_dir):
         if staged.is_dir():
             shutil.rmtree(staged, ignore_errors=True)
