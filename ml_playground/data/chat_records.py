@@ -458,8 +458,10 @@ class ChatFingerprint(Artifact):
 
 
 class ChatDatasetMeta(HFRecordsMeta):
-    """Chat records dataset metadata; its `source_format` (a RecordFormat field, which a run
-    copies) is always set."""
+    """Chat records dataset metadata.
+
+    Its `source_format` (a RecordFormat field, which a run copies) is always set.
+    """
 
     format_version: Literal[1] = FORMAT_VERSION
     format: Literal["token-records-jsonl"] = RECORD_FORMAT

@@ -20,6 +20,7 @@ import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -38,7 +39,7 @@ from tests.finetune_helpers import (
     write_config,
     write_jsonl,
 )
-from tests.gpt_helpers import tiny_experiment
+from tests.gpt_helpers import TomlValue, tiny_experiment
 
 EXIT_OK, EXIT_USER_ERROR = 0, 2
 
@@ -102,7 +103,7 @@ def ends_cleanly(
 
 # --- a small GPT experiment: prepared, with a random checkpoint fitted to its tokenizer ------
 
-GPT_CHANGES = {
+GPT_CHANGES: Mapping[str, TomlValue] = {
     "prepare.dataset": "bundestag_char",
     "train.runtime.max_iters": 2,
     "train.runtime.eval_interval": 1,
@@ -181,7 +182,7 @@ def _flat(table: Mapping[str, object], prefix: str = "") -> list[tuple[str, obje
     items: list[tuple[str, object]] = []
     for name, value in table.items():
         if isinstance(value, Mapping):
-            items += _flat(value, f"{prefix}{name}.")  # type: ignore[arg-type] # TOML tables
+            items += _flat(cast(Mapping[str, object], value), f"{prefix}{name}.")
         else:
             items.append((f"{prefix}{name}", value))
     return items

@@ -133,6 +133,12 @@ def every_kill(write: Callable[[], None], reset: Callable[[], None]) -> Iterator
     pytest.fail(f"the writer still had steps left after {MAX_STEPS}")
 
 
+def no_exchange(first: Path, second: Path) -> bool:
+    """An OS or file system without renameat2(RENAME_EXCHANGE): the two-rename fallback."""
+    del first, second
+    return False
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
 
@@ -168,7 +174,7 @@ def test_a_kill_at_any_step_of_a_folder_replacement_leaves_a_complete_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
 ) -> None:
     if not exchange:
-        monkeypatch.setattr(atomic, "exchange", lambda first, second: False)
+        monkeypatch.setattr(atomic, "exchange", no_exchange)
     elif not _exchange_works(tmp_path):
         pytest.skip("no renameat2(RENAME_EXCHANGE) on this OS or file system")
     parent = tmp_path / "adapters"
@@ -187,7 +193,7 @@ def test_a_kill_at_any_step_of_a_folder_replacement_leaves_a_complete_folder(
             for name, data in new.items():
                 atomic.write_bytes(staging / name, data)
 
-    kills = []
+    kills: list[bool] = []
     for step in every_kill(write, reset):
         atomic.remove_leftovers(parent)
         assert snapshot(target) in (old, new), f"killed at step {step}"
@@ -211,7 +217,7 @@ def test_a_kill_while_the_adapters_slot_is_replaced_never_makes_the_next_run_sta
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The fallback is the case the exchange avoids: the slot is missing under its real name.
-    monkeypatch.setattr(atomic, "exchange", lambda first, second: False)
+    monkeypatch.setattr(atomic, "exchange", no_exchange)
     out_dir = tmp_path / "out"
 
     def state(step: int) -> checkpoint.TrainingState:
@@ -220,7 +226,10 @@ def test_a_kill_while_the_adapters_slot_is_replaced_never_makes_the_next_run_sta
         )
 
     def weights(tag: bytes) -> Callable[[Path], None]:
-        return lambda folder: (folder / "adapter_model.safetensors").write_bytes(tag * 64)
+        def write(folder: Path) -> None:
+            (folder / "adapter_model.safetensors").write_bytes(tag * 64)
+
+        return write
 
     def reset() -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -229,7 +238,7 @@ def test_a_kill_while_the_adapters_slot_is_replaced_never_makes_the_next_run_sta
     def write() -> None:
         checkpoint.save_adapters(out_dir, checkpoint.LAST, weights(b"b"), state(20))
 
-    resumed_steps = set()
+    resumed_steps: set[int] = set()
     for _ in every_kill(write, reset):
         with checkpoint.out_dir_lock(out_dir):  # what the next `train` does first
             resumed = checkpoint.resumable_state(checkpoint.adapters_dir(out_dir, checkpoint.LAST))
@@ -284,7 +293,7 @@ def test_a_prepare_stopped_at_any_step_leaves_the_old_or_the_new_dataset_whole(
         assert leftovers(dataset_dir) == []
         return snapshot(dataset_dir)
 
-    outcomes = []
+    outcomes: list[Snapshot] = []
     if fault == "kill":
         for step in every_kill(lambda: write_notes(dataset_dir, 2), reset):
             outcomes.append(recovered())
@@ -331,7 +340,7 @@ def test_a_kill_at_any_step_of_a_token_prepare_keeps_a_dataset_that_trains(
             [corpus], dataset_dir, tokenizer_kind="char", show_progress=False, chunk_bytes=256
         )
 
-    seen = []
+    seen: list[bool] = []
     for step in every_kill(write, reset):
         dataset_folder.recover(dataset_dir)
         assert snapshot(dataset_dir) in (old, new), f"killed at step {step}"
@@ -359,7 +368,7 @@ def test_a_kill_at_any_step_of_an_export_leaves_a_complete_bundle_and_no_staging
         tmp_path.mkdir()
         export(1)
 
-    complete = []
+    complete: list[int] = []
     for step in every_kill(lambda: export(2), reset):
         versions = [v for v in (1, 2) if bundle.up_to_date(export_dir, {"version": v})]
         assert len(versions) == 1, f"killed at step {step}"
