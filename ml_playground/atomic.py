@@ -17,6 +17,7 @@ import functools
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,6 +29,7 @@ PROC_STATUS = Path("/proc/self/status")
 TEMP_SUFFIX = ".tmp"  # being written: incomplete, always safe to delete
 NEW_SUFFIX = ".new"  # a complete new copy waiting to be moved in
 OLD_SUFFIX = ".old"  # the complete old copy of a folder, moved aside for the new one
+RUST_OS_ERROR = re.compile(r"\(os error (?P<code>\d+)\)$")
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
 
@@ -59,9 +61,10 @@ def naming(path: Path) -> Generator[None]:
     """A failed write names `path`, the file the user knows.
 
     A full disk fails write() or fsync() with no file name at all, a library's short
-    write (numpy's) raises an OSError with neither errno nor name, and a refused create
-    names the temporary sibling (or a file in a staging folder), which is gone by the time
-    the user reads the message. Each is raised again naming `path`, or the file below it.
+    write (numpy's) raises an OSError with neither errno nor name, a Rust library's is no
+    OSError at all, and a refused create names the temporary sibling (or a file in a
+    staging folder), which is gone by the time the user reads the message. Each is raised
+    again as an OSError naming `path`, or the file below it.
     """
     try:
         yield
@@ -71,6 +74,14 @@ def naming(path: Path) -> Generator[None]:
             raise
         message = exc.strerror if exc.errno is not None else str(exc.strerror or exc)
         raise OSError(exc.errno, message, filename or str(path)) from exc
+    except Exception as exc:
+        # Rust libraries (safetensors, tokenizers) raise their own exception type for a
+        # failed write, with the OS error only in the text: "... (os error 28)".
+        found = RUST_OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found["code"])
+        raise OSError(code, os.strerror(code), str(path)) from exc
 
 
 def _known_name(filename: Path, path: Path) -> str:

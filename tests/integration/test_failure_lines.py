@@ -8,13 +8,18 @@ import errno
 import io
 import json
 import os
+import shutil
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
 import pytest
+import safetensors.torch
+import torch
 
-from ml_playground import cli
+from ml_playground import atomic, cli
 from ml_playground.data.token_dataset import read_meta
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import ExportError
@@ -125,6 +130,83 @@ def test_a_short_write_during_export_is_one_line_naming_the_gguf_and_the_bundle_
     )
     assert snapshot(export_dir) == before
     assert sorted(path.name for path in folder.iterdir() if path.name.startswith(".")) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs in tmp_path; skipped where this process may not mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True, check=False)
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill `disk` up to `leave` free bytes."""
+    free = shutil.disk_usage(disk).free
+    (disk / "filler").write_bytes(b"\0" * max(free - leave, 0))
+
+
+def test_a_real_full_disk_during_export_is_one_line_naming_the_gguf_and_the_bundle_stays(
+    tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "exp"
+    export_dir = small_disk / "export"
+    config = write_experiment(
+        folder, {"enabled": True, "quant": "f16", "export_dir": str(export_dir)}
+    )
+    args = GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    save_checkpoint(
+        folder / "out", random_gpt(args), TokenizerSpec(kind="tiktoken", encoding="gpt2")
+    )
+    assert cli.main(["export", str(folder)]) == 0
+    before = snapshot(export_dir)
+    config.write_text(config.read_text(encoding="utf-8").replace('"f16"', '"q8_0"'), "utf-8")
+    fill(small_disk, leave=200_000)
+
+    line = one_error_line(["export", str(folder)], capsys)
+
+    assert line.startswith("error: ")
+    assert f"{export_dir / 'model.gguf'}; " in line
+    assert "free some space" in line
+    assert snapshot(export_dir) == before
+    assert sorted(path.name for path in small_disk.iterdir()) == ["export", "filler"]
+
+
+def test_a_rust_library_failing_on_a_full_disk_is_an_os_error_naming_the_folder(
+    small_disk: Path,
+) -> None:
+    # safetensors (adapters, merged weights) reports a full disk as SafetensorError.
+    target = small_disk / "adapters" / "best"
+    target.mkdir(parents=True)
+    (target / "adapter_model.safetensors").write_bytes(b"old weights")
+    fill(small_disk, leave=100_000)
+
+    with (
+        pytest.raises(OSError, match="No space left on device") as error,
+        atomic.atomic_directory(target) as staging,
+    ):
+        safetensors.torch.save_file(  # pyright: ignore[reportUnknownMemberType] # its stub leaves PathLike unparametrized
+            {"w": torch.zeros(1_000_000)}, str(staging / "adapter_model.safetensors")
+        )
+
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(target)
+    assert snapshot(target) == {"adapter_model.safetensors": b"old weights"}
+    assert sorted(path.name for path in target.parent.iterdir()) == ["best"]
 
 
 # --- user content that raises ---------------------------------------------------------------
