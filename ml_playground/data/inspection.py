@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from ml_playground.config import ExperimentConfig
 from ml_playground.data import hf_datasets, token_dataset
-from ml_playground.data.batches import MASK_DTYPE, BatchSampler
+from ml_playground.data.batches import MASK_DTYPE, BatchSampler, open_tokens
 from ml_playground.data.chat_records import (
     ChatDatasetMeta,
     ChatTokenizer,
@@ -195,7 +195,7 @@ def _records_dataset(
     config: ExperimentConfig, load_tokenizer: TokenizerFolderLoader, scratch: Path
 ) -> Dataset:
     dataset_dir = config.train.data.dataset_dir
-    meta = read_records_meta(dataset_dir)
+    meta = read_records_meta(dataset_dir, chat=config.prepare.format is not None)
     tokenizer = load_tokenizer(dataset_dir / TOKENIZER_DIR)
     eos = tokenizer.eos_token_id
     unknown = typing.cast(int | None, getattr(tokenizer, "unk_token_id", None))
@@ -270,9 +270,8 @@ def _records_dataset(
 
 
 def _tokens(path: Path, dtype: str) -> npt.NDArray[Any]:
-    if not path.is_file():
-        raise DataError(f"token file not found: {path}; {RERUN_HINT}")
-    return np.memmap(path, dtype=dtype, mode="r")
+    # The one reader of token files: a damaged one reads here as it does in train and eval.
+    return open_tokens(path, dtype)
 
 
 def _mask(path: Path | None) -> npt.NDArray[Any] | None:

@@ -229,11 +229,11 @@ def test_any_config_text_is_a_run_or_one_error_line(
 # --- token files ------------------------------------------------------------------------------
 
 
-@examples(10)
+@examples(12)
 @given(
     data=st.binary(max_size=300),
     name=st.sampled_from(["val.bin", "train.bin"]),
-    verb=st.sampled_from(["eval", "train"]),
+    verb=st.sampled_from(["eval", "train", "inspect"]),
 )
 def test_any_token_file_is_a_run_or_one_error_line(
     gpt_experiment: Path,
