@@ -17,6 +17,7 @@ full-size float32 logits and every pass over them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,19 @@ def vocab_cross_entropy(
         softmax=softmax_rows or max(1, SOFTMAX_ELEMENTS // vocab),
         softcap=softcap,
     )
+    return _loss_outside_graph(hidden, weight, targets, compute_dtype, shape, replaced)
+
+
+def _eager_loss(  # noqa: PLR0917 - the arguments vocab_cross_entropy resolved
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    compute_dtype: torch.dtype,
+    shape: _Shape,
+    replaced: ReplacedRows | None,
+) -> Tensor:
+    """The loss with gradients computed on the spot where autograd needs them, else the
+    value alone."""
     indices = None if replaced is None else replaced.indices
     values = None if replaced is None else replaced.values
     with torch.autocast(hidden.device.type, enabled=False):
@@ -98,6 +112,18 @@ def vocab_cross_entropy(
             shape,
             gradients=None,
         )
+
+
+# torch.compile traces a model's forward into one graph; this loss stays out of it (a graph
+# break, eager code between the compiled trunk and its backward). Dynamo cannot trace it:
+# the autograd Function computes its gradients in forward and hands them to backward on
+# ctx, which dynamo refuses as intermediates escaping a higher-order op, and its scratch
+# buffers are module state. Nor would tracing pay: the loss is two large matmuls per chunk
+# and a softmax over cache-sized slices, already memory-lean, where a compiler's gain is
+# in fusing many small element-wise ops.
+_loss_outside_graph: Callable[
+    [Tensor, Tensor, Tensor, torch.dtype, _Shape, ReplacedRows | None], Tensor
+] = torch.compiler.disable(_eager_loss)  # type: ignore[no-untyped-call] # torch leaves disable() unannotated
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._dynamo.exc import TorchDynamoException
 from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground import checkpoint
@@ -251,11 +252,12 @@ def evaluate(run: Run) -> dict[str, float]:
     """Mean loss over eval_iters batches of each split, always the same batches.
 
     Each rank evaluates its own batches and the losses are averaged over ranks, so all
-    agree on what is "best". Evaluation needs no gradient sync, so a distributed run
-    evaluates the bare model.
+    agree on what is "best". It evaluates the bare model: it needs no gradient sync (DDP),
+    and a compiled forward would compile a second graph for no_grad, which on a CPU takes
+    longer than all the evaluations of a small run.
     """
     runtime = run.train.runtime
-    forward = run.model if run.ddp is not None else run.forward
+    forward = run.model
     run.model.eval()
     losses: dict[str, float] = {}
     files = run.files
@@ -383,7 +385,7 @@ def assemble_run(
         device_ids = [precision.device.index] if precision.device.type == "cuda" else None
         run.ddp = DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
         wrapped = run.ddp
-    run.forward = _maybe_compile(wrapped, precision) if compile_model else wrapped
+    run.forward = maybe_compile(wrapped, precision) if compile_model else wrapped
     return run
 
 
@@ -427,13 +429,43 @@ def _restore(run: Run, state: TrainingState, source: str) -> None:
     run.iter_num, run.best_val_loss = state.iter_num, state.best_val_loss
 
 
-def _maybe_compile(model: nn.Module, precision: Precision) -> Callable[..., Any]:
+def maybe_compile(model: nn.Module, precision: Precision) -> Callable[..., Any]:
     """torch.compile where it works; otherwise say why and run eagerly."""
     if precision.device_type == "mps":
         print("compile: skipped, torch.compile does not support the MPS backend reliably")
         return model
     try:
-        return torch.compile(model)
-    except (RuntimeError, ImportError) as exc:  # e.g. no C++ compiler, unsupported Python
+        compiled = torch.compile(model)
+    except (RuntimeError, ImportError) as exc:  # e.g. an unsupported Python version
         print(f"compile: skipped, torch.compile failed ({exc}); running eagerly")
         return model
+    return CompiledOrEager(model, compiled)
+
+
+class CompiledOrEager:
+    """The compiled model, until compiling fails; from then on the eager model.
+
+    torch.compile() returns at once: tracing and code generation happen lazily, at the
+    first call (and again when a guard fails, as the first evaluation under no_grad does).
+    A failure there (no C++ compiler, an op dynamo cannot trace) raises a dynamo exception
+    before the compiled graph has run, so the same call can be answered eagerly. The run
+    says so in one line and stays eager; an error in the model itself recurs eagerly and
+    surfaces as it would without compile.
+    """
+
+    def __init__(self, model: nn.Module, compiled: Callable[..., Any]) -> None:
+        self.model = model
+        self.compiled: Callable[..., Any] | None = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except TorchDynamoException as exc:
+                self.compiled = None
+                reason = next((line for line in str(exc).splitlines() if line.strip()), "")
+                print(
+                    f"compile: failed at the first call ({type(exc).__name__}: "
+                    f"{reason[:200]}); running eagerly"
+                )
+        return self.model(*args, **kwargs)

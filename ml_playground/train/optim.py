@@ -19,6 +19,7 @@ from torch import nn
 from ml_playground.config import OptimizerName, TrainConfig
 from ml_playground.device import Precision
 from ml_playground.errors import ConfigError
+from ml_playground.train.muon import BatchedMuon
 
 StateDict = dict[str, Any]
 BLOCKS_PREFIX = "transformer.h."
@@ -103,7 +104,8 @@ def build_optimizers(model: nn.Module, train: TrainConfig, precision: Precision)
             f"train.optim.name = 'muon' found no matrices under {BLOCKS_PREFIX}* in this model; "
             "use name = 'adamw'"
         )
-    muon = torch.optim.Muon(
+    # torch's Muon update, batched over matrices of one shape (train/muon.py says why).
+    muon = BatchedMuon(
         matrices,
         lr=optim.muon_learning_rate,
         momentum=optim.muon_momentum,

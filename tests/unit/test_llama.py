@@ -70,6 +70,22 @@ def test_rotary_equals_multiplying_adjacent_pairs_by_a_unit_complex_number() -> 
     torch.testing.assert_close(ours, reference.float(), rtol=1e-5, atol=1e-5)
 
 
+def test_rotary_as_one_complex_product_equals_rotating_even_and_odd_values_with_gradients() -> None:
+    # The plain real formulation, strided as the model's queries are (B, T, H, D -> B, H, T, D).
+    x = torch.randn(3, 9, 4, 16).transpose(1, 2).requires_grad_()
+    cos, sin = rotary_angles(torch.arange(9), 16, 10000.0)
+    upstream = torch.randn(3, 4, 9, 16)
+
+    ours = apply_rotary(x, cos, sin)
+    (grad_ours,) = torch.autograd.grad(ours, x, upstream)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    plain = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    (grad_plain,) = torch.autograd.grad(plain, x, upstream)
+
+    torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_ours, grad_plain, rtol=1e-6, atol=1e-6)
+
+
 def test_rotated_query_key_products_depend_only_on_their_distance() -> None:
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
 
