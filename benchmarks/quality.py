@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from benchmarks.training import TokenFile, never_saved
-from ml_playground.config import Arch, DTypeChoice, OptimizerName, TrainConfig
+from ml_playground.config import Arch, DTypeChoice, OptimizerName, TrainConfig, load_config
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
+from ml_playground.experiments import find_experiment
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from ml_playground.train.gpt import gpt_loss
@@ -33,6 +35,12 @@ TARGET = 1.90  # the time-to-target column
 GOAL = 1.80  # what the best setting should reach within the recipe's steps
 TIME_GOAL = 0.60  # ... and the most of the baseline's time it may take to reach TARGET
 BASELINE = "gpt2+adamw float32"
+# The speed recipe (benchmarks/char_speedrun.toml) against BASELINE, nanoGPT's settings:
+SPEEDRUN_TIME_GOAL = 0.25  # the most of BASELINE's time to TARGET it may take
+SPEEDRUN_VAL_GOAL = 1.65  # the val loss it must reach within BASELINE's whole wall time
+SPEEDRUN_CONFIG = Path(__file__).with_name("char_speedrun.toml")
+SPEEDRUN = "char speedrun"
+SPEEDRUN_EXPERIMENT = "bundestag_char"
 SEED = 1337
 
 
@@ -48,6 +56,37 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class Entrant:
+    """One run in a race: its name, its [train] settings, its model."""
+
+    name: str
+    train: TrainConfig
+    model: GPTConfig
+
+    def scaled_to(self, recipe: Recipe) -> Entrant:
+        """The same choices at the recipe's sizes, batch and steps: for the quick smoke run."""
+        train = self.train
+        updates = {
+            "data": train.data.model_copy(update={"batch_size": recipe.batch_size}),
+            "schedule": train.schedule.model_copy(
+                update={"warmup_iters": recipe.warmup_iters, "lr_decay_iters": recipe.steps}
+            ),
+            "runtime": train.runtime.model_copy(
+                update={
+                    "max_iters": recipe.steps,
+                    "eval_interval": recipe.eval_interval,
+                    "eval_iters": recipe.eval_iters,
+                }
+            ),
+        }
+        m = recipe.model
+        model = self.model.replace(
+            n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size
+        )
+        return Entrant(self.name, train.model_copy(update=updates), model)
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: GPTConfig
     batch_size: int
@@ -60,6 +99,11 @@ class Recipe:
 
     def with_vocab(self, vocab_size: int) -> Recipe:
         return replace(self, model=self.model.replace(vocab_size=vocab_size))
+
+    def entrant(self, setting: Setting) -> Entrant:
+        return Entrant(
+            setting.name, self.train_config(setting), self.model.replace(arch=setting.arch)
+        )
 
     def train_config(self, setting: Setting) -> TrainConfig:
         return TrainConfig.model_validate(
@@ -138,18 +182,12 @@ class QualityResult:
 
 class _Contender:
     def __init__(
-        self,
-        recipe: Recipe,
-        setting: Setting,
-        precision: Precision,
-        train: TokenFile,
-        val: TokenFile,
+        self, entrant: Entrant, precision: Precision, train: TokenFile, val: TokenFile
     ) -> None:
         seed_everything(SEED)  # the same batches for every setting; weights per architecture
-        config = recipe.train_config(setting)
-        model_config = recipe.model.replace(arch=setting.arch)
+        model_config = entrant.model
         self.run: Run = assemble_run(
-            config,
+            entrant.train,
             precision,
             Ranks(),
             model=GPT(model_config),
@@ -157,11 +195,16 @@ class _Contender:
             block_size=model_config.block_size,
             loss=gpt_loss,
             write=never_saved,
-            description=setting.name,
+            description=entrant.name,
             resume=None,
             resume_source="",
+            compile_model=entrant.train.runtime.compile,
         )
-        self.result = QualityResult(setting.name, precision.dtype_name)
+        self.result = QualityResult(entrant.name, precision.dtype_name)
+
+    @property
+    def steps(self) -> int:
+        return self.run.train.runtime.max_iters
 
     def step(self, index: int) -> None:
         train = self.run.train
@@ -169,41 +212,107 @@ class _Contender:
         start = time.perf_counter()
         optimizer_step(self.run, lr)
         self.result.seconds += time.perf_counter() - start
+        step = index + 1
+        if step % train.runtime.eval_interval == 0 or step == self.steps:
+            val = evaluate(self.run)["val"]
+            self.result.evals.append((step, self.result.seconds, val))
 
-    def evaluate(self, step: int) -> None:
-        val = evaluate(self.run)["val"]
-        self.result.evals.append((step, self.result.seconds, val))
+
+def race(
+    entrants: list[tuple[Entrant, Precision]], train: TokenFile, val: TokenFile
+) -> list[QualityResult]:
+    """Every entrant trained in alternation, one step each per round, until each has run its
+    max_iters; each evaluates at its own eval_interval (not on the clock)."""
+    contenders = [_Contender(entrant, precision, train, val) for entrant, precision in entrants]
+    for index in range(max(c.steps for c in contenders)):
+        for contender in contenders:
+            if index < contender.steps:
+                contender.step(index)
+    return [c.result for c in contenders]
 
 
 def measure_time_to_quality(
-    recipe: Recipe, train: TokenFile, val: TokenFile, settings: tuple[Setting, ...] = SETTINGS
+    recipe: Recipe,
+    train: TokenFile,
+    val: TokenFile,
+    settings: tuple[Setting, ...] = SETTINGS,
+    extra: tuple[Entrant, ...] = (),
 ) -> list[QualityResult]:
     """Every setting trained side by side on the same batches; see the module docstring.
+    `extra` entrants (the speed recipe) race beside them, each in the precision its own
+    dtype resolves to.
 
     A setting whose dtype "auto" resolves to a precision already in the table (float32 on
     a CPU where bfloat16 would be slower) is the same run, so it is trained once and
     listed under both names.
     """
-    contenders: dict[tuple[str, str, str], _Contender] = {}
+    entrants: dict[tuple[str, str, str], tuple[Entrant, Precision]] = {}
     names: list[tuple[str, tuple[str, str, str]]] = []
     for setting in settings:
         precision = resolve_precision("cpu", setting.dtype)
         key = (setting.arch, setting.optimizer, precision.dtype_name)
-        if key not in contenders:
-            contenders[key] = _Contender(recipe, setting, precision, train, val)
+        if key not in entrants:
+            entrants[key] = (recipe.entrant(setting), precision)
         names.append((setting.name, key))
-    for index in range(recipe.steps):
-        for contender in contenders.values():
-            contender.step(index)
-        step = index + 1
-        if step % recipe.eval_interval == 0 or step == recipe.steps:
-            for contender in contenders.values():
-                contender.evaluate(step)
-    return [replace(contenders[key].result, setting=name) for name, key in names]
+    for entrant in extra:
+        entrants[(entrant.name, "", "")] = (
+            entrant,
+            resolve_precision("cpu", entrant.train.runtime.dtype),
+        )
+        names.append((entrant.name, (entrant.name, "", "")))
+    results = dict(zip(entrants, race(list(entrants.values()), train, val), strict=True))
+    return [replace(results[key], setting=name) for name, key in names]
+
+
+@dataclass(frozen=True)
+class Reached:
+    step: int
+    seconds: float
+    val: float
+
+
+@dataclass(frozen=True)
+class SpeedrunSummary:
+    """The speed recipe against BASELINE, from one race."""
+
+    baseline_to_target: Reached | None
+    speedrun_to_target: Reached | None
+    baseline_wall: float  # BASELINE's optimizer steps, all of them
+    best_within_wall: Reached  # the speed recipe's lowest val at an eval inside that time
+
+    @property
+    def ratio(self) -> float | None:
+        base, run = self.baseline_to_target, self.speedrun_to_target
+        return None if base is None or run is None else run.seconds / base.seconds
+
+
+def first_reaching(result: QualityResult, target: float) -> Reached | None:
+    return next((Reached(s, t, v) for s, t, v in result.evals if v <= target), None)
+
+
+def speedrun_summary(results: list[QualityResult]) -> SpeedrunSummary | None:
+    """None unless both the speed recipe and BASELINE raced."""
+    by_name = {r.setting: r for r in results}
+    baseline, speedrun = by_name.get(BASELINE), by_name.get(SPEEDRUN)
+    if baseline is None or speedrun is None:
+        return None
+    inside = [Reached(s, t, v) for s, t, v in speedrun.evals if t <= baseline.seconds]
+    best = min(inside or [Reached(*speedrun.evals[0])], key=lambda r: r.val)
+    return SpeedrunSummary(
+        first_reaching(baseline, TARGET), first_reaching(speedrun, TARGET), baseline.seconds, best
+    )
+
+
+def settings_results(results: list[QualityResult]) -> list[QualityResult]:
+    """The grid of settings on the recipe, without the speed recipe (its own cadence)."""
+    return [r for r in results if r.setting != SPEEDRUN]
 
 
 def render(results: list[QualityResult], recipe: Recipe) -> str:
-    """One row per setting: time, val loss at each eval, time to TARGET and its ratio."""
+    """One row per setting: time, val loss at each eval, time to TARGET and its ratio;
+    then the speed recipe's evaluations."""
+    speedrun = next((r for r in results if r.setting == SPEEDRUN), None)
+    results = settings_results(results)
     base_time = _baseline_seconds(results)
     steps = [step for step, _, _ in results[0].evals]
     header = ["setting", "runs in", "wall s", *(f"@{s}" for s in steps), f"to {TARGET}", "ratio"]
@@ -230,17 +339,24 @@ def render(results: list[QualityResult], recipe: Recipe) -> str:
         f"T={m.block_size} B={recipe.batch_size}, {recipe.steps} steps; 'wall s' counts "
         f"optimizer steps only; ratio = time to {TARGET} over gpt2+adamw float32's",
     ]
+    if speedrun is not None:
+        evals = ", ".join(f"{step}: {val:.3f} @{sec:.0f}s" for step, sec, val in speedrun.evals)
+        lines += [
+            "",
+            f"{SPEEDRUN} ({SPEEDRUN_CONFIG.name}, {speedrun.precision}, "
+            f"{speedrun.seconds:.0f} s of steps): {evals}",
+        ]
     return "\n".join(lines)
 
 
 def best_final(results: list[QualityResult]) -> QualityResult:
-    return min(results, key=lambda r: r.final_val)
+    return min(settings_results(results), key=lambda r: r.final_val)
 
 
 def fastest_ratio(results: list[QualityResult]) -> tuple[QualityResult, float] | None:
     """The setting that reached TARGET soonest, and its time over gpt2+adamw float32's."""
     base_time = _baseline_seconds(results)
-    reached = [(r, t) for r in results if (t := r.seconds_to(TARGET)) is not None]
+    reached = [(r, t) for r in settings_results(results) if (t := r.seconds_to(TARGET)) is not None]
     if not reached or not base_time:
         return None
     fastest, seconds = min(reached, key=lambda pair: pair[1])
@@ -265,3 +381,11 @@ def results_json(results: list[QualityResult]) -> list[dict[str, object]]:
         }
         for r in results
     ]
+
+
+def speedrun_entrant(vocab_size: int, path: Path = SPEEDRUN_CONFIG) -> Entrant:
+    """The speed recipe as `train bundestag_char --exp-config path` reads it."""
+    experiment = find_experiment(SPEEDRUN_EXPERIMENT)
+    train = load_config(path, experiment.directory).config.train
+    model = GPTConfig.model_validate({**train.model.model_dump(), "vocab_size": vocab_size})
+    return Entrant(SPEEDRUN, train, model)

@@ -6,6 +6,7 @@ so they survive a noisy machine far better than the absolute rates next to them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from benchmarks.lora import LoraResults, LoraRow
 from benchmarks.prepare import MB, PrepareEstimate, PrepareResult
 from benchmarks.quality import QualityResult, Recipe
 from benchmarks.sampling import BatchResult, DecodeResult, SamplingResult
-from benchmarks.training import TrainingResult, TrainingSpec
+from benchmarks.training import OptimizerRatio, TrainingResult, TrainingSpec
 from ml_playground import atomic
 from ml_playground.config import DType
 
@@ -25,6 +26,7 @@ BANDWIDTH_TARGET = 0.8  # cached decode tokens/s over the memory-bandwidth ceili
 BF16_TARGET = 1.8  # bf16 vs fp32 training speed, medium model, where bf16 matrix units exist
 PREPARE_RSS_TARGET_MB = 500.0  # prepare's peak RSS at the 1 GB corpus target
 VAL_LOSS_TOLERANCE = 0.05  # nats bf16 may end above fp32 and still count as no worse
+MUON_STEP_RATIO = 1.15  # a Muon step over an AdamW step, char and medium models
 JUDGED_MODEL = "medium"  # the speed targets are about the realistic model
 # LoRA, ours vs the transformers Trainer: tokens/s ratio, and peak RSS ratio in every row.
 LORA_HEADLINE_SPEEDUP = 2.0  # bf16, attention targets, gradient checkpointing on
@@ -42,6 +44,7 @@ class BenchResults:
     bandwidth: BandwidthResult
     training_specs: list[TrainingSpec]
     training: list[TrainingResult]
+    optimizer_ratios: list[OptimizerRatio]
     quality_recipe: Recipe
     quality: list[QualityResult]
     sampling: list[SamplingResult]
@@ -96,7 +99,9 @@ def table_rows(results: BenchResults) -> list[Row]:
     return [
         *_matmul_rows(results),
         *_training_rows(results),
+        *_optimizer_rows(results),
         *_quality_rows(results),
+        *_speedrun_rows(results),
         *_sampling_rows(results),
         *_decode_rows(results),
         *_prepare_rows(results),
@@ -150,7 +155,9 @@ def write_json(results: BenchResults, path: Path) -> None:
             for spec in results.training_specs
         },
         "training": [asdict(r) for r in results.training],
+        "optimizer_ratios": [{**asdict(r), "ratio": r.ratio} for r in results.optimizer_ratios],
         "time_to_quality": quality.results_json(results.quality),
+        "speedrun": _speedrun_json(results),
         "sampling": [asdict(s) for s in results.sampling],
         "sampling_batch": {
             **asdict(results.batching),
@@ -295,6 +302,84 @@ def _quality_rows(results: BenchResults) -> list[Row]:
             )
         )
     return rows
+
+
+def _optimizer_rows(results: BenchResults) -> list[Row]:
+    return [
+        Row(
+            "train",
+            f"{r.model} {_short(r.dtype)} muon/adamw step",
+            f"{r.ratio:.2f}x",
+            f"{r.muon_seconds * 1000:,.0f} vs {r.adamw_seconds * 1000:,.0f} ms/step, interleaved",
+            _check(
+                results,
+                f"{r.model} muon/adamw step",
+                r.ratio,
+                f"<= {MUON_STEP_RATIO:g}x",
+                r.ratio <= MUON_STEP_RATIO,
+            ),
+        )
+        for r in results.optimizer_ratios
+    ]
+
+
+def _speedrun_rows(results: BenchResults) -> list[Row]:
+    """Time to val TARGET for nanoGPT's settings and the speed recipe, their ratio, and the
+    recipe's best val within the baseline's wall time."""
+    summary = quality.speedrun_summary(results.quality)
+    if summary is None:
+        return []
+    target = quality.TARGET
+
+    def reached(r: quality.Reached | None) -> tuple[str, str]:
+        if r is None:
+            return "-", "never reached"
+        return f"{r.seconds:.1f} s", f"step {r.step}, val {r.val:.3f}"
+
+    base, run = summary.baseline_to_target, summary.speedrun_to_target
+    ratio = summary.ratio
+    best = summary.best_within_wall
+    return [
+        Row("quality", f"to val {target:g}: {quality.BASELINE} (nanoGPT)", *reached(base)),
+        Row(
+            "quality",
+            f"to val {target:g}: {quality.SPEEDRUN}",
+            *reached(run),
+            _check(
+                results,
+                "speedrun time to target ratio",
+                math.inf if ratio is None else ratio,
+                f"<= {quality.SPEEDRUN_TIME_GOAL:g}x",
+                ratio is not None and ratio <= quality.SPEEDRUN_TIME_GOAL,
+            ),
+        ),
+        Row(
+            "quality",
+            f"{quality.SPEEDRUN} / nanoGPT time to {target:g}",
+            "-" if ratio is None else f"{ratio:.2f}x",
+            "optimizer steps only, raced in alternation",
+        ),
+        Row(
+            "quality",
+            f"{quality.SPEEDRUN} val within nanoGPT's {summary.baseline_wall:.0f} s",
+            f"{best.val:.3f}",
+            f"step {best.step}, {best.seconds:.1f} s",
+            _check(
+                results,
+                "speedrun val within baseline wall time",
+                best.val,
+                f"<= {quality.SPEEDRUN_VAL_GOAL:g}",
+                best.val <= quality.SPEEDRUN_VAL_GOAL,
+            ),
+        ),
+    ]
+
+
+def _speedrun_json(results: BenchResults) -> dict[str, object] | None:
+    summary = quality.speedrun_summary(results.quality)
+    if summary is None:
+        return None
+    return {**asdict(summary), "ratio": summary.ratio, "config": str(quality.SPEEDRUN_CONFIG)}
 
 
 def _sampling_rows(results: BenchResults) -> list[Row]:

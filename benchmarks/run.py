@@ -46,6 +46,7 @@ from benchmarks.training import (
     PRECISIONS,
     TokenFile,
     TrainingSpec,
+    measure_optimizer_ratio,
     measure_training,
     write_random_tokens,
 )
@@ -195,11 +196,22 @@ def run_benchmarks(
         started,
         f"time to quality: {len(quality.SETTINGS)} settings x {recipe.steps} steps side by side",
     )
+    speedrun = quality.speedrun_entrant(meta.vocab_size)
+    if not settings.judged:
+        speedrun = speedrun.scaled_to(recipe)
     time_to_quality = quality.measure_time_to_quality(
         recipe,
         TokenFile(char_dir / TRAIN_BIN, meta.dtype),
         TokenFile(char_dir / VAL_BIN, meta.dtype),
+        extra=(speedrun,),
     )
+    # Muon's step against AdamW's: the char model as the speed recipe builds it (llama),
+    # and the medium model below.
+    char_llama = small.with_arch("llama")
+    _progress(started, f"{char_llama.name}: Muon and AdamW steps side by side")
+    optimizer_ratios = [
+        measure_optimizer_ratio(char_llama, TokenFile(char_dir / TRAIN_BIN, meta.dtype))
+    ]
 
     random_ids = write_random_tokens(work_dir / "random.bin", settings.random_tokens, GPT2_VOCAB)
     mediums = [settings.medium, settings.medium.with_arch("llama")]
@@ -213,6 +225,9 @@ def run_benchmarks(
             matmul_size=settings.matmul_size,
             matmul_repeats=settings.matmul_repeats,
         )
+
+    _progress(started, f"{settings.medium.name}: Muon and AdamW steps side by side")
+    optimizer_ratios.append(measure_optimizer_ratio(settings.medium, random_ids))
 
     _progress(started, "sampling with and without the KV cache, fp32 and bf16")
     sampling = measure_sampling(settings.sampling)
@@ -235,6 +250,7 @@ def run_benchmarks(
         bandwidth=bandwidth,
         training_specs=[small, *mediums],
         training=training,
+        optimizer_ratios=optimizer_ratios,
         quality_recipe=recipe,
         quality=time_to_quality,
         sampling=sampling,

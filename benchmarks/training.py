@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.hardware import Matmul
 from benchmarks.timing import Case, time_side_by_side
 from ml_playground.checkpoint import Slot, TrainingState
-from ml_playground.config import Arch, DType, TrainConfig
+from ml_playground.config import Arch, DType, DTypeChoice, OptimizerName, TrainConfig
 from ml_playground.device import resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
 from ml_playground.model.config import GPTConfig
@@ -86,12 +86,21 @@ class _Trainer:
     """One model, its optimizer and its batches, stepping in one precision."""
 
     def __init__(
-        self, spec: TrainingSpec, train: TokenFile, val: TokenFile | None, dtype: DType
+        self,
+        spec: TrainingSpec,
+        train: TokenFile,
+        val: TokenFile | None,
+        dtype: DType,
+        optimizer: OptimizerName = "adamw",
     ) -> None:
         seed_everything(SEED)
         self.model = GPT(spec.model)
         settings = TrainConfig.model_validate(
-            {"data": {"batch_size": spec.batch_size}, "runtime": {"seed": SEED}}
+            {
+                "data": {"batch_size": spec.batch_size},
+                "optim": {"name": optimizer},
+                "runtime": {"seed": SEED},
+            }
         )
         self.run: Run = assemble_run(
             settings,
@@ -182,6 +191,41 @@ def measure_training(
             )
         )
     return results
+
+
+@dataclass(frozen=True)
+class OptimizerRatio:
+    """A Muon step's time over an AdamW step's, the same model and batches side by side."""
+
+    model: str
+    dtype: DType
+    adamw_seconds: float  # median step, forward and backward included
+    muon_seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.muon_seconds / self.adamw_seconds
+
+
+def measure_optimizer_ratio(
+    spec: TrainingSpec, train: TokenFile, dtype: DTypeChoice = "auto"
+) -> OptimizerRatio:
+    """AdamW and Muon (the loop's own optimizer steps) timed in interleaved rounds, in the
+    precision `dtype` resolves to here, as a run with that dtype would train."""
+    resolved = resolve_precision("cpu", dtype).dtype_name
+    names: tuple[OptimizerName, ...] = ("adamw", "muon")
+    trainers = {name: _Trainer(spec, train, None, resolved, optimizer=name) for name in names}
+    cases = [
+        Case(
+            name,
+            run=trainer.step,
+            repeats=spec.timed_steps,
+            warmup=functools.partial(trainer.warm_up, spec.warmup_steps),
+        )
+        for name, trainer in trainers.items()
+    ]
+    timings = {t.name: t.median for t in time_side_by_side(cases)}
+    return OptimizerRatio(spec.name, resolved, timings["adamw"], timings["muon"])
 
 
 def write_random_tokens(path: Path, count: int, vocab_size: int) -> TokenFile:

@@ -103,7 +103,11 @@ class LlamaAttention(nn.Module):
         k = self.c_k(x).view(b, t, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            # Under autocast the projections come out in bfloat16 while the gains stay
+            # float32; torch's fused RMSNorm needs one dtype (else a slower path and a
+            # warning), so the norm runs in float32 and rounds back once.
+            q = self.q_norm(q.float()).to(q.dtype)
+            k = self.k_norm(k.float()).to(k.dtype)
         cos, sin = rotary
         q = apply_rotary(q.transpose(1, 2), cos, sin)
         k = apply_rotary(k.transpose(1, 2), cos, sin)

@@ -63,8 +63,16 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     assert all(p.megabytes_per_second > 0 and p.peak_rss_bytes > 0 for p in results.prepare)
     assert len(results.prepare_estimates) == len({p.kind for p in results.prepare})
 
-    # Time to quality: every setting, each evaluated at the same steps with a finite loss.
-    assert [r.setting for r in results.quality] == [s.name for s in quality.SETTINGS]
+    assert [(r.model, r.ratio > 0) for r in results.optimizer_ratios] == [
+        ("small-llama", True),
+        ("medium", True),
+    ]
+    # Time to quality: every setting, then the speed recipe (benchmarks/char_speedrun.toml
+    # at the quick sizes), each evaluated at the same steps with a finite loss.
+    assert [r.setting for r in results.quality] == [
+        *(s.name for s in quality.SETTINGS),
+        quality.SPEEDRUN,
+    ]
     for r in results.quality:
         assert [step for step, _, _ in r.evals] == [3, 6]
         assert all(math.isfinite(val) and val > 0 for _, _, val in r.evals)
@@ -89,6 +97,9 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
         "medium fp32 batch 1, ours/llama.cpp",
         "GB/s",
         "1 GB (est.)",
+        "muon/adamw step",
+        f"to val {quality.TARGET:g}: {quality.SPEEDRUN}",
+        f"{quality.SPEEDRUN} val within nanoGPT's",
     ):
         assert case in table
     # Quick sizes say nothing about the targets, so nothing is judged.
@@ -99,7 +110,8 @@ def test_quick_benchmark_measures_every_area_and_renders_one_table(tmp_path: Pat
     written = json.loads(out.read_text(encoding="utf-8"))
     assert {check["verdict"] for check in written["checks"]} == {"n/a"}
     assert len(written["training"]) == 6
-    assert len(written["time_to_quality"]) == len(quality.SETTINGS)
+    assert len(written["time_to_quality"]) == len(quality.SETTINGS) + 1
+    assert written["speedrun"]["best_within_wall"]["val"] > 0
     assert written["sampling_batch"]["speedup"] > 0
     assert written["decode"][0]["ours_tokens_per_second"] > 0
 
