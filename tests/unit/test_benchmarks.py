@@ -18,6 +18,9 @@ from benchmarks import quality, report
 from benchmarks.prepare import prepare_in_process
 from benchmarks.run import QUICK, run_benchmarks
 from benchmarks.sampling import LLAMA_BENCH, LLAMA_BENCH_MISSING, DecodeSpec, measure_decode
+from ml_playground.config import load_config
+from ml_playground.data.sources import TINY_SHAKESPEARE
+from ml_playground.experiments import find_experiment
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +128,19 @@ def test_without_llama_bench_the_decode_row_says_how_to_build_it(tmp_path: Path)
     assert result.ratio is None
     assert "make llama-cpp" in result.llama_note
     assert (tmp_path / "medium-f32.gguf").is_file()  # our GGUF is written either way
+
+
+def test_the_speed_recipe_is_a_bundestag_char_config_of_nanogpts_shape_on_tiny_shakespeare() -> (
+    None
+):
+    experiment = find_experiment(quality.SPEEDRUN_EXPERIMENT)
+    config = load_config(quality.SPEEDRUN_CONFIG, experiment.directory).config
+
+    model = config.train.model
+    assert (model.n_layer, model.n_head, model.n_embd, model.block_size) == (4, 4, 128, 64)
+    assert config.prepare.raw_text_path == TINY_SHAKESPEARE.resolve()
+    assert config.prepare.tokenizer == "char" and config.prepare.train_split == 0.9
+    assert config.train.runtime.eval_iters >= 20  # as nanoGPT's recipe evaluates
+    # Plain keys a copy can change, and nothing lands inside the package.
+    for path in (config.prepare.dataset_dir, config.train.runtime.out_dir):
+        assert not path.is_relative_to(experiment.directory)
