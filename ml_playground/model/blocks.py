@@ -105,9 +105,10 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             # Under autocast the projections come out in bfloat16 while the gains stay
             # float32; torch's fused RMSNorm needs one dtype (else a slower path and a
-            # warning), so the norm runs in float32 and rounds back once.
-            q = self.q_norm(q.float()).to(q.dtype)
-            k = self.k_norm(k.float()).to(k.dtype)
+            # warning), so the norm runs in the gains' dtype and rounds back once.
+            gain = self.q_norm.weight.dtype
+            q = self.q_norm(q.to(gain)).to(q.dtype)
+            k = self.k_norm(k.to(gain)).to(k.dtype)
         cos, sin = rotary
         q = apply_rotary(q.transpose(1, 2), cos, sin)
         k = apply_rotary(k.transpose(1, 2), cos, sin)
