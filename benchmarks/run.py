@@ -4,6 +4,8 @@ against the transformers Trainer, measured in one run.
     uv run python -m benchmarks.run              # the full run: minutes, then ~25 of LoRA
     uv run python -m benchmarks.run --quick      # tiny sizes, seconds: a smoke run
     uv run python -m benchmarks.run --only lora  # the LoRA rows alone (--quick works too)
+    uv run python -m benchmarks.run --only scratch  # everything but the LoRA rows
+    uv run python -m benchmarks.run --only lora --lora-rows bf16-attn-ckpt  # one LoRA row
     uv run python -m benchmarks.run --out path/bench.json --threads 1
 
 Prints one table and writes the same numbers as JSON (default bench_out/bench.json).
@@ -334,6 +336,14 @@ def _progress(started: float, stage: str) -> None:
     print(f"bench [{elapsed:4.0f} s]: {stage} ...", file=sys.stderr, flush=True)
 
 
+def _lora_rows(spec: LoraSpec, slugs: Sequence[str], parser: argparse.ArgumentParser) -> LoraSpec:
+    known = {setting.slug: setting for setting in spec.settings}
+    unknown = [slug for slug in slugs if slug not in known]
+    if unknown:
+        parser.error(f"unknown LoRA row {unknown[0]!r}; rows: {', '.join(known)}")
+    return replace(spec, settings=tuple(known[slug] for slug in slugs))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
@@ -346,7 +356,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     parser.add_argument(
-        "--only", choices=("lora",), default=None, help="run one area alone: the LoRA rows"
+        "--only",
+        choices=("lora", "scratch"),
+        default=None,
+        help="run one area alone: the LoRA rows, or everything else (from scratch, "
+        "sampling, decoding, prepare)",
+    )
+    parser.add_argument(
+        "--lora-rows",
+        nargs="+",
+        default=None,
+        metavar="ROW",
+        help="only these LoRA rows, by slug (e.g. bf16-attn-ckpt fp32-attn-ckpt)",
     )
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -354,7 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
+    if args.lora_rows is not None:
+        settings = replace(settings, lora=_lora_rows(settings.lora, args.lora_rows, parser))
     with tempfile.TemporaryDirectory(prefix="ml-playground-bench-") as tmp:
+        if args.only == "scratch":
+            results = run_benchmarks(settings, Path(tmp), prepare_in_subprocess)
+            print(report.render(results))
+            report.write_json(results, args.out)
+            print(f"\nwrote {args.out}")
+            return 0
         if args.only == "lora":
             lora = run_lora_benchmark(settings, Path(tmp))
             print(report.render_lora(lora))
