@@ -96,14 +96,24 @@ def staged(export_dir: Path, key: str = "[export.ollama] export_dir") -> Generat
 def _nested_bundles(export_dir: Path) -> list[Path]:
     if not export_dir.is_dir():
         return []
-    return [path for path in export_dir.iterdir() if path.is_dir() and (path / STAMP).is_file()]
+    return [
+        path
+        for path in export_dir.iterdir()
+        if path.is_dir() and (path / STAMP).is_file() and not _replacing(path)
+    ]
+
+
+def _replacing(path: Path) -> bool:
+    """A nested bundle's own staging or retired copy (atomic_directory's dot-names)."""
+    suffixes = (atomic.TEMP_SUFFIX, atomic.NEW_SUFFIX, atomic.OLD_SUFFIX)
+    return path.name.startswith(".") and path.name.endswith(suffixes)
 
 
 def _holds_foreign_files(export_dir: Path) -> bool:
     if not export_dir.is_dir() or _read_stamp(export_dir) is not None:
         return False
-    nested = set(_nested_bundles(export_dir))
-    return any(path not in nested for path in export_dir.iterdir())
+    ours = set(_nested_bundles(export_dir))
+    return any(path not in ours and not _replacing(path) for path in export_dir.iterdir())
 
 
 def _keep_nested_bundles(export_dir: Path, staging: Path) -> None:
