@@ -109,7 +109,8 @@ STEPS: dict[str, tuple[StepFn, str]] = {
     ),
     "export": (
         pipeline.export,
-        "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])",
+        "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])"
+        " and a Hugging Face folder ([export.hf])",
     ),
     "eval": (
         pipeline.evaluate,

@@ -230,8 +230,16 @@ class OllamaConfig(Section):
     adapter_only: bool = False
 
 
+class HFExportConfig(Section):
+    """[export.hf]: a from-scratch GPT as a Hugging Face model folder (export/hf_folder.py)."""
+
+    enabled: bool = False
+    export_dir: Path = Path("export/hf")
+
+
 class ExportConfig(Section):
     ollama: OllamaConfig = OllamaConfig()
+    hf: HFExportConfig = HFExportConfig()
 
 
 class ExperimentConfig(Section):
@@ -252,6 +260,7 @@ EXPERIMENT_PATH_DEFAULTS: Mapping[str, str] = {
     "train.runtime.out_dir": "out",
     "sample.runtime.out_dir": "out",
     "export.ollama.export_dir": "export",
+    "export.hf.export_dir": "export/hf",
 }
 
 BUILT_IN = "built-in"
@@ -502,8 +511,11 @@ PATH_KEYS = frozenset(_path_keys(ExperimentConfig))
 FILE_PROMPT_PREFIX = "FILE:"
 FILE_KEYS = frozenset({"sample.sample.start", "prepare.chat_template"})
 """Text keys whose value may instead name a file, as FILE:<path>."""
-PATH_OR_NAME_KEYS = frozenset({"prepare.hf_dataset"})
+PATH_OR_NAME_KEYS = frozenset({"prepare.hf_dataset", "train.hf_model.model_name"})
 """Keys naming a local folder when one is there, else something else (a hub name)."""
+PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+"""How a value of PATH_OR_NAME_KEYS says it is a path even before the folder exists (an
+export not yet run): hub names never start so."""
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -515,10 +527,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             anchored = _anchor(value, base)
         elif key in FILE_KEYS and isinstance(value, str) and value.startswith(FILE_PROMPT_PREFIX):
             anchored = FILE_PROMPT_PREFIX + str(_anchor(value[len(FILE_PROMPT_PREFIX) :], base))
-        elif key in PATH_OR_NAME_KEYS and isinstance(value, str) and _anchor(value, base).exists():
+        elif key in PATH_OR_NAME_KEYS and isinstance(value, str) and _names_a_path(value, base):
             anchored = str(_anchor(value, base))
         _set_dotted(resolved, key, anchored)
     return resolved
+
+
+def _names_a_path(value: str, base: Path) -> bool:
+    return value.startswith(PATH_PREFIXES) or _anchor(value, base).exists()
 
 
 def _anchor(value: str, base: Path) -> Path:

@@ -6,6 +6,11 @@ new one, never a half-written one that looks complete; the next export removes w
 interrupted one left beside export_dir. Last into the staging folder go
 `SHA256SUMS` and the inputs stamp: what the bundle was made from and the size of every
 file. A re-run whose inputs match the stamp, with every file still in place, is skipped.
+
+Bundles may nest: the Hugging Face folder defaults to `export/hf`, inside the GGUF
+bundle's `export/`. A bundle replaced whole keeps the bundles nested in it (folders with
+their own stamp): they are hard-linked into the staging folder before the swap, so at
+every moment the old tree or the new one holds them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Generator, Mapping
 from pathlib import Path
@@ -65,23 +72,63 @@ def up_to_date(export_dir: Path, inputs: JsonObject) -> bool:
 
 
 @contextlib.contextmanager
-def staged(export_dir: Path) -> Generator[Path]:
+def staged(export_dir: Path, key: str = "[export.ollama] export_dir") -> Generator[Path]:
     """A staging folder that replaces export_dir when the block completes.
 
     Refuses an export_dir that holds files but no stamp: it is someone else's folder, and
-    replacing it would delete them.
+    replacing it would delete them. Bundles nested in export_dir stay (module docstring).
+    `key` is the config key that names export_dir, for the messages.
     """
     if export_dir.exists() and not export_dir.is_dir():
-        raise ExportError(f"export_dir {export_dir} is a file; point export_dir at a folder")
-    if export_dir.is_dir() and any(export_dir.iterdir()) and _read_stamp(export_dir) is None:
+        raise ExportError(f"export_dir {export_dir} is a file; point {key} at a folder")
+    if _holds_foreign_files(export_dir):
         raise ExportError(
             f"export_dir {export_dir} holds files that no export wrote (no {STAMP});"
-            " choose an empty or new folder for [export.ollama] export_dir"
+            f" choose an empty or new folder for {key}"
         )
-    _check_writable(export_dir)
+    _check_writable(export_dir, key)
     with atomic.atomic_directory(export_dir) as staging:
         yield staging
         _share(staging)
+        _keep_nested_bundles(export_dir, staging)
+
+
+def _nested_bundles(export_dir: Path) -> list[Path]:
+    if not export_dir.is_dir():
+        return []
+    return [
+        path
+        for path in export_dir.iterdir()
+        if path.is_dir() and (path / STAMP).is_file() and not _replacing(path)
+    ]
+
+
+def _replacing(path: Path) -> bool:
+    """A nested bundle's own staging or retired copy (atomic_directory's dot-names)."""
+    suffixes = (atomic.TEMP_SUFFIX, atomic.NEW_SUFFIX, atomic.OLD_SUFFIX)
+    return path.name.startswith(".") and path.name.endswith(suffixes)
+
+
+def _holds_foreign_files(export_dir: Path) -> bool:
+    if not export_dir.is_dir() or _read_stamp(export_dir) is not None:
+        return False
+    ours = set(_nested_bundles(export_dir))
+    return any(path not in ours and not _replacing(path) for path in export_dir.iterdir())
+
+
+def _keep_nested_bundles(export_dir: Path, staging: Path) -> None:
+    """Hard-link (else copy) every bundle nested in the old export_dir into `staging`,
+    unless the new bundle wrote a folder of that name itself."""
+    for nested in _nested_bundles(export_dir):
+        if not (staging / nested.name).exists():
+            shutil.copytree(nested, staging / nested.name, copy_function=_link_or_copy)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def seal(staging: Path, inputs: JsonObject) -> None:
@@ -113,7 +160,7 @@ def _as_json(inputs: JsonObject) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads(json.dumps(inputs, sort_keys=True)))
 
 
-def _check_writable(export_dir: Path) -> None:
+def _check_writable(export_dir: Path, key: str) -> None:
     """Fail now, in one line, rather than after minutes of conversion."""
     try:
         export_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +169,7 @@ def _check_writable(export_dir: Path) -> None:
     except OSError as exc:
         raise ExportError(
             f"cannot write export_dir {export_dir}: {exc.strerror or exc}; set"
-            " [export.ollama] export_dir to a writable folder"
+            f" {key} to a writable folder"
         ) from None
 
 

@@ -1,7 +1,9 @@
 """Pretrained models and tokenizers: from a local folder or the Hugging Face hub.
 
 `train.hf_model.model_name` is a local folder (one that exists, or anything that looks
-like a path) or a hub id such as "Qwen/Qwen2.5-1.5B". Hub access honours HF_HUB_OFFLINE
+like a path; config.py resolves a relative one against the config file's folder, like
+every path, so an exported `[export.hf]` folder works as a base) or a hub id such as
+"Qwen/Qwen2.5-1.5B". Hub access honours HF_HUB_OFFLINE
 (cache only) and takes a token from HUGGINGFACE_HUB_TOKEN or HF_TOKEN, in the environment
 or in a .env file in the working directory or above; the token goes to the hub client
 and is never printed. Every failure becomes one ModelLoadError line that says what to do:
@@ -31,7 +33,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ml_playground.config import HFModelConfig
+from ml_playground.config import PATH_PREFIXES, HFModelConfig
 from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import ModelLoadError
 
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
 TOKEN_VARIABLES = ("HUGGINGFACE_HUB_TOKEN", "HF_TOKEN")
 HUB_URL = "https://huggingface.co"
-PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 # Failures of from_pretrained that mean "this model cannot be had", as opposed to bugs.
 LOAD_FAILURES = (OSError, ValueError, ImportError, KeyError)
 

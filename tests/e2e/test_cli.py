@@ -354,7 +354,7 @@ def test_the_shell_completes_verbs_and_experiment_names(workdir: Path) -> None:
     experiment(workdir / "experiments", "mine", "", RECORDING_PREPARE_PY)
 
     assert "loop" in completions(workdir, "ml-playground lo")
-    assert completions(workdir, "ml-playground train sha") == ["shakespeare"]
+    assert completions(workdir, "ml-playground train sha") == ["shakespeare", "shakespeare_sft"]
     assert completions(workdir, "ml-playground train mi") == ["mine"]
 
 

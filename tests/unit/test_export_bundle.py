@@ -99,3 +99,32 @@ def test_an_unwritable_export_dir_fails_before_any_work(tmp_path: Path) -> None:
         bundle.staged(blocker / "export"),
     ):
         pass
+
+
+def test_a_bundle_nested_in_export_dir_survives_replacing_it(tmp_path: Path) -> None:
+    export_dir = tmp_path / "export"
+    export_once(export_dir / "hf", {"route": "nested"}, content=b"weights")
+    export_once(export_dir, INPUTS, content=b"first")  # a folder holding only bundles is ours
+    nested = {path.name: path.read_bytes() for path in (export_dir / "hf").iterdir()}
+
+    export_once(export_dir, {**INPUTS, "quant": "q8_0"}, content=b"second")
+
+    assert (export_dir / "model.gguf").read_bytes() == b"second"
+    assert {path.name: path.read_bytes() for path in (export_dir / "hf").iterdir()} == nested
+    assert bundle.up_to_date(export_dir / "hf", {"route": "nested"})
+    checksums = (export_dir / bundle.CHECKSUMS).read_text(encoding="utf-8")
+    assert "hf/" not in checksums  # the nested bundle is its own, not part of this one
+
+
+def test_a_foreign_file_beside_a_nested_bundle_still_refuses(tmp_path: Path) -> None:
+    export_dir = tmp_path / "export"
+    export_once(export_dir / "hf", {"route": "nested"})
+    (export_dir / "notes.txt").write_text("precious", encoding="utf-8")
+
+    with (
+        pytest.raises(ExportError, match=r"choose an empty or new folder for \[export.hf\]"),
+        bundle.staged(export_dir, "[export.hf] export_dir"),
+    ):
+        pass
+
+    assert (export_dir / "notes.txt").read_text(encoding="utf-8") == "precious"
