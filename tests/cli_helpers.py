@@ -7,6 +7,7 @@ import hashlib
 import os
 import struct
 import subprocess
+import sys
 import zipfile
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,38 @@ def run_command(
         timeout=timeout,
         check=False,
     )
+
+
+def run_cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`python -m ml_playground.cli ARGS` in `cwd`, outside pytest's environment variables,
+    writing no bytecode into the tree; the exit code is the caller's to check."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return run_command(
+        [sys.executable, *cli_entry(), *map(str, args)], cwd=cwd, env=env, timeout=300
+    )
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Generator[Path]:
+    """A tmpfs of `size` (mount's syntax, e.g. "8m") at `folder`, for full-disk tests;
+    pytest.skip where this process may not mount one."""
+    folder.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], capture_output=True, check=False)
 
 
 def run_with_reader_gone(

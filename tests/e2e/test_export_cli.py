@@ -8,8 +8,6 @@ continuation. Errors are one `error: ...` line and exit code 2.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -19,7 +17,7 @@ import torch
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from tests.cli_helpers import assert_one_error_line
+from tests.cli_helpers import assert_one_error_line, run_cli
 from tests.export_helpers import gpt2_encoding, random_gpt, save_checkpoint, write_experiment
 from tests.gguf_helpers import (
     PROMPT,
@@ -35,18 +33,7 @@ SMALL = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=6
 GPT2 = TokenizerSpec(kind="tiktoken", encoding="gpt2")
 
 
-def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+cli = run_cli
 
 
 def assert_transformers_runs_like(model: GPT, theirs: torch.nn.Module) -> None:

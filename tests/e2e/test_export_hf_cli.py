@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -21,7 +19,7 @@ import torch
 from ml_playground.data.tokenizer import TokenizerSpec, tokenizer_from_spec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from tests.cli_helpers import assert_one_error_line, sha256_of_files
+from tests.cli_helpers import assert_one_error_line, run_cli, sha256_of_files
 from tests.export_helpers import save_checkpoint
 from tests.gguf_helpers import (
     PROMPT,
@@ -49,18 +47,7 @@ class TextTokenizer(Protocol):
     def save_pretrained(self, folder: str) -> object: ...
 
 
-def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+cli = run_cli
 
 
 def experiment(folder: Path, model: GPT, spec: TokenizerSpec, extra: str = "") -> Path:

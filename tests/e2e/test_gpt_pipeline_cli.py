@@ -34,6 +34,7 @@ from tests.cli_helpers import (
     assert_one_error_line,
     cli_entry,
     flip_a_tensor_byte,
+    mounted_tmpfs,
     png_pixels,
     report_rows,
     run_command,
@@ -477,23 +478,8 @@ def test_best_holds_the_step_with_the_lowest_val_loss_unless_always_save_is_on(
 @pytest.fixture
 def small_disk(workdir: Path) -> Generator[Path]:
     """A 2 MiB tmpfs mounted in workdir; skipped where this process may not mount one."""
-    disk = workdir / "disk"
-    disk.mkdir()
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command here")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(workdir / "disk", "2m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True, check=False)
 
 
 def trained_into(workdir: Path, cli: Cli, out_dir: Path) -> Path:

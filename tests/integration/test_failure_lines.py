@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import ExportError
 from ml_playground.export.chat_template import ollama_chat
 from ml_playground.model.config import GPTConfig
+from tests.cli_helpers import mounted_tmpfs
 from tests.export_helpers import random_gpt, save_checkpoint, write_experiment
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
@@ -135,23 +135,8 @@ def test_a_short_write_during_export_is_one_line_naming_the_gguf_and_the_bundle_
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs in tmp_path; skipped where this process may not mount one."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command here")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "8m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True, check=False)
 
 
 def fill(disk: Path, leave: int) -> None:
