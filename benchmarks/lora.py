@@ -521,7 +521,7 @@ def run_ours(job: SideJob) -> SideResult:
 
     from ml_playground.config import load_config  # noqa: PLC0415 - as above
     from ml_playground.distributed import ranks_from_env  # noqa: PLC0415 - as above
-    from ml_playground.finetune.trainer import build_lora_run  # noqa: PLC0415 - as above
+    from ml_playground.train.hf import build_lora_run  # noqa: PLC0415 - as above
     from ml_playground.train.loop import optimizer_step, training_session  # noqa: PLC0415
 
     torch.set_num_threads(job.threads)

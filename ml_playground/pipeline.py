@@ -156,7 +156,7 @@ def train(experiment: Experiment, loaded: LoadedConfig) -> None:
 
     with reported(loaded, experiment.name):
         if loaded.config.uses_hf_model:
-            from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - see module docstring
+            from ml_playground.train.hf import train_lora  # noqa: PLC0415 - see module docstring
 
             train_lora(loaded.config)
             return
@@ -186,7 +186,7 @@ def _trained_model(config: ExperimentConfig) -> LoadedModel:
     """The trained model of config's out_dir, ready to generate: both backends feed the same
     front ends (sample, chat); only loading the model differs."""
     if config.uses_hf_model:
-        from ml_playground.finetune.inference import load_hf  # noqa: PLC0415 - see module docstring
+        from ml_playground.sample.hf import load_hf  # noqa: PLC0415 - see module docstring
 
         return load_hf(config)
     from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
@@ -232,7 +232,7 @@ def evaluate(experiment: Experiment, loaded: LoadedConfig, text: Path | None = N
     from ml_playground.sample.evaluate import evaluate as evaluate_model  # noqa: PLC0415 - see module docstring
 
     if loaded.config.uses_hf_model:
-        from ml_playground.finetune.inference import load_hf  # noqa: PLC0415 - see module docstring
+        from ml_playground.sample.hf import load_hf  # noqa: PLC0415 - see module docstring
 
         evaluate_model(loaded.config, load_hf, text)
         return

@@ -589,7 +589,7 @@ def chat_fine_tune(
     `trained` is False; chat_settings plus `settings`."""
     from ml_playground.data.chat_records import prepare_chat_dataset  # noqa: PLC0415 - heavy
     from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - as above
-    from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - as above
+    from ml_playground.train.hf import train_lora  # noqa: PLC0415 - as above
 
     model = build_chat_model(folder / "model", tiny_models, family, CHAT_TEMPLATES[family])
     chats = [conversation(f"Wer spricht, Nummer {i}?", f"Herr Kollege {i}.") for i in range(8)]

@@ -4,5 +4,5 @@
 (`generate`) with its draw (`filters`), the text stream (`stream`) and the saved files.
 `chat.chat` is the `chat` step: the same loaded model, one streamed reply per line read.
 A backend supplies a `backend.LoadedModel`: `gpt.load_gpt` for the from-scratch GPT,
-`ml_playground.finetune.inference.load_hf` for a Hugging Face model with LoRA adapters.
+`ml_playground.sample.hf.load_hf` for a Hugging Face model with LoRA adapters.
 """

@@ -1,7 +1,7 @@
 """What a model backend hands the sampling front end: a trained model, ready to generate.
 
 A backend (the from-scratch GPT in sample/gpt.py, the Hugging Face + LoRA model in
-finetune/inference.py) loads its run from out_dir and fills in one `LoadedModel`: how
+sample/hf.py) loads its run from out_dir and fills in one `LoadedModel`: how
 text becomes ids and back, which ids stop a sample, how its records open, and a `Step`
 with a fresh key/value cache. Everything else (prompt, batch, stream, save) is written
 once, in sample/run.py. A backend that can also be measured on text (`eval`, see

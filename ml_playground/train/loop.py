@@ -5,7 +5,7 @@ learning rate; one optimizer step over grad_accum_steps fresh micro-batches; log
 log_interval; evaluate and save every eval_interval; stop cleanly on Ctrl-C} -> final
 evaluation and save.
 
-A model backend (train/gpt.py for the from-scratch GPT, finetune/trainer.py for Hugging
+A model backend (train/gpt.py for the from-scratch GPT, train/hf.py for Hugging
 Face + LoRA) builds a `Run` with `assemble_run` and supplies only what differs: the
 model and its trainable parameters, the loss of a batch, and how its weights are written.
 The order of operations lives here and nowhere else.

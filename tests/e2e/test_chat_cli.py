@@ -24,8 +24,8 @@ import pytest
 
 from ml_playground import checkpoint
 from ml_playground.config import load_config
-from ml_playground.finetune.inference import load_hf
 from ml_playground.sample.chat import HELP, Streams, chat
+from ml_playground.sample.hf import load_hf
 from tests.cli_helpers import assert_one_error_line, flip_a_tensor_byte
 from tests.export_helpers import char_gpt_experiment
 from tests.finetune_helpers import TinyModels, chat_fine_tune

@@ -303,7 +303,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) 
     """The tiny Qwen2 chat model with LoRA, 30 steps on 20 German conversations."""
     from ml_playground.data.chat_records import prepare_chat_dataset  # noqa: PLC0415 - heavy
     from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - heavy
-    from ml_playground.finetune.trainer import train_lora  # noqa: PLC0415 - heavy
+    from ml_playground.train.hf import train_lora  # noqa: PLC0415 - heavy
 
     folder = tmp_path_factory.mktemp("lora").resolve()
     model = build_chat_model(folder / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)

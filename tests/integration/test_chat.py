@@ -21,11 +21,11 @@ from torch import Tensor
 from ml_playground.config import ExperimentConfig, load_config
 from ml_playground.data.chat_records import ChatTokenizer
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
-from ml_playground.finetune.inference import load_hf
 from ml_playground.sample.backend import LoadedModel
 from ml_playground.sample.chat import Streams, chat
 from ml_playground.sample.generate import Step
 from ml_playground.sample.gpt import load_gpt
+from ml_playground.sample.hf import load_hf
 from ml_playground.sample.run import sample_texts
 from tests.export_helpers import char_gpt_experiment
 from tests.finetune_helpers import (

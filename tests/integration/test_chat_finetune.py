@@ -22,7 +22,7 @@ from ml_playground.data.packing import PACKED_DIR, pack_token_records
 from ml_playground.data.records import TRAIN_FILE
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.loss import plain_next_token_loss
-from ml_playground.finetune.trainer import train_lora
+from ml_playground.train.hf import train_lora
 from tests.finetune_helpers import (
     ADAPTER_FILE,
     GEMMA_TEMPLATE,

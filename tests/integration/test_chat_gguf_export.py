@@ -24,7 +24,7 @@ import torch
 from ml_playground.data.chat_records import ChatTokenizer, prepare_chat_dataset
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import load_adapters, merge_adapters
-from ml_playground.finetune.trainer import train_lora
+from ml_playground.train.hf import train_lora
 from tests.finetune_helpers import (
     QWEN25_TEMPLATE,
     TURN_TOKENS,

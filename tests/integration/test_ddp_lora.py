@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from ml_playground import checkpoint
-from ml_playground.finetune.trainer import train_lora
+from ml_playground.train.hf import train_lora
 from ml_playground.train.report_card import reported
 from ml_playground.train.reporting import TB_SUBDIR
 from tests.cli_helpers import GLOO_TEARDOWN_ABORT, run_command

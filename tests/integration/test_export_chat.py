@@ -15,7 +15,7 @@ import pytest
 from ml_playground.data.chat_records import ChatTokenizer, prepare_chat_dataset
 from ml_playground.export import export_experiment
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
-from ml_playground.finetune.trainer import train_lora
+from ml_playground.train.hf import train_lora
 from tests.finetune_helpers import (
     GEMMA3_TEMPLATE,
     QWEN25_TEMPLATE,

@@ -28,9 +28,9 @@ from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment, llama_cpp
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
-from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weights
-from ml_playground.finetune.trainer import train_lora
+from ml_playground.sample.hf import load_trained
+from ml_playground.train.hf import train_lora
 from tests.finetune_helpers import (
     build_tiny_model,
     copy_member_slices,

@@ -18,10 +18,10 @@ import torch
 from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig, LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
-from ml_playground.finetune.inference import load_hf, load_trained
 from ml_playground.finetune.loss import plain_next_token_loss
-from ml_playground.finetune.trainer import train_lora
+from ml_playground.sample.hf import load_hf, load_trained
 from ml_playground.sample.run import sample_texts
+from ml_playground.train.hf import train_lora
 from ml_playground.train.reporting import (
     TAG_LR,
     TAG_STEP_TIME_MS,

@@ -14,8 +14,8 @@ from torch import nn
 
 from ml_playground.config import SampleSettings
 from ml_playground.device import Precision
-from ml_playground.finetune.inference import hf_step
 from ml_playground.sample.generate import generate
+from ml_playground.sample.hf import hf_step
 from tests.finetune_helpers import Family, TinyModels
 
 PROMPT = [5, 17, 42, 7]

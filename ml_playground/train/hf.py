@@ -36,7 +36,6 @@ from ml_playground.distributed import (
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.finetune.dropout import install_shared_dropout
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
-from ml_playground.finetune.inference import load_trained
 from ml_playground.finetune.loss import next_token_loss_for
 from ml_playground.finetune.model import (
     apply_lora,
@@ -51,6 +50,7 @@ from ml_playground.finetune.model import (
     save_weights,
     weights_dtype,
 )
+from ml_playground.sample.hf import load_trained
 from ml_playground.train.loop import (
     Run,
     TokenFiles,
