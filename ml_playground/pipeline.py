@@ -67,8 +67,9 @@ def forcing(*, prepare: bool) -> Generator[None]:
 def prepare(experiment: Experiment, loaded: LoadedConfig) -> None:
     _single_process("prepare")
     preparer = resolve_preparer(experiment, loaded.config.prepare.dataset)
-    with dataset_folder.forced(_FORCE_PREPARE.get()):
-        preparer(PrepareContext(experiment.name, experiment.directory, loaded.config))
+    preparer(
+        PrepareContext(experiment.name, experiment.directory, loaded.config, _FORCE_PREPARE.get())
+    )
 
 
 def inspect(experiment: Experiment, loaded: LoadedConfig, windows: int | None = None) -> None:

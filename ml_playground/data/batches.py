@@ -85,10 +85,6 @@ class BatchSampler:
             mask=mask,
         )
 
-    @property
-    def num_tokens(self) -> int:
-        return len(self._tokens)
-
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x and y, both int64 of shape (batch_size, block_size), on the sampler's device."""
         span = self._block_size + 1

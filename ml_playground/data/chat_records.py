@@ -492,16 +492,17 @@ def read_records_meta(dataset_dir: Path, *, chat: bool = False) -> DatasetMeta |
 
 
 def prepare_chat_records(
-    config: ExperimentConfig, load_tokenizer: TokenizerLoader
+    config: ExperimentConfig, load_tokenizer: TokenizerLoader, *, force: bool = False
 ) -> ChatPrepareOutcome:
-    """What a chat experiment's preparer does: prepare, then say what happened."""
-    outcome = prepare_chat_dataset(config, load_tokenizer)
+    """What a chat experiment's preparer does: prepare (again even when up to date, with
+    `force`), then say what happened."""
+    outcome = prepare_chat_dataset(config, load_tokenizer, force=force)
     print(outcome.message)
     return outcome
 
 
 def prepare_chat_dataset(
-    config: ExperimentConfig, load_tokenizer: TokenizerLoader
+    config: ExperimentConfig, load_tokenizer: TokenizerLoader, *, force: bool = False
 ) -> ChatPrepareOutcome:
     """Read, render, tokenize and split the records below prepare.records_path."""
     hf = require_hf_model(config)
@@ -532,6 +533,7 @@ def prepare_chat_dataset(
         ChatDatasetMeta,
         dataset_dir,
         lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
+        force=force,
     )
     if existing is not None:
         return existing

@@ -52,8 +52,11 @@ def require_sources(prepare: PrepareConfig) -> list[Path]:
     )
 
 
-def prepare_corpus(config: ExperimentConfig, sources: list[Path]) -> PrepareOutcome:
-    """Tokenize `sources` into the experiment's dataset_dir with its tokenizer settings."""
+def prepare_corpus(
+    config: ExperimentConfig, sources: list[Path], *, force: bool = False
+) -> PrepareOutcome:
+    """Tokenize `sources` into the experiment's dataset_dir with its tokenizer settings
+    (again even when up to date, with `force`)."""
     prepare = config.prepare
     if prepare.tokenizer == "hf":
         raise DataError(
@@ -68,6 +71,7 @@ def prepare_corpus(config: ExperimentConfig, sources: list[Path]) -> PrepareOutc
         train_split=prepare.train_split,
         chunk_bytes=prepare.chunk_bytes,
         vocab_size_limit=config.train.model.vocab_size,
+        force=force,
     )
     print(outcome.message)
     return outcome

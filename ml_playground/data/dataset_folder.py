@@ -25,7 +25,6 @@ import tempfile
 from abc import abstractmethod
 from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Generic, TypeVar
@@ -64,28 +63,16 @@ def read_meta(kind: type[M], path: Path) -> M:
     return read_artifact(kind, path, error=DataError, remedy=RERUN_HINT)
 
 
-_FORCED: ContextVar[bool] = ContextVar("prepare_forced", default=False)
-
-
-@contextmanager
-def forced(on: bool = True) -> Generator[None]:
-    """Within this block no prepared folder counts as up to date (`prepare --force`)."""
-    token = _FORCED.set(on)
-    try:
-        yield
-    finally:
-        _FORCED.reset(token)
-
-
 def up_to_date(
-    kind: type[M], dataset_dir: Path, same_inputs: Callable[[M], bool]
+    kind: type[M], dataset_dir: Path, same_inputs: Callable[[M], bool], *, force: bool = False
 ) -> PrepareOutcome[M] | None:
     """The skipped outcome when dataset_dir's meta.json passes `same_inputs` and every file
-    it lists is intact; None when the folder must be prepared (again). A prepare that was
-    killed is finished or undone first (`recover`)."""
+    it lists is intact; None when the folder must be prepared (again), and always with
+    `force` (`prepare --force`). A prepare that was killed is finished or undone first
+    (`recover`)."""
     recover(dataset_dir)
     path = dataset_dir / META_FILE
-    if _FORCED.get() or not path.is_file():
+    if force or not path.is_file():
         return None
     try:
         meta = read_meta(kind, path)

@@ -208,11 +208,16 @@ PrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
 
 
 def prepare_speeches(
-    config: ExperimentConfig, suffixes: frozenset[str], load_tokenizer: TokenizerLoader
+    config: ExperimentConfig,
+    suffixes: frozenset[str],
+    load_tokenizer: TokenizerLoader,
+    *,
+    force: bool = False,
 ) -> PrepareOutcome:
-    """What an experiment's preparer does: find the sources, prepare, say what happened."""
+    """What an experiment's preparer does: find the sources, prepare (again even when up to
+    date, with `force`), say what happened."""
     outcome = prepare_speech_dataset(
-        config, speech_sources(config.prepare, suffixes), load_tokenizer
+        config, speech_sources(config.prepare, suffixes), load_tokenizer, force=force
     )
     print(outcome.message)
     return outcome
@@ -224,6 +229,7 @@ def prepare_speech_dataset(
     load_tokenizer: TokenizerLoader,
     *,
     show_progress: bool = True,
+    force: bool = False,
 ) -> PrepareOutcome:
     """Read, select, format and split the speeches in `sources` into prepare.dataset_dir.
 
@@ -239,6 +245,7 @@ def prepare_speech_dataset(
         DatasetMeta,
         dataset_dir,
         lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
+        force=force,
     )
     if existing is not None:
         return existing

@@ -49,7 +49,6 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 UINT16_IDS = 1 << 16
 
 TokenDType = Literal["uint16", "uint32"]
-TOKEN_DTYPES: tuple[TokenDType, ...] = ("uint16", "uint32")
 
 
 class PrepareSettings(Artifact):
@@ -101,11 +100,13 @@ def prepare_token_dataset(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     show_progress: bool = True,
     vocab_size_limit: int | None = None,
+    force: bool = False,
 ) -> PrepareOutcome:
     """Tokenize `sources` into dataset_dir/{train.bin,val.bin,meta.json}.
 
     Skips the work when meta.json already describes the same text and settings and both
-    bins are intact. `vocab_size_limit` is the model's configured vocab_size, if any.
+    bins are intact, unless `force`. `vocab_size_limit` is the model's configured
+    vocab_size, if any.
     """
     if not sources:
         raise DataError("no source text files to prepare; name at least one")
@@ -126,6 +127,7 @@ def prepare_token_dataset(
         DatasetMeta,
         dataset_dir,
         lambda meta: (meta.source_sha256, meta.settings) == (scan.sha256, settings),
+        force=force,
     )
     if existing is not None:
         _check_vocab_limit(existing.meta.vocab_size, vocab_size_limit)

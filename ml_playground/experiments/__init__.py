@@ -40,11 +40,13 @@ LEGACY_PREPARERS_MODULE = "ml_playground.datasets"
 
 @dataclass(frozen=True)
 class PrepareContext:
-    """What a preparer receives: which experiment, where it lives, and its config."""
+    """What a preparer receives: which experiment, where it lives, its config, and whether
+    to prepare again even when the dataset is up to date (`prepare --force`)."""
 
     name: str
     directory: Path
     config: ExperimentConfig
+    force: bool = False
 
 
 Preparer = Callable[[PrepareContext], None]

@@ -194,6 +194,19 @@ def test_rerun_with_the_same_inputs_is_skipped(shakespeare: Path, tmp_path: Path
     assert (dataset_dir / TRAIN_BIN).stat().st_mtime_ns == train_written
 
 
+def test_force_prepares_an_up_to_date_dataset_again(shakespeare: Path, tmp_path: Path) -> None:
+    dataset_dir = tmp_path / "dataset"
+    first = prepare([shakespeare], dataset_dir, "char")
+
+    again = prepare_token_dataset(
+        [shakespeare], dataset_dir, tokenizer_kind="char", show_progress=False, force=True
+    )
+
+    assert not again.skipped
+    assert again.meta == first.meta
+    assert again.message.startswith(f"prepared {dataset_dir}:")
+
+
 def test_changed_input_text_prepares_again(tmp_path: Path) -> None:
     source = write(tmp_path / "input.txt", "Hallo Welt!\n" * 50)
     dataset_dir = tmp_path / "dataset"

@@ -66,10 +66,6 @@ def parse_int(value: str) -> int | None:
     return int(number) if number.is_integer() else None
 
 
-SeatKey = tuple[str, str, int]  # (MPID, parliament, period)
-PeriodKey = tuple[str, int]  # (MPID, period)
-
-
 @dataclass
 class Members:
     """The joined member tables of one folder (empty when the folder has neither)."""

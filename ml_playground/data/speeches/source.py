@@ -35,7 +35,6 @@ from ml_playground.data.table import RowCounts, RowTally, read_rows
 from ml_playground.errors import DataError
 
 CSV_SUFFIX = ".csv"
-TEXT_SUFFIX = ".txt"
 DEFAULT_RAW_DIR = "raw"
 
 SPEECH_COLUMNS: Mapping[str, tuple[str, ...]] = {

@@ -10,4 +10,4 @@ from ml_playground.experiments import PrepareContext, register
 def prepare(ctx: PrepareContext) -> None:
     # Sources: [prepare] raw_text_path or raw_dir, else datasets/input.txt.
     sources = require_sources(ctx.config.prepare)
-    prepare_corpus(ctx.config, sources)
+    prepare_corpus(ctx.config, sources, force=ctx.force)

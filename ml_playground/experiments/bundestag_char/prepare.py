@@ -35,4 +35,4 @@ def sources_or_bundled_sample(prepare: PrepareConfig) -> list[Path]:
 
 @register("bundestag_char")
 def prepare(ctx: PrepareContext) -> None:
-    prepare_corpus(ctx.config, sources_or_bundled_sample(ctx.config.prepare))
+    prepare_corpus(ctx.config, sources_or_bundled_sample(ctx.config.prepare), force=ctx.force)

@@ -16,4 +16,4 @@ def prepare(ctx: PrepareContext) -> None:
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415
 
     hf = require_hf_model(ctx.config)
-    prepare_speeches(ctx.config, frozenset({".txt", ".csv"}), tokenizer_loader(hf))
+    prepare_speeches(ctx.config, frozenset({".txt", ".csv"}), tokenizer_loader(hf), force=ctx.force)

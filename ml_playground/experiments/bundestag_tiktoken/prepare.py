@@ -13,4 +13,4 @@ from ml_playground.experiments.bundestag_char.prepare import sources_or_bundled_
 
 @register("bundestag_tiktoken")
 def prepare(ctx: PrepareContext) -> None:
-    prepare_corpus(ctx.config, sources_or_bundled_sample(ctx.config.prepare))
+    prepare_corpus(ctx.config, sources_or_bundled_sample(ctx.config.prepare), force=ctx.force)

@@ -17,4 +17,6 @@ def prepare(ctx: PrepareContext) -> None:
     from ml_playground.data.records import require_hf_model  # noqa: PLC0415
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415
 
-    prepare_chat_records(ctx.config, tokenizer_loader(require_hf_model(ctx.config)))
+    prepare_chat_records(
+        ctx.config, tokenizer_loader(require_hf_model(ctx.config)), force=ctx.force
+    )

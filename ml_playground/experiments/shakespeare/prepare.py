@@ -27,4 +27,4 @@ def prepare(ctx: PrepareContext) -> None:
         else:
             print(f"no corpus placed at {target}: using the bundled Tiny Shakespeare")
             sources = [TINY_SHAKESPEARE]
-    prepare_corpus(ctx.config, sources)
+    prepare_corpus(ctx.config, sources, force=ctx.force)

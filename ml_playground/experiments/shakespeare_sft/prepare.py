@@ -16,11 +16,17 @@ from ml_playground.experiments import PrepareContext, register
 @register("shakespeare_sft")
 def prepare(ctx: PrepareContext) -> None:
     if not ctx.config.uses_hf_model:
-        prepare_corpus(ctx.config, configured_sources(ctx.config.prepare) or [TINY_SHAKESPEARE])
+        prepare_corpus(
+            ctx.config,
+            configured_sources(ctx.config.prepare) or [TINY_SHAKESPEARE],
+            force=ctx.force,
+        )
         return
     # Imported here: discovery imports every prepare.py, and transformers loads for seconds.
     from ml_playground.data.chat_records import prepare_chat_records  # noqa: PLC0415
     from ml_playground.data.records import require_hf_model  # noqa: PLC0415
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415
 
-    prepare_chat_records(ctx.config, tokenizer_loader(require_hf_model(ctx.config)))
+    prepare_chat_records(
+        ctx.config, tokenizer_loader(require_hf_model(ctx.config)), force=ctx.force
+    )
