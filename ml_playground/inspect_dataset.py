@@ -1,9 +1,9 @@
 """The `inspect` verb: what the model will be trained on, read from the prepared dataset.
 
-It prints, in this order: what the dataset is (data/inspection.py: source, format,
+It prints, in this order: what the dataset is (inspection.py: source, format,
 tokenizer, context, records, tokens and targets per split, record lengths), the first
 `--n` windows the run's batcher draws, decoded, with the targets marked, and then the
-checks' warnings (data/dataset_checks.py), one line each. All of it goes to stdout, so
+checks' warnings (dataset_checks.py), one line each. All of it goes to stdout, so
 `inspect EXP > windows.txt` keeps everything; on a terminal the targets are coloured,
 elsewhere (a pipe, a file, or with NO_COLOR set) they stand between plain markers.
 
@@ -18,9 +18,8 @@ import sys
 import typing
 from pathlib import Path
 
-from ml_playground import console
+from ml_playground import console, dataset_checks, inspection
 from ml_playground.config import ExperimentConfig
-from ml_playground.data import dataset_checks, inspection
 from ml_playground.data.chat_records import ChatTokenizer
 
 DEFAULT_WINDOWS = 3

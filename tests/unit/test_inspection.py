@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ml_playground.data import dataset_checks, inspection
+from ml_playground import dataset_checks, inspection
 from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
 from ml_playground.data.chat_records import ChatTokenizer
-from ml_playground.data.inspection import (
+from ml_playground.inspection import (
     RESET,
     TARGET_CLOSE,
     TARGET_COLOUR,

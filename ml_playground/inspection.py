@@ -13,7 +13,7 @@ A record is known by where the prepared split holds it (`dataset_dir/train.jsonl
 and, for chat records whose source is still at hand, by the source row it came from
 (`chats.jsonl:M`, or `name[split]#row` for a Hugging Face dataset): the sources are
 rendered again with the dataset's own tokenizer and matched by their token ids, which
-also gives the checks (data/dataset_checks.py) the rendered text of every conversation.
+also gives the checks (dataset_checks.py) the rendered text of every conversation.
 
 Targets are shown apart from the rest: in colour on a terminal, and between the plain
 markers TARGET_OPEN and TARGET_CLOSE anywhere else, so `inspect EXP > windows.txt` reads

@@ -27,7 +27,7 @@ import numpy as np
 from jinja2 import TemplateError
 
 from ml_playground.data.chat_records import ChatTokenizer
-from ml_playground.data.inspection import Dataset, Record, Split, Window, speech_text
+from ml_playground.inspection import Dataset, Record, Split, Window, speech_text
 
 # Probe conversations: within a pair, only the system message or the user's words differ.
 PROBES: tuple[tuple[str, tuple[list[dict[str, str]], list[dict[str, str]]]], ...] = (
