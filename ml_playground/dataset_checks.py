@@ -26,7 +26,7 @@ import numpy as np
 # transformers renders chat templates with jinja2, so it is there wherever they are.
 from jinja2 import TemplateError
 
-from ml_playground.data.chat_records import ChatTokenizer
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.inspection import Dataset, Record, Split, Window, speech_text
 
 # Probe conversations: within a pair, only the system message or the user's words differ.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ml_playground import console, dataset_checks, inspection
 from ml_playground.config import ExperimentConfig
-from ml_playground.data.chat_records import ChatTokenizer
+from ml_playground.data.rendering import ChatTokenizer
 
 DEFAULT_WINDOWS = 3
 

@@ -41,8 +41,6 @@ from ml_playground.data import hf_datasets, token_dataset
 from ml_playground.data.batches import MASK_DTYPE, BatchSampler, open_tokens
 from ml_playground.data.chat_records import (
     ChatDatasetMeta,
-    ChatTokenizer,
-    end_of_turn_ids,
     jsonl_rows,
     read_records,
     read_records_meta,
@@ -51,7 +49,9 @@ from ml_playground.data.chat_records import (
 )
 from ml_playground.data.dataset_folder import META_FILE, RERUN_HINT, TOKENIZER_DIR
 from ml_playground.data.packing import PackedDataset, pack_dataset, pack_token_records
-from ml_playground.data.records import TRAIN_FILE, VAL_FILE, read_texts
+from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
+from ml_playground.data.records import read_texts
+from ml_playground.data.rendering import ChatTokenizer, end_of_turn_ids
 from ml_playground.data.table import RowCounts
 from ml_playground.data.tokenizer import tokenizer_from_spec
 from ml_playground.errors import DataError, UserError

@@ -402,7 +402,7 @@ def add_chat_turns(folder: Path, turn_tokens: Sequence[str], template: str | Non
     chat template (None: none); returns `folder`."""
     import torch  # noqa: PLC0415 - heavy, and only chat tests need it
 
-    from ml_playground.data.chat_records import ChatTokenizer  # noqa: PLC0415 - heavy
+    from ml_playground.data.rendering import ChatTokenizer  # noqa: PLC0415 - heavy
     from ml_playground.finetune.hub import (  # noqa: PLC0415 - heavy
         ModelSource,
         load_causal_lm,

@@ -16,21 +16,9 @@
     dataset_dir/meta.json                written last (see dataset_folder.py)
 
 Records are tokenized here, not at train time, because which tokens train depends on
-how the conversation was rendered: a "messages" record is rendered with the tokenizer's
-chat template (or `[prepare] chat_template`) and only the assistant turns train; a
-"prompt_completion" record is the prompt, then the completion and EOS, and only the
-completion and EOS train; a "text" record trains on every token, then EOS. packing.py
-turns the spans into a mask beside the token stream, so a prompt token is never a target.
-
-Assistant spans come from the template itself: where it marks them with
-`{% generation %}`, from transformers' assistant mask; otherwise by rendering the
-conversation up to each assistant turn (with the generation prompt: where the answer
-starts) and through it (where the turn ends), and finding those prefixes in the tokens
-of the whole conversation. A record the template renders otherwise (a prefix that is not
-a prefix, a boundary inside a token) is counted, not guessed at.
-
-Generation reads the same rendering: `generation_prompt` is a conversation up to where
-the next answer begins, `end_of_turn_ids` the special token that closes an answer.
+how the conversation was rendered (rendering.py: the chat template, or `[prepare]
+chat_template`, and the assistant spans). packing.py turns the spans into a mask beside
+the token stream, so a prompt token is never a target.
 
 Bad records (not JSON, a missing or empty field, an unknown role, roles out of order, a
 template that refuses them) are counted by reason, reported on the console and in
@@ -40,33 +28,33 @@ meta.json like the speech path's damage; a source without one usable record is a
 from __future__ import annotations
 
 import json
-import random
-import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
-
-# transformers renders chat templates with jinja2, so it is there wherever they are.
-from jinja2 import TemplateError
+from typing import Any, Final, Literal
 
 from ml_playground.artifacts import Artifact, read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder, hf_datasets
-from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR
+from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, InputFile, input_file
+from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE, Line, per_split, write_split
 from ml_playground.data.records import (
-    TRAIN_FILE,
-    VAL_FILE,
-    DatasetMeta,
     HFRecordsMeta,
-    InputFile,
+    SpeechDatasetMeta,
     TokenizerLoader,
     read_dataset_meta,
     require_hf_model,
 )
+from ml_playground.data.rendering import (
+    BadRecordError,
+    ChatTokenizer,
+    TemplateFailedError,
+    TokenRecord,
+    messages_record,
+    prompt_completion_record,
+    text_record,
+)
 from ml_playground.data.table import RowCounts, RowTally
-from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import ConfigError, DataError
 
 FORMAT_VERSION: Final = 1
@@ -74,214 +62,6 @@ RECORD_FORMAT: Final = "token-records-jsonl"
 RECORDS_SUFFIX = ".jsonl"
 ROLES = ("system", "user", "assistant")
 SHOWN_EXAMPLES = 3
-GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-Span = tuple[int, int]
-
-
-class ChatTokenizer(HFTokenizer, Protocol):
-    """A Hugging Face tokenizer with the chat template machinery."""
-
-    chat_template: str | None
-    name_or_path: str
-    all_special_ids: list[int]
-
-    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    """A record as the model sees it: its tokens, and which of them are targets."""
-
-    input_ids: tuple[int, ...]
-    trained_spans: tuple[Span, ...]
-
-    def mask(self) -> list[int]:
-        """One flag per token: 1 where the token is a target."""
-        flags = [0] * len(self.input_ids)
-        for start, end in self.trained_spans:
-            flags[start:end] = [1] * (end - start)
-        return flags
-
-
-class BadRecordError(Exception):
-    """A record that cannot be used; `reason` is what the tally counts it under."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
-# --- rendering ----------------------------------------------------------------------------
-
-
-def text_record(tokenizer: HFTokenizer, text: str) -> TokenRecord:
-    """Every token trains, then EOS."""
-    ids = [*_encode_opening(tokenizer, text), _eos(tokenizer)]
-    return TokenRecord(tuple(ids), ((0, len(ids)),))
-
-
-def prompt_completion_record(tokenizer: HFTokenizer, prompt: str, completion: str) -> TokenRecord:
-    """The prompt (with the tokenizer's opening, e.g. <bos>), then the completion and EOS;
-    only the completion and EOS train."""
-    prompt_ids = _encode_opening(tokenizer, prompt)
-    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
-    ids = [*prompt_ids, *completion_ids, _eos(tokenizer)]
-    return TokenRecord(tuple(ids), ((len(prompt_ids), len(ids)),))
-
-
-def messages_record(tokenizer: ChatTokenizer, messages: Sequence[Mapping[str, str]]) -> TokenRecord:
-    """The conversation rendered with the tokenizer's chat template; the assistant turns
-    train, everything else (system, user, the template's own framing) does not."""
-    conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
-    template = tokenizer.chat_template or ""
-    if GENERATION_BLOCK.search(template):
-        return _generation_masked(tokenizer, conversation)
-    return _prefix_masked(tokenizer, conversation)
-
-
-def _generation_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]]) -> TokenRecord:
-    encoded = _render(
-        tokenizer, conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids = [int(i) for i in encoded["input_ids"]]
-    flags = [int(f) for f in encoded["assistant_masks"]]
-    return TokenRecord(tuple(ids), _spans_of(flags))
-
-
-def _prefix_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]]) -> TokenRecord:
-    full = _render(tokenizer, conversation, tokenize=False)
-    ids = tokenizer.encode(full, add_special_tokens=False)
-    spans: list[Span] = []
-    for turn, message in enumerate(conversation):
-        if message["role"] != "assistant":
-            continue
-        opened = _render(tokenizer, conversation[:turn], tokenize=False, add_generation_prompt=True)
-        closed = _render(tokenizer, conversation[: turn + 1], tokenize=False)
-        start, end = (
-            _boundary(tokenizer, full, ids, opened),
-            _boundary(tokenizer, full, ids, closed),
-        )
-        if start < end:
-            spans.append((start, end))
-    return TokenRecord(tuple(ids), tuple(spans))
-
-
-def _boundary(tokenizer: HFTokenizer, full: str, ids: Sequence[int], prefix: str) -> int:
-    """How many tokens of `full` the rendered `prefix` covers."""
-    if not full.startswith(prefix):
-        raise BadRecordError("template renders a turn differently in a longer conversation")
-    prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
-    if list(ids[: len(prefix_ids)]) != prefix_ids:
-        raise BadRecordError("a turn boundary falls inside a token")
-    return len(prefix_ids)
-
-
-class TemplateFailedError(Exception):
-    """The chat template itself failed, not the record: raised again naming the row."""
-
-
-def template_failure(tokenizer: ChatTokenizer, exc: Exception) -> str:
-    """What went wrong in a chat template, in one line that names it: a template is user
-    code, so anything its expressions raise (a TypeError, a ZeroDivisionError) is reported,
-    not a traceback."""
-    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return (
-        f"the chat template of {tokenizer.name_or_path} failed ({detail}); fix the template "
-        "([prepare] chat_template, or chat_template.jinja in that tokenizer folder)"
-    )
-
-
-def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
-    try:
-        return tokenizer.apply_chat_template(conversation, **kwargs)
-    except (ValueError, TemplateError) as exc:
-        # Templates reject conversations they cannot render with raise_exception(...).
-        raise BadRecordError("the chat template refused it", str(exc)) from None
-    except Exception as exc:  # user code: whatever it raises is one line
-        raise TemplateFailedError(template_failure(tokenizer, exc)) from None
-
-
-def generation_prompt(
-    tokenizer: ChatTokenizer, conversation: Sequence[Mapping[str, str]]
-) -> list[int]:
-    """The ids the model answers `conversation` from: the turns rendered as training
-    rendered them, then the template's opening of an assistant turn."""
-    try:
-        text = tokenizer.apply_chat_template(
-            [dict(message) for message in conversation],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-    except (ValueError, TemplateError) as exc:
-        raise DataError(
-            f"the chat template of {tokenizer.name_or_path} refuses the conversation ({exc}); "
-            "fix the template ([prepare] chat_template) or the system prompt "
-            "([export.ollama] system)"
-        ) from None
-    except Exception as exc:  # user code: whatever it raises is one line
-        raise DataError(template_failure(tokenizer, exc)) from None
-    return tokenizer.encode(str(text), add_special_tokens=False)
-
-
-END_OF_TURN_PROBE = "Ja."
-
-
-def end_of_turn_ids(tokenizer: ChatTokenizer) -> frozenset[int]:
-    """The special token the chat template closes an assistant turn with (Qwen2's
-    <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|>): where an answer ends.
-
-    Found by rendering a one-turn conversation and reading the token after the answer, so
-    any template works without a list of model families. Empty without a template, or
-    when the answer is followed by plain text rather than a special token.
-    """
-    if not tokenizer.chat_template:
-        return frozenset()
-    conversation = [
-        {"role": "user", "content": "Wer?"},
-        {"role": "assistant", "content": END_OF_TURN_PROBE},
-    ]
-    try:
-        rendered = str(tokenizer.apply_chat_template(conversation, tokenize=False))
-    except Exception:  # user code; a template that fails here fails a chat
-        return frozenset()  # too, where generation_prompt reports it in one line
-    _, found, after = rendered.rpartition(END_OF_TURN_PROBE)
-    following = tokenizer.encode(after, add_special_tokens=False) if found else []
-    if following and following[0] in tokenizer.all_special_ids:
-        return frozenset(following[:1])
-    return frozenset()
-
-
-def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:
-    spans: list[Span] = []
-    start: int | None = None
-    for index, flag in enumerate([*flags, 0]):
-        if flag and start is None:
-            start = index
-        elif not flag and start is not None:
-            spans.append((start, index))
-            start = None
-    return tuple(spans)
-
-
-def _encode_opening(tokenizer: HFTokenizer, text: str) -> list[int]:
-    """`text` as a record begins: with <bos> where the tokenizer adds one, without the EOS
-    some tokenizers (Llama's with add_eos_token) append."""
-    ids = tokenizer.encode(text, add_special_tokens=True)
-    return ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
-
-
-def _eos(tokenizer: HFTokenizer) -> int:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise DataError(
-            "the base model's tokenizer has no end-of-sequence token, so a fine-tuned model "
-            "could never learn to stop; use a base model whose tokenizer has one"
-        )
-    return eos
-
-
 # --- reading ------------------------------------------------------------------------------
 
 
@@ -474,7 +254,9 @@ class ChatDatasetMeta(HFRecordsMeta):
 ChatPrepareOutcome = dataset_folder.PrepareOutcome[ChatDatasetMeta]
 
 
-def read_records_meta(dataset_dir: Path, *, chat: bool = False) -> DatasetMeta | ChatDatasetMeta:
+def read_records_meta(
+    dataset_dir: Path, *, chat: bool = False
+) -> SpeechDatasetMeta | ChatDatasetMeta:
     """The meta.json of a records dataset of either kind, told apart by its "format"; one
     that is missing or unreadable is reported as the kind the config asks for (`chat`:
     [prepare] format is set)."""
@@ -548,17 +330,16 @@ def prepare_chat_dataset(
         )
     counts = RowCounts()
     with dataset_folder.replacing(dataset_dir) as staged:
-        split = _write_split(
-            read_records(rows, source_format, tokenizer, counts),
+        split = write_split(
+            _split_lines(read_records(rows, source_format, tokenizer, counts)),
             staged,
             train_split=prepare.train_split,
             seed=prepare.seed,
-        )
-        if split.records["train"] + split.records["val"] < 2:
-            raise DataError(
-                f"{_usable(split)} usable record(s) in {described}, at least 2 are "
+            too_few=lambda usable: DataError(
+                f"{usable} usable record(s) in {described}, at least 2 are "
                 f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
-            )
+            ),
+        )
         with staged.folder(TOKENIZER_DIR) as folder:
             tokenizer.save_pretrained(str(folder))
         meta = ChatDatasetMeta(
@@ -572,9 +353,9 @@ def prepare_chat_dataset(
             base_model=hf.model_name,
             revision=hf.revision,
             vocab_size=len(tokenizer),
-            records=dict(split.records),
-            tokens=dict(split.tokens),
-            trained_tokens=dict(split.trained),
+            records=per_split(split, "records"),
+            tokens=per_split(split, "tokens"),
+            trained_tokens=per_split(split, "trained"),
             file_sizes=staged.sizes(TRAIN_FILE, VAL_FILE),
             fingerprint=fingerprint,
             rows=counts.tally(),
@@ -584,9 +365,10 @@ def prepare_chat_dataset(
         skipped=False,
         meta=meta,
         message=(
-            f"prepared {dataset_dir}: {split.records['train']:,} train + "
-            f"{split.records['val']:,} val {source_format} records for {hf.model_name} "
-            f"({split.trained['train']:,} of {split.tokens['train']:,} train tokens train); "
+            f"prepared {dataset_dir}: {split['train']['records']:,} train + "
+            f"{split['val']['records']:,} val {source_format} records for {hf.model_name} "
+            f"({split['train'].get('trained', 0):,} of {split['train'].get('tokens', 0):,} "
+            "train tokens train); "
             f"{_summary(counts)}{_examples(counts, chr(10) + '  e.g. ')}"
         ),
     )
@@ -603,7 +385,7 @@ def _record_rows(
         )
         return split.located(), split.label, (), f"{split.label}@{split.fingerprint}"
     sources = record_sources(prepare.records_path)
-    inputs = tuple(_input_file(path) for path in sources)
+    inputs = tuple(input_file(path) for path in sources)
     return jsonl_rows(sources), _sources_text(sources), inputs, None
 
 
@@ -624,64 +406,12 @@ def configured_template(value: str | None) -> str | None:
     return value
 
 
-@dataclass(frozen=True)
-class _Split:
-    records: Mapping[str, int]
-    tokens: Mapping[str, int]
-    trained: Mapping[str, int]
-
-
-def _write_split(
-    records: Iterator[TokenRecord],
-    staged: dataset_folder.StagedDataset,
-    *,
-    train_split: float,
-    seed: int,
-) -> _Split:
-    """Seeded split by record, like the speeches'; a split left empty takes the last record
-    of the other. The lines are held in memory until all are read: chat datasets are small
-    beside speech corpora, and nothing is written before the source has been read whole."""
-    rng = random.Random(seed)
-    counts = {split: {"records": 0, "tokens": 0, "trained": 0} for split in ("train", "val")}
-    lines: dict[str, list[str]] = {"train": [], "val": []}
+def _split_lines(records: Iterator[TokenRecord]) -> Iterator[Line]:
     for record in records:
-        split = "train" if rng.random() < train_split else "val"
-        lines[split].append(_line(record))
-        tally = counts[split]
-        tally["records"] += 1
-        tally["tokens"] += len(record.input_ids)
-        tally["trained"] += sum(end - start for start, end in record.trained_spans)
-    total = counts["train"]["records"] + counts["val"]["records"]
-    if total >= 2:
-        for empty, full in (("val", "train"), ("train", "val")):
-            if not lines[empty]:
-                moved = lines[full].pop()
-                record = _prepared_record(json.loads(moved))
-                lines[empty].append(moved)
-                for key, size in (
-                    ("records", 1),
-                    ("tokens", len(record.input_ids)),
-                    ("trained", sum(end - start for start, end in record.trained_spans)),
-                ):
-                    counts[full][key] -= size
-                    counts[empty][key] += size
-        for split, name in (("train", TRAIN_FILE), ("val", VAL_FILE)):
-            with staged.open(name) as handle:
-                handle.write("".join(lines[split]).encode("utf-8"))
-    return _Split(
-        records={split: tally["records"] for split, tally in counts.items()},
-        tokens={split: tally["tokens"] for split, tally in counts.items()},
-        trained={split: tally["trained"] for split, tally in counts.items()},
-    )
-
-
-def _line(record: TokenRecord) -> str:
-    fields = {"input_ids": record.input_ids, "trained_spans": record.trained_spans}
-    return json.dumps(fields, separators=(",", ":")) + "\n"
-
-
-def _usable(split: _Split) -> int:
-    return split.records["train"] + split.records["val"]
+        fields = {"input_ids": record.input_ids, "trained_spans": record.trained_spans}
+        line = json.dumps(fields, separators=(",", ":")) + "\n"
+        trained = sum(end - start for start, end in record.trained_spans)
+        yield line.encode("utf-8"), {"tokens": len(record.input_ids), "trained": trained}
 
 
 def _summary(counts: RowCounts) -> str:
@@ -700,11 +430,3 @@ def _examples(counts: RowCounts, joiner: str) -> str:
 
 def _sources_text(sources: Sequence[Path]) -> str:
     return str(sources[0]) if len(sources) == 1 else f"{len(sources)} files"
-
-
-def _input_file(path: Path) -> InputFile:
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return InputFile(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)

@@ -38,6 +38,27 @@ RERUN_HINT = "run `ml-playground prepare <experiment>`"
 TOKENIZER_DIR: Final = "tokenizer"  # a records dataset's tokenizer, copied into out_dir by training
 
 
+class InputFile(Artifact):
+    """An input as a fingerprint records it: by path, size and modification time rather
+    than a content hash, because speech CSVs run to gigabytes and hashing them would cost
+    a full extra read."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def input_file(path: Path) -> InputFile:
+    """`path` as a fingerprint records it; a missing or unreadable one is an error."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"source not found: {path}; fix the path") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return InputFile(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
 class PreparedMeta(Artifact):
     """A prepared dataset's meta.json."""
 

@@ -23,9 +23,11 @@ import numpy as np
 
 from ml_playground.data import dataset_folder
 from ml_playground.data.batches import MASK_DTYPE
-from ml_playground.data.chat_records import TokenRecord, read_token_records
+from ml_playground.data.chat_records import read_token_records
 from ml_playground.data.dataset_folder import META_FILE, PreparedMeta
-from ml_playground.data.records import TRAIN_FILE, VAL_FILE, read_texts
+from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
+from ml_playground.data.records import read_texts
+from ml_playground.data.rendering import TokenRecord
 from ml_playground.data.token_dataset import UINT16_IDS, TokenDType
 from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import DataError

@@ -12,35 +12,35 @@
                                          to every input row, and the fingerprint of
                                          inputs and settings
 
-The folder follows dataset_folder.py: when meta.json records the same inputs and settings
-and both jsonl files have the sizes it recorded, nothing is done. Inputs are
-fingerprinted by path, size and modification time rather than a content hash, because
-speech CSVs run to gigabytes and hashing them would cost a full extra read. The tokenizer
-is the caller's to load (`TokenizerLoader`), so this layer never imports the Hugging
-Face backend.
-
-The split is by speech and seeded: each speech goes to val with probability
-1 - train_split, drawn from random.Random(seed) in input order; at least one speech lands
-in each split.
+The folder follows dataset_folder.py: when meta.json records the same inputs (by path,
+size and modification time, `InputFile`) and settings and both jsonl files have the sizes
+it recorded, nothing is done. The tokenizer is the caller's to load (`TokenizerLoader`),
+so this layer never imports the Hugging Face backend. The split is by speech and seeded
+(record_split.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import random
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field
 
 from ml_playground.artifacts import Artifact
 from ml_playground.config import ExperimentConfig, HFModelConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, PreparedMeta
+from ml_playground.data.dataset_folder import (
+    RERUN_HINT,
+    TOKENIZER_DIR,
+    InputFile,
+    PreparedMeta,
+    input_file,
+)
+from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE, Line, per_split, write_split
 from ml_playground.data.speeches.selection import Selection, SelectionSettings
 from ml_playground.data.speeches.source import (
     ReadReport,
@@ -63,8 +63,6 @@ from ml_playground.progress import byte_progress
 
 FORMAT_VERSION: Final = 1
 RECORD_FORMAT: Final = "speech-records-jsonl"
-TRAIN_FILE = "train.jsonl"
-VAL_FILE = "val.jsonl"
 SHOWN_EXAMPLES = 3
 
 # The caller, which may import the Hugging Face backend, decides how a tokenizer is had.
@@ -124,14 +122,6 @@ def _speech_framing(structure_tokens: bool) -> tuple[str, str, tuple[str, ...]]:
     return "", "", ()
 
 
-class InputFile(Artifact):
-    """An input as a fingerprint records it."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-
 class RecordSettings(Artifact):
     """The settings that decide a records dataset."""
 
@@ -168,7 +158,7 @@ class HFRecordsMeta(RecordFormat, PreparedMeta):
         return self.file_sizes
 
 
-class DatasetMeta(HFRecordsMeta):
+class SpeechDatasetMeta(HFRecordsMeta):
     """Speech records dataset metadata."""
 
     format_version: Literal[1] = FORMAT_VERSION
@@ -178,9 +168,9 @@ class DatasetMeta(HFRecordsMeta):
     rows: ReadTally
 
 
-def read_dataset_meta(dataset_dir: Path) -> DatasetMeta:
+def read_dataset_meta(dataset_dir: Path) -> SpeechDatasetMeta:
     """The meta.json of a prepared dataset; missing or damaged ones say how to rebuild."""
-    return dataset_folder.read_meta(DatasetMeta, dataset_dir / dataset_folder.META_FILE)
+    return dataset_folder.read_meta(SpeechDatasetMeta, dataset_dir / dataset_folder.META_FILE)
 
 
 def read_texts(path: Path) -> Iterator[str]:
@@ -204,7 +194,7 @@ def read_texts(path: Path) -> Iterator[str]:
         raise DataError(f"dataset file not found: {path}; {RERUN_HINT}") from None
 
 
-PrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
+PrepareOutcome = dataset_folder.PrepareOutcome[SpeechDatasetMeta]
 
 
 def prepare_speeches(
@@ -242,7 +232,7 @@ def prepare_speech_dataset(
     dataset_dir = prepare.dataset_dir
     fingerprint = _fingerprint(config, hf, selection, sources)
     existing = dataset_folder.up_to_date(
-        DatasetMeta,
+        SpeechDatasetMeta,
         dataset_dir,
         lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
         force=force,
@@ -252,7 +242,7 @@ def prepare_speech_dataset(
 
     tokenizer = load_tokenizer()
     report = ReadReport()
-    total_bytes = sum(_stat(path)[0] for path in sources)
+    total_bytes = sum(entry.size for entry in fingerprint.inputs[: len(sources)])
     with (
         byte_progress("reading speeches", total_bytes, enabled=show_progress) as advance,
         dataset_folder.replacing(dataset_dir) as staged,
@@ -260,13 +250,15 @@ def prepare_speech_dataset(
         speeches = select(read_speeches(sources, report, advance=advance), selection, report)
         if speeches_config.max_records is not None:
             speeches = itertools.islice(speeches, speeches_config.max_records)
-        split = _write_split(
-            speeches,
+        split = write_split(
+            _lines(speeches, structure_tokens=speeches_config.add_structure_tokens),
             staged,
-            structure_tokens=speeches_config.add_structure_tokens,
             train_split=prepare.train_split,
             seed=prepare.seed,
-            describe=report.summary,
+            too_few=lambda total: DataError(
+                f"{total} speech(es) to prepare, at least 2 are needed (one for val): "
+                f"{report.summary()}; add speeches or loosen the [prepare] filters"
+            ),
         )
         structure = STRUCTURE_TOKENS if speeches_config.add_structure_tokens else ()
         added = _add_structure_tokens(tokenizer, structure)
@@ -277,13 +269,13 @@ def prepare_speech_dataset(
         )
         with staged.folder(TOKENIZER_DIR) as folder:
             tokenizer.save_pretrained(str(folder))
-        meta = DatasetMeta(
+        meta = SpeechDatasetMeta(
             **framing.record_format(),
             base_model=hf.model_name,
             revision=hf.revision,
             vocab_size=len(tokenizer),
-            records=dict(split.records),
-            characters=dict(split.characters),
+            records=per_split(split, "records"),
+            characters=per_split(split, "characters"),
             file_sizes=staged.sizes(TRAIN_FILE, VAL_FILE),
             fingerprint=fingerprint,
             rows=report.tally(),
@@ -295,8 +287,8 @@ def prepare_speech_dataset(
         skipped=False,
         meta=meta,
         message=(
-            f"prepared {dataset_dir}: {split.records['train']:,} train + "
-            f"{split.records['val']:,} val speeches for {hf.model_name}{tokens_note}; "
+            f"prepared {dataset_dir}: {split['train']['records']:,} train + "
+            f"{split['val']['records']:,} val speeches for {hf.model_name}{tokens_note}; "
             f"{report.summary()}{examples}"
         ),
     )
@@ -314,72 +306,11 @@ def require_hf_model(config: ExperimentConfig) -> HFModelConfig:
 # --- writing ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Split:
-    records: Mapping[str, int]
-    characters: Mapping[str, int]
-
-
-class _SplitWriter:
-    """Appends records to one split's file; can hand its last record back."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle = handle
-        self.records = 0
-        self.characters = 0
-        self._last: tuple[int, bytes, int] | None = None  # offset, line, characters
-
-    def write(self, line: bytes, characters: int) -> None:
-        self._last = (self.handle.tell(), line, characters)
-        self.handle.write(line)
-        self.records += 1
-        self.characters += characters
-
-    def take_last(self) -> tuple[bytes, int]:
-        assert self._last is not None and self.records > 1
-        offset, line, characters = self._last
-        self.handle.seek(offset)
-        self.handle.truncate()
-        self._last = None
-        self.records -= 1
-        self.characters -= characters
-        return line, characters
-
-
-def _write_split(
-    speeches: Iterator[Speech],
-    staged: dataset_folder.StagedDataset,
-    *,
-    structure_tokens: bool,
-    train_split: float,
-    seed: int,
-    describe: Callable[[], str],
-) -> _Split:
-    rng = random.Random(seed)
-    with (
-        staged.open(TRAIN_FILE) as train_handle,
-        staged.open(VAL_FILE) as val_handle,
-    ):
-        train, val = _SplitWriter(train_handle), _SplitWriter(val_handle)
-        for speech in speeches:
-            text = format_record(speech, structure_tokens=structure_tokens)
-            line = json.dumps(_record(speech, text), ensure_ascii=False) + "\n"
-            writer = train if rng.random() < train_split else val
-            writer.write(line.encode("utf-8"), len(text))
-        total = train.records + val.records
-        if total < 2:
-            raise DataError(
-                f"{total} speech(es) to prepare, at least 2 are needed (one for val): "
-                f"{describe()}; add speeches or loosen the [prepare] filters"
-            )
-        # Small corpora can leave a split empty; the last speech of the other one moves.
-        for empty, full in ((val, train), (train, val)):
-            if empty.records == 0:
-                empty.write(*full.take_last())
-    return _Split(
-        records={"train": train.records, "val": val.records},
-        characters={"train": train.characters, "val": val.characters},
-    )
+def _lines(speeches: Iterator[Speech], *, structure_tokens: bool) -> Iterator[Line]:
+    for speech in speeches:
+        text = format_record(speech, structure_tokens=structure_tokens)
+        line = json.dumps(_record(speech, text), ensure_ascii=False) + "\n"
+        yield line.encode("utf-8"), {"characters": len(text)}
 
 
 def _record(speech: Speech, text: str) -> dict[str, object]:
@@ -419,11 +350,7 @@ def _fingerprint(
     prepare, speeches = config.prepare, config.prepare.speeches
     inputs = [*sources, *auxiliary_files(sources)]
     return Fingerprint(
-        inputs=tuple(
-            InputFile(path=str(path), size=size, mtime_ns=mtime)
-            for path in inputs
-            for size, mtime in [_stat(path)]
-        ),
+        inputs=tuple(input_file(path) for path in inputs),
         settings=RecordSettings(
             format_version=FORMAT_VERSION,
             base_model=hf.model_name,
@@ -436,13 +363,3 @@ def _fingerprint(
             selection=selection.settings(),
         ),
     )
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise DataError(f"source not found: {path}; fix the path") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return stat.st_size, stat.st_mtime_ns

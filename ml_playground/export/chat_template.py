@@ -24,7 +24,7 @@ from typing import Protocol
 # transformers renders chat templates with jinja2, so it is there wherever they are.
 from jinja2 import TemplateError
 
-from ml_playground.data.chat_records import ChatTokenizer
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.errors import ExportError
 
 # Contents a template writes unchanged: no whitespace to trim, no markup, none part of another.

@@ -32,13 +32,9 @@ from ml_playground.checkpoint import (
     verify_adapters,
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
-from ml_playground.data.chat_records import (
-    ChatTokenizer,
-    configured_template,
-    end_of_turn_ids,
-    generation_prompt,
-)
+from ml_playground.data.chat_records import configured_template
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
+from ml_playground.data.rendering import ChatTokenizer, end_of_turn_ids, generation_prompt
 from ml_playground.data.speeches.quality import analyse
 from ml_playground.device import Precision, resolve_precision
 from ml_playground.errors import CheckpointError

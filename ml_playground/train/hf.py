@@ -26,7 +26,7 @@ from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
 from ml_playground.data.chat_records import ChatDatasetMeta, read_records_meta
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.packing import pack_dataset, pack_token_records
-from ml_playground.data.records import DatasetMeta, RecordFormat
+from ml_playground.data.records import RecordFormat, SpeechDatasetMeta
 from ml_playground.device import Precision, seed_everything
 from ml_playground.distributed import (
     Ranks,
@@ -223,7 +223,7 @@ def _announce_saved_lora(peft: PeftConfig, fields: Mapping[str, object], folder:
 
 
 def _check_dataset_matches(
-    meta: DatasetMeta | ChatDatasetMeta, hf: HFModelConfig, dataset_dir: Path
+    meta: SpeechDatasetMeta | ChatDatasetMeta, hf: HFModelConfig, dataset_dir: Path
 ) -> None:
     if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
         raise DataError(

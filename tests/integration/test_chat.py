@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ml_playground.config import ExperimentConfig, load_config
-from ml_playground.data.chat_records import ChatTokenizer
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.sample.backend import LoadedModel
 from ml_playground.sample.chat import Streams, chat

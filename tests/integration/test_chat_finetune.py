@@ -19,7 +19,7 @@ from ml_playground import checkpoint
 from ml_playground.data.batches import BatchSampler
 from ml_playground.data.chat_records import prepare_chat_dataset, read_token_records
 from ml_playground.data.packing import PACKED_DIR, pack_token_records
-from ml_playground.data.records import TRAIN_FILE
+from ml_playground.data.record_split import TRAIN_FILE
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.loss import plain_next_token_loss
 from ml_playground.train.hf import train_lora

@@ -21,7 +21,8 @@ import gguf
 import pytest
 import torch
 
-from ml_playground.data.chat_records import ChatTokenizer, prepare_chat_dataset
+from ml_playground.data.chat_records import prepare_chat_dataset
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import load_adapters, merge_adapters
 from ml_playground.train.hf import train_lora

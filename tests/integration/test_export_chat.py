@@ -12,7 +12,8 @@ from typing import cast
 
 import pytest
 
-from ml_playground.data.chat_records import ChatTokenizer, prepare_chat_dataset
+from ml_playground.data.chat_records import prepare_chat_dataset
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.export import export_experiment
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.train.hf import train_lora

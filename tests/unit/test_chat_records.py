@@ -15,16 +15,18 @@ import pytest
 
 from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
 from ml_playground.data.chat_records import (
-    ChatTokenizer,
-    TokenRecord,
-    messages_record,
     prepare_chat_dataset,
-    prompt_completion_record,
     read_records_meta,
     read_token_records,
 )
 from ml_playground.data.packing import pack_token_records
-from ml_playground.data.records import TRAIN_FILE, VAL_FILE
+from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
+from ml_playground.data.rendering import (
+    ChatTokenizer,
+    TokenRecord,
+    messages_record,
+    prompt_completion_record,
+)
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from tests.finetune_helpers import (

@@ -12,9 +12,9 @@ from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, RecordsSourceFormat, load_config
 from ml_playground.data.chat_records import ChatDatasetMeta, ChatFingerprint, ChatRecordSettings
 from ml_playground.data.records import (
-    DatasetMeta,
     Fingerprint,
     RecordSettings,
+    SpeechDatasetMeta,
     speech_record_format,
 )
 from ml_playground.data.speeches.selection import Selection
@@ -59,7 +59,7 @@ def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
         max_records=None,
         selection=Selection().settings(),
     )
-    meta = DatasetMeta(
+    meta = SpeechDatasetMeta(
         **records.record_format(),
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,

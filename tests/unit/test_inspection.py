@@ -12,7 +12,7 @@ import torch
 
 from ml_playground import dataset_checks, inspection
 from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
-from ml_playground.data.chat_records import ChatTokenizer
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.inspection import (
     RESET,
     TARGET_CLOSE,

@@ -10,7 +10,7 @@ import pytest
 
 from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.packing import pack_dataset
-from ml_playground.data.records import TRAIN_FILE, VAL_FILE
+from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
 from tests.finetune_helpers import Family, TinyModels
 

@@ -1,0 +1,236 @@
+"""Chat records rendered as the model sees them: tokens, and which of them are targets.
+
+A "text" record trains on every token, then EOS; a "prompt_completion" record is the
+prompt, then the completion and EOS, and only the completion and EOS train; a "messages"
+record is rendered with the tokenizer's chat template and only the assistant turns train.
+
+Assistant spans come from the template itself: where it marks them with
+`{% generation %}`, from transformers' assistant mask; otherwise by rendering the
+conversation up to each assistant turn (with the generation prompt: where the answer
+starts) and through it (where the turn ends), and finding those prefixes in the tokens
+of the whole conversation. A record the template renders otherwise (a prefix that is not
+a prefix, a boundary inside a token) is a `BadRecordError`, counted, not guessed at.
+
+Generation reads the same rendering: `generation_prompt` is a conversation up to where
+the next answer begins, `end_of_turn_ids` the special token that closes an answer. The
+dataset (chat_records.py), sampling and the Ollama export all render through here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# transformers renders chat templates with jinja2, so it is there wherever they are.
+from jinja2 import TemplateError
+
+from ml_playground.data.tokenizer import HFTokenizer
+from ml_playground.errors import DataError
+
+GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+Span = tuple[int, int]
+
+
+class ChatTokenizer(HFTokenizer, Protocol):
+    """A Hugging Face tokenizer with the chat template machinery."""
+
+    chat_template: str | None
+    name_or_path: str
+    all_special_ids: list[int]
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A record as the model sees it: its tokens, and which of them are targets."""
+
+    input_ids: tuple[int, ...]
+    trained_spans: tuple[Span, ...]
+
+    def mask(self) -> list[int]:
+        """One flag per token: 1 where the token is a target."""
+        flags = [0] * len(self.input_ids)
+        for start, end in self.trained_spans:
+            flags[start:end] = [1] * (end - start)
+        return flags
+
+
+class BadRecordError(Exception):
+    """A record that cannot be used; `reason` is what the tally counts it under."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def text_record(tokenizer: HFTokenizer, text: str) -> TokenRecord:
+    """Every token trains, then EOS."""
+    ids = [*_encode_opening(tokenizer, text), _eos(tokenizer)]
+    return TokenRecord(tuple(ids), ((0, len(ids)),))
+
+
+def prompt_completion_record(tokenizer: HFTokenizer, prompt: str, completion: str) -> TokenRecord:
+    """The prompt (with the tokenizer's opening, e.g. <bos>), then the completion and EOS;
+    only the completion and EOS train."""
+    prompt_ids = _encode_opening(tokenizer, prompt)
+    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
+    ids = [*prompt_ids, *completion_ids, _eos(tokenizer)]
+    return TokenRecord(tuple(ids), ((len(prompt_ids), len(ids)),))
+
+
+def messages_record(tokenizer: ChatTokenizer, messages: Sequence[Mapping[str, str]]) -> TokenRecord:
+    """The conversation rendered with the tokenizer's chat template; the assistant turns
+    train, everything else (system, user, the template's own framing) does not."""
+    conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
+    template = tokenizer.chat_template or ""
+    if GENERATION_BLOCK.search(template):
+        return _generation_masked(tokenizer, conversation)
+    return _prefix_masked(tokenizer, conversation)
+
+
+def _generation_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]]) -> TokenRecord:
+    encoded = _render(
+        tokenizer, conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = [int(i) for i in encoded["input_ids"]]
+    flags = [int(f) for f in encoded["assistant_masks"]]
+    return TokenRecord(tuple(ids), _spans_of(flags))
+
+
+def _prefix_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]]) -> TokenRecord:
+    full = _render(tokenizer, conversation, tokenize=False)
+    ids = tokenizer.encode(full, add_special_tokens=False)
+    spans: list[Span] = []
+    for turn, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        opened = _render(tokenizer, conversation[:turn], tokenize=False, add_generation_prompt=True)
+        closed = _render(tokenizer, conversation[: turn + 1], tokenize=False)
+        start, end = (
+            _boundary(tokenizer, full, ids, opened),
+            _boundary(tokenizer, full, ids, closed),
+        )
+        if start < end:
+            spans.append((start, end))
+    return TokenRecord(tuple(ids), tuple(spans))
+
+
+def _boundary(tokenizer: HFTokenizer, full: str, ids: Sequence[int], prefix: str) -> int:
+    """How many tokens of `full` the rendered `prefix` covers."""
+    if not full.startswith(prefix):
+        raise BadRecordError("template renders a turn differently in a longer conversation")
+    prefix_ids = tokenizer.encode(prefix, add_special_tokens=False)
+    if list(ids[: len(prefix_ids)]) != prefix_ids:
+        raise BadRecordError("a turn boundary falls inside a token")
+    return len(prefix_ids)
+
+
+class TemplateFailedError(Exception):
+    """The chat template itself failed, not the record: raised again naming the row."""
+
+
+def template_failure(tokenizer: ChatTokenizer, exc: Exception) -> str:
+    """What went wrong in a chat template, in one line that names it: a template is user
+    code, so anything its expressions raise (a TypeError, a ZeroDivisionError) is reported,
+    not a traceback."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return (
+        f"the chat template of {tokenizer.name_or_path} failed ({detail}); fix the template "
+        "([prepare] chat_template, or chat_template.jinja in that tokenizer folder)"
+    )
+
+
+def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
+    try:
+        return tokenizer.apply_chat_template(conversation, **kwargs)
+    except (ValueError, TemplateError) as exc:
+        # Templates reject conversations they cannot render with raise_exception(...).
+        raise BadRecordError("the chat template refused it", str(exc)) from None
+    except Exception as exc:  # user code: whatever it raises is one line
+        raise TemplateFailedError(template_failure(tokenizer, exc)) from None
+
+
+def generation_prompt(
+    tokenizer: ChatTokenizer, conversation: Sequence[Mapping[str, str]]
+) -> list[int]:
+    """The ids the model answers `conversation` from: the turns rendered as training
+    rendered them, then the template's opening of an assistant turn."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(message) for message in conversation],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except (ValueError, TemplateError) as exc:
+        raise DataError(
+            f"the chat template of {tokenizer.name_or_path} refuses the conversation ({exc}); "
+            "fix the template ([prepare] chat_template) or the system prompt "
+            "([export.ollama] system)"
+        ) from None
+    except Exception as exc:  # user code: whatever it raises is one line
+        raise DataError(template_failure(tokenizer, exc)) from None
+    return tokenizer.encode(str(text), add_special_tokens=False)
+
+
+# Digits and punctuation: a probe that reads the same in every language's template.
+END_OF_TURN_QUESTION = "1 + 1 = ?"
+END_OF_TURN_PROBE = "2."
+
+
+def end_of_turn_ids(tokenizer: ChatTokenizer) -> frozenset[int]:
+    """The special token the chat template closes an assistant turn with (Qwen2's
+    <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|>): where an answer ends.
+
+    Found by rendering a one-turn conversation and reading the token after the answer, so
+    any template works without a list of model families. Empty without a template, or
+    when the answer is followed by plain text rather than a special token.
+    """
+    if not tokenizer.chat_template:
+        return frozenset()
+    conversation = [
+        {"role": "user", "content": END_OF_TURN_QUESTION},
+        {"role": "assistant", "content": END_OF_TURN_PROBE},
+    ]
+    try:
+        rendered = str(tokenizer.apply_chat_template(conversation, tokenize=False))
+    except Exception:  # user code; a template that fails here fails a chat
+        return frozenset()  # too, where generation_prompt reports it in one line
+    _, found, after = rendered.rpartition(END_OF_TURN_PROBE)
+    following = tokenizer.encode(after, add_special_tokens=False) if found else []
+    if following and following[0] in tokenizer.all_special_ids:
+        return frozenset(following[:1])
+    return frozenset()
+
+
+def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:
+    spans: list[Span] = []
+    start: int | None = None
+    for index, flag in enumerate([*flags, 0]):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            spans.append((start, index))
+            start = None
+    return tuple(spans)
+
+
+def _encode_opening(tokenizer: HFTokenizer, text: str) -> list[int]:
+    """`text` as a record begins: with <bos> where the tokenizer adds one, without the EOS
+    some tokenizers (Llama's with add_eos_token) append."""
+    ids = tokenizer.encode(text, add_special_tokens=True)
+    return ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
+
+
+def _eos(tokenizer: HFTokenizer) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(
+            "the base model's tokenizer has no end-of-sequence token, so a fine-tuned model "
+            "could never learn to stop; use a base model whose tokenizer has one"
+        )
+    return eos
