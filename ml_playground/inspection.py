@@ -39,15 +39,14 @@ import numpy.typing as npt
 from ml_playground.config import ExperimentConfig
 from ml_playground.data import hf_datasets, token_dataset
 from ml_playground.data.batches import MASK_DTYPE, BatchSampler, open_tokens
-from ml_playground.data.chat_records import (
-    ChatDatasetMeta,
+from ml_playground.data.chat_records import ChatDatasetMeta, read_records_meta
+from ml_playground.data.dataset_folder import META_FILE, RERUN_HINT, TOKENIZER_DIR
+from ml_playground.data.jsonl_records import (
     jsonl_rows,
     read_records,
-    read_records_meta,
     read_token_records,
     record_sources,
 )
-from ml_playground.data.dataset_folder import META_FILE, RERUN_HINT, TOKENIZER_DIR
 from ml_playground.data.packing import PackedDataset, pack_dataset, pack_token_records
 from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
 from ml_playground.data.records import read_texts

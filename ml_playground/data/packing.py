@@ -23,8 +23,8 @@ import numpy as np
 
 from ml_playground.data import dataset_folder
 from ml_playground.data.batches import MASK_DTYPE
-from ml_playground.data.chat_records import read_token_records
 from ml_playground.data.dataset_folder import META_FILE, PreparedMeta
+from ml_playground.data.jsonl_records import read_token_records
 from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
 from ml_playground.data.records import read_texts
 from ml_playground.data.rendering import TokenRecord

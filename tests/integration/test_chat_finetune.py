@@ -17,7 +17,8 @@ import torch
 
 from ml_playground import checkpoint
 from ml_playground.data.batches import BatchSampler
-from ml_playground.data.chat_records import prepare_chat_dataset, read_token_records
+from ml_playground.data.chat_records import prepare_chat_dataset
+from ml_playground.data.jsonl_records import read_token_records
 from ml_playground.data.packing import PACKED_DIR, pack_token_records
 from ml_playground.data.record_split import TRAIN_FILE
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer

@@ -14,11 +14,8 @@ import numpy as np
 import pytest
 
 from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
-from ml_playground.data.chat_records import (
-    prepare_chat_dataset,
-    read_records_meta,
-    read_token_records,
-)
+from ml_playground.data.chat_records import prepare_chat_dataset, read_records_meta
+from ml_playground.data.jsonl_records import read_token_records
 from ml_playground.data.packing import pack_token_records
 from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
 from ml_playground.data.rendering import (

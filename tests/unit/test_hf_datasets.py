@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from ml_playground.data.chat_records import prepare_chat_dataset, read_token_records
+from ml_playground.data.chat_records import prepare_chat_dataset
+from ml_playground.data.jsonl_records import read_token_records
 from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
