@@ -18,17 +18,11 @@ VOCAB_PAD_MULTIPLE = 64
 NORM_EPS = 1e-5
 # The SwiGLU hidden width is rounded up to a multiple of this, for efficient matmuls.
 HIDDEN_MULTIPLE = 64
-OLDER_CHECKPOINT = "it was not written by this version of ml-playground; retrain or re-save it"
-# Keys that checkpoints written before the llama architecture lack, with the value that
-# describes those (GPT-2) models exactly.
-ADDED_WITH_LLAMA: Mapping[str, object] = {
-    "arch": "gpt2",
-    "rope_base": 10000.0,
-    "mlp_hidden": None,
-    "tie_embeddings": True,
-    "qk_norm": False,
-    "n_kv_head": None,
-}
+# Until 1.0 a checkpoint of another format is refused, not converted (DEVELOPMENT.md).
+OLDER_CHECKPOINT = (
+    "it was not written by this version of ml-playground; start a new run with"
+    " `ml-playground train <experiment> --fresh`"
+)
 
 Size = Annotated[int, Field(ge=1)]
 
@@ -114,13 +108,8 @@ class GPTConfig(Artifact):
 
         Every key is required, even those with defaults: a checkpoint missing `bias` would
         otherwise load into a model of a different shape and fail later, far from the cause.
-        The only exception are the keys added with the llama architecture, which a
-        checkpoint written before them lacks all together: it is a GPT-2.
         """
-        values = dict(d)
-        if not ADDED_WITH_LLAMA.keys() & values.keys():
-            values |= ADDED_WITH_LLAMA
-        missing = sorted(set(cls.model_fields) - values.keys())
+        missing = sorted(set(cls.model_fields) - d.keys())
         if missing:
             raise CheckpointError(f"{source} is missing {', '.join(missing)}; {OLDER_CHECKPOINT}")
-        return parse_artifact(cls, values, source, error=CheckpointError, remedy=OLDER_CHECKPOINT)
+        return parse_artifact(cls, dict(d), source, error=CheckpointError, remedy=OLDER_CHECKPOINT)

@@ -10,7 +10,7 @@ import torch
 
 from ml_playground.errors import CheckpointError
 from ml_playground.model.blocks import LlamaBlock
-from ml_playground.model.config import ADDED_WITH_LLAMA, GPTConfig
+from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from ml_playground.model.rope import apply_rotary, rotary_angles
 from ml_playground.sample.gpt import gpt_step
@@ -273,12 +273,19 @@ def test_a_gpt2_cache_refuses_positions_past_its_learned_table() -> None:
 
 # --- checkpoints from before the llama architecture ---------------------------------------
 
+LLAMA_KEYS = ("arch", "rope_base", "mlp_hidden", "tie_embeddings", "qk_norm", "n_kv_head")
 
-def test_model_args_written_before_llama_load_as_the_gpt2_they_describe() -> None:
-    old = {k: v for k, v in TINY.to_dict().items() if k not in ADDED_WITH_LLAMA}
 
-    assert GPTConfig.from_dict(old) == TINY
-    assert GPTConfig.from_dict(old).arch == "gpt2"
+def test_model_args_without_the_llama_keys_are_refused_naming_the_file_and_train_fresh() -> None:
+    old = {k: v for k, v in TINY.to_dict().items() if k not in LLAMA_KEYS}
+
+    with pytest.raises(CheckpointError) as refused:
+        GPTConfig.from_dict(old, source="out/ckpt_last.pt model_args")
+
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("out/ckpt_last.pt model_args is missing arch,")
+    assert "`ml-playground train <experiment> --fresh`" in message
 
 
 def test_model_args_with_only_some_of_the_llama_keys_are_a_damaged_checkpoint() -> None:
