@@ -37,7 +37,7 @@ from ml_playground.export.gpt import vocab_for
 from ml_playground.export.llama_cpp import NativeQuant
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.sample.generate import generate
+from ml_playground.sample.generate import Step, generate
 from ml_playground.sample.gpt import gpt_step
 
 SEED = 1337
@@ -203,9 +203,25 @@ def _generate(
     `head` is what `load_gpt` hands every step; without it each call takes its own."""
     settings = SampleSettings(max_new_tokens=new_tokens, num_samples=samples)
     generator = torch.Generator().manual_seed(SEED)
-    step = gpt_step(model, head=head) if use_cache else gpt_step(model, use_cache=False)
+    step = gpt_step(model, head=head) if use_cache else uncached_step(model)
     rows = generate(step, [0], settings, generator=generator)
     return sum(len(row.ids) for row in rows)
+
+
+def uncached_step(model: GPT) -> Step:
+    """The whole window recomputed every step, as nanoGPT does: what the KV cache is
+    measured (and, in tests, checked) against."""
+    block_size, vocab_size = model.config.block_size, model.config.vocab_size
+    context: Tensor | None = None
+
+    def step(ids: Tensor) -> Tensor:
+        nonlocal context
+        ids = ids.to(model.transformer.wte.weight.device)
+        context = ids if context is None else torch.cat((context, ids), dim=1)
+        context = context[:, -block_size:]
+        return model.next_token_logits(model(context, last_only=True))[:, :vocab_size]
+
+    return step
 
 
 def _one_after_another(model: GPT, new_tokens: int, samples: int, head: Tensor) -> int:

@@ -104,12 +104,10 @@ def gpt_forward(model: GPT) -> Forward:
 def gpt_step(
     model: GPT,
     *,
-    use_cache: bool = True,
     head: Tensor | None = None,
     decode: Decode | None = None,
 ) -> Step:
-    """Next-token logits (B, vocab_size) of `model` for a batch, with its KV cache (or, to
-    compare, without).
+    """Next-token logits (B, vocab_size) of `model` for a batch, with its KV cache.
 
     Prompts and refills go through `forward_cached`; each later single token through
     `decode` (default `model.decode`; a compiled one from `compiled_decode`), which writes
@@ -117,8 +115,6 @@ def gpt_step(
     given). Only the last block_size ids of the context are used. Dropout follows the
     module's mode, so call `eval()` first for reproducible samples.
     """
-    if not use_cache:
-        return _uncached_step(model)
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
     decode_one = decode or model.decode
     output = model.decoding_head() if head is None else head
@@ -158,21 +154,5 @@ def gpt_step(
             cache.advance(1)
             return logits
         return model.forward_cached(new, cache, last_only=True)[:, -1, :vocab_size]
-
-    return step
-
-
-def _uncached_step(model: GPT) -> Step:
-    """The whole window recomputed every step, as nanoGPT does: the reference the cache
-    is compared with."""
-    block_size, vocab_size = model.config.block_size, model.config.vocab_size
-    context: Tensor | None = None
-
-    def step(ids: Tensor) -> Tensor:
-        nonlocal context
-        ids = ids.to(model.transformer.wte.weight.device)
-        context = ids if context is None else torch.cat((context, ids), dim=1)
-        context = context[:, -block_size:]
-        return model.next_token_logits(model(context, last_only=True))[:, :vocab_size]
 
     return step

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.sampling import uncached_step
 from ml_playground.config import SampleSettings
 from ml_playground.model.gpt import GPT
 from ml_playground.sample.filters import sample_next
@@ -54,7 +55,7 @@ def test_every_decoded_token_has_the_logits_of_the_whole_window_recomputed(shape
 
     seen, tokens = logits_and_tokens(model, gpt_step(model), prompt, new_tokens)
 
-    _, plain_tokens = logits_and_tokens(model, gpt_step(model, use_cache=False), prompt, new_tokens)
+    _, plain_tokens = logits_and_tokens(model, uncached_step(model), prompt, new_tokens)
     assert tokens == plain_tokens
     sequence = prompt + tokens
     for index, logits in enumerate(seen):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.sampling import uncached_step
 from ml_playground.config import SampleSettings
 from ml_playground.model.gpt import GPT
 from ml_playground.sample.filters import sample_next
@@ -50,7 +51,7 @@ def continue_prompt(
     """Every row's new tokens as (num_samples, max_new_tokens); `prompt` is (1, T)."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     rows = generate(
-        gpt_step(model, use_cache=use_cache),
+        gpt_step(model) if use_cache else uncached_step(model),
         [int(token) for token in prompt[0]],
         how,
         generator=generator,
