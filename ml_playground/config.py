@@ -86,7 +86,7 @@ class PrepareConfig(Section):
 
 
 class ModelConfig(Section):
-    """The from-scratch model's shape; `arch` picks GPT-2's block or Llama's (model/blocks.py)."""
+    """The from-scratch model's shape; `arch` picks GPT-2's block or Llama's (model/gpt.py)."""
 
     n_layer: PositiveInt = 4
     n_head: PositiveInt = 4

@@ -4,7 +4,7 @@ Every parameter of a `LlamaBlock` maps one to one onto a llama.cpp tensor. What 
 between the two targets is how each head's query and key rows are ordered:
 
 - `llama` rotates adjacent pairs (x0, x1), (x2, x3), ... (llama.cpp's "normal" rope), as
-  our model does (`model/rope.py`), so the weights go in as they are.
+  our model does (`model/gpt.py`), so the weights go in as they are.
 - llama.cpp's `llama` graph has no QK-norm; `qwen3` is the same graph with `attn_q_norm`
   and `attn_k_norm`, but rotates split halves (x_i, x_{i + head_dim/2}) ("neox" rope).
   Pair i turns by the same angle in both layouts, so moving row 2i of each head to i and

@@ -5,9 +5,9 @@ value matmul and tanh GELU (`gelu_new`); its `Conv1D` layers store weights as (i
 so every matrix is transposed, and a model trained without biases gets zero biases
 (GPT-2's layers always have them). `arch = "llama"` is `LlamaForCausalLM`; with QK-norm it
 is `Qwen3ForCausalLM`, whose attention RMS-normalises each head's query and key after the
-projection and before the rotation, exactly where `model/blocks.py` does.
+projection and before the rotation, exactly where `model/gpt.py` does.
 
-Rotary embeddings: ours rotate adjacent pairs (x0, x1), (x2, x3), ... (model/rope.py);
+Rotary embeddings: ours rotate adjacent pairs (x0, x1), (x2, x3), ... (model/gpt.py);
 transformers' Llama and Qwen3 rotate the two halves of a head (x_i, x_{i+d/2}). Taking
 each head's even rows first, then its odd rows, turns one layout into the other; the
 query and key rows (and the QK-norm weights, which scale the same positions) are

@@ -18,9 +18,9 @@ from ml_playground import checkpoint
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import Tokenizer, tokenizer_from_spec
 from ml_playground.device import resolve_sampling_precision
-from ml_playground.model.attention import CacheSlot, KVCache
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
+from ml_playground.model.kv_cache import CacheSlot, KVCache
 from ml_playground.sample.backend import Forward, LoadedModel, Scoring, mask_padded
 from ml_playground.sample.generate import Step
 

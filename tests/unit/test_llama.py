@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from ml_playground.errors import CheckpointError
-from ml_playground.model.blocks import LlamaBlock
 from ml_playground.model.config import GPTConfig
-from ml_playground.model.gpt import GPT
-from ml_playground.model.rope import apply_rotary, rotary_angles
+from ml_playground.model.gpt import GPT, LlamaBlock, apply_rotary, rotary_angles
 from ml_playground.sample.gpt import gpt_step
 from tests.unit.test_generate import continue_prompt, settings
 from tests.unit.test_gpt import (

@@ -1,11 +1,15 @@
-"""Causal self-attention pieces shared by both block kinds: the KV cache and `attend`."""
+"""The KV cache generation keeps per layer, and `CacheSlot`, one decoded token's place in it.
+
+The model (`gpt.py`) writes each layer's keys and values through `Cache.update` and masks
+its attention with `Cache.visible`; the decode loop (`ml_playground.sample`) advances,
+slides and resets the cache between steps.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the conventional alias for torch's functional API
 from torch import Tensor
 
 
@@ -109,35 +113,3 @@ class CacheSlot:
 
 Cache = KVCache | CacheSlot
 """What a block writes its keys and values to: the cache's next positions, or one slot."""
-
-
-def attend(
-    q: Tensor, k: Tensor, v: Tensor, dropout_p: float, visible: Tensor | None = None
-) -> Tensor:
-    """Causal attention of queries (B, H, T, D) that are the last T positions of the keys.
-
-    Keys and values may have fewer heads than the queries (grouped-query attention); each
-    of their heads then serves n_head / n_kv_head query heads. `visible` (1, S), for one
-    query over a whole `CacheSlot` buffer, marks the keys it may see instead.
-    """
-    if k.size(1) != q.size(1):
-        groups = q.size(1) // k.size(1)
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
-        # torch's CPU flash-attention backward runs about 2x slower in bfloat16 than in
-        # float32 (profiled on an AMX Xeon, torch 2.15); attention is a small share of a
-        # step's FLOPs, so bf16 training on the CPU attends in float32.
-        with torch.autocast("cpu", enabled=False):
-            return attend(q.float(), k.float(), v.float(), dropout_p, visible).to(q.dtype)
-    if visible is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p)
-    t, past = q.size(2), k.size(2) - q.size(2)
-    if past == 0:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    if t == 1:
-        # The newest token may look at every cached position, so there is nothing to mask.
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    # is_causal aligns its mask to the top-left corner, which is wrong once the queries start
-    # after cached keys, so the bottom-right-aligned mask is spelled out.
-    mask = torch.ones(t, past + t, dtype=torch.bool, device=q.device).tril(diagonal=past)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
