@@ -4,17 +4,16 @@ A fine-tuned model can be any architecture llama.cpp knows, so its GGUF is left 
 llama.cpp's `convert_hf_to_gguf.py`: the adapters are merged into the base on the CPU, in
 the configured dtype, saved with the fine-tuning tokenizer as a Hugging Face folder, and
 converted; `llama-quantize` takes it further when asked. With `adapter_only` the adapter
-stays separate: llama.cpp's `convert_lora_to_gguf.py` writes it next to the base.
+stays separate: llama.cpp's `convert_lora_to_gguf.py` writes it next to the base. The
+Modelfile's template and stops come from `prompt_format.py`.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -29,22 +28,20 @@ from ml_playground.checkpoint import (
     verify_adapters,
 )
 from ml_playground.config import ExperimentConfig, HFModelConfig
-from ml_playground.data.chat_records import read_records_meta
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
-from ml_playground.data.records import RecordFormat
-from ml_playground.errors import DataError, ExportError
+from ml_playground.errors import ExportError
 from ml_playground.export import bundle, llama_cpp
-from ml_playground.export.chat_template import TemplateTokenizer, ollama_chat
-from ml_playground.export.modelfile import RAW_COMPLETION, Modelfile, SamplingDefaults
+from ml_playground.export.modelfile import Modelfile, SamplingDefaults
+from ml_playground.export.prompt_format import PromptFormat, prompt_format
 from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.finetune.model import (
-    ADAPTER_CONFIG,
     fit_embeddings,
     is_adapter_folder,
     load_adapters,
     load_base,
     merge_adapters,
+    read_adapter_config,
     weights_dtype,
 )
 
@@ -54,17 +51,6 @@ MODEL_GGUF = "model.gguf"
 BASE_GGUF = "base.gguf"
 ADAPTER_GGUF = "adapter.gguf"
 WORK_DIR = ".work"
-# What a speech record looks like after its header: a blank line, then the speech.
-HEADER_END = "\n\n"
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """How Ollama must wrap a prompt, and what ends a generation, for this model."""
-
-    template: str | None
-    stops: tuple[str, ...]
-    description: str
 
 
 @dataclass(frozen=True)
@@ -260,8 +246,7 @@ def check_adapter_only(adapters: Path) -> None:
             f"{adapters} holds a whole fine-tuned model ([train.peft] enabled = false), not"
             " LoRA adapters; set [export.ollama] adapter_only = false"
         )
-    settings = _json_object(adapters / ADAPTER_CONFIG)
-    if settings.get("trainable_token_indices"):
+    if read_adapter_config(adapters).get("trainable_token_indices"):
         raise ExportError(
             f"adapter_only cannot export {adapters}: it holds trained embedding rows of added"
             " tokens, which llama.cpp's LoRA converter only takes as lora_A/lora_B; set"
@@ -295,86 +280,6 @@ def tokenizer_dir(config: ExperimentConfig) -> Path:
     )
 
 
-def prompt_format(config: ExperimentConfig, tokenizer: Path) -> PromptFormat:
-    """The template and stops that reproduce the fine-tuning text."""
-    settings = _tokenizer_settings(tokenizer)
-    eos = _token_text(settings.get("eos_token"))
-    eos_stop = (eos,) if eos else ()
-    records = record_format_of(config)
-    if records is not None and records.source_format == "messages":
-        return chat_format(config, tokenizer, eos_stop)
-    if records is not None and records.source_format is not None:
-        # Text and prompt_completion records are the prompt's own text (with the
-        # tokenizer's BOS, which llama.cpp adds too), then the answer and EOS.
-        return PromptFormat(
-            template=RAW_COMPLETION,
-            stops=eos_stop,
-            description=f"Prompt format: raw completion, as the {records.source_format}"
-            " records were trained: the model continues your prompt.",
-        )
-    if records is not None:
-        opening = records.record_opening.strip()
-        return PromptFormat(
-            template=f"{records.record_opening}{RAW_COMPLETION}{HEADER_END}",
-            stops=(*records.stop_tokens, *eos_stop),
-            description=(
-                "Prompt format: speech records. Give the header lines (Sprecher, Partei,"
-                " Thema, Jahr) as the prompt; the template "
-                + (f"opens the record with {opening}, " if opening else "")
-                + "adds the blank line, and the model writes the speech"
-                + (f" until {records.record_closing}." if records.record_closing else ".")
-            ),
-        )
-    if settings.get("chat_template") or (tokenizer / "chat_template.jinja").is_file():
-        return PromptFormat(
-            template=None,
-            stops=eos_stop,
-            description="Prompt format: the tokenizer's chat template, which Ollama reads"
-            " from the GGUF.",
-        )
-    return PromptFormat(
-        template=RAW_COMPLETION, stops=eos_stop, description="Prompt format: raw completion."
-    )
-
-
-def chat_format(
-    config: ExperimentConfig, tokenizer: Path, eos_stop: tuple[str, ...]
-) -> PromptFormat:
-    """Conversations as fine-tuning rendered them: the tokenizer's chat template, in Go;
-    `[export.ollama] template`, when set, instead."""
-    if config.export.ollama.template is not None:
-        return PromptFormat(
-            template=None,
-            stops=eos_stop,
-            description="Prompt format: chat, with the template set in [export.ollama].",
-        )
-    hf = config.train.hf_model
-    model = hf.model_name if hf is not None else str(tokenizer)
-    loaded = load_tokenizer(ModelSource.local(tokenizer))
-    chat = ollama_chat(cast(TemplateTokenizer, loaded), model)
-    return PromptFormat(
-        template=chat.template, stops=(*chat.stops, *eos_stop), description=chat.description
-    )
-
-
-def record_format_of(config: ExperimentConfig) -> RecordFormat | None:
-    """How the run's records open and close, which tokens stop them and which JSONL shape
-    chat records came from; None if the run has no records. The run's meta.json says so,
-    else the prepared dataset's."""
-    out_dir = config.train.runtime.out_dir
-    try:
-        dataset: RecordFormat | None = read_records_meta(config.train.data.dataset_dir)
-    except DataError:
-        dataset = None
-    if (out_dir / RUN_META).is_file():
-        run = RunMeta.read(out_dir)
-        # Runs trained before meta.json recorded the source format: the dataset's says it.
-        if run.source_format is None and dataset is not None and dataset.source_format:
-            return dataset
-        return run
-    return dataset
-
-
 def folder_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file below `folder`, by relative path."""
     return {
@@ -393,26 +298,3 @@ def _copy_tokenizer(tokenizer: Path, target: Path) -> None:
 def _require_output(path: Path, tool: llama_cpp.Tool) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         raise ExportError(f"{tool.name} exited successfully but wrote no {path.name}")
-
-
-def _tokenizer_settings(tokenizer: Path) -> Mapping[str, Any]:
-    return _json_object(tokenizer / "tokenizer_config.json")
-
-
-def _json_object(path: Path) -> Mapping[str, Any]:
-    """A JSON object from `path`; empty when the file is missing or not an object."""
-    try:
-        raw: object = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return cast(Mapping[str, Any], raw) if isinstance(raw, dict) else {}
-
-
-def _token_text(value: object) -> str | None:
-    """A token as tokenizer_config.json writes it: a string or {"content": ...}."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        content = cast(dict[str, object], value).get("content")
-        return content if isinstance(content, str) else None
-    return None

@@ -203,7 +203,7 @@ def test_merged_export_merges_converts_and_quantizes(
     )
     readme = (export_dir / "README.md").read_text(encoding="utf-8")
     assert "ollama create speakger -f Modelfile" in readme
-    assert "speech records" in readme
+    assert "Prompt format: header records." in readme
 
     assert_merged_weights(
         tools / "convert_hf" / "model.safetensors", base_model, out / "adapters" / "best"

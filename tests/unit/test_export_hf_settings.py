@@ -23,8 +23,9 @@ from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.data.table import RowTally
 from ml_playground.errors import ExportError
 from ml_playground.export.chat_template import ollama_chat
-from ml_playground.export.hf import adapter_dir, prompt_format
+from ml_playground.export.hf import adapter_dir
 from ml_playground.export.modelfile import RAW_COMPLETION
+from ml_playground.export.prompt_format import prompt_format
 from tests.finetune_helpers import QWEN25_TEMPLATE, chat_tokenizer
 
 
@@ -114,6 +115,11 @@ def test_speech_records_with_structure_tokens_open_and_stop_as_the_dataset_says(
 
     assert fmt.template == f"{SPEECH_START}\n{{{{ .Prompt }}}}\n\n"
     assert fmt.stops == (SPEECH_END, "<|endoftext|>")
+    assert fmt.description == (
+        "Prompt format: header records. Give a record's header lines as the prompt; the"
+        f" template opens the record with {SPEECH_START}, adds the blank line, and the model"
+        f" writes the text until {SPEECH_END}."
+    )
 
 
 def test_speech_records_without_structure_tokens(tmp_path: Path) -> None:
@@ -221,17 +227,17 @@ def test_prompt_completion_and_text_records_are_raw_completion(
     assert fmt.stops == ("<|endoftext|>",)
 
 
-def test_a_run_from_before_source_formats_were_recorded_takes_it_from_its_dataset(
+def test_the_run_meta_decides_even_where_its_dataset_now_holds_another_record_shape(
     tmp_path: Path,
 ) -> None:
     run = config(tmp_path)
-    run_meta(tmp_path / "out")
+    run_meta(tmp_path / "out")  # header records: no JSONL shape
     chat_dataset_meta(tmp_path, "messages")
 
     fmt = prompt_format(run, chat_run_tokenizer(tmp_path / "out" / "tokenizer"))
 
-    assert fmt.template is not None
-    assert "{{ range $i, $_ := .Messages }}" in fmt.template
+    assert fmt.template == "{{ .Prompt }}\n\n"
+    assert fmt.stops == ("<|endoftext|>",)
 
 
 def test_a_configured_template_is_used_without_reading_the_chat_template(
