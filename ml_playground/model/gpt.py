@@ -95,6 +95,18 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+def attend_cached(
+    q: Tensor, k: Tensor, v: Tensor, cache: Cache | None, layer: int, *, dropout_p: float
+) -> Tensor:
+    """Store k, v (B, Hkv, T, D) in `cache` if any, attend to all: the output (B, T, C)."""
+    visible = None
+    if cache is not None:
+        k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
+        visible = cache.visible
+    y = attend(q, k, v, dropout_p, visible)  # (B, H, T, D)
+    return y.transpose(1, 2).flatten(2)  # (B, T, H, D) -> (B, T, C)
+
+
 class GPT2Attention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int) -> None:
         super().__init__()
@@ -113,12 +125,8 @@ class GPT2Attention(nn.Module):
             part.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
             for part in qkv.chunk(3, dim=2)
         )
-        visible = None
-        if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)  # (B, Hkv, S, D)
-            visible = cache.visible
-        y = attend(q, k, v, self.dropout if self.training else 0.0, visible)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, H, D) -> (B, T, C)
+        p = self.dropout if self.training else 0.0
+        y = attend_cached(q, k, v, cache, self.layer_index, dropout_p=p)
         out: Tensor = self.resid_dropout(self.c_proj(y))
         return out
 
@@ -172,7 +180,7 @@ class LlamaAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, rotary: Rotary, cache: Cache | None) -> Tensor:
-        b, t, c = x.shape  # (B, T, C)
+        b, t, _ = x.shape  # (B, T, C)
         q = self.c_q(x).view(b, t, self.n_head, self.head_dim)  # (B, T, H, D)
         k = self.c_k(x).view(b, t, self.n_kv_head, self.head_dim)  # (B, T, Hkv, D)
         v = self.c_v(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -186,12 +194,8 @@ class LlamaAttention(nn.Module):
         cos, sin = rotary
         q = apply_rotary(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
         k = apply_rotary(k.transpose(1, 2), cos, sin)  # (B, Hkv, T, D)
-        visible = None
-        if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)  # (B, Hkv, S, D)
-            visible = cache.visible
-        y = attend(q, k, v, self.dropout if self.training else 0.0, visible)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, H, D) -> (B, T, C)
+        p = self.dropout if self.training else 0.0
+        y = attend_cached(q, k, v, cache, self.layer_index, dropout_p=p)
         out: Tensor = self.resid_dropout(self.c_proj(y))
         return out
 
