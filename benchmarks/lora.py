@@ -481,7 +481,7 @@ def prepare_experiment(experiment_dir: Path) -> None:
     """What `ml-playground prepare <folder>` does; a second setting on the same model
     finds the dataset up to date."""
     from ml_playground import pipeline  # noqa: PLC0415 - see the imports above
-    from ml_playground.config import load_config  # noqa: PLC0415 - as above
+    from ml_playground.config_loader import load_config  # noqa: PLC0415 - as above
     from ml_playground.experiments import find_experiment  # noqa: PLC0415 - as above
 
     experiment = find_experiment(str(experiment_dir))
@@ -519,7 +519,7 @@ def run_ours(job: SideJob) -> SideResult:
     loop's `optimizer_step`, timed step by step."""
     import torch  # noqa: PLC0415 - see the imports above
 
-    from ml_playground.config import load_config  # noqa: PLC0415 - as above
+    from ml_playground.config_loader import load_config  # noqa: PLC0415 - as above
     from ml_playground.distributed import ranks_from_env  # noqa: PLC0415 - as above
     from ml_playground.train.hf import build_lora_run  # noqa: PLC0415 - as above
     from ml_playground.train.loop import optimizer_step, training_session  # noqa: PLC0415

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.training import TokenFile, never_saved
-from ml_playground.config import Arch, DTypeChoice, OptimizerName, TrainConfig, load_config
+from ml_playground.config import Arch, DTypeChoice, OptimizerName, TrainConfig
+from ml_playground.config_loader import load_config
 from ml_playground.device import Precision, resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
 from ml_playground.experiments import find_experiment

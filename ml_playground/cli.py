@@ -23,7 +23,7 @@ from typing import NoReturn
 import argcomplete
 
 from ml_playground import console, pipeline
-from ml_playground.config import LoadedConfig, load_config
+from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.errors import SavedAndStopped, UsageError, UserError
 from ml_playground.experiments import Experiment, find_experiment, list_experiments
 

@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING
 
 from ml_playground import atomic
 from ml_playground.artifacts import read_artifact
-from ml_playground.config import load_config
+from ml_playground.config_loader import load_config
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import ReportError
 from ml_playground.experiments import CONFIG_FILE, find_experiment

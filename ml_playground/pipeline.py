@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ml_playground.config import ExperimentConfig, LoadedConfig, load_config
+from ml_playground.config import ExperimentConfig
+from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.data import dataset_folder
 from ml_playground.errors import ConfigError, UserError
 from ml_playground.experiments import (

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
-from ml_playground.config import ExperimentConfig, LoadedConfig, load_config
+from ml_playground.config import ExperimentConfig
+from ml_playground.config_loader import LoadedConfig, load_config
 from tests.conftest import SHARED_DIR
 
 if TYPE_CHECKING:

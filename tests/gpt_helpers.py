@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from ml_playground.config import LoadedConfig, load_config
+from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.data.corpus import prepare_corpus, require_sources
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from tests.conftest import SHARED_DIR

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ml_playground.config import LoadedConfig
+from ml_playground.config_loader import LoadedConfig
 from tests.gpt_helpers import TomlValue, prepare, tiny_experiment
 
 EVENT_SETTINGS: Mapping[str, TomlValue] = {

@@ -58,11 +58,6 @@ def prepare_corpus(
     """Tokenize `sources` into the experiment's dataset_dir with its tokenizer settings
     (again even when up to date, with `force`)."""
     prepare = config.prepare
-    if prepare.tokenizer == "hf":
-        raise DataError(
-            "prepare.tokenizer = 'hf' is for the fine-tuning pipeline; "
-            "use 'char' or 'tiktoken' for a from-scratch GPT"
-        )
     outcome = prepare_token_dataset(
         sources,
         prepare.dataset_dir,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ml_playground import atomic
-from ml_playground.config import LoadedConfig
+from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import ReportError, SavedAndStopped
 from ml_playground.progress import format_duration
 from ml_playground.train import reporting

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground import checkpoint
-from ml_playground.config import load_config
+from ml_playground.config_loader import load_config
 from ml_playground.sample.chat import HELP, Streams, chat
 from ml_playground.sample.hf import load_hf
 from tests.cli_helpers import assert_one_error_line, flip_a_tensor_byte

@@ -201,12 +201,10 @@ def test_bad_toml_exits_2_naming_file_and_line(workdir: Path) -> None:
     assert "line 3" in line
 
 
-def test_a_speech_key_both_flat_and_in_prepare_speeches_exits_2_naming_both(
+def test_a_speech_key_set_in_prepare_itself_exits_2_naming_its_section(
     workdir: Path,
 ) -> None:
-    folder = experiment(
-        workdir, "both", "[prepare]\nperiods = [19]\n[prepare.speeches]\nperiods = [20]\n"
-    )
+    folder = experiment(workdir, "flat", "[prepare]\nperiods = [19]\n")
 
     line = assert_one_error_line(cli(workdir, "prepare", folder))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground import checkpoint
-from ml_playground.config import load_config
+from ml_playground.config_loader import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.train import report_card, reporting
 from tests.cli_helpers import (

@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.config import ExperimentConfig
+from ml_playground.config_loader import load_config
 from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.sample.backend import LoadedModel

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ml_playground import checkpoint, pipeline
-from ml_playground.config import LoadedConfig
+from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment
 from ml_playground.train.gpt import train_gpt

@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
 from ml_playground.checkpoint import RunMeta
-from ml_playground.config import ExperimentConfig, PeftConfig, load_config
+from ml_playground.config import ExperimentConfig, PeftConfig
+from ml_playground.config_loader import load_config
 from ml_playground.data.records import speech_record_format
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ExportError

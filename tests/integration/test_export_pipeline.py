@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from ml_playground import checkpoint
-from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.config import ExperimentConfig
+from ml_playground.config_loader import load_config
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import CheckpointError, ExportError
 from ml_playground.export import export_experiment

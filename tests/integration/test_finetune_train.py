@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from ml_playground import checkpoint
-from ml_playground.config import ExperimentConfig, LoadedConfig
+from ml_playground.config import ExperimentConfig
+from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
 from ml_playground.finetune.loss import plain_next_token_loss
 from ml_playground.sample.hf import load_hf, load_trained

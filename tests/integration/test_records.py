@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ml_playground.config import LoadedConfig
+from ml_playground.config_loader import LoadedConfig
 from ml_playground.data.records import (
     prepare_speech_dataset,
     read_dataset_meta,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ml_playground import pipeline
-from ml_playground.config import load_config
+from ml_playground.config_loader import load_config
 from ml_playground.experiments import find_experiment
 from tests.gpt_helpers import TomlValue, write_config
 

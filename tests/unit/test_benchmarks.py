@@ -18,7 +18,7 @@ from benchmarks import quality, report
 from benchmarks.prepare import prepare_in_process
 from benchmarks.run import QUICK, run_benchmarks
 from benchmarks.sampling import LLAMA_BENCH, LLAMA_BENCH_MISSING, DecodeSpec, measure_decode
-from ml_playground.config import load_config
+from ml_playground.config_loader import load_config
 from ml_playground.data.sources import TINY_SHAKESPEARE
 from ml_playground.experiments import find_experiment
 

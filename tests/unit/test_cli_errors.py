@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground import cli
-from ml_playground.config import LoadedConfig
+from ml_playground.config_loader import LoadedConfig
 from ml_playground.experiments import Experiment
 from tests.gpt_helpers import tiny_experiment
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 import pytest
 from pydantic import ValidationError
 
-from ml_playground.config import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
+from ml_playground.config_loader import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
 from ml_playground.errors import ConfigError, UserError
 from ml_playground.pipeline import new_experiment
 
@@ -187,6 +187,26 @@ INVALID = {
     "llama head width odd": (
         '[train.model]\narch = "llama"\nn_embd = 36\nn_head = 4\n',
         ["train.model.n_embd / n_head = 9 must be even for arch = 'llama'"],
+    ),
+    "a tokenizer prepare does not write": (
+        '[prepare]\ntokenizer = "hf"\n',
+        ["invalid value for prepare.tokenizer", "'char' or 'tiktoken'", "'hf' (str)"],
+    ),
+    "another name for train.bin": (
+        '[train.data]\ntrain_bin = "tokens.bin"\n',
+        ["train.data.train_bin = 'tokens.bin': prepare always writes train.bin; remove the key"],
+    ),
+    "another name for val.bin": (
+        '[train.data]\nval_bin = "v.bin"\n',
+        ["train.data.val_bin = 'v.bin': prepare always writes val.bin; remove the key"],
+    ),
+    "another name for meta.json": (
+        '[train.data]\nmeta_file = "m.json"\n',
+        ["train.data.meta_file = 'm.json': prepare always writes meta.json; remove the key"],
+    ),
+    "a key of a subsection set in its parent": (
+        "[train]\nlearning_rate = 1e-3\n",
+        ["unknown key train.learning_rate", "did you mean train.optim.learning_rate?"],
     ),
     "n_head not a multiple of n_kv_head": (
         '[train.model]\narch = "llama"\nn_head = 4\nn_kv_head = 3\n',
@@ -514,7 +534,7 @@ def test_shipped_defaults_link_sampling_to_the_training_runtime(tmp_path: Path) 
     assert loaded.config.sample.runtime.out_dir == tmp_path.resolve() / "out" / "x"
 
 
-# --- [prepare.speeches] and the flat keys it replaced --------------------------------------
+# --- [prepare.speeches] ----------------------------------------------------------------------
 
 
 def test_prepare_speeches_section_parses(layout: Layout) -> None:
@@ -530,39 +550,13 @@ def test_prepare_speeches_section_parses(layout: Layout) -> None:
     assert loaded.origin_of("prepare.speeches.periods") == "experiment"
 
 
-def test_a_flat_speech_key_still_loads_and_says_once_where_it_moved(
-    layout: Layout, capsys: pytest.CaptureFixture[str]
-) -> None:
-    layout.write("[prepare]\nperiods = [19]\n")
-
-    first = load_config(layout.config_path, layout.experiment_dir, layout.defaults_path)
-    second = load_config(layout.config_path, layout.experiment_dir, layout.defaults_path)
-
-    assert first.config.prepare.speeches.periods == [19] == second.config.prepare.speeches.periods
-    [note] = capsys.readouterr().err.splitlines()
-    assert str(layout.config_path) in note
-    assert "prepare.periods" in note
-    assert "[prepare.speeches]" in note
-
-
-def test_a_flat_speech_key_in_the_defaults_is_overridden_by_the_experiments_section(
+def test_a_speech_key_set_in_prepare_itself_is_refused_naming_its_section(
     layout: Layout,
 ) -> None:
-    loaded = layout.load(
-        "[prepare.speeches]\nmax_records = 7\n", defaults="[prepare]\nmax_records = 3\n"
-    )
+    message = config_error(layout, "[prepare]\nperiods = [19]\n")
 
-    assert loaded.config.prepare.speeches.max_records == 7
-
-
-def test_a_speech_key_both_flat_and_in_prepare_speeches_names_both(layout: Layout) -> None:
-    message = config_error(
-        layout, "[prepare]\nskip_chair = false\n[prepare.speeches]\nskip_chair = true\n"
-    )
-
-    assert "prepare.skip_chair" in message
-    assert "prepare.speeches.skip_chair" in message
-    assert str(layout.config_path) in message
+    assert f"unknown key prepare.periods in {layout.config_path}" in message
+    assert "did you mean prepare.speeches.periods?" in message
 
 
 # --- immutability ---------------------------------------------------------------------------
@@ -610,7 +604,7 @@ def _experiment_dir_for(config_path: Path) -> Path:
     SHIPPED_CONFIGS,
     ids=[str(path.relative_to(PACKAGE_DIR)) for path in SHIPPED_CONFIGS],
 )
-def test_shipped_config_loads_without_writing_anything_or_a_deprecation_note(
+def test_shipped_config_loads_silently_without_writing_anything(
     config_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     experiment_dir = _experiment_dir_for(config_path)

@@ -9,7 +9,8 @@ import pytest
 
 from ml_playground.artifacts import write_artifact
 from ml_playground.checkpoint import RunMeta
-from ml_playground.config import ExperimentConfig, RecordsSourceFormat, load_config
+from ml_playground.config import ExperimentConfig, RecordsSourceFormat
+from ml_playground.config_loader import load_config
 from ml_playground.data.chat_records import ChatDatasetMeta, ChatFingerprint, ChatRecordSettings
 from ml_playground.data.records import (
     Fingerprint,

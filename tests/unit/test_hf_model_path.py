@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.config import load_config
+from ml_playground.config_loader import load_config
 
 
 def model_name(tmp_path: Path, value: str) -> str:

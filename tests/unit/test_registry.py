@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground import pipeline
-from ml_playground.config import load_config
+from ml_playground.config_loader import load_config
 from ml_playground.errors import ConfigError, ExperimentNotFoundError, UserError
 from ml_playground.experiments import (
     EXPERIMENTS_ROOT,
