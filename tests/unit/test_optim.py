@@ -168,3 +168,14 @@ def test_a_step_with_overflowing_gradients_leaves_both_optimizers_untouched() ->
     assert scaler.get_scale() == 512.0, "the scaler backed off once, for the whole step"
     muon = next(part.optimizer for part in optimizers.parts if part.name == "muon")
     assert not muon.state, "Muon's momentum did not take in the inf gradient"
+
+
+def test_muon_momentum_reaches_the_muon_optimizer() -> None:
+    settings = MUON.model_copy(
+        update={"optim": MUON.optim.model_copy(update={"muon_momentum": 0.5})}
+    )
+
+    optimizers = build_optimizers(tiny_gpt(), settings, CPU)
+
+    [muon] = [part.optimizer for part in optimizers.parts if part.name == "muon"]
+    assert {group["momentum"] for group in muon.param_groups} == {0.5}
