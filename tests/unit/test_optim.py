@@ -12,7 +12,7 @@ from ml_playground.device import resolve_precision
 from ml_playground.errors import ConfigError
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.train.optim import Optimizers, build_optimizers, saved_optimizer
+from ml_playground.train.optim import Optimizers, adamw, build_optimizers, saved_optimizer
 from ml_playground.train.schedule import learning_rate_at
 
 TINY = GPTConfig(vocab_size=16, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=True)
@@ -179,3 +179,33 @@ def test_muon_momentum_reaches_the_muon_optimizer() -> None:
 
     [muon] = [part.optimizer for part in optimizers.parts if part.name == "muon"]
     assert {group["momentum"] for group in muon.param_groups} == {0.5}
+
+
+def test_optimizer_decays_matrices_only_and_holds_every_parameter_once() -> None:
+    torch.manual_seed(0)  # pyright: ignore[reportUnknownMemberType] - torch leaves `seed` unannotated
+    model = GPT(TINY)  # bias=True: the biases are left undecayed
+    settings = TrainConfig.model_validate({"optim": {"weight_decay": 0.1}})
+
+    optimizer = adamw(list(model.parameters()), settings, CPU)
+
+    decay, no_decay = optimizer.param_groups
+    names = {id(p): name for name, p in model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
+    assert no_decay_names == {
+        name for name in names.values() if name.endswith(".bias") or ".ln_" in name
+    }
+    assert "transformer.wte.weight" in decay_names
+    assert "transformer.wpe.weight" in decay_names
+    every = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert len(every) == len(set(every)) == len(list(model.parameters()))
+
+
+def test_optimizer_leaves_out_an_empty_group() -> None:
+    matrix = torch.nn.Parameter(torch.zeros(3, 3))
+
+    optimizer = adamw([matrix], TrainConfig(), CPU)
+
+    assert [len(group["params"]) for group in optimizer.param_groups] == [1]
