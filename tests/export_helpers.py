@@ -8,7 +8,6 @@ test passes in (its tmp_path).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ml_playground import checkpoint
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
+from tests.toml_helpers import dotted_toml
 
 R50K = "r50k_base"
 EOT = "<|endoftext|>"
@@ -94,9 +94,12 @@ def write_experiment(
         "sample.sample": {**SAMPLE_DEFAULTS, **(sample or {})},
         "export.ollama": export,
     }
-    text = "".join(
-        f"[{section}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items())
-        for section, keys in sections.items()
+    text = dotted_toml(
+        {
+            f"{section}.{key}": value
+            for section, keys in sections.items()
+            for key, value in keys.items()
+        }
     )
     config_path = folder / "config.toml"
     config_path.write_text(text, encoding="utf-8")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal, cast
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig, load_config
 from tests.conftest import SHARED_DIR
+from tests.toml_helpers import dotted_toml
 
 if TYPE_CHECKING:
     import torch
@@ -270,21 +271,12 @@ def tiny_settings(model_dir: Path) -> dict[str, TomlValue]:
     }
 
 
-def toml_text(settings: Mapping[str, TomlValue]) -> str:
-    """Dotted keys grouped into TOML tables, in first-seen order."""
-    tables: dict[str, list[str]] = {}
-    for key, value in settings.items():
-        table, _, leaf = key.rpartition(".")
-        tables.setdefault(table, []).append(f"{leaf} = {_toml_value(value)}")
-    return "".join(f"[{table}]\n" + "\n".join(lines) + "\n\n" for table, lines in tables.items())
-
-
 def write_config(
     folder: Path, settings: Mapping[str, TomlValue], name: str = "config.toml"
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    path.write_text(toml_text(settings), encoding="utf-8")
+    path.write_text(dotted_toml(settings), encoding="utf-8")
     return path
 
 
@@ -323,16 +315,6 @@ def adapter_weights(out_dir: Path, name: Slot) -> dict[str, torch.Tensor]:
     from ml_playground import checkpoint  # noqa: PLC0415 - imports torch
 
     return load_file(checkpoint.adapters_dir(out_dir, name) / ADAPTER_FILE)
-
-
-def _toml_value(value: TomlValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return repr(value)
 
 
 # --- chat models -------------------------------------------------------------------------------

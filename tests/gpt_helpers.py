@@ -7,7 +7,6 @@ path resolution and validation a user's run goes through.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.data.corpus import prepare_corpus, require_sources
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from tests.conftest import SHARED_DIR
+from tests.toml_helpers import dotted_toml
 
 SHAKESPEARE = SHARED_DIR / "data" / "tinyshakespeare.txt"
 
@@ -57,28 +57,9 @@ def shakespeare_text(chars: int) -> str:
         return handle.read(chars)
 
 
-def to_toml(settings: Mapping[str, TomlValue]) -> str:
-    """Render dotted keys ("train.model.n_layer") as TOML tables, one per section."""
-    sections: dict[str, list[str]] = {}
-    for key, value in settings.items():
-        section, _, name = key.rpartition(".")
-        sections.setdefault(section, []).append(f"{name} = {_toml_value(value)}")
-    return "".join(
-        f"[{section}]\n" + "\n".join(lines) + "\n\n" for section, lines in sections.items()
-    )
-
-
-def _toml_value(value: TomlValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    return repr(value)
-
-
 def write_config(path: Path, settings: Mapping[str, TomlValue]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_toml(settings), encoding="utf-8")
+    path.write_text(dotted_toml(settings), encoding="utf-8")
     return path
 
 

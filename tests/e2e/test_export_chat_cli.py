@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ml_playground.checkpoint import RunMeta
 from tests.cli_helpers import assert_one_error_line, cli_entry, run_command
-from tests.finetune_helpers import chat_tokenizer, toml_text
+from tests.finetune_helpers import chat_tokenizer
+from tests.toml_helpers import dotted_toml
 
 # Turn numbers in the text: no fixed opening per role, so no Go template without counting.
 NUMBERED_TURNS = (
@@ -42,7 +43,7 @@ def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_ove
         "raise SystemExit('the export must stop before converting')\n", encoding="utf-8"
     )
     (folder / "config.toml").write_text(
-        toml_text(
+        dotted_toml(
             {
                 "train.hf_model.model_name": str(base),
                 "train.runtime.out_dir": "out",
