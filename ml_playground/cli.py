@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import argcomplete
 
-from ml_playground import console, pipeline
+from ml_playground import console, experiments, pipeline
 from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.errors import SavedAndStopped, UsageError, UserError
 from ml_playground.experiments import Experiment, find_experiment, list_experiments
@@ -81,39 +81,46 @@ FAILED_WRITE_REMEDY = (
     f"the write was cut short, most likely by a full disk; free some space and run again ({_KEPT})"
 )
 
-StepFn = Callable[[Experiment, LoadedConfig], None]
+# A verb's step, called with the parsed arguments it builds its options from.
+StepFn = Callable[[Experiment, LoadedConfig, argparse.Namespace], None]
 
 STEPS: dict[str, tuple[StepFn, str]] = {
-    "prepare": (pipeline.prepare, "tokenize the experiment's raw data into dataset_dir"),
+    "prepare": (
+        lambda e, c, a: pipeline.prepare(e, c, pipeline.PrepareOptions(force=a.force)),
+        "tokenize the experiment's raw data into dataset_dir",
+    ),
     "inspect": (
-        pipeline.inspect,
+        lambda e, c, a: pipeline.inspect(e, c, pipeline.InspectOptions(windows=a.n)),
         "show the prepared dataset as training reads it: counts, the first training windows "
         "with their targets marked, and warnings about the loss mask",
     ),
     "train": (
-        pipeline.train,
+        lambda e, c, a: pipeline.train(e, c, pipeline.TrainOptions(fresh=a.fresh)),
         "train (or resume) the model; checkpoints, TensorBoard logs and meta go to out_dir",
     ),
     "sample": (
-        pipeline.sample,
+        lambda e, c, _: pipeline.sample(e, c),
         "generate text from the best (else last) checkpoint; streams and saves to out_dir/samples",
     ),
     "chat": (
-        pipeline.chat,
+        lambda e, c, _: pipeline.chat(e, c),
         "talk to the trained model: one streamed reply per line read (a terminal or a pipe)",
     ),
-    "loop": (pipeline.loop, "prepare, then train (resuming if a checkpoint exists), then sample"),
+    "loop": (
+        lambda e, c, a: pipeline.loop(e, c, pipeline.LoopOptions(force=a.force, fresh=a.fresh)),
+        "prepare, then train (resuming if a checkpoint exists), then sample",
+    ),
     "report": (
-        pipeline.report,
+        lambda e, c, _: pipeline.report(e, c),
         "rebuild out_dir/report.md and loss.png (written by train) from the TensorBoard events",
     ),
     "export": (
-        pipeline.export,
+        lambda e, c, _: pipeline.export(e, c),
         "export the trained model to GGUF and an Ollama Modelfile ([export.ollama])"
         " and a Hugging Face folder ([export.hf])",
     ),
     "eval": (
-        pipeline.evaluate,
+        lambda e, c, a: pipeline.evaluate(e, c, pipeline.EvalOptions(text=a.text)),
         "measure the trained model (loss, perplexity, bits per byte; base vs fine-tuned for "
         "LoRA) on the val split or --text FILE; writes out_dir/eval/",
     ),
@@ -309,7 +316,7 @@ def run(argv: Sequence[str]) -> int:
         _print_experiments()
         return EXIT_OK
     if verb == "new":
-        created = pipeline.new_experiment(args.name, args.dir)
+        created = experiments.new_experiment(args.name, args.dir)
         print(f"created experiment {args.name} in {created}")
         # By name where the lookup finds this folder; elsewhere (--dir) only its path works.
         found = [e for e in list_experiments() if e.directory.resolve() == created.resolve()]
@@ -324,18 +331,8 @@ def run(argv: Sequence[str]) -> int:
         print(f"# effective config of {experiment.name} ({config_path})")
         print(loaded.to_toml(), end="")
         return EXIT_OK
-    if getattr(args, "fresh", False):
-        moved = pipeline.set_aside_out_dir(loaded.config)
-        if moved is not None:
-            print(f"--fresh: moved the previous run to {moved}", file=sys.stderr)
-    if verb == "eval":
-        pipeline.evaluate(experiment, loaded, text=args.text)
-    elif verb == "inspect":
-        pipeline.inspect(experiment, loaded, windows=args.n)
-    else:
-        step, _ = STEPS[verb]
-        with pipeline.forcing(prepare=getattr(args, "force", False)):
-            step(experiment, loaded)
+    step, _ = STEPS[verb]
+    step(experiment, loaded, args)
     return EXIT_OK
 
 
@@ -358,7 +355,7 @@ def _reject_ignored_options(args: argparse.Namespace, verb: str) -> None:
 
 
 def _print_experiments() -> None:
-    for entry in pipeline.experiment_states():
+    for entry in experiments.experiment_states():
         state = ", ".join(entry.state) or "not prepared"
         print(f"{entry.experiment.name:<28} {entry.experiment.description}")
         print(f"{'':<28} {entry.experiment.directory}  [{state}]")

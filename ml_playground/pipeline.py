@@ -1,44 +1,24 @@
 """The pipeline steps the CLI calls: prepare, inspect, train, sample, chat, loop, report,
 compare, export, eval, new.
 
-Which trainer and which sampling backend run is decided by the config's content: a
-`[train.hf_model]` section selects Hugging Face LoRA fine-tuning, otherwise the
-from-scratch GPT runs; sampling (sample/run.py) and chat (sample/chat.py) are each one
-front end for both.
+Each verb takes its own frozen options (`PrepareOptions`, `TrainOptions`, ...), built by
+the CLI from its flags. Which backend trains, loads and exports is decided by the config's
+content, once, in `ml_playground.backends.backend_for`; sampling (sample/run.py), chat
+(sample/chat.py), eval (sample/evaluate.py) and export are each one front end for both.
 Heavy libraries are imported inside the steps so that `--help`, `list` and config errors
 answer instantly instead of waiting seconds for torch and transformers to load.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-from collections.abc import Generator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ml_playground.config import ExperimentConfig
-from ml_playground.config_loader import LoadedConfig, load_config
-from ml_playground.data import dataset_folder
-from ml_playground.errors import ConfigError, UserError
-from ml_playground.experiments import (
-    EXPERIMENTS_ROOT,
-    Experiment,
-    PrepareContext,
-    list_experiments,
-    new_experiments_root,
-    resolve_preparer,
-)
-
-if TYPE_CHECKING:
-    from ml_playground.sample.backend import LoadedModel  # imports torch
-
-TEMPLATE_DIR = EXPERIMENTS_ROOT / "_template"
-TEMPLATE_PLACEHOLDER = "{{name}}"
-EXPERIMENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+from ml_playground.backends import backend_for
+from ml_playground.config_loader import LoadedConfig
+from ml_playground.errors import ConfigError
+from ml_playground.experiments import Experiment, PrepareContext, resolve_preparer
 
 
 def _single_process(step: str) -> None:
@@ -52,28 +32,43 @@ def _single_process(step: str) -> None:
         )
 
 
-_FORCE_PREPARE: ContextVar[bool] = ContextVar("force_prepare", default=False)
+@dataclass(frozen=True)
+class PrepareOptions:
+    force: bool = False  # prepare again even when the dataset is up to date
 
 
-@contextmanager
-def forcing(*, prepare: bool) -> Generator[None]:
-    """`--force`: within this block, `prepare` prepares again even when up to date."""
-    token = _FORCE_PREPARE.set(prepare)
-    try:
-        yield
-    finally:
-        _FORCE_PREPARE.reset(token)
+@dataclass(frozen=True)
+class InspectOptions:
+    windows: int | None = None  # how many training windows to show; None: the default
 
 
-def prepare(experiment: Experiment, loaded: LoadedConfig) -> None:
+@dataclass(frozen=True)
+class TrainOptions:
+    fresh: bool = False  # set the existing out_dir aside and start a new run
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    force: bool = False
+    fresh: bool = False
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    text: Path | None = None  # score this file instead of the val split
+
+
+def prepare(
+    experiment: Experiment, loaded: LoadedConfig, options: PrepareOptions = PrepareOptions()
+) -> None:
     _single_process("prepare")
     preparer = resolve_preparer(experiment, loaded.config.prepare.dataset)
-    preparer(
-        PrepareContext(experiment.name, experiment.directory, loaded.config, _FORCE_PREPARE.get())
-    )
+    preparer(PrepareContext(experiment.name, experiment.directory, loaded.config, options.force))
 
 
-def inspect(experiment: Experiment, loaded: LoadedConfig, windows: int | None = None) -> None:
+def inspect(
+    experiment: Experiment, loaded: LoadedConfig, options: InspectOptions = InspectOptions()
+) -> None:
     """What the model will be trained on: the prepared dataset, `windows` training windows
     as the batcher draws them, and the checks' warnings. Never prepares."""
     del experiment
@@ -81,6 +76,7 @@ def inspect(experiment: Experiment, loaded: LoadedConfig, windows: int | None = 
     from ml_playground.inspect_dataset import DEFAULT_WINDOWS  # noqa: PLC0415 - see module docstring
     from ml_playground.inspect_dataset import inspect as inspect_dataset  # noqa: PLC0415 - see module docstring
 
+    windows = options.windows
     inspect_dataset(loaded.config, DEFAULT_WINDOWS if windows is None else windows)
 
 
@@ -91,6 +87,12 @@ def compare(runs: list[str], out: Path) -> None:
 
     table, plot = compare_runs(runs, out)
     print(f"compare: {table} and {plot}")
+
+
+def _start_fresh(config: ExperimentConfig) -> None:
+    moved = set_aside_out_dir(config)
+    if moved is not None:
+        print(f"--fresh: moved the previous run to {moved}", file=sys.stderr)
 
 
 def set_aside_out_dir(config: ExperimentConfig) -> Path | None:
@@ -122,49 +124,16 @@ def set_aside_out_dir(config: ExperimentConfig) -> Path | None:
     return target
 
 
-@dataclass(frozen=True)
-class ExperimentState:
-    """What `list` shows of an experiment: where it lives and how far it got."""
-
-    experiment: Experiment
-    state: tuple[str, ...]
-
-
-# The checkpoint store's file names (checkpoint.py), matched here without importing torch.
-_TRAINED_PATTERNS = ("ckpt_best.pt", "ckpt_last.pt", "ckpt.pt", "adapters/*/adapter_config.json")
-
-
-def experiment_states() -> list[ExperimentState]:
-    states: list[ExperimentState] = []
-    for experiment in list_experiments():
-        try:
-            config = load_config(experiment.config_path, experiment.directory).config
-        except UserError:
-            states.append(ExperimentState(experiment, ("config has an error",)))
-            continue
-        state: list[str] = []
-        if (config.prepare.dataset_dir / dataset_folder.META_FILE).is_file():
-            state.append("prepared")
-        out_dir = config.train.runtime.out_dir
-        if any(any(out_dir.glob(pattern)) for pattern in _TRAINED_PATTERNS):
-            state.append("trained")
-        states.append(ExperimentState(experiment, tuple(state)))
-    return states
-
-
-def train(experiment: Experiment, loaded: LoadedConfig) -> None:
+def train(
+    experiment: Experiment, loaded: LoadedConfig, options: TrainOptions = TrainOptions()
+) -> None:
+    if options.fresh:
+        _start_fresh(loaded.config)
     # The report (out_dir/report.md, loss.png) follows the run, also one stopped by Ctrl-C.
     from ml_playground.train.report_card import reported  # noqa: PLC0415 - see module docstring
 
     with reported(loaded, experiment.name):
-        if loaded.config.uses_hf_model:
-            from ml_playground.train.hf import train_lora  # noqa: PLC0415 - see module docstring
-
-            train_lora(loaded.config)
-            return
-        from ml_playground.train.gpt import train_gpt  # noqa: PLC0415 - see module docstring
-
-        train_gpt(loaded.config)
+        backend_for(loaded.config).train(loaded.config)
 
 
 def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
@@ -172,7 +141,7 @@ def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     _single_process("sample")
     from ml_playground.sample.run import sample_texts  # noqa: PLC0415 - see module docstring
 
-    texts = sample_texts(loaded.config, _trained_model(loaded.config))
+    texts = sample_texts(loaded.config, backend_for(loaded.config).load(loaded.config))
     _log_first_sample(loaded, texts)
 
 
@@ -181,19 +150,7 @@ def chat(experiment: Experiment, loaded: LoadedConfig) -> None:
     _single_process("chat")
     from ml_playground.sample.chat import chat as chat_loop  # noqa: PLC0415 - see module docstring
 
-    chat_loop(loaded.config, _trained_model(loaded.config))
-
-
-def _trained_model(config: ExperimentConfig) -> LoadedModel:
-    """The trained model of config's out_dir, ready to generate: both backends feed the same
-    front ends (sample, chat); only loading the model differs."""
-    if config.uses_hf_model:
-        from ml_playground.sample.hf import load_hf  # noqa: PLC0415 - see module docstring
-
-        return load_hf(config)
-    from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
-
-    return load_gpt(config)
+    chat_loop(loaded.config, backend_for(loaded.config).load(loaded.config))
 
 
 def _log_first_sample(loaded: LoadedConfig, texts: list[str]) -> None:
@@ -204,8 +161,12 @@ def _log_first_sample(loaded: LoadedConfig, texts: list[str]) -> None:
         log_first_sample(loaded, texts[0])
 
 
-def loop(experiment: Experiment, loaded: LoadedConfig) -> None:
-    prepare(experiment, loaded)
+def loop(
+    experiment: Experiment, loaded: LoadedConfig, options: LoopOptions = LoopOptions()
+) -> None:
+    if options.fresh:
+        _start_fresh(loaded.config)  # first, as `train --fresh` does, before preparing
+    prepare(experiment, loaded, PrepareOptions(force=options.force))
     train(experiment, loaded)
     sample(experiment, loaded)
     if loaded.config.train.runtime.tensorboard_enabled:
@@ -224,43 +185,15 @@ def report(experiment: Experiment, loaded: LoadedConfig) -> None:
 def export(experiment: Experiment, loaded: LoadedConfig) -> None:
     from ml_playground.export import export_experiment  # noqa: PLC0415 - see module docstring
 
-    export_experiment(loaded.config, experiment.name)
+    export_experiment(loaded.config, backend_for(loaded.config), experiment.name)
 
 
-def evaluate(experiment: Experiment, loaded: LoadedConfig, text: Path | None = None) -> None:
-    """Loss, perplexity and bits per byte of the trained model on its val split or `text`."""
+def evaluate(
+    experiment: Experiment, loaded: LoadedConfig, options: EvalOptions = EvalOptions()
+) -> None:
+    """Loss, perplexity and bits per byte of the trained model on its val split or a file."""
     del experiment
     _single_process("eval")
     from ml_playground.sample.evaluate import evaluate as evaluate_model  # noqa: PLC0415 - see module docstring
 
-    if loaded.config.uses_hf_model:
-        from ml_playground.sample.hf import load_hf  # noqa: PLC0415 - see module docstring
-
-        evaluate_model(loaded.config, load_hf, text)
-        return
-    from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - see module docstring
-
-    evaluate_model(loaded.config, load_gpt, text)
-
-
-def new_experiment(name: str, parent: Path | None) -> Path:
-    """Copy the template into `parent/name`, filling in the experiment's name; without a
-    parent, into the folder `new_experiments_root` names."""
-    if not EXPERIMENT_NAME.match(name):
-        raise ConfigError(
-            f"invalid experiment name {name!r}: use lowercase letters, digits and _, "
-            "starting with a letter"
-        )
-    target = (parent or new_experiments_root()) / name
-    if target.exists():
-        raise ConfigError(f"{target} already exists; choose another name or remove it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{name}.new")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(TEMPLATE_DIR, staging, ignore=shutil.ignore_patterns("__pycache__"))
-    for path in staging.rglob("*"):
-        if path.is_file() and path.suffix in {".py", ".toml", ".md"}:
-            text = path.read_text(encoding="utf-8")
-            path.write_text(text.replace(TEMPLATE_PLACEHOLDER, name), encoding="utf-8")
-    staging.replace(target)
-    return target
+    evaluate_model(loaded.config, backend_for(loaded.config), options.text)

@@ -19,14 +19,17 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import re
+import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ml_playground.config import ExperimentConfig
-from ml_playground.errors import ExperimentNotFoundError
+from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.data import dataset_folder
+from ml_playground.errors import ConfigError, ExperimentNotFoundError, UserError
 
 EXPERIMENTS_ROOT = Path(__file__).parent
 USER_EXPERIMENTS_ENV = "ML_PLAYGROUND_EXPERIMENTS"
@@ -36,6 +39,9 @@ SOURCE_CHECKOUT = (EXPERIMENTS_ROOT.parents[1] / "pyproject.toml").is_file()
 CONFIG_FILE = "config.toml"
 README_FILE = "Readme.md"
 LEGACY_PREPARERS_MODULE = "ml_playground.datasets"
+TEMPLATE_DIR = EXPERIMENTS_ROOT / "_template"
+TEMPLATE_PLACEHOLDER = "{{name}}"
+EXPERIMENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -213,3 +219,56 @@ def resolve_preparer(experiment: Experiment, dataset: str | None) -> Preparer:
             f"{experiment.config_path}); registered: {known}"
         )
     return preparer
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """What `list` shows of an experiment: where it lives and how far it got."""
+
+    experiment: Experiment
+    state: tuple[str, ...]
+
+
+# The checkpoint store's file names (checkpoint.py), matched here without importing torch.
+_TRAINED_PATTERNS = ("ckpt_best.pt", "ckpt_last.pt", "ckpt.pt", "adapters/*/adapter_config.json")
+
+
+def experiment_states() -> list[ExperimentState]:
+    states: list[ExperimentState] = []
+    for experiment in list_experiments():
+        try:
+            config = load_config(experiment.config_path, experiment.directory).config
+        except UserError:
+            states.append(ExperimentState(experiment, ("config has an error",)))
+            continue
+        state: list[str] = []
+        if (config.prepare.dataset_dir / dataset_folder.META_FILE).is_file():
+            state.append("prepared")
+        out_dir = config.train.runtime.out_dir
+        if any(any(out_dir.glob(pattern)) for pattern in _TRAINED_PATTERNS):
+            state.append("trained")
+        states.append(ExperimentState(experiment, tuple(state)))
+    return states
+
+
+def new_experiment(name: str, parent: Path | None) -> Path:
+    """Copy the template into `parent/name`, filling in the experiment's name; without a
+    parent, into the folder `new_experiments_root` names."""
+    if not EXPERIMENT_NAME.match(name):
+        raise ConfigError(
+            f"invalid experiment name {name!r}: use lowercase letters, digits and _, "
+            "starting with a letter"
+        )
+    target = (parent or new_experiments_root()) / name
+    if target.exists():
+        raise ConfigError(f"{target} already exists; choose another name or remove it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{name}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(TEMPLATE_DIR, staging, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in staging.rglob("*"):
+        if path.is_file() and path.suffix in {".py", ".toml", ".md"}:
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace(TEMPLATE_PLACEHOLDER, name), encoding="utf-8")
+    staging.replace(target)
+    return target

@@ -1,14 +1,14 @@
 """Export trained models: GGUF and an Ollama Modelfile (`[export.ollama]`), and a Hugging
 Face model folder (`[export.hf]`).
 
-GGUF has two routes, chosen by the config like every pipeline step: a from-scratch GPT is
-written natively with the `gguf` package as llama.cpp's `gpt2`, `llama` or `qwen3`
-architecture (`gpt.py`); a fine-tuned Hugging Face model has its LoRA adapters merged and
-is converted by llama.cpp's own converter (`hf.py`), its Modelfile wrapping prompts as the
-run's records were (`prompt_format.py`). A from-scratch GPT also exports as a
-folder transformers loads with its stock classes (`hf_folder.py`), which this project can
-fine-tune in turn. Every route fills a staging folder that replaces its export_dir whole,
-sealed with checksums and an inputs stamp (`bundle.py`).
+GGUF has two routes, one per model backend (`ml_playground.backends` hands over the
+config's): a from-scratch GPT is written natively with the `gguf` package as llama.cpp's
+`gpt2`, `llama` or `qwen3` architecture (`gpt.py`); a fine-tuned Hugging Face model has
+its LoRA adapters merged and is converted by llama.cpp's own converter (`hf.py`), its Modelfile wrapping prompts as the
+run's records were (`prompt_format.py`). A
+from-scratch GPT also exports as a folder transformers loads with its stock classes
+(`hf_folder.py`), which this project can fine-tune in turn. Every route fills a staging
+folder that replaces its export_dir whole, sealed with checksums and an inputs stamp (`bundle.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,15 @@ class PreparedExport(Protocol):
         ...
 
 
+class ExportRoutes(Protocol):
+    """What export takes from the config's backend (`ml_playground.backends`): its GGUF
+    route, and its Hugging Face folder route (which refuses where there is none)."""
+
+    def export_gguf(self, config: ExperimentConfig, name: str) -> PreparedExport: ...
+
+    def export_hf_folder(self, config: ExperimentConfig, name: str) -> PreparedExport: ...
+
+
 @dataclass(frozen=True)
 class ExportResult:
     export_dir: Path
@@ -43,7 +52,9 @@ class ExportResult:
     created: bool = False
 
 
-def export_experiment(config: ExperimentConfig, experiment_name: str | None = None) -> ExportResult:
+def export_experiment(
+    config: ExperimentConfig, routes: ExportRoutes, experiment_name: str | None = None
+) -> ExportResult:
     """Export the experiment's trained model to every target its config enables: a
     Hugging Face folder into `[export.hf] export_dir`, GGUF into `[export.ollama] export_dir`.
 
@@ -63,10 +74,10 @@ def export_experiment(config: ExperimentConfig, experiment_name: str | None = No
         llama_cpp.check_quant(settings.quant)
     fallback = experiment_name or settings.export_dir.parent.name
     name = ollama.model_name(settings.model_name, fallback)
-    hf_folder = _prepare_hf_folder(config, name) if config.export.hf.enabled else None
-    gguf = _prepare(config, name) if settings.enabled else None
+    hf_folder = routes.export_hf_folder(config, name) if config.export.hf.enabled else None
+    gguf = routes.export_gguf(config, name) if settings.enabled else None
     if hf_folder is not None:
-        from ml_playground.export.hf_folder import KEY  # noqa: PLC0415 - see _prepare
+        from ml_playground.export.hf_folder import KEY  # noqa: PLC0415 - imports torch
 
         hf_dir = config.export.hf.export_dir
         written = _write(hf_folder, hf_dir, KEY)
@@ -105,25 +116,8 @@ def _write(prepared: PreparedExport, export_dir: Path, key: str) -> Path | None:
     return export_dir / main.name
 
 
-def _prepare_hf_folder(config: ExperimentConfig, name: str) -> PreparedExport:
-    from ml_playground.export.hf_folder import HFFolderExport  # noqa: PLC0415 - see _prepare
-
-    return HFFolderExport.prepare(config, name)
-
-
 def _described(path: Path) -> str:
     return f"{path.name} {_megabytes(path.stat().st_size)}"
-
-
-def _prepare(config: ExperimentConfig, name: str) -> PreparedExport:
-    # Each route imports torch (and the HF one transformers) only when it runs.
-    if config.uses_hf_model:
-        from ml_playground.export.hf import HFExport  # noqa: PLC0415 - see above
-
-        return HFExport.prepare(config, name)
-    from ml_playground.export.gpt import GPTExport  # noqa: PLC0415 - see above
-
-    return GPTExport.prepare(config, name)
 
 
 def _megabytes(size: int) -> str:

@@ -57,8 +57,6 @@ class HFFolderExport:
 
     @classmethod
     def prepare(cls, config: ExperimentConfig, name: str) -> HFFolderExport:
-        if config.uses_hf_model:
-            raise ExportError(FINE_TUNED_REFUSAL)
         source = checkpoint_path(config.train.runtime.out_dir, None)
         ckpt = checkpoint.load(source)
         tokenizer = hf_tokenizer(ckpt.tokenizer)

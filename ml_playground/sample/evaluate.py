@@ -32,10 +32,10 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +49,7 @@ from ml_playground.data.batches import IGNORE_INDEX, open_mask, open_tokens
 from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.packing import PACKED_DIR, PackMeta, mask_name
 from ml_playground.data.token_dataset import read_meta
-from ml_playground.errors import CheckpointError, DataError
+from ml_playground.errors import DataError
 from ml_playground.sample.backend import Forward, LoadedModel, Scoring
 
 EVAL_DIR = "eval"
@@ -127,17 +127,23 @@ class Tokens:
         return int(np.count_nonzero(self.counted[1:]))
 
 
-def evaluate(
-    config: ExperimentConfig, load: Callable[[ExperimentConfig], LoadedModel], text: Path | None
-) -> EvalResult:
-    """Score the trained model `load` returns on the val split, or on the file `text`."""
+class Evaluated(Protocol):
+    """What eval takes from the config's backend (`ml_playground.backends`)."""
+
+    def require_trained(self, config: ExperimentConfig) -> None: ...
+
+    def load(self, config: ExperimentConfig) -> LoadedModel: ...
+
+
+def evaluate(config: ExperimentConfig, backend: Evaluated, text: Path | None) -> EvalResult:
+    """Score the backend's trained model on the val split, or on the file `text`."""
     out_dir = config.sample.runtime.out_dir
     text = None if text is None else text.resolve()  # messages name the file unmistakably
-    _require_trained(config)
+    backend.require_trained(config)
     # Everything a user can get wrong is checked before the model loads for seconds.
     raw = read_text_file(text) if text is not None else None
     split = val_split(config) if text is None else None
-    model = load(config)
+    model = backend.load(config)
     scoring = model.scoring
     assert scoring is not None  # both backends fill it in; a new one must too
     if split is not None:
@@ -157,20 +163,6 @@ def evaluate(
     write_artifact(target, result)
     print(f"saved {target}", file=sys.stderr)
     return result
-
-
-def _require_trained(config: ExperimentConfig) -> None:
-    """A trained model in out_dir, or one error line (fine-tuning's load would otherwise
-    fall back to the bare base model)."""
-    out_dir = config.sample.runtime.out_dir
-    if not config.uses_hf_model:
-        checkpoint.gpt_for_sampling(out_dir)  # raises when there is none
-    elif checkpoint.adapters_for_sampling(out_dir) is None:
-        raise CheckpointError(
-            f"no adapters in {out_dir / checkpoint.ADAPTERS_DIR} (looked for "
-            f"{', '.join(checkpoint.ADAPTER_SAMPLING_ORDER)}), so there is no fine-tuned model "
-            f"to evaluate; {TRAIN_FIRST}"
-        )
 
 
 # --- what is scored ------------------------------------------------------------------------

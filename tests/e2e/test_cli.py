@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground.pipeline import new_experiment
+from ml_playground.experiments import new_experiment
 from tests.cli_helpers import EXIT_USER_ERROR, assert_one_error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -68,11 +68,11 @@ def test_compare_of_a_gpt2_and_a_llama_run_prints_the_table_and_writes_the_plot(
 def test_runs_with_different_tokenizers_are_compared_on_bits_per_byte(
     runs: Path, tmp_path: Path
 ) -> None:
+    from ml_playground.backends import GPTBackend  # noqa: PLC0415 - as above
     from ml_playground.sample.evaluate import evaluate  # noqa: PLC0415 - imports torch
-    from ml_playground.sample.gpt import load_gpt  # noqa: PLC0415 - as above
 
     bpe = trained_run(tmp_path / "bpe", {"prepare.tokenizer": "tiktoken"})
-    evaluate(bpe.config, load_gpt, None)
+    evaluate(bpe.config, GPTBackend(), None)
     char = runs / "gpt2"
     out = tmp_path / "report"
 

@@ -12,6 +12,7 @@ from typing import cast
 
 import pytest
 
+from ml_playground.backends import backend_for
 from ml_playground.data.chat_records import prepare_chat_dataset
 from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.export import export_experiment
@@ -76,7 +77,7 @@ def test_an_exported_chat_fine_tune_renders_conversations_as_its_training_did(
     prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
     train_lora(config)
 
-    export_experiment(config, "chat")
+    export_experiment(config, backend_for(config), "chat")
 
     out_dir = config.train.runtime.out_dir
     assert json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))["source_format"] == (

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
+from ml_playground.backends import backend_for
 from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, PeftConfig
 from ml_playground.config_loader import load_config
@@ -174,7 +175,7 @@ def test_merged_export_merges_converts_and_quantizes(
         folder, base_model, quant="q4_k_m", quant_bin=str(tmp_path / "tools" / "llama-quantize")
     )
 
-    export_experiment(config, "speakger")
+    export_experiment(config, backend_for(config), "speakger")
 
     [convert] = calls(tools, "convert")
     merged_dir, *options = convert["args"]
@@ -248,7 +249,7 @@ def test_a_real_fine_tuning_run_exports_a_model_that_computes_what_sampling_does
     prepare_speech_records(loaded.config, frozenset({".csv"}))
     train_lora(loaded.config)
 
-    export_experiment(loaded.config, "run")
+    export_experiment(loaded.config, backend_for(loaded.config), "run")
 
     hf = loaded.config.train.hf_model
     assert hf is not None
@@ -273,7 +274,7 @@ def test_adapter_only_export_writes_base_and_adapter_with_an_adapter_line(
     out = fine_tuned(folder, base_model, structure_tokens=False)
     config = experiment(folder, base_model, adapter_only=True)
 
-    export_experiment(config, "speakger")
+    export_experiment(config, backend_for(config), "speakger")
 
     [convert] = calls(tools, "convert")
     base_dir, *options = convert["args"]
@@ -313,7 +314,7 @@ def test_a_run_without_lora_exports_its_whole_fine_tuned_model(
     tokenizer.save_pretrained(str(folder / "out" / "tokenizer"))
     config = experiment(folder, base_model)
 
-    export_experiment(config, "full")
+    export_experiment(config, backend_for(config), "full")
 
     [convert] = calls(tools, "convert")
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(convert["listing"])
@@ -332,7 +333,7 @@ def test_adapter_only_refuses_adapters_with_trained_rows_of_added_tokens(
     config = experiment(folder, base_model, adapter_only=True)
 
     with pytest.raises(ExportError, match="adapter_only = false to export the merged model"):
-        export_experiment(config, "speakger")
+        export_experiment(config, backend_for(config), "speakger")
 
     assert calls(tools, "convert") == []
     assert not (folder / "export").exists()
@@ -345,8 +346,8 @@ def test_an_unchanged_rerun_is_skipped_without_merging_again(
     fine_tuned(folder, base_model)
     config = experiment(folder, base_model)
 
-    assert not export_experiment(config, "speakger").skipped
-    assert export_experiment(config, "speakger").skipped
+    assert not export_experiment(config, backend_for(config), "speakger").skipped
+    assert export_experiment(config, backend_for(config), "speakger").skipped
 
     assert len(calls(tools, "convert")) == 1
 
@@ -368,7 +369,7 @@ def test_without_the_converter_the_error_says_to_run_make(
     )
 
     with pytest.raises(ExportError, match="run `make llama-cpp-converters`") as error:
-        export_experiment(unset, "speakger")
+        export_experiment(unset, backend_for(unset), "speakger")
 
     assert "\n" not in str(error.value)
     assert not (folder / "export").exists()
@@ -383,7 +384,7 @@ def test_a_failing_converter_shows_the_tail_of_its_stderr(tmp_path: Path, base_m
     config = experiment(folder, base_model, convert_bin=str(failing))
 
     with pytest.raises(ExportError) as error:
-        export_experiment(config, "speakger")
+        export_experiment(config, backend_for(config), "speakger")
 
     message = str(error.value)
     assert "llama.cpp converter failed with exit code 1" in message
@@ -398,7 +399,7 @@ def test_no_adapters_is_refused(tmp_path: Path, base_model: Path, tools: Path) -
     config = experiment(folder, base_model)
 
     with pytest.raises(ExportError, match=r"no LoRA adapters to export .*adapters/best"):
-        export_experiment(config, "speakger")
+        export_experiment(config, backend_for(config), "speakger")
 
 
 @pytest.fixture(autouse=True)

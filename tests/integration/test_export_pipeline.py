@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground import checkpoint
+from ml_playground.backends import backend_for
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import load_config
 from ml_playground.data.tokenizer import TokenizerSpec
@@ -80,7 +81,7 @@ def test_export_writes_gguf_modelfile_readme_checksums_and_stamp(
 ) -> None:
     config = experiment(tmp_path / "shake", {"model_name": "shake-tiny", "stop": ["\n\n"]})
 
-    result = export_experiment(config, "shake")
+    result = export_experiment(config, backend_for(config), "shake")
 
     export_dir = tmp_path / "shake" / "export"
     assert result.export_dir == export_dir
@@ -117,30 +118,30 @@ def test_a_rerun_with_unchanged_inputs_is_skipped_and_a_change_re_exports(
 ) -> None:
     folder = tmp_path / "exp"
     config = experiment(folder)
-    export_experiment(config, "exp")
+    export_experiment(config, backend_for(config), "exp")
     gguf = folder / "export" / "model.gguf"
     first_write = gguf.stat().st_mtime_ns
 
-    again = export_experiment(config, "exp")
+    again = export_experiment(config, backend_for(config), "exp")
 
     assert again.skipped
     assert gguf.stat().st_mtime_ns == first_write
     assert "up to date" in capsys.readouterr().out
 
     save_checkpoint(folder / "out", random_gpt(TINY, seed=1), GPT2_SPEC)  # trained further
-    assert not export_experiment(config, "exp").skipped
+    assert not export_experiment(config, backend_for(config), "exp").skipped
     changed = load_config(write_experiment(folder, {"enabled": True, "quant": "q8_0"}), folder)
-    assert not export_experiment(changed.config, "exp").skipped
+    assert not export_experiment(changed.config, backend_for(changed.config), "exp").skipped
 
 
 def test_checkpoint_last_is_exported_when_asked(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
     config = experiment(folder, {"checkpoint": "last"})
     with pytest.raises(ExportError, match=r"no checkpoint .*ckpt_last\.pt"):
-        export_experiment(config, "exp")
+        export_experiment(config, backend_for(config), "exp")
 
     save_checkpoint(folder / "out", random_gpt(TINY), GPT2_SPEC, name=checkpoint.LAST_FILE)
-    export_experiment(config, "exp")
+    export_experiment(config, backend_for(config), "exp")
 
     stamp = json.loads((folder / "export" / STAMP).read_text(encoding="utf-8"))
     assert stamp["inputs"]["checkpoint"]["file"] == checkpoint.LAST_FILE
@@ -151,7 +152,7 @@ def test_quant_beyond_q8_0_goes_through_quant_bin(tmp_path: Path) -> None:
     quantize = fake_tool(tmp_path / "bin" / "llama-quantize", FAKE_QUANTIZE, log)
     config = experiment(tmp_path / "exp", {"quant": "q4_k_m", "quant_bin": str(quantize)})
 
-    export_experiment(config, "exp")
+    export_experiment(config, backend_for(config), "exp")
 
     [call] = recorded(log)
     source, target, kind = call
@@ -170,7 +171,7 @@ def test_a_failing_quantizer_is_one_line_with_its_stderr_and_writes_nothing(
     config = experiment(tmp_path / "exp", {"quant": "q5_k_m", "quant_bin": str(quantize)})
 
     with pytest.raises(ExportError) as error:
-        export_experiment(config, "exp")
+        export_experiment(config, backend_for(config), "exp")
 
     message = str(error.value)
     assert "llama-quantize failed with exit code 1" in message
@@ -187,7 +188,7 @@ def test_ollama_create_runs_when_ollama_is_on_path(
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     config = experiment(tmp_path / "exp", {"create": True, "model_name": "tiny:v1"})
 
-    result = export_experiment(config, "exp")
+    result = export_experiment(config, backend_for(config), "exp")
 
     assert result.created
     assert recorded(log) == [
@@ -201,7 +202,9 @@ def test_create_without_ollama_on_path_still_exports(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     config = experiment(tmp_path / "exp", {"create": True})
 
-    result = export_experiment(config)  # the name defaults to the experiment's folder
+    result = export_experiment(
+        config, backend_for(config)
+    )  # the name defaults to the experiment's folder
 
     assert not result.created
     assert result.model_name == "exp"
@@ -214,7 +217,7 @@ def test_create_without_ollama_on_path_still_exports(
 
 def assert_refused(folder: Path, config: ExperimentConfig, match: str) -> str:
     with pytest.raises(ExportError, match=match) as error:
-        export_experiment(config, folder.name)
+        export_experiment(config, backend_for(config), folder.name)
     assert "\n" not in str(error.value)
     assert not (folder / "export").exists()
     return str(error.value)
@@ -232,7 +235,7 @@ def test_no_checkpoint_is_refused(tmp_path: Path) -> None:
     config = load_config(write_experiment(folder, {"enabled": True}), folder).config
 
     with pytest.raises(CheckpointError, match=r"no checkpoint in .*train first"):
-        export_experiment(config, "exp")
+        export_experiment(config, backend_for(config), "exp")
     assert not (folder / "export").exists()
 
 
@@ -261,7 +264,7 @@ def test_an_unwritable_export_dir_is_refused(tmp_path: Path) -> None:
     config = experiment(folder, {"export_dir": str(tmp_path / "a-file" / "export")})
 
     with pytest.raises(ExportError, match="cannot write export_dir"):
-        export_experiment(config, "exp")
+        export_experiment(config, backend_for(config), "exp")
 
 
 def test_an_unknown_quant_is_refused_before_any_work(tmp_path: Path) -> None:

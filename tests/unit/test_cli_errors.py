@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_a_file_system_problem_is_one_error_line_naming_the_file(
     tiny_experiment(tmp_path)
     target = tmp_path / "out" / "ckpt_last.pt"
 
-    def failing_train(experiment: Experiment, loaded: LoadedConfig) -> None:
+    def failing_train(experiment: Experiment, loaded: LoadedConfig, args: Namespace) -> None:
         raise OSError(code, os.strerror(code), str(target))
 
     monkeypatch.setitem(cli.STEPS, "train", (failing_train, "train"))
@@ -52,7 +53,7 @@ def test_an_os_error_nobody_can_fix_keeps_its_traceback(
 ) -> None:
     tiny_experiment(tmp_path)
 
-    def failing_train(experiment: Experiment, loaded: LoadedConfig) -> None:
+    def failing_train(experiment: Experiment, loaded: LoadedConfig, args: Namespace) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setitem(cli.STEPS, "train", (failing_train, "train"))

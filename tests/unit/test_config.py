@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from ml_playground.config_loader import DEFAULT_CONFIG_PATH, LoadedConfig, load_config
 from ml_playground.errors import ConfigError, UserError
-from ml_playground.pipeline import new_experiment
+from ml_playground.experiments import new_experiment
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "ml_playground"
 SHIPPED_CONFIGS = sorted(PACKAGE_DIR.glob("experiments/*/config.toml")) + sorted(

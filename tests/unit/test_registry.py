@@ -28,6 +28,7 @@ from ml_playground.experiments import (
     discover,
     find_experiment,
     list_experiments,
+    new_experiment,
     register,
     resolve_preparer,
 )
@@ -384,7 +385,7 @@ def test_resolve_preparer_falls_back_to_the_experiment_name(tmp_path: Path) -> N
 def test_new_experiment_is_found_by_its_folder_and_described_by_its_readme(
     tmp_path: Path,
 ) -> None:
-    created = pipeline.new_experiment("poems", tmp_path)
+    created = new_experiment("poems", tmp_path)
 
     (experiment,) = list_experiments(tmp_path)
     assert experiment.directory == created
@@ -396,7 +397,7 @@ def test_new_experiment_is_found_by_its_folder_and_described_by_its_readme(
 @pytest.mark.parametrize("name", ["Poems", "my-poems", "1poems", "_poems", "", "po ems"])
 def test_new_experiment_rejects_names_that_are_not_identifiers(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid experiment name {name!r}"):
-        pipeline.new_experiment(name, tmp_path)
+        new_experiment(name, tmp_path)
 
     assert list(tmp_path.iterdir()) == [tmp_path / "cwd"], "nothing was created"
 
@@ -405,6 +406,6 @@ def test_new_experiment_refuses_an_existing_folder(tmp_path: Path) -> None:
     (tmp_path / "poems").mkdir()
 
     with pytest.raises(ConfigError, match="already exists"):
-        pipeline.new_experiment("poems", tmp_path)
+        new_experiment("poems", tmp_path)
 
     assert list((tmp_path / "poems").iterdir()) == []
