@@ -1,8 +1,8 @@
 """The command line: parse arguments, load the experiment, call one pipeline step.
 
-Thin on purpose. Which pipeline runs (from-scratch GPT or Hugging Face LoRA) follows from
-the config's content inside `ml_playground.pipeline`; this module never names an
-experiment. Every `UserError` becomes one `error: ...` line on stderr and exit code 2;
+Thin on purpose. Each verb's flags become its step's options (`pipeline.PrepareOptions`,
+...); which backend runs (from-scratch GPT or Hugging Face LoRA) follows from the config's
+content (`ml_playground.backends`); this module never names an experiment. Every `UserError` becomes one `error: ...` line on stderr and exit code 2;
 Ctrl-C becomes exit code 130 after the running step has saved what it must.
 """
 
