@@ -2,8 +2,9 @@
 
 Thin on purpose. Each verb's flags become its step's options (`pipeline.PrepareOptions`,
 ...); which backend runs (from-scratch GPT or Hugging Face LoRA) follows from the config's
-content (`ml_playground.backends`); this module never names an experiment. Every `UserError` becomes one `error: ...` line on stderr and exit code 2;
-Ctrl-C becomes exit code 130 after the running step has saved what it must.
+content (`ml_playground.backends`); this module never names an experiment. Every
+`UserError` becomes one `error: ...` line on stderr and exit code 2; Ctrl-C becomes exit
+code 130 after the running step has saved what it must.
 """
 
 from __future__ import annotations
