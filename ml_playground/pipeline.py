@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml_playground.backends import backend_for
+from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment, PrepareContext, resolve_preparer

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ml_playground.config import ExperimentConfig, load_config
+from ml_playground.config import ExperimentConfig
+from ml_playground.config_loader import load_config
 from ml_playground.data import dataset_folder
 from ml_playground.errors import ConfigError, ExperimentNotFoundError, UserError
 

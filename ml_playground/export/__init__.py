@@ -4,9 +4,9 @@ Face model folder (`[export.hf]`).
 GGUF has two routes, one per model backend (`ml_playground.backends` hands over the
 config's): a from-scratch GPT is written natively with the `gguf` package as llama.cpp's
 `gpt2`, `llama` or `qwen3` architecture (`gpt.py`); a fine-tuned Hugging Face model has
-its LoRA adapters merged and is converted by llama.cpp's own converter (`hf.py`), its Modelfile wrapping prompts as the
-run's records were (`prompt_format.py`). A
-from-scratch GPT also exports as a folder transformers loads with its stock classes
+its LoRA adapters merged and is converted by llama.cpp's own converter (`hf.py`), its
+Modelfile wrapping prompts as the run's records were (`prompt_format.py`). A from-scratch
+GPT also exports as a folder transformers loads with its stock classes
 (`hf_folder.py`), which this project can fine-tune in turn. Every route fills a staging
 folder that replaces its export_dir whole, sealed with checksums and an inputs stamp (`bundle.py`).
 """
