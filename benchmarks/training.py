@@ -19,12 +19,13 @@ import numpy as np
 
 from benchmarks.hardware import Matmul
 from benchmarks.timing import Case, time_side_by_side
-from ml_playground.checkpoint import Slot, TrainingState
+from ml_playground.checkpoint import TrainingState
 from ml_playground.config import Arch, DType, DTypeChoice, OptimizerName, TrainConfig
 from ml_playground.device import resolve_precision, seed_everything
 from ml_playground.distributed import Ranks
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
+from ml_playground.run_folder import Slot
 from ml_playground.train.gpt import gpt_loss
 from ml_playground.train.loop import Run, TokenFiles, assemble_run, evaluate, optimizer_step
 
@@ -134,8 +135,8 @@ class _Trainer:
         return evaluate(fp32)["val"]
 
 
-def never_saved(slot: Slot, state: TrainingState) -> Path:
-    raise AssertionError(f"the benchmark never saves (asked for {slot} at {state.iter_num})")
+def never_saved(slots: tuple[Slot, ...], state: TrainingState) -> Path:
+    raise AssertionError(f"the benchmark never saves (asked for {slots} at {state.iter_num})")
 
 
 def measure_training(

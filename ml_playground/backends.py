@@ -58,9 +58,9 @@ class GPTBackend:
         return load_gpt(config)
 
     def require_trained(self, config: ExperimentConfig) -> None:
-        from ml_playground import checkpoint  # noqa: PLC0415 - see module docstring
+        from ml_playground import run_folder  # noqa: PLC0415 - see module docstring
 
-        checkpoint.gpt_for_sampling(config.sample.runtime.out_dir)  # raises when there is none
+        run_folder.gpt_for_sampling(config.sample.runtime.out_dir)  # raises when there is none
 
     def export_gguf(self, config: ExperimentConfig, name: str) -> PreparedExport:
         from ml_playground.export.gpt import GPTExport  # noqa: PLC0415 - see module docstring
@@ -88,14 +88,14 @@ class HFBackend:
 
     def require_trained(self, config: ExperimentConfig) -> None:
         # Without adapters, loading would fall back to the bare base model.
-        from ml_playground import checkpoint  # noqa: PLC0415 - see module docstring
+        from ml_playground import run_folder  # noqa: PLC0415 - see module docstring
         from ml_playground.sample.evaluate import TRAIN_FIRST  # noqa: PLC0415 - see module docstring
 
         out_dir = config.sample.runtime.out_dir
-        if checkpoint.adapters_for_sampling(out_dir) is None:
+        if run_folder.adapters_for_sampling(out_dir) is None:
             raise CheckpointError(
-                f"no adapters in {out_dir / checkpoint.ADAPTERS_DIR} (looked for "
-                f"{', '.join(checkpoint.ADAPTER_SAMPLING_ORDER)}), so there is no fine-tuned "
+                f"no adapters in {run_folder.adapters_root(out_dir)} (looked for "
+                f"{', '.join(run_folder.SAMPLING_ORDER)}), so there is no fine-tuned "
                 f"model to evaluate; {TRAIN_FIRST}"
             )
 

@@ -24,24 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from ml_playground import atomic
+from ml_playground import atomic, run_folder
 from ml_playground.artifacts import read_artifact
 from ml_playground.config_loader import load_config
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import ReportError
 from ml_playground.experiments import CONFIG_FILE, find_experiment
 from ml_playground.progress import format_duration
-from ml_playground.sample.evaluate import EVAL_DIR, VAL_RESULT, EvalResult
+from ml_playground.run_folder import EVAL_DIR, TB_DIR, VAL_RESULT
+from ml_playground.sample.evaluate import EvalResult
 from ml_playground.train import reporting
 from ml_playground.train.report_card import RunEvents, RunFacts, read_events, summarize
-from ml_playground.train.reporting import TB_SUBDIR
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PLOT_FILE = "compare.png"
 TABLE_FILE = "compare.md"
-RUN_META = "meta.json"
 PLOT_INCHES, PLOT_DPI = (10.0, 5.0), 100
 HEADERS = (
     "run",
@@ -132,7 +131,7 @@ def run_tokenizer(out_dir: Path) -> str | None:
     """Which tokenizer the run trained with, from its meta.json: a GPT's copy of the
     dataset's meta (its tokenizer spec) or a fine-tuning run's RunMeta (its base model)."""
     try:
-        meta: object = json.loads((out_dir / RUN_META).read_text(encoding="utf-8"))
+        meta: object = json.loads(run_folder.meta_file(out_dir).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict):
@@ -143,12 +142,14 @@ def run_tokenizer(out_dir: Path) -> str | None:
     spec = fields.get("tokenizer")
     if not isinstance(spec, dict):
         return None
-    return TokenizerSpec.from_json(typing.cast(object, spec), out_dir / RUN_META).describe()
+    return TokenizerSpec.from_json(
+        typing.cast(object, spec), run_folder.meta_file(out_dir)
+    ).describe()
 
 
 def bits_per_byte(out_dir: Path) -> float | None:
     """The trained (or fine-tuned) model's bits per byte on the val split, if `eval` ran."""
-    path = out_dir / EVAL_DIR / VAL_RESULT
+    path = run_folder.eval_result(out_dir)
     if not path.is_file():
         return None
     remedy = "run `ml-playground eval` on that run again"
@@ -226,7 +227,7 @@ def markdown(comparison: Comparison) -> str:
         "# Run comparison",
         "",
         "Built by `ml-playground compare` from each run's TensorBoard events "
-        f"(`{TB_SUBDIR}`) and, where `eval` ran, `{EVAL_DIR}/{VAL_RESULT}`.",
+        f"(`{TB_DIR}`) and, where `eval` ran, `{EVAL_DIR}/{VAL_RESULT}`.",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "| " + " | ".join("---" for _ in HEADERS) + " |",

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml_playground import run_folder
 from ml_playground.backends import backend_for
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig
@@ -108,9 +109,7 @@ def set_aside_out_dir(config: ExperimentConfig) -> Path | None:
         )
     if not out_dir.exists():
         return None
-    from ml_playground.checkpoint import running_holder  # noqa: PLC0415 - imports torch
-
-    holder = running_holder(out_dir)
+    holder = run_folder.running_holder(out_dir)
     if holder is not None:
         # Moving it would pull the folder from under a run that keeps writing by its path.
         raise ConfigError(
@@ -177,10 +176,10 @@ def loop(
 def report(experiment: Experiment, loaded: LoadedConfig) -> None:
     """Rebuild out_dir/report.md and loss.png from the run's TensorBoard events."""
     _single_process("report")
-    from ml_playground.train.report_card import PLOT_FILE, write_report  # noqa: PLC0415 - see module docstring
+    from ml_playground.train.report_card import write_report  # noqa: PLC0415 - see module docstring
 
     written = write_report(loaded, experiment.name)
-    print(f"report: {written} and {written.with_name(PLOT_FILE)}")
+    print(f"report: {written} and {run_folder.plot_file(written.parent)}")
 
 
 def export(experiment: Experiment, loaded: LoadedConfig) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import tiktoken
 import torch
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
@@ -66,7 +66,7 @@ def random_gpt(config: GPTConfig, seed: int = 0) -> GPT:
 
 
 def save_checkpoint(
-    out_dir: Path, model: GPT, spec: TokenizerSpec, name: str = checkpoint.BEST_FILE
+    out_dir: Path, model: GPT, spec: TokenizerSpec, name: str = run_folder.BEST_FILE
 ) -> Path:
     path = out_dir / name
     checkpoint.save(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
+from ml_playground import run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig, load_config
 from tests.conftest import SHARED_DIR
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerFast
 
-    from ml_playground.checkpoint import Slot
     from ml_playground.export.chat_template import TemplateTokenizer
+    from ml_playground.run_folder import Slot
 
 SPEAKGER_DIR = SHARED_DIR / "data" / "speakger"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -312,9 +313,7 @@ def adapter_weights(out_dir: Path, name: Slot) -> dict[str, torch.Tensor]:
     """The tensors of out_dir/adapters/<name>, by their saved names."""
     from safetensors.torch import load_file  # noqa: PLC0415 # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
-    from ml_playground import checkpoint  # noqa: PLC0415 - imports torch
-
-    return load_file(checkpoint.adapters_dir(out_dir, name) / ADAPTER_FILE)
+    return load_file(run_folder.adapters_dir(out_dir, name) / ADAPTER_FILE)
 
 
 # --- chat models -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ml_playground import run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import load_config
 from ml_playground.data import dataset_folder
@@ -230,10 +231,6 @@ class ExperimentState:
     state: tuple[str, ...]
 
 
-# The checkpoint store's file names (checkpoint.py), matched here without importing torch.
-_TRAINED_PATTERNS = ("ckpt_best.pt", "ckpt_last.pt", "ckpt.pt", "adapters/*/adapter_config.json")
-
-
 def experiment_states() -> list[ExperimentState]:
     states: list[ExperimentState] = []
     for experiment in list_experiments():
@@ -245,8 +242,7 @@ def experiment_states() -> list[ExperimentState]:
         state: list[str] = []
         if (config.prepare.dataset_dir / dataset_folder.META_FILE).is_file():
             state.append("prepared")
-        out_dir = config.train.runtime.out_dir
-        if any(any(out_dir.glob(pattern)) for pattern in _TRAINED_PATTERNS):
+        if run_folder.holds_weights(config.train.runtime.out_dir):
             state.append("trained")
         states.append(ExperimentState(experiment, tuple(state)))
     return states

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec, load_tiktoken_encoding
 from ml_playground.errors import ExportError
@@ -17,13 +17,13 @@ from ml_playground.export.llama_cpp import NATIVE_QUANTS, NativeQuant
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults, raw_completion_template
 from ml_playground.export.readme import BundleReadme, example_prompt
 from ml_playground.model.config import GPTConfig
+from ml_playground.run_folder import Slot
 
 GGUF_NAME = "model.gguf"
 # The from-scratch GPT written natively, whichever llama.cpp architecture holds it.
 ROUTE = "gguf-native-gpt"
 # Bump when the bytes this route writes change, so that older stamps no longer match.
 ROUTE_VERSION = 2
-CHECKPOINT_FILES = {"best": checkpoint.BEST_FILE, "last": checkpoint.LAST_FILE}
 
 CHAR_REFUSAL = (
     "cannot export a character-level model to GGUF faithfully: llama.cpp's tokenizers need an"
@@ -137,16 +137,11 @@ class GPTExport:
         ).render()
 
 
-def checkpoint_path(out_dir: Path, which: str | None) -> Path:
+def checkpoint_path(out_dir: Path, which: Slot | None) -> Path:
     """The checkpoint `[export.ollama] checkpoint` names; by default the one sampling reads."""
     if which is None:
-        return checkpoint.gpt_for_sampling(out_dir)
-    if which not in CHECKPOINT_FILES:
-        raise ExportError(
-            f"[export.ollama] checkpoint = {which!r} names fine-tuned adapters; a from-scratch"
-            " run has best and last"
-        )
-    path = out_dir / CHECKPOINT_FILES[which]
+        return run_folder.gpt_for_sampling(out_dir)
+    path = run_folder.checkpoint_file(out_dir, which)
     if not path.is_file():
         raise ExportError(
             f"no checkpoint {path} ([export.ollama] checkpoint = {which!r}); train first with"

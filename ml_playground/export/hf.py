@@ -18,15 +18,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ml_playground.checkpoint import (
-    ADAPTER_SAMPLING_ORDER,
-    RUN_META,
-    RunMeta,
-    Slot,
-    adapters_dir,
-    adapters_for_sampling,
-    verify_adapters,
-)
+from ml_playground import run_folder
+from ml_playground.checkpoint import verify_adapters
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.errors import ExportError
@@ -44,6 +37,7 @@ from ml_playground.finetune.model import (
     read_adapter_config,
     weights_dtype,
 )
+from ml_playground.run_folder import RunMeta, Slot
 
 ROUTE = "llama.cpp-convert-hf"
 ROUTE_VERSION = 1
@@ -227,10 +221,14 @@ class HFExport:
 
 def adapter_dir(out_dir: Path, which: Slot | None) -> Path:
     """The adapters `checkpoint` names; by default those sampling uses (best, final, last)."""
-    folder = adapters_for_sampling(out_dir) if which is None else adapters_dir(out_dir, which)
+    folder = (
+        run_folder.adapters_for_sampling(out_dir)
+        if which is None
+        else run_folder.adapters_dir(out_dir, which)
+    )
     if folder is None or not folder.is_dir():
-        names = ADAPTER_SAMPLING_ORDER if which is None else (which,)
-        looked = ", ".join(str(adapters_dir(out_dir, name)) for name in names)
+        names = run_folder.SAMPLING_ORDER if which is None else (which,)
+        looked = ", ".join(str(run_folder.adapters_dir(out_dir, name)) for name in names)
         raise ExportError(
             f"no LoRA adapters to export (looked for {looked}); fine-tune first with"
             " `ml-playground train <experiment>`"
@@ -256,7 +254,7 @@ def check_adapter_only(adapters: Path) -> None:
 
 def check_base(out_dir: Path, hf: HFModelConfig) -> None:
     """Adapters merged into another base than they were trained on would be garbage."""
-    if not (out_dir / RUN_META).is_file():
+    if not run_folder.meta_file(out_dir).is_file():
         return
     meta = RunMeta.read(out_dir)
     if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
@@ -268,15 +266,12 @@ def check_base(out_dir: Path, hf: HFModelConfig) -> None:
 
 def tokenizer_dir(config: ExperimentConfig) -> Path:
     """The fine-tuning tokenizer: saved with the run, else the prepared dataset's."""
-    for candidate in (
-        config.train.runtime.out_dir / TOKENIZER_DIR,
-        config.train.data.dataset_dir / TOKENIZER_DIR,
-    ):
+    saved = run_folder.tokenizer_dir(config.train.runtime.out_dir)
+    for candidate in (saved, config.train.data.dataset_dir / TOKENIZER_DIR):
         if candidate.is_dir():
             return candidate
     raise ExportError(
-        f"no tokenizer in {config.train.runtime.out_dir / TOKENIZER_DIR}; fine-tune first with"
-        " `ml-playground train <experiment>`"
+        f"no tokenizer in {saved}; fine-tune first with `ml-playground train <experiment>`"
     )
 
 

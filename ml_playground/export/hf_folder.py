@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.artifacts import read_artifact
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.dataset_folder import META_FILE
@@ -29,15 +29,13 @@ from ml_playground.export.gpt import checkpoint_path
 from ml_playground.export.hf_gpt import hf_model
 from ml_playground.export.hf_tokenizer import HFTokenizerFiles, hf_tokenizer
 from ml_playground.export.readme import example_prompt
-from ml_playground.sample.evaluate import EVAL_DIR, VAL_RESULT, EvalResult
+from ml_playground.sample.evaluate import EvalResult
 
 ROUTE = "hf-folder-gpt"
 # Bump when the bytes this route writes change, so that older stamps no longer match.
 ROUTE_VERSION = 1
 KEY = "[export.hf] export_dir"
 WEIGHTS = "model.safetensors"
-REPORT = "report.md"
-EVAL_RESULT = Path(EVAL_DIR) / VAL_RESULT
 FINE_TUNED_REFUSAL = (
     "[export.hf] exports a GPT trained from scratch; this run fine-tunes"
     " [train.hf_model], whose merged model `[train.hf_model] save_merged = true` writes as"
@@ -134,8 +132,8 @@ class HFFolderExport:
         out_dir = self.config.train.runtime.out_dir
         return {
             "data": _data_lines(self.config),
-            "report": _report_summary(out_dir / REPORT),
-            "eval": _eval_line(out_dir / EVAL_RESULT),
+            "report": _report_summary(run_folder.report_file(out_dir)),
+            "eval": _eval_line(run_folder.eval_result(out_dir)),
         }
 
     def _card(self, architecture: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from ml_playground.checkpoint import RUN_META, RunMeta
+from ml_playground import run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.chat_records import read_records_meta
 from ml_playground.data.records import RecordFormat
@@ -106,8 +106,8 @@ def record_format_of(config: ExperimentConfig) -> RecordFormat | None:
     they came from; None if the run has no records. The run's meta.json says so, else the
     prepared dataset's."""
     out_dir = config.train.runtime.out_dir
-    if (out_dir / RUN_META).is_file():
-        return RunMeta.read(out_dir)
+    if run_folder.meta_file(out_dir).is_file():
+        return run_folder.RunMeta.read(out_dir)
     try:
         return read_records_meta(config.train.data.dataset_dir)
     except DataError:

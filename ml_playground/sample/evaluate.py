@@ -42,19 +42,17 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional as F  # noqa: N812 - the conventional name
 
-from ml_playground import checkpoint
+from ml_playground import run_folder
 from ml_playground.artifacts import Artifact, read_artifact, write_artifact
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.batches import IGNORE_INDEX, open_mask, open_tokens
 from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.packing import PACKED_DIR, PackMeta, mask_name
 from ml_playground.data.token_dataset import read_meta
+from ml_playground.digest import file_digest
 from ml_playground.errors import DataError
 from ml_playground.sample.backend import Forward, LoadedModel, Scoring
 
-EVAL_DIR = "eval"
-VAL_RESULT = "val.json"
-TEXT_RESULTS = "text"
 MIN_TOKENS = 2  # one to read, one to predict
 # Logits one forward pass may hold (64M: 256 MB in float32): a 50k vocabulary at a context
 # of 1024 fits one window, a char vocabulary many; fewer if train.data.batch_size says so.
@@ -148,11 +146,11 @@ def evaluate(config: ExperimentConfig, backend: Evaluated, text: Path | None) ->
     assert scoring is not None  # both backends fill it in; a new one must too
     if split is not None:
         tokens = split
-        target = out_dir / EVAL_DIR / VAL_RESULT
+        target = run_folder.eval_result(out_dir)
     else:
         assert text is not None and raw is not None
         tokens = encode_text(model, text, raw)
-        target = out_dir / EVAL_DIR / TEXT_RESULTS / f"{text.stem}.json"
+        target = run_folder.text_result(out_dir, text.stem)
     _check_vocabulary(tokens, scoring.vocab_size)
     if tokens.targets == 0:
         raise DataError(f"{tokens.path} holds no target that counts; nothing to score")
@@ -226,7 +224,7 @@ def _dataset_val(config: ExperimentConfig) -> Tokens:
     data = config.train.data
     meta_path = data.dataset_dir / data.meta_file
     meta = read_meta(meta_path)  # missing or damaged: says to prepare
-    saved = config.sample.runtime.out_dir / META_FILE
+    saved = run_folder.meta_file(config.sample.runtime.out_dir)
     if saved.is_file():
         trained_on = read_meta(saved).tokenizer
         if trained_on != meta.tokenizer:
@@ -284,7 +282,7 @@ def _check_vocabulary(tokens: Tokens, vocab_size: int) -> None:
 
 
 def _file_sha256(path: Path) -> str:
-    return checkpoint.file_digest(path)
+    return file_digest(path)
 
 
 # --- scoring -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import Tokenizer, tokenizer_from_spec
 from ml_playground.device import resolve_sampling_precision
@@ -30,7 +30,7 @@ Decode = Callable[[Tensor, CacheSlot, Tensor], Tensor]
 
 def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokenizer, Path]:
     """The model and tokenizer of the best (else last, else legacy) checkpoint in out_dir."""
-    path = checkpoint.gpt_for_sampling(out_dir)
+    path = run_folder.gpt_for_sampling(out_dir)
     ckpt = checkpoint.load(path)
     tokenizer = tokenizer_from_spec(ckpt.tokenizer)
     args, state = _fit_vocab(ckpt.model_args, dict(ckpt.model), tokenizer)

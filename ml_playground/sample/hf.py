@@ -23,17 +23,10 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ml_playground.checkpoint import (
-    ADAPTER_SAMPLING_ORDER,
-    ADAPTERS_DIR,
-    RUN_META,
-    RunMeta,
-    adapters_for_sampling,
-    verify_adapters,
-)
+from ml_playground import run_folder
+from ml_playground.checkpoint import verify_adapters
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.chat_records import configured_template
-from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.rendering import ChatTokenizer, end_of_turn_ids, generation_prompt
 from ml_playground.data.speeches.quality import analyse
 from ml_playground.device import Precision, resolve_precision
@@ -48,6 +41,7 @@ from ml_playground.finetune.model import (
     weights_dtype,
     without_adapters,
 )
+from ml_playground.run_folder import RunMeta
 from ml_playground.sample.backend import (
     Analyse,
     Analysis,
@@ -73,24 +67,24 @@ def load_trained(
     out_dir: Path, hf: HFModelConfig, *, dtype: torch.dtype, require_adapters: bool
 ) -> Trained:
     """The model and tokenizer sampling and merging use, in eval mode on the CPU."""
-    meta = RunMeta.read(out_dir) if (out_dir / RUN_META).is_file() else None
+    meta = RunMeta.read(out_dir) if run_folder.meta_file(out_dir).is_file() else None
     if meta is not None and (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
         raise CheckpointError(
             f"the adapters in {out_dir} were trained on {meta.base_model} but "
             f"train.hf_model.model_name is {hf.model_name}; fix the config or use another out_dir"
         )
-    weights = adapters_for_sampling(out_dir)
+    weights = run_folder.adapters_for_sampling(out_dir)
     if weights is not None:
         verify_adapters(weights)
     if weights is None and require_adapters:
         raise CheckpointError(
-            f"no adapters in {out_dir / ADAPTERS_DIR} "
-            f"(looked for {', '.join(ADAPTER_SAMPLING_ORDER)}) and "
+            f"no adapters in {run_folder.adapters_root(out_dir)} "
+            f"(looked for {', '.join(run_folder.SAMPLING_ORDER)}) and "
             "sample.sample.require_adapters is true; train first with "
             "`ml-playground train <experiment>`"
         )
     source = ModelSource.from_config(hf)
-    tokenizer_dir = out_dir / TOKENIZER_DIR
+    tokenizer_dir = run_folder.tokenizer_dir(out_dir)
     tokenizer = load_tokenizer(
         ModelSource.local(tokenizer_dir) if tokenizer_dir.is_dir() else source
     )
@@ -169,7 +163,8 @@ def _with_chat_template(tokenizer: Tokenizer, config: ExperimentConfig) -> ChatT
     """The tokenizer with the chat template the run trained with: the one saved with the
     run's tokenizer, else `[prepare] chat_template` over the base model's, as prepare does."""
     chat = cast(ChatTokenizer, tokenizer)
-    trained_with = (config.sample.runtime.out_dir / TOKENIZER_DIR).is_dir() and chat.chat_template
+    saved = run_folder.tokenizer_dir(config.sample.runtime.out_dir)
+    trained_with = saved.is_dir() and chat.chat_template
     if not trained_with and config.prepare.chat_template is not None:
         chat.chat_template = configured_template(config.prepare.chat_template)
     return chat

@@ -15,9 +15,8 @@ from pathlib import Path
 from ml_playground import atomic
 from ml_playground.config import FILE_PROMPT_PREFIX
 from ml_playground.errors import DataError
+from ml_playground.run_folder import samples_dir
 from ml_playground.sample.backend import LoadedModel
-
-SAMPLES_DIR = "samples"
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def encode_prompt(model: LoadedModel, prompt: str) -> Prompt:
 def sample_path(out_dir: Path, index: int, suffix: str = ".txt") -> Path:
     """out_dir/samples/sample-<UTC time>-<index>.txt; sortable, never overwrites a run."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return out_dir / SAMPLES_DIR / f"sample-{stamp}-{index:02d}{suffix}"
+    return samples_dir(out_dir) / f"sample-{stamp}-{index:02d}{suffix}"
 
 
 def save_sample(out_dir: Path, index: int, text: str) -> Path:

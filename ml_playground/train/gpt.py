@@ -2,8 +2,8 @@
 
 The dataset's meta.json says which tokenizer and vocabulary; the model arguments come
 from [train.model], except that a resumed checkpoint's always win. Checkpoints are
-ml_playground/checkpoint.py's ckpt_last.pt / ckpt_best.pt; out_dir/meta.json is a copy
-of the dataset's, so sampling and export need only out_dir.
+ckpt_last.pt / ckpt_best.pt (run_folder.py; the final slot is ckpt_last.pt); out_dir/meta.json
+is a copy of the dataset's, so sampling and export need only out_dir.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ml_playground import atomic, checkpoint
-from ml_playground.checkpoint import Checkpoint, Slot, TrainingState
+from ml_playground import atomic, checkpoint, run_folder
+from ml_playground.checkpoint import Checkpoint, TrainingState
 from ml_playground.config import ExperimentConfig, ModelConfig
 from ml_playground.data.token_dataset import DatasetMeta, read_meta
 from ml_playground.device import Precision, seed_everything
@@ -22,6 +22,7 @@ from ml_playground.distributed import Ranks, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
+from ml_playground.run_folder import Slot
 from ml_playground.train.loop import (
     Run,
     TokenFiles,
@@ -30,8 +31,6 @@ from ml_playground.train.loop import (
     train,
     training_session,
 )
-
-OUT_META = "meta.json"
 
 
 def train_gpt(config: ExperimentConfig, *, ranks: Ranks | None = None) -> TrainSummary:
@@ -51,7 +50,7 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
     seed_everything(runtime.seed)  # the same initial weights on every rank
     meta_path = data.dataset_dir / data.meta_file
     meta = read_meta(meta_path)
-    last_path = checkpoint.gpt_path(runtime.out_dir, checkpoint.LAST)
+    last_path = run_folder.checkpoint_file(runtime.out_dir, run_folder.LAST)
     resume = checkpoint.load(last_path) if last_path.exists() else None
     if resume is not None:
         _check_same_tokenizer(meta, meta_path, resume, last_path)
@@ -61,19 +60,18 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
         checkpoint.load_weights(model, resume.model, last_path)
     settings = config.model_dump(mode="json")
 
-    def write(slot: Slot, state: TrainingState) -> Path:
-        path = checkpoint.gpt_path(runtime.out_dir, slot)
-        checkpoint.save(
-            path,
-            Checkpoint(
-                model=model.state_dict(),
-                state=state,
-                model_args=model_config,
-                config=settings,
-                tokenizer=meta.tokenizer,
-            ),
+    def write(slots: tuple[Slot, ...], state: TrainingState) -> Path:
+        saved = Checkpoint(
+            model=model.state_dict(),
+            state=state,
+            model_args=model_config,
+            config=settings,
+            tokenizer=meta.tokenizer,
         )
-        return path
+        paths = run_folder.checkpoint_files(runtime.out_dir, slots)
+        for path in paths:
+            checkpoint.save(path, saved)
+        return paths[0]
 
     run = assemble_run(
         train_config,
@@ -99,7 +97,7 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
     if ranks.is_main:
         # Sampling and export read the tokenizer from out_dir, never from dataset_dir.
         runtime.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(runtime.out_dir / OUT_META, meta.to_json())
+        atomic.write_json(run_folder.meta_file(runtime.out_dir), meta.to_json())
     return run
 
 

@@ -5,7 +5,7 @@ the dataset's tokenizer (structure tokens added at prepare time), and LoRA adapt
 applied (or loaded from out_dir/adapters/last to resume). Only the adapters train. The
 loop itself is train/loop.py's, the one the from-scratch GPT runs through; what this
 module adds is the model, the next-token loss of a batch, writing adapters folders
-(ml_playground/checkpoint.py) and, on request, the merged model afterwards.
+(checkpoint.py, into run_folder.py's slots) and, on request, the merged model afterwards.
 
 Under torchrun or `accelerate launch` the loop's rules hold: the peft model is wrapped in
 DistributedDataParallel (only its trainable parameters take part), each rank draws its own
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml_playground import atomic, checkpoint
-from ml_playground.checkpoint import RunMeta, Slot, TrainingState
+from ml_playground import atomic, checkpoint, run_folder
+from ml_playground.checkpoint import TrainingState
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
 from ml_playground.data.chat_records import ChatDatasetMeta, read_records_meta
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
@@ -50,6 +50,7 @@ from ml_playground.finetune.model import (
     save_weights,
     weights_dtype,
 )
+from ml_playground.run_folder import RunMeta, Slot
 from ml_playground.sample.hf import load_trained
 from ml_playground.train.loop import (
     Run,
@@ -89,7 +90,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     meta = read_records_meta(dataset_dir, chat=config.prepare.format is not None)
     _check_dataset_matches(meta, hf, dataset_dir)
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
-    last = checkpoint.adapters_dir(runtime.out_dir, checkpoint.LAST)
+    last = run_folder.adapters_dir(runtime.out_dir, run_folder.LAST)
     resume = checkpoint.resumable_state(last)
     if resume is not None and peft.enabled:
         saved_lora = read_adapter_config(last)  # a damaged folder stops here, before loading
@@ -142,10 +143,14 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
-    def write(slot: Slot, state: TrainingState) -> Path:
-        return checkpoint.save_adapters(
-            runtime.out_dir, slot, lambda folder: save_weights(model, folder), state
-        )
+    def write(slots: tuple[Slot, ...], state: TrainingState) -> Path:
+        folders = [
+            checkpoint.save_adapters(
+                runtime.out_dir, slot, lambda folder: save_weights(model, folder), state
+            )
+            for slot in slots
+        ]
+        return folders[0]
 
     run = assemble_run(
         train_config,
@@ -169,11 +174,10 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         ),
         resume=resume,
         resume_source=str(last),
-        keeps_final=True,
     )
     if ranks.is_main:
         # Sampling and export read the tokenizer and meta from out_dir, never dataset_dir.
-        checkpoint.copy_tokenizer(dataset_dir / TOKENIZER_DIR, runtime.out_dir)
+        run_folder.copy_tokenizer(dataset_dir / TOKENIZER_DIR, runtime.out_dir)
         run_meta.write(runtime.out_dir)
     return run
 
@@ -254,7 +258,7 @@ def _write_merged(config: ExperimentConfig, hf: HFModelConfig) -> Path:
         runtime.out_dir, hf, dtype=weights_dtype(hf, runtime), require_adapters=True
     )
     merged = merge_adapters(trained.model)
-    target = runtime.out_dir / checkpoint.MERGED_DIR
+    target = run_folder.merged_dir(runtime.out_dir)
     with atomic.atomic_directory(target) as staging:
         merged.save_pretrained(str(staging))  # pyright: ignore[reportUnknownMemberType] - untyped library
         trained.tokenizer.save_pretrained(str(staging))

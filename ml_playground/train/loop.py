@@ -31,8 +31,8 @@ from torch import nn
 from torch._dynamo.exc import TorchDynamoException
 from torch.nn.parallel import DistributedDataParallel
 
-from ml_playground import checkpoint
-from ml_playground.checkpoint import Slot, TrainingState
+from ml_playground import checkpoint, run_folder
+from ml_playground.checkpoint import TrainingState
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSampler, check_token_ids
 from ml_playground.device import Precision, resolve_precision, seed_everything
@@ -46,6 +46,7 @@ from ml_playground.distributed import (
     replicas_identical,
 )
 from ml_playground.errors import CheckpointError, SavedAndStopped
+from ml_playground.run_folder import Slot
 from ml_playground.train.interrupt import stop_requests
 from ml_playground.train.optim import Optimizers, build_optimizers, saved_optimizer
 from ml_playground.train.reporting import RunReporter, machine_lines
@@ -55,8 +56,9 @@ EVAL_SEED_OFFSET = 10_007  # eval batches come from their own stream, fixed acro
 
 Loss = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
 """A backend's loss of a batch: (model as called, inputs, targets) -> mean loss."""
-WriteWeights = Callable[[Slot, TrainingState], Path]
-"""A backend's save: write its weights and `state` into the slot; returns where."""
+WriteWeights = Callable[[tuple[Slot, ...], TrainingState], Path]
+"""A backend's save: write its weights and `state` into each slot (once into a place two
+slots share, run_folder.py's table); returns where the first went."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,6 @@ class Run:
     write: WriteWeights
     description: str
     """What trains, as the run's first line says it: "training 12.34M parameters"."""
-    keeps_final: bool = False
-    """Whether the backend keeps the weights at max_iters in a slot of their own."""
     resumed: bool = False
     iter_num: int = 0
     best_val_loss: float = math.inf
@@ -121,7 +121,7 @@ def training_session(train_config: TrainConfig, ranks: Ranks) -> Generator[Preci
     runtime = train_config.runtime
     precision = precision_for(ranks, resolve_precision(runtime.device, runtime.dtype))
     with process_group(ranks, precision.device):
-        lock = checkpoint.out_dir_lock(runtime.out_dir) if ranks.is_main else None
+        lock = run_folder.out_dir_lock(runtime.out_dir) if ranks.is_main else None
         with lock or contextlib.nullcontext():
             yield precision
 
@@ -178,11 +178,11 @@ def train(run: Run) -> TrainSummary:
                 # evaluation at max_iters is the final one below.
                 if run.iter_num % runtime.eval_interval == 0 and run.iter_num < runtime.max_iters:
                     with reporter.evaluating():  # not part of throughput or time per step
-                        last_val = _evaluate_and_save(run, reporter)
+                        last_val = _evaluate_and_save(run, reporter, (run_folder.LAST,))
 
                 # Ranks may see Ctrl-C at different steps; they must stop at the same one.
                 if any_rank(stop_requested(), run.precision.device):
-                    saved = save(run, checkpoint.LAST)
+                    saved = save(run, run_folder.LAST)
                     reporter.mark_progress(run.iter_num)
                     reporter.say(
                         f"interrupted at step {run.iter_num}; saved {saved} "
@@ -192,9 +192,9 @@ def train(run: Run) -> TrainSummary:
 
             if run.iter_num > start or not run.resumed:
                 with reporter.evaluating():
-                    last_val = _evaluate_and_save(run, reporter)
-        if run.keeps_final and run.iter_num >= runtime.max_iters:
-            save(run, checkpoint.FINAL)
+                    last_val = _evaluate_and_save(run, reporter, run_folder.END_SLOTS)
+            else:  # resumed at max_iters: only the final slot may be missing
+                save(run, run_folder.FINAL)
 
         if run.ranks.is_distributed:
             if not replicas_identical(run.parameters):
@@ -276,9 +276,10 @@ def evaluate(run: Run) -> dict[str, float]:
     return losses
 
 
-def save(run: Run, slot: Slot) -> Path:
-    """Write the run as of the last finished step into `slot`. Every rank's batch stream
-    and RNG are gathered (a collective, so all ranks call this); only rank 0 writes."""
+def save(run: Run, *slots: Slot) -> Path:
+    """Write the run as of the last finished step into `slots`; returns where the first
+    went. Every rank's batch stream and RNG are gathered (a collective, so all ranks call
+    this); only rank 0 writes."""
     samplers = gather_state(run.sampler.state_dict())
     rngs = gather_state(checkpoint.capture_rng())
     state = TrainingState(
@@ -292,11 +293,12 @@ def save(run: Run, slot: Slot) -> Path:
     )
     if not run.ranks.is_main:
         return run.train.runtime.out_dir
-    return run.write(slot, state)
+    return run.write(slots, state)
 
 
-def _evaluate_and_save(run: Run, reporter: RunReporter) -> float:
-    """Evaluate; save the best slot when validation improved, then the last slot.
+def _evaluate_and_save(run: Run, reporter: RunReporter, slots: tuple[Slot, ...]) -> float:
+    """Evaluate; save the best slot when validation improved, then `slots` (the last slot,
+    and at max_iters the final one too).
 
     Best goes first: a run killed between the two writes resumes from the older last,
     evaluates this step again and rewrites both, whereas last first would leave a last
@@ -307,8 +309,8 @@ def _evaluate_and_save(run: Run, reporter: RunReporter) -> float:
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
     if improved or run.train.runtime.always_save_checkpoint:
-        save(run, checkpoint.BEST)
-    save(run, checkpoint.LAST)
+        save(run, run_folder.BEST)
+    save(run, *slots)
     return losses["val"]
 
 
@@ -328,7 +330,6 @@ def assemble_run(
     description: str,
     resume: TrainingState | None,
     resume_source: str,
-    keeps_final: bool = False,
     compile_model: bool = False,
 ) -> Run:
     """Optimizer, grad scaler, batches, DDP and the resumed state around a built model.
@@ -370,7 +371,6 @@ def assemble_run(
         loss=loss,
         write=write,
         description=description,
-        keeps_final=keeps_final,
         resumed=resume is not None,
     )
     seed_everything(runtime.seed + ranks.rank)

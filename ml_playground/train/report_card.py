@@ -25,12 +25,16 @@ from ml_playground import atomic
 from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import ReportError, SavedAndStopped
 from ml_playground.progress import format_duration
+from ml_playground.run_folder import (
+    PLOT_FILE,
+    TB_DIR,
+    plot_file,
+    report_file,
+    samples_dir,
+    tensorboard_dir,
+)
 from ml_playground.train import reporting
-from ml_playground.train.reporting import TB_SUBDIR
 
-REPORT_FILE = "report.md"
-PLOT_FILE = "loss.png"
-SAMPLES_DIR = "samples"
 SAMPLES_SHOWN = 3  # the newest; older ones stay in out_dir/samples
 SAMPLE_CHARS = 2000
 PLOT_INCHES, PLOT_DPI = (10.0, 4.0), 100  # a 1000 x 400 pixel PNG
@@ -80,7 +84,7 @@ class RunFacts:
 
 def read_events(out_dir: Path) -> RunEvents:
     """Every scalar and text event of the run in out_dir; a one-line error if there is none."""
-    log_dir = out_dir / TB_SUBDIR
+    log_dir = tensorboard_dir(out_dir)
     if not any(log_dir.glob("events.out.tfevents.*")):
         raise ReportError(
             f"no training run to report on: {log_dir} holds no TensorBoard events; train first "
@@ -162,10 +166,10 @@ def write_report(loaded: LoadedConfig, name: str) -> Path:
     """out_dir/report.md and out_dir/loss.png from the run's events; returns the report."""
     out_dir = loaded.config.train.runtime.out_dir
     events = read_events(out_dir)
-    with atomic.atomic_open(out_dir / PLOT_FILE, "wb") as handle:
+    with atomic.atomic_open(plot_file(out_dir), "wb") as handle:
         plot_curves(events, handle)
     text = render(name, summarize(events), events, loaded, newest_samples(out_dir))
-    report = out_dir / REPORT_FILE
+    report = report_file(out_dir)
     atomic.write_text(report, text)
     return report
 
@@ -194,7 +198,7 @@ def report_after_training(loaded: LoadedConfig, name: str) -> None:
         )
         return
     report = write_report(loaded, name)
-    print(f"report: {report} and {report.with_name(PLOT_FILE)}")
+    print(f"report: {report} and {plot_file(report.parent)}")
 
 
 def log_first_sample(loaded: LoadedConfig, text: str) -> None:
@@ -211,7 +215,7 @@ def log_first_sample(loaded: LoadedConfig, text: str) -> None:
 
 def newest_samples(out_dir: Path) -> list[Path]:
     """The newest saved samples, oldest first (their names sort by the time they were saved)."""
-    return sorted((out_dir / SAMPLES_DIR).glob("*.txt"))[-SAMPLES_SHOWN:]
+    return sorted(samples_dir(out_dir).glob("*.txt"))[-SAMPLES_SHOWN:]
 
 
 def render(
@@ -226,7 +230,7 @@ def render(
         f"# Run report: {name}",
         "",
         f"Trained {_date(events.started)} to {_date(events.ended)}; built from "
-        f"`{TB_SUBDIR}` by `ml-playground report` (run it again to rebuild this file).",
+        f"`{TB_DIR}` by `ml-playground report` (run it again to rebuild this file).",
         "",
     ]
     description = events.last_text(reporting.TEXT_DESCRIPTION)

@@ -27,6 +27,7 @@ from ml_playground import console
 from ml_playground.cpu_probe import cpu_model
 from ml_playground.device import Precision
 from ml_playground.progress import format_duration, remaining_s
+from ml_playground.run_folder import tensorboard_dir
 
 TAG_TRAIN_LOSS = "train/loss"
 TAG_VAL_LOSS = "val/loss"
@@ -46,7 +47,6 @@ TAG_TRAINABLE = "run/trainable_parameters"
 TEXT_DESCRIPTION = "run/description"
 TEXT_MACHINE = "run/machine"
 TEXT_FIRST_SAMPLE = "samples/first"
-TB_SUBDIR = Path("logs") / "tb"
 
 
 class _EventWriter(Protocol):
@@ -61,7 +61,7 @@ def tensorboard_writer(out_dir: Path) -> _EventWriter:
     # Imported here: tensorboard pulls in a lot and only training needs it.
     from torch.utils.tensorboard.writer import SummaryWriter  # noqa: PLC0415
 
-    log_dir = out_dir / TB_SUBDIR
+    log_dir = tensorboard_dir(out_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     writer: _EventWriter = SummaryWriter(log_dir=str(log_dir))
     return writer

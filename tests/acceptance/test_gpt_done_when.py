@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.experiments import EXPERIMENTS_ROOT, list_experiments
 from tests.conftest import SHARED_DIR
 
@@ -101,7 +101,7 @@ def test_loop_bundestag_char_runs_out_of_the_box(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "seeded the bundled sample" in result.stdout
     out_dir = folder / "out" / "bundestag_char"
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == SHORT_RUN["max_iters"]
+    assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == SHORT_RUN["max_iters"]
     assert list((out_dir / "samples").glob("*.txt"))
     assert "Präsidentin:" in result.stdout  # the prompt starts the streamed sample
 

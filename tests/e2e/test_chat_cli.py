@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import checkpoint
+from ml_playground import run_folder
 from ml_playground.config_loader import load_config
 from ml_playground.sample.chat import HELP, Streams, chat
 from ml_playground.sample.hf import load_hf
@@ -112,7 +112,7 @@ def test_chat_with_flipped_adapter_bits_is_the_same_one_error_line_as_sample(
 ) -> None:
     folder = tmp_path / "damaged"
     shutil.copytree(fine_tune, folder, symlinks=True)
-    best = checkpoint.adapters_dir(folder / "out", checkpoint.BEST)
+    best = run_folder.adapters_dir(folder / "out", run_folder.BEST)
     flip_a_tensor_byte(best / "adapter_model.safetensors")
 
     line = assert_one_error_line(run_chat(folder, "Wer spricht?\n"))

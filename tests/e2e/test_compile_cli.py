@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from tests.e2e.test_gpt_pipeline_cli import Cli, prepared_run, reconfigure
 from tests.gpt_helpers import TomlValue
 
@@ -43,8 +43,8 @@ def test_train_with_compile_on_runs_compiled_and_matches_the_eager_run(
     assert "Traceback" not in compiled.stderr
     assert "compile:" not in compiled.stdout, "compiled without falling back"
     assert eager.returncode == 0, eager.stderr
-    ran = checkpoint.load(folder / "out" / checkpoint.LAST_FILE).state
-    reference = checkpoint.load(folder / "eager" / checkpoint.LAST_FILE).state
+    ran = checkpoint.load(folder / "out" / run_folder.LAST_FILE).state
+    reference = checkpoint.load(folder / "eager" / run_folder.LAST_FILE).state
     assert ran.iter_num == reference.iter_num == 4
     # Inductor fuses and reorders float32 arithmetic: equal up to rounding, not bitwise.
     assert ran.best_val_loss == pytest.approx(reference.best_val_loss, rel=1e-4)

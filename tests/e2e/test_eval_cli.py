@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812 - the conventional name
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.packing import PACKED_DIR
 from ml_playground.data.tokenizer import CharTokenizer
@@ -140,7 +140,7 @@ def gpt_run(tmp_path_factory: pytest.TempPathFactory) -> ExperimentConfig:
 def own_gpt_nll(config: ExperimentConfig, ids: np.ndarray[Any, Any]) -> float:
     """The checkpoint's summed loss over non-overlapping windows, computed here: its logits
     over the tokenizer's vocabulary, cross-entropy against the next id."""
-    ckpt = checkpoint.load(checkpoint.gpt_for_sampling(config.train.runtime.out_dir))
+    ckpt = checkpoint.load(run_folder.gpt_for_sampling(config.train.runtime.out_dir))
     from ml_playground.model.gpt import GPT  # noqa: PLC0415 - as the sampler builds it
 
     model = GPT(ckpt.model_args)
@@ -173,7 +173,7 @@ def test_eval_of_a_gpt_scores_its_val_split_as_the_model_itself_does(
     assert saved["evaluated"]["sha256"] == hashlib.sha256(val.read_bytes()).hexdigest()
     assert saved["evaluated"]["tokens"] == len(ids)
     assert score["targets"] == len(ids) - 1
-    assert score["weights"] == str(gpt_run.train.runtime.out_dir / checkpoint.BEST_FILE)
+    assert score["weights"] == str(gpt_run.train.runtime.out_dir / run_folder.BEST_FILE)
     expected = own_gpt_nll(gpt_run, ids)
     assert score["nll_nats"] == pytest.approx(expected, rel=1e-5)
     assert score["loss"] == pytest.approx(expected / (len(ids) - 1), rel=1e-5)
@@ -275,7 +275,7 @@ def test_an_unusable_text_file_exits_2_in_one_line_naming_it(
 
 def test_eval_without_a_trained_model_exits_2_naming_out_dir(cli: EvalCli, tmp_path: Path) -> None:
     folder = random_run(tmp_path / "run")
-    (folder / "out" / checkpoint.BEST_FILE).unlink()
+    (folder / "out" / run_folder.BEST_FILE).unlink()
 
     line = assert_one_error_line(cli.run(folder))
 
@@ -334,7 +334,7 @@ def own_lora_nll(
     hf = config.train.hf_model
     assert hf is not None
     base = AutoModelForCausalLM.from_pretrained(hf.model_name, dtype=torch.float32)  # pyright: ignore[reportUnknownMemberType] - untyped library
-    adapters = checkpoint.adapters_dir(config.train.runtime.out_dir, checkpoint.BEST)
+    adapters = run_folder.adapters_dir(config.train.runtime.out_dir, run_folder.BEST)
     with warnings.catch_warnings():  # peft asks transformers for a deprecated attribute
         warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
         model: Any = PeftModel.from_pretrained(base, str(adapters))  # pyright: ignore[reportUnknownMemberType] - untyped library
@@ -376,7 +376,7 @@ def test_eval_of_a_lora_run_scores_the_answers_of_the_val_split_base_and_fine_tu
     assert "assistant tokens only" in saved["evaluated"]["counted"]
     fine_tuned, base = saved["scores"]
     assert (fine_tuned["model"], base["model"]) == ("fine-tuned", "base (adapters off)")
-    assert fine_tuned["weights"] == str(checkpoint.adapters_dir(out_dir, checkpoint.BEST))
+    assert fine_tuned["weights"] == str(run_folder.adapters_dir(out_dir, run_folder.BEST))
     assert fine_tuned["targets"] == base["targets"] == int(mask[1:].sum()) < len(ids) - 1
     own_fine_tuned, own_base = own_lora_nll(lora_run, ids.tolist(), mask.tolist())
     assert fine_tuned["nll_nats"] == pytest.approx(own_fine_tuned, rel=1e-4)

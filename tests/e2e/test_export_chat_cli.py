@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ml_playground.checkpoint import RunMeta
+from ml_playground.run_folder import RunMeta
 from tests.cli_helpers import assert_one_error_line, cli_entry, run_command
 from tests.finetune_helpers import chat_tokenizer
 from tests.toml_helpers import dotted_toml

@@ -10,6 +10,7 @@ or touching the network.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.config_loader import load_config
+from ml_playground.digest import file_digest
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.train import report_card, reporting
 from tests.cli_helpers import (
@@ -162,8 +164,8 @@ def test_loop_speakger_with_a_tiny_local_model_runs_end_to_end(
     assert "fine-tuning" in result.stdout
     assert "done: step 6" in result.stdout
     out_dir = workdir / "out"
-    for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.FINAL):
-        assert (checkpoint.adapters_dir(out_dir, name) / "adapter_model.safetensors").is_file()
+    for name in (run_folder.BEST, run_folder.LAST, run_folder.FINAL):
+        assert (run_folder.adapters_dir(out_dir, name) / "adapter_model.safetensors").is_file()
     suffixes = sorted(path.suffix for path in (out_dir / "samples").iterdir())
     assert suffixes == [".json", ".txt"]
     assert f"sampling from {tiny_models.gemma3} + {out_dir / 'adapters' / 'best'}" in result.stderr
@@ -309,7 +311,7 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     # Prepared in-process: the subprocesses that matter here are the two trainings.
     loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
     prepare_speech_records(loaded.config, frozenset({".csv"}))
-    last = checkpoint.adapters_dir(workdir / "out", checkpoint.LAST)
+    last = run_folder.adapters_dir(workdir / "out", run_folder.LAST)
     with cli.started("train", "speakger") as process:
         deadline = time.monotonic() + TIMEOUT
         while not last.exists() and process.poll() is None:
@@ -352,7 +354,7 @@ def test_a_ctrl_c_at_an_eval_boundary_resumes_into_the_uninterrupted_run(
     assert cli.run("train", "speakger").returncode == 0
     configure(workdir, tiny_models.qwen2, settings)
     out_dir = workdir / "out"
-    last = checkpoint.adapters_dir(out_dir, checkpoint.LAST)
+    last = run_folder.adapters_dir(out_dir, run_folder.LAST)
 
     stopped = cli.run("train", "speakger", ("sigint-after-step", "3"))
 
@@ -362,23 +364,23 @@ def test_a_ctrl_c_at_an_eval_boundary_resumes_into_the_uninterrupted_run(
         f"interrupted; saved {last}, run the same command to resume"
     )
     # The boundary at step 3 was evaluated before the stop, as in the uninterrupted run.
-    best = checkpoint.adapters_dir(out_dir, checkpoint.BEST)
+    best = run_folder.adapters_dir(out_dir, run_folder.BEST)
     assert checkpoint.load_state(best).iter_num == checkpoint.load_state(last).iter_num == 3
     resumed = cli.run("train", "speakger")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step 3" in resumed.stdout
 
     straight = workdir / "straight"
-    for slot in (checkpoint.BEST, checkpoint.LAST, checkpoint.FINAL):
+    for slot in (run_folder.BEST, run_folder.LAST, run_folder.FINAL):
         assert same_tensors(adapter_weights(straight, slot), adapter_weights(out_dir, slot)), slot
         expected, got = (
-            checkpoint.load_state(checkpoint.adapters_dir(out, slot)) for out in (straight, out_dir)
+            checkpoint.load_state(run_folder.adapters_dir(out, slot)) for out in (straight, out_dir)
         )
         assert (got.iter_num, got.best_val_loss) == (expected.iter_num, expected.best_val_loss)
         assert same_tensors(expected.optimizer, got.optimizer), slot
         assert same_tensors(expected.rng, got.rng), slot
     tag = reporting.TAG_VAL_LOSS
-    evaluations = [scalar_events(out / reporting.TB_SUBDIR)[tag] for out in (straight, out_dir)]
+    evaluations = [scalar_events(out / run_folder.TB_DIR)[tag] for out in (straight, out_dir)]
     assert [step for step, _ in evaluations[1]] == [3, 6]
     assert evaluations[1] == evaluations[0]
     assert sha256_of_files(workdir / "datasets") == dataset
@@ -420,27 +422,27 @@ def test_adapters_without_their_training_state_stop_train_and_stay_as_they_are(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
     two_step_run(workdir, cli, tiny_models)
-    last = checkpoint.adapters_dir(workdir / "out", checkpoint.LAST)
+    last = run_folder.adapters_dir(workdir / "out", run_folder.LAST)
     (last / checkpoint.STATE_FILE).unlink()
-    before = sha256_of_files(workdir / "out" / checkpoint.ADAPTERS_DIR)
+    before = sha256_of_files(workdir / "out" / run_folder.ADAPTERS_DIR)
 
     line = assert_one_error_line(cli.run("train", "speakger"))
 
     assert f"{last} holds no {checkpoint.STATE_FILE}" in line
     assert "move" in line
-    assert sha256_of_files(workdir / "out" / checkpoint.ADAPTERS_DIR) == before
+    assert sha256_of_files(workdir / "out" / run_folder.ADAPTERS_DIR) == before
 
 
 def test_a_flipped_bit_in_the_adapters_stops_train_and_sample_and_changes_nothing(
     workdir: Path, cli: Cli, tiny_models: TinyModels
 ) -> None:
     two_step_run(workdir, cli, tiny_models)
-    adapters = workdir / "out" / checkpoint.ADAPTERS_DIR
-    for slot in (checkpoint.LAST, checkpoint.BEST):
+    adapters = workdir / "out" / run_folder.ADAPTERS_DIR
+    for slot in (run_folder.LAST, run_folder.BEST):
         flip_a_tensor_byte(adapters / slot / "adapter_model.safetensors")
     before = sha256_of_files(adapters)
 
-    for verb, slot in (("train", checkpoint.LAST), ("sample", checkpoint.BEST)):
+    for verb, slot in (("train", run_folder.LAST), ("sample", run_folder.BEST)):
         line = assert_one_error_line(cli.run(verb, "speakger"))
         damaged = adapters / slot / "adapter_model.safetensors"
         assert f"{damaged} fails its integrity check" in line, verb
@@ -464,17 +466,21 @@ def test_a_failed_prepare_leaves_the_previous_dataset_as_it_was(
 
 
 @pytest.mark.parametrize("damage", ["garbage adapter_config.json", "truncated weights"])
-def test_damaged_adapters_without_digests_are_one_error_line_and_stay(
+def test_adapters_damaged_before_their_digests_were_taken_are_one_error_line_and_stay(
     workdir: Path, cli: Cli, tiny_models: TinyModels, damage: str
 ) -> None:
     two_step_run(workdir, cli, tiny_models)
-    best = checkpoint.adapters_dir(workdir / "out", checkpoint.BEST)
-    (best / checkpoint.INTEGRITY_FILE).unlink()  # as written before the digests existed
+    best = run_folder.adapters_dir(workdir / "out", run_folder.BEST)
     if damage == "truncated weights":
         weights = best / "adapter_model.safetensors"
         weights.write_bytes(weights.read_bytes()[:100])
     else:
         (best / "adapter_config.json").write_text("{not json", encoding="utf-8")
+    # Digests that vouch for the damage: peft's own reading has to report it.
+    files = {path.name: file_digest(path) for path in best.iterdir() if path.is_file()}
+    del files[checkpoint.INTEGRITY_FILE]
+    manifest = checkpoint.FolderDigests(files=files)
+    (best / checkpoint.INTEGRITY_FILE).write_text(json.dumps(manifest.to_json()), encoding="utf-8")
     before = sha256_of_files(best)
 
     line = assert_one_error_line(cli.run("sample", "speakger"))
@@ -507,10 +513,10 @@ def test_a_lora_loop_reports_trainable_parameters_and_its_sample(
 
     assert result.returncode == 0, result.stderr
     out_dir = workdir / "out"
-    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
-    report = out_dir / report_card.REPORT_FILE
+    assert png_pixels(out_dir / run_folder.PLOT_FILE) == (1000, 400)
+    report = out_dir / run_folder.REPORT_FILE
     rows = report_rows(report)
-    scalars = scalar_events(out_dir / reporting.TB_SUBDIR)
+    scalars = scalar_events(out_dir / run_folder.TB_DIR)
     assert rows["steps"] == "6 of 6"
     val = scalars[reporting.TAG_VAL_LOSS]
     assert rows["last val loss"] == f"{val[-1][1]:.4f} at step {val[-1][0]}"

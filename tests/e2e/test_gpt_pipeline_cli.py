@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 import torch
 
-from ml_playground import atomic, checkpoint
-from ml_playground.train import report_card, reporting
+from ml_playground import atomic, checkpoint, run_folder
+from ml_playground.digest import content_digest
+from ml_playground.train import reporting
 from tests.cli_helpers import (
     EXIT_KILLED,
     assert_one_error_line,
@@ -173,13 +174,13 @@ def test_loop_prepares_trains_and_prints_samples(workdir: Path, cli: Cli, name: 
     assert "done: step 10, best val loss" in result.stdout
     assert "--- sample 1/1 ---" in result.stderr
     assert str(EXPERIMENTS[name]["sample.sample.start"]) in result.stdout
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 10
-    assert (out_dir / checkpoint.BEST_FILE).is_file()
+    assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == 10
+    assert (out_dir / run_folder.BEST_FILE).is_file()
     (saved,) = (out_dir / "samples").glob("*.txt")
     assert saved.read_text(encoding="utf-8") in result.stdout
     # Readable by a TensorBoard or Ollama service running as another user, as the umask says.
     umask = atomic.current_umask()
-    for path in (out_dir / checkpoint.LAST_FILE, out_dir / "meta.json", saved):
+    for path in (out_dir / run_folder.LAST_FILE, out_dir / "meta.json", saved):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     for path in (folder / "datasets" / "train.bin", folder / "datasets" / "meta.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
@@ -217,7 +218,7 @@ def test_a_token_id_outside_the_vocabulary_exits_2_naming_the_file(workdir: Path
     line = assert_one_error_line(cli.run("train", folder))
 
     assert f"{train_bin} holds token id 60000, outside the vocabulary of" in line
-    assert not (folder / "out" / checkpoint.LAST_FILE).exists()
+    assert not (folder / "out" / run_folder.LAST_FILE).exists()
 
 
 def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothing(
@@ -226,11 +227,11 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
     folder = experiment(workdir, "bundestag_char")
     assert cli.run("loop", folder).returncode == 0
     out_dir = folder / "out"
-    for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE):
+    for name in (run_folder.LAST_FILE, run_folder.BEST_FILE):
         flip_a_tensor_byte(out_dir / name)
     before = sha256_of_files(out_dir)
 
-    for verb, name in (("train", checkpoint.LAST_FILE), ("sample", checkpoint.BEST_FILE)):
+    for verb, name in (("train", run_folder.LAST_FILE), ("sample", run_folder.BEST_FILE)):
         line = assert_one_error_line(cli.run(verb, folder))
         assert f"checkpoint {out_dir / name} fails its integrity check" in line, verb
     assert sha256_of_files(out_dir) == before
@@ -239,7 +240,7 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
 def endless_run(workdir: Path, cli: Cli) -> tuple[Path, Path]:
     """A prepared bundestag_char experiment that trains until stopped; and its ckpt_last."""
     folder = prepared_run(workdir, cli, {"train.runtime.max_iters": 100_000})
-    return folder, folder / "out" / checkpoint.LAST_FILE
+    return folder, folder / "out" / run_folder.LAST_FILE
 
 
 def wait_for(last: Path, process: subprocess.Popen[str]) -> None:
@@ -263,7 +264,7 @@ def test_a_second_train_on_a_busy_out_dir_exits_2_naming_the_running_one(
         first.communicate(timeout=TIMEOUT)
     assert f"is in use by another training run (pid {first.pid}" in line
     assert first.returncode == EXIT_INTERRUPTED
-    assert not (folder / "out" / checkpoint.LOCK_FILE).exists()
+    assert not (folder / "out" / run_folder.LOCK_FILE).exists()
 
 
 def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
@@ -287,11 +288,12 @@ def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
 def test_a_checkpoint_whose_weights_do_not_fit_exits_2_and_stays(workdir: Path, cli: Cli) -> None:
     folder = experiment(workdir, "bundestag_char")
     assert cli.run("loop", folder).returncode == 0
-    best = folder / "out" / checkpoint.BEST_FILE
+    best = folder / "out" / run_folder.BEST_FILE
     payload = torch.load(best, weights_only=True)
-    del payload[checkpoint.DIGEST_KEY]  # as written by a version without the digest
+    del payload[checkpoint.DIGEST_KEY]
     del payload["model"]["lm_head.weight"]
-    torch.save(payload, best)
+    # Sealed again, so the digest vouches for the damage and the weights check meets it.
+    torch.save({**payload, checkpoint.DIGEST_KEY: content_digest(payload)}, best)
     before = best.read_bytes()
 
     line = assert_one_error_line(cli.run("sample", folder))
@@ -344,7 +346,7 @@ def train_uninterrupted(folder: Path, cli: Cli, changes: Mapping[str, TomlValue]
 
 def assert_same_checkpoints(expected: Path, actual: Path) -> None:
     """Both out_dirs hold the same last and best: step, best loss, weights, optimizer, RNG."""
-    for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE):
+    for name in (run_folder.LAST_FILE, run_folder.BEST_FILE):
         a, b = checkpoint.load(expected / name), checkpoint.load(actual / name)
         assert a.state.iter_num == b.state.iter_num, name
         assert a.state.best_val_loss == b.state.best_val_loss, name
@@ -354,7 +356,7 @@ def assert_same_checkpoints(expected: Path, actual: Path) -> None:
 
 
 def evaluations(out_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    scalars = scalar_events(out_dir / reporting.TB_SUBDIR)
+    scalars = scalar_events(out_dir / run_folder.TB_DIR)
     return {tag: scalars[tag] for tag in (reporting.TAG_VAL_LOSS, reporting.TAG_EVAL_TRAIN_LOSS)}
 
 
@@ -373,7 +375,7 @@ def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
     folder = prepared_run(workdir, cli, changes)
     dataset = sha256_of_files(folder / "datasets")
     out_dir = folder / "out"
-    last = out_dir / checkpoint.LAST_FILE
+    last = out_dir / run_folder.LAST_FILE
 
     stopped = cli.run("train", folder, ("sigint-after-step", str(stop_at)))
 
@@ -406,11 +408,11 @@ def test_a_kill_between_the_best_and_last_writes_leaves_a_pair_that_resume_repai
     out_dir = folder / "out"
 
     # Best is written at steps 4 and 8; the process dies right after the second.
-    killed = cli.run("train", folder, ("kill-after-write", checkpoint.BEST_FILE, "2"))
+    killed = cli.run("train", folder, ("kill-after-write", run_folder.BEST_FILE, "2"))
 
     assert killed.returncode == EXIT_KILLED, killed.stderr
     best, last = (
-        checkpoint.load(out_dir / name) for name in (checkpoint.BEST_FILE, checkpoint.LAST_FILE)
+        checkpoint.load(out_dir / name) for name in (run_folder.BEST_FILE, run_folder.LAST_FILE)
     )
     assert (best.state.iter_num, last.state.iter_num) == (8, 4)
     assert last.state.best_val_loss > best.state.best_val_loss
@@ -430,17 +432,17 @@ def test_a_kill_during_a_save_keeps_the_old_checkpoint_and_the_next_run_removes_
     reconfigure(folder, {"train.runtime.max_iters": 4})
 
     # The new ckpt_last.pt is complete in its temporary file when the process dies.
-    killed = cli.run("train", folder, ("kill-before-rename", checkpoint.LAST_FILE))
+    killed = cli.run("train", folder, ("kill-before-rename", run_folder.LAST_FILE))
 
     assert killed.returncode == EXIT_KILLED, killed.stderr
-    assert len(list(out_dir.glob(f".{checkpoint.LAST_FILE}.*.tmp"))) == 1
+    assert len(list(out_dir.glob(f".{run_folder.LAST_FILE}.*.tmp"))) == 1
     after = sha256_of_files(out_dir)
-    assert after[checkpoint.LAST_FILE] == before[checkpoint.LAST_FILE]
+    assert after[run_folder.LAST_FILE] == before[run_folder.LAST_FILE]
     resumed = cli.run("train", folder)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step 2" in resumed.stdout
     assert not [path for path in out_dir.iterdir() if path.name.startswith(".")]
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 4
+    assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == 4
 
 
 @pytest.mark.parametrize(
@@ -465,8 +467,8 @@ def test_best_holds_the_step_with_the_lowest_val_loss_unless_always_save_is_on(
     assert result.returncode == 0, result.stderr
     assert "done: step 12, best val loss 1.0000" in result.stdout
     out_dir = folder / "out"
-    best = checkpoint.load(out_dir / checkpoint.BEST_FILE)
-    last = checkpoint.load(out_dir / checkpoint.LAST_FILE)
+    best = checkpoint.load(out_dir / run_folder.BEST_FILE)
+    last = checkpoint.load(out_dir / run_folder.LAST_FILE)
     assert best.state.iter_num == best_step
     assert last.state.iter_num == 12
     assert last.state.best_val_loss == best.state.best_val_loss == 1.0
@@ -510,12 +512,12 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_error_line_and_the_checkpoi
         free = os.statvfs(out_dir)
         (out_dir.parent / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 64 * 1024))
     else:
-        fault = ("fail-fsync", checkpoint.BEST_FILE, "ENOSPC")
+        fault = ("fail-fsync", run_folder.BEST_FILE, "ENOSPC")
 
     line = assert_one_error_line(cli.run("train", folder, fault))
 
     assert line.startswith(
-        f"error: No space left on device: {out_dir / checkpoint.BEST_FILE}; the disk is full"
+        f"error: No space left on device: {out_dir / run_folder.BEST_FILE}; the disk is full"
     )
     assert sha256_of_files(out_dir) == before
 
@@ -549,7 +551,7 @@ def test_a_read_only_or_unwritable_out_dir_is_one_error_line_and_the_checkpoints
         prefix = without_root_file_access()
         out_dir.chmod(0o555)
     else:
-        fault = ("refuse-open", checkpoint.BEST_FILE, errno.errorcode[code])
+        fault = ("refuse-open", run_folder.BEST_FILE, errno.errorcode[code])
 
     line = assert_one_error_line(cli.run("train", folder, fault, prefix=prefix))
 
@@ -612,11 +614,11 @@ def test_train_logs_step_of_total_with_elapsed_and_eta_and_reports_the_events_nu
     assert [(int(m["step"]), int(m["total"])) for m in logged if m] == [
         (step, 10) for step in (2, 4, 6, 8, 10)
     ]
-    report = out_dir / report_card.REPORT_FILE
-    assert f"report: {report} and {out_dir / report_card.PLOT_FILE}" in result.stdout
-    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
+    report = out_dir / run_folder.REPORT_FILE
+    assert f"report: {report} and {out_dir / run_folder.PLOT_FILE}" in result.stdout
+    assert png_pixels(out_dir / run_folder.PLOT_FILE) == (1000, 400)
     rows = report_rows(report)
-    scalars = scalar_events(out_dir / reporting.TB_SUBDIR)
+    scalars = scalar_events(out_dir / run_folder.TB_DIR)
     val = scalars[reporting.TAG_VAL_LOSS]
     best, last = min(val, key=lambda point: point[1]), val[-1]
     assert rows["best val loss"] == f"{best[1]:.4f} at step {best[0]}"
@@ -631,12 +633,12 @@ def test_train_logs_step_of_total_with_elapsed_and_eta_and_reports_the_events_nu
     # The report is the events' whole story: rebuilt from them alone, it says the same.
     first = report.read_text(encoding="utf-8")
     report.unlink()
-    (out_dir / report_card.PLOT_FILE).unlink()
+    (out_dir / run_folder.PLOT_FILE).unlink()
     rebuilt = cli.run("report", folder)
 
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert report.read_text(encoding="utf-8") == first
-    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
+    assert png_pixels(out_dir / run_folder.PLOT_FILE) == (1000, 400)
 
 
 def test_ctrl_c_writes_the_report_of_the_steps_done_after_saving_the_checkpoint(
@@ -644,7 +646,7 @@ def test_ctrl_c_writes_the_report_of_the_steps_done_after_saving_the_checkpoint(
 ) -> None:
     folder = prepared_run(workdir, cli, REPORTED)
     out_dir = folder / "out"
-    last = out_dir / checkpoint.LAST_FILE
+    last = out_dir / run_folder.LAST_FILE
 
     stopped = cli.run("train", folder, ("sigint-after-step", "3"))
 
@@ -653,10 +655,10 @@ def test_ctrl_c_writes_the_report_of_the_steps_done_after_saving_the_checkpoint(
         f"interrupted; saved {last}, run the same command to resume"
     )
     assert checkpoint.load(last).state.iter_num == 3
-    rows = report_rows(out_dir / report_card.REPORT_FILE)
+    rows = report_rows(out_dir / run_folder.REPORT_FILE)
     assert rows["steps"] == "3 of 10"
     assert rows["tokens seen"] == f"{3 * TOKENS_PER_STEP:,}"
-    assert png_pixels(out_dir / report_card.PLOT_FILE) == (1000, 400)
+    assert png_pixels(out_dir / run_folder.PLOT_FILE) == (1000, 400)
 
 
 def test_report_before_any_run_exits_2_naming_the_missing_events(workdir: Path, cli: Cli) -> None:
@@ -664,5 +666,5 @@ def test_report_before_any_run_exits_2_naming_the_missing_events(workdir: Path, 
 
     line = assert_one_error_line(cli.run("report", folder))
 
-    assert f"{folder / 'out' / reporting.TB_SUBDIR} holds no TensorBoard events" in line
-    assert not (folder / "out" / report_card.REPORT_FILE).exists()
+    assert f"{folder / 'out' / run_folder.TB_DIR} holds no TensorBoard events" in line
+    assert not (folder / "out" / run_folder.REPORT_FILE).exists()

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tiktoken
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.data.sources import TINY_SHAKESPEARE
 from tests.cli_helpers import assert_one_error_line, run_command, run_with_reader_gone
 from tests.conftest import SHARED_DIR
@@ -186,7 +186,7 @@ def test_loop_offline_trains_and_prints_samples_with_no_download(first_run: Firs
     assert result.returncode == 0, result.stderr
     assert f"dataset up to date: {offline.folder / 'datasets'}" in result.stdout
     out_dir = offline.folder / "out"
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 4
+    assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == 4
     samples = saved_samples(offline.folder)
     assert len(samples) == NUM_SAMPLES
     assert all(sample.startswith("ROMEO:") for sample in samples)
@@ -214,7 +214,7 @@ def test_sample_redirected_to_a_file_writes_only_the_samples_there(
     assert result.returncode == 0, result.stderr
     samples = saved_samples(trained.folder)
     assert text_file.read_text(encoding="utf-8") == "\n\n".join(samples) + "\n"
-    assert f"sampling from {trained.folder / 'out' / checkpoint.BEST_FILE}" in result.stderr
+    assert f"sampling from {trained.folder / 'out' / run_folder.BEST_FILE}" in result.stderr
     assert result.stderr.count("--- saved ") == NUM_SAMPLES
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_playground import checkpoint
+from ml_playground import run_folder
 from ml_playground.data.batches import BatchSampler
 from ml_playground.data.chat_records import prepare_chat_dataset
 from ml_playground.data.jsonl_records import read_token_records
@@ -58,7 +58,7 @@ def test_a_tiny_model_trains_lora_steps_on_a_messages_jsonl(
 
     assert summary.iter_num == 6
     assert math.isfinite(summary.best_val_loss)
-    assert (checkpoint.adapters_dir(out_dir, checkpoint.FINAL) / ADAPTER_FILE).is_file()
+    assert (run_folder.adapters_dir(out_dir, run_folder.FINAL) / ADAPTER_FILE).is_file()
     packed = out_dir / PACKED_DIR
     for split in ("train", "val"):
         tokens = np.fromfile(packed / f"{split}.bin", dtype=np.uint16)

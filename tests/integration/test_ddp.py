@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground import checkpoint, pipeline
+from ml_playground import checkpoint, pipeline, run_folder
 from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment
@@ -57,11 +57,11 @@ def experiment(folder: Path, **changes: TomlValue) -> Path:
 
 
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:
-    return dict(checkpoint.load(folder / "out" / checkpoint.LAST_FILE).model)
+    return dict(checkpoint.load(folder / "out" / run_folder.LAST_FILE).model)
 
 
 def last_state(folder: Path) -> checkpoint.TrainingState:
-    return checkpoint.load(folder / "out" / checkpoint.LAST_FILE).state
+    return checkpoint.load(folder / "out" / run_folder.LAST_FILE).state
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_a_failing_rank_fails_the_whole_job_without_hanging(tmp_path: Path) -> N
 
     assert result.returncode != 0
     assert "simulated worker failure" in result.stdout + result.stderr
-    assert not (folder / "out" / checkpoint.LAST_FILE).exists()
+    assert not (folder / "out" / run_folder.LAST_FILE).exists()
 
 
 @pytest.mark.parametrize("step", [pipeline.prepare, pipeline.sample, pipeline.report])

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
+from ml_playground.run_folder import TB_DIR
 from ml_playground.train.hf import train_lora
 from ml_playground.train.report_card import reported
-from ml_playground.train.reporting import TB_SUBDIR
 from tests.cli_helpers import GLOO_TEARDOWN_ABORT, run_command
 from tests.conftest import REPO_ROOT
 from tests.finetune_helpers import TinyModels, TomlValue, adapter_weights, speeches_experiment
@@ -119,7 +119,7 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b_and_only_rank_0_
     # at zero. After 6 steps the adapters (entries up to 0.14) differ by at most 5e-7,
     # most in lora_A. Training on one rank's half of the batch without the all-reduce
     # differs by 4e-2. 1e-5 sits 20x above the rounding and 4000x below that mistake.
-    for name in (checkpoint.LAST, checkpoint.FINAL):
+    for name in (run_folder.LAST, run_folder.FINAL):
         assert_same_tensors(
             adapter_weights(one.train.runtime.out_dir, name),
             adapter_weights(out_dir(two), name),
@@ -130,7 +130,7 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b_and_only_rank_0_
     # one summary line.
     files = written_files(out_dir(two))
     assert files == written_files(one.train.runtime.out_dir)
-    assert files.count(f"{TB_SUBDIR.as_posix()}/events") == 1
+    assert files.count(f"{TB_DIR}/events") == 1
     assert output.count("fine-tuning ") == 1
     assert output.count("done: step 6") == 1
 
@@ -163,13 +163,13 @@ def test_a_run_resumed_under_torchrun_ends_bitwise_where_an_uninterrupted_accele
 
     assert TWO_RANKS in straight_output
     assert "resuming at step 4" in output
-    for name in (checkpoint.LAST, checkpoint.FINAL):
+    for name in (run_folder.LAST, run_folder.FINAL):
         assert_same_tensors(
             adapter_weights(out_dir(straight), name),
             adapter_weights(out_dir(resumed), name),
             atol=0,
         )
-    state = checkpoint.load_state(checkpoint.adapters_dir(out_dir(resumed), checkpoint.LAST))
+    state = checkpoint.load_state(run_folder.adapters_dir(out_dir(resumed), run_folder.LAST))
     assert state.iter_num == 8
     generators = [entry["generator"] for entry in state.sampler]
     assert len(generators) == len(state.rng) == 2
@@ -195,4 +195,4 @@ def test_a_rank_failing_mid_run_ends_the_whole_job_with_its_message(
 
     assert code != 0
     assert FAILURE in output
-    assert not (out_dir(folder) / checkpoint.ADAPTERS_DIR).exists()
+    assert not (out_dir(folder) / run_folder.ADAPTERS_DIR).exists()

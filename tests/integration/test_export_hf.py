@@ -21,7 +21,6 @@ import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
 from ml_playground.backends import backend_for
-from ml_playground.checkpoint import RunMeta
 from ml_playground.config import ExperimentConfig, PeftConfig
 from ml_playground.config_loader import load_config
 from ml_playground.data.records import speech_record_format
@@ -31,6 +30,7 @@ from ml_playground.export import export_experiment, llama_cpp
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weights
+from ml_playground.run_folder import RunMeta
 from ml_playground.sample.hf import load_trained
 from ml_playground.train.hf import train_lora
 from tests.finetune_helpers import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import checkpoint
+from ml_playground import run_folder
 from ml_playground.backends import backend_for
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import load_config
@@ -140,11 +140,11 @@ def test_checkpoint_last_is_exported_when_asked(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"no checkpoint .*ckpt_last\.pt"):
         export_experiment(config, backend_for(config), "exp")
 
-    save_checkpoint(folder / "out", random_gpt(TINY), GPT2_SPEC, name=checkpoint.LAST_FILE)
+    save_checkpoint(folder / "out", random_gpt(TINY), GPT2_SPEC, name=run_folder.LAST_FILE)
     export_experiment(config, backend_for(config), "exp")
 
     stamp = json.loads((folder / "export" / STAMP).read_text(encoding="utf-8"))
-    assert stamp["inputs"]["checkpoint"]["file"] == checkpoint.LAST_FILE
+    assert stamp["inputs"]["checkpoint"]["file"] == run_folder.LAST_FILE
 
 
 def test_quant_beyond_q8_0_goes_through_quant_bin(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 import torch
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import CheckpointError, ConfigError, DataError
@@ -29,7 +29,6 @@ from ml_playground.train.reporting import (
     TAG_TOKENS_PER_SEC,
     TAG_TRAIN_LOSS,
     TAG_VAL_LOSS,
-    TB_SUBDIR,
 )
 from tests.finetune_helpers import (
     ADAPTER_FILE,
@@ -68,11 +67,11 @@ def test_training_writes_best_last_final_adapters_tokenizer_and_meta(
     summary = train_lora(loaded.config)
 
     assert summary.iter_num == 6
-    for name in (checkpoint.BEST, checkpoint.LAST, checkpoint.FINAL):
-        folder = checkpoint.adapters_dir(out_dir, name)
+    for name in (run_folder.BEST, run_folder.LAST, run_folder.FINAL):
+        folder = run_folder.adapters_dir(out_dir, name)
         assert (folder / ADAPTER_FILE).is_file()
         assert checkpoint.load_state(folder).iter_num in {3, 6}
-    assert checkpoint.load_state(checkpoint.adapters_dir(out_dir, checkpoint.FINAL)).iter_num == 6
+    assert checkpoint.load_state(run_folder.adapters_dir(out_dir, run_folder.FINAL)).iter_num == 6
     assert (out_dir / "tokenizer" / "tokenizer.json").is_file()
     meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
     assert meta["base_model"] == str(tiny_models.qwen2)
@@ -80,7 +79,7 @@ def test_training_writes_best_last_final_adapters_tokenizer_and_meta(
     hf = loaded.config.train.hf_model
     assert hf is not None
     trained = load_trained(out_dir, hf, dtype=torch.float32, require_adapters=True)
-    assert trained.weights == checkpoint.adapters_dir(out_dir, checkpoint.BEST)
+    assert trained.weights == run_folder.adapters_dir(out_dir, run_folder.BEST)
 
 
 def test_resume_after_a_stop_matches_the_uninterrupted_run_exactly(
@@ -94,14 +93,14 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run_exactly(
         tmp_path / "resumed", tiny_models, settings | {"train.runtime.max_iters": 4}
     )
     train_lora(stopped.config)
-    at_stop = adapter_weights(stopped.config.train.runtime.out_dir, checkpoint.LAST)
+    at_stop = adapter_weights(stopped.config.train.runtime.out_dir, run_folder.LAST)
 
     resumed = experiment(tmp_path / "resumed", tiny_models, settings)
     summary = train_lora(resumed.config)
 
     assert summary.iter_num == 8
-    expected = adapter_weights(straight.config.train.runtime.out_dir, checkpoint.LAST)
-    got = adapter_weights(resumed.config.train.runtime.out_dir, checkpoint.LAST)
+    expected = adapter_weights(straight.config.train.runtime.out_dir, run_folder.LAST)
+    got = adapter_weights(resumed.config.train.runtime.out_dir, run_folder.LAST)
     assert expected.keys() == got.keys()
     for key, tensor in expected.items():
         assert torch.equal(tensor, got[key]), key
@@ -122,7 +121,7 @@ def test_the_same_tensorboard_tags_as_the_from_scratch_trainer(
 
     train_lora(loaded.config)
 
-    events = EventAccumulator(str(loaded.config.train.runtime.out_dir / TB_SUBDIR))
+    events = EventAccumulator(str(loaded.config.train.runtime.out_dir / run_folder.TB_DIR))
     events.Reload()  # pyright: ignore[reportUnknownMemberType] - untyped library
     tags = cast(list[str], events.Tags()["scalars"])  # pyright: ignore[reportUnknownMemberType] - untyped library
     for tag in (TAG_TRAIN_LOSS, TAG_VAL_LOSS, TAG_LR, TAG_TOKENS_PER_SEC, TAG_STEP_TIME_MS):
@@ -241,7 +240,7 @@ def test_with_peft_disabled_every_weight_trains_and_resumes(
     texts = sample_lora(loaded.config)
 
     assert summary.iter_num == 5
-    last = checkpoint.adapters_dir(loaded.config.train.runtime.out_dir, checkpoint.LAST)
+    last = run_folder.adapters_dir(loaded.config.train.runtime.out_dir, run_folder.LAST)
     assert (last / "config.json").is_file()
     assert len(texts) == 1
 
@@ -305,7 +304,7 @@ def test_bfloat16_weights_with_gradient_checkpointing_train_and_sample(
 
     assert math.isfinite(summary.best_val_loss)
     assert len(texts) == 1
-    weights = adapter_weights(loaded.config.train.runtime.out_dir, checkpoint.FINAL)
+    weights = adapter_weights(loaded.config.train.runtime.out_dir, run_folder.FINAL)
     assert any("mlp.down_proj.lora_A" in key for key in weights)
 
 
@@ -319,5 +318,5 @@ def test_resumed_adapters_keep_their_lora_settings_and_say_so(
     summary = train_lora(loaded.config)
 
     assert summary.iter_num == 4
-    last = checkpoint.adapters_dir(loaded.config.train.runtime.out_dir, checkpoint.LAST)
+    last = run_folder.adapters_dir(loaded.config.train.runtime.out_dir, run_folder.LAST)
     assert f"resume: train.peft.r = 4 from {last} (config says 8)" in capsys.readouterr().out

@@ -22,11 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
-from ml_playground.checkpoint import RunMeta
 from ml_playground.config import PeftConfig
 from ml_playground.data.records import speech_record_format
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import apply_lora, load_adapters, merge_adapters, save_weights
+from ml_playground.run_folder import RunMeta
 from tests.export_helpers import gpt2_encoding
 from tests.finetune_helpers import ADAPTER_FILE
 from tests.llama_cpp_helpers import (

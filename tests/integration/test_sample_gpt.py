@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import checkpoint
+from ml_playground import run_folder
 from ml_playground.errors import CheckpointError, DataError
+from ml_playground.run_folder import SAMPLES_DIR
 from ml_playground.sample.gpt import load_gpt
-from ml_playground.sample.prompt import SAMPLES_DIR
 from ml_playground.sample.run import sample_texts
 from ml_playground.train.gpt import train_gpt
 from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
@@ -90,7 +90,7 @@ def test_streamed_samples_appear_on_stdout_and_the_checkpoint_used_on_stderr(
     texts = sample(folder, {"sample.sample.stream": True})
 
     captured = capsys.readouterr()
-    assert f"sampling from {folder / 'out' / checkpoint.BEST_FILE}" in captured.err
+    assert f"sampling from {folder / 'out' / run_folder.BEST_FILE}" in captured.err
     assert captured.out == texts[0] + "\n"
 
 
@@ -164,11 +164,11 @@ def test_a_prompt_character_outside_the_char_vocabulary_is_a_data_error(folder: 
 def test_sampling_reads_the_last_checkpoint_when_there_is_no_best(
     folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (folder / "out" / checkpoint.BEST_FILE).unlink()
+    (folder / "out" / run_folder.BEST_FILE).unlink()
 
     sample(folder)
 
-    assert f"sampling from {folder / 'out' / checkpoint.LAST_FILE}" in capsys.readouterr().err
+    assert f"sampling from {folder / 'out' / run_folder.LAST_FILE}" in capsys.readouterr().err
 
 
 def test_no_checkpoint_is_a_checkpoint_error_naming_out_dir(tmp_path: Path) -> None:

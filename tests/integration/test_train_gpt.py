@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 import torch
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.data.token_dataset import read_meta
+from ml_playground.digest import content_digest
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.run import sample_texts
 from ml_playground.train import reporting
-from ml_playground.train.gpt import OUT_META, train_gpt
+from ml_playground.train.gpt import train_gpt
 from ml_playground.train.schedule import learning_rate_at
 from tests.cli_helpers import scalar_events, tensors
 from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
@@ -61,10 +62,10 @@ def test_training_lowers_the_loss_and_leaves_checkpoints_and_tokenizer_in_out_di
     assert trained.last_val_loss < math.log(vocab_size) - 0.5
     assert trained.iter_num == 60
     assert trained.best_val_loss == pytest.approx(trained.last_val_loss)
-    assert (out_dir / checkpoint.LAST_FILE).is_file()
-    assert (out_dir / checkpoint.BEST_FILE).is_file()
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 60
-    assert read_meta(out_dir / OUT_META) == read_meta(folder / "datasets" / "meta.json")
+    assert (out_dir / run_folder.LAST_FILE).is_file()
+    assert (out_dir / run_folder.BEST_FILE).is_file()
+    assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == 60
+    assert read_meta(run_folder.meta_file(out_dir)) == read_meta(folder / "datasets" / "meta.json")
     # Everything sampling needs is in out_dir: the dataset and the corpus can go.
     shutil.rmtree(folder / "datasets")
     (folder / "input.txt").unlink()
@@ -83,7 +84,7 @@ def test_tensorboard_receives_loss_lr_and_speed_scalars(tmp_path: Path) -> None:
         },
     )
 
-    scalars = scalar_events(out_dir / reporting.TB_SUBDIR)
+    scalars = scalar_events(out_dir / run_folder.TB_DIR)
 
     for tag in (
         reporting.TAG_TRAIN_LOSS,
@@ -108,7 +109,7 @@ def test_eval_only_reports_losses_without_training_or_writing_checkpoints(
     folder = tmp_path / "exp"
     out_dir = train(folder, {"train.runtime.max_iters": 4})
     saved = {
-        name: (out_dir / name).read_bytes() for name in (checkpoint.LAST_FILE, checkpoint.BEST_FILE)
+        name: (out_dir / name).read_bytes() for name in (run_folder.LAST_FILE, run_folder.BEST_FILE)
     }
     fresh = folder / "fresh_out"
 
@@ -156,8 +157,8 @@ def test_resume_after_a_shorter_run_matches_the_uninterrupted_run_bit_for_bit(
     train(tmp_path / "b", {**changes, "train.runtime.max_iters": 5})
     resumed = train(tmp_path / "b", changes)
 
-    a = raw_checkpoint(uninterrupted / checkpoint.LAST_FILE)
-    b = raw_checkpoint(resumed / checkpoint.LAST_FILE)
+    a = raw_checkpoint(uninterrupted / run_folder.LAST_FILE)
+    b = raw_checkpoint(resumed / run_folder.LAST_FILE)
     assert a["iter_num"] == b["iter_num"] == 12
     a_tensors = tensors({key: a[key] for key in ("model", "optimizer", "rng", "sampler")})
     b_tensors = tensors({key: b[key] for key in ("model", "optimizer", "rng", "sampler")})
@@ -190,27 +191,27 @@ def test_resumed_model_shape_comes_from_the_checkpoint_and_the_difference_is_pri
     assert "resume: model.n_layer = 2 from the checkpoint (config says 3)" in stdout
     assert "resuming at step 3" in stdout
     assert summary.iter_num == 5
-    model_args = checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args
+    model_args = checkpoint.load(out_dir / run_folder.LAST_FILE).model_args
     assert (model_args.n_embd, model_args.n_layer) == (32, 2)
 
 
 def test_a_corrupt_last_checkpoint_stops_training_and_is_left_untouched(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
     out_dir = train(folder, {"train.runtime.max_iters": 3})
-    last = out_dir / checkpoint.LAST_FILE
+    last = out_dir / run_folder.LAST_FILE
     last.write_bytes(last.read_bytes()[:1000])
     damaged = last.read_bytes()
-    best = (out_dir / checkpoint.BEST_FILE).read_bytes()
+    best = (out_dir / run_folder.BEST_FILE).read_bytes()
 
     with pytest.raises(CheckpointError, match="corrupt") as error:
         train_gpt(reconfigure(folder, {"train.runtime.max_iters": 6}).config)
 
     assert str(last) in str(error.value)
     assert last.read_bytes() == damaged
-    assert (out_dir / checkpoint.BEST_FILE).read_bytes() == best
+    assert (out_dir / run_folder.BEST_FILE).read_bytes() == best
     assert sorted(path.name for path in out_dir.glob("*.pt")) == [
-        checkpoint.BEST_FILE,
-        checkpoint.LAST_FILE,
+        run_folder.BEST_FILE,
+        run_folder.LAST_FILE,
     ]
 
 
@@ -247,8 +248,8 @@ def test_resuming_on_a_dataset_with_another_tokenizer_names_both(
     assert trained_with.describe() in message
     assert now.describe() in message
     assert str(meta_path) in message
-    assert str(out_dir / checkpoint.LAST_FILE) in message
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).state.iter_num == 2, "checkpoint kept"
+    assert str(out_dir / run_folder.LAST_FILE) in message
+    assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == 2, "checkpoint kept"
 
 
 # --- vocabulary size ------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def test_a_vocab_size_smaller_than_the_datasets_is_refused_by_train_naming_both(
     message = str(error.value)
     assert "train.model.vocab_size = 40" in message
     assert f"({vocab_size})" in message
-    assert not (folder / "out" / checkpoint.LAST_FILE).exists()
+    assert not (folder / "out" / run_folder.LAST_FILE).exists()
 
 
 def test_a_vocab_size_smaller_than_the_tokenizers_is_refused_by_prepare_naming_both(
@@ -302,7 +303,7 @@ def test_a_vocab_size_larger_than_the_tokenizers_trains_and_samples_only_known_i
     ).config
     texts = sample_texts(config, load_gpt(config))
 
-    assert checkpoint.load(out_dir / checkpoint.LAST_FILE).model_args.vocab_size == 100
+    assert checkpoint.load(out_dir / run_folder.LAST_FILE).model_args.vocab_size == 100
     assert len(texts[0]) == len("ROMEO:") + 200
     assert set(texts[0]) <= known
 
@@ -315,11 +316,12 @@ def test_an_optimizer_state_that_does_not_fit_stops_the_resume_naming_the_file(
 ) -> None:
     folder = tmp_path / "exp"
     out_dir = train(folder, {"train.runtime.max_iters": 2})
-    last = out_dir / checkpoint.LAST_FILE
+    last = out_dir / run_folder.LAST_FILE
     payload = raw_checkpoint(last)
-    del payload[checkpoint.DIGEST_KEY]  # as written by a version without the digest
+    del payload[checkpoint.DIGEST_KEY]
     payload["optimizer"] = {}
-    torch.save(payload, last)
+    # Sealed again, so the digest vouches for the damage and the optimizer check meets it.
+    torch.save({**payload, checkpoint.DIGEST_KEY: content_digest(payload)}, last)
     before = last.read_bytes()
 
     with pytest.raises(CheckpointError, match=rf"optimizer state in {last} does not fit"):
@@ -334,7 +336,7 @@ def test_resuming_with_the_other_optimizer_names_the_file_and_leaves_it_untouche
 ) -> None:
     folder = tmp_path / "exp"
     out_dir = train(folder, {"train.runtime.max_iters": 2, "train.optim.name": saved_with})
-    last = out_dir / checkpoint.LAST_FILE
+    last = out_dir / run_folder.LAST_FILE
     before = last.read_bytes()
 
     with pytest.raises(CheckpointError) as caught:
@@ -363,5 +365,5 @@ def test_muon_lowers_the_loss_on_real_text(tmp_path: Path) -> None:
     assert trained.last_val_loss is not None
     # 60 steps take AdamW at lr 1e-2 from 4.16 to about 3.4 here, Muon to about 2.7.
     assert trained.last_val_loss < untrained - 1.0
-    saved = checkpoint.load(folder / "out" / checkpoint.LAST_FILE).state.optimizer
+    saved = checkpoint.load(folder / "out" / run_folder.LAST_FILE).state.optimizer
     assert set(saved) == {"adamw", "muon"}

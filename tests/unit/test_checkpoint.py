@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from ml_playground import checkpoint
+from ml_playground import checkpoint, run_folder
 from ml_playground.checkpoint import Checkpoint, TrainingState
 from ml_playground.data.tokenizer import CharTokenizer
+from ml_playground.digest import content_digest
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
@@ -51,8 +52,8 @@ def trained_checkpoint(iter_num: int = 3) -> Checkpoint:
 
 
 def save_payload(path: Path, payload: dict[str, Any]) -> Path:
-    """Write a payload exactly as given, bypassing the checks of `checkpoint.save`."""
-    torch.save(payload, path)
+    """Write a payload as given, sealed with its digest, bypassing `checkpoint.save`'s checks."""
+    torch.save({**payload, checkpoint.DIGEST_KEY: content_digest(payload)}, path)
     return path
 
 
@@ -61,7 +62,7 @@ def save_payload(path: Path, payload: dict[str, Any]) -> Path:
 
 def test_saved_checkpoint_loads_back_equal_with_weights_only(tmp_path: Path) -> None:
     original = trained_checkpoint()
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
 
     checkpoint.save(path, original)
     loaded = checkpoint.load(path)
@@ -87,7 +88,7 @@ def test_saved_checkpoint_loads_back_equal_with_weights_only(tmp_path: Path) -> 
 
 def test_loaded_weights_rebuild_the_same_model(tmp_path: Path) -> None:
     original = trained_checkpoint()
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
     checkpoint.save(path, original)
     tokens = torch.arange(TINY.block_size)[None, :]
 
@@ -119,7 +120,7 @@ def compiled_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_save_strips_the_compile_prefix(tmp_path: Path) -> None:
     original = trained_checkpoint()
     compiled = dataclasses.replace(original, model=compiled_keys(dict(original.model)))
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
 
     checkpoint.save(path, compiled)
 
@@ -131,7 +132,7 @@ def test_load_strips_the_compile_prefix_of_a_file_that_carries_it(tmp_path: Path
     original = trained_checkpoint()
     payload = original.payload()
     payload["model"] = compiled_keys(payload["model"])
-    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
+    path = save_payload(tmp_path / run_folder.LAST_FILE, payload)
 
     loaded = checkpoint.load(path)
 
@@ -145,7 +146,7 @@ def test_load_strips_the_compile_prefix_of_a_file_that_carries_it(tmp_path: Path
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_a_damaged_file_is_a_checkpoint_error_naming_it(tmp_path: Path, damage: str) -> None:
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
     checkpoint.save(path, trained_checkpoint())
     data = path.read_bytes()
     damaged = {
@@ -162,7 +163,7 @@ def test_a_damaged_file_is_a_checkpoint_error_naming_it(tmp_path: Path, damage: 
 
 
 def test_a_missing_file_is_a_checkpoint_error_naming_it(tmp_path: Path) -> None:
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
 
     with pytest.raises(CheckpointError, match="not found") as error:
         checkpoint.load(path)
@@ -171,7 +172,7 @@ def test_a_missing_file_is_a_checkpoint_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_file_holding_no_dictionary_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
     torch.save(torch.zeros(3), path)
 
     with pytest.raises(CheckpointError, match="not a dictionary") as error:
@@ -189,7 +190,7 @@ def test_another_format_version_is_refused_naming_file_and_versions(
         del payload["format_version"]
     else:
         payload["format_version"] = version
-    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
+    path = save_payload(tmp_path / run_folder.LAST_FILE, payload)
 
     with pytest.raises(CheckpointError) as error:
         checkpoint.load(path)
@@ -198,13 +199,32 @@ def test_another_format_version_is_refused_naming_file_and_versions(
     assert str(path) in message
     assert f"format_version {version!r}" in message
     assert f"expected {checkpoint.GPT_FORMAT_VERSION}" in message
+    assert "ml-playground train --fresh" in message
+    assert "\n" not in message
+
+
+def test_a_file_without_its_digest_is_refused_in_one_line_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / run_folder.LAST_FILE
+    torch.save(trained_checkpoint().payload(), path)  # the format without a digest
+    before = path.read_bytes()
+
+    with pytest.raises(CheckpointError) as error:
+        checkpoint.load(path)
+
+    message = str(error.value)
+    assert f"checkpoint {path} holds no sha256 digest" in message
+    assert "ml-playground train --fresh <experiment>" in message
+    assert "\n" not in message
+    assert path.read_bytes() == before
 
 
 def test_missing_keys_are_refused_and_named(tmp_path: Path) -> None:
     payload = trained_checkpoint().payload()
     del payload["optimizer"]
     del payload["tokenizer"]
-    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
+    path = save_payload(tmp_path / run_folder.LAST_FILE, payload)
 
     with pytest.raises(CheckpointError) as error:
         checkpoint.load(path)
@@ -218,11 +238,11 @@ def test_missing_keys_are_refused_and_named(tmp_path: Path) -> None:
 
 
 def test_save_leaves_only_the_checkpoint_behind(tmp_path: Path) -> None:
-    checkpoint.save(tmp_path / checkpoint.LAST_FILE, trained_checkpoint())
-    checkpoint.save(tmp_path / checkpoint.LAST_FILE, trained_checkpoint(iter_num=4))
+    checkpoint.save(tmp_path / run_folder.LAST_FILE, trained_checkpoint())
+    checkpoint.save(tmp_path / run_folder.LAST_FILE, trained_checkpoint(iter_num=4))
 
-    assert [path.name for path in tmp_path.iterdir()] == [checkpoint.LAST_FILE]
-    assert checkpoint.load(tmp_path / checkpoint.LAST_FILE).state.iter_num == 4
+    assert [path.name for path in tmp_path.iterdir()] == [run_folder.LAST_FILE]
+    assert checkpoint.load(tmp_path / run_folder.LAST_FILE).state.iter_num == 4
 
 
 def fail_while_serializing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,7 +266,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint_intact(
     monkeypatch: pytest.MonkeyPatch,
     interrupt: Callable[[pytest.MonkeyPatch], None],
 ) -> None:
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
     checkpoint.save(path, trained_checkpoint(iter_num=3))
     before = path.read_bytes()
     newer = trained_checkpoint(iter_num=4)
@@ -258,7 +278,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint_intact(
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert checkpoint.load(path).state.iter_num == 3
-    assert [entry.name for entry in tmp_path.iterdir()] == [checkpoint.LAST_FILE], "no temp files"
+    assert [entry.name for entry in tmp_path.iterdir()] == [run_folder.LAST_FILE], "no temp files"
 
 
 # --- which checkpoint sampling reads --------------------------------------------------------
@@ -268,12 +288,12 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint_intact(
     ("present", "chosen"),
     [
         (
-            (checkpoint.BEST_FILE, checkpoint.LAST_FILE, checkpoint.LEGACY_FILE),
-            checkpoint.BEST_FILE,
+            (run_folder.BEST_FILE, run_folder.LAST_FILE, run_folder.LEGACY_FILE),
+            run_folder.BEST_FILE,
         ),
-        ((checkpoint.LAST_FILE, checkpoint.LEGACY_FILE), checkpoint.LAST_FILE),
-        ((checkpoint.BEST_FILE, checkpoint.LEGACY_FILE), checkpoint.BEST_FILE),
-        ((checkpoint.LEGACY_FILE,), checkpoint.LEGACY_FILE),
+        ((run_folder.LAST_FILE, run_folder.LEGACY_FILE), run_folder.LAST_FILE),
+        ((run_folder.BEST_FILE, run_folder.LEGACY_FILE), run_folder.BEST_FILE),
+        ((run_folder.LEGACY_FILE,), run_folder.LEGACY_FILE),
     ],
 )
 def test_sampling_reads_best_then_last_then_legacy(
@@ -282,18 +302,18 @@ def test_sampling_reads_best_then_last_then_legacy(
     for name in present:
         (tmp_path / name).write_bytes(b"")
 
-    assert checkpoint.gpt_for_sampling(tmp_path) == tmp_path / chosen
+    assert run_folder.gpt_for_sampling(tmp_path) == tmp_path / chosen
 
 
 def test_no_checkpoint_to_sample_names_out_dir_and_the_files_looked_for(tmp_path: Path) -> None:
     (tmp_path / "ckpt_other.pt").write_bytes(b"")
 
     with pytest.raises(CheckpointError) as error:
-        checkpoint.gpt_for_sampling(tmp_path)
+        run_folder.gpt_for_sampling(tmp_path)
 
     message = str(error.value)
     assert str(tmp_path) in message
-    for name in (checkpoint.BEST_FILE, checkpoint.LAST_FILE, checkpoint.LEGACY_FILE):
+    for name in (run_folder.BEST_FILE, run_folder.LAST_FILE, run_folder.LEGACY_FILE):
         assert name in message
 
 
@@ -302,13 +322,13 @@ def test_no_checkpoint_to_sample_names_out_dir_and_the_files_looked_for(tmp_path
 
 def test_the_out_dir_lock_is_refused_while_held_and_released_after(tmp_path: Path) -> None:
     with (
-        checkpoint.out_dir_lock(tmp_path),
+        run_folder.out_dir_lock(tmp_path),
         pytest.raises(CheckpointError, match="in use"),
-        checkpoint.out_dir_lock(tmp_path),
+        run_folder.out_dir_lock(tmp_path),
     ):
         pass
 
-    assert not (tmp_path / checkpoint.LOCK_FILE).exists()
+    assert not (tmp_path / run_folder.LOCK_FILE).exists()
 
 
 def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(tmp_path: Path) -> None:
@@ -318,10 +338,10 @@ def test_a_lock_left_by_a_process_that_is_gone_is_taken_over(tmp_path: Path) -> 
         capture_output=True,
         text=True,
     )
-    (tmp_path / checkpoint.LOCK_FILE).write_text(gone.stdout, encoding="utf-8")
+    (tmp_path / run_folder.LOCK_FILE).write_text(gone.stdout, encoding="utf-8")
 
-    with checkpoint.out_dir_lock(tmp_path):
-        assert (tmp_path / checkpoint.LOCK_FILE).read_text(encoding="utf-8").strip() == str(
+    with run_folder.out_dir_lock(tmp_path):
+        assert (tmp_path / run_folder.LOCK_FILE).read_text(encoding="utf-8").strip() == str(
             os.getpid()
         )
 
@@ -331,7 +351,7 @@ def test_an_out_dir_that_is_a_file_is_one_error_line(tmp_path: Path) -> None:
 
     with (
         pytest.raises(CheckpointError, match=r"out_dir .*run \(or a folder above it\) is a file"),
-        checkpoint.out_dir_lock(tmp_path / "out" / "run"),
+        run_folder.out_dir_lock(tmp_path / "out" / "run"),
     ):
         pass
 
@@ -353,7 +373,7 @@ def test_a_checkpoint_with_a_wrong_field_is_one_error_naming_the_file(
 ) -> None:
     payload = trained_checkpoint().payload()
     payload[key] = value
-    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
+    path = save_payload(tmp_path / run_folder.LAST_FILE, payload)
 
     with pytest.raises(CheckpointError, match=problem) as error:
         checkpoint.load(path)
@@ -366,7 +386,7 @@ def test_weights_that_do_not_fit_the_model_args_are_one_error_naming_the_file(
 ) -> None:
     payload = trained_checkpoint().payload()
     del payload["model"]["lm_head.weight"]
-    path = save_payload(tmp_path / checkpoint.LAST_FILE, payload)
+    path = save_payload(tmp_path / run_folder.LAST_FILE, payload)
     loaded = checkpoint.load(path)
 
     with pytest.raises(CheckpointError, match=r"do not fit its model_args \(Missing key"):

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_playground import checkpoint
-from ml_playground.checkpoint import RunMeta, Slot, TrainingState, adapters_for_sampling, load_state
+from ml_playground import checkpoint, run_folder
+from ml_playground.checkpoint import TrainingState, load_state
 from ml_playground.errors import CheckpointError
+from ml_playground.run_folder import RunMeta, Slot, adapters_for_sampling
 
 
 def make(out_dir: Path, *names: Slot) -> None:
     for name in names:
-        checkpoint.adapters_dir(out_dir, name).mkdir(parents=True)
+        run_folder.adapters_dir(out_dir, name).mkdir(parents=True)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,7 @@ def test_sampling_takes_best_else_final_else_last(
 ) -> None:
     make(tmp_path, *present)
 
-    assert adapters_for_sampling(tmp_path) == checkpoint.adapters_dir(tmp_path, picked)
+    assert adapters_for_sampling(tmp_path) == run_folder.adapters_dir(tmp_path, picked)
 
 
 def test_no_adapters_means_none(tmp_path: Path) -> None:
@@ -39,7 +40,7 @@ def test_no_adapters_means_none(tmp_path: Path) -> None:
 
 
 def test_damaged_training_state_is_an_error_saying_how_to_start_fresh(tmp_path: Path) -> None:
-    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
+    folder = run_folder.adapters_dir(tmp_path, run_folder.LAST)
     folder.mkdir(parents=True)
     (folder / checkpoint.STATE_FILE).write_bytes(b"not a torch file")
 
@@ -97,7 +98,7 @@ def stream(seed: int) -> torch.Tensor:
 
 
 def test_training_state_keeps_every_ranks_sampler_and_rng_in_rank_order(tmp_path: Path) -> None:
-    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
+    folder = run_folder.adapters_dir(tmp_path, run_folder.LAST)
     folder.mkdir(parents=True)
     state = TrainingState(
         iter_num=6,
@@ -108,7 +109,7 @@ def test_training_state_keeps_every_ranks_sampler_and_rng_in_rank_order(tmp_path
         sampler=[{"generator": stream(0), "cursor": 3}, {"generator": stream(1), "cursor": 3}],
         trainable=("lora_A", "lora_B"),
     )
-    checkpoint.save_adapters(tmp_path, checkpoint.LAST, lambda folder: None, state)
+    checkpoint.save_adapters(tmp_path, run_folder.LAST, lambda folder: None, state)
 
     loaded = load_state(folder)
     raw = torch.load(folder / checkpoint.STATE_FILE, weights_only=True)
@@ -120,8 +121,10 @@ def test_training_state_keeps_every_ranks_sampler_and_rng_in_rank_order(tmp_path
     assert (loaded.iter_num, loaded.trainable) == (6, ("lora_A", "lora_B"))
 
 
-def test_a_single_process_state_of_version_1_loads_as_the_one_ranks_entry(tmp_path: Path) -> None:
-    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
+def test_a_state_of_another_version_is_refused_in_one_line_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    folder = run_folder.adapters_dir(tmp_path, run_folder.LAST)
     folder.mkdir(parents=True)
     version_1: dict[str, object] = {
         "version": 1,
@@ -133,19 +136,40 @@ def test_a_single_process_state_of_version_1_loads_as_the_one_ranks_entry(tmp_pa
         "sampler": {"generator": stream(0), "cursor": 2},
         "trainable": ["lora_A"],
     }
-    torch.save(version_1, folder / checkpoint.STATE_FILE)
+    path = folder / checkpoint.STATE_FILE
+    torch.save(version_1, path)
+    before = path.read_bytes()
 
-    loaded = load_state(folder)
+    with pytest.raises(CheckpointError) as error:
+        load_state(folder)
 
-    assert [entry["cursor"] for entry in loaded.sampler] == [2]
-    assert torch.equal(loaded.sampler[0]["generator"], stream(0))
-    assert [torch.equal(entry["torch"], stream(10)) for entry in loaded.rng] == [True]
+    message = str(error.value)
+    expected = checkpoint.STATE_FORMAT_VERSION
+    assert f"training state {path} has version 1, expected {expected}" in message
+    assert "ml-playground train --fresh <experiment>" in message
+    assert "\n" not in message
+    assert path.read_bytes() == before
+
+
+def test_adapters_without_their_integrity_file_are_refused_in_one_line(tmp_path: Path) -> None:
+    folder = run_folder.adapters_dir(tmp_path, run_folder.BEST)
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}", encoding="utf-8")
+
+    with pytest.raises(CheckpointError) as error:
+        checkpoint.verify_adapters(folder)
+
+    message = str(error.value)
+    assert f"adapters {folder} hold no {checkpoint.INTEGRITY_FILE}" in message
+    assert "ml-playground train --fresh <experiment>" in message
+    assert "\n" not in message
+    assert sorted(path.name for path in folder.iterdir()) == ["adapter_config.json"]
 
 
 def test_a_training_state_missing_a_field_is_an_error_naming_it_and_the_folder(
     tmp_path: Path,
 ) -> None:
-    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
+    folder = run_folder.adapters_dir(tmp_path, run_folder.LAST)
     folder.mkdir(parents=True)
     torch.save(
         {"version": 2, "best_val_loss": 3.0, "optimizer": {}}, folder / checkpoint.STATE_FILE
@@ -156,7 +180,7 @@ def test_a_training_state_missing_a_field_is_an_error_naming_it_and_the_folder(
 
 
 def test_an_adapters_folder_without_its_state_is_not_a_fresh_start(tmp_path: Path) -> None:
-    folder = checkpoint.adapters_dir(tmp_path, checkpoint.LAST)
+    folder = run_folder.adapters_dir(tmp_path, run_folder.LAST)
 
     assert checkpoint.resumable_state(folder) is None  # no run yet
     folder.mkdir(parents=True)

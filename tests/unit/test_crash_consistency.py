@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_playground import atomic, checkpoint
+from ml_playground import atomic, checkpoint, run_folder
 from ml_playground.data import dataset_folder
 from ml_playground.data.dataset_folder import META_FILE, PreparedMeta
 from ml_playground.data.token_dataset import prepare_token_dataset
@@ -149,7 +149,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_a_kill_at_any_step_of_a_file_write_leaves_the_old_or_the_new_file(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / checkpoint.LAST_FILE
+    path = tmp_path / run_folder.LAST_FILE
     old, new = b"old checkpoint" * 100, b"new checkpoint" * 200
 
     def reset() -> None:
@@ -233,18 +233,18 @@ def test_a_kill_while_the_adapters_slot_is_replaced_never_makes_the_next_run_sta
 
     def reset() -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
-        checkpoint.save_adapters(out_dir, checkpoint.LAST, weights(b"a"), state(10))
+        checkpoint.save_adapters(out_dir, run_folder.LAST, weights(b"a"), state(10))
 
     def write() -> None:
-        checkpoint.save_adapters(out_dir, checkpoint.LAST, weights(b"b"), state(20))
+        checkpoint.save_adapters(out_dir, run_folder.LAST, weights(b"b"), state(20))
 
     resumed_steps: set[int] = set()
     for _ in every_kill(write, reset):
-        with checkpoint.out_dir_lock(out_dir):  # what the next `train` does first
-            resumed = checkpoint.resumable_state(checkpoint.adapters_dir(out_dir, checkpoint.LAST))
+        with run_folder.out_dir_lock(out_dir):  # what the next `train` does first
+            resumed = checkpoint.resumable_state(run_folder.adapters_dir(out_dir, run_folder.LAST))
         assert resumed is not None
         resumed_steps.add(resumed.iter_num)
-        assert leftovers(out_dir / checkpoint.ADAPTERS_DIR) == []
+        assert leftovers(out_dir / run_folder.ADAPTERS_DIR) == []
     assert resumed_steps == {10, 20}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground.artifacts import write_artifact
-from ml_playground.checkpoint import RunMeta
+from ml_playground.checkpoint import INTEGRITY_FILE, FolderDigests
 from ml_playground.config import ExperimentConfig, RecordsSourceFormat
 from ml_playground.config_loader import load_config
 from ml_playground.data.chat_records import ChatDatasetMeta, ChatFingerprint, ChatRecordSettings
@@ -27,6 +27,7 @@ from ml_playground.export.chat_template import ollama_chat
 from ml_playground.export.hf import adapter_dir
 from ml_playground.export.modelfile import RAW_COMPLETION
 from ml_playground.export.prompt_format import prompt_format
+from ml_playground.run_folder import RunMeta
 from tests.finetune_helpers import QWEN25_TEMPLATE, chat_tokenizer
 
 
@@ -258,6 +259,7 @@ def test_a_configured_template_is_used_without_reading_the_chat_template(
 def test_adapters_default_to_best_then_final_then_last(tmp_path: Path) -> None:
     for name in ("last", "final"):
         (tmp_path / "adapters" / name).mkdir(parents=True)
+        write_artifact(tmp_path / "adapters" / name / INTEGRITY_FILE, FolderDigests(files={}))
 
     assert adapter_dir(tmp_path, None).name == "final"
     assert adapter_dir(tmp_path, "last").name == "last"

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from ml_playground.checkpoint import Slot, TrainingState
+from ml_playground.checkpoint import TrainingState
+from ml_playground.run_folder import Slot
 from ml_playground.config import TrainConfig
 from ml_playground.device import resolve_precision
 from ml_playground.distributed import Ranks
@@ -76,9 +77,9 @@ def line_run(
     events: list[str] = []
     model = Line(events, interrupt_at_step)
 
-    def write(slot: Slot, state: TrainingState) -> Path:
-        events.append(f"save {slot} at {state.iter_num}")
-        return tmp_path / slot
+    def write(slots: tuple[Slot, ...], state: TrainingState) -> Path:
+        events.append(f"save {'+'.join(slots)} at {state.iter_num}")
+        return tmp_path / slots[0]
 
     run = assemble_run(
         settings,
@@ -118,7 +119,7 @@ def test_a_step_accumulates_the_mean_gradient_of_its_micro_batches(tmp_path: Pat
     assert model.a.item() != 0.5  # and the step applied it
 
 
-def test_evaluation_saves_best_then_last_every_eval_interval_and_at_the_end(
+def test_evaluation_saves_best_then_last_every_eval_interval_and_last_final_at_the_end(
     tmp_path: Path,
 ) -> None:
     run, _, events = line_run(tmp_path, max_iters=4, eval_interval=2)
@@ -128,7 +129,7 @@ def test_evaluation_saves_best_then_last_every_eval_interval_and_at_the_end(
     evaluation = ["eval", "eval"]  # the train split, then the val split
     assert events == [
         *["train", "train", *evaluation, "save best at 2", "save last at 2"],
-        *["train", "train", *evaluation, "save best at 4", "save last at 4"],
+        *["train", "train", *evaluation, "save best at 4", "save last+final at 4"],
     ]
     assert summary.iter_num == 4
 
