@@ -72,7 +72,7 @@ class Optimizers:
             part.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> StateDict:
-        """AdamW's own state alone (as checkpoints have always held), or one per name."""
+        """AdamW's own state alone, or with Muon one per name: format_version 1's layout."""
         if len(self.parts) == 1:
             return self.parts[0].optimizer.state_dict()
         return {part.name: part.optimizer.state_dict() for part in self.parts}
