@@ -129,6 +129,13 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def assert_refused_as_another_format(message: str, named: Path) -> None:
+    """A file of another format's refusal: one line naming the file and `train --fresh`."""
+    assert "ml-playground train --fresh <experiment>" in message
+    assert "\n" not in message
+    assert str(named) in message
+
+
 def flip_a_tensor_byte(path: Path) -> None:
     """Invert one byte in the middle of the largest tensor of a torch or safetensors file.
 
