@@ -165,11 +165,15 @@ def save_adapters(
     with atomic.atomic_directory(target) as staging:
         write_weights(staging)
         (staging / STATE_FILE).write_bytes(data)
-        # Last in: the digest of every file, checked whenever the folder is read.
-        files = sorted(path for path in staging.rglob("*") if path.is_file())
-        digests = {path.relative_to(staging).as_posix(): file_digest(path) for path in files}
-        write_artifact(staging / INTEGRITY_FILE, FolderDigests(files=digests))
+        seal_adapters(staging)  # last in
     return target
+
+
+def seal_adapters(folder: Path) -> None:
+    """Write integrity.json: the digest of every other file, checked whenever it is read."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != INTEGRITY_FILE)
+    digests = {path.relative_to(folder).as_posix(): file_digest(path) for path in files}
+    write_artifact(folder / INTEGRITY_FILE, FolderDigests(files=digests))
 
 
 def verify_adapters(folder: Path) -> None:

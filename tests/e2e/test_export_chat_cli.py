@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from ml_playground.checkpoint import seal_adapters
 from ml_playground.run_folder import RunMeta
 from tests.cli_helpers import assert_one_error_line, cli_entry, run_command
 from tests.finetune_helpers import chat_tokenizer
@@ -27,6 +28,7 @@ def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_ove
     out = folder / "out"
     (out / "adapters" / "best").mkdir(parents=True)
     (out / "adapters" / "best" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    seal_adapters(out / "adapters" / "best")
     chat_tokenizer("qwen2", NUMBERED_TURNS).save_pretrained(str(out / "tokenizer"))
     RunMeta(
         base_model=str(base),

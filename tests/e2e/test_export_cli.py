@@ -14,6 +14,7 @@ import gguf
 import pytest
 import torch
 
+from ml_playground.checkpoint import seal_adapters
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
@@ -134,6 +135,7 @@ def test_export_of_a_fine_tuned_model_with_a_missing_convert_bin_is_one_error_li
     adapters = folder / "out" / "adapters" / "best"
     adapters.mkdir(parents=True)
     (adapters / "adapter_config.json").write_text("{}", encoding="utf-8")
+    seal_adapters(adapters)
     (folder / "out" / "tokenizer").mkdir()
     (tmp_path / "base").mkdir()
     (folder / "config.toml").write_text(

@@ -10,7 +10,6 @@ or touching the network.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -24,7 +23,6 @@ import pytest
 
 from ml_playground import checkpoint, run_folder
 from ml_playground.config_loader import load_config
-from ml_playground.digest import file_digest
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.train import report_card, reporting
 from tests.cli_helpers import (
@@ -477,10 +475,7 @@ def test_adapters_damaged_before_their_digests_were_taken_are_one_error_line_and
     else:
         (best / "adapter_config.json").write_text("{not json", encoding="utf-8")
     # Digests that vouch for the damage: peft's own reading has to report it.
-    files = {path.name: file_digest(path) for path in best.iterdir() if path.is_file()}
-    del files[checkpoint.INTEGRITY_FILE]
-    manifest = checkpoint.FolderDigests(files=files)
-    (best / checkpoint.INTEGRITY_FILE).write_text(json.dumps(manifest.to_json()), encoding="utf-8")
+    checkpoint.seal_adapters(best)
     before = sha256_of_files(best)
 
     line = assert_one_error_line(cli.run("sample", "speakger"))

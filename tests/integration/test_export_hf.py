@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
 from ml_playground.backends import backend_for
+from ml_playground.checkpoint import seal_adapters
 from ml_playground.config import ExperimentConfig, PeftConfig
 from ml_playground.config_loader import load_config
 from ml_playground.data.records import speech_record_format
@@ -118,6 +119,7 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
     save_weights(wrapped, out / "adapters" / "best")
+    seal_adapters(out / "adapters" / "best")
     records = speech_record_format(structure_tokens=structure_tokens, added_tokens=added)
     RunMeta(
         **records.record_format(),
@@ -310,6 +312,7 @@ def test_a_run_without_lora_exports_its_whole_fine_tuned_model(
     for name in ("config.json", "model.safetensors"):
         (best / name).write_bytes((base_model / name).read_bytes())
     (best / "training_state.pt").write_bytes(b"optimizer state")
+    seal_adapters(best)
     tokenizer = load_tokenizer(ModelSource.local(base_model))
     tokenizer.save_pretrained(str(folder / "out" / "tokenizer"))
     config = experiment(folder, base_model)

@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
 
+from ml_playground.checkpoint import seal_adapters
 from ml_playground.config import PeftConfig
 from ml_playground.data.records import speech_record_format
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
@@ -66,6 +67,7 @@ def fine_tuned(folder: Path, base: Path) -> Path:
             if param.requires_grad:
                 param.add_(0.2 * torch.randn_like(param))
     save_weights(wrapped, out / "adapters" / "best")
+    seal_adapters(out / "adapters" / "best")
     records = speech_record_format(structure_tokens=False, added_tokens=())
     RunMeta(
         **records.record_format(),
