@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from ml_playground.checkpoint import TrainingState
-from ml_playground.run_folder import Slot
 from ml_playground.config import TrainConfig
 from ml_playground.device import resolve_precision
 from ml_playground.distributed import Ranks
 from ml_playground.errors import SavedAndStopped
+from ml_playground.run_folder import Slot
 from ml_playground.train.loop import Run, TokenFiles, assemble_run, train
 
 VOCAB, BLOCK = 8, 4
