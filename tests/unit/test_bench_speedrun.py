@@ -1,5 +1,5 @@
 """The speed recipe's two targets, read from one race: time to the first eval at val <= 1.90,
-and the lowest val at an eval inside the baseline's whole wall time, whatever the recipe's length."""
+and the lowest val at an eval inside the baseline's whole wall time, whatever its length."""
 
 from __future__ import annotations
 
