@@ -27,7 +27,7 @@ import numpy as np
 from jinja2 import TemplateError
 
 from ml_playground.data.rendering import ChatTokenizer
-from ml_playground.inspection import Dataset, Record, Split, Window, speech_text
+from ml_playground.inspection import Dataset, Record, Split, Window
 
 # Probe conversations: within a pair, only the system message or the user's words differ.
 PROBES: tuple[tuple[str, tuple[list[dict[str, str]], list[dict[str, str]]]], ...] = (
@@ -203,8 +203,6 @@ def unknown_characters(dataset: Dataset) -> str | None:
         return None
     first = hits[0]
     text = dataset.source_texts.get(first.source or "") if first.source else None
-    if text is None and dataset.source_format is None:
-        text = speech_text(first)
     chars = _unknown_chars(dataset, text or "", unknown)
     shown = f" ({', '.join(repr(c) for c in chars)})" if chars else ""
     return (

@@ -1,19 +1,20 @@
 """`inspect`: a prepared dataset as training will read it, before anything trains.
 
-What the model is trained on is decided in three places: the preparer (which tokens a
-record holds and which of them are targets), packing (how records become one token
-stream, data/packing.py) and the batcher (which windows of that stream a step draws,
-data/batches.py). This module opens a prepared dataset through the same three: a
-from-scratch corpus is its train.bin as it is; a records dataset is packed here, into a
-temporary folder with the very functions the fine-tuning trainer calls, so `inspect`
-works before `train` and never writes into dataset_dir or out_dir. The windows shown are
-the first ones the run's BatchSampler draws (same seed, mode and batch size, rank 0).
+What the model is trained on is decided in two places: the preparer (which tokens a
+record holds, which of them are targets, and how records follow each other in the token
+files) and the batcher (which windows of those files a step draws, data/batches.py). This
+module opens a prepared dataset's train.bin and val.bin (with their masks) as training
+reads them, so `inspect` works before `train` and never writes into dataset_dir or
+out_dir. The windows shown are the first ones the run's BatchSampler draws (same seed,
+mode and batch size, rank 0).
 
-A record is known by where the prepared split holds it (`dataset_dir/train.jsonl:N`)
-and, for chat records whose source is still at hand, by the source row it came from
-(`chats.jsonl:M`, or `name[split]#row` for a Hugging Face dataset): the sources are
-rendered again with the dataset's own tokenizer and matched by their token ids, which
-also gives the checks (dataset_checks.py) the rendered text of every conversation.
+A record is known by where the prepared split holds it (`dataset_dir/train.bin#N`, the
+N-th record) and, for chat records whose source is still at hand, by the source row it
+came from (`chats.jsonl:M`, or `name[split]#row` for a Hugging Face dataset): the sources
+are rendered again with the dataset's own tokenizer and matched, in order, by their token
+ids, which also gives the checks (dataset_checks.py) the rendered text of every
+conversation. Speech records, and chat records whose sources are gone, are cut where
+their closing run ends (EOS and the doc separator for speeches, EOS for chat records).
 
 Targets are shown apart from the rest: in colour on a terminal, and between the plain
 markers TARGET_OPEN and TARGET_CLOSE anywhere else, so `inspect EXP > windows.txt` reads
@@ -25,7 +26,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
-import tempfile
 import typing
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -39,17 +39,10 @@ import numpy.typing as npt
 from ml_playground.config import ExperimentConfig
 from ml_playground.data import hf_datasets, token_dataset
 from ml_playground.data.batches import MASK_DTYPE, BatchSampler, open_tokens
-from ml_playground.data.chat_records import ChatDatasetMeta, read_records_meta
 from ml_playground.data.dataset_folder import META_FILE, RERUN_HINT, TOKENIZER_DIR
-from ml_playground.data.jsonl_records import (
-    jsonl_rows,
-    read_records,
-    read_token_records,
-    record_sources,
-)
-from ml_playground.data.packing import PackedDataset, pack_dataset, pack_token_records
-from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
-from ml_playground.data.records import read_texts
+from ml_playground.data.jsonl_records import jsonl_rows, read_records, record_sources
+from ml_playground.data.record_split import mask_file, token_file
+from ml_playground.data.records_meta import RecordsMeta, read_records_meta
 from ml_playground.data.rendering import ChatTokenizer, end_of_turn_ids
 from ml_playground.data.table import RowCounts
 from ml_playground.data.tokenizer import tokenizer_from_spec
@@ -61,7 +54,6 @@ TARGET_COLOUR, RESET = "\x1b[1;32m", "\x1b[0m"
 """Targets in bold green on a terminal; the other tokens keep the terminal's colour."""
 SPLITS = ("train", "val")
 SHOWN_INPUTS = 3  # a speech corpus may have thousands of files; the summary names a few
-SPLIT_FILES = {"train": TRAIN_FILE, "val": VAL_FILE}
 
 # How the verb reads an HF tokenizer folder; the caller (pipeline) supplies it, since data/
 # never imports the Hugging Face backend that loads one.
@@ -70,11 +62,11 @@ TokenizerFolderLoader = Callable[[Path], ChatTokenizer]
 
 @dataclass(frozen=True)
 class Record:
-    """One record in a split's packed token stream."""
+    """One record in a split's token file."""
 
     start: int  # offset of its first token in the stream
     length: int
-    where: str  # the prepared split's path:line
+    where: str  # the prepared split's path#number
     source: str | None = None  # the source row's path:line, when the sources are at hand
 
     @property
@@ -147,7 +139,7 @@ class Dataset:
 
 @contextlib.contextmanager
 def opened(config: ExperimentConfig, load_tokenizer: TokenizerFolderLoader) -> Generator[Dataset]:
-    """The prepared dataset of `config`, packed as training packs it; never prepares."""
+    """The prepared dataset of `config`, as training reads it; never prepares."""
     data = config.train.data
     meta_path = data.dataset_dir / (META_FILE if config.uses_hf_model else data.meta_file)
     if not meta_path.is_file():
@@ -158,8 +150,7 @@ def opened(config: ExperimentConfig, load_tokenizer: TokenizerFolderLoader) -> G
     if not config.uses_hf_model:
         yield _token_dataset(config, meta_path)
         return
-    with tempfile.TemporaryDirectory(prefix="ml-playground-inspect-") as scratch:
-        yield _records_dataset(config, load_tokenizer, Path(scratch))
+    yield _records_dataset(config, load_tokenizer)
 
 
 def _token_dataset(config: ExperimentConfig, meta_path: Path) -> Dataset:
@@ -190,11 +181,9 @@ def _token_dataset(config: ExperimentConfig, meta_path: Path) -> Dataset:
     )
 
 
-def _records_dataset(
-    config: ExperimentConfig, load_tokenizer: TokenizerFolderLoader, scratch: Path
-) -> Dataset:
+def _records_dataset(config: ExperimentConfig, load_tokenizer: TokenizerFolderLoader) -> Dataset:
     dataset_dir = config.train.data.dataset_dir
-    meta = read_records_meta(dataset_dir, chat=config.prepare.format is not None)
+    meta = read_records_meta(dataset_dir)
     tokenizer = load_tokenizer(dataset_dir / TOKENIZER_DIR)
     eos = tokenizer.eos_token_id
     unknown = typing.cast(int | None, getattr(tokenizer, "unk_token_id", None))
@@ -206,15 +195,15 @@ def _records_dataset(
     notes: list[str] = []
     renderings: tuple[Rendering, ...] = ()
     source_texts: dict[str, str] = {}
-    if isinstance(meta, ChatDatasetMeta):
-        source_format = meta.source_format or "text"
-        packed = pack_token_records(dataset_dir, len(tokenizer), scratch)
+    if meta.source_format is not None:
+        source_format: str | None = meta.source_format
         sources, renderings, source_texts, note = _rendered_sources(
-            config, tokenizer, source_format, unknown
+            config, tokenizer, meta.source_format, unknown
         )
         if note:
             notes.append(note)
-        splits = tuple(_chat_split(dataset_dir, name, packed, sources) for name in SPLITS)
+        eos_run = [] if eos is None else [eos]
+        splits = tuple(_chat_split(dataset_dir, meta, name, sources, eos_run) for name in SPLITS)
         if source_format == "messages":
             closing |= end_of_turn_ids(tokenizer)
         unmatched = sum(1 for s in splits for r in s.records if r.source is None)
@@ -223,25 +212,21 @@ def _records_dataset(
                 f"{unmatched} prepared record(s) match no source row: the sources changed "
                 "since prepare, so prepare again to train on what they hold now"
             )
-        kind = f"chat records ({source_format}), packed into one stream per split"
+        kind = f"chat records ({source_format}), end to end in one token file per split"
         source = _source_label(config)
         chat: ChatTokenizer | None = tokenizer
     else:
         source_format = None
-        packed = pack_dataset(dataset_dir, tokenizer, scratch, separator=meta.doc_separator)
         separator = tokenizer.encode(meta.doc_separator, add_special_tokens=False)
         closing_run = [] if eos is None else [eos, *separator]
-        splits = tuple(
-            _speech_split(dataset_dir, name, packed, closing_run, meta.records.get(name, 0))
-            for name in SPLITS
-        )
+        splits = tuple(_cut_split(dataset_dir, meta, name, closing_run) for name in SPLITS)
         if any(not split.records for split in splits):
             notes.append(
                 "record boundaries not found (a record's text holds the end-of-sequence "
                 "token), so records are not told apart"
             )
-        kind = "speech records, each closed by EOS and the separator, packed into one stream"
-        inputs = [entry.path for entry in meta.fingerprint.inputs]
+        kind = "speech records, each closed by EOS and the separator, in one token file per split"
+        inputs = meta.source_inputs()
         shown = ", ".join(inputs[:SHOWN_INPUTS])
         more = len(inputs) - SHOWN_INPUTS
         source = shown + (f" (+{more} more)" if more > 0 else "")
@@ -253,9 +238,9 @@ def _records_dataset(
         source_format=source_format,
         tokenizer=f"{meta.base_model} (Hugging Face, {dataset_dir / TOKENIZER_DIR})",
         vocab_size=len(tokenizer),
-        dtype=packed.dtype,
-        train_file=packed.train,
-        train_mask=packed.train_mask,
+        dtype=meta.dtype,
+        train_file=dataset_dir / token_file("train"),
+        train_mask=dataset_dir / mask_file("train") if meta.masked else None,
         splits=splits,
         decode=lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False),
         encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
@@ -277,43 +262,65 @@ def _mask(path: Path | None) -> npt.NDArray[Any] | None:
     return None if path is None else np.memmap(path, dtype=MASK_DTYPE, mode="r")
 
 
+def _split_files(
+    dataset_dir: Path, meta: RecordsMeta, name: str
+) -> tuple[Path, npt.NDArray[Any], npt.NDArray[Any] | None]:
+    path = dataset_dir / token_file(name)
+    mask = _mask(dataset_dir / mask_file(name) if meta.masked else None)
+    return path, _tokens(path, meta.dtype), mask
+
+
 def _chat_split(
     dataset_dir: Path,
+    meta: RecordsMeta,
     name: str,
-    packed: PackedDataset,
     sources: Mapping[tuple[int, ...], list[str]],
+    eos_run: Sequence[int],
 ) -> Split:
-    path = dataset_dir / SPLIT_FILES[name]
+    """Records are the source rows found, in order, in the token file; without sources
+    (or when they no longer cover it) they are cut after every EOS."""
+    path, tokens, mask = _split_files(dataset_dir, meta, name)
     unclaimed = {ids: list(wheres) for ids, wheres in sources.items()}
+    by_first: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+    for ids in sorted(sources, key=len, reverse=True):
+        if ids:
+            by_first[ids[0]].append(ids)
     records: list[Record] = []
-    offset = 0
-    for number, record in enumerate(read_token_records(path), start=1):
-        length = len(record.input_ids)
-        wheres = unclaimed.get(record.input_ids)
-        source = wheres.pop(0) if wheres else None
-        records.append(Record(offset, length, f"{path}:{number}", source))
-        offset += length
-    tokens_path = packed.train if name == "train" else packed.val
-    mask_path = packed.train_mask if name == "train" else packed.val_mask
-    return Split(name, _tokens(tokens_path, packed.dtype), _mask(mask_path), tuple(records))
+    offset, total = 0, len(tokens)
+    while sources and offset < total:
+        found = next(
+            (
+                ids
+                for ids in by_first.get(int(tokens[offset]), [])
+                if offset + len(ids) <= total
+                and tuple(int(t) for t in tokens[offset : offset + len(ids)]) == ids
+            ),
+            None,
+        )
+        if found is None:
+            break
+        wheres = unclaimed[found]
+        where = wheres.pop(0) if wheres else None
+        records.append(Record(offset, len(found), f"{path}#{len(records) + 1}", where))
+        offset += len(found)
+    if sources and offset == total and len(records) == meta.records.get(name, 0):
+        return Split(name, tokens, mask, tuple(records))
+    return _cut_split(dataset_dir, meta, name, eos_run)
 
 
-def _speech_split(
-    dataset_dir: Path, name: str, packed: PackedDataset, closing: Sequence[int], expected: int
-) -> Split:
-    """Records end where EOS and the separator close them (packing.py); when that does not
-    give the number of records meta.json counts, the split is left without records."""
-    tokens = _tokens(packed.train if name == "train" else packed.val, packed.dtype)
+def _cut_split(dataset_dir: Path, meta: RecordsMeta, name: str, closing: Sequence[int]) -> Split:
+    """Records end where their closing run does; when that does not give the number of
+    records meta.json counts, the split is left without records."""
+    path, tokens, mask = _split_files(dataset_dir, meta, name)
     ends = _closing_ends(tokens, closing)
-    path = dataset_dir / SPLIT_FILES[name]
-    if len(ends) != expected or (ends and ends[-1] != len(tokens)):
-        return Split(name, tokens, None, ())
+    if len(ends) != meta.records.get(name, 0) or (ends and ends[-1] != len(tokens)):
+        return Split(name, tokens, mask, ())
     starts = [0, *ends[:-1]]
     records = tuple(
-        Record(start, end - start, f"{path}:{number}")
+        Record(start, end - start, f"{path}#{number}")
         for number, (start, end) in enumerate(zip(starts, ends, strict=True), start=1)
     )
-    return Split(name, tokens, None, records)
+    return Split(name, tokens, mask, records)
 
 
 def _closing_ends(tokens: npt.NDArray[Any], closing: Sequence[int]) -> list[int]:
@@ -398,15 +405,6 @@ def _strings(value: object) -> Iterable[str]:
     elif isinstance(value, list):
         for item in typing.cast(list[object], value):
             yield from _strings(item)
-
-
-def speech_text(record: Record) -> str | None:
-    """The text of a speech record, read back from its prepared split (for the checks)."""
-    path, _, line = record.where.rpartition(":")
-    for number, text in enumerate(read_texts(Path(path)), start=1):
-        if number == int(line):
-            return text
-    return None
 
 
 # --- windows --------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
+import numpy as np
+
 from ml_playground import run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig, load_config
@@ -581,3 +583,27 @@ def chat_fine_tune(
         prepare_chat_dataset(loaded.config, lambda: load_tokenizer(ModelSource.local(model)))
         train_lora(loaded.config)
     return loaded
+
+
+def prepared_split(dataset_dir: Path, split: str) -> tuple[list[int], list[int] | None]:
+    """A prepared records dataset's `split` as training reads it: its token ids, and its
+    target flags when the dataset has a mask."""
+    from ml_playground.data.records_meta import read_records_meta  # noqa: PLC0415 - heavy
+
+    meta = read_records_meta(dataset_dir)
+    ids = np.fromfile(dataset_dir / f"{split}.bin", dtype=meta.dtype).tolist()
+    if not meta.masked:
+        return ids, None
+    return ids, np.fromfile(dataset_dir / f"{split}.mask.bin", dtype=np.uint8).tolist()
+
+
+def cut_after(ids: Sequence[int], closing: Sequence[int]) -> list[list[int]]:
+    """`ids` cut into the records that each end with the run `closing`."""
+    records: list[list[int]] = []
+    start, width = 0, len(closing)
+    for end in range(width, len(ids) + 1):
+        if end - width >= start and list(ids[end - width : end]) == list(closing):
+            records.append(list(ids[start:end]))
+            start = end
+    assert start == len(ids), "the stream does not end with the closing run"
+    return records

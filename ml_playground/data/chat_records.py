@@ -8,17 +8,12 @@
                 prompt_completion   {"prompt": ..., "completion": ...}
                 messages            {"messages": [{"role": ..., "content": ...}, ...]}
 
-    dataset_dir/train.jsonl, val.jsonl   one JSON object per record: "input_ids" and
-                                         "trained_spans", the [start, end) ranges of the
-                                         tokens the model learns to predict
-    dataset_dir/tokenizer/               the base model's tokenizer (with the chat
-                                         template that rendered the records)
-    dataset_dir/meta.json                written last (see dataset_folder.py)
-
-Records are tokenized here, not at train time, because which tokens train depends on
-how the conversation was rendered (rendering.py: the chat template, or `[prepare]
-chat_template`, and the assistant spans). packing.py turns the spans into a mask beside
-the token stream, so a prompt token is never a target.
+The folder is records_meta.py's: train.bin and val.bin hold every record's ids end to end,
+train.mask.bin and val.mask.bin flag the tokens the model learns to predict (the
+rendering's trained spans), tokenizer/ is the base model's tokenizer with the chat
+template that rendered the records. Which tokens train depends on how the conversation
+was rendered (rendering.py: the chat template, or `[prepare] chat_template`, and the
+assistant spans), so a prompt token is never a target.
 
 Bad records (not JSON, a missing or empty field, an unknown role, roles out of order, a
 template that refuses them) are counted by reason, reported on the console and in
@@ -27,31 +22,29 @@ meta.json like the speech path's damage; a source without one usable record is a
 
 from __future__ import annotations
 
-import json
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 from ml_playground.artifacts import Artifact, read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder, hf_datasets
 from ml_playground.data.dataset_folder import TOKENIZER_DIR, InputFile, input_file
 from ml_playground.data.jsonl_records import jsonl_rows, read_records, record_sources
-from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE, Line, per_split, write_split
-from ml_playground.data.records import (
-    HFRecordsMeta,
-    SpeechDatasetMeta,
-    TokenizerLoader,
-    read_dataset_meta,
-    require_hf_model,
+from ml_playground.data.record_split import SplitRecord, per_split, write_split
+from ml_playground.data.records import TokenizerLoader, require_hf_model
+from ml_playground.data.records_meta import (
+    RecordsMeta,
+    SourceFingerprint,
+    drop_legacy_files,
 )
 from ml_playground.data.rendering import ChatTokenizer, TokenRecord
-from ml_playground.data.table import RowCounts, RowTally
+from ml_playground.data.table import RowCounts
+from ml_playground.data.token_dataset import token_dtype
 from ml_playground.errors import ConfigError, DataError
 
-FORMAT_VERSION: Final = 1
-RECORD_FORMAT: Final = "token-records-jsonl"
+FORMAT_VERSION: Final = 2
 SHOWN_EXAMPLES = 3
 # --- the dataset --------------------------------------------------------------------------
 
@@ -68,47 +61,7 @@ class ChatRecordSettings(Artifact):
     seed: int
 
 
-class ChatFingerprint(Artifact):
-    inputs: tuple[InputFile, ...]
-    # "name[split]@content-hash" of an [prepare] hf_dataset source; None for JSONL files.
-    hf_dataset: str | None = None
-    settings: ChatRecordSettings
-
-
-class ChatDatasetMeta(HFRecordsMeta):
-    """Chat records dataset metadata.
-
-    Its `source_format` (a RecordFormat field, which a run copies) is always set.
-    """
-
-    format_version: Literal[1] = FORMAT_VERSION
-    format: Literal["token-records-jsonl"] = RECORD_FORMAT
-    tokens: dict[str, int]
-    trained_tokens: dict[str, int]
-    fingerprint: ChatFingerprint
-    rows: RowTally
-
-
-ChatPrepareOutcome = dataset_folder.PrepareOutcome[ChatDatasetMeta]
-
-
-def read_records_meta(
-    dataset_dir: Path, *, chat: bool = False
-) -> SpeechDatasetMeta | ChatDatasetMeta:
-    """The meta.json of a records dataset of either kind, told apart by its "format"; one
-    that is missing or unreadable is reported as the kind the config asks for (`chat`:
-    [prepare] format is set)."""
-    path = dataset_dir / dataset_folder.META_FILE
-    try:
-        peeked: object = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        peeked = None  # the reader below says what is wrong with the file
-    found = (
-        typing.cast(dict[str, object], peeked).get("format") if isinstance(peeked, dict) else None
-    )
-    if found == RECORD_FORMAT or (found is None and chat):
-        return dataset_folder.read_meta(ChatDatasetMeta, path)
-    return read_dataset_meta(dataset_dir)
+ChatPrepareOutcome = dataset_folder.PrepareOutcome[RecordsMeta]
 
 
 def prepare_chat_records(
@@ -136,7 +89,7 @@ def prepare_chat_dataset(
     rows, described, inputs, hf_source = _record_rows(config)
     template = configured_template(prepare.chat_template)
     dataset_dir = prepare.dataset_dir
-    fingerprint = ChatFingerprint(
+    fingerprint = SourceFingerprint(
         inputs=inputs,
         hf_dataset=hf_source,
         settings=ChatRecordSettings(
@@ -147,10 +100,10 @@ def prepare_chat_dataset(
             chat_template=template,
             train_split=prepare.train_split,
             seed=prepare.seed,
-        ),
+        ).to_json(),
     )
     existing = dataset_folder.up_to_date(
-        ChatDatasetMeta,
+        RecordsMeta,
         dataset_dir,
         lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
         force=force,
@@ -167,10 +120,13 @@ def prepare_chat_dataset(
             "set [prepare] chat_template to a Jinja template or FILE:<path of one>"
         )
     counts = RowCounts()
+    dtype = token_dtype(len(tokenizer))
     with dataset_folder.replacing(dataset_dir) as staged:
         split = write_split(
-            _split_lines(read_records(rows, source_format, tokenizer, counts)),
+            _split_records(read_records(rows, source_format, tokenizer, counts)),
             staged,
+            dtype=dtype,
+            masked=True,
             train_split=prepare.train_split,
             seed=prepare.seed,
             too_few=lambda usable: DataError(
@@ -180,7 +136,7 @@ def prepare_chat_dataset(
         )
         with staged.folder(TOKENIZER_DIR) as folder:
             tokenizer.save_pretrained(str(folder))
-        meta = ChatDatasetMeta(
+        meta = RecordsMeta(
             structure_tokens=(),
             added_tokens=(),
             doc_separator="",
@@ -191,14 +147,16 @@ def prepare_chat_dataset(
             base_model=hf.model_name,
             revision=hf.revision,
             vocab_size=len(tokenizer),
-            records=per_split(split, "records"),
+            dtype=dtype,
+            masked=True,
             tokens=per_split(split, "tokens"),
+            records=per_split(split, "records"),
             trained_tokens=per_split(split, "trained"),
-            file_sizes=staged.sizes(TRAIN_FILE, VAL_FILE),
             fingerprint=fingerprint,
             rows=counts.tally(),
         )
         staged.commit(meta)
+    drop_legacy_files(dataset_dir)
     return ChatPrepareOutcome(
         skipped=False,
         meta=meta,
@@ -244,12 +202,10 @@ def configured_template(value: str | None) -> str | None:
     return value
 
 
-def _split_lines(records: Iterator[TokenRecord]) -> Iterator[Line]:
+def _split_records(records: Iterator[TokenRecord]) -> Iterator[SplitRecord]:
     for record in records:
-        fields = {"input_ids": record.input_ids, "trained_spans": record.trained_spans}
-        line = json.dumps(fields, separators=(",", ":")) + "\n"
         trained = sum(end - start for start, end in record.trained_spans)
-        yield line.encode("utf-8"), {"tokens": len(record.input_ids), "trained": trained}
+        yield SplitRecord(record.input_ids, record.mask(), {"trained": trained})
 
 
 def _summary(counts: RowCounts) -> str:

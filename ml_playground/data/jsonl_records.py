@@ -6,8 +6,7 @@
 
 Bad rows (not JSON, a missing or empty field, an unknown role, roles out of order, a
 template that refuses them) are counted by reason in a `RowCounts`, never guessed at;
-a chat template that fails outright is a `DataError` naming the row. `read_token_records`
-reads a prepared split back.
+a chat template that fails outright is a `DataError` naming the row.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ import json
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from ml_playground.config import RecordsSourceFormat
-from ml_playground.data.dataset_folder import RERUN_HINT
 from ml_playground.data.rendering import (
     BadRecordError,
     ChatTokenizer,
@@ -163,24 +160,3 @@ def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return "an object"
-
-
-def read_token_records(path: Path) -> Iterator[TokenRecord]:
-    """The records of a prepared split, in order."""
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    yield _prepared_record(json.loads(line))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    raise DataError(
-                        f"{path}:{number} is not a token record; {RERUN_HINT}"
-                    ) from None
-    except FileNotFoundError:
-        raise DataError(f"dataset file not found: {path}; {RERUN_HINT}") from None
-
-
-def _prepared_record(value: Any) -> TokenRecord:
-    ids = tuple(int(i) for i in value["input_ids"])
-    spans = tuple((int(start), int(end)) for start, end in value["trained_spans"])
-    return TokenRecord(ids, spans)

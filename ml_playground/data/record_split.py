@@ -1,74 +1,110 @@
-"""The per-record split both records datasets write (speeches, chat records).
+"""The per-record split both records datasets write (speeches, chat records), as token files.
 
 Each record goes to val with probability 1 - train_split, drawn from random.Random(seed)
 in input order; when that leaves a split empty, the last record of the other one moves
-there, so at least one record lands in each. Records are JSON lines, appended to the
-staged train and val files as they come, so memory stays bounded however many there are.
+there, so at least one record lands in each. A record's tokens are appended to its split's
+train.bin or val.bin (the token-file format of the from-scratch pipeline, which the same
+BatchSampler reads) and, when some tokens are not targets, one flag per token to
+train.mask.bin or val.mask.bin, as they come, so memory stays bounded however many
+records there are.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping
-from typing import IO
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import IO, Any
 
+import numpy as np
+
+from ml_playground.data.batches import MASK_DTYPE
 from ml_playground.data.dataset_folder import StagedDataset
 from ml_playground.errors import DataError
 
-TRAIN_FILE = "train.jsonl"
-VAL_FILE = "val.jsonl"
 SPLITS = ("train", "val")
 
-# A record as the split writes it: its JSON line, and what it adds to its split's counts
-# (e.g. {"characters": 120} or {"tokens": 80, "trained": 30}).
-Line = tuple[bytes, Mapping[str, int]]
-# Per split ("train", "val"): "records" and every measure the lines carry.
+# Per split ("train", "val"): "records", "tokens" and every measure the records carry.
 SplitCounts = dict[str, dict[str, int]]
 
 
-class _SplitFile:
-    """Appends records to one split's file; can hand its last record back."""
+def token_file(split: str) -> str:
+    return f"{split}.bin"
 
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle = handle
-        self.counts: dict[str, int] = {"records": 0}
-        self._last: tuple[int, Line] | None = None  # offset, line
 
-    def write(self, line: Line) -> None:
-        self._last = (self.handle.tell(), line)
-        self.handle.write(line[0])
-        self._count(line[1], 1)
+def mask_file(split: str) -> str:
+    return f"{split}.mask.bin"
 
-    def take_last(self) -> Line:
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """A record as the split writes it: its token ids, its target flags (None: every
+    token is one), and what it adds to its split's counts (e.g. {"characters": 120})."""
+
+    ids: Sequence[int]
+    mask: Sequence[int] | None = None
+    measures: Mapping[str, int] | None = None
+
+
+class _SplitFiles:
+    """Appends records to one split's token (and mask) file; can hand its last one back."""
+
+    def __init__(self, tokens: IO[Any], mask: IO[Any] | None, dtype: str) -> None:
+        self.tokens, self.mask, self.dtype = tokens, mask, dtype
+        self.counts: dict[str, int] = {"records": 0, "tokens": 0}
+        self._last: tuple[int, int, SplitRecord] | None = None  # offsets, record
+
+    def write(self, record: SplitRecord) -> None:
+        mask_at = self.mask.tell() if self.mask is not None else 0
+        self._last = (self.tokens.tell(), mask_at, record)
+        self.tokens.write(np.asarray(record.ids, dtype=self.dtype).tobytes())
+        if self.mask is not None:
+            flags = record.mask if record.mask is not None else [1] * len(record.ids)
+            self.mask.write(np.asarray(flags, dtype=MASK_DTYPE).tobytes())
+        self._count(record, 1)
+
+    def take_last(self) -> SplitRecord:
         assert self._last is not None and self.counts["records"] > 1
-        offset, line = self._last
-        self.handle.seek(offset)
-        self.handle.truncate()
+        tokens_at, mask_at, record = self._last
+        for handle, offset in ((self.tokens, tokens_at), (self.mask, mask_at)):
+            if handle is not None:
+                handle.seek(offset)
+                handle.truncate()
         self._last = None
-        self._count(line[1], -1)
-        return line
+        self._count(record, -1)
+        return record
 
-    def _count(self, measures: Mapping[str, int], sign: int) -> None:
+    def _count(self, record: SplitRecord, sign: int) -> None:
         self.counts["records"] += sign
-        for key, value in measures.items():
+        self.counts["tokens"] += sign * len(record.ids)
+        for key, value in (record.measures or {}).items():
             self.counts[key] = self.counts.get(key, 0) + sign * value
 
 
 def write_split(
-    lines: Iterable[Line],
+    records: Iterable[SplitRecord],
     staged: StagedDataset,
     *,
+    dtype: str,
+    masked: bool,
     train_split: float,
     seed: int,
     too_few: Callable[[int], DataError],
 ) -> SplitCounts:
-    """Write `lines` into staged train.jsonl and val.jsonl; returns each split's counts.
-    Fewer than two records raise `too_few(number of records)`."""
+    """Write `records` into staged train.bin and val.bin (with their masks when `masked`);
+    returns each split's counts. Fewer than two records raise `too_few(number of records)`."""
     rng = random.Random(seed)
-    with staged.open(TRAIN_FILE) as train_handle, staged.open(VAL_FILE) as val_handle:
-        train, val = _SplitFile(train_handle), _SplitFile(val_handle)
-        for line in lines:
-            (train if rng.random() < train_split else val).write(line)
+    with ExitStack() as files:
+
+        def split_files(split: str) -> _SplitFiles:
+            tokens = files.enter_context(staged.open(token_file(split)))
+            mask = files.enter_context(staged.open(mask_file(split))) if masked else None
+            return _SplitFiles(tokens, mask, dtype)
+
+        train, val = split_files("train"), split_files("val")
+        for record in records:
+            (train if rng.random() < train_split else val).write(record)
         total = train.counts["records"] + val.counts["records"]
         if total < 2:
             raise too_few(total)

@@ -51,6 +51,11 @@ UINT16_IDS = 1 << 16
 TokenDType = Literal["uint16", "uint32"]
 
 
+def token_dtype(vocab_size: int) -> TokenDType:
+    """The narrowest token-file dtype that holds every id of the vocabulary."""
+    return "uint16" if vocab_size <= UINT16_IDS else "uint32"
+
+
 class PrepareSettings(Artifact):
     """Token dataset settings.
 
@@ -146,7 +151,7 @@ def prepare_token_dataset(
         else TiktokenTokenizer(encoding)
     )
     _check_vocab_limit(tokenizer.vocab_size, vocab_size_limit)
-    dtype: TokenDType = "uint16" if tokenizer.vocab_size <= UINT16_IDS else "uint32"
+    dtype = token_dtype(tokenizer.vocab_size)
 
     with (
         dataset_folder.replacing(dataset_dir) as staged,

@@ -19,8 +19,7 @@ from typing import Any, cast
 
 from ml_playground import run_folder
 from ml_playground.config import ExperimentConfig
-from ml_playground.data.chat_records import read_records_meta
-from ml_playground.data.records import RecordFormat
+from ml_playground.data.records_meta import RecordFormat, read_records_meta
 from ml_playground.errors import DataError
 from ml_playground.export.chat_template import TemplateTokenizer, ollama_chat
 from ml_playground.export.modelfile import RAW_COMPLETION

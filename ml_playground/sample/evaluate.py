@@ -1,8 +1,8 @@
 """`eval`: how well a trained model predicts text, as loss, perplexity and bits per byte.
 
 What is scored: by default the val split the run validated on (the prepared dataset's
-val.bin for a GPT; out_dir/packed/val.bin for fine-tuning, where chat records count only
-the assistant's tokens, as their training loss does), or any UTF-8 text file (`--text`).
+val.bin, with val.mask.bin for chat records, which count only the assistant's tokens, as
+their training loss does), or any UTF-8 text file (`--text`).
 A file gets the model's start token (BOS, else end-of-text) in front where it has one, so
 its first token is scored too; a char GPT has none, and its first character is context.
 
@@ -43,12 +43,13 @@ import torch
 from torch.nn import functional as F  # noqa: N812 - the conventional name
 
 from ml_playground import run_folder
-from ml_playground.artifacts import Artifact, read_artifact, write_artifact
+from ml_playground.artifacts import Artifact, write_artifact
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.batches import IGNORE_INDEX, open_mask, open_tokens
-from ml_playground.data.dataset_folder import META_FILE
-from ml_playground.data.packing import PACKED_DIR, PackMeta, mask_name
+from ml_playground.data.record_split import mask_file
+from ml_playground.data.records_meta import read_records_meta
 from ml_playground.data.token_dataset import read_meta
+from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.digest import file_digest
 from ml_playground.errors import DataError
 from ml_playground.sample.backend import Forward, LoadedModel, Scoring
@@ -213,51 +214,41 @@ def encode_text(model: LoadedModel, path: Path, text: str) -> Tokens:
 
 
 def val_split(config: ExperimentConfig) -> Tokens:
-    """The val tokens the run validated on: a GPT's prepared dataset, or the fine-tuning
-    run's packed records (written by `train`), with their mask for chat records."""
-    if config.uses_hf_model:
-        return _packed_val(config.sample.runtime.out_dir)
-    return _dataset_val(config)
-
-
-def _dataset_val(config: ExperimentConfig) -> Tokens:
+    """The val tokens the run validated on: the prepared dataset's val.bin, with its
+    val.mask.bin where some tokens are not targets (chat records)."""
     data = config.train.data
-    meta_path = data.dataset_dir / data.meta_file
-    meta = read_meta(meta_path)  # missing or damaged: says to prepare
-    saved = run_folder.meta_file(config.sample.runtime.out_dir)
-    if saved.is_file():
-        trained_on = read_meta(saved).tokenizer
-        if trained_on != meta.tokenizer:
-            raise DataError(
-                f"dataset {meta_path} uses tokenizer {meta.tokenizer.describe()} but the model in "
-                f"{saved.parent} was trained with {trained_on.describe()}; prepare the dataset "
-                "the run trained on, or train again"
-            )
+    if config.uses_hf_model:
+        records = read_records_meta(data.dataset_dir)  # missing, damaged or old: says to prepare
+        dtype, masked = records.dtype, records.masked
+    else:
+        meta_path = data.dataset_dir / data.meta_file
+        meta = read_meta(meta_path)  # missing or damaged: says to prepare
+        _check_trained_tokenizer(config, meta.tokenizer, meta_path)
+        dtype, masked = meta.dtype, False
     path = data.dataset_dir / data.val_bin
-    ids = _token_file(path, meta.dtype, "run `ml-playground prepare <experiment>`")
-    return Tokens(ids, None, "val split", path, _file_sha256(path), "every token after the first")
-
-
-def _packed_val(out_dir: Path) -> Tokens:
-    folder = out_dir / PACKED_DIR
-    remedy = f"the fine-tuning run writes it; {TRAIN_FIRST}"
-    meta = read_artifact(PackMeta, folder / META_FILE, error=DataError, remedy=remedy)
-    for name, size in meta.file_sizes_expected().items():
-        file = folder / name
-        if not file.is_file() or file.stat().st_size != size:
-            raise DataError(
-                f"{file} does not match {folder / META_FILE} (missing or another size); "
-                f"delete {folder} and {TRAIN_FIRST}, which packs the records again"
-            )
-    path = folder / "val.bin"
-    ids = _token_file(path, meta.dtype, remedy)
-    if not meta.masked:
+    remedy = "run `ml-playground prepare <experiment>`"
+    ids = _token_file(path, dtype, remedy)
+    if not masked:
         return Tokens(
             ids, None, "val split", path, _file_sha256(path), "every token after the first"
         )
-    counted = open_mask(folder / mask_name("val"), len(ids), path, remedy)
+    counted = open_mask(data.dataset_dir / mask_file("val"), len(ids), path, remedy)
     rule = "assistant tokens only, as training counts them: val.mask.bin"
     return Tokens(ids, counted, "val split", path, _file_sha256(path), rule)
+
+
+def _check_trained_tokenizer(
+    config: ExperimentConfig, tokenizer: TokenizerSpec, meta_path: Path
+) -> None:
+    saved = run_folder.meta_file(config.sample.runtime.out_dir)
+    if saved.is_file():
+        trained_on = read_meta(saved).tokenizer
+        if trained_on != tokenizer:
+            raise DataError(
+                f"dataset {meta_path} uses tokenizer {tokenizer.describe()} but the model in "
+                f"{saved.parent} was trained with {trained_on.describe()}; prepare the dataset "
+                "the run trained on, or train again"
+            )
 
 
 def _token_file(path: Path, dtype: str, remedy: str) -> npt.NDArray[Any]:

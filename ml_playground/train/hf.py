@@ -9,7 +9,9 @@ module adds is the model, the next-token loss of a batch, writing adapters folde
 
 Under torchrun or `accelerate launch` the loop's rules hold: the peft model is wrapped in
 DistributedDataParallel (only its trainable parameters take part), each rank draws its own
-batches, and only rank 0 writes (packed tokens, adapters, tokenizer, meta.json, logs).
+batches, and only rank 0 writes (adapters, tokenizer, meta.json, logs). The tokens are the
+dataset folder's train.bin and val.bin (with their masks for chat records), tokenized at
+prepare time.
 """
 
 from __future__ import annotations
@@ -23,16 +25,11 @@ from torch import nn
 from ml_playground import atomic, checkpoint, run_folder
 from ml_playground.checkpoint import TrainingState
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
-from ml_playground.data.chat_records import ChatDatasetMeta, read_records_meta
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
-from ml_playground.data.packing import pack_dataset, pack_token_records
-from ml_playground.data.records import RecordFormat, SpeechDatasetMeta
+from ml_playground.data.record_split import mask_file, token_file
+from ml_playground.data.records_meta import RecordFormat, RecordsMeta, read_records_meta
 from ml_playground.device import Precision, seed_everything
-from ml_playground.distributed import (
-    Ranks,
-    rank_zero_first,
-    ranks_from_env,
-)
+from ml_playground.distributed import Ranks, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.finetune.dropout import install_shared_dropout
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
@@ -87,7 +84,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     peft = train_config.peft or PeftConfig()
     seed_everything(runtime.seed)  # the same fresh adapters on every rank
     dataset_dir = train_config.data.dataset_dir
-    meta = read_records_meta(dataset_dir, chat=config.prepare.format is not None)
+    meta = read_records_meta(dataset_dir)
     _check_dataset_matches(meta, hf, dataset_dir)
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
     last = run_folder.adapters_dir(runtime.out_dir, run_folder.LAST)
@@ -105,14 +102,6 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     )
     if resume is not None:
         _check_same_run(run_meta, runtime.out_dir)
-    # Rank 0 tokenizes; the other ranks then find its packed files and only read them.
-    with rank_zero_first():
-        if isinstance(meta, ChatDatasetMeta):
-            packed = pack_token_records(dataset_dir, len(tokenizer), runtime.out_dir)
-        else:
-            packed = pack_dataset(
-                dataset_dir, tokenizer, runtime.out_dir, separator=meta.doc_separator
-            )
     dtype = weights_dtype(hf, runtime)
     model, checkpointing = _build_model(
         hf,
@@ -158,12 +147,12 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         ranks,
         model=model,
         files=TokenFiles(
-            packed.train,
-            packed.val,
-            packed.dtype,
+            dataset_dir / token_file("train"),
+            dataset_dir / token_file("val"),
+            meta.dtype,
             len(tokenizer),
-            train_mask=packed.train_mask,
-            val_mask=packed.val_mask,
+            train_mask=dataset_dir / mask_file("train") if meta.masked else None,
+            val_mask=dataset_dir / mask_file("val") if meta.masked else None,
         ),
         block_size=train_config.block_size,
         loss=loss,
@@ -226,9 +215,7 @@ def _announce_saved_lora(peft: PeftConfig, fields: Mapping[str, object], folder:
             )
 
 
-def _check_dataset_matches(
-    meta: SpeechDatasetMeta | ChatDatasetMeta, hf: HFModelConfig, dataset_dir: Path
-) -> None:
+def _check_dataset_matches(meta: RecordsMeta, hf: HFModelConfig, dataset_dir: Path) -> None:
     if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
         raise DataError(
             f"dataset {dataset_dir} was prepared with the tokenizer of {meta.base_model} but "

@@ -27,7 +27,6 @@ from torch.nn import functional as F  # noqa: N812 - the conventional name
 
 from ml_playground import checkpoint, run_folder
 from ml_playground.config import ExperimentConfig
-from ml_playground.data.packing import PACKED_DIR
 from ml_playground.data.tokenizer import CharTokenizer
 from ml_playground.finetune.model import PEFT_DEPRECATION
 from ml_playground.model.config import GPTConfig
@@ -365,8 +364,9 @@ def test_eval_of_a_lora_run_scores_the_answers_of_the_val_split_base_and_fine_tu
     cli: EvalCli, lora_run: ExperimentConfig
 ) -> None:
     out_dir = lora_run.train.runtime.out_dir
-    ids = np.fromfile(out_dir / PACKED_DIR / "val.bin", dtype=np.uint16)
-    mask = np.fromfile(out_dir / PACKED_DIR / "val.mask.bin", dtype=np.uint8)
+    dataset_dir = lora_run.prepare.dataset_dir  # eval reads the prepared val split
+    ids = np.fromfile(dataset_dir / "val.bin", dtype=np.uint16)
+    mask = np.fromfile(dataset_dir / "val.mask.bin", dtype=np.uint8)
 
     result = cli.run(out_dir.parent)
 
@@ -398,9 +398,9 @@ def answer_numbers(config: ExperimentConfig) -> list[int]:
     from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - heavy
 
     tokenizer = load_tokenizer(ModelSource.local(config.train.runtime.out_dir / "tokenizer"))
-    lines = (config.prepare.dataset_dir / "val.jsonl").read_text(encoding="utf-8").splitlines()
-    texts = [tokenizer.decode(json.loads(line)["input_ids"]) for line in lines]
-    return [i for text in texts for i in range(20) if ANSWER.format(i=i) in text]
+    ids = np.fromfile(config.prepare.dataset_dir / "val.bin", dtype=np.uint16).tolist()
+    text = tokenizer.decode(ids)
+    return [i for i in range(20) if ANSWER.format(i=i) in text]
 
 
 def test_fine_tuned_beats_base_on_training_like_text_by_the_models_own_loss(

@@ -167,7 +167,7 @@ def test_a_template_that_leaves_the_end_of_turn_token_out_of_the_mask_gets_the_w
     assert "the end-of-turn token '<|im_end|>'" in warnings[0]
     assert "not a target in 6 of 6 records" in warnings[0]
     assert (
-        f"(first: {folder / 'datasets' / 'train.jsonl'}:1 (from {folder / 'chats.jsonl'}:"
+        f"(first: {folder / 'datasets' / 'train.bin'}#1 (from {folder / 'chats.jsonl'}:"
         in (warnings[0])
     )
 
@@ -195,7 +195,7 @@ def test_a_template_that_drops_the_system_message_gets_the_same_text_warnings(
     assert not any("differ only in what the user says" in line for line in warnings), warnings
 
 
-def test_inspect_shows_speech_records_with_their_lines_in_the_prepared_split(
+def test_inspect_shows_speech_records_with_their_place_in_the_prepared_split(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
     root = tmp_path.resolve()
@@ -205,7 +205,7 @@ def test_inspect_shows_speech_records_with_their_lines_in_the_prepared_split(
 
     assert result.returncode == 0, result.stderr
     assert "speech records" in result.stdout
-    assert f"of the record at {root / 'datasets' / 'train.jsonl'}:" in result.stdout
+    assert f"of the record at {root / 'datasets' / 'train.bin'}#" in result.stdout
     assert "record lengths in tokens: median" in result.stdout
     assert "checks: no warnings" in result.stdout
 

@@ -18,9 +18,7 @@ import torch
 from ml_playground import run_folder
 from ml_playground.data.batches import BatchSampler
 from ml_playground.data.chat_records import prepare_chat_dataset
-from ml_playground.data.jsonl_records import read_token_records
-from ml_playground.data.packing import PACKED_DIR, pack_token_records
-from ml_playground.data.record_split import TRAIN_FILE
+from ml_playground.data.records_meta import read_records_meta
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.loss import plain_next_token_loss
 from ml_playground.train.hf import train_lora
@@ -34,6 +32,7 @@ from tests.finetune_helpers import (
     chat_settings,
     conversation,
     load,
+    prepared_split,
     write_jsonl,
 )
 
@@ -59,10 +58,12 @@ def test_a_tiny_model_trains_lora_steps_on_a_messages_jsonl(
     assert summary.iter_num == 6
     assert math.isfinite(summary.best_val_loss)
     assert (run_folder.adapters_dir(out_dir, run_folder.FINAL) / ADAPTER_FILE).is_file()
-    packed = out_dir / PACKED_DIR
+    # Training read the dataset folder's token files and masks; nothing is packed in out_dir.
+    assert not (out_dir / "packed").exists()
+    dataset_dir = config.prepare.dataset_dir
     for split in ("train", "val"):
-        tokens = np.fromfile(packed / f"{split}.bin", dtype=np.uint16)
-        mask = np.fromfile(packed / f"{split}.mask.bin", dtype=np.uint8)
+        tokens = np.fromfile(dataset_dir / f"{split}.bin", dtype=np.uint16)
+        mask = np.fromfile(dataset_dir / f"{split}.mask.bin", dtype=np.uint8)
         assert len(mask) == len(tokens)
         assert 0 < mask.sum() < len(mask)
     meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
@@ -77,18 +78,24 @@ ANSWER = "Herr Kollege, Sie haben das Wort."
 def record_loss_and_gradient(
     folder: Path, model_dir: Path, messages: Sequence[dict[str, str]]
 ) -> tuple[float, torch.Tensor]:
-    """Prepare a dataset whose train split is this one conversation, pack it, and take the
+    """Prepare a dataset whose train split is this one conversation, and take the
     loss and the gradient of the model's last layer on the window that covers it."""
     other = conversation("Und dann?", "Ich danke Ihnen.")
     write_jsonl(folder / "chats.jsonl", [{"messages": list(messages)}, other])
     config = load(folder, chat_settings(model_dir)).config
     prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model_dir)))
-    (record,) = read_token_records(config.prepare.dataset_dir / TRAIN_FILE)
-    packed = pack_token_records(config.prepare.dataset_dir, 500, folder / "out")
-    assert packed.train_mask is not None
-    block = len(record.input_ids) - 1
+    dataset_dir = config.prepare.dataset_dir
+    meta = read_records_meta(dataset_dir)
+    assert meta.records["train"] == 1
+    ids, _ = prepared_split(dataset_dir, "train")  # the one conversation
+    block = len(ids) - 1
     sampler = BatchSampler(
-        packed.train, packed.dtype, block, 1, mode="sequential", mask=packed.train_mask
+        dataset_dir / "train.bin",
+        meta.dtype,
+        block,
+        1,
+        mode="sequential",
+        mask=dataset_dir / "train.mask.bin",
     )
     x, y = sampler.next_batch()
     model = load_causal_lm(

@@ -288,7 +288,7 @@ def test_a_chat_template_that_raises_in_export_is_one_line_naming_the_model() ->
 # --- error lines that name the right thing -------------------------------------------------
 
 
-def test_train_on_a_half_prepared_chat_dataset_names_the_chat_records_metadata(
+def test_train_on_a_half_prepared_chat_dataset_names_the_records_metadata(
     tmp_path: Path, tiny_models: TinyModels, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "exp"
@@ -296,11 +296,11 @@ def test_train_on_a_half_prepared_chat_dataset_names_the_chat_records_metadata(
     write_config(folder, chat_settings(model))
     dataset_dir = folder / "datasets"
     dataset_dir.mkdir(parents=True)
-    (dataset_dir / "train.jsonl").write_text('{"input_ids": [1], "trained_spans": []}\n', "utf-8")
+    (dataset_dir / "train.bin").write_bytes(b"\x01\x00")
 
     line = one_error_line(["train", str(folder)], capsys)
 
-    assert line.startswith(f"error: chat records dataset metadata not found: {dataset_dir}")
+    assert line.startswith(f"error: records dataset metadata not found: {dataset_dir}")
     assert "speech" not in line
 
 

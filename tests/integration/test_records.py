@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 
 from ml_playground.config_loader import LoadedConfig
-from ml_playground.data.records import (
-    prepare_speech_dataset,
-    read_dataset_meta,
-    read_texts,
-    require_hf_model,
-)
-from ml_playground.data.speeches.source import speech_sources
+from ml_playground.data.records import prepare_speech_dataset, require_hf_model
+from ml_playground.data.records_meta import read_records_meta as read_dataset_meta
+from ml_playground.data.speeches.source import ReadTally, speech_sources
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer, tokenizer_loader
@@ -28,8 +24,10 @@ from tests.finetune_helpers import (
     TinyModels,
     TomlValue,
     copy_member_slices,
+    cut_after,
     load,
     member_name,
+    prepared_split,
     speeches,
     tiny_settings,
     write_speeches_csv,
@@ -53,6 +51,30 @@ def speakger_settings(tiny_models: TinyModels, **overrides: TomlValue) -> dict[s
     return settings | {key.replace("__", "."): value for key, value in overrides.items()}
 
 
+def prepared_texts(dataset_dir: Path) -> list[str]:
+    """The text of every prepared record, train then val, read back from the token files:
+    each record must be its text tokenized as a record begins, then EOS and the separator
+    (the bins the fine-tuning trainer reads, checked against an independent tokenization)."""
+    meta = read_dataset_meta(dataset_dir)
+    tokenizer = load_tokenizer(ModelSource.local(dataset_dir / "tokenizer"))
+    eos = tokenizer.eos_token_id
+    assert eos is not None
+    closing = [eos, *tokenizer.encode(meta.doc_separator, add_special_tokens=False)]
+    texts: list[str] = []
+    for split in ("train", "val"):
+        ids, mask = prepared_split(dataset_dir, split)
+        assert mask is None and len(ids) == meta.tokens[split]
+        records = cut_after(ids, closing)
+        assert len(records) == meta.records[split]
+        for record in records:
+            body = record[: -len(closing)]
+            start = 1 if body and body[0] == tokenizer.bos_token_id else 0
+            text = tokenizer.decode(body[start:], skip_special_tokens=False)
+            assert record == [*tokenizer.encode(text, add_special_tokens=True), *closing]
+            texts.append(text)
+    return texts
+
+
 def prepare(loaded: LoadedConfig) -> str:
     config = loaded.config
     sources = speech_sources(config.prepare, CSV_ONLY)
@@ -70,15 +92,17 @@ def test_prepare_writes_records_a_tokenizer_with_structure_tokens_and_meta(
     message = prepare(loaded)
 
     meta = read_dataset_meta(dataset_dir)
-    texts = [*read_texts(dataset_dir / "train.jsonl"), *read_texts(dataset_dir / "val.jsonl")]
+    texts = prepared_texts(dataset_dir)
     assert len(texts) == 12 == meta.records["train"] + meta.records["val"]
     assert meta.records["val"] >= 1
-    first = json.loads((dataset_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
-    assert first["text"].startswith(f"{SPEECH_START}\nSprecher: {member_name('19398')}\n")
-    assert "Partei: CDU\nJahr: 2019\n\n" in first["text"]
-    assert first["text"].endswith(SPEECH_END)
+    first = texts[0]
+    assert first.startswith(f"{SPEECH_START}\nSprecher: {member_name('19398')}\n")
+    assert "Partei: CDU\nJahr: 2019\n\n" in first
+    assert first.endswith(SPEECH_END)
+    assert not (dataset_dir / "train.jsonl").exists()
     assert meta.added_tokens == (SPEECH_START, SPEECH_END)
     assert meta.base_model == str(tiny_models.gemma3)
+    assert isinstance(meta.rows, ReadTally)
     assert meta.rows.skipped == {"chair": 1}
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / "tokenizer"))
     assert len(tokenizer) == meta.vocab_size
@@ -97,7 +121,7 @@ def test_meta_says_how_every_record_opens_and_closes_and_what_stops_generation(
     prepare(loaded)
 
     meta = read_dataset_meta(dataset_dir)
-    texts = [*read_texts(dataset_dir / "train.jsonl"), *read_texts(dataset_dir / "val.jsonl")]
+    texts = prepared_texts(dataset_dir)
     assert all(text.startswith(meta.record_opening) for text in texts)
     assert all(text.endswith(meta.record_closing) for text in texts)
     if structure_tokens:
@@ -151,7 +175,8 @@ def test_preparing_again_is_skipped_until_settings_or_inputs_change(
     assert again.startswith("dataset up to date")
     assert reseeded.startswith("prepared ")
     assert more_input.startswith("prepared ")
-    assert read_dataset_meta(loaded.config.prepare.dataset_dir).rows.kept == 9
+    rows = read_dataset_meta(loaded.config.prepare.dataset_dir).rows
+    assert isinstance(rows, ReadTally) and rows.kept == 9
 
 
 def test_split_is_by_speech_seeded_and_leaves_no_split_empty(
@@ -193,3 +218,33 @@ def test_bad_date_filter_is_a_config_error_naming_the_key(
 
     with pytest.raises(ConfigError, match=r"prepare.speeches.date_from = '3.3.2020' is not a date"):
         prepare(loaded)
+
+
+def test_a_folder_prepared_by_an_older_version_is_refused_in_one_line_until_prepared_again(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    loaded = speakger_experiment(tmp_path, tiny_models, speeches(4))
+    prepare(loaded)
+    dataset_dir = loaded.config.prepare.dataset_dir
+    # What today's main wrote before this format: JSONL records and a format_version 1 meta.
+    for split in ("train", "val"):
+        (dataset_dir / f"{split}.bin").unlink()
+        (dataset_dir / f"{split}.jsonl").write_text('{"text": "Ja."}\n', encoding="utf-8")
+    path = dataset_dir / "meta.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(
+        json.dumps(saved | {"format_version": 1, "format": "speech-records-jsonl"}),
+        encoding="utf-8",
+    )
+
+    with pytest.raises(DataError) as error:
+        read_dataset_meta(dataset_dir)
+
+    message = str(error.value)
+    assert "\n" not in message and error.value.exit_code == 2
+    assert message.startswith(f"{dataset_dir} was prepared by an older version")
+    assert "ml-playground prepare <experiment> --force" in message
+    prepare(loaded)  # an older folder is never up to date: preparing rebuilds it
+    assert read_dataset_meta(dataset_dir).format_version == 2
+    assert not (dataset_dir / "train.jsonl").exists()
+    assert not (dataset_dir / "val.jsonl").exists()

@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 
 from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
-from ml_playground.data.chat_records import prepare_chat_dataset, read_records_meta
-from ml_playground.data.jsonl_records import read_token_records
-from ml_playground.data.packing import pack_token_records
-from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
+from ml_playground.data.chat_records import prepare_chat_dataset
+from ml_playground.data.records_meta import read_records_meta
 from ml_playground.data.rendering import (
     ChatTokenizer,
     TokenRecord,
@@ -35,7 +33,9 @@ from tests.finetune_helpers import (
     build_chat_model,
     chat_settings,
     conversation,
+    cut_after,
     load,
+    prepared_split,
     write_jsonl,
 )
 
@@ -166,7 +166,7 @@ def test_a_file_without_a_usable_record_is_one_line_naming_it(
     assert "\n" not in message
     assert f"0 usable record(s) in {tmp_path / 'chats.jsonl'}" in message
     assert "1 no 'messages' key" in message and "1 not a JSON object" in message
-    assert not (config.prepare.dataset_dir / TRAIN_FILE).exists()
+    assert not (config.prepare.dataset_dir / "train.bin").exists()
 
 
 @pytest.mark.parametrize(
@@ -229,6 +229,7 @@ def test_prepare_chat_template_supplies_one_and_travels_with_the_tokenizer(
 
     saved = load_tokenizer(ModelSource.local(config.prepare.dataset_dir / "tokenizer"))
     assert typing.cast(ChatTokenizer, saved).chat_template == QWEN2_TEMPLATE
+    assert outcome.meta.trained_tokens is not None
     assert outcome.meta.trained_tokens["train"] > 0
 
 
@@ -243,29 +244,42 @@ def test_a_chat_template_that_is_neither_jinja_nor_a_file_is_a_config_error(
         prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
 
 
-def test_packing_keeps_each_records_mask_and_batches_ignore_the_prompt_targets(
+def test_prepare_writes_each_records_tokens_and_mask_and_batches_ignore_the_prompt_targets(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
     model = build_chat_model(tmp_path / "model", tiny_models, "gemma3", GEMMA_TEMPLATE)
     chats = [conversation(f"Frage {i}?", f"Antwort {i}.", system=SYSTEM) for i in range(8)]
     write_jsonl(tmp_path / "chats.jsonl", chats)
     config = load(tmp_path, chat_settings(model)).config
-    prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+    outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
     dataset_dir = config.prepare.dataset_dir
 
-    packed = pack_token_records(dataset_dir, 500, tmp_path / "out")
+    ids, mask = prepared_split(dataset_dir, "train")
 
-    records = list(read_token_records(dataset_dir / TRAIN_FILE))
-    ids = np.fromfile(packed.train, dtype=packed.dtype).tolist()
-    assert packed.train_mask is not None and packed.val_mask is not None
-    mask = np.fromfile(packed.train_mask, dtype=np.uint8).tolist()
+    # Independently rendered: the split's records are some of the chats, in order, end to end.
+    tokenizer = typing.cast(ChatTokenizer, load_tokenizer(ModelSource.local(model)))
+    rendered = [messages_record(tokenizer, chat["messages"]) for chat in chats]  # type: ignore[arg-type]
+    records: list[TokenRecord] = []
+    offset = 0
+    for record in rendered:
+        if ids[offset : offset + len(record.input_ids)] == list(record.input_ids):
+            records.append(record)
+            offset += len(record.input_ids)
+    assert offset == len(ids) and mask is not None
+    assert len(records) == outcome.meta.records["train"]
     assert ids == [i for record in records for i in record.input_ids]
     assert mask == [m for record in records for m in record.mask()]
-    assert len(list(read_token_records(dataset_dir / VAL_FILE))) >= 1
+    assert outcome.meta.records["val"] >= 1
+    assert outcome.meta.tokens["train"] == len(ids)
     # Walk the stream in windows: y is the next token where it trains, ignored elsewhere.
     block = 8
     sampler = BatchSampler(
-        packed.train, packed.dtype, block, 1, mode="sequential", mask=packed.train_mask
+        dataset_dir / "train.bin",
+        outcome.meta.dtype,
+        block,
+        1,
+        mode="sequential",
+        mask=dataset_dir / "train.mask.bin",
     )
     for window in range((len(ids) - 1) // block):
         x, y = sampler.next_batch()
@@ -278,8 +292,8 @@ def test_packing_keeps_each_records_mask_and_batches_ignore_the_prompt_targets(
     # A record's first token (<bos>, a prompt token) is never the target after the last.
     starts = np.cumsum([0] + [len(r.input_ids) for r in records])[1:-1]
     assert all(mask[int(s)] == 0 for s in starts)
-    again = pack_token_records(dataset_dir, 500, tmp_path / "out")
-    assert again == packed
+    again = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
+    assert again.skipped and again.meta == outcome.meta
 
 
 def test_every_jsonl_file_below_a_folder_is_read_and_every_text_token_trains(
@@ -301,9 +315,11 @@ def test_every_jsonl_file_below_a_folder_is_read_and_every_text_token_trains(
     assert meta.trained_tokens == meta.tokens
     tokenizer = load_tokenizer(ModelSource.local(model))
     dataset_dir = config.prepare.dataset_dir
+    eos = tokenizer.eos_token_id
+    assert eos is not None
     records = [
-        *read_token_records(dataset_dir / TRAIN_FILE),
-        *read_token_records(dataset_dir / VAL_FILE),
+        *cut_after(prepared_split(dataset_dir, "train")[0], [eos]),
+        *cut_after(prepared_split(dataset_dir, "val")[0], [eos]),
     ]
-    decoded = sorted(tokenizer.decode(record.input_ids) for record in records)
+    decoded = sorted(tokenizer.decode(record) for record in records)
     assert decoded == sorted(f"<bos>{text}<eos>" for text in texts)

@@ -11,13 +11,9 @@ from ml_playground.artifacts import write_artifact
 from ml_playground.checkpoint import INTEGRITY_FILE, FolderDigests
 from ml_playground.config import ExperimentConfig, RecordsSourceFormat
 from ml_playground.config_loader import load_config
-from ml_playground.data.chat_records import ChatDatasetMeta, ChatFingerprint, ChatRecordSettings
-from ml_playground.data.records import (
-    Fingerprint,
-    RecordSettings,
-    SpeechDatasetMeta,
-    speech_record_format,
-)
+from ml_playground.data.chat_records import ChatRecordSettings
+from ml_playground.data.records import RecordSettings
+from ml_playground.data.records_meta import RecordsMeta, SourceFingerprint, speech_record_format
 from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
@@ -62,15 +58,17 @@ def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
         max_records=None,
         selection=Selection().settings(),
     )
-    meta = SpeechDatasetMeta(
+    meta = RecordsMeta(
         **records.record_format(),
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
         vocab_size=10,
+        dtype="uint16",
+        masked=False,
+        tokens={"train": 0, "val": 0},
         records={},
         characters={},
-        file_sizes={},
-        fingerprint=Fingerprint(inputs=(), settings=settings),
+        fingerprint=SourceFingerprint(inputs=(), settings=settings.to_json()),
         rows=ReadTally(
             **tally.model_dump(),
             kept=0,
@@ -180,7 +178,7 @@ def chat_dataset_meta(folder: Path, source_format: RecordsSourceFormat) -> None:
         train_split=0.9,
         seed=1,
     )
-    meta = ChatDatasetMeta(
+    meta = RecordsMeta(
         structure_tokens=(),
         added_tokens=(),
         doc_separator="",
@@ -191,11 +189,12 @@ def chat_dataset_meta(folder: Path, source_format: RecordsSourceFormat) -> None:
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
         vocab_size=10,
+        dtype="uint16",
+        masked=True,
+        tokens={"train": 0, "val": 0},
         records={},
-        tokens={},
         trained_tokens={},
-        file_sizes={},
-        fingerprint=ChatFingerprint(inputs=(), settings=settings),
+        fingerprint=SourceFingerprint(inputs=(), settings=settings.to_json()),
         rows=RowTally(read=0, repaired=0, malformed={}, examples=()),
     )
     write_artifact(folder / "datasets" / "meta.json", meta)

@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 
 from ml_playground.data.chat_records import prepare_chat_dataset
-from ml_playground.data.jsonl_records import read_token_records
-from ml_playground.data.record_split import TRAIN_FILE, VAL_FILE
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from tests.finetune_helpers import (
@@ -27,6 +25,7 @@ from tests.finetune_helpers import (
     chat_settings,
     conversation,
     load,
+    prepared_split,
     write_jsonl,
 )
 
@@ -68,15 +67,19 @@ def test_a_saved_dataset_split_is_rendered_and_its_bad_rows_counted_by_row_numbe
     assert meta.rows.malformed == {"no assistant turn": 1}
     assert meta.rows.examples == (f"{tmp_path / 'saved'}[train]#6: no assistant turn",)
     dataset_dir = config.prepare.dataset_dir
-    records = [
-        *read_token_records(dataset_dir / TRAIN_FILE),
-        *read_token_records(dataset_dir / VAL_FILE),
-    ]
-    answers = sorted(
-        tokenizer.decode(record.input_ids[start:end])
-        for record in records
-        for start, end in record.trained_spans
-    )
+    answers: list[str] = []
+    for split in ("train", "val"):
+        ids, mask = prepared_split(dataset_dir, split)
+        assert mask is not None
+        # Each answer is one run of target tokens.
+        run: list[int] = []
+        for token, flag in [*zip(ids, mask, strict=True), (0, 0)]:
+            if flag:
+                run.append(token)
+            elif run:
+                answers.append(tokenizer.decode(run))
+                run = []
+    answers.sort()
     assert answers == sorted(f"Antwort {i}.<|im_end|>\n" for i in range(5))
     assert prepare_chat_dataset(config, lambda: tokenizer).skipped
 

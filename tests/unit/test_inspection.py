@@ -147,25 +147,23 @@ def test_an_end_of_turn_token_outside_the_mask_is_one_warning_for_all_records() 
     # Two records "u a a <3>", the answer trains but its closing token 3 does not.
     tokens = [117, 97, 97, 3] * 2
     mask = [0, 1, 1, 0] * 2
-    records = [Record(0, 4, "train.jsonl:1", "chats.jsonl:1"), Record(4, 4, "train.jsonl:2")]
+    records = [Record(0, 4, "train.bin#1", "chats.jsonl:1"), Record(4, 4, "train.bin#2")]
 
     warnings = dataset_checks.run_checks(masked_dataset(tokens, mask, records))
 
     assert len(warnings) == 1
-    assert (
-        "not a target in 2 of 2 records (first: train.jsonl:1 (from chats.jsonl:1))" in warnings[0]
-    )
+    assert "not a target in 2 of 2 records (first: train.bin#1 (from chats.jsonl:1))" in warnings[0]
 
 
 def test_a_trained_end_of_turn_token_passes_and_a_record_without_targets_warns() -> None:
     tokens = [117, 97, 3, 117, 117, 3]
     mask = [0, 1, 1, 0, 0, 0]
-    records = [Record(0, 3, "train.jsonl:1"), Record(3, 3, "train.jsonl:2")]
+    records = [Record(0, 3, "train.bin#1"), Record(3, 3, "train.bin#2")]
 
     warnings = dataset_checks.run_checks(masked_dataset(tokens, mask, records))
 
     assert warnings == [
-        "warning: 1 of 2 records have no target at all (first: train.jsonl:2): they fill "
+        "warning: 1 of 2 records have no target at all (first: train.bin#2): they fill "
         "windows and teach nothing; check the chat template's assistant turn (or the "
         "completion field) and prepare again"
     ]
@@ -173,7 +171,7 @@ def test_a_trained_end_of_turn_token_passes_and_a_record_without_targets_warns()
 
 def test_characters_mapped_to_the_unknown_id_are_named_with_their_record() -> None:
     tokens = [104, 0, 3]
-    records = [Record(0, 3, "train.jsonl:1", "chats.jsonl:7")]
+    records = [Record(0, 3, "train.bin#1", "chats.jsonl:7")]
     dataset = masked_dataset(
         tokens, [1, 1, 1], records, unknown_id=0, source_texts={"chats.jsonl:7": "hé"}
     )
@@ -183,7 +181,7 @@ def test_characters_mapped_to_the_unknown_id_are_named_with_their_record() -> No
     assert len(warnings) == 1
     assert "1 token(s) in 1 record(s) are the unknown id 0" in warnings[0]
     assert "('é')" in warnings[0]
-    assert "(first: train.jsonl:1 (from chats.jsonl:7))" in warnings[0]
+    assert "(first: train.bin#1 (from chats.jsonl:7))" in warnings[0]
 
 
 def test_two_conversations_rendered_alike_are_one_warning_naming_both() -> None:
