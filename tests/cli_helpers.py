@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 import struct
 import subprocess
 import sys
 import zipfile
 from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import pytest
 import torch
@@ -21,37 +23,159 @@ EXIT_KILLED = 137  # what a shell reports for a process killed by SIGKILL
 FAULTS_SCRIPT = Path(__file__).parent / "e2e" / "faults.py"
 
 
-def cli_entry(fault: Sequence[str] = ()) -> list[str]:
-    """What follows the Python executable to run the CLI: `-m ml_playground.cli`, or
-    tests/e2e/faults.py with one fault installed (see there) in front of the same CLI."""
+def cli_entry(fault: Sequence[str] = (), module: str = "ml_playground.cli") -> list[str]:
+    """What follows the Python executable to run the CLI: `-m ml_playground.cli` (or `-m` of
+    another module that runs it), or tests/e2e/faults.py with one fault installed (see
+    there) in front of the same CLI."""
     if not fault:
-        return ["-m", "ml_playground.cli"]
+        return ["-m", module]
     return [str(FAULTS_SCRIPT), *fault, "--"]
 
 
-def run_command(
-    command: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float
-) -> subprocess.CompletedProcess[str]:
-    """Run to completion, capturing text output; the exit code is the caller's to check."""
-    return subprocess.run(
-        list(command),
-        cwd=cwd,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+@dataclass(frozen=True)
+class Cli:
+    """The real CLI in a subprocess, as a user runs it: the one way tests drive it.
+
+    `python -m ml_playground.cli ARGS` in `cwd`, in this process's environment less pytest's
+    variables, offline (HF_HUB_OFFLINE=1), with `env` on top (None removes a variable).
+    Bytecode goes to `bytecode_cache` (the session fixture of tests/conftest.py), never next
+    to the package sources; without one none is written. `launcher` runs the module: this
+    Python, or a launcher such as torchrun that takes `-m MODULE ARGS`. Exit codes are the
+    caller's to check.
+    """
+
+    cwd: Path
+    env: Mapping[str, str | None] = field(default_factory=dict[str, str | None])
+    bytecode_cache: Path | None = None
+    timeout: float = 300
+    launcher: Sequence[str] = (sys.executable,)
+
+    def with_env(self, **changes: str | None) -> Cli:
+        """The same CLI with more environment changes."""
+        return replace(self, env={**self.env, **changes})
+
+    def environment(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+        env["HF_HUB_OFFLINE"] = "1"
+        if self.bytecode_cache is None:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        else:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(self.bytecode_cache)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def command(
+        self, *args: str | Path, fault: Sequence[str] = (), module: str = "ml_playground.cli"
+    ) -> list[str]:
+        """The command line; with `fault` installed (tests/e2e/faults.py), or with `module`
+        (one that runs the CLI) in place of ml_playground.cli."""
+        return [*self.launcher, *cli_entry(fault, module), *map(str, args)]
+
+    def run(
+        self,
+        *args: str | Path,
+        fault: Sequence[str] = (),
+        module: str = "ml_playground.cli",
+        prefix: Sequence[str] = (),
+        input: str | None = None,
+        stdout: IO[str] | int | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run to completion reading `input`, stderr captured and stdout too unless `stdout`
+        is given; behind `prefix` (a program that runs the rest as its command) if given."""
+        return self.run_program(
+            [*prefix, *self.command(*args, fault=fault, module=module)], input=input, stdout=stdout
+        )
+
+    def run_program(
+        self,
+        command: Sequence[str],
+        *,
+        input: str | None = None,
+        stdout: IO[str] | int | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`command` (one that runs the CLI, such as a shell pipeline) in the CLI's folder and
+        environment, under its timeout."""
+        return subprocess.run(
+            list(command),
+            cwd=self.cwd,
+            env=self.environment(),
+            input=input,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=self.timeout,
+            check=False,
+        )
+
+    def run_with_reader_gone(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        """Run with stdout a pipe whose reader has gone before the first byte (every write
+        breaks it, as after `| head`); stderr is captured."""
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            return self.run(*args, stdout=write_end)
+        finally:
+            os.close(write_end)
+
+    def run_piped_into(
+        self, shell_command: str, *args: str | Path
+    ) -> subprocess.CompletedProcess[str]:
+        """`CLI ARGS | shell_command` in bash with pipefail, as a user types it."""
+        line = f"set -o pipefail; {shlex.join(self.command(*args))} | {shell_command}"
+        return self.run_program(["bash", "-c", line])
+
+    @contextlib.contextmanager
+    def started(
+        self, *args: str | Path, fault: Sequence[str] = (), stdin: int | None = None
+    ) -> Generator[subprocess.Popen[str]]:
+        """The command running in the background, stdout and stderr pipes (and stdin where
+        `stdin` is subprocess.PIPE); killed on the way out if still running."""
+        process = subprocess.Popen(
+            self.command(*args, fault=fault),
+            cwd=self.cwd,
+            env=self.environment(),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+    @contextlib.contextmanager
+    def started_on_terminal(
+        self, terminal: int, *args: str | Path
+    ) -> Generator[subprocess.Popen[bytes]]:
+        """The command running in the background with `terminal` (a pty's replica end) as
+        its stdin, stdout and stderr; killed on the way out if still running."""
+        process = subprocess.Popen(
+            self.command(*args),
+            cwd=self.cwd,
+            env=self.environment(),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
-def run_cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """`python -m ml_playground.cli ARGS` in `cwd`, outside pytest's environment variables,
-    writing no bytecode into the tree; the exit code is the caller's to check."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return run_command(
-        [sys.executable, *cli_entry(), *map(str, args)], cwd=cwd, env=env, timeout=300
-    )
+def run_cli(cwd: Path, *args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`ml-playground ARGS` in `cwd` with the defaults of Cli, run to completion."""
+    return Cli(cwd, timeout=timeout).run(*args)
 
 
 @contextlib.contextmanager
@@ -74,49 +198,6 @@ def mounted_tmpfs(folder: Path, size: str) -> Generator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "--lazy", str(folder)], capture_output=True, check=False)
-
-
-def run_with_reader_gone(
-    command: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float
-) -> subprocess.CompletedProcess[str]:
-    """Run with stdout a pipe whose reader has gone before the first byte (every write
-    breaks it, as after `| head`); stderr is captured."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        return subprocess.run(
-            list(command),
-            cwd=cwd,
-            env=dict(env),
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
-
-
-@contextlib.contextmanager
-def started_command(
-    command: Sequence[str], *, cwd: Path, env: Mapping[str, str]
-) -> Generator[subprocess.Popen[str]]:
-    """The command running in the background; killed on the way out if still running."""
-    process = subprocess.Popen(
-        list(command),
-        cwd=cwd,
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:

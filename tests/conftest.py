@@ -50,3 +50,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     from tests.finetune_helpers import build_tiny_models  # noqa: PLC0415
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the CLI subprocesses (tests/cli_helpers.Cli) cache compiled bytecode, outside
+    the source tree.
+
+    Importing torch and torch._dynamo (every optimizer imports it) from source costs about
+    15 s of CPU per process; with cached bytecode the later subprocesses take a third.
+    Under xdist the workers share one cache in the session's common temp folder (Python
+    writes each .pyc atomically, so concurrent writers are safe).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    cache = shared / "pycache"
+    cache.mkdir(exist_ok=True)
+    return cache

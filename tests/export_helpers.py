@@ -18,7 +18,7 @@ from ml_playground import checkpoint, run_folder
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from tests.toml_helpers import dotted_toml
+from tests.toml_helpers import write_toml
 
 R50K = "r50k_base"
 EOT = "<|endoftext|>"
@@ -94,18 +94,22 @@ def write_experiment(
         "sample.sample": {**SAMPLE_DEFAULTS, **(sample or {})},
         "export.ollama": export,
     }
-    text = dotted_toml(
+    return write_toml(
+        folder / "config.toml",
         {
             f"{section}.{key}": value
             for section, keys in sections.items()
             for key, value in keys.items()
-        }
+        },
     )
-    config_path = folder / "config.toml"
-    config_path.write_text(text, encoding="utf-8")
-    return config_path
 
 
+# A run of a saved model on the CPU in float32, out_dir beside the config.
+CPU_FLOAT32_RUN: Mapping[str, TomlValue] = {
+    "train.runtime.out_dir": "out",
+    "train.runtime.device": "cpu",
+    "train.runtime.dtype": "float32",
+}
 CHAT_CHARS = "\n abcdefghijklmnopqrstuvwxyz:"
 
 
@@ -120,10 +124,11 @@ def char_gpt_experiment(
         vocab_size=len(CHAT_CHARS), block_size=block_size, n_layer=1, n_head=2, n_embd=16
     )
     save_checkpoint(folder / "out", random_gpt(args, seed), spec)
-    config_path = folder / "config.toml"
-    config_path.write_text(
-        '[train.runtime]\nout_dir = "out"\ndevice = "cpu"\ndtype = "float32"\n\n'
-        f"[sample.sample]\ntemperature = 0.0\nmax_new_tokens = {max_new_tokens}\n",
-        encoding="utf-8",
+    return write_toml(
+        folder / "config.toml",
+        {
+            **CPU_FLOAT32_RUN,
+            "sample.sample.temperature": 0.0,
+            "sample.sample.max_new_tokens": max_new_tokens,
+        },
     )
-    return config_path

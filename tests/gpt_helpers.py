@@ -15,7 +15,7 @@ from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.data.corpus import prepare_corpus, require_sources
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from tests.conftest import SHARED_DIR
-from tests.toml_helpers import dotted_toml
+from tests.toml_helpers import write_toml
 
 SHAKESPEARE = SHARED_DIR / "data" / "tinyshakespeare.txt"
 
@@ -57,10 +57,7 @@ def shakespeare_text(chars: int) -> str:
         return handle.read(chars)
 
 
-def write_config(path: Path, settings: Mapping[str, TomlValue]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dotted_toml(settings), encoding="utf-8")
-    return path
+write_config = write_toml
 
 
 def tiny_experiment(

@@ -9,15 +9,14 @@ passes in (a tmp_path), never into the source tree.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import cast
 
 import pytest
 import torch
 
+from tests.cli_helpers import run_cli
 from tests.conftest import REPO_ROOT
 from tests.export_helpers import EOT, gpt2_encoding
 
@@ -82,16 +81,7 @@ def build_gpt2_llama(folder: Path) -> Path:
 
 def export_cli(cwd: Path, folder: Path) -> subprocess.CompletedProcess[str]:
     """`ml-playground export folder` in a subprocess, which must succeed."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    result = subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", "export", str(folder)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = run_cli(cwd, "export", folder, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

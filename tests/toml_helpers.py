@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -20,3 +21,10 @@ def dotted_toml(settings: Mapping[str, TomlValue]) -> str:
             node = node.setdefault(table, {})
         node[leaf] = value
     return tomli_w.dumps(tree)
+
+
+def write_toml(path: Path, settings: Mapping[str, TomlValue]) -> Path:
+    """`settings` (dotted keys) as the TOML file `path`, its folder made; returns `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dotted_toml(settings), encoding="utf-8")
+    return path

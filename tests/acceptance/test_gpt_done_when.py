@@ -7,17 +7,16 @@ config.toml, and drives the real CLI in a subprocess.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ml_playground import checkpoint, run_folder
 from ml_playground.experiments import EXPERIMENTS_ROOT, list_experiments
+from tests.cli_helpers import Cli
 from tests.conftest import SHARED_DIR
 
 SHORT_RUN = {"max_iters": 12, "eval_interval": 6, "eval_iters": 2, "log_interval": 6}
@@ -25,16 +24,7 @@ TINY_SHAKESPEARE = SHARED_DIR / "data" / "tinyshakespeare.txt"
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return Cli(cwd, env={"PYTHONUNBUFFERED": "1"}, timeout=600).run(*args)
 
 
 def copy_experiment(name: str, tmp_path: Path, **overrides: int) -> Path:

@@ -16,7 +16,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from ml_playground import run_folder
 from ml_playground.config_loader import load_config
 from ml_playground.sample.chat import HELP, Streams, chat
 from ml_playground.sample.hf import load_hf
-from tests.cli_helpers import assert_one_error_line, flip_a_tensor_byte
+from tests.cli_helpers import Cli, assert_one_error_line, flip_a_tensor_byte
 from tests.export_helpers import char_gpt_experiment
 from tests.finetune_helpers import TinyModels, chat_fine_tune
 
@@ -35,27 +34,13 @@ TIMEOUT = 300  # seconds; a loaded CI machine imports torch and transformers slo
 GREEDY = {"sample.sample.temperature": 0.0, "sample.sample.max_new_tokens": 8}
 
 
-def cli_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
-def chat_command(folder: Path) -> list[str]:
-    return [sys.executable, "-m", "ml_playground.cli", "chat", str(folder)]
+def chat_cli(folder: Path) -> Cli:
+    """The CLI with cwd beside the experiment `folder`."""
+    return Cli(folder.parent, timeout=TIMEOUT)
 
 
 def run_chat(folder: Path, lines: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        chat_command(folder),
-        cwd=folder.parent,
-        env=cli_env(),
-        input=lines,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    return chat_cli(folder).run("chat", folder, input=lines)
 
 
 def replies_in_process(folder: Path, lines: str) -> str:
@@ -148,24 +133,16 @@ def test_chat_without_a_trained_model_is_one_error_line(tmp_path: Path) -> None:
 def test_a_reader_that_goes_away_ends_the_chat_quietly(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
     char_gpt_experiment(folder, block_size=64, max_new_tokens=200)
-    process = subprocess.Popen(
-        chat_command(folder),
-        cwd=tmp_path,
-        env=cli_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin and process.stdout and process.stderr
-    process.stdin.write("romeo:\n" * 50)
-    process.stdin.close()
+    with chat_cli(folder).started("chat", folder, stdin=subprocess.PIPE) as process:
+        assert process.stdin and process.stdout and process.stderr
+        process.stdin.write("romeo:\n" * 50)
+        process.stdin.close()
 
-    assert process.stdout.read(1)  # like `| head -c 1`
-    process.stdout.close()
-    with process.stderr:
-        stderr = process.stderr.read()  # to the end: until the chat has exited
-    process.wait(timeout=TIMEOUT)
+        assert process.stdout.read(1)  # like `| head -c 1`
+        process.stdout.close()
+        with process.stderr:
+            stderr = process.stderr.read()  # to the end: until the chat has exited
+        process.wait(timeout=TIMEOUT)
 
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
@@ -175,22 +152,15 @@ def test_a_reader_that_goes_away_ends_the_chat_quietly(tmp_path: Path) -> None:
 def test_ctrl_c_at_the_prompt_ends_the_chat_with_130(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
     char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
-    process = subprocess.Popen(
-        chat_command(folder),
-        cwd=tmp_path,
-        env=cli_env(),
-        stdin=subprocess.PIPE,  # held open: the chat waits for a line
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    deadline = time.monotonic() + TIMEOUT
-    while HELP not in process.stderr.readline():  # the last line before it reads stdin
-        assert time.monotonic() < deadline and process.poll() is None, "the chat never started"
+    # stdin held open: the chat waits for a line
+    with chat_cli(folder).started("chat", folder, stdin=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        deadline = time.monotonic() + TIMEOUT
+        while HELP not in process.stderr.readline():  # the last line before it reads stdin
+            assert time.monotonic() < deadline and process.poll() is None, "the chat never started"
 
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=TIMEOUT)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=TIMEOUT)
 
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert stderr.splitlines()[-1].startswith("interrupted;")
@@ -202,32 +172,30 @@ def test_at_a_terminal_the_typed_line_can_be_edited_with_the_arrow_keys(tmp_path
     folder = tmp_path / "gpt"
     char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
     controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        chat_command(folder),
-        cwd=tmp_path,
-        env=cli_env() | {"TERM": "xterm"},
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-    )
-    os.close(terminal)
-    seen = b""
-    deadline = time.monotonic() + TIMEOUT
-    while HELP.encode() not in seen:
-        assert time.monotonic() < deadline and process.poll() is None, seen.decode(errors="replace")
-        if select.select([controller], [], [], 1.0)[0]:
-            seen += os.read(controller, 4096)
-
-    left = b"\x1b[D"
-    os.write(controller, b"/eit" + left + left + b"x\r")
-    try:
-        code = process.wait(timeout=60)
-    finally:
-        process.kill()
-        with contextlib.suppress(OSError):
-            while select.select([controller], [], [], 0.2)[0]:
+    with (
+        chat_cli(folder)
+        .with_env(TERM="xterm")
+        .started_on_terminal(terminal, "chat", folder) as process
+    ):
+        os.close(terminal)
+        seen = b""
+        deadline = time.monotonic() + TIMEOUT
+        while HELP.encode() not in seen:
+            running = process.poll() is None
+            assert time.monotonic() < deadline and running, seen.decode(errors="replace")
+            if select.select([controller], [], [], 1.0)[0]:
                 seen += os.read(controller, 4096)
-        os.close(controller)
+
+        left = b"\x1b[D"
+        os.write(controller, b"/eit" + left + left + b"x\r")
+        try:
+            code = process.wait(timeout=60)
+        finally:
+            process.kill()
+            with contextlib.suppress(OSError):
+                while select.select([controller], [], [], 0.2)[0]:
+                    seen += os.read(controller, 4096)
+            os.close(controller)
 
     assert code == 0, seen.decode(errors="replace")
     assert b"unknown command" not in seen

@@ -8,10 +8,8 @@ bring their own tiny prepare.py, which keeps these tests independent of the data
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import signal
 import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground.experiments import new_experiment
-from tests.cli_helpers import EXIT_USER_ERROR, assert_one_error_line
+from tests.cli_helpers import EXIT_USER_ERROR, Cli, assert_one_error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_ROOT = REPO_ROOT / "ml_playground" / "experiments"
@@ -52,23 +50,11 @@ def prepare(ctx: PrepareContext) -> None:
 """
 
 
-def cli_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ next to the package sources
-    return env
+TIMEOUT = 120  # seconds
 
 
 def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", *map(str, args)],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return Cli(cwd, timeout=TIMEOUT).run(*args)
 
 
 def packaged_experiment_names() -> list[str]:
@@ -327,7 +313,7 @@ def test_only_the_verbs_that_checkpoint_promise_a_resume_on_ctrl_c(workdir: Path
 def completions(workdir: Path, line: str) -> list[str]:
     """What the shell would offer for `line` (argcomplete's protocol, as bash drives it)."""
     answer = workdir / "completions.txt"
-    env = cli_env() | {
+    env: dict[str, str | None] = {
         "_ARGCOMPLETE": "1",
         "_ARGCOMPLETE_IFS": "\n",
         "_ARGCOMPLETE_STDOUT_FILENAME": str(answer),
@@ -335,15 +321,7 @@ def completions(workdir: Path, line: str) -> list[str]:
         "COMP_POINT": str(len(line)),
         "COMP_TYPE": "9",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = Cli(workdir, env=env, timeout=TIMEOUT).run()
     assert result.returncode == 0, result.stderr
     return answer.read_text(encoding="utf-8").split()
 
@@ -390,15 +368,7 @@ def test_the_environment_folder_comes_first_and_new_writes_there(workdir: Path) 
 
 
 def run_with_env(cwd: Path, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", *args],
-        cwd=cwd,
-        env=cli_env() | extra,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return Cli(cwd, timeout=TIMEOUT).with_env(**extra).run(*args)
 
 
 # --- interruption --------------------------------------------------------------------------
@@ -406,21 +376,14 @@ def run_with_env(cwd: Path, extra: dict[str, str], *args: str) -> subprocess.Com
 
 def test_ctrl_c_exits_130(workdir: Path) -> None:
     folder = experiment(workdir, "slow", "", SLOW_PREPARE_PY)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ml_playground.cli", "prepare", str(folder)],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not (folder / "started").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "the preparer never started"
-        time.sleep(0.05)
+    with Cli(workdir, timeout=TIMEOUT).started("prepare", folder) as process:
+        deadline = time.monotonic() + 60
+        while not (folder / "started").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "the preparer never started"
+            time.sleep(0.05)
 
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert stderr.splitlines()[-1].startswith("interrupted; nothing new was saved")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import assert_one_error_line, run_command, run_with_reader_gone
-from tests.e2e.test_gpt_pipeline_cli import EXPERIMENTS, TIMEOUT, TINY_RUN, Cli
+from tests.cli_helpers import Cli, assert_one_error_line
+from tests.e2e.test_gpt_pipeline_cli import EXPERIMENTS, TIMEOUT, TINY_RUN
 from tests.gpt_helpers import copy_experiment, write_config
 
 NAME = "bundestag_char"
@@ -34,17 +34,13 @@ def mine(workdir: Path) -> Path:
     return folder
 
 
-def run(workdir: Path, *args: str) -> tuple[int, str, str]:
-    env = Cli(workdir, workdir / "pycache").env
-    result = run_command(
-        [
-            *["python", "-m", "ml_playground.cli"],
-            *args,
-        ],
-        cwd=workdir,
-        env=env,
-        timeout=TIMEOUT,
-    )
+@pytest.fixture
+def cli(workdir: Path, bytecode_cache: Path) -> Cli:
+    return Cli(workdir, bytecode_cache=bytecode_cache, timeout=TIMEOUT)
+
+
+def run(cli: Cli, *args: str) -> tuple[int, str, str]:
+    result = cli.run(*args)
     return result.returncode, result.stdout, result.stderr
 
 
@@ -53,15 +49,15 @@ def digest(path: Path) -> str:
 
 
 def test_train_fresh_moves_the_previous_run_aside_and_starts_at_step_zero(
-    workdir: Path, mine: Path
+    workdir: Path, mine: Path, cli: Cli
 ) -> None:
-    assert run(workdir, "prepare", NAME)[0] == 0
-    assert run(workdir, "train", NAME)[0] == 0
+    assert run(cli, "prepare", NAME)[0] == 0
+    assert run(cli, "train", NAME)[0] == 0
     out = mine / "out"
     before = {path.name: digest(path) for path in out.glob("*.pt")}
 
-    code, stdout, stderr = run(workdir, "train", NAME, "--fresh")
-    again = run(workdir, "train", NAME, "--fresh")
+    code, stdout, stderr = run(cli, "train", NAME, "--fresh")
+    again = run(cli, "train", NAME, "--fresh")
 
     assert code == 0, stderr
     assert f"--fresh: moved the previous run to {mine / 'out.1'}" in stderr
@@ -69,16 +65,18 @@ def test_train_fresh_moves_the_previous_run_aside_and_starts_at_step_zero(
     assert "resum" not in stdout.lower(), "the new run starts from scratch"
     assert (out / "ckpt_last.pt").is_file()
     assert again[0] == 0 and (mine / "out.2" / "ckpt_last.pt").is_file()
-    assert "prepared, trained" in run(workdir, "list")[1]
+    assert "prepared, trained" in run(cli, "list")[1]
 
 
-def test_prepare_force_prepares_again_with_unchanged_inputs(workdir: Path, mine: Path) -> None:
-    assert run(workdir, "prepare", NAME)[0] == 0
+def test_prepare_force_prepares_again_with_unchanged_inputs(
+    workdir: Path, mine: Path, cli: Cli
+) -> None:
+    assert run(cli, "prepare", NAME)[0] == 0
     meta = mine / "datasets" / "meta.json"
     first = meta.stat().st_mtime_ns
 
-    skipped = run(workdir, "prepare", NAME)
-    forced = run(workdir, "prepare", NAME, "--force")
+    skipped = run(cli, "prepare", NAME)
+    forced = run(cli, "prepare", NAME, "--force")
 
     assert "dataset up to date" in skipped[1]
     assert forced[0] == 0, forced[2]
@@ -87,35 +85,27 @@ def test_prepare_force_prepares_again_with_unchanged_inputs(workdir: Path, mine:
 
 
 def test_a_hint_names_the_experiment_and_exp_config_as_the_user_typed_them(
-    workdir: Path, mine: Path
+    workdir: Path, mine: Path, cli: Cli
 ) -> None:
     variant = workdir / "variant.toml"
     shutil.copy(mine / "config.toml", variant)
 
-    result = run_command(
-        ["python", "-m", "ml_playground.cli", "sample", NAME, "--exp-config", "variant.toml"],
-        cwd=workdir,
-        env=Cli(workdir, workdir / "pycache").env,
-        timeout=TIMEOUT,
-    )
+    result = cli.run("sample", NAME, "--exp-config", "variant.toml")
 
     line = assert_one_error_line(result)
     assert f"`ml-playground train {NAME} --exp-config variant.toml`" in line
     assert "<experiment>" not in line
 
 
-def test_train_fresh_leaves_a_run_in_progress_where_it_is(workdir: Path, mine: Path) -> None:
+def test_train_fresh_leaves_a_run_in_progress_where_it_is(
+    workdir: Path, mine: Path, cli: Cli
+) -> None:
     out = mine / "out"
     out.mkdir()
     # The lock a live run holds: its PID, here this test's own live process.
     (out / ".lock").write_text(f"{os.getpid()}\n", encoding="utf-8")
 
-    result = run_command(
-        ["python", "-m", "ml_playground.cli", "train", NAME, "--fresh"],
-        cwd=workdir,
-        env=Cli(workdir, workdir / "pycache").env,
-        timeout=TIMEOUT,
-    )
+    result = cli.run("train", NAME, "--fresh")
 
     line = assert_one_error_line(result)
     assert f"--fresh: {out} is in use by a training run (pid {os.getpid()})" in line
@@ -123,17 +113,12 @@ def test_train_fresh_leaves_a_run_in_progress_where_it_is(workdir: Path, mine: P
 
 
 def test_train_whose_log_reader_has_gone_trains_to_the_end_and_saves(
-    workdir: Path, mine: Path
+    workdir: Path, mine: Path, cli: Cli
 ) -> None:
-    assert run(workdir, "prepare", NAME)[0] == 0
-    result = run_with_reader_gone(
-        ["python", "-m", "ml_playground.cli", "train", NAME],
-        cwd=workdir,
-        env=Cli(workdir, workdir / "pycache").env,
-        timeout=TIMEOUT,
-    )
+    assert run(cli, "prepare", NAME)[0] == 0
+    result = cli.run_with_reader_gone("train", NAME)
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    last = run(workdir, "train", NAME)
+    last = run(cli, "train", NAME)
     assert f"resuming at step {TINY_RUN['train.runtime.max_iters']}" in last[1], last

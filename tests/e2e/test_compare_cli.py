@@ -7,26 +7,15 @@ as a user runs it.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ml_playground.compare import PLOT_FILE, TABLE_FILE
-from tests.cli_helpers import assert_one_error_line, cli_entry, png_pixels, run_command
+from tests.cli_helpers import assert_one_error_line, png_pixels, run_cli
 from tests.gpt_helpers import tiny_experiment
 from tests.run_helpers import trained_run
-
-TIMEOUT = 300  # seconds; a loaded machine imports torch slowly
-
-
-def run_cli(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    command = [sys.executable, *cli_entry(), *arguments]
-    return run_command(command, cwd=cwd, env=env, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")

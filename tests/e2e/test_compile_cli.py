@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ml_playground import checkpoint, run_folder
-from tests.e2e.test_gpt_pipeline_cli import Cli, prepared_run, reconfigure
+from tests.cli_helpers import Cli
+from tests.e2e.test_gpt_pipeline_cli import TIMEOUT, prepared_run, reconfigure, tiny
 from tests.gpt_helpers import TomlValue
 
 SMALLEST: dict[str, TomlValue] = {
@@ -27,17 +28,16 @@ SMALLEST: dict[str, TomlValue] = {
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_train_with_compile_on_runs_compiled_and_matches_the_eager_run(
-    tmp_path: Path, arch: str
+    tmp_path: Path, bytecode_cache: Path, arch: str
 ) -> None:
     workdir = tmp_path.resolve()
-    # Its own bytecode cache: the pipeline tests' session-wide one is their fixture.
-    cli = Cli(workdir, workdir / "pycache")
+    cli = Cli(workdir, bytecode_cache=bytecode_cache, timeout=TIMEOUT)
     changes = {**SMALLEST, "train.model.arch": arch}
     folder = prepared_run(workdir, cli, {**changes, "train.runtime.compile": True})
 
-    compiled = cli.run("train", folder)
+    compiled = cli.run(*tiny("train", folder))
     reconfigure(folder, {**changes, "train.runtime.out_dir": "eager"})
-    eager = cli.run("train", folder)
+    eager = cli.run(*tiny("train", folder))
 
     assert compiled.returncode == 0, compiled.stderr
     assert "Traceback" not in compiled.stderr

@@ -12,11 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import subprocess
-import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +28,7 @@ from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import CharTokenizer
 from ml_playground.finetune.model import PEFT_DEPRECATION
 from ml_playground.model.config import GPTConfig
-from tests.cli_helpers import assert_one_error_line, cli_entry, run_command
+from tests.cli_helpers import Cli, assert_one_error_line
 from tests.export_helpers import random_gpt, save_checkpoint
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
@@ -49,34 +47,18 @@ LORA_BLOCK = 64
 EVAL_DIR = "eval"
 
 
-@pytest.fixture(scope="session")
-def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Compiled bytecode for the CLI subprocesses, outside the source tree: importing torch
-    and transformers from source costs each subprocess many seconds more."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
-    cache = shared / "pycache"
-    cache.mkdir(exist_ok=True)
-    return cache
-
-
-class EvalCli:
-    """`python -m ml_playground.cli eval <folder> [extra]`, offline, with cwd in folder."""
-
-    def __init__(self, bytecode_cache: Path) -> None:
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-        self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
-        self.env["HF_HUB_OFFLINE"] = "1"
-
-    def run(self, folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, *cli_entry(), "eval", str(folder), *extra]
-        return run_command(command, cwd=folder, env=self.env, timeout=TIMEOUT)
+EvalRun = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def cli(bytecode_cache: Path) -> EvalCli:
-    return EvalCli(bytecode_cache)
+def run_eval(bytecode_cache: Path) -> EvalRun:
+    """`ml-playground eval FOLDER [extra]`, with cwd in the folder."""
+
+    def run(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        cli = Cli(folder, bytecode_cache=bytecode_cache, timeout=TIMEOUT)
+        return cli.run("eval", folder, *extra)
+
+    return run
 
 
 def table_rows(stdout: str) -> dict[str, list[str]]:
@@ -156,13 +138,13 @@ def own_gpt_nll(config: ExperimentConfig, ids: np.ndarray[Any, Any]) -> float:
 
 
 def test_eval_of_a_gpt_scores_its_val_split_as_the_model_itself_does(
-    cli: EvalCli, gpt_run: ExperimentConfig
+    run_eval: EvalRun, gpt_run: ExperimentConfig
 ) -> None:
     folder = gpt_run.train.runtime.out_dir.parent
     val = gpt_run.train.data.dataset_dir / "val.bin"
     ids = np.fromfile(val, dtype=np.uint16)
 
-    result = cli.run(folder)
+    result = run_eval(folder)
 
     assert result.returncode == 0, result.stderr
     saved = read_json(gpt_run.train.runtime.out_dir / EVAL_DIR / "val.json")
@@ -188,7 +170,7 @@ def test_eval_of_a_gpt_scores_its_val_split_as_the_model_itself_does(
 
 
 def test_eval_text_scores_a_file_and_counts_its_bytes_after_the_first_character(
-    cli: EvalCli, gpt_run: ExperimentConfig
+    run_eval: EvalRun, gpt_run: ExperimentConfig
 ) -> None:
     folder = gpt_run.train.runtime.out_dir.parent
     text = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -197,7 +179,7 @@ def test_eval_text_scores_a_file_and_counts_its_bytes_after_the_first_character(
     tokenizer = CharTokenizer.from_text((folder / "input.txt").read_text(encoding="utf-8"))
     ids = np.asarray(tokenizer.encode(text))
 
-    result = cli.run(folder, "--text", "lines.txt")
+    result = run_eval(folder, "--text", "lines.txt")
 
     assert result.returncode == 0, result.stderr
     saved = read_json(gpt_run.train.runtime.out_dir / EVAL_DIR / "text" / "lines.json")
@@ -216,15 +198,15 @@ def test_eval_text_scores_a_file_and_counts_its_bytes_after_the_first_character(
 
 
 def test_a_bad_text_file_exits_2_and_leaves_the_saved_results_as_they_were(
-    cli: EvalCli, gpt_run: ExperimentConfig
+    run_eval: EvalRun, gpt_run: ExperimentConfig
 ) -> None:
     folder = gpt_run.train.runtime.out_dir.parent
     results = gpt_run.train.runtime.out_dir / EVAL_DIR
-    assert cli.run(folder).returncode == 0
+    assert run_eval(folder).returncode == 0
     before = {path: path.read_bytes() for path in results.rglob("*.json")}
     (folder / "latin1.txt").write_bytes("Grüße".encode("latin-1"))
 
-    line = assert_one_error_line(cli.run(folder, "--text", "latin1.txt"))
+    line = assert_one_error_line(run_eval(folder, "--text", "latin1.txt"))
 
     assert f"--text file {folder / 'latin1.txt'} is not UTF-8 (byte 0xfc at offset 2)" in line
     assert {path: path.read_bytes() for path in results.rglob("*.json")} == before
@@ -259,34 +241,36 @@ def random_run(folder: Path) -> Path:
     ids=["missing", "empty", "not-utf8", "one-token", "unknown-character"],
 )
 def test_an_unusable_text_file_exits_2_in_one_line_naming_it(
-    cli: EvalCli, tmp_path: Path, file_bytes: bytes | None, expected: str
+    run_eval: EvalRun, tmp_path: Path, file_bytes: bytes | None, expected: str
 ) -> None:
     folder = random_run(tmp_path / "run")
     file = tmp_path / "input.txt"
     if file_bytes is not None:
         file.write_bytes(file_bytes)
 
-    line = assert_one_error_line(cli.run(folder, "--text", str(file)))
+    line = assert_one_error_line(run_eval(folder, "--text", str(file)))
 
     assert expected.format(file=file) in line
     assert not (folder / "out" / EVAL_DIR).exists()
 
 
-def test_eval_without_a_trained_model_exits_2_naming_out_dir(cli: EvalCli, tmp_path: Path) -> None:
+def test_eval_without_a_trained_model_exits_2_naming_out_dir(
+    run_eval: EvalRun, tmp_path: Path
+) -> None:
     folder = random_run(tmp_path / "run")
     (folder / "out" / run_folder.BEST_FILE).unlink()
 
-    line = assert_one_error_line(cli.run(folder))
+    line = assert_one_error_line(run_eval(folder))
 
     assert f"no checkpoint in {folder / 'out'}" in line
 
 
 def test_eval_without_a_prepared_val_split_exits_2_saying_to_prepare(
-    cli: EvalCli, tmp_path: Path
+    run_eval: EvalRun, tmp_path: Path
 ) -> None:
     folder = random_run(tmp_path / "run")
 
-    line = assert_one_error_line(cli.run(folder))
+    line = assert_one_error_line(run_eval(folder))
 
     assert str(folder / "datasets" / "meta.json") in line
     assert "ml-playground prepare" in line
@@ -361,14 +345,14 @@ def own_lora_nll(
 
 
 def test_eval_of_a_lora_run_scores_the_answers_of_the_val_split_base_and_fine_tuned(
-    cli: EvalCli, lora_run: ExperimentConfig
+    run_eval: EvalRun, lora_run: ExperimentConfig
 ) -> None:
     out_dir = lora_run.train.runtime.out_dir
     dataset_dir = lora_run.prepare.dataset_dir  # eval reads the prepared val split
     ids = np.fromfile(dataset_dir / "val.bin", dtype=np.uint16)
     mask = np.fromfile(dataset_dir / "val.mask.bin", dtype=np.uint8)
 
-    result = cli.run(out_dir.parent)
+    result = run_eval(out_dir.parent)
 
     assert result.returncode == 0, result.stderr
     saved = read_json(out_dir / EVAL_DIR / "val.json")
@@ -404,7 +388,7 @@ def answer_numbers(config: ExperimentConfig) -> list[int]:
 
 
 def test_fine_tuned_beats_base_on_training_like_text_by_the_models_own_loss(
-    cli: EvalCli, lora_run: ExperimentConfig
+    run_eval: EvalRun, lora_run: ExperimentConfig
 ) -> None:
     from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - heavy
 
@@ -418,7 +402,7 @@ def test_fine_tuned_beats_base_on_training_like_text_by_the_models_own_loss(
     # Qwen has no BOS: the file is read after end-of-text, so its first token counts too.
     ids = [eos, *tokenizer.encode(text, add_special_tokens=True)]
 
-    result = cli.run(out_dir.parent, "--text", str(file))
+    result = run_eval(out_dir.parent, "--text", str(file))
 
     assert result.returncode == 0, result.stderr
     saved = read_json(out_dir / EVAL_DIR / "text" / "answers.json")
@@ -436,12 +420,12 @@ def test_fine_tuned_beats_base_on_training_like_text_by_the_models_own_loss(
 
 
 def test_eval_of_a_lora_config_without_adapters_exits_2_saying_to_train(
-    cli: EvalCli, tmp_path: Path, tiny_models: TinyModels
+    run_eval: EvalRun, tmp_path: Path, tiny_models: TinyModels
 ) -> None:
     folder = tmp_path.resolve()
     load(folder, chat_settings(tiny_models.qwen2))
 
-    line = assert_one_error_line(cli.run(folder))
+    line = assert_one_error_line(run_eval(folder))
 
     assert f"no adapters in {folder / 'out' / 'adapters'}" in line
     assert "ml-playground train" in line

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from ml_playground.checkpoint import seal_adapters
 from ml_playground.run_folder import RunMeta
-from tests.cli_helpers import assert_one_error_line, cli_entry, run_command
+from tests.cli_helpers import assert_one_error_line, run_cli
 from tests.finetune_helpers import chat_tokenizer
 from tests.toml_helpers import dotted_toml
 
@@ -55,12 +53,7 @@ def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_ove
         ),
         encoding="utf-8",
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written into the source tree
-
-    result = run_command(
-        [sys.executable, *cli_entry(), "export", str(folder)], cwd=tmp_path, env=env, timeout=300
-    )
+    result = run_cli(tmp_path, "export", folder)
 
     line = assert_one_error_line(result)
     assert f"chat template of {base}" in line

@@ -9,14 +9,10 @@ or touching the network.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -26,16 +22,14 @@ from ml_playground.config_loader import load_config
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.train import report_card, reporting
 from tests.cli_helpers import (
+    Cli,
     assert_one_error_line,
-    cli_entry,
     flip_a_tensor_byte,
     png_pixels,
     report_rows,
-    run_command,
     same_tensors,
     scalar_events,
     sha256_of_files,
-    started_command,
 )
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
@@ -59,54 +53,9 @@ TIMEOUT = 300  # seconds; a loaded CI machine imports torch and transformers slo
 CONFIG = "tiny.toml"
 
 
-@pytest.fixture(scope="session")
-def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Compiled bytecode for the CLI subprocesses, kept outside the source tree.
-
-    transformers and torch take many seconds to import from source; with cached bytecode
-    every later subprocess of the session starts several times faster.
-    """
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
-    cache = shared / "pycache"
-    cache.mkdir(exist_ok=True)
-    return cache
-
-
-class Cli:
-    """`python -m ml_playground.cli VERB EXPERIMENT --exp-config tiny.toml`, offline."""
-
-    def __init__(self, cwd: Path, bytecode_cache: Path) -> None:
-        self.cwd = cwd
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-        self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
-        self.env["HF_HUB_OFFLINE"] = "1"
-
-    def command(self, verb: str, experiment: str, fault: Sequence[str] = ()) -> list[str]:
-        config = self.cwd / CONFIG
-        return [
-            sys.executable,
-            *cli_entry(fault),
-            verb,
-            experiment,
-            "--exp-config",
-            str(config),
-        ]
-
-    def run(
-        self, verb: str, experiment: str, fault: Sequence[str] = ()
-    ) -> subprocess.CompletedProcess[str]:
-        """The command run to completion; with `fault` installed (tests/e2e/faults.py)."""
-        return run_command(
-            self.command(verb, experiment, fault), cwd=self.cwd, env=self.env, timeout=TIMEOUT
-        )
-
-    def started(
-        self, verb: str, experiment: str
-    ) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
-        """The command running in the background; killed on the way out if still running."""
-        return started_command(self.command(verb, experiment), cwd=self.cwd, env=self.env)
+def tiny(cli: Cli, verb: str, experiment: str) -> tuple[str, ...]:
+    """`VERB EXPERIMENT --exp-config <cwd>/tiny.toml`: a step of the tiny run."""
+    return (verb, experiment, "--exp-config", str(cli.cwd / CONFIG))
 
 
 @pytest.fixture
@@ -116,7 +65,7 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(workdir: Path, bytecode_cache: Path) -> Cli:
-    return Cli(workdir, bytecode_cache)
+    return Cli(workdir, bytecode_cache=bytecode_cache, timeout=TIMEOUT)
 
 
 def speakger_inputs(workdir: Path) -> None:
@@ -137,7 +86,7 @@ def two_step_run(workdir: Path, cli: Cli, tiny_models: TinyModels) -> None:
     """speakger looped for two steps with the tiny Gemma 3: adapters, state and samples."""
     speakger_inputs(workdir)
     configure(workdir, tiny_models.gemma3, {"train.runtime.max_iters": 2})
-    assert cli.run("loop", "speakger").returncode == 0
+    assert cli.run(*tiny(cli, "loop", "speakger")).returncode == 0
 
 
 # --- the done-when runs ------------------------------------------------------------------------
@@ -154,7 +103,7 @@ def test_loop_speakger_with_a_tiny_local_model_runs_end_to_end(
     copy_member_slices(workdir / "raw")
     configure(workdir, tiny_models.gemma3)
 
-    result = cli.run("loop", "speakger")
+    result = cli.run(*tiny(cli, "loop", "speakger"))
 
     assert result.returncode == 0, result.stderr
     assert "24 speeches kept; 1 malformed (1 wrong number of fields)" in result.stdout
@@ -178,7 +127,7 @@ def test_loop_bundestag_finetuning_mps_reads_txt_files_and_a_speeches_csv(
     (nested / "rede.txt").write_text("Frau Präsidentin! Wir stimmen zu.", encoding="utf-8")
     configure(workdir, tiny_models.gemma3, {"prepare.speeches.add_structure_tokens": False})
 
-    result = cli.run("loop", "bundestag_finetuning_mps")
+    result = cli.run(*tiny(cli, "loop", "bundestag_finetuning_mps"))
 
     assert result.returncode == 0, result.stderr
     assert "25 speeches kept" in result.stdout
@@ -200,7 +149,7 @@ def test_the_qwen_preset_runs_on_the_generic_preparer_with_a_txt_folder(
         {"prepare.dataset": "bundestag_finetuning_mps", "sample.sample.require_adapters": True},
     )
 
-    result = cli.run("loop", "bundestag_qwen15b_lora_mps")
+    result = cli.run(*tiny(cli, "loop", "bundestag_qwen15b_lora_mps"))
 
     assert result.returncode == 0, result.stderr
     assert "12 speeches kept" in result.stdout
@@ -218,7 +167,7 @@ def test_loop_qwen_chat_lora_trains_on_its_bundled_conversations_and_counts_a_ba
     start = "<|im_start|>user\nHow do I run the tests?<|im_end|>\n<|im_start|>assistant\n"
     write_config(workdir, chat_settings(model) | {"sample.sample.start": start}, CONFIG)
 
-    result = cli.run("loop", "qwen_chat_lora")
+    result = cli.run(*tiny(cli, "loop", "qwen_chat_lora"))
 
     assert result.returncode == 0, result.stderr
     assert "messages records for" in result.stdout
@@ -239,7 +188,7 @@ def test_a_jsonl_without_a_usable_record_exits_2_with_one_error_line(
     )
     write_config(workdir, chat_settings(model), CONFIG)
 
-    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
     assert f"0 usable record(s) in {workdir / 'chats.jsonl'}" in line
     assert "2 records read; 2 bad (1 no 'messages' key, 1 not JSON)" in line
@@ -252,7 +201,7 @@ def prepared_chats(workdir: Path, cli: Cli, tiny_models: TinyModels) -> dict[str
         workdir / "chats.jsonl", [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(6)]
     )
     write_config(workdir, chat_settings(model), CONFIG)
-    assert cli.run("prepare", "qwen_chat_lora").returncode == 0
+    assert cli.run(*tiny(cli, "prepare", "qwen_chat_lora")).returncode == 0
     return sha256_of_files(workdir / "datasets")
 
 
@@ -263,7 +212,7 @@ def test_a_messages_file_read_as_text_exits_2_and_the_prepared_dataset_stays(
     model = workdir / "chat-model"
     write_config(workdir, chat_settings(model) | {"prepare.format": "text"}, CONFIG)
 
-    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
     assert f"0 usable record(s) in {workdir / 'chats.jsonl'}" in line
     assert "6 records read; 6 bad (6 no 'text' key)" in line
@@ -277,7 +226,7 @@ def test_a_tokenizer_without_a_chat_template_exits_2_naming_the_key_and_the_data
     plain = build_chat_model(workdir / "plain-model", tiny_models, "qwen2", None)
     write_config(workdir, chat_settings(plain), CONFIG)
 
-    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
     assert f"the tokenizer of {plain} has no chat template" in line
     assert "[prepare] chat_template" in line
@@ -292,7 +241,7 @@ def test_an_hf_dataset_that_cannot_be_loaded_offline_exits_2_with_one_error_line
     settings.pop("prepare.records_path")
     write_config(workdir, settings, CONFIG)
 
-    line = assert_one_error_line(cli.run("prepare", "qwen_chat_lora"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
     assert "cannot load [prepare] hf_dataset nobody/no-such-dataset[train]" in line
     assert not (workdir / "datasets").exists()
@@ -310,7 +259,7 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
     prepare_speech_records(loaded.config, frozenset({".csv"}))
     last = run_folder.adapters_dir(workdir / "out", run_folder.LAST)
-    with cli.started("train", "speakger") as process:
+    with cli.started(*tiny(cli, "train", "speakger")) as process:
         deadline = time.monotonic() + TIMEOUT
         while not last.exists() and process.poll() is None:
             assert time.monotonic() < deadline, "training never saved its first adapters"
@@ -327,7 +276,7 @@ def test_ctrl_c_saves_adapters_that_the_next_train_resumes(
     assert checkpoint.load_state(last).iter_num == stopped_at
 
     configure(workdir, tiny_models.qwen2, {"train.runtime.max_iters": stopped_at + 2})
-    result = cli.run("train", "speakger")
+    result = cli.run(*tiny(cli, "train", "speakger"))
 
     assert result.returncode == 0, result.stderr
     assert f"resuming at step {stopped_at}" in result.stdout
@@ -349,12 +298,12 @@ def test_a_ctrl_c_at_an_eval_boundary_resumes_into_the_uninterrupted_run(
     loaded = load_config(workdir / CONFIG, EXPERIMENTS_ROOT / "speakger")
     prepare_speech_records(loaded.config, frozenset({".csv"}))
     dataset = sha256_of_files(workdir / "datasets")
-    assert cli.run("train", "speakger").returncode == 0
+    assert cli.run(*tiny(cli, "train", "speakger")).returncode == 0
     configure(workdir, tiny_models.qwen2, settings)
     out_dir = workdir / "out"
     last = run_folder.adapters_dir(out_dir, run_folder.LAST)
 
-    stopped = cli.run("train", "speakger", ("sigint-after-step", "3"))
+    stopped = cli.run(*tiny(cli, "train", "speakger"), fault=("sigint-after-step", "3"))
 
     assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr
     assert "Traceback" not in stopped.stderr
@@ -364,7 +313,7 @@ def test_a_ctrl_c_at_an_eval_boundary_resumes_into_the_uninterrupted_run(
     # The boundary at step 3 was evaluated before the stop, as in the uninterrupted run.
     best = run_folder.adapters_dir(out_dir, run_folder.BEST)
     assert checkpoint.load_state(best).iter_num == checkpoint.load_state(last).iter_num == 3
-    resumed = cli.run("train", "speakger")
+    resumed = cli.run(*tiny(cli, "train", "speakger"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step 3" in resumed.stdout
 
@@ -391,7 +340,7 @@ def test_missing_model_folder_exits_2_saying_what_to_point_at(workdir: Path, cli
     speakger_inputs(workdir)
     configure(workdir, workdir / "no-such-model")
 
-    line = assert_one_error_line(cli.run("prepare", "speakger"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "speakger")))
 
     assert f"train.hf_model.model_name '{workdir / 'no-such-model'}' is not a folder" in line
 
@@ -400,7 +349,7 @@ def test_uncached_hub_model_offline_exits_2_saying_how_to_get_it(workdir: Path, 
     speakger_inputs(workdir)
     configure(workdir, "nobody/no-such-model")
 
-    line = assert_one_error_line(cli.run("prepare", "speakger"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "speakger")))
 
     assert "nobody/no-such-model is not in the local Hugging Face cache" in line
     assert "HF_HUB_OFFLINE" in line
@@ -411,7 +360,7 @@ def test_missing_speeches_csv_exits_2_naming_it(
 ) -> None:
     configure(workdir, tiny_models.gemma3, {"prepare.raw_text_path": "Bundestag.csv"})
 
-    line = assert_one_error_line(cli.run("prepare", "speakger"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "speakger")))
 
     assert f"prepare.raw_text_path {workdir / 'Bundestag.csv'} does not exist" in line
 
@@ -424,7 +373,7 @@ def test_adapters_without_their_training_state_stop_train_and_stay_as_they_are(
     (last / checkpoint.STATE_FILE).unlink()
     before = sha256_of_files(workdir / "out" / run_folder.ADAPTERS_DIR)
 
-    line = assert_one_error_line(cli.run("train", "speakger"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "train", "speakger")))
 
     assert f"{last} holds no {checkpoint.STATE_FILE}" in line
     assert "move" in line
@@ -441,7 +390,7 @@ def test_a_flipped_bit_in_the_adapters_stops_train_and_sample_and_changes_nothin
     before = sha256_of_files(adapters)
 
     for verb, slot in (("train", run_folder.LAST), ("sample", run_folder.BEST)):
-        line = assert_one_error_line(cli.run(verb, "speakger"))
+        line = assert_one_error_line(cli.run(*tiny(cli, verb, "speakger")))
         damaged = adapters / slot / "adapter_model.safetensors"
         assert f"{damaged} fails its integrity check" in line, verb
     assert sha256_of_files(adapters) == before
@@ -452,12 +401,12 @@ def test_a_failed_prepare_leaves_the_previous_dataset_as_it_was(
 ) -> None:
     speakger_inputs(workdir)
     configure(workdir, tiny_models.gemma3)
-    assert cli.run("prepare", "speakger").returncode == 0
+    assert cli.run(*tiny(cli, "prepare", "speakger")).returncode == 0
     before = sha256_of_files(workdir / "datasets")
     table = workdir / "raw" / "Bundestag.csv"
     table.write_text("MPID,Date\n1,2020-01-01\n", encoding="utf-8")  # no speech text column
 
-    line = assert_one_error_line(cli.run("prepare", "speakger"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "speakger")))
 
     assert str(table) in line
     assert sha256_of_files(workdir / "datasets") == before
@@ -478,7 +427,7 @@ def test_adapters_damaged_before_their_digests_were_taken_are_one_error_line_and
     checkpoint.seal_adapters(best)
     before = sha256_of_files(best)
 
-    line = assert_one_error_line(cli.run("sample", "speakger"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "sample", "speakger")))
 
     assert f"the adapters in {best} cannot be loaded" in line
     assert sha256_of_files(best) == before
@@ -489,7 +438,7 @@ def test_sampling_without_adapters_when_they_are_required_exits_2(
 ) -> None:
     configure(workdir, tiny_models.gemma3, {"sample.sample.require_adapters": True})
 
-    line = assert_one_error_line(cli.run("sample", "speakger"))
+    line = assert_one_error_line(cli.run(*tiny(cli, "sample", "speakger")))
 
     assert f"no adapters in {workdir / 'out' / 'adapters'}" in line
     assert "require_adapters" in line
@@ -504,7 +453,7 @@ def test_a_lora_loop_reports_trainable_parameters_and_its_sample(
     settings = chat_settings(model) | {"train.runtime.tensorboard_enabled": True}
     write_config(workdir, settings, CONFIG)
 
-    result = cli.run("loop", "qwen_chat_lora")
+    result = cli.run(*tiny(cli, "loop", "qwen_chat_lora"))
 
     assert result.returncode == 0, result.stderr
     out_dir = workdir / "out"

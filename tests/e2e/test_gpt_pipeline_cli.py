@@ -10,7 +10,6 @@ with the package).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -18,9 +17,8 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +30,15 @@ from ml_playground.digest import content_digest
 from ml_playground.train import reporting
 from tests.cli_helpers import (
     EXIT_KILLED,
+    Cli,
     assert_one_error_line,
-    cli_entry,
     flip_a_tensor_byte,
     mounted_tmpfs,
     png_pixels,
     report_rows,
-    run_command,
     same_tensors,
     scalar_events,
     sha256_of_files,
-    started_command,
 )
 from tests.gpt_helpers import TomlValue, copy_experiment, shakespeare_text, write_config
 
@@ -77,65 +73,19 @@ EXPERIMENTS: Mapping[str, Mapping[str, TomlValue]] = {
 }
 
 
-@pytest.fixture(scope="session")
-def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the CLI subprocesses cache compiled bytecode, outside the source tree.
-
-    Importing torch and torch._dynamo (every optimizer imports it) from source costs about
-    15 s of CPU per process; with cached bytecode the later subprocesses take a third.
-    Under xdist the workers share one cache in the session's common temp folder (Python
-    writes each .pyc atomically, so concurrent writers are safe).
-    """
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
-    cache = shared / "pycache"
-    cache.mkdir(exist_ok=True)
-    return cache
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path.resolve()
 
 
-class Cli:
-    """Runs `python -m ml_playground.cli` in the working directory, offline."""
-
-    def __init__(self, cwd: Path, bytecode_cache: Path) -> None:
-        self.cwd = cwd
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-        self.env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
-        self.env["HF_HUB_OFFLINE"] = "1"
-
-    def command(self, verb: str, folder: Path, fault: Sequence[str] = ()) -> list[str]:
-        return [
-            sys.executable,
-            *cli_entry(fault),
-            verb,
-            str(folder),
-            "--exp-config",
-            str(folder / OVERRIDE),
-        ]
-
-    def run(
-        self, verb: str, folder: Path, fault: Sequence[str] = (), *, prefix: Sequence[str] = ()
-    ) -> subprocess.CompletedProcess[str]:
-        """The command run to completion; with `fault` installed (tests/e2e/faults.py), and
-        behind `prefix` (a program that runs the rest as its command) where given."""
-        command = [*prefix, *self.command(verb, folder, fault)]
-        return run_command(command, cwd=self.cwd, env=self.env, timeout=TIMEOUT)
-
-    def started(
-        self, verb: str, folder: Path
-    ) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
-        """The command running in the background; killed on the way out if still running."""
-        return started_command(self.command(verb, folder), cwd=self.cwd, env=self.env)
+def tiny(verb: str, folder: Path) -> tuple[str, ...]:
+    """`VERB FOLDER --exp-config FOLDER/tiny.toml`: a step of the experiment's tiny run."""
+    return (verb, str(folder), "--exp-config", str(folder / OVERRIDE))
 
 
 @pytest.fixture
 def cli(workdir: Path, bytecode_cache: Path) -> Cli:
-    return Cli(workdir, bytecode_cache)
+    return Cli(workdir, bytecode_cache=bytecode_cache, timeout=TIMEOUT)
 
 
 def experiment(workdir: Path, name: str, changes: Mapping[str, TomlValue] | None = None) -> Path:
@@ -153,7 +103,7 @@ def reconfigure(folder: Path, changes: Mapping[str, TomlValue]) -> None:
 def prepared_run(workdir: Path, cli: Cli, changes: Mapping[str, TomlValue]) -> Path:
     """A bundestag_char experiment with `changes`, its dataset prepared, not yet trained."""
     folder = experiment(workdir, "bundestag_char", changes)
-    assert cli.run("prepare", folder).returncode == 0
+    assert cli.run(*tiny("prepare", folder)).returncode == 0
     return folder
 
 
@@ -165,7 +115,7 @@ def test_loop_prepares_trains_and_prints_samples(workdir: Path, cli: Cli, name: 
         corpus.parent.mkdir()
         corpus.write_text(shakespeare_text(50_000), encoding="utf-8")
 
-    result = cli.run("loop", folder)
+    result = cli.run(*tiny("loop", folder))
 
     assert result.returncode == 0, result.stderr
     out_dir = folder / "out"
@@ -192,7 +142,7 @@ def test_shakespeare_offline_without_a_corpus_says_where_to_place_it(
     # Port 9 (discard) is closed on a test machine: the download fails without the network.
     folder = experiment(workdir, "shakespeare", {"prepare.download_url": "http://127.0.0.1:9/x"})
 
-    line = assert_one_error_line(cli.run("loop", folder))
+    line = assert_one_error_line(cli.run(*tiny("loop", folder)))
 
     assert "download of http://127.0.0.1:9/x failed" in line
     assert f"place it at {folder / 'datasets' / 'input.txt'}" in line
@@ -202,20 +152,20 @@ def test_shakespeare_offline_without_a_corpus_says_where_to_place_it(
 def test_sample_without_a_checkpoint_exits_2_naming_out_dir(workdir: Path, cli: Cli) -> None:
     folder = experiment(workdir, "bundestag_char")
 
-    line = assert_one_error_line(cli.run("sample", folder))
+    line = assert_one_error_line(cli.run(*tiny("sample", folder)))
 
     assert f"no checkpoint in {folder / 'out'}" in line
 
 
 def test_a_token_id_outside_the_vocabulary_exits_2_naming_the_file(workdir: Path, cli: Cli) -> None:
     folder = experiment(workdir, "bundestag_char")
-    assert cli.run("prepare", folder).returncode == 0
+    assert cli.run(*tiny("prepare", folder)).returncode == 0
     train_bin = folder / "datasets" / "train.bin"
     ids = np.fromfile(train_bin, dtype=np.uint16)
     ids[len(ids) // 2] = 60_000  # the size stays right; one id points past the vocabulary
     ids.tofile(train_bin)
 
-    line = assert_one_error_line(cli.run("train", folder))
+    line = assert_one_error_line(cli.run(*tiny("train", folder)))
 
     assert f"{train_bin} holds token id 60000, outside the vocabulary of" in line
     assert not (folder / "out" / run_folder.LAST_FILE).exists()
@@ -225,14 +175,14 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
     workdir: Path, cli: Cli
 ) -> None:
     folder = experiment(workdir, "bundestag_char")
-    assert cli.run("loop", folder).returncode == 0
+    assert cli.run(*tiny("loop", folder)).returncode == 0
     out_dir = folder / "out"
     for name in (run_folder.LAST_FILE, run_folder.BEST_FILE):
         flip_a_tensor_byte(out_dir / name)
     before = sha256_of_files(out_dir)
 
     for verb, name in (("train", run_folder.LAST_FILE), ("sample", run_folder.BEST_FILE)):
-        line = assert_one_error_line(cli.run(verb, folder))
+        line = assert_one_error_line(cli.run(*tiny(verb, folder)))
         assert f"checkpoint {out_dir / name} fails its integrity check" in line, verb
     assert sha256_of_files(out_dir) == before
 
@@ -255,10 +205,10 @@ def test_a_second_train_on_a_busy_out_dir_exits_2_naming_the_running_one(
     workdir: Path, cli: Cli
 ) -> None:
     folder, last = endless_run(workdir, cli)
-    with cli.started("train", folder) as first:
+    with cli.started(*tiny("train", folder)) as first:
         wait_for(last, first)
 
-        line = assert_one_error_line(cli.run("train", folder))
+        line = assert_one_error_line(cli.run(*tiny("train", folder)))
 
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=TIMEOUT)
@@ -272,7 +222,7 @@ def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
 ) -> None:
     # A terminal or `uv run` can hand one key press to the process twice in a row.
     folder, last = endless_run(workdir, cli)
-    with cli.started("train", folder) as process:
+    with cli.started(*tiny("train", folder)) as process:
         wait_for(last, process)
         process.send_signal(signal.SIGINT)
         process.send_signal(signal.SIGINT)
@@ -287,7 +237,7 @@ def test_one_ctrl_c_delivered_twice_to_the_process_group_still_saves(
 
 def test_a_checkpoint_whose_weights_do_not_fit_exits_2_and_stays(workdir: Path, cli: Cli) -> None:
     folder = experiment(workdir, "bundestag_char")
-    assert cli.run("loop", folder).returncode == 0
+    assert cli.run(*tiny("loop", folder)).returncode == 0
     best = folder / "out" / run_folder.BEST_FILE
     payload = torch.load(best, weights_only=True)
     del payload[checkpoint.DIGEST_KEY]
@@ -296,7 +246,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_exits_2_and_stays(workdir: Path, 
     torch.save({**payload, checkpoint.DIGEST_KEY: content_digest(payload)}, best)
     before = best.read_bytes()
 
-    line = assert_one_error_line(cli.run("sample", folder))
+    line = assert_one_error_line(cli.run(*tiny("sample", folder)))
 
     assert f"checkpoint {best} holds weights that do not fit its model_args" in line
     assert best.read_bytes() == before
@@ -304,7 +254,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_exits_2_and_stays(workdir: Path, 
 
 def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli: Cli) -> None:
     folder, last = endless_run(workdir, cli)
-    with cli.started("train", folder) as process:
+    with cli.started(*tiny("train", folder)) as process:
         wait_for(last, process)
 
         process.send_signal(signal.SIGINT)
@@ -320,7 +270,7 @@ def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli
         folder / OVERRIDE,
         {**TINY_RUN, **EXPERIMENTS["bundestag_char"], "train.runtime.max_iters": stopped_at + 3},
     )
-    result = cli.run("loop", folder)
+    result = cli.run(*tiny("loop", folder))
 
     assert result.returncode == 0, result.stderr
     assert f"dataset up to date: {folder / 'datasets'}" in result.stdout
@@ -338,7 +288,7 @@ def train_uninterrupted(folder: Path, cli: Cli, changes: Mapping[str, TomlValue]
     override = folder / OVERRIDE
     kept = override.read_text(encoding="utf-8")
     reconfigure(folder, {**changes, "train.runtime.out_dir": "straight"})
-    result = cli.run("train", folder)
+    result = cli.run(*tiny("train", folder))
     override.write_text(kept, encoding="utf-8")
     assert result.returncode == 0, result.stderr
     return folder / "straight"
@@ -377,7 +327,7 @@ def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
     out_dir = folder / "out"
     last = out_dir / run_folder.LAST_FILE
 
-    stopped = cli.run("train", folder, ("sigint-after-step", str(stop_at)))
+    stopped = cli.run(*tiny("train", folder), fault=("sigint-after-step", str(stop_at)))
 
     assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr
     assert "Traceback" not in stopped.stderr
@@ -386,7 +336,7 @@ def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
     )
     assert f"interrupted at step {stop_at}; saved {last}" in stopped.stdout
     assert checkpoint.load(last).state.iter_num == stop_at
-    resumed = cli.run("train", folder)
+    resumed = cli.run(*tiny("train", folder))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {stop_at}" in resumed.stdout
     straight = train_uninterrupted(folder, cli, changes)
@@ -408,7 +358,7 @@ def test_a_kill_between_the_best_and_last_writes_leaves_a_pair_that_resume_repai
     out_dir = folder / "out"
 
     # Best is written at steps 4 and 8; the process dies right after the second.
-    killed = cli.run("train", folder, ("kill-after-write", run_folder.BEST_FILE, "2"))
+    killed = cli.run(*tiny("train", folder), fault=("kill-after-write", run_folder.BEST_FILE, "2"))
 
     assert killed.returncode == EXIT_KILLED, killed.stderr
     best, last = (
@@ -416,7 +366,7 @@ def test_a_kill_between_the_best_and_last_writes_leaves_a_pair_that_resume_repai
     )
     assert (best.state.iter_num, last.state.iter_num) == (8, 4)
     assert last.state.best_val_loss > best.state.best_val_loss
-    resumed = cli.run("train", folder)
+    resumed = cli.run(*tiny("train", folder))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step 4" in resumed.stdout
     assert_same_checkpoints(train_uninterrupted(folder, cli, changes), out_dir)
@@ -426,19 +376,19 @@ def test_a_kill_during_a_save_keeps_the_old_checkpoint_and_the_next_run_removes_
     workdir: Path, cli: Cli
 ) -> None:
     folder = prepared_run(workdir, cli, {"train.runtime.max_iters": 2})
-    assert cli.run("train", folder).returncode == 0
+    assert cli.run(*tiny("train", folder)).returncode == 0
     out_dir = folder / "out"
     before = sha256_of_files(out_dir)
     reconfigure(folder, {"train.runtime.max_iters": 4})
 
     # The new ckpt_last.pt is complete in its temporary file when the process dies.
-    killed = cli.run("train", folder, ("kill-before-rename", run_folder.LAST_FILE))
+    killed = cli.run(*tiny("train", folder), fault=("kill-before-rename", run_folder.LAST_FILE))
 
     assert killed.returncode == EXIT_KILLED, killed.stderr
     assert len(list(out_dir.glob(f".{run_folder.LAST_FILE}.*.tmp"))) == 1
     after = sha256_of_files(out_dir)
     assert after[run_folder.LAST_FILE] == before[run_folder.LAST_FILE]
-    resumed = cli.run("train", folder)
+    resumed = cli.run(*tiny("train", folder))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step 2" in resumed.stdout
     assert not [path for path in out_dir.iterdir() if path.name.startswith(".")]
@@ -462,7 +412,7 @@ def test_best_holds_the_step_with_the_lowest_val_loss_unless_always_save_is_on(
     )
 
     # Validation falls, then rises: 3.0 at step 4, 1.0 at 8, 2.0 at 12.
-    result = cli.run("train", folder, ("val-losses", "3.0,1.0,2.0"))
+    result = cli.run(*tiny("train", folder), fault=("val-losses", "3.0,1.0,2.0"))
 
     assert result.returncode == 0, result.stderr
     assert "done: step 12, best val loss 1.0000" in result.stdout
@@ -493,7 +443,7 @@ def trained_into(workdir: Path, cli: Cli, out_dir: Path) -> Path:
         "train.runtime.out_dir": str(out_dir),
     }
     folder = prepared_run(workdir, cli, changes)
-    assert cli.run("train", folder).returncode == 0
+    assert cli.run(*tiny("train", folder)).returncode == 0
     reconfigure(folder, {**changes, "train.runtime.max_iters": 8})
     return folder
 
@@ -514,7 +464,7 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_error_line_and_the_checkpoi
     else:
         fault = ("fail-fsync", run_folder.BEST_FILE, "ENOSPC")
 
-    line = assert_one_error_line(cli.run("train", folder, fault))
+    line = assert_one_error_line(cli.run(*tiny("train", folder), fault=fault))
 
     assert line.startswith(
         f"error: No space left on device: {out_dir / run_folder.BEST_FILE}; the disk is full"
@@ -553,7 +503,7 @@ def test_a_read_only_or_unwritable_out_dir_is_one_error_line_and_the_checkpoints
     else:
         fault = ("refuse-open", run_folder.BEST_FILE, errno.errorcode[code])
 
-    line = assert_one_error_line(cli.run("train", folder, fault, prefix=prefix))
+    line = assert_one_error_line(cli.run(*tiny("train", folder), fault=fault, prefix=prefix))
 
     assert line.startswith(f"error: {os.strerror(code)}: {out_dir}{os.sep}")
     assert ("read-only" if read_only else "make the folder writable") in line
@@ -580,7 +530,7 @@ def test_a_file_where_a_folder_should_be_is_one_error_line(
     key = "prepare.dataset_dir" if where == "dataset_dir" else "train.runtime.out_dir"
     folder = experiment(workdir, "bundestag_char", {key: str(blocker / where)})
 
-    line = assert_one_error_line(cli.run("loop", folder))
+    line = assert_one_error_line(cli.run(*tiny("loop", folder)))
 
     assert str(blocker) in line
     assert blocker.read_text(encoding="utf-8") == "a file, not a folder"
@@ -606,7 +556,7 @@ def test_train_logs_step_of_total_with_elapsed_and_eta_and_reports_the_events_nu
     folder = prepared_run(workdir, cli, REPORTED)
     out_dir = folder / "out"
 
-    result = cli.run("train", folder)
+    result = cli.run(*tiny("train", folder))
 
     assert result.returncode == 0, result.stderr
     logged = [LOG_LINE.match(line) for line in result.stdout.splitlines() if "tok/s" in line]
@@ -634,7 +584,7 @@ def test_train_logs_step_of_total_with_elapsed_and_eta_and_reports_the_events_nu
     first = report.read_text(encoding="utf-8")
     report.unlink()
     (out_dir / run_folder.PLOT_FILE).unlink()
-    rebuilt = cli.run("report", folder)
+    rebuilt = cli.run(*tiny("report", folder))
 
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert report.read_text(encoding="utf-8") == first
@@ -648,7 +598,7 @@ def test_ctrl_c_writes_the_report_of_the_steps_done_after_saving_the_checkpoint(
     out_dir = folder / "out"
     last = out_dir / run_folder.LAST_FILE
 
-    stopped = cli.run("train", folder, ("sigint-after-step", "3"))
+    stopped = cli.run(*tiny("train", folder), fault=("sigint-after-step", "3"))
 
     assert stopped.returncode == EXIT_INTERRUPTED, stopped.stderr
     assert stopped.stderr.splitlines()[-1] == (
@@ -664,7 +614,7 @@ def test_ctrl_c_writes_the_report_of_the_steps_done_after_saving_the_checkpoint(
 def test_report_before_any_run_exits_2_naming_the_missing_events(workdir: Path, cli: Cli) -> None:
     folder = experiment(workdir, "bundestag_char")
 
-    line = assert_one_error_line(cli.run("report", folder))
+    line = assert_one_error_line(cli.run(*tiny("report", folder)))
 
     assert f"{folder / 'out' / run_folder.TB_DIR} holds no TensorBoard events" in line
     assert not (folder / "out" / run_folder.REPORT_FILE).exists()

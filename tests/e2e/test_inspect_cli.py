@@ -12,14 +12,13 @@ import os
 import pty
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ml_playground.config_loader import load_config
 from ml_playground.inspection import TARGET_CLOSE, TARGET_COLOUR, TARGET_OPEN
-from tests.cli_helpers import assert_one_error_line, cli_entry, run_command
+from tests.cli_helpers import Cli, assert_one_error_line
 from tests.finetune_helpers import (
     QWEN2_GENERATION_TEMPLATE,
     QWEN2_TEMPLATE,
@@ -51,16 +50,13 @@ SYSTEM_DROPPED = (
 )
 
 
-def cli_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    env["HF_HUB_OFFLINE"] = "1"
-    env.pop("NO_COLOR", None)
-    return env
+def inspect_cli(cwd: Path) -> Cli:
+    """The CLI in `cwd`, colours left to the terminal test (NO_COLOR unset)."""
+    return Cli(cwd, env={"NO_COLOR": None}, timeout=TIMEOUT)
 
 
 def run_cli(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, *cli_entry(), *arguments]
-    return run_command(command, cwd=cwd, env=cli_env(), timeout=TIMEOUT)
+    return inspect_cli(cwd).run(*arguments)
 
 
 def chat_dataset(
@@ -136,8 +132,8 @@ def test_inspect_into_a_pipe_writes_the_plain_markers_and_no_escape_codes(
 
 def test_inspect_on_a_terminal_colours_the_targets_instead(chats: Path) -> None:
     primary, replica = pty.openpty()
-    command = [sys.executable, *cli_entry(), "inspect", CHAT, "--exp-config", CONFIG]
-    with subprocess.Popen(command, cwd=chats, env=cli_env(), stdout=replica, stderr=replica) as run:
+    arguments = ("inspect", CHAT, "--exp-config", CONFIG)
+    with inspect_cli(chats).started_on_terminal(replica, *arguments) as run:
         os.close(replica)
         shown = b""
         while True:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ import tiktoken
 
 from ml_playground import checkpoint, run_folder
 from ml_playground.data.sources import TINY_SHAKESPEARE
-from tests.cli_helpers import assert_one_error_line, run_command, run_with_reader_gone
+from tests.cli_helpers import Cli, assert_one_error_line
 from tests.conftest import SHARED_DIR
 from tests.gpt_helpers import TomlValue, write_config
 
@@ -70,39 +67,33 @@ TINY_SHAKESPEARE_RUN: Mapping[str, TomlValue] = {
 }
 
 
-def cli_env(tiktoken_cache: Path, *, proxy: str | None) -> dict[str, str]:
-    """The user's environment, offline: proxies at `proxy` (None: no proxy at all)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    for name in (*PROXY_VARIABLES, "no_proxy", "NO_PROXY"):
-        env.pop(name, None)
+def offline_cli(folder: Path, tiktoken_cache: Path, *, proxy: str | None) -> Cli:
+    """The CLI in `folder` in the user's environment, offline: proxies at `proxy` (None: no
+    proxy at all), tiktoken's cache in `tiktoken_cache`."""
+    env: dict[str, str | None] = dict.fromkeys((*PROXY_VARIABLES, "no_proxy", "NO_PROXY"))
     if proxy is not None:
         env.update(dict.fromkeys(PROXY_VARIABLES, proxy))
     env["TIKTOKEN_CACHE_DIR"] = str(tiktoken_cache)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ next to the package sources
-    return env
+    return Cli(folder, env=env, timeout=TIMEOUT)
 
 
 @dataclass(frozen=True)
 class Offline:
-    """A tiny shakespeare config in `folder` and the offline environment to run it in."""
+    """A tiny shakespeare config in `folder` and the offline CLI to run it with."""
 
     folder: Path
-    env: dict[str, str]
+    cli: Cli
     tiktoken_cache: Path
 
     @property
     def config(self) -> Path:
         return self.folder / "tiny.toml"
 
-    def command(self, verb: str) -> list[str]:
-        return [
-            sys.executable,
-            *("-m", "ml_playground.cli", verb, "shakespeare", "--exp-config", str(self.config)),
-        ]
+    def arguments(self, verb: str) -> tuple[str, ...]:
+        return (verb, "shakespeare", "--exp-config", str(self.config))
 
     def run(self, verb: str) -> subprocess.CompletedProcess[str]:
-        return run_command(self.command(verb), cwd=self.folder, env=self.env, timeout=TIMEOUT)
+        return self.cli.run(*self.arguments(verb))
 
 
 def offline_setup(
@@ -117,7 +108,7 @@ def offline_setup(
     cache.mkdir(parents=True, exist_ok=True)
     if changes is not None or not (folder / "tiny.toml").exists():
         write_config(folder / "tiny.toml", {**TINY_SHAKESPEARE_RUN, **(changes or {})})
-    return Offline(folder, cli_env(cache, proxy=proxy), cache)
+    return Offline(folder, offline_cli(folder, cache, proxy=proxy), cache)
 
 
 @dataclass(frozen=True)
@@ -200,16 +191,7 @@ def test_sample_redirected_to_a_file_writes_only_the_samples_there(
     text_file = tmp_path / "out.txt"
 
     with text_file.open("w", encoding="utf-8") as stdout:
-        result = subprocess.run(
-            trained.command("sample"),
-            cwd=trained.folder,
-            env=trained.env,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        result = trained.cli.run(*trained.arguments("sample"), stdout=stdout)
 
     assert result.returncode == 0, result.stderr
     samples = saved_samples(trained.folder)
@@ -221,9 +203,7 @@ def test_sample_redirected_to_a_file_writes_only_the_samples_there(
 def test_sample_into_a_pipe_nobody_reads_ends_quietly_and_saves_every_sample(
     trained: Offline,
 ) -> None:
-    result = run_with_reader_gone(
-        trained.command("sample"), cwd=trained.folder, env=trained.env, timeout=TIMEOUT
-    )
+    result = trained.cli.run_with_reader_gone(*trained.arguments("sample"))
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -232,14 +212,7 @@ def test_sample_into_a_pipe_nobody_reads_ends_quietly_and_saves_every_sample(
 
 
 def test_sample_piped_into_head_shows_the_first_line_and_ends_quietly(trained: Offline) -> None:
-    command = shlex.join(trained.command("sample"))
-
-    result = run_command(
-        ["bash", "-c", f"set -o pipefail; {command} | head -1"],
-        cwd=trained.folder,
-        env=trained.env,
-        timeout=TIMEOUT,
-    )
+    result = trained.cli.run_piped_into("head -1", *trained.arguments("sample"))
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -248,12 +221,7 @@ def test_sample_piped_into_head_shows_the_first_line_and_ends_quietly(trained: O
 
 
 def test_a_verb_whose_reader_has_gone_exits_141_without_a_word(tmp_path: Path) -> None:
-    result = run_with_reader_gone(
-        [sys.executable, "-m", "ml_playground.cli", "list"],
-        cwd=tmp_path,
-        env=cli_env(tmp_path, proxy=BLOCKED_PROXY),
-        timeout=TIMEOUT,
-    )
+    result = offline_cli(tmp_path, tmp_path, proxy=BLOCKED_PROXY).run_with_reader_gone("list")
 
     assert result.returncode == EXIT_BROKEN_PIPE
     assert result.stderr == ""

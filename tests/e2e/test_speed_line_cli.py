@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.e2e.test_chat_cli import TIMEOUT, cli_env, run_chat
+from tests.e2e.test_chat_cli import chat_cli, run_chat
 from tests.export_helpers import char_gpt_experiment
 
 SPEED = re.compile(
@@ -22,15 +21,7 @@ SPEED = re.compile(
 
 
 def run_sample(folder: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground.cli", "sample", str(folder)],
-        cwd=folder.parent,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    return chat_cli(folder).run("sample", folder)
 
 
 def test_sample_ends_with_one_speed_line_on_stderr_and_stdout_holds_only_the_text(

@@ -7,8 +7,6 @@ writes with single-process runs.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +19,13 @@ from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment
 from ml_playground.train.gpt import train_gpt
-from tests.cli_helpers import GLOO_TEARDOWN_ABORT
+from tests.cli_helpers import GLOO_TEARDOWN_ABORT, Cli
 from tests.conftest import REPO_ROOT
 from tests.gpt_helpers import TomlValue, prepare, tiny_experiment
 
 pytestmark = GLOO_TEARDOWN_ABORT
 
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
 DDP_SETTINGS: dict[str, TomlValue] = {
     "train.model.dropout": 0.0,
     "train.data.sampler": "sequential",
@@ -38,14 +37,18 @@ DDP_SETTINGS: dict[str, TomlValue] = {
 }
 
 
+def torchrun(folder: Path, nproc: int) -> Cli:
+    """The CLI in `folder` under torch's launcher with `nproc` processes."""
+    return Cli(
+        folder,
+        env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+        launcher=(*TORCHRUN, f"--nproc_per_node={nproc}"),
+    )
+
+
 def launch(folder: Path, *, nproc: int, module: str = "ml_playground.cli") -> str:
     """Train the experiment in `folder` with `nproc` processes; return the combined output."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc_per_node={nproc}", "-m", module, "train", str(folder)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    result = torchrun(folder, nproc).run("train", folder, module=module)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     return output
@@ -137,14 +140,7 @@ def test_resume_under_ddp_replays_the_uninterrupted_run(
 
 def test_a_failing_rank_fails_the_whole_job_without_hanging(tmp_path: Path) -> None:
     folder = experiment(tmp_path / "job", **{"train.runtime.max_iters": 10_000})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node=2", "-m", "tests.integration.ddp_failing_rank"]
-    command += ["train", str(folder)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-
-    result = subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    result = torchrun(folder, 2).run("train", folder, module="tests.integration.ddp_failing_rank")
 
     assert result.returncode != 0
     assert "simulated worker failure" in result.stdout + result.stderr

@@ -9,7 +9,6 @@ transformers and peft), so each test makes the few it needs count.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from ml_playground import checkpoint, run_folder
 from ml_playground.run_folder import TB_DIR
 from ml_playground.train.hf import train_lora
 from ml_playground.train.report_card import reported
-from tests.cli_helpers import GLOO_TEARDOWN_ABORT, run_command
+from tests.cli_helpers import GLOO_TEARDOWN_ABORT, Cli
 from tests.conftest import REPO_ROOT
 from tests.finetune_helpers import TinyModels, TomlValue, adapter_weights, speeches_experiment
 from tests.integration.ddp_failing_rank import FAILURE
@@ -51,16 +50,15 @@ def launch(
     expect_success: bool = True,
 ) -> tuple[int, str]:
     """Train the experiment in `folder` with two processes; the exit code and all output."""
-    command = [*launcher, "-m", module, "train", str(folder)]
     environment = {
-        **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
         "OMP_NUM_THREADS": "1",
         # accelerate launch reads a user's `accelerate config` from here; use none.
         "HF_HOME": str(folder / "hf-home"),
         **(env or {}),
     }
-    result = run_command(command, cwd=folder, env=environment, timeout=LAUNCH_TIMEOUT)
+    cli = Cli(folder, env=environment, timeout=LAUNCH_TIMEOUT, launcher=launcher)
+    result = cli.run("train", folder, module=module)
     output = result.stdout + result.stderr
     if expect_success:
         assert result.returncode == 0, output

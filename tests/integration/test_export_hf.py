@@ -43,6 +43,7 @@ from tests.finetune_helpers import (
     tiny_settings,
     write_speeches_csv,
 )
+from tests.toml_helpers import write_toml
 
 LORA_R, LORA_ALPHA = 4, 8
 LAYER = "model.layers.0.self_attn.q_proj"
@@ -139,20 +140,17 @@ def experiment(folder: Path, base: Path, **export: str | bool) -> ExperimentConf
         "convert_bin": str(tools / "convert_hf_to_gguf.py"),
         **export,
     }
-    lines = [
-        "[train.hf_model]",
-        f"model_name = {json.dumps(str(base))}",
-        "[train.runtime]",
-        'out_dir = "out"',
-        'dtype = "float32"',
-        "[sample.sample]",
-        f"start = {json.dumps('Sprecher: Erika Muster')}",
-        "temperature = 0.7",
-        "[export.ollama]",
-        *(f"{key} = {json.dumps(value)}" for key, value in settings.items()),
-    ]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_toml(
+        folder / "config.toml",
+        {
+            "train.hf_model.model_name": str(base),
+            "train.runtime.out_dir": "out",
+            "train.runtime.dtype": "float32",
+            "sample.sample.start": "Sprecher: Erika Muster",
+            "sample.sample.temperature": 0.7,
+            **{f"export.ollama.{key}": value for key, value in settings.items()},
+        },
+    )
     return load_config(folder / "config.toml", folder).config
 
 

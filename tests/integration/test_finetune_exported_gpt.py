@@ -11,10 +11,8 @@ did not write: transformers' GGUF reader must compute the merged model's logits,
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,75 +21,56 @@ import torch
 from ml_playground.data.tokenizer import TokenizerSpec, tokenizer_from_spec
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.model.config import GPTConfig
-from tests.cli_helpers import cli_entry, run_command
-from tests.export_helpers import save_checkpoint
+from tests.cli_helpers import run_cli
+from tests.export_helpers import CPU_FLOAT32_RUN, save_checkpoint
 from tests.gguf_helpers import PROMPT, transformers_logits, unit_scale_gpt
 from tests.gpt_helpers import shakespeare_text
 from tests.llama_cpp_helpers import export_cli, require_converters
+from tests.toml_helpers import TomlValue, write_toml
 
 BUNDLED = EXPERIMENTS_ROOT / "shakespeare_sft"
 GPT2 = TokenizerSpec(kind="tiktoken", encoding="gpt2")
 PRETRAINED = GPTConfig(
     vocab_size=50257, block_size=64, n_layer=2, n_head=4, n_embd=32, arch="llama", n_kv_head=2
 )
-TINY_FINE_TUNE = """
-[prepare]
-records_path = "chats.jsonl"
-format = "messages"
-chat_template = "FILE:chat.jinja"
-dataset_dir = "datasets/sft"
-
-[train.hf_model]
-model_name = "../pretrain/export/hf"
-block_size = 64
-gradient_checkpointing = false
-dtype = "float32"
-save_merged = true
-
-[train.peft]
-r = 4
-lora_alpha = 8
-lora_dropout = 0.0
-extend_mlp_targets = true
-
-[train.data]
-batch_size = 2
-
-[train.optim]
-learning_rate = 1e-2
-
-[train.schedule]
-warmup_iters = 1
-lr_decay_iters = 4
-min_lr = 1e-3
-
-[train.runtime]
-out_dir = "out/sft"
-max_iters = 4
-eval_interval = 2
-eval_iters = 1
-log_interval = 1
-device = "cpu"
-dtype = "float32"
-tensorboard_enabled = false
-
-[sample.sample]
-start = "Q: Speak as Romeo.\\nA:"
-max_new_tokens = 8
-temperature = 0.0
-stream = false
-
-[export.ollama]
-enabled = true
-export_dir = "export/gguf"
-quant = "f32"
-"""
+TINY_FINE_TUNE: Mapping[str, TomlValue] = {
+    "prepare.records_path": "chats.jsonl",
+    "prepare.format": "messages",
+    "prepare.chat_template": "FILE:chat.jinja",
+    "prepare.dataset_dir": "datasets/sft",
+    "train.hf_model.model_name": "../pretrain/export/hf",
+    "train.hf_model.block_size": 64,
+    "train.hf_model.gradient_checkpointing": False,
+    "train.hf_model.dtype": "float32",
+    "train.hf_model.save_merged": True,
+    "train.peft.r": 4,
+    "train.peft.lora_alpha": 8,
+    "train.peft.lora_dropout": 0.0,
+    "train.peft.extend_mlp_targets": True,
+    "train.data.batch_size": 2,
+    "train.optim.learning_rate": 0.01,
+    "train.schedule.warmup_iters": 1,
+    "train.schedule.lr_decay_iters": 4,
+    "train.schedule.min_lr": 0.001,
+    "train.runtime.out_dir": "out/sft",
+    "train.runtime.max_iters": 4,
+    "train.runtime.eval_interval": 2,
+    "train.runtime.eval_iters": 1,
+    "train.runtime.log_interval": 1,
+    "train.runtime.device": "cpu",
+    "train.runtime.dtype": "float32",
+    "train.runtime.tensorboard_enabled": False,
+    "sample.sample.start": "Q: Speak as Romeo.\nA:",
+    "sample.sample.max_new_tokens": 8,
+    "sample.sample.temperature": 0.0,
+    "sample.sample.stream": False,
+    "export.ollama.enabled": True,
+    "export.ollama.export_dir": "export/gguf",
+    "export.ollama.quant": "f32",
+}
 
 
-def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
-    command = [sys.executable, *cli_entry(), *map(str, args)]
-    return run_command(command, cwd=cwd, env=env, timeout=300)
+cli = run_cli
 
 
 def load(folder: Path, **options: str) -> torch.nn.Module:
@@ -115,11 +94,7 @@ def test_an_exported_gpt_fine_tunes_with_lora_and_converts_to_a_gguf_of_the_merg
     require_converters()
     pretrain = tmp_path / "pretrain"
     pretrain.mkdir()
-    (pretrain / "config.toml").write_text(
-        '[train.runtime]\nout_dir = "out"\ndevice = "cpu"\ndtype = "float32"\n\n'
-        "[export.hf]\nenabled = true\n",
-        encoding="utf-8",
-    )
+    write_toml(pretrain / "config.toml", {**CPU_FLOAT32_RUN, "export.hf.enabled": True})
     save_checkpoint(pretrain / "out", unit_scale_gpt(PRETRAINED, seed=5), GPT2)
     text = tmp_path / "text.txt"
     text.write_text(shakespeare_text(1500), encoding="utf-8")
@@ -130,7 +105,7 @@ def test_an_exported_gpt_fine_tunes_with_lora_and_converts_to_a_gguf_of_the_merg
 
     fine_tune = tmp_path / "shakespeare_sft"
     shutil.copytree(BUNDLED, fine_tune, ignore=shutil.ignore_patterns("datasets", "out", "export"))
-    (fine_tune / "config.toml").write_text(TINY_FINE_TUNE, encoding="utf-8")
+    write_toml(fine_tune / "config.toml", TINY_FINE_TUNE)
     looped = cli(tmp_path, "loop", fine_tune)
     assert looped.returncode == 0, looped.stderr[-3000:]
     assert "--- sample 1/1 ---" in looped.stderr

@@ -12,7 +12,6 @@ gguf's GGUFReader must find the adapter's own matrices in the LoRA GGUF.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import cast
 
@@ -39,6 +38,7 @@ from tests.llama_cpp_helpers import (
     llama_completion,
     require_converters,
 )
+from tests.toml_helpers import write_toml
 
 LORA_R, LORA_ALPHA = 4, 8
 PROMPT = "Sprecher: Erika Muster\n\nFrau Präsidentin! 3.14"
@@ -81,17 +81,15 @@ def fine_tuned(folder: Path, base: Path) -> Path:
 
 def experiment(folder: Path, base: Path, **export: str | bool) -> Path:
     settings = {"enabled": True, "quant": "f32", **export}
-    lines = [
-        "[train.hf_model]",
-        f"model_name = {json.dumps(str(base))}",
-        "[train.runtime]",
-        'out_dir = "out"',
-        'dtype = "float32"',
-        "[export.ollama]",
-        *(f"{key} = {json.dumps(value)}" for key, value in settings.items()),
-    ]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_toml(
+        folder / "config.toml",
+        {
+            "train.hf_model.model_name": str(base),
+            "train.runtime.out_dir": "out",
+            "train.runtime.dtype": "float32",
+            **{f"export.ollama.{key}": value for key, value in settings.items()},
+        },
+    )
     return folder
 
 
