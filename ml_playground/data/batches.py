@@ -69,6 +69,11 @@ class BatchSampler:
         # Each window needs block_size inputs plus the one target past its end.
         self._windows = (len(self._tokens) - 1) // block_size
 
+    @property
+    def block_size(self) -> int:
+        """The window length: x and y are (batch_size, block_size)."""
+        return self._block_size
+
     def over(self, data: Path, *, seed: int, mask: Path | None = None) -> BatchSampler:
         """Random batches of the same shape for the same rank and device, from another token
         file of the same dtype (and its mask) and another seed (evaluation draws its batches

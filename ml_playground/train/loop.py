@@ -1,20 +1,18 @@
-"""The training loop, written once for every model: read `train` top to bottom.
+"""The training loop, written once for every model, its definitions in the order a run
+meets them: session -> assemble -> train -> step -> evaluate -> save.
 
-announce -> (eval_only: evaluate and stop) -> while step < max_iters: {set the scheduled
-learning rate; one optimizer step over grad_accum_steps fresh micro-batches; log every
-log_interval; evaluate and save every eval_interval; stop cleanly on Ctrl-C} -> final
-evaluation and save.
+`train` reads top to bottom: announce -> (eval_only: evaluate and stop) -> while step <
+max_iters: {scheduled learning rate; one optimizer step over grad_accum_steps micro-batches;
+log every log_interval; evaluate and save every eval_interval; stop cleanly on Ctrl-C} ->
+final evaluation and save. A backend (train/gpt.py, train/hf.py) builds a `Run` with
+`assemble_run` and supplies only what differs: the model, the loss of a batch, and how its
+weights are written.
 
-A model backend (train/gpt.py for the from-scratch GPT, train/hf.py for Hugging
-Face + LoRA) builds a `Run` with `assemble_run` and supplies only what differs: the
-model and its trainable parameters, the loss of a batch, and how its weights are written.
-The order of operations lives here and nowhere else.
-
-Under torchrun the same loop runs once per rank with DistributedDataParallel: each rank
-draws its own batches, gradients are averaged on the last micro-step of an accumulation,
-evaluation losses are averaged over ranks, and only rank 0 writes files. The first Ctrl-C
-finishes the current step, saves the last checkpoint and raises KeyboardInterrupt (the CLI
-exits 130); every rank stops at the same step.
+Under torchrun the loop runs once per rank with DistributedDataParallel (train/forward.py):
+each rank draws its own batches, gradients are averaged on the last micro-step of an
+accumulation, evaluation losses over ranks, and only rank 0 writes files. The first Ctrl-C
+finishes the step, saves the last slot and raises SavedAndStopped (the CLI exits 130);
+every rank stops at the same step.
 """
 
 from __future__ import annotations
@@ -23,13 +21,12 @@ import contextlib
 import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch._dynamo.exc import TorchDynamoException
-from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground import checkpoint, run_folder
 from ml_playground.checkpoint import TrainingState
@@ -47,9 +44,10 @@ from ml_playground.distributed import (
 )
 from ml_playground.errors import CheckpointError, SavedAndStopped
 from ml_playground.run_folder import Slot
+from ml_playground.train.forward import Forward, training_forward
 from ml_playground.train.interrupt import stop_requests
 from ml_playground.train.optim import Optimizers, build_optimizers, saved_optimizer
-from ml_playground.train.reporting import RunReporter, machine_lines
+from ml_playground.train.reporting import RunReporter
 from ml_playground.train.schedule import learning_rate_at
 
 EVAL_SEED_OFFSET = 10_007  # eval batches come from their own stream, fixed across evals
@@ -82,17 +80,13 @@ class Run:
     precision: Precision
     ranks: Ranks
     model: nn.Module
-    """The bare model: evaluated under DDP, saved, checked for identical replicas."""
-    forward: Callable[..., Any]
+    """The bare model: evaluated, saved, checked for identical replicas."""
+    forward: Forward
     """The model as trained: wrapped in DDP under a launcher, compiled where asked."""
-    ddp: DistributedDataParallel | None
-    parameters: list[nn.Parameter]
-    """What the optimizers train and the gradient clip sees."""
     optimizer: Optimizers
     scaler: torch.amp.GradScaler
     sampler: BatchSampler
     files: TokenFiles
-    block_size: int
     loss: Loss
     write: WriteWeights
     description: str
@@ -101,10 +95,16 @@ class Run:
     iter_num: int = 0
     best_val_loss: float = math.inf
 
+    @cached_property
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimizers train and the gradient clip sees."""
+        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+
     @property
     def tokens_per_step(self) -> int:
         data = self.train.data
-        return data.batch_size * self.block_size * data.grad_accum_steps * self.ranks.world_size
+        per_rank = data.batch_size * self.sampler.block_size * data.grad_accum_steps
+        return per_rank * self.ranks.world_size
 
 
 @dataclass(frozen=True)
@@ -126,32 +126,122 @@ def training_session(train_config: TrainConfig, ranks: Ranks) -> Generator[Preci
             yield precision
 
 
+# --- assembling a run: what every backend needs around its model -----------------------
+
+
+def assemble_run(
+    train: TrainConfig,
+    precision: Precision,
+    ranks: Ranks,
+    *,
+    model: nn.Module,
+    files: TokenFiles,
+    block_size: int,
+    loss: Loss,
+    write: WriteWeights,
+    description: str,
+    resume: TrainingState | None,
+    resume_source: str,
+    compile_model: bool = False,
+) -> Run:
+    """Optimizer, grad scaler, batches, DDP and the resumed state around a built model.
+
+    The backend seeds (`seed_everything(runtime.seed)`) before it builds the model, so
+    every rank starts from the same weights; from here on each rank draws its own dropout
+    masks and batches.
+    """
+    runtime = train.runtime
+    for path in (files.train, files.val):
+        check_token_ids(path, files.dtype, files.vocab_size)
+    model.to(precision.device)
+    model.train()
+    run = Run(
+        train=train,
+        precision=precision,
+        ranks=ranks,
+        model=model,
+        forward=Forward(model),
+        optimizer=build_optimizers(model, train, precision),
+        scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
+        sampler=BatchSampler(
+            files.train,
+            files.dtype,
+            block_size,
+            train.data.batch_size,
+            mode=train.data.sampler,
+            seed=runtime.seed,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+            device=precision.device,
+            mask=files.train_mask,
+        ),
+        files=files,
+        loss=loss,
+        write=write,
+        description=description,
+        resumed=resume is not None,
+    )
+    seed_everything(runtime.seed + ranks.rank)
+    if resume is not None:
+        _restore(run, resume, resume_source)
+    run.forward = training_forward(model, precision, ranks, compile_model=compile_model)
+    return run
+
+
+def trainable_names(model: nn.Module) -> tuple[str, ...]:
+    """The names of the parameters that train, in optimizer order."""
+    return tuple(name for name, parameter in model.named_parameters() if parameter.requires_grad)
+
+
+def _restore(run: Run, state: TrainingState, source: str) -> None:
+    """Continue from `state`: optimizer, scaler, step, best loss and this rank's streams.
+
+    If `source` was saved by another number of ranks, the streams restart from their
+    seeds and rank 0 says so.
+    """
+    saved, configured = saved_optimizer(state.optimizer), run.train.optim.name
+    if saved != configured:
+        raise CheckpointError(
+            f"{source} was trained with train.optim.name = '{saved}' but the config says "
+            f"'{configured}'; set name = '{saved}' to resume it, or move the file away to "
+            f"start fresh with {configured}"
+        )
+    try:
+        run.optimizer.load_state_dict(state.optimizer)
+    except (KeyError, ValueError, TypeError, RuntimeError):
+        # torch names no file; a state for other parameters or a damaged one lands here.
+        raise CheckpointError(
+            f"the optimizer state in {source} does not fit this model's parameters; the file "
+            "is damaged or from another run: delete it to start fresh or restore a backup"
+        ) from None
+    if state.scaler:
+        run.scaler.load_state_dict(state.scaler)
+    ranks = run.ranks
+    if len(state.sampler) == ranks.world_size == len(state.rng):
+        run.sampler.load_state_dict(state.sampler[ranks.rank])
+        checkpoint.restore_rng(state.rng[ranks.rank])
+    elif ranks.is_main:
+        print(
+            f"resume: {source} holds batch streams for {len(state.sampler)} rank(s), this "
+            f"run has {ranks.world_size}; streams restart from their seeds (not an exact replay)"
+        )
+    run.iter_num, run.best_val_loss = state.iter_num, state.best_val_loss
+
+
 def train(run: Run) -> TrainSummary:
     """Train until max_iters (or evaluate once with eval_only); returns where it ended."""
     runtime = run.train.runtime
     start = run.iter_num
     last_val: float | None = None
-    with RunReporter(
-        runtime.out_dir,
-        total_steps=runtime.max_iters,
-        start_step=start,
-        eval_interval=runtime.eval_interval,
-        tokens_per_step=run.tokens_per_step,
-        tensorboard=runtime.tensorboard_enabled,
-        enabled=run.ranks.is_main,
+    with RunReporter.of_run(
+        runtime, start_step=start, tokens_per_step=run.tokens_per_step, enabled=run.ranks.is_main
     ) as reporter:
-        precision = run.precision
-        reporter.say(
-            f"{run.description} on {precision.device}; "
-            f"{run.tokens_per_step:,} tokens per optimizer step; "
-            f"{f'resuming at step {start}' if run.resumed else 'fresh start'}"
-        )
-        reporter.say(f"precision: {precision.dtype_name} ({precision.reason})")
-        reporter.describe_run(
+        reporter.announce(
             run.description,
-            machine_lines(precision, run.ranks.world_size),
-            parameters=sum(parameter.numel() for parameter in run.model.parameters()),
-            trainable=sum(parameter.numel() for parameter in run.parameters),
+            run.precision,
+            resumed=run.resumed,
+            world_size=run.ranks.world_size,
+            model=run.model,
         )
         if runtime.eval_only:
             losses = evaluate(run)
@@ -183,11 +273,7 @@ def train(run: Run) -> TrainSummary:
                 # Ranks may see Ctrl-C at different steps; they must stop at the same one.
                 if any_rank(stop_requested(), run.precision.device):
                     saved = save(run, run_folder.LAST)
-                    reporter.mark_progress(run.iter_num)
-                    reporter.say(
-                        f"interrupted at step {run.iter_num}; saved {saved} "
-                        "(run train again to resume)"
-                    )
+                    reporter.interrupted(run.iter_num, saved)
                     raise SavedAndStopped(saved)
 
             if run.iter_num > start or not run.resumed:
@@ -196,17 +282,18 @@ def train(run: Run) -> TrainSummary:
             else:  # resumed at max_iters: only the final slot may be missing
                 save(run, run_folder.FINAL)
 
-        if run.ranks.is_distributed:
-            if not replicas_identical(run.parameters):
-                raise RuntimeError("DDP replicas diverged: ranks hold different weights")
-            reporter.say(f"all {run.ranks.world_size} ranks hold identical weights")
-        if run.iter_num > start:
-            reporter.mark_progress(run.iter_num)
-        reporter.say(
-            f"done: step {run.iter_num}, best val loss {run.best_val_loss:.4f}; "
-            f"saved in {runtime.out_dir}"
-        )
+        _check_replicas(run, reporter)
+        reporter.done(run.iter_num, run.best_val_loss, runtime.out_dir)
     return TrainSummary(run.iter_num, run.best_val_loss, last_val, runtime.out_dir)
+
+
+def _check_replicas(run: Run, reporter: RunReporter) -> None:
+    """Under a launcher, every rank must end with the same weights."""
+    if not run.ranks.is_distributed:
+        return
+    if not replicas_identical(run.parameters):
+        raise RuntimeError("DDP replicas diverged: ranks hold different weights")
+    reporter.say(f"all {run.ranks.world_size} ranks hold identical weights")
 
 
 @dataclass(frozen=True)
@@ -227,11 +314,9 @@ def optimizer_step(run: Run, lr: float) -> StepResult:
     total = torch.zeros((), device=run.precision.device)
     for micro in range(accum):
         x, y = run.sampler.next_batch()
-        # DDP all-reduces gradients in backward; only the last micro-step needs it.
-        last = micro == accum - 1
-        ddp = run.ddp
-        no_sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
-        with no_sync, run.precision.autocast():
+        last = micro == accum - 1  # only the last micro-step all-reduces gradients
+        sync = contextlib.nullcontext() if last else run.forward.without_gradient_sync()
+        with sync, run.precision.autocast():
             loss = run.loss(run.forward, x, y) / accum
         total += loss.detach()
         scaled = run.scaler.scale(loss)
@@ -276,26 +361,6 @@ def evaluate(run: Run) -> dict[str, float]:
     return losses
 
 
-def save(run: Run, *slots: Slot) -> Path:
-    """Write the run as of the last finished step into `slots`; returns where the first
-    went. Every rank's batch stream and RNG are gathered (a collective, so all ranks call
-    this); only rank 0 writes."""
-    samplers = gather_state(run.sampler.state_dict())
-    rngs = gather_state(checkpoint.capture_rng())
-    state = TrainingState(
-        iter_num=run.iter_num,
-        best_val_loss=run.best_val_loss,
-        optimizer=run.optimizer.state_dict(),
-        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
-        rng=rngs,
-        sampler=samplers,
-        trainable=trainable_names(run.model),
-    )
-    if not run.ranks.is_main:
-        return run.train.runtime.out_dir
-    return run.write(slots, state)
-
-
 def _evaluate_and_save(run: Run, reporter: RunReporter, slots: tuple[Slot, ...]) -> float:
     """Evaluate; save the best slot when validation improved, then `slots` (the last slot,
     and at max_iters the final one too).
@@ -314,158 +379,21 @@ def _evaluate_and_save(run: Run, reporter: RunReporter, slots: tuple[Slot, ...])
     return losses["val"]
 
 
-# --- assembling a run: what every backend needs around its model -----------------------
-
-
-def assemble_run(
-    train: TrainConfig,
-    precision: Precision,
-    ranks: Ranks,
-    *,
-    model: nn.Module,
-    files: TokenFiles,
-    block_size: int,
-    loss: Loss,
-    write: WriteWeights,
-    description: str,
-    resume: TrainingState | None,
-    resume_source: str,
-    compile_model: bool = False,
-) -> Run:
-    """Optimizer, grad scaler, batches, DDP and the resumed state around a built model.
-
-    The backend seeds (`seed_everything(runtime.seed)`) before it builds the model, so
-    every rank starts from the same weights; from here on each rank draws its own dropout
-    masks and batches.
-    """
-    runtime = train.runtime
-    for path in (files.train, files.val):
-        check_token_ids(path, files.dtype, files.vocab_size)
-    model.to(precision.device)
-    model.train()
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    run = Run(
-        train=train,
-        precision=precision,
-        ranks=ranks,
-        model=model,
-        forward=model,
-        ddp=None,
-        parameters=parameters,
-        optimizer=build_optimizers(model, train, precision),
-        scaler=torch.amp.GradScaler(enabled=precision.needs_grad_scaler),
-        sampler=BatchSampler(
-            files.train,
-            files.dtype,
-            block_size,
-            train.data.batch_size,
-            mode=train.data.sampler,
-            seed=runtime.seed,
-            rank=ranks.rank,
-            world_size=ranks.world_size,
-            device=precision.device,
-            mask=files.train_mask,
-        ),
-        files=files,
-        block_size=block_size,
-        loss=loss,
-        write=write,
-        description=description,
-        resumed=resume is not None,
+def save(run: Run, *slots: Slot) -> Path:
+    """Write the run as of the last finished step into `slots`; returns where the first
+    went. Every rank's batch stream and RNG are gathered (a collective, so all ranks call
+    this); only rank 0 writes."""
+    samplers = gather_state(run.sampler.state_dict())
+    rngs = gather_state(checkpoint.capture_rng())
+    state = TrainingState(
+        iter_num=run.iter_num,
+        best_val_loss=run.best_val_loss,
+        optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        rng=rngs,
+        sampler=samplers,
+        trainable=trainable_names(run.model),
     )
-    seed_everything(runtime.seed + ranks.rank)
-    if resume is not None:
-        _restore(run, resume, resume_source)
-    wrapped: nn.Module = model
-    if ranks.is_distributed:
-        # DDP all-reduces the gradients of the parameters that require them (for LoRA just
-        # the adapters; the frozen base stays out of the reduction). Buffers (rotary
-        # frequencies, causal masks) are constants loaded alike on every rank, so they are
-        # synced once at start-up but not before every forward pass.
-        device_ids = [precision.device.index] if precision.device.type == "cuda" else None
-        run.ddp = DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
-        wrapped = run.ddp
-    run.forward = maybe_compile(wrapped, precision) if compile_model else wrapped
-    return run
-
-
-def trainable_names(model: nn.Module) -> tuple[str, ...]:
-    """The names of the parameters that train, in optimizer order."""
-    return tuple(name for name, parameter in model.named_parameters() if parameter.requires_grad)
-
-
-def _restore(run: Run, state: TrainingState, source: str) -> None:
-    """Continue from `state`: optimizer, scaler, step, best loss and this rank's streams.
-
-    If `source` was saved by another number of ranks, the streams restart from their
-    seeds and rank 0 says so.
-    """
-    saved, configured = saved_optimizer(state.optimizer), run.train.optim.name
-    if saved != configured:
-        raise CheckpointError(
-            f"{source} was trained with train.optim.name = '{saved}' but the config says "
-            f"'{configured}'; set name = '{saved}' to resume it, or move the file away to "
-            f"start fresh with {configured}"
-        )
-    try:
-        run.optimizer.load_state_dict(state.optimizer)
-    except (KeyError, ValueError, TypeError, RuntimeError):
-        # torch names no file; a state for other parameters or a damaged one lands here.
-        raise CheckpointError(
-            f"the optimizer state in {source} does not fit this model's parameters; the file "
-            "is damaged or from another run: delete it to start fresh or restore a backup"
-        ) from None
-    if state.scaler:
-        run.scaler.load_state_dict(state.scaler)
-    ranks = run.ranks
-    if len(state.sampler) == ranks.world_size == len(state.rng):
-        run.sampler.load_state_dict(state.sampler[ranks.rank])
-        checkpoint.restore_rng(state.rng[ranks.rank])
-    elif ranks.is_main:
-        print(
-            f"resume: {source} holds batch streams for {len(state.sampler)} rank(s), this "
-            f"run has {ranks.world_size}; streams restart from their seeds (not an exact replay)"
-        )
-    run.iter_num, run.best_val_loss = state.iter_num, state.best_val_loss
-
-
-def maybe_compile(model: nn.Module, precision: Precision) -> Callable[..., Any]:
-    """torch.compile where it works; otherwise say why and run eagerly."""
-    if precision.device_type == "mps":
-        print("compile: skipped, torch.compile does not support the MPS backend reliably")
-        return model
-    try:
-        compiled = torch.compile(model)
-    except (RuntimeError, ImportError) as exc:  # e.g. an unsupported Python version
-        print(f"compile: skipped, torch.compile failed ({exc}); running eagerly")
-        return model
-    return CompiledOrEager(model, compiled)
-
-
-class CompiledOrEager:
-    """The compiled model, until compiling fails; from then on the eager model.
-
-    torch.compile() returns at once: tracing and code generation happen lazily, at the
-    first call (and again when a guard fails, as the first evaluation under no_grad does).
-    A failure there (no C++ compiler, an op dynamo cannot trace) raises a dynamo exception
-    before the compiled graph has run, so the same call can be answered eagerly. The run
-    says so in one line and stays eager; an error in the model itself recurs eagerly and
-    surfaces as it would without compile.
-    """
-
-    def __init__(self, model: nn.Module, compiled: Callable[..., Any]) -> None:
-        self.model = model
-        self.compiled: Callable[..., Any] | None = compiled
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except TorchDynamoException as exc:
-                self.compiled = None
-                reason = next((line for line in str(exc).splitlines() if line.strip()), "")
-                print(
-                    f"compile: failed at the first call ({type(exc).__name__}: "
-                    f"{reason[:200]}); running eagerly"
-                )
-        return self.model(*args, **kwargs)
+    if not run.ranks.is_main:
+        return run.train.runtime.out_dir
+    return run.write(slots, state)

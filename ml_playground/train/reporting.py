@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ml_playground import console
+from ml_playground.config import RuntimeConfig
 from ml_playground.cpu_probe import cpu_model
 from ml_playground.device import Precision
 from ml_playground.progress import format_duration, remaining_s
@@ -154,6 +155,21 @@ class RunReporter:
             file=sys.stderr,
         )
 
+    @classmethod
+    def of_run(
+        cls, runtime: RuntimeConfig, *, start_step: int, tokens_per_step: int, enabled: bool
+    ) -> RunReporter:
+        """The reporter of a run with these [train.runtime] settings."""
+        return cls(
+            runtime.out_dir,
+            total_steps=runtime.max_iters,
+            start_step=start_step,
+            eval_interval=runtime.eval_interval,
+            tokens_per_step=tokens_per_step,
+            tensorboard=runtime.tensorboard_enabled,
+            enabled=enabled,
+        )
+
     def __enter__(self) -> RunReporter:
         return self
 
@@ -174,6 +190,30 @@ class RunReporter:
             # `train ... | head`: whoever read the log has gone. The run goes on and saves
             # as it would have; only what it says now goes nowhere.
             console.silence_stdout()
+
+    def announce(
+        self,
+        description: str,
+        precision: Precision,
+        *,
+        resumed: bool,
+        world_size: int,
+        model: torch.nn.Module,
+    ) -> None:
+        """The run's first lines (what trains where, from which step, in which precision),
+        and the same recorded once per (re)start for the report."""
+        start = f"resuming at step {self.start_step}" if resumed else "fresh start"
+        self.say(
+            f"{description} on {precision.device}; "
+            f"{self.tokens_per_step:,} tokens per optimizer step; {start}"
+        )
+        self.say(f"precision: {precision.dtype_name} ({precision.reason})")
+        self.describe_run(
+            description,
+            machine_lines(precision, world_size),
+            parameters=sum(parameter.numel() for parameter in model.parameters()),
+            trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        )
 
     def describe_run(
         self, description: str, machine: list[str], *, parameters: int, trainable: int
@@ -243,6 +283,15 @@ class RunReporter:
         self.say(
             f"eval {self._where(step)} | train loss {train_loss:.4f} | val loss {val_loss:.4f}"
         )
+
+    def interrupted(self, step: int, saved: Path) -> None:
+        self.mark_progress(step)
+        self.say(f"interrupted at step {step}; saved {saved} (run train again to resume)")
+
+    def done(self, step: int, best_val_loss: float, out_dir: Path) -> None:
+        if step > self.start_step:
+            self.mark_progress(step)
+        self.say(f"done: step {step}, best val loss {best_val_loss:.4f}; saved in {out_dir}")
 
     def mark_progress(self, step: int) -> None:
         """Tokens seen and time spent at `step`: the report's tokens and wall time."""

@@ -10,7 +10,7 @@ import torch._inductor.config
 from ml_playground.device import resolve_precision
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.train.loop import maybe_compile
+from ml_playground.train.forward import maybe_compile
 
 TINY = GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
