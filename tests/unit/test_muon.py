@@ -8,6 +8,7 @@ from typing import cast
 import pytest
 import torch
 
+from ml_playground.train import muon
 from ml_playground.train.muon import BatchedMuon, orthogonalise
 
 # Wide, tall and square, two of a kind each, so stacks mix transposed and plain matrices.
@@ -25,14 +26,22 @@ def set_gradients(params: list[torch.nn.Parameter], step: int) -> None:
         p.grad = torch.randn(p.shape, generator=generator)
 
 
+def _torch_ns_dtype(param: torch.Tensor) -> torch.dtype:
+    del param
+    return torch.bfloat16
+
+
 @pytest.mark.parametrize(
     ("weight_decay", "adjust_lr_fn", "nesterov"),
     [(0.0, "original", True), (0.1, "match_rms_adamw", False)],
     ids=["as-trained", "decay-rms-no-nesterov"],
 )
 def test_batched_steps_equal_torch_muon_steps(
-    weight_decay: float, adjust_lr_fn: str, nesterov: bool
+    weight_decay: float, adjust_lr_fn: str, nesterov: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # torch's Muon always orthogonalises in bfloat16; on a CPU without bfloat16 instructions
+    # ours picks float32 (ns_dtype), so pin it to torch's dtype to compare the same ops.
+    monkeypatch.setattr(muon, "ns_dtype", _torch_ns_dtype)
     ours, theirs = matrices(0), matrices(0)
     batched = BatchedMuon(
         ours, 0.02, weight_decay, 0.9, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn
