@@ -28,7 +28,7 @@ from torch import nn
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact, parse_artifact, read_artifact, write_artifact
 from ml_playground.data.tokenizer import TokenizerSpec, is_known_encoding
-from ml_playground.digest import content_digest, file_digest
+from ml_playground.digest import content_digest, file_digest, folder_digests
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
 from ml_playground.run_folder import TRAIN_AGAIN, Slot, adapters_dir
@@ -171,8 +171,7 @@ def save_adapters(
 
 def seal_adapters(folder: Path) -> None:
     """Write integrity.json: the digest of every other file, checked whenever it is read."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != INTEGRITY_FILE)
-    digests = {path.relative_to(folder).as_posix(): file_digest(path) for path in files}
+    digests = folder_digests(folder, leave_out=frozenset({INTEGRITY_FILE}))
     write_artifact(folder / INTEGRITY_FILE, FolderDigests(files=digests))
 
 

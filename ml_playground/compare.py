@@ -32,7 +32,7 @@ from ml_playground.errors import ReportError
 from ml_playground.experiments import CONFIG_FILE, find_experiment
 from ml_playground.progress import format_duration
 from ml_playground.run_folder import EVAL_DIR, TB_DIR, VAL_RESULT
-from ml_playground.sample.evaluate import EvalResult
+from ml_playground.sample.eval_result import EvalResult
 from ml_playground.train import reporting
 from ml_playground.train.report_card import RunEvents, RunFacts, read_events, summarize
 

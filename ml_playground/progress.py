@@ -2,7 +2,7 @@
 
 A tqdm bar redraws one line with carriage returns; written into a log file or a pipe it
 is noise, and switched off (tqdm's `disable=None`) it leaves minutes of silence. So long
-steps (tokenizing, packing) draw the bar when stderr is a terminal and otherwise write a
+steps (tokenizing, packing, scoring) draw the bar when stderr is a terminal and otherwise write a
 plain line every `every_s` seconds: how far, how long so far, how long still.
 """
 
@@ -12,6 +12,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import TextIO
 
 from tqdm import tqdm
@@ -43,7 +44,18 @@ def is_terminal(stream: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
-@contextlib.contextmanager
+@dataclass(frozen=True)
+class _Unit:
+    """How the bar and a log line name an amount."""
+
+    bar: str  # tqdm's unit
+    scaled: bool  # whether tqdm shows k/M prefixes
+    amounts: Callable[[int, int], str]  # (done, total) -> the line's "(... of ...)" part
+
+
+_BYTES = _Unit("B", True, lambda done, total: f"{done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+
 def byte_progress(
     desc: str,
     total: int,
@@ -51,17 +63,37 @@ def byte_progress(
     enabled: bool = True,
     every_s: float = LINE_EVERY_S,
     stream: TextIO | None = None,
-) -> Generator[Callable[[int], object]]:
+) -> contextlib.AbstractContextManager[Callable[[int], object]]:
     """Progress over `total` bytes, handed out as the callable that advances it."""
+    return _progress(desc, total, _BYTES, enabled=enabled, every_s=every_s, stream=stream)
+
+
+def count_progress(
+    desc: str,
+    total: int,
+    unit: str,
+    *,
+    every_s: float = LINE_EVERY_S,
+    stream: TextIO | None = None,
+) -> contextlib.AbstractContextManager[Callable[[int], object]]:
+    """Progress over `total` things called `unit` (e.g. "targets"), as `byte_progress`."""
+    counted = _Unit(unit, False, lambda done, total: f"{done:,} of {total:,} {unit}")
+    return _progress(desc, total, counted, enabled=True, every_s=every_s, stream=stream)
+
+
+@contextlib.contextmanager
+def _progress(
+    desc: str, total: int, unit: _Unit, *, enabled: bool, every_s: float, stream: TextIO | None
+) -> Generator[Callable[[int], object]]:
     out = stream or sys.stderr
     if not enabled:
         yield lambda _: None
         return
     if is_terminal(out):
-        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=out) as bar:
+        with tqdm(total=total, desc=desc, unit=unit.bar, unit_scale=unit.scaled, file=out) as bar:
             yield bar.update
         return
-    lines = _ProgressLines(desc, total, every_s, out)
+    lines = _ProgressLines(desc, total, unit, every_s, out)
     yield lines.advance
     lines.finish()
 
@@ -69,8 +101,8 @@ def byte_progress(
 class _ProgressLines:
     """`tokenizing: 41% (12.3 of 30.0 MB), 20s elapsed, eta 29s` every `every_s` seconds."""
 
-    def __init__(self, desc: str, total: int, every_s: float, out: TextIO) -> None:
-        self.desc, self.total, self.every_s, self.out = desc, total, every_s, out
+    def __init__(self, desc: str, total: int, unit: _Unit, every_s: float, out: TextIO) -> None:
+        self.desc, self.total, self.unit, self.every_s, self.out = desc, total, unit, every_s, out
         self.done = 0
         self.started = time.monotonic()
         self.last_line = self.started
@@ -95,7 +127,7 @@ class _ProgressLines:
         left = remaining_s(done, self.total, elapsed)
         eta = "" if left is None else f", eta {format_duration(left)}"
         print(
-            f"{self.desc}: {share:.0%} ({done / 1e6:.1f} of {self.total / 1e6:.1f} MB), "
+            f"{self.desc}: {share:.0%} ({self.unit.amounts(done, self.total)}), "
             f"{format_duration(elapsed)} elapsed{eta}",
             file=self.out,
             flush=True,

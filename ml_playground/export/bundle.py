@@ -16,7 +16,6 @@ every moment the old tree or the new one holds them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,12 +26,12 @@ from typing import Any, Literal, cast
 
 from ml_playground import atomic
 from ml_playground.artifacts import Artifact, parse_artifact, write_artifact
+from ml_playground.digest import folder_digests
 from ml_playground.errors import ExportError
 
 CHECKSUMS = "SHA256SUMS"
 STAMP = "export-inputs.json"
 STAMP_VERSION: Literal[1] = 1
-HASH_CHUNK = 1 << 20
 
 JsonObject = Mapping[str, Any]
 
@@ -44,14 +43,6 @@ class ExportStamp(Artifact):
     inputs: dict[str, Any]
     """Route-specific: the checkpoint or adapters (with digests) and every setting used."""
     files: dict[str, int]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def up_to_date(export_dir: Path, inputs: JsonObject) -> bool:
@@ -133,8 +124,7 @@ def _link_or_copy(source: str, target: str) -> None:
 
 def seal(staging: Path, inputs: JsonObject) -> None:
     """Write SHA256SUMS over every file, then the stamp: the bundle is now complete."""
-    files = sorted(path for path in staging.rglob("*") if path.is_file())
-    lines = [f"{sha256_file(path)}  {path.relative_to(staging).as_posix()}" for path in files]
+    lines = [f"{digest}  {name}" for name, digest in folder_digests(staging).items()]
     atomic.write_text(staging / CHECKSUMS, "\n".join(lines) + "\n")
     sizes = {
         path.relative_to(staging).as_posix(): path.stat().st_size

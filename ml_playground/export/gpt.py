@@ -9,8 +9,9 @@ from typing import Any
 from ml_playground import checkpoint, run_folder
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.tokenizer import TIKTOKEN_ALIASES, TokenizerSpec, load_tiktoken_encoding
+from ml_playground.digest import file_digest
 from ml_playground.errors import ExportError
-from ml_playground.export import bundle, llama_cpp
+from ml_playground.export import llama_cpp
 from ml_playground.export.bpe_vocab import GPT2_PRETOKENIZER_ENCODINGS, ByteLevelVocab, gpt2_vocab
 from ml_playground.export.gguf_gpt import arch_for, write_gpt_gguf
 from ml_playground.export.llama_cpp import NATIVE_QUANTS, NativeQuant
@@ -58,7 +59,7 @@ class GPTExport:
         inputs: dict[str, Any] = {
             "route": ROUTE,
             "route_version": ROUTE_VERSION,
-            "checkpoint": {"file": self.source.name, "sha256": bundle.sha256_file(self.source)},
+            "checkpoint": {"file": self.source.name, "sha256": file_digest(self.source)},
             "model_name": self.name,
             "settings": settings.model_dump(mode="json", exclude={"export_dir", "create"}),
             "sampling": self.config.sample.sample.model_dump(
@@ -67,7 +68,7 @@ class GPTExport:
         }
         if settings.quant not in NATIVE_QUANTS:
             quantizer = llama_cpp.find_quantizer(settings.quant_bin, settings.quant)
-            inputs["quantizer"] = bundle.sha256_file(Path(quantizer.argv[-1]))
+            inputs["quantizer"] = file_digest(Path(quantizer.argv[-1]))
         return inputs
 
     def write(self, staging: Path) -> Path:

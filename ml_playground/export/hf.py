@@ -22,8 +22,9 @@ from ml_playground import run_folder
 from ml_playground.checkpoint import verify_adapters
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
+from ml_playground.digest import file_digest, folder_digests
 from ml_playground.errors import ExportError
-from ml_playground.export import bundle, llama_cpp
+from ml_playground.export import llama_cpp
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults
 from ml_playground.export.prompt_format import PromptFormat, prompt_format
 from ml_playground.export.readme import BundleReadme, example_prompt
@@ -96,9 +97,9 @@ class HFExport:
             "route_version": ROUTE_VERSION,
             "base": {"model_name": self.hf.model_name, "revision": self.hf.revision},
             "dtype": str(self._dtype()),
-            "adapters": {"name": self.adapters.name, "files": folder_digest(self.adapters)},
-            "tokenizer": folder_digest(self.tokenizer_dir),
-            "tools": [bundle.sha256_file(Path(tool.argv[-1])) for tool in tools if tool],
+            "adapters": {"name": self.adapters.name, "files": folder_digests(self.adapters)},
+            "tokenizer": folder_digests(self.tokenizer_dir),
+            "tools": [file_digest(Path(tool.argv[-1])) for tool in tools if tool],
             "model_name": self.name,
             "settings": settings.model_dump(mode="json", exclude={"export_dir", "create"}),
             "sampling": self.config.sample.sample.model_dump(
@@ -273,15 +274,6 @@ def tokenizer_dir(config: ExperimentConfig) -> Path:
     raise ExportError(
         f"no tokenizer in {saved}; fine-tune first with `ml-playground train <experiment>`"
     )
-
-
-def folder_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file below `folder`, by relative path."""
-    return {
-        path.relative_to(folder).as_posix(): bundle.sha256_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def _copy_tokenizer(tokenizer: Path, target: Path) -> None:

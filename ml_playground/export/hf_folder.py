@@ -23,13 +23,13 @@ from ml_playground.artifacts import read_artifact
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.token_dataset import read_meta
+from ml_playground.digest import file_digest
 from ml_playground.errors import DataError, ExportError
-from ml_playground.export import bundle
 from ml_playground.export.gpt import checkpoint_path
 from ml_playground.export.hf_gpt import hf_model
 from ml_playground.export.hf_tokenizer import HFTokenizerFiles, hf_tokenizer
 from ml_playground.export.readme import example_prompt
-from ml_playground.sample.evaluate import EvalResult
+from ml_playground.sample.eval_result import EvalResult
 
 ROUTE = "hf-folder-gpt"
 # Bump when the bytes this route writes change, so that older stamps no longer match.
@@ -71,7 +71,7 @@ class HFFolderExport:
         return {
             "route": ROUTE,
             "route_version": ROUTE_VERSION,
-            "checkpoint": {"file": self.source.name, "sha256": bundle.sha256_file(self.source)},
+            "checkpoint": {"file": self.source.name, "sha256": file_digest(self.source)},
             "model_name": self.name,
             # config.json and the tokenizer files are transformers' own serialisation.
             "transformers": transformers.__version__,

@@ -23,15 +23,13 @@ is scored twice, with its adapters (fine-tuned) and with them disabled (base), a
 difference says whether fine-tuning helped.
 
 The table goes to stdout; the same numbers, with what was scored, to out_dir/eval/val.json
-or out_dir/eval/text/<file stem>.json (atomically).
+or out_dir/eval/text/<file stem>.json (atomically); both are `sample/eval_result.py`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812 - the conventional name
 
 from ml_playground import run_folder
-from ml_playground.artifacts import Artifact, write_artifact
+from ml_playground.artifacts import write_artifact
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.batches import IGNORE_INDEX, open_mask, open_tokens
 from ml_playground.data.record_split import mask_file
@@ -52,60 +50,16 @@ from ml_playground.data.token_dataset import read_meta
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.digest import file_digest
 from ml_playground.errors import DataError
+from ml_playground.progress import count_progress
 from ml_playground.sample.backend import Forward, LoadedModel, Scoring
+from ml_playground.sample.eval_result import Difference, EvalResult, EvaluatedText, Score, table
 
 MIN_TOKENS = 2  # one to read, one to predict
 # Logits one forward pass may hold (64M: 256 MB in float32): a 50k vocabulary at a context
 # of 1024 fits one window, a char vocabulary many; fewer if train.data.batch_size says so.
 LOGITS_PER_BATCH = 1 << 26
-PROGRESS_SECONDS = 5.0
 TRAIN_FIRST = "train first with `ml-playground train <experiment>`"
 WINDOWS = "non-overlapping windows of the model's context; each target scored once"
-
-
-class EvaluatedText(Artifact):
-    """What eval scored."""
-
-    source: Literal["val split", "text file"]
-    path: str
-    sha256: str
-    tokens: int  # ids read, including a start token put in front of a file
-    targets: int  # ids predicted and scored
-    bytes: int  # UTF-8 bytes of the text the scored targets decode to
-    counted: str  # which targets count, in words
-
-
-class Score(Artifact):
-    """One model's numbers."""
-
-    model: str
-    weights: str | None
-    targets: int
-    nll_nats: float
-    loss: float
-    perplexity: float
-    bits_per_byte: float
-
-
-class Difference(Artifact):
-    """Fine-tuned minus base: negative means fine-tuning helped."""
-
-    loss: float
-    perplexity: float
-    bits_per_byte: float
-
-
-class EvalResult(Artifact):
-    """Eval result."""
-
-    evaluated: EvaluatedText
-    window: int
-    windows: int
-    method: str
-    device: str
-    dtype: str
-    scores: tuple[Score, ...]
-    difference: Difference | None = None
 
 
 @dataclass(frozen=True)
@@ -208,7 +162,7 @@ def encode_text(model: LoadedModel, path: Path, text: str) -> Tokens:
         counted=None,
         source="text file",
         path=path,
-        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        sha256=file_digest(path),
         rule=rule,
     )
 
@@ -230,11 +184,11 @@ def val_split(config: ExperimentConfig) -> Tokens:
     ids = _token_file(path, dtype, remedy)
     if not masked:
         return Tokens(
-            ids, None, "val split", path, _file_sha256(path), "every token after the first"
+            ids, None, "val split", path, file_digest(path), "every token after the first"
         )
     counted = open_mask(data.dataset_dir / mask_file("val"), len(ids), path, remedy)
     rule = "assistant tokens only, as training counts them: val.mask.bin"
-    return Tokens(ids, counted, "val split", path, _file_sha256(path), rule)
+    return Tokens(ids, counted, "val split", path, file_digest(path), rule)
 
 
 def _check_trained_tokenizer(
@@ -270,10 +224,6 @@ def _check_vocabulary(tokens: Tokens, vocab_size: int) -> None:
             f"{tokens.path} holds token id {largest}, outside the model's vocabulary of "
             f"{vocab_size}; it was made with another tokenizer than the model's"
         )
-
-
-def _file_sha256(path: Path) -> str:
-    return file_digest(path)
 
 
 # --- scoring -------------------------------------------------------------------------------
@@ -326,18 +276,17 @@ def score_tokens(
 def total_nll(forward: Forward, tokens: Tokens, context: int, per_batch: int, label: str) -> float:
     """The summed negative log-likelihood (nats) of every counted target, window by window."""
     total = 0.0
-    progress = _Progress(label, tokens.targets)
-    for x, y in _batches(tokens, context, per_batch):
-        logits = forward(x).float()
-        nll = F.cross_entropy(
-            logits.flatten(0, 1),
-            y.to(logits.device).flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        total += float(nll)
-        progress.advance(int((y != IGNORE_INDEX).sum()))
-    progress.done()
+    with count_progress(f"eval {label}", tokens.targets, "targets") as advance:
+        for x, y in _batches(tokens, context, per_batch):
+            logits = forward(x).float()
+            nll = F.cross_entropy(
+                logits.flatten(0, 1),
+                y.to(logits.device).flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total += float(nll)
+            advance(int((y != IGNORE_INDEX).sum()))
     return total
 
 
@@ -390,75 +339,3 @@ def _score(label: str, weights: str | None, nll: float, targets: int, text_bytes
         perplexity=perplexity,
         bits_per_byte=bits_per_byte,
     )
-
-
-class _Progress:
-    """A line on stderr every PROGRESS_SECONDS while a long evaluation runs."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self._label, self._total = label, total
-        self._done = 0
-        self._start = self._shown = time.monotonic()
-        self._printed = False
-
-    def advance(self, targets: int) -> None:
-        self._done += targets
-        now = time.monotonic()
-        if now - self._shown < PROGRESS_SECONDS:
-            return
-        self._shown, self._printed = now, True
-        rate = self._done / max(now - self._start, 1e-9)
-        left = (self._total - self._done) / max(rate, 1e-9)
-        print(
-            f"eval {self._label}: {self._done:,}/{self._total:,} targets "
-            f"({100 * self._done / self._total:.0f}%), {rate:,.0f}/s, about {left:.0f} s left",
-            file=sys.stderr,
-        )
-
-    def done(self) -> None:
-        if self._printed:
-            elapsed = time.monotonic() - self._start
-            print(
-                f"eval {self._label}: {self._total:,} targets in {elapsed:.0f} s", file=sys.stderr
-            )
-
-
-# --- the table -----------------------------------------------------------------------------
-
-COLUMNS = ("model", "tokens", "loss (nats/token)", "perplexity", "bits/byte")
-
-
-def table(result: EvalResult) -> list[str]:
-    """What stdout shows: what was scored, then one row per model and the difference."""
-    evaluated = result.evaluated
-    rows = [
-        (
-            score.model,
-            f"{score.targets:,}",
-            *_numbers(score.loss, score.perplexity, score.bits_per_byte),
-        )
-        for score in result.scores
-    ]
-    if result.difference is not None:
-        diff = result.difference
-        rows.append(
-            ("fine-tuned - base", "", *_numbers(diff.loss, diff.perplexity, diff.bits_per_byte))
-        )
-    widths = [max(len(row[i]) for row in (COLUMNS, *rows)) for i in range(len(COLUMNS))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join((first, *rest))
-
-    return [
-        f"{evaluated.source} {evaluated.path}: {evaluated.targets:,} targets "
-        f"({evaluated.counted}), {evaluated.bytes:,} bytes; {result.windows:,} window(s) of "
-        f"{result.window} tokens; {result.dtype} on {result.device}",
-        line(COLUMNS),
-        *(line(row) for row in rows),
-    ]
-
-
-def _numbers(loss: float, perplexity: float, bits_per_byte: float) -> tuple[str, str, str]:
-    return f"{loss:.4f}", f"{perplexity:.4f}", f"{bits_per_byte:.4f}"

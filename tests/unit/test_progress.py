@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ml_playground.progress import byte_progress, format_duration
+from ml_playground.progress import byte_progress, count_progress, format_duration
 
 LINE = re.compile(
     r"^tokenizing: (?P<share>\d+)% \((?P<done>[\d.]+) of 4\.0 MB\), \d+s elapsed(, eta \d+s)?$"
@@ -47,3 +47,13 @@ def test_a_step_shorter_than_the_line_interval_writes_nothing() -> None:
         advance(4_000_000)
 
     assert log.getvalue() == ""
+
+
+def test_a_count_of_things_is_shown_in_its_own_unit() -> None:
+    log = io.StringIO()
+
+    with count_progress("eval trained", 30_000, "targets", every_s=0.0, stream=log) as advance:
+        advance(12_300)
+
+    first = log.getvalue().splitlines()[0]
+    assert re.match(r"^eval trained: 41% \(12,300 of 30,000 targets\), \d+s elapsed", first)
