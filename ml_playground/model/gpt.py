@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ml_playground.model.config import NORM_EPS, GPTConfig
 from ml_playground.model.kv_cache import Cache, CacheSlot, KVCache
 from ml_playground.model.loss import vocab_cross_entropy
+from ml_playground.model.vocab import mask_padded
 
 INIT_STD = 0.02
 
@@ -361,12 +362,9 @@ class GPT(nn.Module):
         return KVCache(*shape, device=weight.device, dtype=weight.dtype)
 
     def next_token_logits(self, logits: Tensor) -> Tensor:
-        """The last position of `logits` (B, T, V) as (B, V), with padded ids set to -inf:
-        they never occur in training data, yet their logits are finite, and sampled they
-        would be ids that no tokenizer can decode."""
-        last = logits[:, -1, :]
-        padded = torch.arange(last.size(-1), device=last.device) >= self.config.vocab_size
-        return last.masked_fill(padded, float("-inf"))
+        """The last position of `logits` (B, T, V) as (B, V), with padded ids set to -inf
+        (`model/vocab.py`)."""
+        return mask_padded(logits[:, -1, :], self.config.vocab_size)
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         """Parameter count, each tied tensor once. `exclude_embeddings` leaves out the

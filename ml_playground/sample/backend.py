@@ -43,19 +43,11 @@ Forward = Callable[[Tensor], Tensor]
 """Next-token logits at every position (B, T, V) of a batch of ids (B, T), without a cache."""
 
 
-def mask_padded(logits: Tensor, vocab_size: int) -> Tensor:
-    """`logits` with the ids at or past `vocab_size` (padding rows of the embedding) at -inf:
-    no tokenizer can decode them, so sampling never draws them and scoring never counts
-    them in a prediction's normaliser."""
-    padded = torch.arange(logits.size(-1), device=logits.device) >= vocab_size
-    return logits.masked_fill(padded, float("-inf"))
-
-
 @dataclass(frozen=True)
 class Scoring:
     """What measuring a model on text needs beyond sampling (sample/evaluate.py)."""
 
-    forward: Forward  # padded ids masked (mask_padded), in the precision sampling uses
+    forward: Forward  # padded ids masked (model/vocab.py), in the precision sampling uses
     context: int  # the longest window forward takes: block_size, or the run's sequence length
     vocab_size: int  # the tokenizer's: ids at or past it are not the model's
     weights: Path | None  # the checkpoint file or adapters folder scored

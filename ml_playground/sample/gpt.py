@@ -21,7 +21,8 @@ from ml_playground.device import resolve_sampling_precision
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from ml_playground.model.kv_cache import CacheSlot, KVCache
-from ml_playground.sample.backend import Forward, LoadedModel, Scoring, mask_padded
+from ml_playground.model.vocab import mask_padded
+from ml_playground.sample.backend import Forward, LoadedModel, Scoring
 from ml_playground.sample.generate import Step
 
 Decode = Callable[[Tensor, CacheSlot, Tensor], Tensor]

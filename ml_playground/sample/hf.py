@@ -41,6 +41,7 @@ from ml_playground.finetune.model import (
     weights_dtype,
     without_adapters,
 )
+from ml_playground.model.vocab import mask_padded
 from ml_playground.run_folder import RunMeta
 from ml_playground.sample.backend import (
     Analyse,
@@ -50,7 +51,6 @@ from ml_playground.sample.backend import (
     Message,
     RenderChat,
     Scoring,
-    mask_padded,
 )
 from ml_playground.sample.generate import Step
 
@@ -193,9 +193,7 @@ def hf_step(model: nn.Module, precision: Precision, *, vocab_size: int) -> Step:
             output = model(input_ids=ids.to(precision.device), past_key_values=past, use_cache=True)
         past = output.past_key_values
         logits: Tensor = output.logits[:, -1, :]
-        # Embedding rows past the tokenizer (padding, e.g. Qwen's) are never valid output.
-        padded = torch.arange(logits.size(-1), device=logits.device) >= vocab_size
-        return logits.masked_fill(padded, float("-inf"))
+        return mask_padded(logits, vocab_size)
 
     return step
 
