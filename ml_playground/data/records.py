@@ -32,6 +32,7 @@ from ml_playground.data.records_meta import (
     drop_legacy_files,
     speech_record_format,
 )
+from ml_playground.data.rendering import eos_id
 from ml_playground.data.speeches.selection import Selection, SelectionSettings
 from ml_playground.data.speeches.source import (
     ReadReport,
@@ -193,13 +194,7 @@ def require_hf_model(config: ExperimentConfig) -> HFModelConfig:
 
 def _closing_run(tokenizer: HFTokenizer, separator: str, dataset_dir: Path) -> list[int]:
     """EOS and the separator's ids: what follows every record."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise DataError(
-            f"the tokenizer in {dataset_dir / TOKENIZER_DIR} has no end-of-sequence token, so "
-            "a fine-tuned model could never learn to stop; use a base model whose tokenizer "
-            "has one"
-        )
+    eos = eos_id(tokenizer, f"the tokenizer in {dataset_dir / TOKENIZER_DIR}")
     return [eos, *(tokenizer.encode(separator, add_special_tokens=False) if separator else [])]
 
 

@@ -70,7 +70,7 @@ class BadRecordError(Exception):
 
 def text_record(tokenizer: HFTokenizer, text: str) -> TokenRecord:
     """Every token trains, then EOS."""
-    ids = [*_encode_opening(tokenizer, text), _eos(tokenizer)]
+    ids = [*_encode_opening(tokenizer, text), eos_id(tokenizer)]
     return TokenRecord(tuple(ids), ((0, len(ids)),))
 
 
@@ -79,7 +79,7 @@ def prompt_completion_record(tokenizer: HFTokenizer, prompt: str, completion: st
     only the completion and EOS train."""
     prompt_ids = _encode_opening(tokenizer, prompt)
     completion_ids = tokenizer.encode(completion, add_special_tokens=False)
-    ids = [*prompt_ids, *completion_ids, _eos(tokenizer)]
+    ids = [*prompt_ids, *completion_ids, eos_id(tokenizer)]
     return TokenRecord(tuple(ids), ((len(prompt_ids), len(ids)),))
 
 
@@ -226,11 +226,13 @@ def _encode_opening(tokenizer: HFTokenizer, text: str) -> list[int]:
     return ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
 
 
-def _eos(tokenizer: HFTokenizer) -> int:
+def eos_id(tokenizer: HFTokenizer, described: str = "the base model's tokenizer") -> int:
+    """The id that closes every record; a tokenizer without one is one error line naming it
+    (`described`, e.g. "the tokenizer in data/tokenizer")."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError(
-            "the base model's tokenizer has no end-of-sequence token, so a fine-tuned model "
-            "could never learn to stop; use a base model whose tokenizer has one"
+            f"{described} has no end-of-sequence token, so a fine-tuned model could never "
+            "learn to stop; use a base model whose tokenizer has one"
         )
     return eos
