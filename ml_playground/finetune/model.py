@@ -39,7 +39,7 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # Gemma is trained and validated with eager attention; sdpa changes its soft-capped logits.
 EAGER_ATTENTION_FAMILIES = ("gemma",)
 # peft (0.17+) asks transformers 5 for `is_gradient_checkpointing`, which transformers
-# deprecated; the warning is theirs to fix, not the user's.
+# marks for removal; the warning is theirs to fix, not the user's.
 PEFT_DEPRECATION = r".*is_gradient_checkpointing.*"
 GIB = 1 << 30
 

@@ -318,7 +318,7 @@ class RunReporter:
 
     def _evals_left(self, step: int) -> int:
         """Evaluations at or after `step`: the eval_interval boundaries before the end, and
-        the final one (a log line at an eval boundary is written before that evaluation)."""
+        the final one (at an eval boundary the log line comes out ahead of that evaluation)."""
         if step >= self.total_steps:
             return 1
         first = -(-step // self.eval_interval) * self.eval_interval
