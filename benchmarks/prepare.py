@@ -67,7 +67,7 @@ def prepare_in_process(job: PrepareJob) -> PrepareResult:
     return PrepareResult(
         kind=job.kind,
         corpus_bytes=job.corpus.stat().st_size,
-        tokens=outcome.meta.train_tokens + outcome.meta.val_tokens,
+        tokens=sum(outcome.meta.tokens.values()),
         seconds=seconds,
         peak_rss_bytes=peak_rss_bytes(),
         rss_before_bytes=rss_before,

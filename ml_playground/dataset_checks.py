@@ -27,7 +27,8 @@ import numpy as np
 from jinja2 import TemplateError
 
 from ml_playground.data.rendering import ChatTokenizer
-from ml_playground.inspection import Dataset, Record, Split, Window
+from ml_playground.inspect_windows import Window
+from ml_playground.inspection import Dataset, Record, Split
 
 # Probe conversations: within a pair, only the system message or the user's words differ.
 PROBES: tuple[tuple[str, tuple[list[dict[str, str]], list[dict[str, str]]]], ...] = (

@@ -1,6 +1,6 @@
 """The `inspect` verb: what the model will be trained on, read from the prepared dataset.
 
-It prints, in this order: what the dataset is (inspection.py: source, format,
+It prints, in this order: what the dataset is (inspect_windows.py: source, format,
 tokenizer, context, records, tokens and targets per split, record lengths), the first
 `--n` windows the run's batcher draws, decoded, with the targets marked, and then the
 checks' warnings (dataset_checks.py), one line each. All of it goes to stdout, so
@@ -18,7 +18,7 @@ import sys
 import typing
 from pathlib import Path
 
-from ml_playground import console, dataset_checks, inspection
+from ml_playground import console, dataset_checks, inspect_windows, inspection
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.rendering import ChatTokenizer
 
@@ -29,13 +29,13 @@ def inspect(config: ExperimentConfig, windows: int = DEFAULT_WINDOWS) -> None:
     """Print the dataset of `config`, `windows` training windows and the checks' warnings."""
     colour = wants_colour()
     with inspection.opened(config, _load_tokenizer) as dataset:
-        lines = inspection.summary_lines(dataset, config)
-        drawn = inspection.draw_windows(dataset, config, windows)
-        lines += ["", inspection.legend(colour=colour)]
+        lines = inspect_windows.summary_lines(dataset, config)
+        drawn = inspect_windows.draw_windows(dataset, config, windows)
+        lines += ["", inspect_windows.legend(colour=colour)]
         for window in drawn:
             lines += [
-                inspection.window_heading(window, len(drawn)),
-                inspection.render_window(window, dataset.decode, colour=colour),
+                inspect_windows.window_heading(window, len(drawn)),
+                inspect_windows.render_window(window, dataset.decode, colour=colour),
             ]
         lines.append("")
         notes = [*dataset.notes, dataset_checks.windows_mid_record(drawn)]

@@ -34,7 +34,7 @@ from typing import Literal
 from ml_playground import atomic
 from ml_playground.artifacts import read_artifact, write_artifact
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
-from ml_playground.data.records_meta import RecordFormat
+from ml_playground.data.dataset_meta import RecordFormat
 from ml_playground.errors import CheckpointError
 
 Slot = Literal["best", "last", "final"]

@@ -588,9 +588,9 @@ def chat_fine_tune(
 def prepared_split(dataset_dir: Path, split: str) -> tuple[list[int], list[int] | None]:
     """A prepared records dataset's `split` as training reads it: its token ids, and its
     target flags when the dataset has a mask."""
-    from ml_playground.data.records_meta import read_records_meta  # noqa: PLC0415 - heavy
+    from ml_playground.data.dataset_meta import read_meta  # noqa: PLC0415 - heavy
 
-    meta = read_records_meta(dataset_dir)
+    meta = read_meta(dataset_dir / "meta.json")
     ids = np.fromfile(dataset_dir / f"{split}.bin", dtype=meta.dtype).tolist()
     if not meta.masked:
         return ids, None

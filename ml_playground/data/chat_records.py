@@ -8,7 +8,7 @@
                 prompt_completion   {"prompt": ..., "completion": ...}
                 messages            {"messages": [{"role": ..., "content": ...}, ...]}
 
-The folder is records_meta.py's: train.bin and val.bin hold every record's ids end to end,
+The folder is dataset_meta.py's: train.bin and val.bin hold every record's ids end to end,
 train.mask.bin and val.mask.bin flag the tokens the model learns to predict (the
 rendering's trained spans), tokenizer/ is the base model's tokenizer with the chat
 template that rendered the records. Which tokens train depends on how the conversation
@@ -30,21 +30,21 @@ from typing import Final
 from ml_playground.artifacts import Artifact, read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
 from ml_playground.data import dataset_folder, hf_datasets
-from ml_playground.data.dataset_folder import TOKENIZER_DIR, InputFile, input_file
+from ml_playground.data.dataset_folder import InputFile, input_file
+from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, RecordFormat
 from ml_playground.data.jsonl_records import jsonl_rows, read_records, record_sources
-from ml_playground.data.record_split import SplitRecord, per_split, write_split
-from ml_playground.data.records import TokenizerLoader, require_hf_model
-from ml_playground.data.records_meta import (
-    RecordsMeta,
-    SourceFingerprint,
-    drop_legacy_files,
+from ml_playground.data.record_split import SplitRecord
+from ml_playground.data.records import (
+    TokenizerLoader,
+    records_up_to_date,
+    require_hf_model,
+    write_records,
 )
 from ml_playground.data.rendering import ChatTokenizer, TokenRecord
 from ml_playground.data.table import RowCounts
-from ml_playground.data.token_dataset import token_dtype
 from ml_playground.errors import ConfigError, DataError
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 SHOWN_EXAMPLES = 3
 # --- the dataset --------------------------------------------------------------------------
 
@@ -61,7 +61,7 @@ class ChatRecordSettings(Artifact):
     seed: int
 
 
-ChatPrepareOutcome = dataset_folder.PrepareOutcome[RecordsMeta]
+ChatPrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
 
 
 def prepare_chat_records(
@@ -89,7 +89,7 @@ def prepare_chat_dataset(
     rows, described, inputs, hf_source = _record_rows(config)
     template = configured_template(prepare.chat_template)
     dataset_dir = prepare.dataset_dir
-    fingerprint = SourceFingerprint(
+    fingerprint = Fingerprint(
         inputs=inputs,
         hf_dataset=hf_source,
         settings=ChatRecordSettings(
@@ -102,12 +102,7 @@ def prepare_chat_dataset(
             seed=prepare.seed,
         ).to_json(),
     )
-    existing = dataset_folder.up_to_date(
-        RecordsMeta,
-        dataset_dir,
-        lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
-        force=force,
-    )
+    existing = records_up_to_date(dataset_dir, fingerprint, force=force)
     if existing is not None:
         return existing
 
@@ -120,43 +115,21 @@ def prepare_chat_dataset(
             "set [prepare] chat_template to a Jinja template or FILE:<path of one>"
         )
     counts = RowCounts()
-    dtype = token_dtype(len(tokenizer))
     with dataset_folder.replacing(dataset_dir) as staged:
-        split = write_split(
-            _split_records(read_records(rows, source_format, tokenizer, counts)),
+        meta, split = write_records(
             staged,
-            dtype=dtype,
-            masked=True,
-            train_split=prepare.train_split,
-            seed=prepare.seed,
+            _split_records(read_records(rows, source_format, tokenizer, counts)),
+            tokenizer,
+            config,
             too_few=lambda usable: DataError(
                 f"{usable} usable record(s) in {described}, at least 2 are "
                 f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
             ),
-        )
-        with staged.folder(TOKENIZER_DIR) as folder:
-            tokenizer.save_pretrained(str(folder))
-        meta = RecordsMeta(
-            structure_tokens=(),
-            added_tokens=(),
-            doc_separator="",
-            record_opening="",
-            record_closing="",
-            stop_tokens=(),
-            source_format=source_format,
-            base_model=hf.model_name,
-            revision=hf.revision,
-            vocab_size=len(tokenizer),
-            dtype=dtype,
-            masked=True,
-            tokens=per_split(split, "tokens"),
-            records=per_split(split, "records"),
-            trained_tokens=per_split(split, "trained"),
             fingerprint=fingerprint,
-            rows=counts.tally(),
+            record_format=chat_record_format(source_format),
+            tally=counts.tally,
+            masked=True,
         )
-        staged.commit(meta)
-    drop_legacy_files(dataset_dir)
     return ChatPrepareOutcome(
         skipped=False,
         meta=meta,
@@ -167,6 +140,19 @@ def prepare_chat_dataset(
             "train tokens train); "
             f"{_summary(counts)}{_examples(counts, chr(10) + '  e.g. ')}"
         ),
+    )
+
+
+def chat_record_format(source_format: RecordsSourceFormat) -> RecordFormat:
+    """Chat records: framed by the tokenizer's template and EOS, not by text of their own."""
+    return RecordFormat(
+        structure_tokens=(),
+        added_tokens=(),
+        doc_separator="",
+        record_opening="",
+        record_closing="",
+        stop_tokens=(),
+        source_format=source_format,
     )
 
 

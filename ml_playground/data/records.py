@@ -5,7 +5,8 @@ speeches/speech.py) tokenized the way the model expects a text to begin (with <b
 the tokenizer adds one) and closed by the end-of-sequence token and the doc_separator: the
 model sees every speech end, learns to emit EOS there, and sampling stops at it. The
 folder (train.bin, val.bin, tokenizer/ with the structure tokens added when
-add_structure_tokens is on, meta.json) is records_meta.py's.
+add_structure_tokens is on, meta.json) is dataset_meta.py's; `write_records` writes it,
+for chat records too.
 
 The folder follows dataset_folder.py: when meta.json records the same inputs (by path,
 size and modification time, `InputFile`) and settings and both token files have the sizes
@@ -17,21 +18,22 @@ so this layer never imports the Hugging Face backend. The split is by speech and
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
 from ml_playground.artifacts import Artifact
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import TOKENIZER_DIR, input_file
-from ml_playground.data.record_split import SplitRecord, per_split, write_split
-from ml_playground.data.records_meta import (
-    RecordsMeta,
-    SourceFingerprint,
-    drop_legacy_files,
-    speech_record_format,
+from ml_playground.data.dataset_folder import TOKENIZER_DIR, StagedDataset, input_file
+from ml_playground.data.dataset_meta import (
+    DatasetMeta,
+    Fingerprint,
+    HFTokenizerFolder,
+    RecordFormat,
+    token_dtype,
 )
+from ml_playground.data.record_split import SplitCounts, SplitRecord, per_split, write_split
 from ml_playground.data.rendering import eos_id
 from ml_playground.data.speeches.selection import Selection, SelectionSettings
 from ml_playground.data.speeches.source import (
@@ -41,13 +43,18 @@ from ml_playground.data.speeches.source import (
     select,
     speech_sources,
 )
-from ml_playground.data.speeches.speech import STRUCTURE_TOKENS, format_record
-from ml_playground.data.token_dataset import token_dtype
+from ml_playground.data.speeches.speech import (
+    RECORD_OPENING,
+    SPEECH_END,
+    STRUCTURE_TOKENS,
+    format_record,
+)
+from ml_playground.data.table import RowTally
 from ml_playground.data.tokenizer import HFTokenizer
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.progress import byte_progress
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 SHOWN_EXAMPLES = 3
 ENCODE_BATCH = 256
 
@@ -69,7 +76,7 @@ class RecordSettings(Artifact):
     selection: SelectionSettings
 
 
-PrepareOutcome = dataset_folder.PrepareOutcome[RecordsMeta]
+PrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
 
 
 def prepare_speeches(
@@ -106,12 +113,7 @@ def prepare_speech_dataset(
     selection = Selection.from_config(speeches_config)
     dataset_dir = prepare.dataset_dir
     fingerprint = _fingerprint(config, hf, selection, sources)
-    existing = dataset_folder.up_to_date(
-        RecordsMeta,
-        dataset_dir,
-        lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
-        force=force,
-    )
+    existing = records_up_to_date(dataset_dir, fingerprint, force=force)
     if existing is not None:
         return existing
 
@@ -119,7 +121,6 @@ def prepare_speech_dataset(
     structure = STRUCTURE_TOKENS if speeches_config.add_structure_tokens else ()
     added = _add_structure_tokens(tokenizer, structure)
     closing = _closing_run(tokenizer, speeches_config.doc_separator, dataset_dir)
-    dtype = token_dtype(len(tokenizer))
     report = ReadReport()
     total_bytes = sum(entry.size for entry in fingerprint.inputs[: len(sources)])
     with (
@@ -133,40 +134,24 @@ def prepare_speech_dataset(
             format_record(speech, structure_tokens=speeches_config.add_structure_tokens)
             for speech in speeches
         )
-        split = write_split(
-            _records(texts, tokenizer, closing),
+        meta, split = write_records(
             staged,
-            dtype=dtype,
-            masked=False,
-            train_split=prepare.train_split,
-            seed=prepare.seed,
+            _records(texts, tokenizer, closing),
+            tokenizer,
+            config,
             too_few=lambda total: DataError(
                 f"{total} speech(es) to prepare, at least 2 are needed (one for val): "
                 f"{report.summary()}; add speeches or loosen the [prepare] filters"
             ),
-        )
-        framing = speech_record_format(
-            structure_tokens=speeches_config.add_structure_tokens,
-            added_tokens=added,
-            doc_separator=speeches_config.doc_separator,
-        )
-        with staged.folder(TOKENIZER_DIR) as folder:
-            tokenizer.save_pretrained(str(folder))
-        meta = RecordsMeta(
-            **framing.record_format(),
-            base_model=hf.model_name,
-            revision=hf.revision,
-            vocab_size=len(tokenizer),
-            dtype=dtype,
-            masked=False,
-            tokens=per_split(split, "tokens"),
-            records=per_split(split, "records"),
-            characters=per_split(split, "characters"),
             fingerprint=fingerprint,
-            rows=report.tally(),
+            record_format=speech_record_format(
+                structure_tokens=speeches_config.add_structure_tokens,
+                added_tokens=added,
+                doc_separator=speeches_config.doc_separator,
+            ),
+            tally=report.tally,
+            masked=False,
         )
-        staged.commit(meta)
-    drop_legacy_files(dataset_dir)
     examples = "".join(f"\n  e.g. {line}" for line in report.rows.examples[:SHOWN_EXAMPLES])
     tokens_note = f" (+{len(added)} tokens: {' '.join(added)})" if added else ""
     return PrepareOutcome(
@@ -180,6 +165,21 @@ def prepare_speech_dataset(
     )
 
 
+def speech_record_format(
+    *, structure_tokens: bool, added_tokens: tuple[str, ...] = (), doc_separator: str = "\n\n"
+) -> RecordFormat:
+    """Speech records: wrapped in <SPEECH_START> ... <SPEECH_END> with structure tokens (the
+    end token stops a generation); otherwise a header and text that only EOS ends."""
+    return RecordFormat(
+        structure_tokens=STRUCTURE_TOKENS if structure_tokens else (),
+        added_tokens=added_tokens,
+        doc_separator=doc_separator,
+        record_opening=RECORD_OPENING if structure_tokens else "",
+        record_closing=SPEECH_END if structure_tokens else "",
+        stop_tokens=(SPEECH_END,) if structure_tokens else (),
+    )
+
+
 def require_hf_model(config: ExperimentConfig) -> HFModelConfig:
     if config.train.hf_model is None:
         raise ConfigError(
@@ -190,6 +190,62 @@ def require_hf_model(config: ExperimentConfig) -> HFModelConfig:
 
 
 # --- writing ------------------------------------------------------------------------------
+
+
+def records_up_to_date(
+    dataset_dir: Path, fingerprint: Fingerprint, *, force: bool
+) -> PrepareOutcome | None:
+    """The skipped outcome of a records dataset made from the same inputs and settings."""
+    return dataset_folder.up_to_date(
+        DatasetMeta,
+        dataset_dir,
+        lambda meta: meta.fingerprint == fingerprint and (dataset_dir / TOKENIZER_DIR).is_dir(),
+        force=force,
+    )
+
+
+def write_records(
+    staged: StagedDataset,
+    records: Iterable[SplitRecord],
+    tokenizer: HFTokenizer,
+    config: ExperimentConfig,
+    *,
+    too_few: Callable[[int], DataError],
+    fingerprint: Fingerprint,
+    record_format: RecordFormat,
+    tally: Callable[[], RowTally],
+    masked: bool,
+) -> tuple[DatasetMeta, SplitCounts]:
+    """Split `records` into the token files, save the tokenizer beside them and commit the
+    meta; `tally` says what happened to the source rows once the records are read. Masked
+    records measure their target tokens, the others their characters."""
+    hf = require_hf_model(config)
+    split = write_split(
+        records,
+        staged,
+        dtype=token_dtype(len(tokenizer)),
+        masked=masked,
+        train_split=config.prepare.train_split,
+        seed=config.prepare.seed,
+        too_few=too_few,
+    )
+    with staged.folder(TOKENIZER_DIR) as folder:
+        tokenizer.save_pretrained(str(folder))
+    meta = DatasetMeta(
+        tokenizer=HFTokenizerFolder(base_model=hf.model_name, revision=hf.revision),
+        vocab_size=len(tokenizer),
+        dtype=token_dtype(len(tokenizer)),
+        tokens=per_split(split, "tokens"),
+        masked=masked,
+        fingerprint=fingerprint,
+        record_format=record_format,
+        records=per_split(split, "records"),
+        characters=None if masked else per_split(split, "characters"),
+        trained_tokens=per_split(split, "trained") if masked else None,
+        rows=tally(),
+    )
+    staged.commit(meta)
+    return meta, split
 
 
 def _closing_run(tokenizer: HFTokenizer, separator: str, dataset_dir: Path) -> list[int]:
@@ -239,11 +295,11 @@ def _fingerprint(
     hf: HFModelConfig,
     selection: Selection,
     sources: Sequence[Path],
-) -> SourceFingerprint:
+) -> Fingerprint:
     """Inputs and settings that decide the output."""
     prepare, speeches = config.prepare, config.prepare.speeches
     inputs = [*sources, *auxiliary_files(sources)]
-    return SourceFingerprint(
+    return Fingerprint(
         inputs=tuple(input_file(path) for path in inputs),
         settings=RecordSettings(
             format_version=FORMAT_VERSION,

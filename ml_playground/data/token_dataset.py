@@ -1,9 +1,8 @@
 """Streaming prepare for the from-scratch pipeline: text files in, token files out.
 
-    dataset_dir/train.bin, val.bin   flat token ids: uint16 when the vocabulary fits
-                                     (<= 65536 ids), else uint32, native byte order
-    dataset_dir/meta.json            tokenizer spec, dtype, token counts, source hash,
-                                     settings; written last, so a complete meta.json
+    dataset_dir/train.bin, val.bin   flat token ids (dataset_meta.py's layout)
+    dataset_dir/meta.json            `DatasetMeta` with the tokenizer spec and the corpus's
+                                     content hash; written last, so a complete meta.json
                                      means complete bins
 
 The corpus is the sources' text concatenated in order, with one rule: a "\\n" goes before
@@ -22,38 +21,28 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Literal
-
-import numpy as np
 
 from ml_playground.artifacts import Artifact
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import PreparedMeta
+from ml_playground.data.dataset_folder import InputFile
+from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, TokenDType, token_dtype
+from ml_playground.data.record_split import token_file
+from ml_playground.data.split_encoder import SplitEncoder
 from ml_playground.data.tokenizer import (
     CharTokenizer,
     TiktokenTokenizer,
     Tokenizer,
     TokenizerKind,
-    TokenizerSpec,
 )
 from ml_playground.errors import DataError
 from ml_playground.progress import byte_progress
 
-FORMAT_VERSION: Final = 1
-TRAIN_BIN = "train.bin"
-VAL_BIN = "val.bin"
+TRAIN_BIN = token_file("train")
+VAL_BIN = token_file("val")
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
-UINT16_IDS = 1 << 16
-
-TokenDType = Literal["uint16", "uint32"]
-
-
-def token_dtype(vocab_size: int) -> TokenDType:
-    """The narrowest token-file dtype that holds every id of the vocabulary."""
-    return "uint16" if vocab_size <= UINT16_IDS else "uint32"
 
 
 class PrepareSettings(Artifact):
@@ -67,29 +56,6 @@ class PrepareSettings(Artifact):
     kind: TokenizerKind
     encoding: str | None
     train_split: float
-
-
-class DatasetMeta(PreparedMeta):
-    """Token dataset metadata."""
-
-    format_version: Literal[1] = FORMAT_VERSION
-    tokenizer: TokenizerSpec
-    dtype: TokenDType
-    vocab_size: int
-    train_tokens: int
-    val_tokens: int
-    source_sha256: str
-    settings: PrepareSettings
-    sources: tuple[str, ...]
-
-    def file_sizes_expected(self) -> Mapping[str, int]:
-        itemsize = np.dtype(self.dtype).itemsize
-        return {TRAIN_BIN: self.train_tokens * itemsize, VAL_BIN: self.val_tokens * itemsize}
-
-
-def read_meta(path: Path) -> DatasetMeta:
-    """Load a dataset's meta.json; missing or damaged files say how to rebuild them."""
-    return dataset_folder.read_meta(DatasetMeta, path)
 
 
 PrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
@@ -124,14 +90,19 @@ def prepare_token_dataset(
         encoding=encoding if tokenizer_kind == "tiktoken" else None,
         train_split=train_split,
     )
-    total_bytes = _total_bytes(sources)
+    inputs = _inputs(sources)
+    total_bytes = sum(entry.size for entry in inputs)
 
     with byte_progress("scanning", total_bytes, enabled=show_progress) as advance:
         scan = _scan(sources, chunk_bytes, advance, collect_chars=tokenizer_kind == "char")
+    fingerprint = Fingerprint(
+        inputs=inputs, content_sha256=scan.sha256, settings=settings.to_json()
+    )
     existing = dataset_folder.up_to_date(
         DatasetMeta,
         dataset_dir,
-        lambda meta: (meta.source_sha256, meta.settings) == (scan.sha256, settings),
+        # By content: touching or copying a file changes its mtime, not its text.
+        lambda meta: meta.fingerprint.model_copy(update={"inputs": inputs}) == fingerprint,
         force=force,
     )
     if existing is not None:
@@ -169,13 +140,11 @@ def prepare_token_dataset(
         )
         meta = DatasetMeta(
             tokenizer=tokenizer.spec,
-            dtype=dtype,
             vocab_size=tokenizer.vocab_size,
-            train_tokens=train_tokens,
-            val_tokens=val_tokens,
-            source_sha256=scan.sha256,
-            settings=settings,
-            sources=tuple(str(path) for path in sources),
+            dtype=dtype,
+            tokens={"train": train_tokens, "val": val_tokens},
+            masked=False,
+            fingerprint=fingerprint,
         )
         staged.commit(meta)
     return PrepareOutcome(
@@ -198,16 +167,17 @@ class _Scan:
     charset: frozenset[str]
 
 
-def _total_bytes(sources: Sequence[Path]) -> int:
-    total = 0
+def _inputs(sources: Sequence[Path]) -> tuple[InputFile, ...]:
+    inputs: list[InputFile] = []
     for path in sources:
         try:
-            total += path.stat().st_size
+            stat = path.stat()
         except FileNotFoundError:
             raise DataError(f"source text not found: {path}; fix the path") from None
         except OSError as exc:
             raise DataError(f"cannot read source text {path}: {exc.strerror}") from None
-    return total
+        inputs.append(InputFile(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+    return tuple(inputs)
 
 
 def _scan(
@@ -298,8 +268,8 @@ def _write_bins(
         staged.open(TRAIN_BIN) as train_out,
         staged.open(VAL_BIN) as val_out,
     ):
-        train = _SplitEncoder(tokenizer, train_out, dtype, max_carry=chunk_bytes)
-        val = _SplitEncoder(tokenizer, val_out, dtype, max_carry=chunk_bytes)
+        train = SplitEncoder(tokenizer, train_out, dtype, max_carry=chunk_bytes)
+        val = SplitEncoder(tokenizer, val_out, dtype, max_carry=chunk_bytes)
         train_left = train_chars
         for raw, text in _corpus(sources, chunk_bytes, advance):
             digest.update(raw)
@@ -313,65 +283,6 @@ def _write_bins(
                 " prepare again once it is stable"
             )
         return train.finish(), val.finish()
-
-
-class _SplitEncoder:
-    """Encodes one split's text as it streams in and appends the ids to its file.
-
-    Text is encoded up to a cut where encoding the pieces separately gives the same ids
-    as encoding the whole (see `_encodable_prefix`); the rest waits for more text.
-    """
-
-    def __init__(
-        self, tokenizer: Tokenizer, out: IO[Any], dtype: TokenDType, *, max_carry: int
-    ) -> None:
-        self._tokenizer = tokenizer
-        self._out = out
-        self._dtype = np.dtype(dtype)
-        self._max_carry = max_carry
-        self._pending = ""
-        self._tokens = 0
-
-    def feed(self, text: str) -> None:
-        if not text:
-            return
-        pending = self._pending + text
-        cut = _encodable_prefix(pending, self._max_carry)
-        self._encode(pending[:cut])
-        self._pending = pending[cut:]
-
-    def finish(self) -> int:
-        """Encode what is still pending; returns the number of tokens written."""
-        self._encode(self._pending)
-        self._pending = ""
-        return self._tokens
-
-    def _encode(self, text: str) -> None:
-        if not text:
-            return
-        ids = np.asarray(self._tokenizer.encode(text), dtype=self._dtype)
-        self._out.write(ids.tobytes())
-        self._tokens += int(ids.size)
-
-
-def _encodable_prefix(text: str, max_carry: int) -> int:
-    """How much of `text` to encode now, leaving at most `max_carry` characters pending.
-
-    BPE pre-tokenization (the regex of gpt2/r50k, cl100k, o200k) always makes a lone
-    "\\n" between two non-whitespace characters a piece boundary, so cutting right after
-    such a newline yields exactly the ids of the uncut text. Failing that, the cut goes
-    after the last newline, and in text without newlines after everything: the ids at
-    such a cut may differ from whole-text encoding, but decoding still gives the text back
-    exactly. The char tokenizer is indifferent to where the cuts fall.
-    """
-    floor = max(len(text) - max_carry - 1, 0)
-    last_newline = text.rfind("\n", floor)
-    pos = last_newline
-    while pos > 0:
-        if pos + 1 < len(text) and not text[pos - 1].isspace() and not text[pos + 1].isspace():
-            return pos + 1
-        pos = text.rfind("\n", floor, pos)
-    return last_newline + 1 if last_newline >= 0 else len(text)
 
 
 # --- checks and small helpers -----------------------------------------------------------

@@ -34,7 +34,7 @@ from ml_playground.errors import DataError
 TokenizerKind = Literal["char", "tiktoken"]
 TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("char", "tiktoken")
 
-# tiktoken's own "gpt2" encoding needs two legacy files (vocab.bpe, encoder.json), while
+# tiktoken's own "gpt2" encoding needs two more files (vocab.bpe, encoder.json), while
 # "r50k_base" has identical ranks, pattern and <|endoftext|> = 50256 in one file, so that
 # single file is all an offline machine needs, and it is the one the package bundles.
 TIKTOKEN_ALIASES: Mapping[str, str] = {"gpt2": "r50k_base"}

@@ -22,7 +22,7 @@ from ml_playground import checkpoint, run_folder
 from ml_playground.artifacts import read_artifact
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.dataset_folder import META_FILE
-from ml_playground.data.token_dataset import read_meta
+from ml_playground.data.dataset_meta import read_meta
 from ml_playground.digest import file_digest
 from ml_playground.errors import DataError, ExportError
 from ml_playground.export.gpt import checkpoint_path
@@ -217,11 +217,15 @@ def _data_lines(config: ExperimentConfig) -> list[str]:
         meta = read_meta(config.train.data.dataset_dir / META_FILE)
     except DataError:
         return []
-    sources = ", ".join(f"`{Path(source).name}`" for source in meta.sources) or "(not recorded)"
+    names = ", ".join(f"`{Path(source).name}`" for source in meta.source_inputs())
+    sources = names or "(not recorded)"
+    digest = meta.fingerprint.content_sha256
+    hashed = f" (SHA-256 {digest[:12]})" if digest else ""
+    train_split = float(meta.fingerprint.settings["train_split"])
     return [
-        f"Sources: {sources} (SHA-256 {meta.source_sha256[:12]}).",
-        f"{meta.train_tokens:,} training and {meta.val_tokens:,} validation tokens"
-        f" ({meta.settings.train_split:g} of the text trains).",
+        f"Sources: {sources}{hashed}.",
+        f"{meta.tokens['train']:,} training and {meta.tokens['val']:,} validation tokens"
+        f" ({train_split:g} of the text trains).",
     ]
 
 

@@ -19,7 +19,8 @@ from typing import Any, cast
 
 from ml_playground import run_folder
 from ml_playground.config import ExperimentConfig
-from ml_playground.data.records_meta import RecordFormat, read_records_meta
+from ml_playground.data.dataset_folder import META_FILE
+from ml_playground.data.dataset_meta import RecordFormat, read_meta
 from ml_playground.errors import DataError
 from ml_playground.export.chat_template import TemplateTokenizer, ollama_chat
 from ml_playground.export.modelfile import RAW_COMPLETION
@@ -108,7 +109,7 @@ def record_format_of(config: ExperimentConfig) -> RecordFormat | None:
     if run_folder.meta_file(out_dir).is_file():
         return run_folder.RunMeta.read(out_dir)
     try:
-        return read_records_meta(config.train.data.dataset_dir)
+        return read_meta(config.train.data.dataset_dir / META_FILE).record_format
     except DataError:
         return None
 

@@ -44,9 +44,8 @@ from ml_playground import run_folder
 from ml_playground.artifacts import write_artifact
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.batches import IGNORE_INDEX, open_mask, open_tokens
+from ml_playground.data.dataset_meta import read_meta
 from ml_playground.data.record_split import mask_file
-from ml_playground.data.records_meta import read_records_meta
-from ml_playground.data.token_dataset import read_meta
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.digest import file_digest
 from ml_playground.errors import DataError
@@ -171,18 +170,14 @@ def val_split(config: ExperimentConfig) -> Tokens:
     """The val tokens the run validated on: the prepared dataset's val.bin, with its
     val.mask.bin where some tokens are not targets (chat records)."""
     data = config.train.data
-    if config.uses_hf_model:
-        records = read_records_meta(data.dataset_dir)  # missing, damaged or old: says to prepare
-        dtype, masked = records.dtype, records.masked
-    else:
-        meta_path = data.dataset_dir / data.meta_file
-        meta = read_meta(meta_path)  # missing or damaged: says to prepare
-        _check_trained_tokenizer(config, meta.tokenizer, meta_path)
-        dtype, masked = meta.dtype, False
+    meta_path = data.dataset_dir / data.meta_file
+    meta = read_meta(meta_path)  # missing, damaged or old: says to prepare
+    if meta.tokenizer_spec is not None:  # a Hugging Face tokenizer is the run's own copy
+        _check_trained_tokenizer(config, meta.tokenizer_spec, meta_path)
     path = data.dataset_dir / data.val_bin
     remedy = "run `ml-playground prepare <experiment>`"
-    ids = _token_file(path, dtype, remedy)
-    if not masked:
+    ids = _token_file(path, meta.dtype, remedy)
+    if not meta.masked:
         return Tokens(
             ids, None, "val split", path, file_digest(path), "every token after the first"
         )

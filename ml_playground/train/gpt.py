@@ -16,7 +16,8 @@ import torch
 from ml_playground import atomic, checkpoint, run_folder
 from ml_playground.checkpoint import Checkpoint, TrainingState
 from ml_playground.config import ExperimentConfig, ModelConfig
-from ml_playground.data.token_dataset import DatasetMeta, read_meta
+from ml_playground.data.dataset_meta import DatasetMeta, read_meta
+from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.device import Precision, seed_everything
 from ml_playground.distributed import Ranks, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
@@ -50,10 +51,11 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
     seed_everything(runtime.seed)  # the same initial weights on every rank
     meta_path = data.dataset_dir / data.meta_file
     meta = read_meta(meta_path)
+    tokenizer = _spec_tokenizer(meta, meta_path)
     last_path = run_folder.checkpoint_file(runtime.out_dir, run_folder.LAST)
     resume = checkpoint.load(last_path) if last_path.exists() else None
     if resume is not None:
-        _check_same_tokenizer(meta, meta_path, resume, last_path)
+        _check_same_tokenizer(tokenizer, meta_path, resume, last_path)
     model_config = _model_config(train_config.model, meta, resume, announce=ranks.is_main)
     model = GPT(model_config)
     if resume is not None:
@@ -66,7 +68,7 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
             state=state,
             model_args=model_config,
             config=settings,
-            tokenizer=meta.tokenizer,
+            tokenizer=tokenizer,
         )
         paths = run_folder.checkpoint_files(runtime.out_dir, slots)
         for path in paths:
@@ -107,13 +109,24 @@ def gpt_loss(model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def _spec_tokenizer(meta: DatasetMeta, meta_path: Path) -> TokenizerSpec:
+    """The char or tiktoken tokenizer a from-scratch GPT trains with."""
+    if meta.tokenizer_spec is None:
+        raise DataError(
+            f"dataset {meta_path} was prepared with the Hugging Face tokenizer of "
+            f"{meta.tokenizer.describe()}, which a from-scratch GPT cannot train with; set "
+            "[train.hf_model] to fine-tune, or prepare a char or tiktoken dataset"
+        )
+    return meta.tokenizer_spec
+
+
 def _check_same_tokenizer(
-    meta: DatasetMeta, meta_path: Path, resume: Checkpoint, ckpt_path: Path
+    tokenizer: TokenizerSpec, meta_path: Path, resume: Checkpoint, ckpt_path: Path
 ) -> None:
     saved = resume.tokenizer
-    if saved != meta.tokenizer:
+    if saved != tokenizer:
         raise CheckpointError(
-            f"dataset {meta_path} uses tokenizer {meta.tokenizer.describe()} but checkpoint "
+            f"dataset {meta_path} uses tokenizer {tokenizer.describe()} but checkpoint "
             f"{ckpt_path} was trained with {saved.describe()}; prepare the matching dataset "
             "or move the checkpoint away to train fresh"
         )

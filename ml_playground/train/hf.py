@@ -25,9 +25,9 @@ from torch import nn
 from ml_playground import atomic, checkpoint, run_folder
 from ml_playground.checkpoint import TrainingState
 from ml_playground.config import ExperimentConfig, HFModelConfig, PeftConfig
-from ml_playground.data.dataset_folder import TOKENIZER_DIR
+from ml_playground.data.dataset_folder import META_FILE, TOKENIZER_DIR
+from ml_playground.data.dataset_meta import DatasetMeta, RecordFormat, read_meta
 from ml_playground.data.record_split import mask_file, token_file
-from ml_playground.data.records_meta import RecordFormat, RecordsMeta, read_records_meta
 from ml_playground.device import Precision, seed_everything
 from ml_playground.distributed import Ranks, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
@@ -84,8 +84,8 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     peft = train_config.peft or PeftConfig()
     seed_everything(runtime.seed)  # the same fresh adapters on every rank
     dataset_dir = train_config.data.dataset_dir
-    meta = read_records_meta(dataset_dir)
-    _check_dataset_matches(meta, hf, dataset_dir)
+    meta = read_meta(dataset_dir / META_FILE)
+    record_format = _check_dataset_matches(meta, hf, dataset_dir)
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / TOKENIZER_DIR))
     last = run_folder.adapters_dir(runtime.out_dir, run_folder.LAST)
     resume = checkpoint.resumable_state(last)
@@ -94,7 +94,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         if ranks.is_main:
             _announce_saved_lora(peft, saved_lora, last)
     run_meta = RunMeta(
-        **meta.record_format(),
+        **record_format.record_format(),
         base_model=hf.model_name,
         revision=hf.revision,
         vocab_size=len(tokenizer),
@@ -107,7 +107,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         hf,
         peft,
         tokenizer,
-        meta,
+        record_format,
         resume_from=last if resume else None,
         dtype=dtype,
         micro_batch_tokens=train_config.data.batch_size * train_config.block_size,
@@ -215,12 +215,21 @@ def _announce_saved_lora(peft: PeftConfig, fields: Mapping[str, object], folder:
             )
 
 
-def _check_dataset_matches(meta: RecordsMeta, hf: HFModelConfig, dataset_dir: Path) -> None:
-    if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
+def _check_dataset_matches(meta: DatasetMeta, hf: HFModelConfig, dataset_dir: Path) -> RecordFormat:
+    """The dataset's record format, once its tokenizer is the base model's."""
+    folder, record_format = meta.hf_tokenizer, meta.record_format
+    if folder is None or record_format is None:
         raise DataError(
-            f"dataset {dataset_dir} was prepared with the tokenizer of {meta.base_model} but "
+            f"dataset {dataset_dir} was prepared with the {meta.tokenizer.describe()} "
+            f"tokenizer, not {hf.model_name}'s; set its [prepare] for fine-tuning and run "
+            "`ml-playground prepare` again"
+        )
+    if (folder.base_model, folder.revision) != (hf.model_name, hf.revision):
+        raise DataError(
+            f"dataset {dataset_dir} was prepared with the tokenizer of {folder.base_model} but "
             f"train.hf_model.model_name is {hf.model_name}; run `ml-playground prepare` again"
         )
+    return record_format
 
 
 def _check_same_run(wanted: RunMeta, out_dir: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ml_playground.checkpoint import seal_adapters
+from ml_playground.data.chat_records import chat_record_format
 from ml_playground.run_folder import RunMeta
 from tests.cli_helpers import assert_one_error_line, run_cli
 from tests.finetune_helpers import chat_tokenizer
@@ -29,14 +30,11 @@ def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_ove
     seal_adapters(out / "adapters" / "best")
     chat_tokenizer("qwen2", NUMBERED_TURNS).save_pretrained(str(out / "tokenizer"))
     RunMeta(
+        **chat_record_format("messages").record_format(),
         base_model=str(base),
         revision=None,
         vocab_size=10,
         lora=True,
-        structure_tokens=(),
-        added_tokens=(),
-        doc_separator="",
-        source_format="messages",
     ).write(out)
     converter = tmp_path / "convert_hf_to_gguf.py"
     converter.write_text(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground.config_loader import load_config
-from ml_playground.inspection import TARGET_CLOSE, TARGET_COLOUR, TARGET_OPEN
+from ml_playground.inspect_windows import TARGET_CLOSE, TARGET_COLOUR, TARGET_OPEN
 from tests.cli_helpers import Cli, assert_one_error_line
 from tests.finetune_helpers import (
     QWEN2_GENERATION_TEMPLATE,

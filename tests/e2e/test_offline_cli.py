@@ -157,12 +157,12 @@ def test_prepare_offline_tokenizes_the_bundled_text_with_the_bundled_gpt2_ranks(
     assert "using the bundled Tiny Shakespeare" in result.stdout
     assert not (datasets / "input.txt").exists()  # read in place, not copied
     meta = json.loads((datasets / "meta.json").read_text(encoding="utf-8"))
-    assert meta["sources"] == [str(TINY_SHAKESPEARE)]
+    assert [entry["path"] for entry in meta["fingerprint"]["inputs"]] == [str(TINY_SHAKESPEARE)]
     assert meta["tokenizer"] == {"kind": "tiktoken", "encoding": "gpt2", "vocab": None}
     # The bundled text is Tiny Shakespeare, and its tokens are r50k_base's (read here from
     # the shared cache the test suite uses) for all of it, train then validation.
     text = SHARED_SHAKESPEARE.read_bytes()
-    assert meta["source_sha256"] == hashlib.sha256(text).hexdigest()
+    assert meta["fingerprint"]["content_sha256"] == hashlib.sha256(text).hexdigest()
     tokens = np.concatenate(
         [np.fromfile(datasets / name, dtype=np.uint16) for name in ("train.bin", "val.bin")]
     )

@@ -18,7 +18,8 @@ import torch
 from ml_playground import run_folder
 from ml_playground.data.batches import BatchSampler
 from ml_playground.data.chat_records import prepare_chat_dataset
-from ml_playground.data.records_meta import read_records_meta
+from ml_playground.data.dataset_folder import META_FILE
+from ml_playground.data.dataset_meta import read_meta
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.loss import plain_next_token_loss
 from ml_playground.train.hf import train_lora
@@ -85,8 +86,8 @@ def record_loss_and_gradient(
     config = load(folder, chat_settings(model_dir)).config
     prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model_dir)))
     dataset_dir = config.prepare.dataset_dir
-    meta = read_records_meta(dataset_dir)
-    assert meta.records["train"] == 1
+    meta = read_meta(dataset_dir / META_FILE)
+    assert meta.records is not None and meta.records["train"] == 1
     ids, _ = prepared_split(dataset_dir, "train")  # the one conversation
     block = len(ids) - 1
     sampler = BatchSampler(

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 
 from ml_playground import atomic, cli
-from ml_playground.data.token_dataset import read_meta
+from ml_playground.data.dataset_meta import read_meta
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import ExportError
 from ml_playground.export.chat_template import ollama_chat
@@ -70,8 +70,10 @@ def gpt_experiment(folder: Path) -> Path:
     tiny_experiment(folder, {"prepare.dataset": "bundestag_char"}, corpus_chars=4_000)
     assert cli.main(["prepare", str(folder)]) == 0
     meta = read_meta(folder / "datasets" / "meta.json")
+    spec = meta.tokenizer_spec
+    assert spec is not None
     args = GPTConfig(vocab_size=meta.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)
-    save_checkpoint(folder / "out", random_gpt(args), meta.tokenizer)
+    save_checkpoint(folder / "out", random_gpt(args), spec)
     return folder
 
 
@@ -300,7 +302,7 @@ def test_train_on_a_half_prepared_chat_dataset_names_the_records_metadata(
 
     line = one_error_line(["train", str(folder)], capsys)
 
-    assert line.startswith(f"error: records dataset metadata not found: {dataset_dir}")
+    assert line.startswith(f"error: dataset metadata not found: {dataset_dir}")
     assert "speech" not in line
 
 

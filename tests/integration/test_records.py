@@ -13,8 +13,15 @@ from typing import Any
 import pytest
 
 from ml_playground.config_loader import LoadedConfig
+from ml_playground.data.dataset_folder import META_FILE
+from ml_playground.data.dataset_meta import (
+    FORMAT_VERSION,
+    DatasetMeta,
+    HFTokenizerFolder,
+    RecordFormat,
+    read_meta,
+)
 from ml_playground.data.records import prepare_speech_dataset, require_hf_model
-from ml_playground.data.records_meta import read_records_meta as read_dataset_meta
 from ml_playground.data.speeches.source import ReadTally, speech_sources
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ConfigError, DataError
@@ -51,6 +58,20 @@ def speakger_settings(tiny_models: TinyModels, **overrides: TomlValue) -> dict[s
     return settings | {key.replace("__", "."): value for key, value in overrides.items()}
 
 
+def read_dataset_meta(dataset_dir: Path) -> DatasetMeta:
+    return read_meta(dataset_dir / META_FILE)
+
+
+def framing(meta: DatasetMeta) -> RecordFormat:
+    assert meta.record_format is not None, "a records dataset says how its records are framed"
+    return meta.record_format
+
+
+def records_of(meta: DatasetMeta) -> dict[str, int]:
+    assert meta.records is not None, "a records dataset counts its records"
+    return meta.records
+
+
 def prepared_texts(dataset_dir: Path) -> list[str]:
     """The text of every prepared record, train then val, read back from the token files:
     each record must be its text tokenized as a record begins, then EOS and the separator
@@ -59,13 +80,13 @@ def prepared_texts(dataset_dir: Path) -> list[str]:
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / "tokenizer"))
     eos = tokenizer.eos_token_id
     assert eos is not None
-    closing = [eos, *tokenizer.encode(meta.doc_separator, add_special_tokens=False)]
+    closing = [eos, *tokenizer.encode(framing(meta).doc_separator, add_special_tokens=False)]
     texts: list[str] = []
     for split in ("train", "val"):
         ids, mask = prepared_split(dataset_dir, split)
         assert mask is None and len(ids) == meta.tokens[split]
         records = cut_after(ids, closing)
-        assert len(records) == meta.records[split]
+        assert len(records) == records_of(meta)[split]
         for record in records:
             body = record[: -len(closing)]
             start = 1 if body and body[0] == tokenizer.bos_token_id else 0
@@ -93,15 +114,15 @@ def test_prepare_writes_records_a_tokenizer_with_structure_tokens_and_meta(
 
     meta = read_dataset_meta(dataset_dir)
     texts = prepared_texts(dataset_dir)
-    assert len(texts) == 12 == meta.records["train"] + meta.records["val"]
-    assert meta.records["val"] >= 1
+    assert len(texts) == 12 == records_of(meta)["train"] + records_of(meta)["val"]
+    assert records_of(meta)["val"] >= 1
     first = texts[0]
     assert first.startswith(f"{SPEECH_START}\nSprecher: {member_name('19398')}\n")
     assert "Partei: CDU\nJahr: 2019\n\n" in first
     assert first.endswith(SPEECH_END)
     assert not (dataset_dir / "train.jsonl").exists()
-    assert meta.added_tokens == (SPEECH_START, SPEECH_END)
-    assert meta.base_model == str(tiny_models.gemma3)
+    assert framing(meta).added_tokens == (SPEECH_START, SPEECH_END)
+    assert meta.tokenizer == HFTokenizerFolder(base_model=str(tiny_models.gemma3), revision=None)
     assert isinstance(meta.rows, ReadTally)
     assert meta.rows.skipped == {"chair": 1}
     tokenizer = load_tokenizer(ModelSource.local(dataset_dir / "tokenizer"))
@@ -120,7 +141,7 @@ def test_meta_says_how_every_record_opens_and_closes_and_what_stops_generation(
 
     prepare(loaded)
 
-    meta = read_dataset_meta(dataset_dir)
+    meta = framing(read_dataset_meta(dataset_dir))
     texts = prepared_texts(dataset_dir)
     assert all(text.startswith(meta.record_opening) for text in texts)
     assert all(text.endswith(meta.record_closing) for text in texts)
@@ -139,16 +160,18 @@ def prepared_meta_json(root: Path, tiny_models: TinyModels) -> tuple[Path, dict[
     return path, json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_a_meta_json_from_before_the_record_shape_reads_with_the_shape_it_had(
+def test_a_record_format_without_its_opening_closing_and_stops_is_refused_as_damaged(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
     path, saved = prepared_meta_json(tmp_path, tiny_models)
-    current = read_dataset_meta(path.parent)
     for key in ("record_opening", "record_closing", "stop_tokens"):
-        del saved[key]
+        del saved["record_format"][key]
     path.write_text(json.dumps(saved), encoding="utf-8")
 
-    assert read_dataset_meta(path.parent) == current
+    with pytest.raises(
+        DataError, match=rf"{path} .*'record_format.record_opening'.*run `ml-playground prepare"
+    ):
+        read_dataset_meta(path.parent)
 
 
 def test_a_damaged_meta_json_names_the_file_the_field_and_says_to_prepare(
@@ -186,7 +209,7 @@ def test_split_is_by_speech_seeded_and_leaves_no_split_empty(
         loaded = speakger_experiment(folder, tiny_models, speeches(count), prepare__seed=seed)
         prepare(loaded)
         meta = read_dataset_meta(loaded.config.prepare.dataset_dir)
-        return [meta.records["train"], meta.records["val"]]
+        return [records_of(meta)["train"], records_of(meta)["val"]]
 
     assert split(tmp_path / "a", 40, seed=1) == split(tmp_path / "b", 40, seed=1)
     assert split(tmp_path / "c", 2, seed=1) == [1, 1]
@@ -226,14 +249,11 @@ def test_a_folder_prepared_by_an_older_version_is_refused_in_one_line_until_prep
     loaded = speakger_experiment(tmp_path, tiny_models, speeches(4))
     prepare(loaded)
     dataset_dir = loaded.config.prepare.dataset_dir
-    # What today's main wrote before this format: JSONL records and a format_version 1 meta.
-    for split in ("train", "val"):
-        (dataset_dir / f"{split}.bin").unlink()
-        (dataset_dir / f"{split}.jsonl").write_text('{"text": "Ja."}\n', encoding="utf-8")
+    # The records meta of format_version 2, before one schema served every dataset.
     path = dataset_dir / "meta.json"
     saved = json.loads(path.read_text(encoding="utf-8"))
     path.write_text(
-        json.dumps(saved | {"format_version": 1, "format": "speech-records-jsonl"}),
+        json.dumps(saved | {"format_version": 2, "base_model": "tiny", "revision": None}),
         encoding="utf-8",
     )
 
@@ -245,6 +265,5 @@ def test_a_folder_prepared_by_an_older_version_is_refused_in_one_line_until_prep
     assert message.startswith(f"{dataset_dir} was prepared by an older version")
     assert "ml-playground prepare <experiment> --force" in message
     prepare(loaded)  # an older folder is never up to date: preparing rebuilds it
-    assert read_dataset_meta(dataset_dir).format_version == 2
-    assert not (dataset_dir / "train.jsonl").exists()
-    assert not (dataset_dir / "val.jsonl").exists()
+    assert read_dataset_meta(dataset_dir).format_version == FORMAT_VERSION
+    assert (dataset_dir / "train.bin").is_file() and (dataset_dir / "val.bin").is_file()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ml_playground import checkpoint, run_folder
-from ml_playground.data.token_dataset import read_meta
+from ml_playground.data.dataset_meta import read_meta
 from ml_playground.digest import content_digest
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.sample.gpt import load_gpt

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ml_playground import cli
-from ml_playground.data.token_dataset import read_meta
+from ml_playground.data.dataset_meta import read_meta
 from ml_playground.model.config import GPTConfig
 from tests.export_helpers import random_gpt, save_checkpoint
 from tests.finetune_helpers import (
@@ -119,8 +119,10 @@ def gpt_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_experiment(folder, GPT_CHANGES, corpus_chars=4_000)
     assert cli.main(["prepare", str(folder)]) == EXIT_OK
     meta = read_meta(folder / "datasets" / "meta.json")
+    spec = meta.tokenizer_spec
+    assert spec is not None
     args = GPTConfig(vocab_size=meta.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
-    save_checkpoint(folder / "out", random_gpt(args), meta.tokenizer)
+    save_checkpoint(folder / "out", random_gpt(args), spec)
     return folder
 
 

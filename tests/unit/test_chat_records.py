@@ -15,7 +15,8 @@ import pytest
 
 from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
 from ml_playground.data.chat_records import prepare_chat_dataset
-from ml_playground.data.records_meta import read_records_meta
+from ml_playground.data.dataset_folder import META_FILE
+from ml_playground.data.dataset_meta import read_meta
 from ml_playground.data.rendering import (
     ChatTokenizer,
     TokenRecord,
@@ -131,7 +132,8 @@ def test_bad_records_are_counted_by_reason_with_their_line_and_the_rest_prepared
 
     outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
 
-    rows = outcome.meta.rows
+    rows, records = outcome.meta.rows, outcome.meta.records
+    assert rows is not None and records is not None
     assert rows.read == 15
     assert rows.malformed == {
         "content is a list, not a string": 1,
@@ -144,9 +146,9 @@ def test_bad_records_are_counted_by_reason_with_their_line_and_the_rest_prepared
         "unknown role": 1,
     }
     assert rows.examples[0] == f"{tmp_path / 'chats.jsonl'}:7: not JSON"
-    assert outcome.meta.records["train"] + outcome.meta.records["val"] == 6
+    assert records["train"] + records["val"] == 6
     assert "15 records read; 9 bad (" in outcome.message
-    assert read_records_meta(config.prepare.dataset_dir) == outcome.meta
+    assert read_meta(config.prepare.dataset_dir / META_FILE) == outcome.meta
     again = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
     assert again.skipped
     capsys.readouterr()
@@ -265,11 +267,12 @@ def test_prepare_writes_each_records_tokens_and_mask_and_batches_ignore_the_prom
         if ids[offset : offset + len(record.input_ids)] == list(record.input_ids):
             records.append(record)
             offset += len(record.input_ids)
-    assert offset == len(ids) and mask is not None
-    assert len(records) == outcome.meta.records["train"]
+    counted = outcome.meta.records
+    assert offset == len(ids) and mask is not None and counted is not None
+    assert len(records) == counted["train"]
     assert ids == [i for record in records for i in record.input_ids]
     assert mask == [m for record in records for m in record.mask()]
-    assert outcome.meta.records["val"] >= 1
+    assert counted["val"] >= 1
     assert outcome.meta.tokens["train"] == len(ids)
     # Walk the stream in windows: y is the next token where it trains, ignored elsewhere.
     block = 8
@@ -310,7 +313,8 @@ def test_every_jsonl_file_below_a_folder_is_read_and_every_text_token_trains(
     outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
 
     meta = outcome.meta
-    assert meta.source_format == "text"
+    assert meta.record_format is not None and meta.rows is not None
+    assert meta.record_format.source_format == "text"
     assert meta.rows.read == 4 and not meta.rows.malformed
     assert meta.trained_tokens == meta.tokens
     tokenizer = load_tokenizer(ModelSource.local(model))

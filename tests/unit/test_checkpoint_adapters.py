@@ -59,6 +59,9 @@ def test_run_meta_round_trips_and_a_foreign_file_is_an_error(tmp_path: Path) -> 
         structure_tokens=("<SPEECH_START>", "<SPEECH_END>"),
         added_tokens=(),
         doc_separator="",
+        record_opening="<SPEECH_START>\n",
+        record_closing="<SPEECH_END>",
+        stop_tokens=("<SPEECH_END>",),
         lora=True,
     )
     meta.write(tmp_path / "run")
@@ -70,9 +73,7 @@ def test_run_meta_round_trips_and_a_foreign_file_is_an_error(tmp_path: Path) -> 
         RunMeta.read(tmp_path / "other")
 
 
-def test_run_meta_without_a_record_shape_derives_it_from_the_structure_tokens(
-    tmp_path: Path,
-) -> None:
+def test_run_meta_without_its_record_shape_is_refused_naming_the_field(tmp_path: Path) -> None:
     fields: dict[str, object] = {
         "base_model": "tiny",
         "revision": None,
@@ -86,12 +87,13 @@ def test_run_meta_without_a_record_shape_derives_it_from_the_structure_tokens(
         written = {**fields, "structure_tokens": structure}
         (tmp_path / name / "meta.json").write_text(json.dumps(written), encoding="utf-8")
 
-    speeches, plain = RunMeta.read(tmp_path / "speeches"), RunMeta.read(tmp_path / "plain")
-
-    assert speeches.record_opening == "<SPEECH_START>\n"
-    assert speeches.record_closing == "<SPEECH_END>"
-    assert speeches.stop_tokens == ("<SPEECH_END>",)
-    assert (plain.record_opening, plain.record_closing, plain.stop_tokens) == ("", "", ())
+    for name in ("speeches", "plain"):
+        with pytest.raises(CheckpointError) as raised:
+            RunMeta.read(tmp_path / name)
+        message = str(raised.value)
+        assert f"{tmp_path / name / 'meta.json'}" in message
+        assert "'record_opening' field required" in message
+        assert "ml-playground train <experiment>" in message
 
 
 def stream(seed: int) -> torch.Tensor:

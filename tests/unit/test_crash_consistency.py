@@ -319,8 +319,13 @@ def test_a_kill_at_any_step_of_a_token_prepare_keeps_a_dataset_that_trains(
     corpus = tmp_path / "input.txt"
     old_text, new_text = "to be or not to be\n" * 40, "that is the question\n" * 60
 
-    def prepare(text: str) -> None:
+    def write_corpus(text: str) -> None:
+        # meta.json records the corpus's size and mtime: the same text, the same meta.json.
         corpus.write_text(text, encoding="utf-8")
+        os.utime(corpus, ns=(len(text), len(text)))
+
+    def prepare(text: str) -> None:
+        write_corpus(text)
         prepare_token_dataset(
             [corpus], dataset_dir, tokenizer_kind="char", show_progress=False, chunk_bytes=256
         )
@@ -333,7 +338,7 @@ def test_a_kill_at_any_step_of_a_token_prepare_keeps_a_dataset_that_trains(
     def reset() -> None:
         shutil.rmtree(dataset_dir)
         prepare(old_text)
-        corpus.write_text(new_text, encoding="utf-8")
+        write_corpus(new_text)
 
     def write() -> None:
         prepare_token_dataset(

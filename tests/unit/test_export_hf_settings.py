@@ -11,9 +11,9 @@ from ml_playground.artifacts import write_artifact
 from ml_playground.checkpoint import INTEGRITY_FILE, FolderDigests
 from ml_playground.config import ExperimentConfig, RecordsSourceFormat
 from ml_playground.config_loader import load_config
-from ml_playground.data.chat_records import ChatRecordSettings
-from ml_playground.data.records import RecordSettings
-from ml_playground.data.records_meta import RecordsMeta, SourceFingerprint, speech_record_format
+from ml_playground.data.chat_records import ChatRecordSettings, chat_record_format
+from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, HFTokenizerFolder
+from ml_playground.data.records import RecordSettings, speech_record_format
 from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
@@ -58,22 +58,21 @@ def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
         max_records=None,
         selection=Selection().settings(),
     )
-    meta = RecordsMeta(
-        **records.record_format(),
-        base_model="Qwen/Qwen2.5-0.5B",
-        revision=None,
+    meta = DatasetMeta(
+        tokenizer=HFTokenizerFolder(base_model="Qwen/Qwen2.5-0.5B", revision=None),
+        record_format=records,
         vocab_size=10,
         dtype="uint16",
         masked=False,
         tokens={"train": 0, "val": 0},
         records={},
         characters={},
-        fingerprint=SourceFingerprint(inputs=(), settings=settings.to_json()),
+        fingerprint=Fingerprint(inputs=(), settings=settings.to_json()),
         rows=ReadTally(
             **tally.model_dump(),
             kept=0,
             skipped={},
-            unreadable_values={},
+            undecodable_values={},
             unknown_mpids=0,
             member_tables=tally,
         ),
@@ -178,23 +177,16 @@ def chat_dataset_meta(folder: Path, source_format: RecordsSourceFormat) -> None:
         train_split=0.9,
         seed=1,
     )
-    meta = RecordsMeta(
-        structure_tokens=(),
-        added_tokens=(),
-        doc_separator="",
-        record_opening="",
-        record_closing="",
-        stop_tokens=(),
-        source_format=source_format,
-        base_model="Qwen/Qwen2.5-0.5B",
-        revision=None,
+    meta = DatasetMeta(
+        tokenizer=HFTokenizerFolder(base_model="Qwen/Qwen2.5-0.5B", revision=None),
+        record_format=chat_record_format(source_format),
         vocab_size=10,
         dtype="uint16",
         masked=True,
         tokens={"train": 0, "val": 0},
         records={},
         trained_tokens={},
-        fingerprint=SourceFingerprint(inputs=(), settings=settings.to_json()),
+        fingerprint=Fingerprint(inputs=(), settings=settings.to_json()),
         rows=RowTally(read=0, repaired=0, malformed={}, examples=()),
     )
     write_artifact(folder / "datasets" / "meta.json", meta)

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from ml_playground.data.chat_records import prepare_chat_dataset
+from ml_playground.data.dataset_meta import DatasetMeta
+from ml_playground.data.table import RowTally
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from tests.finetune_helpers import (
@@ -31,6 +33,11 @@ from tests.finetune_helpers import (
 
 # `datasets` is only partly typed; the tests build their datasets through Any.
 datasets: Any = importlib.import_module("datasets")
+
+
+def rows_of(meta: DatasetMeta) -> RowTally:
+    assert meta.rows is not None, "a records dataset tallies its source rows"
+    return meta.rows
 
 
 def hf_settings(model: Path, dataset: str, **extra: TomlValue) -> dict[str, TomlValue]:
@@ -62,10 +69,10 @@ def test_a_saved_dataset_split_is_rendered_and_its_bad_rows_counted_by_row_numbe
 
     outcome = prepare_chat_dataset(config, lambda: tokenizer)
 
-    meta = outcome.meta
-    assert meta.rows.read == 6
-    assert meta.rows.malformed == {"no assistant turn": 1}
-    assert meta.rows.examples == (f"{tmp_path / 'saved'}[train]#6: no assistant turn",)
+    tally = rows_of(outcome.meta)
+    assert tally.read == 6
+    assert tally.malformed == {"no assistant turn": 1}
+    assert tally.examples == (f"{tmp_path / 'saved'}[train]#6: no assistant turn",)
     dataset_dir = config.prepare.dataset_dir
     answers: list[str] = []
     for split in ("train", "val"):
@@ -97,12 +104,12 @@ def test_another_split_or_changed_rows_prepare_again(
     ).save_to_disk(str(saved))
     tokenizer = load_tokenizer(ModelSource.local(model))
     train = load(tmp_path, hf_settings(model, "saved")).config
-    assert prepare_chat_dataset(train, lambda: tokenizer).meta.rows.read == 4
+    assert rows_of(prepare_chat_dataset(train, lambda: tokenizer).meta).read == 4
 
     test = load(tmp_path, hf_settings(model, "saved", hf_dataset_split="test")).config
     again = prepare_chat_dataset(test, lambda: tokenizer)
 
-    assert not again.skipped and again.meta.rows.read == 3
+    assert not again.skipped and rows_of(again.meta).read == 3
     datasets.DatasetDict(
         {
             "train": datasets.Dataset.from_list(conversations(4)),
@@ -110,7 +117,7 @@ def test_another_split_or_changed_rows_prepare_again(
         }
     ).save_to_disk(str(tmp_path / "resaved"))
     changed = load(tmp_path, hf_settings(model, "resaved", hf_dataset_split="test")).config
-    assert prepare_chat_dataset(changed, lambda: tokenizer).meta.rows.read == 2
+    assert rows_of(prepare_chat_dataset(changed, lambda: tokenizer).meta).read == 2
 
 
 def test_a_folder_of_data_files_loads_through_load_dataset(
@@ -126,7 +133,7 @@ def test_a_folder_of_data_files_loads_through_load_dataset(
 
     outcome = prepare_chat_dataset(config, lambda: load_tokenizer(ModelSource.local(model)))
 
-    assert outcome.meta.rows.read == 4 and not outcome.meta.rows.malformed
+    assert rows_of(outcome.meta).read == 4 and not rows_of(outcome.meta).malformed
     assert f"{tmp_path / 'pairs'}[train]" in json.dumps(outcome.meta.fingerprint.model_dump())
 
 

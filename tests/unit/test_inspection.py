@@ -10,20 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from ml_playground import dataset_checks, inspection
+from ml_playground import dataset_checks, inspect_sources, inspect_windows, inspection
 from ml_playground.data.batches import IGNORE_INDEX, BatchSampler
 from ml_playground.data.rendering import ChatTokenizer
-from ml_playground.inspection import (
+from ml_playground.inspect_windows import (
     RESET,
     TARGET_CLOSE,
     TARGET_COLOUR,
     TARGET_OPEN,
-    Dataset,
-    Record,
-    Split,
     Window,
     render_window,
 )
+from ml_playground.inspection import Dataset, Record, Split
 from tests.gpt_helpers import prepare, tiny_experiment
 
 
@@ -54,7 +52,7 @@ def test_the_windows_shown_are_the_first_ones_the_runs_batcher_draws(
     data = config.train.data
 
     with inspection.opened(config, no_hf_tokenizer) as dataset:
-        windows = inspection.draw_windows(dataset, config, 10)  # more than one batch of 8
+        windows = inspect_windows.draw_windows(dataset, config, 10)  # more than one batch of 8
 
     batcher = BatchSampler(
         data.dataset_dir / data.train_bin,
@@ -87,7 +85,7 @@ def test_masked_windows_mark_exactly_the_targets_the_batcher_keeps(tmp_path: Pat
         train_mask=tmp_path / "train.mask.bin",
     )
 
-    windows = inspection.draw_windows(dataset, config, 8)
+    windows = inspect_windows.draw_windows(dataset, config, 8)
 
     batcher = BatchSampler(
         tmp_path / "train.bin",
@@ -187,9 +185,9 @@ def test_characters_mapped_to_the_unknown_id_are_named_with_their_record() -> No
 def test_two_conversations_rendered_alike_are_one_warning_naming_both() -> None:
     same = "<user>Frage?<assistant>Antwort."
     renderings = (
-        inspection.Rendering("chats.jsonl:1", '[{"role": "system", "content": "A"}]', same),
-        inspection.Rendering("chats.jsonl:2", '[{"role": "system", "content": "B"}]', same),
-        inspection.Rendering("chats.jsonl:3", '[{"role": "system", "content": "B"}]', same),
+        inspect_sources.Rendering("chats.jsonl:1", '[{"role": "system", "content": "A"}]', same),
+        inspect_sources.Rendering("chats.jsonl:2", '[{"role": "system", "content": "B"}]', same),
+        inspect_sources.Rendering("chats.jsonl:3", '[{"role": "system", "content": "B"}]', same),
     )
     dataset = masked_dataset([104, 3], [1, 1], [], renderings=renderings)
 

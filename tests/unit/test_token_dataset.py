@@ -13,16 +13,16 @@ import pytest
 import tiktoken
 
 from ml_playground.data.dataset_folder import META_FILE
+from ml_playground.data.dataset_meta import FORMAT_VERSION, DatasetMeta, read_meta
 from ml_playground.data.token_dataset import (
     DEFAULT_CHUNK_BYTES,
     TRAIN_BIN,
     VAL_BIN,
-    DatasetMeta,
     PrepareOutcome,
     prepare_token_dataset,
-    read_meta,
 )
 from ml_playground.data.tokenizer import (
+    Tokenizer,
     TokenizerKind,
     TokenizerSpec,
     tokenizer_from_spec,
@@ -76,9 +76,14 @@ def split_ids(dataset_dir: Path, meta: DatasetMeta) -> tuple[list[int], list[int
     return [int(i) for i in train], [int(i) for i in val]
 
 
+def tokenizer_of(meta: DatasetMeta) -> Tokenizer:
+    assert meta.tokenizer_spec is not None, "a text corpus has a char or tiktoken tokenizer"
+    return tokenizer_from_spec(meta.tokenizer_spec)
+
+
 def decoded_corpus(dataset_dir: Path, meta: DatasetMeta) -> str:
     train, val = split_ids(dataset_dir, meta)
-    return tokenizer_from_spec(meta.tokenizer).decode(train + val)
+    return tokenizer_of(meta).decode(train + val)
 
 
 def test_char_prepare_writes_uint16_bins_that_decode_back_to_the_corpus(
@@ -93,8 +98,8 @@ def test_char_prepare_writes_uint16_bins_that_decode_back_to_the_corpus(
     assert not outcome.skipped
     assert meta.dtype == "uint16"
     assert meta.vocab_size == 65
-    assert meta.train_tokens + meta.val_tokens == len(text)
-    assert (dataset_dir / TRAIN_BIN).stat().st_size == 2 * meta.train_tokens
+    assert meta.tokens["train"] + meta.tokens["val"] == len(text)
+    assert (dataset_dir / TRAIN_BIN).stat().st_size == 2 * meta.tokens["train"]
     assert decoded_corpus(dataset_dir, meta) == text
     assert read_meta(dataset_dir / META_FILE) == meta
 
@@ -106,9 +111,9 @@ def test_train_split_is_the_first_fraction_of_the_characters(
 
     meta = prepare([shakespeare], tmp_path / "dataset", "char", train_split=0.75).meta
 
-    assert meta.train_tokens == int(len(text) * 0.75)
+    assert meta.tokens["train"] == int(len(text) * 0.75)
     train, _ = split_ids(tmp_path / "dataset", meta)
-    assert tokenizer_from_spec(meta.tokenizer).decode(train) == text[: int(len(text) * 0.75)]
+    assert tokenizer_of(meta).decode(train) == text[: int(len(text) * 0.75)]
 
 
 def test_tiktoken_prepare_matches_encoding_each_split_whole(
@@ -160,8 +165,8 @@ def test_sources_join_with_a_newline_only_where_one_is_missing(
 
     corpus = "erste Zeile\nzweite Zeile\ndritte Zeile"
     assert decoded_corpus(tmp_path / "dataset", meta) == corpus
-    assert meta.source_sha256 == hashlib.sha256(corpus.encode("utf-8")).hexdigest()
-    assert meta.sources == tuple(str(path) for path in (first, second, empty, third))
+    assert meta.fingerprint.content_sha256 == hashlib.sha256(corpus.encode("utf-8")).hexdigest()
+    assert meta.source_inputs() == [str(path) for path in (first, second, empty, third)]
 
 
 def test_meta_json_records_tokenizer_counts_hash_and_settings(
@@ -171,14 +176,16 @@ def test_meta_json_records_tokenizer_counts_hash_and_settings(
 
     saved = json.loads((tmp_path / "dataset" / META_FILE).read_text(encoding="utf-8"))
 
-    assert saved["format_version"] == 1
+    assert saved["format_version"] == FORMAT_VERSION
     assert saved["tokenizer"] == {"kind": "tiktoken", "encoding": "gpt2", "vocab": None}
     assert saved["dtype"] == "uint16"
-    assert saved["settings"] == {"kind": "tiktoken", "encoding": "gpt2", "train_split": 0.8}
-    assert saved["source_sha256"] == hashlib.sha256(shakespeare.read_bytes()).hexdigest()
-    assert saved["sources"] == [str(shakespeare)]
-    assert saved["train_tokens"] > 0
-    assert saved["val_tokens"] > 0
+    fingerprint = saved["fingerprint"]
+    assert fingerprint["settings"] == {"kind": "tiktoken", "encoding": "gpt2", "train_split": 0.8}
+    assert fingerprint["content_sha256"] == hashlib.sha256(shakespeare.read_bytes()).hexdigest()
+    assert [entry["path"] for entry in fingerprint["inputs"]] == [str(shakespeare)]
+    assert saved["masked"] is False
+    assert saved["tokens"]["train"] > 0
+    assert saved["tokens"]["val"] > 0
 
 
 def test_rerun_with_the_same_inputs_is_skipped(shakespeare: Path, tmp_path: Path) -> None:
@@ -216,7 +223,7 @@ def test_changed_input_text_prepares_again(tmp_path: Path) -> None:
     again = prepare([source], dataset_dir, "char")
 
     assert not again.skipped
-    assert again.meta.source_sha256 != first.meta.source_sha256
+    assert again.meta.fingerprint.content_sha256 != first.meta.fingerprint.content_sha256
     assert decoded_corpus(dataset_dir, again.meta) == "Hallo Welt, wie geht es?\n" * 50
 
 
@@ -263,7 +270,7 @@ def test_damaged_token_file_prepares_again(shakespeare: Path, tmp_path: Path) ->
     again = prepare([shakespeare], dataset_dir, "char")
 
     assert not again.skipped
-    assert (dataset_dir / VAL_BIN).stat().st_size == 2 * again.meta.val_tokens
+    assert (dataset_dir / VAL_BIN).stat().st_size == 2 * again.meta.tokens["val"]
 
 
 def test_output_folder_holds_only_the_three_artifacts(shakespeare: Path, tmp_path: Path) -> None:
@@ -332,12 +339,12 @@ def test_read_meta_of_a_missing_file_says_to_run_prepare(tmp_path: Path) -> None
     [
         "{not json",
         "[]",
-        '{"format_version": 1}',
-        '{"format_version": 99}',
-        '{"format_version": 1, "dtype": "uint16", "settings": {"kind": "char",'
-        ' "train_split": 0.9}, "sources": [], "tokenizer": {"kind": "char", "vocab": "ab"}}',
+        '{"format_version": 3}',
+        '{"format_version": 3, "dtype": "uint16", "tokens": {"train": 1, "val": 1}, "masked":'
+        ' false, "vocab_size": 2, "fingerprint": {"inputs": [], "settings": {}},'
+        ' "tokenizer": {"kind": "char", "vocab": "ab"}}',
     ],
-    ids=["syntax", "not-an-object", "fields-missing", "other-version", "bad-tokenizer"],
+    ids=["syntax", "not-an-object", "fields-missing", "bad-tokenizer"],
 )
 def test_read_meta_of_a_damaged_file_names_it_and_says_to_run_prepare(
     content: str, tmp_path: Path
@@ -347,6 +354,23 @@ def test_read_meta_of_a_damaged_file_names_it_and_says_to_run_prepare(
 
     with pytest.raises(DataError, match=rf"{path}.*run `ml-playground prepare <experiment>`"):
         read_meta(path)
+
+
+@pytest.mark.parametrize("version", [1, 2, 99])
+def test_read_meta_of_another_format_version_names_the_folder_and_says_to_force(
+    version: int, tmp_path: Path
+) -> None:
+    path = tmp_path / "dataset" / META_FILE
+    path.parent.mkdir()
+    path.write_text(json.dumps({"format_version": version}), encoding="utf-8")
+
+    with pytest.raises(DataError) as raised:
+        read_meta(path)
+
+    message = str(raised.value)
+    assert f"{path.parent} was prepared by an older version" in message
+    assert f"format_version {version}" in message
+    assert "run `ml-playground prepare <experiment> --force`" in message
 
 
 def test_peak_memory_stays_far_below_the_corpus_size(shakespeare: Path, tmp_path: Path) -> None:

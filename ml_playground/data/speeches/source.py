@@ -101,7 +101,7 @@ class ReadReport:
             **self.rows.tally().model_dump(),
             kept=self.kept,
             skipped=dict(sorted(self.skipped.items())),
-            unreadable_values=dict(sorted(self.unreadable.items())),
+            undecodable_values=dict(sorted(self.unreadable.items())),
             unknown_mpids=self.unknown_mpids,
             member_tables=self.member_rows.tally(),
         )
@@ -112,7 +112,7 @@ class ReadTally(RowTally):
 
     kept: int
     skipped: dict[str, int]
-    unreadable_values: dict[str, int]
+    undecodable_values: dict[str, int]
     unknown_mpids: int
     member_tables: RowTally
 
