@@ -38,5 +38,5 @@ def test_a_folder_of_an_older_format_is_refused_in_one_line_and_left_as_it_was(
 
     assert f"{dataset_dir} was prepared by an older version" in line
     assert f"format_version {older['format_version']}" in line
-    assert "ml-playground prepare <experiment> --force" in line
+    assert f"ml-playground prepare {folder} --force" in line  # the CLI names the experiment
     assert sha256_of_files(dataset_dir) == before

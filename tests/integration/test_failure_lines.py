@@ -290,7 +290,7 @@ def test_a_chat_template_that_raises_in_export_is_one_line_naming_the_model() ->
 # --- error lines that name the right thing -------------------------------------------------
 
 
-def test_train_on_a_half_prepared_chat_dataset_names_the_records_metadata(
+def test_train_on_a_half_prepared_chat_dataset_names_the_dataset_metadata(
     tmp_path: Path, tiny_models: TinyModels, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "exp"
