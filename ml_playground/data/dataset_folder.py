@@ -48,14 +48,15 @@ class InputFile(Artifact):
     mtime_ns: int
 
 
-def input_file(path: Path) -> InputFile:
-    """`path` as a fingerprint records it; a missing or unreadable one is an error."""
+def input_file(path: Path, *, what: str = "source") -> InputFile:
+    """`path` as a fingerprint records it; a missing or unreadable one is an error that
+    calls it `what`."""
     try:
         stat = path.stat()
     except FileNotFoundError:
-        raise DataError(f"source not found: {path}; fix the path") from None
+        raise DataError(f"{what} not found: {path}; fix the path") from None
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     return InputFile(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ml_playground.artifacts import Artifact
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import InputFile
+from ml_playground.data.dataset_folder import input_file
 from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, TokenDType, token_dtype
 from ml_playground.data.record_split import token_file
 from ml_playground.data.split_encoder import SplitEncoder
@@ -90,7 +90,7 @@ def prepare_token_dataset(
         encoding=encoding if tokenizer_kind == "tiktoken" else None,
         train_split=train_split,
     )
-    inputs = _inputs(sources)
+    inputs = tuple(input_file(path, what="source text") for path in sources)
     total_bytes = sum(entry.size for entry in inputs)
 
     with byte_progress("scanning", total_bytes, enabled=show_progress) as advance:
@@ -165,19 +165,6 @@ class _Scan:
     sha256: str
     chars: int
     charset: frozenset[str]
-
-
-def _inputs(sources: Sequence[Path]) -> tuple[InputFile, ...]:
-    inputs: list[InputFile] = []
-    for path in sources:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise DataError(f"source text not found: {path}; fix the path") from None
-        except OSError as exc:
-            raise DataError(f"cannot read source text {path}: {exc.strerror}") from None
-        inputs.append(InputFile(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns))
-    return tuple(inputs)
 
 
 def _scan(
