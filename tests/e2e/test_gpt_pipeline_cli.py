@@ -32,6 +32,7 @@ from tests.cli_helpers import (
     EXIT_KILLED,
     Cli,
     assert_one_error_line,
+    assert_refused_as_another_format,
     flip_a_tensor_byte,
     mounted_tmpfs,
     png_pixels,
@@ -185,6 +186,22 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
         line = assert_one_error_line(cli.run(*tiny(verb, folder)))
         assert f"checkpoint {out_dir / name} fails its integrity check" in line, verb
     assert sha256_of_files(out_dir) == before
+
+
+def test_a_run_folder_of_the_older_meta_format_is_refused_by_sample_eval_and_export(
+    workdir: Path, cli: Cli
+) -> None:
+    # Before run meta had a `kind`, a GPT run's out_dir/meta.json was a copy of the dataset's.
+    folder = prepared_run(workdir, cli, {"export.ollama.enabled": True})
+    assert cli.run(*tiny("train", folder)).returncode == 0
+    out_dir = folder / "out"
+    shutil.copyfile(folder / "datasets" / "meta.json", run_folder.meta_file(out_dir))
+    before = sha256_of_files(folder)
+
+    for verb in ("sample", "eval", "export"):
+        line = assert_one_error_line(cli.run(*tiny(verb, folder)))
+        assert_refused_as_another_format(line, run_folder.meta_file(out_dir))
+    assert sha256_of_files(folder) == before
 
 
 def endless_run(workdir: Path, cli: Cli) -> tuple[Path, Path]:
