@@ -244,8 +244,15 @@ def write_run_meta(out_dir: Path, meta: RunMeta) -> None:
 def set_aside(out_dir: Path) -> Path | None:
     """`train --fresh`: rename out_dir to the first free out_dir.N; never delete a run.
 
-    None when there is no out_dir yet.
+    None when there is no out_dir yet. One process renames; ranks would race on the rename.
     """
+    from ml_playground.distributed import ranks_from_env  # noqa: PLC0415 - imports torch
+
+    if ranks_from_env().is_distributed:
+        raise ConfigError(
+            f"--fresh renames {out_dir} in one process; run without torchrun/accelerate "
+            "once, or move the folder yourself, then start the distributed run"
+        )
     if not out_dir.exists():
         return None
     holder = running_holder(out_dir)

@@ -88,7 +88,7 @@ class Evaluated(Protocol):
     def load(self, config: ExperimentConfig) -> LoadedModel: ...
 
 
-def evaluate(config: ExperimentConfig, backend: Evaluated, text: Path | None) -> EvalResult:
+def evaluate_run(config: ExperimentConfig, backend: Evaluated, text: Path | None) -> EvalResult:
     """Score the backend's trained model on the val split, or on the file `text`."""
     out_dir = config.sample.runtime.out_dir
     text = None if text is None else text.resolve()  # messages name the file unmistakably

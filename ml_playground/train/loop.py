@@ -1,5 +1,5 @@
 """The training loop, written once for every model, its definitions in the order a run
-meets them: session -> assemble -> train -> step -> evaluate -> save.
+meets them: session -> assemble -> train -> step -> estimate_loss -> save.
 
 `train` reads top to bottom: announce -> (eval_only: evaluate and stop) -> while step <
 max_iters: {scheduled learning rate; one optimizer step over grad_accum_steps micro-batches;
@@ -244,7 +244,7 @@ def train(run: Run) -> TrainSummary:
             model=run.model,
         )
         if runtime.eval_only:
-            losses = evaluate(run)
+            losses = estimate_loss(run)
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
             return TrainSummary(start, run.best_val_loss, losses["val"], runtime.out_dir)
 
@@ -333,7 +333,7 @@ def optimizer_step(run: Run, lr: float) -> StepResult:
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict[str, float]:
+def estimate_loss(run: Run) -> dict[str, float]:
     """Mean loss over eval_iters batches of each split, always the same batches.
 
     Each rank evaluates its own batches and the losses are averaged over ranks, so all
@@ -369,7 +369,7 @@ def _evaluate_and_save(run: Run, reporter: RunReporter, slots: tuple[Slot, ...])
     evaluates this step again and rewrites both, whereas last first would leave a last
     that claims a best loss the best slot does not hold, for good.
     """
-    losses = evaluate(run)
+    losses = estimate_loss(run)
     reporter.evaluation(run.iter_num, train_loss=losses["train"], val_loss=losses["val"])
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])

@@ -32,7 +32,6 @@ from tests.cli_helpers import (
     EXIT_KILLED,
     Cli,
     assert_one_error_line,
-    assert_refused_as_another_format,
     flip_a_tensor_byte,
     mounted_tmpfs,
     png_pixels,
@@ -198,9 +197,11 @@ def test_a_run_folder_of_the_older_meta_format_is_refused_by_sample_eval_and_exp
     shutil.copyfile(folder / "datasets" / "meta.json", run_folder.meta_file(out_dir))
     before = sha256_of_files(folder)
 
+    again = f"ml-playground train --fresh {' '.join(tiny('', folder)[1:])}"
     for verb in ("sample", "eval", "export"):
         line = assert_one_error_line(cli.run(*tiny(verb, folder)))
-        assert_refused_as_another_format(line, run_folder.meta_file(out_dir))
+        assert f"{run_folder.meta_file(out_dir)} is a run meta.json of another format" in line
+        assert again in line, verb
     assert sha256_of_files(folder) == before
 
 
