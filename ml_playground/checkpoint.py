@@ -147,7 +147,7 @@ def load(path: Path) -> Checkpoint:
 
 
 def load_trained(out_dir: Path, path: Path) -> Checkpoint:
-    """Checkpoint `path` of the GPT run in out_dir, as sampling and export read it.
+    """Checkpoint `path` of the GPT run in out_dir, as resume, sampling and export read it.
 
     The run's meta.json is read first, so a run folder of an older format is refused before
     any weights load; its tokenizer must be the checkpoint's. A folder without meta.json

@@ -53,7 +53,8 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
     meta_path = data.dataset_dir / data.meta_file
     meta = read_meta(meta_path)
     last_path = run_folder.checkpoint_file(runtime.out_dir, run_folder.LAST)
-    resume = checkpoint.load(last_path) if last_path.exists() else None
+    # load_trained refuses an out_dir of an older format before its meta.json is rewritten.
+    resume = checkpoint.load_trained(runtime.out_dir, last_path) if last_path.exists() else None
     if resume is not None:
         _check_same_tokenizer(meta, meta_path, resume, last_path)
     model_config = _model_config(train_config.model, meta, resume, announce=ranks.is_main)

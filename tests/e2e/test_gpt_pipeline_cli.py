@@ -187,7 +187,7 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
     assert sha256_of_files(out_dir) == before
 
 
-def test_a_run_folder_of_the_older_meta_format_is_refused_by_sample_eval_and_export(
+def test_a_run_folder_of_the_older_meta_format_is_refused_by_train_sample_eval_and_export(
     workdir: Path, cli: Cli
 ) -> None:
     # Before run meta had a `kind`, a GPT run's out_dir/meta.json was a copy of the dataset's.
@@ -198,7 +198,7 @@ def test_a_run_folder_of_the_older_meta_format_is_refused_by_sample_eval_and_exp
     before = sha256_of_files(folder)
 
     again = f"ml-playground train --fresh {' '.join(tiny('', folder)[1:])}"
-    for verb in ("sample", "eval", "export"):
+    for verb in ("train", "sample", "eval", "export"):
         line = assert_one_error_line(cli.run(*tiny(verb, folder)))
         assert f"{run_folder.meta_file(out_dir)} is a run meta.json of another format" in line
         assert again in line, verb
