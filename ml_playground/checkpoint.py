@@ -25,21 +25,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ml_playground import atomic
+from ml_playground import atomic, run_folder
 from ml_playground.artifacts import Artifact, parse_artifact, read_artifact, write_artifact
 from ml_playground.data.tokenizer import TokenizerSpec, is_known_encoding
 from ml_playground.digest import content_digest, file_digest, folder_digests
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
-from ml_playground.run_folder import (
-    START_OVER,
-    TRAIN_AGAIN,
-    GPTRunMeta,
-    Slot,
-    adapters_dir,
-    meta_file,
-    read_run_meta_of,
-)
+from ml_playground.run_folder import START_OVER, TRAIN_AGAIN, Slot, adapters_dir
 
 GPT_FORMAT_VERSION = 1
 STATE_FORMAT_VERSION = 2  # training_state.pt's "version": one RNG and sampler state per rank
@@ -147,18 +139,15 @@ def load(path: Path) -> Checkpoint:
 
 
 def load_trained(out_dir: Path, path: Path) -> Checkpoint:
-    """Checkpoint `path` of the GPT run in out_dir, as resume, sampling and export read it.
-
-    The run's meta.json is read first, so a run folder of an older format is refused before
-    any weights load; its tokenizer must be the checkpoint's. A folder without meta.json
-    (the original design's ckpt.pt) is described by its checkpoint alone.
-    """
-    meta = read_run_meta_of(out_dir, GPTRunMeta)
+    """Checkpoint `path` of the GPT run in out_dir, as resume, sampling and export read it:
+    after the run's meta.json (an older format is refused before any weights load), whose
+    tokenizer must be the checkpoint's; without one (ckpt.pt), the checkpoint alone."""
+    meta = run_folder.read_run_meta_of(out_dir, run_folder.GPTRunMeta)
     ckpt = load(path)
     if meta is not None and meta.tokenizer != ckpt.tokenizer:
         raise CheckpointError(
             f"checkpoint {path} was trained with tokenizer {ckpt.tokenizer.describe()} but "
-            f"{meta_file(out_dir)} says {meta.tokenizer.describe()}; {START_OVER}"
+            f"{run_folder.meta_file(out_dir)} says {meta.tokenizer.describe()}; {START_OVER}"
         )
     return ckpt
 
@@ -249,21 +238,6 @@ def load_state(folder: Path) -> TrainingState:
     if missing:
         raise CheckpointError(f"training state {path} lacks {', '.join(missing)}; {remedy}")
     return _training_state(payload, source=path)
-
-
-def capture_rng() -> dict[str, Any]:
-    """The global torch RNG states (dropout draws from them)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Mapping[str, Any]) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class FolderDigests(Artifact):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ml_playground import checkpoint, run_folder
+from ml_playground import device, run_folder
 from ml_playground.checkpoint import TrainingState
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSampler, check_token_ids
@@ -219,7 +219,7 @@ def _restore(run: Run, state: TrainingState, source: str) -> None:
     ranks = run.ranks
     if len(state.sampler) == ranks.world_size == len(state.rng):
         run.sampler.load_state_dict(state.sampler[ranks.rank])
-        checkpoint.restore_rng(state.rng[ranks.rank])
+        device.restore_rng(state.rng[ranks.rank])
     elif ranks.is_main:
         print(
             f"resume: {source} holds batch streams for {len(state.sampler)} rank(s), this "
@@ -384,7 +384,7 @@ def save(run: Run, *slots: Slot) -> Path:
     went. Every rank's batch stream and RNG are gathered (a collective, so all ranks call
     this); only rank 0 writes."""
     samplers = gather_state(run.sampler.state_dict())
-    rngs = gather_state(checkpoint.capture_rng())
+    rngs = gather_state(device.capture_rng())
     state = TrainingState(
         iter_num=run.iter_num,
         best_val_loss=run.best_val_loss,
