@@ -29,7 +29,7 @@ from ml_playground.experiments import find_experiment
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from ml_playground.train.gpt import gpt_loss
-from ml_playground.train.loop import Run, TokenFiles, assemble_run, evaluate, optimizer_step
+from ml_playground.train.loop import Run, TokenFiles, assemble_run, estimate_loss, optimizer_step
 from ml_playground.train.schedule import learning_rate_at
 
 TARGET = 1.90  # the time-to-target column
@@ -215,7 +215,7 @@ class _Contender:
         self.result.seconds += time.perf_counter() - start
         step = index + 1
         if step % train.runtime.eval_interval == 0 or step == self.steps:
-            val = evaluate(self.run)["val"]
+            val = estimate_loss(self.run)["val"]
             self.result.evals.append((step, self.result.seconds, val))
 
 

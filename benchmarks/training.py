@@ -3,7 +3,7 @@
 A step is the training loop's own `optimizer_step` (ml_playground/train/loop.py) with
 grad_accum_steps = 1: draw a batch from the memmapped token file, forward under the
 precision's autocast, backward, clip, AdamW step, zero the gradients; the validation loss
-is the loop's own `evaluate`, on the same fixed batches for every model. Each precision
+is the loop's own `estimate_loss`, on the same fixed batches for every model. Each precision
 gets its own model and optimizer, built from the same seed and fed the same batches, and
 the two step in alternation, so their speed ratio is measured side by side and their
 losses can be compared after the same number of steps.
@@ -27,7 +27,7 @@ from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from ml_playground.run_folder import Slot
 from ml_playground.train.gpt import gpt_loss
-from ml_playground.train.loop import Run, TokenFiles, assemble_run, evaluate, optimizer_step
+from ml_playground.train.loop import Run, TokenFiles, assemble_run, estimate_loss, optimizer_step
 
 PRECISIONS: tuple[DType, ...] = ("float32", "bfloat16")
 SEED = 1337
@@ -132,7 +132,7 @@ class _Trainer:
         runtime = self.run.train.runtime.model_copy(update={"eval_iters": batches})
         settings = self.run.train.model_copy(update={"runtime": runtime})
         fp32 = replace(self.run, train=settings, precision=resolve_precision("cpu", "float32"))
-        return evaluate(fp32)["val"]
+        return estimate_loss(fp32)["val"]
 
 
 def never_saved(slots: tuple[Slot, ...], state: TrainingState) -> Path:

@@ -25,13 +25,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ml_playground import atomic
+from ml_playground import atomic, run_folder
 from ml_playground.artifacts import Artifact, parse_artifact, read_artifact, write_artifact
 from ml_playground.data.tokenizer import TokenizerSpec, is_known_encoding
 from ml_playground.digest import content_digest, file_digest, folder_digests
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
-from ml_playground.run_folder import TRAIN_AGAIN, Slot, adapters_dir
+from ml_playground.run_folder import START_OVER, TRAIN_AGAIN, Slot, adapters_dir
 
 GPT_FORMAT_VERSION = 1
 STATE_FORMAT_VERSION = 2  # training_state.pt's "version": one RNG and sampler state per rank
@@ -41,7 +41,6 @@ INTEGRITY_FILE = "integrity.json"
 DIGEST_KEY = "sha256"
 CHANGED_SINCE_WRITTEN = "fails its integrity check: its contents changed after it was written"
 DAMAGED = "the file is damaged: delete it to start fresh or restore a backup"
-OTHER_FORMAT = "start over with `ml-playground train --fresh <experiment>`, or restore a backup"
 
 StateDict = dict[str, Any]
 
@@ -107,13 +106,13 @@ def load(path: Path) -> Checkpoint:
     if version != GPT_FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format_version {version!r}, expected {GPT_FORMAT_VERSION}; "
-            f"{OTHER_FORMAT}"
+            f"{START_OVER}"
         )
     expected = payload.pop(DIGEST_KEY, None)
     if expected is None:
         raise CheckpointError(
             f"checkpoint {path} holds no {DIGEST_KEY} digest, which every format_version "
-            f"{GPT_FORMAT_VERSION} file has; {OTHER_FORMAT}"
+            f"{GPT_FORMAT_VERSION} file has; {START_OVER}"
         )
     required = ("model", "optimizer", "iter_num", "best_val_loss", "model_args", "tokenizer")
     missing = [key for key in required if key not in payload]
@@ -137,6 +136,20 @@ def load(path: Path) -> Checkpoint:
         config=payload.get("config", {}),
         tokenizer=tokenizer,
     )
+
+
+def load_trained(out_dir: Path, path: Path) -> Checkpoint:
+    """Checkpoint `path` of the GPT run in out_dir, as resume, sampling and export read it:
+    after the run's meta.json (an older format is refused before any weights load), whose
+    tokenizer must be the checkpoint's; without one (ckpt.pt), the checkpoint alone."""
+    meta = run_folder.read_run_meta_of(out_dir, run_folder.GPTRunMeta)
+    ckpt = load(path)
+    if meta is not None and meta.tokenizer != ckpt.tokenizer:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with tokenizer {ckpt.tokenizer.describe()} but "
+            f"{run_folder.meta_file(out_dir)} says {meta.tokenizer.describe()}; {START_OVER}"
+        )
+    return ckpt
 
 
 def load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
@@ -181,7 +194,7 @@ def verify_adapters(folder: Path) -> None:
     if not manifest.is_file():
         raise CheckpointError(
             f"adapters {folder} hold no {INTEGRITY_FILE}, which every adapters folder of this "
-            f"format has; {OTHER_FORMAT}"
+            f"format has; {START_OVER}"
         )
     remedy = f"restore a backup or delete {folder}"
     digests = read_artifact(FolderDigests, manifest, error=CheckpointError, remedy=remedy)
@@ -219,27 +232,12 @@ def load_state(folder: Path) -> TrainingState:
     if version != STATE_FORMAT_VERSION:
         raise CheckpointError(
             f"training state {path} has version {version!r}, expected {STATE_FORMAT_VERSION}; "
-            f"{OTHER_FORMAT}"
+            f"{START_OVER}"
         )
     missing = [key for key in ("iter_num", "best_val_loss", "optimizer") if key not in payload]
     if missing:
         raise CheckpointError(f"training state {path} lacks {', '.join(missing)}; {remedy}")
     return _training_state(payload, source=path)
-
-
-def capture_rng() -> dict[str, Any]:
-    """The global torch RNG states (dropout draws from them)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: Mapping[str, Any]) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class FolderDigests(Artifact):

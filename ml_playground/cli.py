@@ -1,7 +1,7 @@
 """The command line: parse arguments, load the experiment, call one pipeline step.
 
 Thin on purpose. The verbs, their flags and their help are `cli_parser.py`'s; each verb's
-flags become its step's options (`pipeline.PrepareOptions`, ...); which backend runs
+flags become its step's options (`options.PrepareOptions`, ...); which backend runs
 (from-scratch GPT or Hugging Face LoRA) follows from the config's content
 (`ml_playground.backends`); this module never names an experiment. Every `UserError`
 becomes one `error: ...` line on stderr and exit code 2; Ctrl-C becomes exit code 130
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import argcomplete
 
-from ml_playground import console, experiments, pipeline
+from ml_playground import console, experiments, options, pipeline
 from ml_playground.cli_parser import ALIASES, OWN_VERBS, build_parser
 from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.errors import SavedAndStopped, UsageError, UserError
@@ -59,16 +59,16 @@ StepFn = Callable[[Experiment, LoadedConfig, argparse.Namespace], None]
 
 STEPS: dict[str, tuple[StepFn, str]] = {
     "prepare": (
-        lambda e, c, a: pipeline.prepare(e, c, pipeline.PrepareOptions(force=a.force)),
+        lambda e, c, a: pipeline.prepare(e, c, options.PrepareOptions(force=a.force)),
         "tokenize the experiment's raw data into dataset_dir",
     ),
     "inspect": (
-        lambda e, c, a: pipeline.inspect(e, c, pipeline.InspectOptions(windows=a.n)),
+        lambda e, c, a: pipeline.inspect(e, c, options.InspectOptions(windows=a.n)),
         "show the prepared dataset as training reads it: counts, the first training windows "
         "with their targets marked, and warnings about the loss mask",
     ),
     "train": (
-        lambda e, c, a: pipeline.train(e, c, pipeline.TrainOptions(fresh=a.fresh)),
+        lambda e, c, a: pipeline.train(e, c, options.TrainOptions(fresh=a.fresh)),
         "train (or resume) the model; checkpoints, TensorBoard logs and meta go to out_dir",
     ),
     "sample": (
@@ -80,7 +80,7 @@ STEPS: dict[str, tuple[StepFn, str]] = {
         "talk to the trained model: one streamed reply per line read (a terminal or a pipe)",
     ),
     "loop": (
-        lambda e, c, a: pipeline.loop(e, c, pipeline.LoopOptions(force=a.force, fresh=a.fresh)),
+        lambda e, c, a: pipeline.loop(e, c, options.LoopOptions(force=a.force, fresh=a.fresh)),
         "prepare, then train (resuming if a checkpoint exists), then sample",
     ),
     "report": (
@@ -93,7 +93,7 @@ STEPS: dict[str, tuple[StepFn, str]] = {
         " and a Hugging Face folder ([export.hf])",
     ),
     "eval": (
-        lambda e, c, a: pipeline.evaluate(e, c, pipeline.EvalOptions(text=a.text)),
+        lambda e, c, a: pipeline.evaluate(e, c, options.EvalOptions(text=a.text)),
         "measure the trained model (loss, perplexity, bits per byte; base vs fine-tuned for "
         "LoRA) on the val split or --text FILE; writes out_dir/eval/",
     ),

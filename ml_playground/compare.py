@@ -17,8 +17,6 @@ dots on a dashed line, one legend entry for each, named after the run.
 
 from __future__ import annotations
 
-import json
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,6 @@ from typing import IO, TYPE_CHECKING
 from ml_playground import atomic, run_folder
 from ml_playground.artifacts import read_artifact
 from ml_playground.config_loader import load_config
-from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import ReportError
 from ml_playground.experiments import CONFIG_FILE, find_experiment
 from ml_playground.progress import format_duration
@@ -128,23 +125,14 @@ def locate(argument: str) -> tuple[str, Path]:
 
 
 def run_tokenizer(out_dir: Path) -> str | None:
-    """Which tokenizer the run trained with, from its meta.json: a GPT's copy of the
-    dataset's meta (its tokenizer spec) or a fine-tuning run's RunMeta (its base model)."""
-    try:
-        meta: object = json.loads(run_folder.meta_file(out_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """Which tokenizer the run trained with, from its meta.json: a GPT's tokenizer spec or a
+    fine-tuning run's base model; None when the run has no meta.json."""
+    meta = run_folder.read_run_meta(out_dir)
+    if meta is None:
         return None
-    if not isinstance(meta, dict):
-        return None
-    fields = typing.cast(dict[str, object], meta)
-    if fields.get("kind") == "hf-finetune":
-        return f"{fields.get('base_model')} (vocab {fields.get('vocab_size')})"
-    spec = fields.get("tokenizer")
-    if not isinstance(spec, dict):
-        return None
-    return TokenizerSpec.from_json(
-        typing.cast(object, spec), run_folder.meta_file(out_dir)
-    ).describe()
+    if isinstance(meta, run_folder.HFRunMeta):
+        return f"{meta.base_model} (vocab {meta.vocab_size})"
+    return meta.tokenizer.describe()
 
 
 def bits_per_byte(out_dir: Path) -> float | None:

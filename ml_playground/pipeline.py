@@ -1,8 +1,8 @@
 """The pipeline steps the CLI calls: prepare, inspect, train, sample, chat, loop, report,
 compare, export, eval, new.
 
-Each verb takes its own frozen options (`PrepareOptions`, `TrainOptions`, ...), built by
-the CLI from its flags. Which backend trains, loads and exports is decided by the config's
+Each verb takes its own frozen options (`options.PrepareOptions`, `TrainOptions`, ...),
+built by the CLI from its flags. Which backend trains, loads and exports is decided by the config's
 content, once, in `ml_playground.backends.backend_for`; sampling (sample/run.py), chat
 (sample/chat.py), eval (sample/evaluate.py) and export are each one front end for both.
 Heavy libraries are imported inside the steps so that `--help`, `list` and config errors
@@ -12,7 +12,6 @@ answer instantly instead of waiting seconds for torch and transformers to load.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from ml_playground import run_folder
@@ -21,6 +20,13 @@ from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig
 from ml_playground.errors import ConfigError
 from ml_playground.experiments import Experiment, PrepareContext, resolve_preparer
+from ml_playground.options import (
+    EvalOptions,
+    InspectOptions,
+    LoopOptions,
+    PrepareOptions,
+    TrainOptions,
+)
 
 
 def _single_process(step: str) -> None:
@@ -32,32 +38,6 @@ def _single_process(step: str) -> None:
             f"`{step}` runs in one process; start it without torchrun/accelerate "
             "(only `train` is distributed)"
         )
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    force: bool = False  # prepare again even when the dataset is up to date
-
-
-@dataclass(frozen=True)
-class InspectOptions:
-    windows: int | None = None  # how many training windows to show; None: the default
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    fresh: bool = False  # set the existing out_dir aside and start a new run
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    force: bool = False
-    fresh: bool = False
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    text: Path | None = None  # score this file instead of the val split
 
 
 def prepare(
@@ -92,36 +72,9 @@ def compare(runs: list[str], out: Path) -> None:
 
 
 def _start_fresh(config: ExperimentConfig) -> None:
-    moved = set_aside_out_dir(config)
+    moved = run_folder.set_aside(config.train.runtime.out_dir)
     if moved is not None:
         print(f"--fresh: moved the previous run to {moved}", file=sys.stderr)
-
-
-def set_aside_out_dir(config: ExperimentConfig) -> Path | None:
-    """`train --fresh`: rename out_dir to the first free out_dir.N; never delete a run."""
-    from ml_playground.distributed import ranks_from_env  # noqa: PLC0415 - imports torch
-
-    out_dir = config.train.runtime.out_dir
-    if ranks_from_env().is_distributed:
-        raise ConfigError(
-            f"--fresh renames {out_dir} in one process; run without torchrun/accelerate "
-            "once, or move the folder yourself, then start the distributed run"
-        )
-    if not out_dir.exists():
-        return None
-    holder = run_folder.running_holder(out_dir)
-    if holder is not None:
-        # Moving it would pull the folder from under a run that keeps writing by its path.
-        raise ConfigError(
-            f"--fresh: {out_dir} is in use by a training run (pid {holder}); wait for it or "
-            "stop it, then run again"
-        )
-    number = 1
-    while out_dir.with_name(f"{out_dir.name}.{number}").exists():
-        number += 1
-    target = out_dir.with_name(f"{out_dir.name}.{number}")
-    out_dir.rename(target)  # one rename on one file system: the run moves whole or not at all
-    return target
 
 
 def train(
@@ -140,9 +93,11 @@ def sample(experiment: Experiment, loaded: LoadedConfig) -> None:
     del experiment
     _single_process("sample")
     from ml_playground.sample.run import sample_texts  # noqa: PLC0415 - see module docstring
+    from ml_playground.train.report_card import log_first_sample  # noqa: PLC0415 - see module docstring
 
     texts = sample_texts(loaded.config, backend_for(loaded.config).load(loaded.config))
-    _log_first_sample(loaded, texts)
+    if texts:  # the first sample goes to TensorBoard too, beside the run's curves
+        log_first_sample(loaded, texts[0])
 
 
 def chat(experiment: Experiment, loaded: LoadedConfig) -> None:
@@ -151,14 +106,6 @@ def chat(experiment: Experiment, loaded: LoadedConfig) -> None:
     from ml_playground.sample.chat import chat as chat_loop  # noqa: PLC0415 - see module docstring
 
     chat_loop(loaded.config, backend_for(loaded.config).load(loaded.config))
-
-
-def _log_first_sample(loaded: LoadedConfig, texts: list[str]) -> None:
-    """The first sample goes to TensorBoard too, beside the run's curves."""
-    from ml_playground.train.report_card import log_first_sample  # noqa: PLC0415 - see module docstring
-
-    if texts:
-        log_first_sample(loaded, texts[0])
 
 
 def loop(
@@ -194,6 +141,6 @@ def evaluate(
     """Loss, perplexity and bits per byte of the trained model on its val split or a file."""
     del experiment
     _single_process("eval")
-    from ml_playground.sample.evaluate import evaluate as evaluate_model  # noqa: PLC0415 - see module docstring
+    from ml_playground.sample.evaluate import evaluate_run  # noqa: PLC0415 - see module docstring
 
-    evaluate_model(loaded.config, backend_for(loaded.config), options.text)
+    evaluate_run(loaded.config, backend_for(loaded.config), options.text)

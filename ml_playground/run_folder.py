@@ -5,7 +5,8 @@
       adapters/{best,last,final}/             Hugging Face + LoRA: one folder per slot
       tokenizer/                              a fine-tuning run's tokenizer, as trained
       merged/                                 its sampled adapters folded into the base
-      meta.json                               what the run trained with, for sampling and export
+      meta.json                               what the run trained with (RunMeta: `kind` gpt or
+                                              hf-finetune), for sampling, eval and export
       logs/tb/                                TensorBoard event files
       report.md  loss.png                     the report card
       samples/                                saved generations
@@ -29,13 +30,15 @@ import shutil
 import time
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ml_playground import atomic
-from ml_playground.artifacts import read_artifact, write_artifact
+from ml_playground.artifacts import Artifact, parse_artifact, read_json_object, write_artifact
+from ml_playground.config import HFModelConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR
 from ml_playground.data.dataset_meta import RecordFormat
-from ml_playground.errors import CheckpointError
+from ml_playground.data.tokenizer import TokenizerSpec
+from ml_playground.errors import CheckpointError, ConfigError, UserError
 
 Slot = Literal["best", "last", "final"]
 BEST: Slot = "best"
@@ -65,6 +68,8 @@ TEXT_RESULTS = "text"
 LOCK_FILE = ".lock"
 LOCK_GRACE_SECONDS = 10
 TRAIN_AGAIN = "train first with `ml-playground train <experiment>`"
+START_OVER = "start over with `ml-playground train --fresh <experiment>`, or restore a backup"
+RUN_META_VERSION: Literal[1] = 1
 
 
 def checkpoint_file(out_dir: Path, slot: Slot) -> Path:
@@ -157,22 +162,112 @@ def text_result(out_dir: Path, stem: str) -> Path:
     return out_dir / EVAL_DIR / TEXT_RESULTS / f"{stem}.json"
 
 
-class RunMeta(RecordFormat):
+class GPTRunMeta(Artifact):
+    """Meta.json of a from-scratch GPT run: its tokenizer, vocabulary and dataset."""
+
+    kind: Literal["gpt"] = "gpt"
+    format_version: Literal[1] = RUN_META_VERSION
+    tokenizer: TokenizerSpec
+    vocab_size: int  # the tokenizer's; train.model.vocab_size may pad the model's above it
+    dataset_dir: str  # the prepared dataset the run trained on
+    dataset_sha256: str  # of that dataset's meta.json, which fingerprints sources and settings
+
+
+class HFRunMeta(RecordFormat):
     """Meta.json of a fine-tuning run: its base model, vocabulary, and its records' format."""
 
     kind: Literal["hf-finetune"] = "hf-finetune"
+    format_version: Literal[1] = RUN_META_VERSION
     base_model: str
     revision: str | None
     vocab_size: int
     lora: bool
     tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
 
-    @classmethod
-    def read(cls, out_dir: Path) -> RunMeta:
-        return read_artifact(cls, meta_file(out_dir), error=CheckpointError, remedy=TRAIN_AGAIN)
+    def check_base(self, out_dir: Path, hf: HFModelConfig, error: type[UserError]) -> None:
+        """Adapters on another base than they were trained on would be garbage."""
+        if (self.base_model, self.revision) != (hf.model_name, hf.revision):
+            raise error(
+                f"the adapters in {out_dir} were trained on {self.base_model} but"
+                f" train.hf_model.model_name is {hf.model_name}; fix the config or use another"
+                " out_dir"
+            )
 
-    def write(self, out_dir: Path) -> None:
-        write_artifact(meta_file(out_dir), self)
+
+RunMeta = GPTRunMeta | HFRunMeta
+"""out_dir/meta.json, one schema for both backends: `kind` says which layout follows."""
+
+M = TypeVar("M", GPTRunMeta, HFRunMeta)
+_KINDS: Mapping[str, type[GPTRunMeta] | type[HFRunMeta]] = {
+    "gpt": GPTRunMeta,
+    "hf-finetune": HFRunMeta,
+}
+_WHAT: Mapping[str, str] = {"gpt": "a from-scratch GPT", "hf-finetune": "a fine-tuning"}
+
+
+def read_run_meta(out_dir: Path) -> RunMeta | None:
+    """out_dir/meta.json of either kind; None before a training run has written it.
+
+    A meta.json without a known `kind` was written before this schema (a GPT run's copy of
+    its dataset's meta): refused in one line, since formats are frozen until 1.0.
+    """
+    path = meta_file(out_dir)
+    if not path.is_file():
+        return None
+    obj = read_json_object(path, what="run meta", error=CheckpointError, remedy=START_OVER)
+    kind = obj.get("kind")
+    schema = _KINDS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise CheckpointError(
+            f"{path} is a run meta.json of another format (kind {kind!r}, expected one of "
+            f"{', '.join(_KINDS)}); {START_OVER}"
+        )
+    return parse_artifact(schema, obj, path, error=CheckpointError, remedy=START_OVER)
+
+
+def read_run_meta_of(out_dir: Path, schema: type[M]) -> M | None:
+    """out_dir/meta.json when it describes a run of `schema`'s kind; None when absent."""
+    meta = read_run_meta(out_dir)
+    if meta is None or isinstance(meta, schema):
+        return meta
+    wanted = schema.model_fields["kind"].default
+    raise CheckpointError(
+        f"{meta_file(out_dir)} describes {_WHAT[meta.kind]} run, but the config's run is "
+        f"{_WHAT[wanted]} one; point train.runtime.out_dir at another folder or {START_OVER}"
+    )
+
+
+def write_run_meta(out_dir: Path, meta: RunMeta) -> None:
+    write_artifact(meta_file(out_dir), meta)
+
+
+def set_aside(out_dir: Path) -> Path | None:
+    """`train --fresh`: rename out_dir to the first free out_dir.N; never delete a run.
+
+    None when there is no out_dir yet. One process renames; ranks would race on the rename.
+    """
+    from ml_playground.distributed import ranks_from_env  # noqa: PLC0415 - imports torch
+
+    if ranks_from_env().is_distributed:
+        raise ConfigError(
+            f"--fresh renames {out_dir} in one process; run without torchrun/accelerate "
+            "once, or move the folder yourself, then start the distributed run"
+        )
+    if not out_dir.exists():
+        return None
+    holder = running_holder(out_dir)
+    if holder is not None:
+        # Moving it would pull the folder from under a run that keeps writing by its path.
+        raise ConfigError(
+            f"--fresh: {out_dir} is in use by a training run (pid {holder}); wait for it or "
+            "stop it, then run again"
+        )
+    number = 1
+    while out_dir.with_name(f"{out_dir.name}.{number}").exists():
+        number += 1
+    target = out_dir.with_name(f"{out_dir.name}.{number}")
+    out_dir.rename(target)  # one rename on one file system: the run moves whole or not at all
+    return target
 
 
 @contextlib.contextmanager

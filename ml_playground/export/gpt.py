@@ -47,7 +47,7 @@ class GPTExport:
     def prepare(cls, config: ExperimentConfig, name: str) -> GPTExport:
         settings = config.export.ollama
         source = checkpoint_path(config.train.runtime.out_dir, settings.checkpoint)
-        ckpt = checkpoint.load(source)
+        ckpt = checkpoint.load_trained(config.train.runtime.out_dir, source)
         spec = ckpt.tokenizer
         exportable_encoding(spec)
         if settings.quant not in NATIVE_QUANTS:

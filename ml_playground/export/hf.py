@@ -38,7 +38,7 @@ from ml_playground.finetune.model import (
     read_adapter_config,
     weights_dtype,
 )
-from ml_playground.run_folder import RunMeta, Slot
+from ml_playground.run_folder import HFRunMeta, Slot
 
 ROUTE = "llama.cpp-convert-hf"
 ROUTE_VERSION = 1
@@ -255,14 +255,9 @@ def check_adapter_only(adapters: Path) -> None:
 
 def check_base(out_dir: Path, hf: HFModelConfig) -> None:
     """Adapters merged into another base than they were trained on would be garbage."""
-    if not run_folder.meta_file(out_dir).is_file():
-        return
-    meta = RunMeta.read(out_dir)
-    if (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
-        raise ExportError(
-            f"the adapters in {out_dir} were trained on {meta.base_model} but"
-            f" train.hf_model.model_name is {hf.model_name}; fix the config or use another out_dir"
-        )
+    meta = run_folder.read_run_meta_of(out_dir, HFRunMeta)
+    if meta is not None:
+        meta.check_base(out_dir, hf, ExportError)
 
 
 def tokenizer_dir(config: ExperimentConfig) -> Path:

@@ -56,7 +56,7 @@ class HFFolderExport:
     @classmethod
     def prepare(cls, config: ExperimentConfig, name: str) -> HFFolderExport:
         source = checkpoint_path(config.train.runtime.out_dir, None)
-        ckpt = checkpoint.load(source)
+        ckpt = checkpoint.load_trained(config.train.runtime.out_dir, source)
         tokenizer = hf_tokenizer(ckpt.tokenizer)
         if tokenizer.size > ckpt.model_args.vocab_size:
             raise ExportError(

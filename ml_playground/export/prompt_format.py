@@ -106,8 +106,9 @@ def record_format_of(config: ExperimentConfig) -> RecordFormat | None:
     they came from; None if the run has no records. The run's meta.json says so, else the
     prepared dataset's."""
     out_dir = config.train.runtime.out_dir
-    if run_folder.meta_file(out_dir).is_file():
-        return run_folder.RunMeta.read(out_dir)
+    meta = run_folder.read_run_meta_of(out_dir, run_folder.HFRunMeta)
+    if meta is not None:
+        return meta
     try:
         return read_meta(config.train.data.dataset_dir / META_FILE).record_format
     except DataError:

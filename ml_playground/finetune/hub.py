@@ -52,7 +52,7 @@ LOAD_FAILURES = (OSError, ValueError, ImportError, KeyError)
 Tokenizer = HFTokenizer
 
 
-class ModelConfig(Protocol):
+class PretrainedConfigFields(Protocol):
     """The part of a model's config.json this package reads."""
 
     @property
@@ -148,10 +148,10 @@ def tokenizer_loader(hf: HFModelConfig) -> Callable[[], Tokenizer]:
     return lambda: load_tokenizer(source)
 
 
-def load_model_config(source: ModelSource) -> ModelConfig:
+def load_model_config(source: ModelSource) -> PretrainedConfigFields:
     from transformers import AutoConfig  # noqa: PLC0415 - see module docstring
 
-    return cast(ModelConfig, _load(AutoConfig, source, "model config", {}))
+    return cast(PretrainedConfigFields, _load(AutoConfig, source, "model config", {}))
 
 
 def load_causal_lm(

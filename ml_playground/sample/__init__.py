@@ -3,7 +3,7 @@
 `run.sample_texts` is the `sample` step: the prompt (`prompt`), the batched decode loop
 (`generate`) with its draw (`filters`), the text stream (`stream`) and the saved files.
 `chat.chat` is the `chat` step: the same loaded model, one streamed reply per line read.
-`evaluate.evaluate` is the `eval` step on the same loaded model. A backend supplies a
+`evaluate.evaluate_run` is the `eval` step on the same loaded model. A backend supplies a
 `backend.LoadedModel`: `gpt.load_gpt` for the from-scratch GPT, `hf.load_hf` for a Hugging
 Face model with LoRA adapters (`ml_playground.backends` picks one).
 """

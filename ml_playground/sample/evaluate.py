@@ -87,7 +87,7 @@ class Evaluated(Protocol):
     def load(self, config: ExperimentConfig) -> LoadedModel: ...
 
 
-def evaluate(config: ExperimentConfig, backend: Evaluated, text: Path | None) -> EvalResult:
+def evaluate_run(config: ExperimentConfig, backend: Evaluated, text: Path | None) -> EvalResult:
     """Score the backend's trained model on the val split, or on the file `text`."""
     out_dir = config.sample.runtime.out_dir
     text = None if text is None else text.resolve()  # messages name the file unmistakably
@@ -189,15 +189,14 @@ def val_split(config: ExperimentConfig) -> Tokens:
 def _check_trained_tokenizer(
     config: ExperimentConfig, tokenizer: TokenizerSpec, meta_path: Path
 ) -> None:
-    saved = run_folder.meta_file(config.sample.runtime.out_dir)
-    if saved.is_file():
-        trained_on = read_meta(saved).tokenizer
-        if trained_on != tokenizer:
-            raise DataError(
-                f"dataset {meta_path} uses tokenizer {tokenizer.describe()} but the model in "
-                f"{saved.parent} was trained with {trained_on.describe()}; prepare the dataset "
-                "the run trained on, or train again"
-            )
+    out_dir = config.sample.runtime.out_dir
+    run = run_folder.read_run_meta_of(out_dir, run_folder.GPTRunMeta)
+    if run is not None and run.tokenizer != tokenizer:
+        raise DataError(
+            f"dataset {meta_path} uses tokenizer {tokenizer.describe()} but the model in "
+            f"{out_dir} was trained with {run.tokenizer.describe()}; prepare the dataset "
+            "the run trained on, or train again"
+        )
 
 
 def _token_file(path: Path, dtype: str, remedy: str) -> npt.NDArray[Any]:

@@ -32,7 +32,7 @@ Decode = Callable[[Tensor, CacheSlot, Tensor], Tensor]
 def load_for_sampling(out_dir: Path, device: torch.device) -> tuple[GPT, Tokenizer, Path]:
     """The model and tokenizer of the best (else last, else legacy) checkpoint in out_dir."""
     path = run_folder.gpt_for_sampling(out_dir)
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.load_trained(out_dir, path)
     tokenizer = tokenizer_from_spec(ckpt.tokenizer)
     args, state = _fit_vocab(ckpt.model_args, dict(ckpt.model), tokenizer)
     model = GPT(args)

@@ -42,7 +42,7 @@ from ml_playground.finetune.model import (
     without_adapters,
 )
 from ml_playground.model.vocab import mask_padded
-from ml_playground.run_folder import RunMeta
+from ml_playground.run_folder import HFRunMeta
 from ml_playground.sample.backend import (
     Analyse,
     Analysis,
@@ -60,19 +60,16 @@ class Trained:
     model: nn.Module
     tokenizer: Tokenizer
     weights: Path | None  # the adapters (or fine-tuned model) folder; None = bare base model
-    meta: RunMeta | None  # None when no training run has written out_dir yet
+    meta: HFRunMeta | None  # None when no training run has written out_dir yet
 
 
 def load_trained(
     out_dir: Path, hf: HFModelConfig, *, dtype: torch.dtype, require_adapters: bool
 ) -> Trained:
     """The model and tokenizer sampling and merging use, in eval mode on the CPU."""
-    meta = RunMeta.read(out_dir) if run_folder.meta_file(out_dir).is_file() else None
-    if meta is not None and (meta.base_model, meta.revision) != (hf.model_name, hf.revision):
-        raise CheckpointError(
-            f"the adapters in {out_dir} were trained on {meta.base_model} but "
-            f"train.hf_model.model_name is {hf.model_name}; fix the config or use another out_dir"
-        )
+    meta = run_folder.read_run_meta_of(out_dir, HFRunMeta)
+    if meta is not None:
+        meta.check_base(out_dir, hf, CheckpointError)
     weights = run_folder.adapters_for_sampling(out_dir)
     if weights is not None:
         verify_adapters(weights)

@@ -3,7 +3,8 @@
 The dataset's meta.json says which tokenizer and vocabulary; the model arguments come
 from [train.model], except that a resumed checkpoint's always win. Checkpoints are
 ckpt_last.pt / ckpt_best.pt (run_folder.py; the final slot is ckpt_last.pt); out_dir/meta.json
-is a copy of the dataset's, so sampling and export need only out_dir.
+is a `GPTRunMeta` (the tokenizer, its vocabulary and the dataset), so sampling and export
+need only out_dir.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from typing import Any
 
 import torch
 
-from ml_playground import atomic, checkpoint, run_folder
+from ml_playground import checkpoint, run_folder
 from ml_playground.checkpoint import Checkpoint, TrainingState
 from ml_playground.config import ExperimentConfig, ModelConfig
 from ml_playground.data.dataset_meta import DatasetMeta, read_meta
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.device import Precision, seed_everything
+from ml_playground.digest import file_digest
 from ml_playground.distributed import Ranks, ranks_from_env
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from ml_playground.run_folder import Slot
+from ml_playground.run_folder import GPTRunMeta, Slot
 from ml_playground.train.loop import (
     Run,
     TokenFiles,
@@ -53,7 +55,8 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
     meta = read_meta(meta_path)
     tokenizer = _spec_tokenizer(meta, meta_path)
     last_path = run_folder.checkpoint_file(runtime.out_dir, run_folder.LAST)
-    resume = checkpoint.load(last_path) if last_path.exists() else None
+    # load_trained refuses an out_dir of an older format before its meta.json is rewritten.
+    resume = checkpoint.load_trained(runtime.out_dir, last_path) if last_path.exists() else None
     if resume is not None:
         _check_same_tokenizer(tokenizer, meta_path, resume, last_path)
     model_config = _model_config(train_config.model, meta, resume, announce=ranks.is_main)
@@ -99,7 +102,13 @@ def build_gpt_run(config: ExperimentConfig, precision: Precision, ranks: Ranks) 
     if ranks.is_main:
         # Sampling and export read the tokenizer from out_dir, never from dataset_dir.
         runtime.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(run_folder.meta_file(runtime.out_dir), meta.to_json())
+        run_meta = GPTRunMeta(
+            tokenizer=tokenizer,
+            vocab_size=meta.vocab_size,
+            dataset_dir=str(data.dataset_dir),
+            dataset_sha256=file_digest(meta_path),
+        )
+        run_folder.write_run_meta(runtime.out_dir, run_meta)
     return run
 
 

@@ -47,7 +47,7 @@ from ml_playground.finetune.model import (
     save_weights,
     weights_dtype,
 )
-from ml_playground.run_folder import RunMeta, Slot
+from ml_playground.run_folder import HFRunMeta, Slot
 from ml_playground.sample.hf import load_trained
 from ml_playground.train.loop import (
     Run,
@@ -93,7 +93,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
         saved_lora = read_adapter_config(last)  # a damaged folder stops here, before loading
         if ranks.is_main:
             _announce_saved_lora(peft, saved_lora, last)
-    run_meta = RunMeta(
+    run_meta = HFRunMeta(
         **record_format.record_format(),
         base_model=hf.model_name,
         revision=hf.revision,
@@ -167,7 +167,7 @@ def build_lora_run(config: ExperimentConfig, precision: Precision, ranks: Ranks)
     if ranks.is_main:
         # Sampling and export read the tokenizer and meta from out_dir, never dataset_dir.
         run_folder.copy_tokenizer(dataset_dir / TOKENIZER_DIR, runtime.out_dir)
-        run_meta.write(runtime.out_dir)
+        run_folder.write_run_meta(runtime.out_dir, run_meta)
     return run
 
 
@@ -232,8 +232,13 @@ def _check_dataset_matches(meta: DatasetMeta, hf: HFModelConfig, dataset_dir: Pa
     return record_format
 
 
-def _check_same_run(wanted: RunMeta, out_dir: Path) -> None:
-    saved = RunMeta.read(out_dir)
+def _check_same_run(wanted: HFRunMeta, out_dir: Path) -> None:
+    saved = run_folder.read_run_meta_of(out_dir, HFRunMeta)
+    if saved is None:
+        raise CheckpointError(
+            f"{run_folder.meta_file(out_dir)} is missing beside the adapters it describes; "
+            f"{run_folder.START_OVER}"
+        )
     if (saved.base_model, saved.vocab_size, saved.lora) != (
         wanted.base_model,
         wanted.vocab_size,

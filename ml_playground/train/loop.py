@@ -1,5 +1,5 @@
 """The training loop, written once for every model, its definitions in the order a run
-meets them: session -> assemble -> train -> step -> evaluate -> save.
+meets them: session -> assemble -> train -> step -> estimate_loss -> save.
 
 `train` reads top to bottom: announce -> (eval_only: evaluate and stop) -> while step <
 max_iters: {scheduled learning rate; one optimizer step over grad_accum_steps micro-batches;
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ml_playground import checkpoint, run_folder
+from ml_playground import device, run_folder
 from ml_playground.checkpoint import TrainingState
 from ml_playground.config import TrainConfig
 from ml_playground.data.batches import BatchSampler, check_token_ids
@@ -219,7 +219,7 @@ def _restore(run: Run, state: TrainingState, source: str) -> None:
     ranks = run.ranks
     if len(state.sampler) == ranks.world_size == len(state.rng):
         run.sampler.load_state_dict(state.sampler[ranks.rank])
-        checkpoint.restore_rng(state.rng[ranks.rank])
+        device.restore_rng(state.rng[ranks.rank])
     elif ranks.is_main:
         print(
             f"resume: {source} holds batch streams for {len(state.sampler)} rank(s), this "
@@ -244,7 +244,7 @@ def train(run: Run) -> TrainSummary:
             model=run.model,
         )
         if runtime.eval_only:
-            losses = evaluate(run)
+            losses = estimate_loss(run)
             reporter.evaluation(start, train_loss=losses["train"], val_loss=losses["val"])
             return TrainSummary(start, run.best_val_loss, losses["val"], runtime.out_dir)
 
@@ -333,7 +333,7 @@ def optimizer_step(run: Run, lr: float) -> StepResult:
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict[str, float]:
+def estimate_loss(run: Run) -> dict[str, float]:
     """Mean loss over eval_iters batches of each split, always the same batches.
 
     Each rank evaluates its own batches and the losses are averaged over ranks, so all
@@ -369,7 +369,7 @@ def _evaluate_and_save(run: Run, reporter: RunReporter, slots: tuple[Slot, ...])
     evaluates this step again and rewrites both, whereas last first would leave a last
     that claims a best loss the best slot does not hold, for good.
     """
-    losses = evaluate(run)
+    losses = estimate_loss(run)
     reporter.evaluation(run.iter_num, train_loss=losses["train"], val_loss=losses["val"])
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
@@ -384,7 +384,7 @@ def save(run: Run, *slots: Slot) -> Path:
     went. Every rank's batch stream and RNG are gathered (a collective, so all ranks call
     this); only rank 0 writes."""
     samplers = gather_state(run.sampler.state_dict())
-    rngs = gather_state(checkpoint.capture_rng())
+    rngs = gather_state(device.capture_rng())
     state = TrainingState(
         iter_num=run.iter_num,
         best_val_loss=run.best_val_loss,

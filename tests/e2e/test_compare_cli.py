@@ -58,10 +58,10 @@ def test_runs_with_different_tokenizers_are_compared_on_bits_per_byte(
     runs: Path, tmp_path: Path
 ) -> None:
     from ml_playground.backends import GPTBackend  # noqa: PLC0415 - as above
-    from ml_playground.sample.evaluate import evaluate  # noqa: PLC0415 - imports torch
+    from ml_playground.sample.evaluate import evaluate_run  # noqa: PLC0415 - imports torch
 
     bpe = trained_run(tmp_path / "bpe", {"prepare.tokenizer": "tiktoken"})
-    evaluate(bpe.config, GPTBackend(), None)
+    evaluate_run(bpe.config, GPTBackend(), None)
     char = runs / "gpt2"
     out = tmp_path / "report"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ml_playground.checkpoint import seal_adapters
 from ml_playground.data.chat_records import chat_record_format
-from ml_playground.run_folder import RunMeta
+from ml_playground.run_folder import HFRunMeta, write_run_meta
 from tests.cli_helpers import assert_one_error_line, run_cli
 from tests.finetune_helpers import chat_tokenizer
 from tests.toml_helpers import dotted_toml
@@ -29,13 +29,16 @@ def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_ove
     (out / "adapters" / "best" / "adapter_config.json").write_text("{}", encoding="utf-8")
     seal_adapters(out / "adapters" / "best")
     chat_tokenizer("qwen2", NUMBERED_TURNS).save_pretrained(str(out / "tokenizer"))
-    RunMeta(
-        **chat_record_format("messages").record_format(),
-        base_model=str(base),
-        revision=None,
-        vocab_size=10,
-        lora=True,
-    ).write(out)
+    write_run_meta(
+        out,
+        HFRunMeta(
+            **chat_record_format("messages").record_format(),
+            base_model=str(base),
+            revision=None,
+            vocab_size=10,
+            lora=True,
+        ),
+    )
     converter = tmp_path / "convert_hf_to_gguf.py"
     converter.write_text(
         "raise SystemExit('the export must stop before converting')\n", encoding="utf-8"

@@ -187,6 +187,24 @@ def test_a_flipped_bit_in_a_checkpoint_stops_train_and_sample_and_changes_nothin
     assert sha256_of_files(out_dir) == before
 
 
+def test_a_run_folder_of_the_older_meta_format_is_refused_by_train_sample_eval_and_export(
+    workdir: Path, cli: Cli
+) -> None:
+    # Before run meta had a `kind`, a GPT run's out_dir/meta.json was a copy of the dataset's.
+    folder = prepared_run(workdir, cli, {"export.ollama.enabled": True})
+    assert cli.run(*tiny("train", folder)).returncode == 0
+    out_dir = folder / "out"
+    shutil.copyfile(folder / "datasets" / "meta.json", run_folder.meta_file(out_dir))
+    before = sha256_of_files(folder)
+
+    again = f"ml-playground train --fresh {' '.join(tiny('', folder)[1:])}"
+    for verb in ("train", "sample", "eval", "export"):
+        line = assert_one_error_line(cli.run(*tiny(verb, folder)))
+        assert f"{run_folder.meta_file(out_dir)} is a run meta.json of another format" in line
+        assert again in line, verb
+    assert sha256_of_files(folder) == before
+
+
 def endless_run(workdir: Path, cli: Cli) -> tuple[Path, Path]:
     """A prepared bundestag_char experiment that trains until stopped; and its ckpt_last."""
     folder = prepared_run(workdir, cli, {"train.runtime.max_iters": 100_000})

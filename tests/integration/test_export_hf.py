@@ -31,7 +31,7 @@ from ml_playground.export import export_experiment, llama_cpp
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weights
-from ml_playground.run_folder import RunMeta
+from ml_playground.run_folder import HFRunMeta, write_run_meta
 from ml_playground.sample.hf import load_trained
 from ml_playground.train.hf import train_lora
 from tests.finetune_helpers import (
@@ -122,13 +122,16 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
     save_weights(wrapped, out / "adapters" / "best")
     seal_adapters(out / "adapters" / "best")
     records = speech_record_format(structure_tokens=structure_tokens, added_tokens=added)
-    RunMeta(
-        **records.record_format(),
-        base_model=str(base),
-        revision=None,
-        vocab_size=len(tokenizer),
-        lora=True,
-    ).write(out)
+    write_run_meta(
+        out,
+        HFRunMeta(
+            **records.record_format(),
+            base_model=str(base),
+            revision=None,
+            vocab_size=len(tokenizer),
+            lora=True,
+        ),
+    )
     return out
 
 

@@ -26,7 +26,7 @@ from ml_playground.config import PeftConfig
 from ml_playground.data.records import speech_record_format
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import apply_lora, load_adapters, merge_adapters, save_weights
-from ml_playground.run_folder import RunMeta
+from ml_playground.run_folder import HFRunMeta, write_run_meta
 from tests.export_helpers import gpt2_encoding
 from tests.finetune_helpers import ADAPTER_FILE
 from tests.llama_cpp_helpers import (
@@ -69,13 +69,16 @@ def fine_tuned(folder: Path, base: Path) -> Path:
     save_weights(wrapped, out / "adapters" / "best")
     seal_adapters(out / "adapters" / "best")
     records = speech_record_format(structure_tokens=False, added_tokens=())
-    RunMeta(
-        **records.record_format(),
-        base_model=str(base),
-        revision=None,
-        vocab_size=model.config.vocab_size,
-        lora=True,
-    ).write(out)
+    write_run_meta(
+        out,
+        HFRunMeta(
+            **records.record_format(),
+            base_model=str(base),
+            revision=None,
+            vocab_size=model.config.vocab_size,
+            lora=True,
+        ),
+    )
     return out
 
 

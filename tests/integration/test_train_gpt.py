@@ -17,7 +17,7 @@ import torch
 
 from ml_playground import checkpoint, run_folder
 from ml_playground.data.dataset_meta import read_meta
-from ml_playground.digest import content_digest
+from ml_playground.digest import content_digest, file_digest
 from ml_playground.errors import CheckpointError, DataError
 from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.run import sample_texts
@@ -65,7 +65,12 @@ def test_training_lowers_the_loss_and_leaves_checkpoints_and_tokenizer_in_out_di
     assert (out_dir / run_folder.LAST_FILE).is_file()
     assert (out_dir / run_folder.BEST_FILE).is_file()
     assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == 60
-    assert read_meta(run_folder.meta_file(out_dir)) == read_meta(folder / "datasets" / "meta.json")
+    dataset = read_meta(folder / "datasets" / "meta.json")
+    run_meta = run_folder.read_run_meta_of(out_dir, run_folder.GPTRunMeta)
+    assert run_meta is not None
+    assert (run_meta.tokenizer, run_meta.vocab_size) == (dataset.tokenizer, dataset.vocab_size)
+    assert run_meta.dataset_dir == str(folder / "datasets")
+    assert run_meta.dataset_sha256 == file_digest(folder / "datasets" / "meta.json")
     # Everything sampling needs is in out_dir: the dataset and the corpus can go.
     shutil.rmtree(folder / "datasets")
     (folder / "input.txt").unlink()

@@ -16,6 +16,7 @@ import torch
 from ml_playground import checkpoint, run_folder
 from ml_playground.checkpoint import Checkpoint, TrainingState
 from ml_playground.data.tokenizer import CharTokenizer
+from ml_playground.device import capture_rng, restore_rng
 from ml_playground.digest import content_digest
 from ml_playground.errors import CheckpointError
 from ml_playground.model.config import GPTConfig
@@ -43,7 +44,7 @@ def trained_checkpoint(iter_num: int = 3) -> Checkpoint:
             best_val_loss=2.5,
             optimizer=optimizer.state_dict(),
             scaler=None,
-            rng=[checkpoint.capture_rng()],
+            rng=[capture_rng()],
             sampler=[{"generator": torch.Generator().manual_seed(7).get_state(), "cursor": 4}],
         ),
         model_args=TINY,
@@ -103,10 +104,10 @@ def test_loaded_weights_rebuild_the_same_model(tmp_path: Path) -> None:
 
 
 def test_captured_rng_replays_the_same_random_draws() -> None:
-    state = checkpoint.capture_rng()
+    state = capture_rng()
     first = torch.rand(5)
 
-    checkpoint.restore_rng(state)
+    restore_rng(state)
 
     assert torch.equal(torch.rand(5), first)
 

@@ -11,7 +11,7 @@ import torch
 from ml_playground import checkpoint, run_folder
 from ml_playground.checkpoint import TrainingState, load_state
 from ml_playground.errors import CheckpointError
-from ml_playground.run_folder import RunMeta, Slot, adapters_for_sampling
+from ml_playground.run_folder import HFRunMeta, Slot, adapters_for_sampling, read_run_meta_of
 from tests.cli_helpers import assert_refused_as_another_format
 
 
@@ -52,7 +52,7 @@ def test_damaged_training_state_is_an_error_saying_how_to_start_fresh(tmp_path: 
 
 
 def test_run_meta_round_trips_and_a_foreign_file_is_an_error(tmp_path: Path) -> None:
-    meta = RunMeta(
+    meta = HFRunMeta(
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
         vocab_size=151667,
@@ -64,17 +64,18 @@ def test_run_meta_round_trips_and_a_foreign_file_is_an_error(tmp_path: Path) -> 
         stop_tokens=("<SPEECH_END>",),
         lora=True,
     )
-    meta.write(tmp_path / "run")
+    run_folder.write_run_meta(tmp_path / "run", meta)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "meta.json").write_text('{"kind": "gpt"}', encoding="utf-8")
 
-    assert RunMeta.read(tmp_path / "run") == meta
-    with pytest.raises(CheckpointError, match=r"is not a valid meta\.json of a fine-tuning run"):
-        RunMeta.read(tmp_path / "other")
+    assert read_run_meta_of(tmp_path / "run", HFRunMeta) == meta
+    with pytest.raises(CheckpointError, match=r"is not a valid meta\.json of a from-scratch GPT"):
+        read_run_meta_of(tmp_path / "other", HFRunMeta)
 
 
 def test_run_meta_without_its_record_shape_is_refused_naming_the_field(tmp_path: Path) -> None:
     fields: dict[str, object] = {
+        "kind": "hf-finetune",
         "base_model": "tiny",
         "revision": None,
         "vocab_size": 10,
@@ -89,11 +90,11 @@ def test_run_meta_without_its_record_shape_is_refused_naming_the_field(tmp_path:
 
     for name in ("speeches", "plain"):
         with pytest.raises(CheckpointError) as raised:
-            RunMeta.read(tmp_path / name)
+            read_run_meta_of(tmp_path / name, HFRunMeta)
         message = str(raised.value)
         assert f"{tmp_path / name / 'meta.json'}" in message
         assert "'record_opening' field required" in message
-        assert "ml-playground train <experiment>" in message
+        assert "ml-playground train --fresh <experiment>" in message
 
 
 def stream(seed: int) -> torch.Tensor:

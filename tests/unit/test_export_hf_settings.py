@@ -23,7 +23,7 @@ from ml_playground.export.chat_template import ollama_chat
 from ml_playground.export.hf import adapter_dir
 from ml_playground.export.modelfile import RAW_COMPLETION
 from ml_playground.export.prompt_format import prompt_format
-from ml_playground.run_folder import RunMeta
+from ml_playground.run_folder import HFRunMeta, write_run_meta
 from tests.finetune_helpers import QWEN25_TEMPLATE, chat_tokenizer
 
 
@@ -89,19 +89,22 @@ def run_meta(
     source_format: RecordsSourceFormat | None = None,
 ) -> None:
     """out/meta.json of a fine-tuning run, as the trainer writes it."""
-    RunMeta(
-        source_format=source_format,
-        base_model="Qwen/Qwen2.5-0.5B",
-        revision=None,
-        vocab_size=10,
-        structure_tokens=(),
-        added_tokens=(),
-        doc_separator="",
-        lora=True,
-        record_opening=opening,
-        record_closing=closing,
-        stop_tokens=stops,
-    ).write(out_dir)
+    write_run_meta(
+        out_dir,
+        HFRunMeta(
+            source_format=source_format,
+            base_model="Qwen/Qwen2.5-0.5B",
+            revision=None,
+            vocab_size=10,
+            structure_tokens=(),
+            added_tokens=(),
+            doc_separator="",
+            lora=True,
+            record_opening=opening,
+            record_closing=closing,
+            stop_tokens=stops,
+        ),
+    )
 
 
 def test_speech_records_with_structure_tokens_open_and_stop_as_the_dataset_says(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from ml_playground import run_folder
+from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.errors import CheckpointError
 from ml_playground.run_folder import Slot
+from tests.cli_helpers import assert_refused_as_another_format
 
 
 def test_the_original_design_file_names_stay_on_disk(tmp_path: Path) -> None:
@@ -72,3 +75,53 @@ def test_list_calls_a_run_trained_when_any_slot_holds_weights(tmp_path: Path, sa
         target.write_bytes(b"")
 
     assert run_folder.holds_weights(tmp_path)
+
+
+# --- run meta: one schema for both backends -------------------------------------------------
+
+GPT_META = run_folder.GPTRunMeta(
+    tokenizer=TokenizerSpec(kind="tiktoken", encoding="gpt2"),
+    vocab_size=50257,
+    dataset_dir="/data/shakespeare",
+    dataset_sha256="0" * 64,
+)
+
+
+def test_a_gpt_run_meta_reads_back_as_written_and_says_its_kind(tmp_path: Path) -> None:
+    run_folder.write_run_meta(tmp_path, GPT_META)
+
+    assert json.loads(run_folder.meta_file(tmp_path).read_text(encoding="utf-8"))["kind"] == "gpt"
+    assert run_folder.read_run_meta(tmp_path) == GPT_META
+    assert run_folder.read_run_meta_of(tmp_path, run_folder.GPTRunMeta) == GPT_META
+
+
+def test_a_folder_without_meta_json_has_no_run_meta(tmp_path: Path) -> None:
+    assert run_folder.read_run_meta(tmp_path) is None
+    assert run_folder.read_run_meta_of(tmp_path, run_folder.HFRunMeta) is None
+
+
+def test_a_meta_json_without_a_kind_is_refused_naming_the_file_and_train_fresh(
+    tmp_path: Path,
+) -> None:
+    # What a GPT run wrote before run meta had a schema: a copy of its dataset's meta.
+    path = run_folder.meta_file(tmp_path)
+    old = {"format_version": 1, "tokenizer": GPT_META.tokenizer.to_json(), "vocab_size": 50257}
+    path.write_text(json.dumps(old), encoding="utf-8")
+    before = path.read_bytes()
+
+    with pytest.raises(CheckpointError) as refused:
+        run_folder.read_run_meta(tmp_path)
+
+    assert_refused_as_another_format(str(refused.value), path)
+    assert path.read_bytes() == before
+
+
+def test_a_run_meta_of_the_other_backend_is_an_error_naming_both(tmp_path: Path) -> None:
+    run_folder.write_run_meta(tmp_path, GPT_META)
+
+    with pytest.raises(CheckpointError) as refused:
+        run_folder.read_run_meta_of(tmp_path, run_folder.HFRunMeta)
+
+    message = str(refused.value)
+    assert message.startswith(f"{run_folder.meta_file(tmp_path)} describes a from-scratch GPT run")
+    assert "the config's run is a fine-tuning one" in message
