@@ -22,14 +22,15 @@ import pkgutil
 import re
 import shutil
 import sys
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from ml_playground import run_folder
-from ml_playground.config import ExperimentConfig
-from ml_playground.config_loader import load_config
+from ml_playground.config import ExperimentConfig, PrepareConfig, PrepareSource
+from ml_playground.config_loader import load_config, read_toml
 from ml_playground.data import dataset_folder
 from ml_playground.errors import ConfigError, ExperimentNotFoundError, UserError
 
@@ -207,20 +208,67 @@ def all_preparers() -> Mapping[str, Preparer]:
     return merged
 
 
-def resolve_preparer(experiment: Experiment, dataset: str | None) -> Preparer:
-    """The preparer named by `[prepare] dataset`, defaulting to the experiment's own name."""
+def resolve_preparer(
+    experiment: Experiment, prepare: PrepareConfig, config_path: Path | None = None
+) -> Preparer:
+    """The preparer that prepares `experiment`, first match wins:
+
+    1. `[prepare] source`: that built-in source (sources.py). An experiment folder that
+       also holds a prepare.py is refused: its author wrote code to prepare it.
+    2. The preparer registered as `[prepare] dataset`, else as the experiment's name: the
+       folder's own prepare.py, then the packaged experiments', then a legacy
+       `ml_playground.datasets.PREPARERS`. (`source` and `dataset` together are refused
+       when the config loads.)
+    """
+    config_path = config_path or experiment.config_path
+    own = experiment.directory / "prepare.py"
+    if prepare.source is not None:
+        if own.is_file():
+            raise ConfigError(
+                f"{config_path} sets prepare.source = {prepare.source!r} and {own} prepares "
+                "the experiment too; remove the key to run prepare.py, or delete prepare.py "
+                "to use the built-in source"
+            )
+        from ml_playground.experiments.sources import BUILT_IN_SOURCES  # noqa: PLC0415 - sources imports this module
+
+        return BUILT_IN_SOURCES[prepare.source]
     preparers = dict(all_preparers())
     if load_prepare_module(experiment.directory) is not None:
         preparers.update(PREPARERS)
-    name = dataset or experiment.name
+    name = prepare.dataset or experiment.name
     preparer = preparers.get(name)
     if preparer is None:
         known = ", ".join(sorted(preparers)) or "none"
+        asked = (
+            f"(prepare.dataset in {config_path})"
+            if prepare.dataset
+            else f"and no prepare.source in {config_path}"
+        )
         raise ExperimentNotFoundError(
-            f"no preparer registered as {name!r} (prepare.dataset in "
-            f"{experiment.config_path}); registered: {known}"
+            f"no preparer registered as {name!r} {asked}; {_source_hint(name)}registered: {known}"
         )
     return preparer
+
+
+def _source_hint(name: str) -> str:
+    """What to set instead: the source of the experiment `name` where it names one (its
+    preparer became a built-in source), else the choices."""
+    choices = ", ".join(repr(source) for source in typing.get_args(PrepareSource))
+    try:
+        settings: object = read_toml(find_experiment(name).config_path).get("prepare")
+    except UserError:
+        settings = None
+    source = (
+        typing.cast(Mapping[str, object], settings).get("source")
+        if isinstance(settings, Mapping)
+        else None
+    )
+    if isinstance(source, str):
+        return (
+            f"experiment {name!r} prepares with prepare.source = {source!r}: set that (and "
+            "its source's keys) instead; "
+        )
+    return f"set prepare.source to one of {choices}, or register a preparer in a prepare.py; "
 
 
 @dataclass(frozen=True)
