@@ -1,10 +1,12 @@
 """The experiment registry: folders with a config.toml, and the preparers they register.
 
-An experiment is a folder `ml_playground/experiments/<name>/` holding `config.toml`,
-`Readme.md` and `prepare.py`. Its prepare module registers a preparer with
-`@register("<name>")`; discovery imports every experiment folder, so adding a folder is
-all it takes (no central list). A folder elsewhere on disk is an experiment too when the
-CLI is given its path, which is how copies and tests run outside the source tree.
+An experiment is a folder `ml_playground/experiments/<name>/` holding `config.toml` and
+`Readme.md`. Its `[prepare] source` names a built-in source (sources.py); data no source
+reads gets a `prepare.py` that registers a preparer with `@register("<name>")`.
+Discovery imports every experiment folder's prepare.py, so adding a folder is all it takes
+(no central list). `resolve_preparer` says which one runs. A folder elsewhere on disk is
+an experiment too when the CLI is given its path, which is how copies and tests run
+outside the source tree.
 
 Names are looked up in the user's folders before the bundled ones: the folder named by
 $ML_PLAYGROUND_EXPERIMENTS, then ./experiments/ of the working directory, then this
