@@ -254,17 +254,19 @@ def resolve_preparer(
 
 def _source_hint(name: str) -> str:
     """What to set instead: the source of the experiment `name` where it names one (its
-    preparer became a built-in source), else the choices."""
+    preparer became a built-in source; a user's copy first, then the packaged one), else
+    the choices."""
     choices = ", ".join(repr(source) for source in typing.get_args(PrepareSource))
-    try:
-        settings: object = read_toml(find_experiment(name).config_path).get("prepare")
-    except UserError:
-        settings = None
-    source = (
-        typing.cast(Mapping[str, object], settings).get("source")
-        if isinstance(settings, Mapping)
-        else None
-    )
+    source: object = None
+    for root in (None, EXPERIMENTS_ROOT):
+        try:
+            settings: object = read_toml(find_experiment(name, root).config_path).get("prepare")
+        except UserError:
+            continue
+        if isinstance(settings, Mapping):
+            source = typing.cast(Mapping[str, object], settings).get("source")
+        if isinstance(source, str):
+            break
     if isinstance(source, str):
         return (
             f"experiment {name!r} prepares with prepare.source = {source!r}: set that (and "

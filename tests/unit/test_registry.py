@@ -455,6 +455,19 @@ def test_a_dataset_naming_an_experiment_that_uses_a_source_says_to_set_that_sour
     assert "experiment 'speakger' prepares with prepare.source = 'speeches'" in str(caught.value)
 
 
+def test_a_copy_of_a_packaged_experiment_without_a_source_is_told_the_packaged_source(
+    tmp_path: Path,
+) -> None:
+    folder = make_experiment(tmp_path, "bundestag_char", config='[prepare]\ntokenizer = "char"\n')
+
+    with pytest.raises(ExperimentNotFoundError) as caught:
+        run_prepare_step(folder)
+
+    message = str(caught.value)
+    assert "no preparer registered as 'bundestag_char' and no prepare.source" in message
+    assert "experiment 'bundestag_char' prepares with prepare.source = 'text'" in message
+
+
 def test_a_missing_source_is_one_error_line_and_exit_2_through_the_cli(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
