@@ -57,8 +57,6 @@ QWEN2_RANKS_FILE = ("resources", "qwen.tiktoken")  # inside it; Qwen3.5's file s
 TEXT_FILES = 20  # the text is cut into this many .txt files: records the split can divide
 CONFIG_FILE = "config.toml"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The preparer of a folder of .txt files for an HF model, which experiments reuse by name.
-TEXT_PREPARER = "bundestag_finetuning_mps"
 
 
 @dataclass(frozen=True)
@@ -430,7 +428,7 @@ def write_experiment(job: SideJob, dataset_dir: Path) -> Path:
     write it; evaluation, checkpoints and TensorBoard stay out of the timed steps."""
     settings = {
         "prepare": {
-            "dataset": TEXT_PREPARER,
+            "source": "speeches",
             "raw_dir": str(job.text_dir),
             "dataset_dir": str(dataset_dir),  # one prepared dataset per model folder
         },

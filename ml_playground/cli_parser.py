@@ -179,7 +179,7 @@ def build_parser(summaries: Mapping[str, str]) -> argparse.ArgumentParser:
         "new",
         help="scaffold a new experiment folder from the template",
         description=(
-            "Create experiments/NAME/ with a working config.toml, prepare.py and Readme.md "
+            "Create experiments/NAME/ with a working config.toml and Readme.md "
             "copied from the template: under --dir if given, else $ML_PLAYGROUND_EXPERIMENTS "
             "if set, else ./experiments/ (the package's own folder in a source checkout)."
         ),

@@ -41,6 +41,11 @@ OptimizerName = Literal["adamw", "muon"]
 Arch = Literal["gpt2", "llama"]
 RecordsSourceFormat = Literal["text", "prompt_completion", "messages"]
 """The shape of the JSON objects in [prepare] records_path (see data/chat_records.py)."""
+PrepareSource = Literal["text", "speeches", "records"]
+"""The built-in sources [prepare] source names (experiments/sources.py): a text corpus,
+speeches (CSV tables or .txt files), JSONL records or a Hugging Face datasets split."""
+SpeechSuffix = Literal[".csv", ".txt"]
+SPEECH_SUFFIXES: tuple[SpeechSuffix, ...] = (".csv", ".txt")
 
 
 class SpeechesConfig(Section):
@@ -55,9 +60,16 @@ class SpeechesConfig(Section):
     date_from: str | None = None
     date_to: str | None = None
     max_records: PositiveInt | None = None
+    # Which files below raw_dir are speeches: a .csv is a table of them, a .txt one speech.
+    suffixes: Annotated[list[SpeechSuffix], Field(min_length=1)] = Field(
+        default_factory=lambda: list(SPEECH_SUFFIXES)
+    )
 
 
 class PrepareConfig(Section):
+    # A built-in source; without it, the preparer registered as `dataset`, else as the
+    # experiment's name (experiments/__init__.py: resolve_preparer).
+    source: PrepareSource | None = None
     dataset: str | None = None
     raw_dir: Path | None = None
     raw_text_path: Path | None = None
@@ -75,6 +87,9 @@ class PrepareConfig(Section):
     train_split: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
     chunk_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     download_url: str | None = None
+    # What source = "text" reads when no corpus is given (data/corpus.py): a corpus
+    # bundled with the package by name, or a file that is seeded into dataset_dir/input.txt.
+    fallback_text: str | None = None
     seed: int = 1337
     speeches: SpeechesConfig = SpeechesConfig()
 

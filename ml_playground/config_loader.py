@@ -45,6 +45,11 @@ EXPERIMENT_PATH_DEFAULTS: Mapping[str, str] = {
 }
 
 BUILT_IN = "built-in"
+EXPERIMENT_CONFIG = "config.toml"
+# How the experiment gets its data: a file given to --exp-config that names neither a
+# source nor a dataset takes these from the experiment folder's config.toml, so an override
+# written before `source` existed still prepares what its experiment's preparer prepared.
+SOURCE_KEYS = ("prepare.source", "prepare.fallback_text", "prepare.speeches.suffixes")
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ def load_config(
         _merge_into(merged, raw, origins, label)
         files[label] = path
     _apply_experiment_path_defaults(merged, experiment_dir.resolve())
+    files |= _inherit_source(merged, origins, config_path, experiment_dir.resolve())
     _inherit(merged, origins, "train.data.dataset_dir", "prepare.dataset_dir")
     _inherit_sample_runtime(merged, origins)
 
@@ -192,6 +198,25 @@ def _inherit(merged: dict[str, Any], origins: dict[str, str], key: str, source: 
         origins[key] = f"from {source}"
 
 
+def _inherit_source(
+    merged: dict[str, Any], origins: dict[str, str], config_path: Path, experiment_dir: Path
+) -> dict[str, Path]:
+    """SOURCE_KEYS from the experiment's own config.toml, where `config_path` replaces it
+    and sets neither prepare.source nor prepare.dataset; the file they came from, by label."""
+    own = experiment_dir / EXPERIMENT_CONFIG
+    chooses = {"prepare.source", "prepare.dataset"} & origins.keys()
+    if config_path == own or chooses or not own.is_file():
+        return {}
+    label = f"from {own}"
+    raw = _resolve_paths(read_toml(own), base=own.parent)
+    for key in SOURCE_KEYS:
+        value = _get_dotted(raw, key)
+        if value is not None and key not in origins:
+            _set_dotted(merged, key, value)
+            origins[key] = label
+    return {label: own}
+
+
 def _inherit_sample_runtime(merged: dict[str, Any], origins: dict[str, str]) -> None:
     """`sample.runtime_ref = "train.runtime"`: sampling starts from train's runtime."""
     if _get_dotted(merged, "sample.runtime_ref") != "train.runtime":
@@ -231,7 +256,9 @@ def _is_path(annotation: Any) -> bool:
 PATH_KEYS = frozenset(key for key, info in leaf_fields().items() if _is_path(info.annotation))
 FILE_KEYS = frozenset({"sample.sample.start", "prepare.chat_template"})
 """Text keys whose value may instead name a file, as FILE:<path>."""
-PATH_OR_NAME_KEYS = frozenset({"prepare.hf_dataset", "train.hf_model.model_name"})
+PATH_OR_NAME_KEYS = frozenset(
+    {"prepare.hf_dataset", "prepare.fallback_text", "train.hf_model.model_name"}
+)
 """Keys naming a local folder when one is there, else something else (a hub name)."""
 
 
@@ -381,6 +408,13 @@ def _check_rules(config: ExperimentConfig, file_of: typing.Callable[[str], Path]
         train.peft is None or train.hf_model is not None,
         "train.peft",
         "[train.peft] needs a [train.hf_model] section naming the base model",
+    )
+    require(
+        config.prepare.source is None or config.prepare.dataset is None,
+        "prepare.source",
+        f"prepare.source = {config.prepare.source!r} (a built-in source) and prepare.dataset = "
+        f"{config.prepare.dataset!r} (a registered preparer) both choose how to prepare; "
+        "keep one",
     )
     require(
         config.prepare.records_path is None or config.prepare.hf_dataset is None,

@@ -44,7 +44,7 @@ def prepare(
     experiment: Experiment, loaded: LoadedConfig, options: PrepareOptions = PrepareOptions()
 ) -> None:
     _single_process("prepare")
-    preparer = resolve_preparer(experiment, loaded.config.prepare.dataset)
+    preparer = resolve_preparer(experiment, loaded.config.prepare, loaded.config_path)
     preparer(PrepareContext(experiment.name, experiment.directory, loaded.config, options.force))
 
 

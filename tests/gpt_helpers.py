@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ml_playground.config_loader import LoadedConfig, load_config
-from ml_playground.data.corpus import prepare_corpus, require_sources
+from ml_playground.data.corpus import prepare_corpus, text_sources
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from tests.conftest import SHARED_DIR
 from tests.toml_helpers import write_toml
@@ -86,7 +86,7 @@ def reconfigure(folder: Path, changes: Mapping[str, TomlValue] | None = None) ->
 
 def prepare(loaded: LoadedConfig) -> None:
     """Tokenize the experiment's corpus into its dataset_dir (skipped when up to date)."""
-    prepare_corpus(loaded.config, require_sources(loaded.config.prepare))
+    prepare_corpus(loaded.config, text_sources(loaded.config.prepare))
 
 
 def copy_experiment(name: str, parent: Path) -> Path:

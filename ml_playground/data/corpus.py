@@ -1,17 +1,26 @@
 """Text corpora of the from-scratch experiments: where the text is, and preparing it.
 
-A corpus comes from `[prepare] raw_text_path` (one file), `raw_dir` (every .txt below a
-folder) or, when neither is set, `dataset_dir/input.txt`. Experiments decide what happens
-when none exists yet (download it, seed a bundled sample, or stop with an error).
+What is read, first match wins (`text_sources`, the `[prepare] source = "text"` rule):
+
+    raw_text_path         one file
+    raw_dir               every .txt below a folder
+    dataset_dir/input.txt a corpus placed where the experiment keeps its data
+    download_url          fetched into dataset_dir/input.txt
+    fallback_text         a corpus bundled with the package by name ("tiny_shakespeare"),
+                          read in place; or a file (an experiment's sample), seeded into
+                          dataset_dir/input.txt, the file a user then replaces
+    else                  one error line saying where to put text
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 
+from ml_playground.atomic import atomic_open
 from ml_playground.config import ExperimentConfig, PrepareConfig
-from ml_playground.data.sources import raw_text_file, text_files
+from ml_playground.data.sources import BUNDLED_CORPORA, download, raw_text_file, text_files
 from ml_playground.data.token_dataset import PrepareOutcome, prepare_token_dataset
 from ml_playground.errors import DataError
 
@@ -35,21 +44,50 @@ def configured_sources(prepare: PrepareConfig) -> list[Path] | None:
     return None
 
 
-def require_sources(prepare: PrepareConfig) -> list[Path]:
-    """Configured sources, else dataset_dir/input.txt, else an error saying where to put text."""
+def text_sources(prepare: PrepareConfig) -> list[Path]:
+    """The corpus to tokenize, by the rule of the module docstring."""
     sources = configured_sources(prepare)
     if sources is not None:
         return sources
-    fallback = default_input(prepare)
-    if fallback.is_file():
-        return [fallback]
+    target = default_input(prepare)
+    if not target.is_file() and prepare.download_url is not None:
+        print(f"downloading {prepare.download_url} to {target}")
+        download(prepare.download_url, target)
+    if target.is_file():
+        return [target]
+    if prepare.fallback_text is not None:
+        return [_fallback(prepare.fallback_text, target)]
     # The instruction must work as written, also where the folder does not exist yet.
-    missing = not fallback.parent.is_dir()
-    folder = f"mkdir -p {shlex.quote(str(fallback.parent))} and " if missing else ""
+    missing = not target.parent.is_dir()
+    folder = f"mkdir -p {shlex.quote(str(target.parent))} and " if missing else ""
     raise DataError(
-        f"no text to prepare: {folder}place a corpus at {fallback}, or set "
+        f"no text to prepare: {folder}place a corpus at {target}, or set "
         "[prepare] raw_text_path (a file) or raw_dir (a folder of .txt files)"
     )
+
+
+def _fallback(value: str, target: Path) -> Path:
+    """A bundled corpus read in place, or a sample file seeded into `target`."""
+    if value in BUNDLED_CORPORA:
+        path, title = BUNDLED_CORPORA[value]
+        print(f"no corpus placed at {target}: using the bundled {title}")
+        return path
+    sample = Path(value)
+    if not sample.is_file():
+        names = ", ".join(repr(name) for name in BUNDLED_CORPORA)
+        raise DataError(
+            f"prepare.fallback_text = {value!r} is neither a file nor a bundled corpus "
+            f"({names}); fix the path or remove the key"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Atomic: a half-copied input.txt would be taken for a corpus the user placed.
+    with sample.open("rb") as source, atomic_open(target) as seeded:
+        shutil.copyfileobj(source, seeded)
+    print(
+        f"no corpus given: seeded the bundled sample {sample.name} "
+        f"({sample.stat().st_size:,} bytes) into {target}; replace it with your own text"
+    )
+    return target
 
 
 def prepare_corpus(

@@ -1,5 +1,5 @@
-"""Where raw text comes from: `.txt` files in a folder, a download to a known path, or the
-corpus bundled with the package (Tiny Shakespeare, public domain)."""
+"""Where raw text comes from: `.txt` files in a folder, a download to a known path, or a
+corpus bundled with the package (Tiny Shakespeare, public domain), by name."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from ml_playground.progress import byte_progress
 DOWNLOAD_BLOCK_BYTES = 1 << 20
 # Bundled so that the first run works on a machine without network (data/bundled/LICENSES.md).
 TINY_SHAKESPEARE = Path(__file__).with_name("bundled") / "tinyshakespeare.txt"
+BUNDLED_CORPORA = {"tiny_shakespeare": (TINY_SHAKESPEARE, "Tiny Shakespeare")}
+"""What `[prepare] fallback_text` may name instead of a file: name -> (file, title)."""
 
 
 def raw_text_file(path: Path) -> Path:

@@ -1,10 +1,12 @@
 """The experiment registry: folders with a config.toml, and the preparers they register.
 
-An experiment is a folder `ml_playground/experiments/<name>/` holding `config.toml`,
-`Readme.md` and `prepare.py`. Its prepare module registers a preparer with
-`@register("<name>")`; discovery imports every experiment folder, so adding a folder is
-all it takes (no central list). A folder elsewhere on disk is an experiment too when the
-CLI is given its path, which is how copies and tests run outside the source tree.
+An experiment is a folder `ml_playground/experiments/<name>/` holding `config.toml` and
+`Readme.md`. Its `[prepare] source` names a built-in source (sources.py); data no source
+reads gets a `prepare.py` that registers a preparer with `@register("<name>")`.
+Discovery imports every experiment folder's prepare.py, so adding a folder is all it takes
+(no central list). `resolve_preparer` says which one runs. A folder elsewhere on disk is
+an experiment too when the CLI is given its path, which is how copies and tests run
+outside the source tree.
 
 Names are looked up in the user's folders before the bundled ones: the folder named by
 $ML_PLAYGROUND_EXPERIMENTS, then ./experiments/ of the working directory, then this
@@ -22,14 +24,15 @@ import pkgutil
 import re
 import shutil
 import sys
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from ml_playground import run_folder
-from ml_playground.config import ExperimentConfig
-from ml_playground.config_loader import load_config
+from ml_playground.config import ExperimentConfig, PrepareConfig, PrepareSource
+from ml_playground.config_loader import load_config, read_toml
 from ml_playground.data import dataset_folder
 from ml_playground.errors import ConfigError, ExperimentNotFoundError, UserError
 
@@ -207,20 +210,69 @@ def all_preparers() -> Mapping[str, Preparer]:
     return merged
 
 
-def resolve_preparer(experiment: Experiment, dataset: str | None) -> Preparer:
-    """The preparer named by `[prepare] dataset`, defaulting to the experiment's own name."""
+def resolve_preparer(
+    experiment: Experiment, prepare: PrepareConfig, config_path: Path | None = None
+) -> Preparer:
+    """The preparer that prepares `experiment`, first match wins:
+
+    1. `[prepare] source`: that built-in source (sources.py). An experiment folder that
+       also holds a prepare.py is refused: its author wrote code to prepare it.
+    2. The preparer registered as `[prepare] dataset`, else as the experiment's name: the
+       folder's own prepare.py, then the packaged experiments', then a legacy
+       `ml_playground.datasets.PREPARERS`. (`source` and `dataset` together are refused
+       when the config loads.)
+    """
+    config_path = config_path or experiment.config_path
+    own = experiment.directory / "prepare.py"
+    if prepare.source is not None:
+        if own.is_file():
+            raise ConfigError(
+                f"{config_path} sets prepare.source = {prepare.source!r} and {own} prepares "
+                "the experiment too; remove the key to run prepare.py, or delete prepare.py "
+                "to use the built-in source"
+            )
+        from ml_playground.experiments.sources import BUILT_IN_SOURCES  # noqa: PLC0415 - sources imports this module
+
+        return BUILT_IN_SOURCES[prepare.source]
     preparers = dict(all_preparers())
     if load_prepare_module(experiment.directory) is not None:
         preparers.update(PREPARERS)
-    name = dataset or experiment.name
+    name = prepare.dataset or experiment.name
     preparer = preparers.get(name)
     if preparer is None:
         known = ", ".join(sorted(preparers)) or "none"
+        asked = (
+            f"(prepare.dataset in {config_path})"
+            if prepare.dataset
+            else f"and no prepare.source in {config_path}"
+        )
         raise ExperimentNotFoundError(
-            f"no preparer registered as {name!r} (prepare.dataset in "
-            f"{experiment.config_path}); registered: {known}"
+            f"no preparer registered as {name!r} {asked}; {_source_hint(name)}registered: {known}"
         )
     return preparer
+
+
+def _source_hint(name: str) -> str:
+    """What to set instead: the source of the experiment `name` where it names one (its
+    preparer became a built-in source; a user's copy first, then the packaged one), else
+    the choices."""
+    choices = ", ".join(repr(source) for source in typing.get_args(PrepareSource))
+    source: object = None
+    for root in (None, EXPERIMENTS_ROOT):
+        try:
+            settings: object = read_toml(find_experiment(name, root).config_path).get("prepare")
+        except UserError:
+            continue
+        if isinstance(settings, Mapping):
+            source = typing.cast(Mapping[str, object], settings).get("source")
+        if isinstance(source, str):
+            break
+    if isinstance(source, str):
+        return (
+            f"experiment {name!r} prepares with prepare.source = {source!r}: set that (and "
+            "its source's keys) instead; "
+        )
+    return f"set prepare.source to one of {choices}, or register a preparer in a prepare.py; "
 
 
 @dataclass(frozen=True)

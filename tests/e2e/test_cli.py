@@ -399,11 +399,13 @@ def test_new_scaffolds_a_named_experiment_once(workdir: Path) -> None:
     assert result.returncode == 0, result.stderr
     created = workdir / "poems"
     assert f"created experiment poems in {created}" in result.stdout
-    for file in ("config.toml", "prepare.py", "Readme.md"):
+    for file in ("config.toml", "__init__.py", "Readme.md"):
         text = (created / file).read_text(encoding="utf-8")
         assert "{{name}}" not in text, file
         assert "poems" in text, file
-    assert 'register("poems")' in (created / "prepare.py").read_text(encoding="utf-8")
+    # A built-in source prepares it: the scaffold holds no code to keep in step.
+    assert 'source = "text"' in (created / "config.toml").read_text(encoding="utf-8")
+    assert not (created / "prepare.py").exists()
     assert sorted(path.name for path in workdir.iterdir()) == ["poems"], "no staging left"
 
     readme = created / "Readme.md"

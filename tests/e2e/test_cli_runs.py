@@ -28,9 +28,11 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def mine(workdir: Path) -> Path:
-    """bundestag_char copied into ./experiments/ with the tiny run as its config.toml."""
+    """bundestag_char copied into ./experiments/ with the tiny run as its config.toml (and
+    the experiment's source: a config.toml says how its experiment is prepared)."""
     folder = copy_experiment(NAME, workdir / "experiments")
-    write_config(folder / "config.toml", {**TINY_RUN, **EXPERIMENTS[NAME]})
+    source = {"prepare.source": "text", "prepare.fallback_text": "sample_corpus.txt"}
+    write_config(folder / "config.toml", {**TINY_RUN, **EXPERIMENTS[NAME], **source})
     return folder
 
 

@@ -146,7 +146,7 @@ def test_the_qwen_preset_runs_on_the_generic_preparer_with_a_txt_folder(
     configure(
         workdir,
         tiny_models.qwen2,
-        {"prepare.dataset": "bundestag_finetuning_mps", "sample.sample.require_adapters": True},
+        {"prepare.source": "speeches", "sample.sample.require_adapters": True},
     )
 
     result = cli.run(*tiny(cli, "loop", "bundestag_qwen15b_lora_mps"))

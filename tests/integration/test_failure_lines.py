@@ -67,7 +67,7 @@ def one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def gpt_experiment(folder: Path) -> Path:
     """A prepared char-level experiment with a random checkpoint fitted to its tokenizer."""
-    tiny_experiment(folder, {"prepare.dataset": "bundestag_char"}, corpus_chars=4_000)
+    tiny_experiment(folder, {"prepare.source": "text"}, corpus_chars=4_000)
     assert cli.main(["prepare", str(folder)]) == 0
     meta = read_meta(folder / "datasets" / "meta.json")
     spec = meta.tokenizer_spec
@@ -325,7 +325,7 @@ def test_a_raw_text_path_that_names_a_folder_says_it_is_a_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "exp"
-    tiny_experiment(folder, {"prepare.dataset": "bundestag_char", "prepare.raw_text_path": "."})
+    tiny_experiment(folder, {"prepare.source": "text", "prepare.raw_text_path": "."})
 
     line = one_error_line(["prepare", str(folder)], capsys)
 

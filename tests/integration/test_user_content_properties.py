@@ -104,7 +104,7 @@ def ends_cleanly(
 # --- a small GPT experiment: prepared, with a random checkpoint fitted to its tokenizer ------
 
 GPT_CHANGES: Mapping[str, TomlValue] = {
-    "prepare.dataset": "bundestag_char",
+    "prepare.source": "text",
     "train.runtime.max_iters": 2,
     "train.runtime.eval_interval": 1,
     "train.runtime.eval_iters": 1,
@@ -351,13 +351,13 @@ TEMPLATE_PIECES = (
 
 @pytest.fixture(scope="module")
 def chat_experiment(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
-    """A chat records experiment (the qwen_chat_lora preparer), prepared once."""
+    """A chat records experiment (the built-in records source), prepared once."""
     folder = tmp_path_factory.mktemp("chat") / "exp"
     model = build_chat_model(folder.parent / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)
     write_jsonl(
         folder / "chats.jsonl", [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(4)]
     )
-    write_config(folder, chat_settings(model) | {"prepare.dataset": "qwen_chat_lora"})
+    write_config(folder, chat_settings(model) | {"prepare.source": "records"})
     assert cli.main(["prepare", str(folder)]) == EXIT_OK
     return folder
 

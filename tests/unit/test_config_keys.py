@@ -48,6 +48,8 @@ COVERED_BY: Mapping[str, str] = {
     "test_the_system_prompt_opens_every_turn_and_outlives_trimming",
     "prepare.chunk_bytes": "tests/unit/test_token_dataset.py::"
     "test_multibyte_character_cut_by_a_chunk_boundary_survives",
+    "prepare.dataset": "tests/unit/test_registry.py::"
+    "test_prepare_dataset_picks_another_experiments_preparer",
     "prepare.download_url": "tests/e2e/test_offline_cli.py::"
     "test_a_download_url_whose_host_does_not_resolve_is_one_error_line_after_one_attempt",
     "prepare.hf_dataset": "tests/unit/test_hf_datasets.py::"

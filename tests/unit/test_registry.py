@@ -7,15 +7,18 @@ caches user prepare modules by folder name) and the registry is restored afterwa
 
 from __future__ import annotations
 
+import json
 import sys
 import types
+import typing
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ml_playground import pipeline
+from ml_playground import cli, pipeline
+from ml_playground.config import PrepareConfig, PrepareSource
 from ml_playground.config_loader import load_config
 from ml_playground.errors import ConfigError, ExperimentNotFoundError, UserError
 from ml_playground.experiments import (
@@ -32,6 +35,7 @@ from ml_playground.experiments import (
     register,
     resolve_preparer,
 )
+from ml_playground.experiments.sources import BUILT_IN_SOURCES
 
 USER_MODULE_PREFIX = "ml_playground_user_experiment_"
 PACKAGED_MODULE_PREFIX = "ml_playground.experiments."
@@ -338,6 +342,196 @@ def test_two_copies_with_the_same_folder_name_each_use_their_own_prepare_py(
     assert (second / "prepared_by.txt").read_text(encoding="utf-8") == "second"
 
 
+# --- built-in sources: [prepare] source ----------------------------------------------------
+
+
+def test_every_source_the_schema_accepts_has_a_built_in_preparer() -> None:
+    assert set(BUILT_IN_SOURCES) == set(typing.get_args(PrepareSource))
+
+
+@pytest.mark.parametrize("source", typing.get_args(PrepareSource))
+def test_source_picks_its_built_in_preparer(tmp_path: Path, source: PrepareSource) -> None:
+    experiment = find_experiment(str(make_experiment(tmp_path, unique("sourced"))))
+
+    preparer = resolve_preparer(experiment, PrepareConfig(source=source))
+
+    assert preparer is BUILT_IN_SOURCES[source]
+
+
+def test_an_experiment_folder_with_only_a_config_prepares_from_its_text_source(
+    tmp_path: Path,
+) -> None:
+    folder = make_experiment(
+        tmp_path, unique("codeless"), config='[prepare]\nsource = "text"\nraw_text_path = "a.txt"\n'
+    )
+    (folder / "a.txt").write_text("to be or not to be\n" * 50, encoding="utf-8")
+
+    run_prepare_step(folder)
+
+    meta = json.loads((folder / "datasets" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["sources"] == [str(folder.resolve() / "a.txt")]
+
+
+def test_source_wins_over_a_preparer_registered_under_the_experiment_name(
+    tmp_path: Path,
+) -> None:
+    name = unique("both")
+    calls: list[PrepareContext] = []
+    register(name)(recorder(calls))
+    experiment = find_experiment(str(make_experiment(tmp_path, name)))
+
+    preparer = resolve_preparer(experiment, PrepareConfig(source="text"))
+
+    assert preparer is BUILT_IN_SOURCES["text"]
+    assert calls == []
+
+
+def test_source_beside_the_experiments_own_prepare_py_is_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    folder = make_experiment(
+        tmp_path, unique("twofold"), config='[prepare]\nsource = "text"\n', prepare_marker="own"
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        run_prepare_step(folder)
+
+    message = str(caught.value)
+    assert f"{folder.resolve() / 'config.toml'} sets prepare.source = 'text'" in message
+    assert str(folder.resolve() / "prepare.py") in message
+    assert "remove the key to run prepare.py, or delete prepare.py" in message
+    assert not (folder / "prepared_by.txt").exists(), "neither preparer ran"
+
+
+def test_source_and_dataset_together_are_refused_when_the_config_loads(tmp_path: Path) -> None:
+    folder = make_experiment(
+        tmp_path, unique("contradicts"), config='[prepare]\nsource = "text"\ndataset = "other"\n'
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(folder / "config.toml", folder, defaults_path=None)
+
+    message = str(caught.value)
+    assert str(folder / "config.toml") in message
+    assert "prepare.source = 'text'" in message
+    assert "prepare.dataset = 'other'" in message
+    assert "keep one" in message
+
+
+def test_an_unknown_source_names_the_key_the_value_and_the_choices(tmp_path: Path) -> None:
+    folder = make_experiment(tmp_path, unique("typo"), config='[prepare]\nsource = "txt"\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(folder / "config.toml", folder, defaults_path=None)
+
+    message = str(caught.value)
+    assert "prepare.source" in message
+    assert "'txt'" in message
+    assert "'text', 'speeches' or 'records'" in message
+
+
+def test_no_source_and_no_preparer_names_the_key_and_the_sources_to_choose(
+    tmp_path: Path,
+) -> None:
+    name = unique("bare")
+    folder = make_experiment(tmp_path, name)
+
+    with pytest.raises(ExperimentNotFoundError) as caught:
+        run_prepare_step(folder)
+
+    message = str(caught.value)
+    assert f"and no prepare.source in {folder.resolve() / 'config.toml'}" in message
+    assert "set prepare.source to one of 'text', 'speeches', 'records'" in message
+
+
+def test_a_dataset_naming_an_experiment_that_uses_a_source_says_to_set_that_source(
+    tmp_path: Path,
+) -> None:
+    folder = make_experiment(tmp_path, unique("reuser"), config='[prepare]\ndataset = "speakger"\n')
+
+    with pytest.raises(ExperimentNotFoundError) as caught:
+        run_prepare_step(folder)
+
+    assert "experiment 'speakger' prepares with prepare.source = 'speeches'" in str(caught.value)
+
+
+def test_a_copy_of_a_packaged_experiment_without_a_source_is_told_the_packaged_source(
+    tmp_path: Path,
+) -> None:
+    folder = make_experiment(tmp_path, "bundestag_char", config='[prepare]\ntokenizer = "char"\n')
+
+    with pytest.raises(ExperimentNotFoundError) as caught:
+        run_prepare_step(folder)
+
+    message = str(caught.value)
+    assert "no preparer registered as 'bundestag_char' and no prepare.source" in message
+    assert "experiment 'bundestag_char' prepares with prepare.source = 'text'" in message
+
+
+def test_a_missing_source_is_one_error_line_and_exit_2_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = unique("cli_bare")
+    folder = make_experiment(tmp_path, name)
+
+    code = cli.main(["prepare", str(folder)])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(f"error: no preparer registered as '{name}' and no prepare.source")
+    assert len(err.splitlines()) == 1
+    assert sorted(path.name for path in folder.iterdir()) == ["config.toml"], "nothing written"
+
+
+def test_a_legacy_preparer_prepares_an_experiment_without_a_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique("legacy_only")
+    calls: list[PrepareContext] = []
+    legacy = types.ModuleType(LEGACY_PREPARERS_MODULE)
+    legacy.__dict__["PREPARERS"] = {name: recorder(calls)}
+    monkeypatch.setitem(sys.modules, LEGACY_PREPARERS_MODULE, legacy)
+    folder = make_experiment(tmp_path, name)
+
+    run_prepare_step(folder)
+
+    (ctx,) = calls
+    assert ctx.name == name
+
+
+def test_an_exp_config_without_a_source_takes_the_experiments_source_keys(
+    tmp_path: Path,
+) -> None:
+    folder = make_experiment(
+        tmp_path,
+        unique("inherits"),
+        config='[prepare]\nsource = "text"\nfallback_text = "sample.txt"\n',
+    )
+    (folder / "sample.txt").write_text("a sample\n", encoding="utf-8")
+    override = tmp_path / "elsewhere" / "tiny.toml"
+    override.parent.mkdir()
+    override.write_text('[prepare]\ntokenizer = "char"\n', encoding="utf-8")
+
+    loaded = load_config(override, folder, defaults_path=None)
+
+    assert loaded.config.prepare.source == "text"
+    assert loaded.config.prepare.fallback_text == str(folder / "sample.txt")
+    assert loaded.origin_of("prepare.source") == f"from {folder / 'config.toml'}"
+
+
+def test_an_exp_config_that_names_a_dataset_keeps_it_and_takes_no_source(
+    tmp_path: Path,
+) -> None:
+    folder = make_experiment(tmp_path, unique("keeps"), config='[prepare]\nsource = "text"\n')
+    override = tmp_path / "tiny.toml"
+    override.write_text('[prepare]\ndataset = "shared"\n', encoding="utf-8")
+
+    loaded = load_config(override, folder, defaults_path=None)
+
+    assert loaded.config.prepare.source is None
+    assert loaded.config.prepare.dataset == "shared"
+
+
 # --- the legacy `ml_playground.datasets` package -------------------------------------------
 
 
@@ -374,7 +568,7 @@ def test_resolve_preparer_falls_back_to_the_experiment_name(tmp_path: Path) -> N
     register(name)(recorder(calls))
     experiment = find_experiment(str(make_experiment(tmp_path, name)))
 
-    preparer = resolve_preparer(experiment, dataset=None)
+    preparer = resolve_preparer(experiment, PrepareConfig())
 
     assert preparer is PREPARERS[name]
 
@@ -391,7 +585,11 @@ def test_new_experiment_is_found_by_its_folder_and_described_by_its_readme(
     assert experiment.directory == created
     assert experiment.name == "poems"
     assert experiment.description.startswith("A character-level GPT")
-    assert 'register("poems")' in (created / "prepare.py").read_text(encoding="utf-8")
+    # The name is filled in, and the experiment prepares with a built-in source, no code.
+    assert "# poems" in (created / "Readme.md").read_text(encoding="utf-8")
+    assert "{{name}}" not in (created / "Readme.md").read_text(encoding="utf-8")
+    assert load_config(created / "config.toml", created).config.prepare.source == "text"
+    assert not (created / "prepare.py").exists()
 
 
 @pytest.mark.parametrize("name", ["Poems", "my-poems", "1poems", "_poems", "", "po ems"])

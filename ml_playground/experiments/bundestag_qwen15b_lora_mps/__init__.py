@@ -1,1 +1,1 @@
-"""Experiment: Qwen2.5-1.5B preset of bundestag_finetuning_mps (same preparer, own config)."""
+"""Experiment: Qwen2.5-1.5B preset of bundestag_finetuning_mps (same source, own config)."""

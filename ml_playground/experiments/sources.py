@@ -1,0 +1,52 @@
+"""The built-in sources that `[prepare] source` names, so most experiments need no code.
+
+    text      a text corpus for the from-scratch GPT: raw_text_path, raw_dir,
+              dataset_dir/input.txt, download_url, fallback_text (data/corpus.py)
+    speeches  speeches for a Hugging Face model: tables (.csv) and single speeches (.txt)
+              below raw_dir or in raw_text_path, of the kinds prepare.speeches.suffixes
+              lists (data/records.py)
+    records   JSONL records (text, prompt_completion, messages) in records_path, or the
+              rows of prepare.hf_dataset, for a Hugging Face model (data/chat_records.py)
+
+Each is a `Preparer` like one an experiment registers; `resolve_preparer` picks it. The
+speech and record sources load the base model's tokenizer here, above `data/`, which
+receives it as an argument and so never imports the Hugging Face backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ml_playground.config import PrepareSource
+from ml_playground.data.corpus import prepare_corpus, text_sources
+from ml_playground.experiments import PrepareContext, Preparer
+
+
+def prepare_text(ctx: PrepareContext) -> None:
+    prepare_corpus(ctx.config, text_sources(ctx.config.prepare), force=ctx.force)
+
+
+def prepare_speeches(ctx: PrepareContext) -> None:
+    # Imported here: transformers loads for seconds, and the text source never needs it.
+    from ml_playground.data.records import prepare_speeches, require_hf_model  # noqa: PLC0415
+    from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415
+
+    suffixes = frozenset(ctx.config.prepare.speeches.suffixes)
+    load_tokenizer = tokenizer_loader(require_hf_model(ctx.config))
+    prepare_speeches(ctx.config, suffixes, load_tokenizer, force=ctx.force)
+
+
+def prepare_records(ctx: PrepareContext) -> None:
+    from ml_playground.data.chat_records import prepare_chat_records  # noqa: PLC0415 - see above
+    from ml_playground.data.records import require_hf_model  # noqa: PLC0415 - see above
+    from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415 - see above
+
+    load_tokenizer = tokenizer_loader(require_hf_model(ctx.config))
+    prepare_chat_records(ctx.config, load_tokenizer, force=ctx.force)
+
+
+BUILT_IN_SOURCES: Mapping[PrepareSource, Preparer] = {
+    "text": prepare_text,
+    "speeches": prepare_speeches,
+    "records": prepare_records,
+}
