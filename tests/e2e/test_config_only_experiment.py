@@ -42,7 +42,7 @@ def test_a_folder_with_only_a_config_toml_prepares_trains_and_samples(
     assert result.returncode == 0, result.stderr
     assert "using the bundled Tiny Shakespeare" in result.stdout
     meta = json.loads((folder / "datasets" / "meta.json").read_text(encoding="utf-8"))
-    assert meta["sources"] == [str(TINY_SHAKESPEARE)]
+    assert [entry["path"] for entry in meta["fingerprint"]["inputs"]] == [str(TINY_SHAKESPEARE)]
     out_dir = folder / "out"
     assert checkpoint.load(out_dir / run_folder.LAST_FILE).state.iter_num == MAX_ITERS
     assert list((out_dir / "samples").glob("*.txt"))

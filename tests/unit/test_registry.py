@@ -369,7 +369,9 @@ def test_an_experiment_folder_with_only_a_config_prepares_from_its_text_source(
     run_prepare_step(folder)
 
     meta = json.loads((folder / "datasets" / "meta.json").read_text(encoding="utf-8"))
-    assert meta["sources"] == [str(folder.resolve() / "a.txt")]
+    assert [entry["path"] for entry in meta["fingerprint"]["inputs"]] == [
+        str(folder.resolve() / "a.txt")
+    ]
 
 
 def test_source_wins_over_a_preparer_registered_under_the_experiment_name(
