@@ -1,4 +1,9 @@
-"""Test configs as dotted keys (`"train.model.n_layer": 2`), written as TOML by tomli_w."""
+"""Test configs as dotted keys (`"train.model.n_layer": 2`), written as TOML by tomli_w.
+
+A value may also be a whole table (`{"export.ollama": {"enabled": True}}`), so a builder
+can take one section's overrides as a dict; both spellings land in the same TOML table.
+This is the one TOML writer of the tests: none writes TOML text by hand.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,30 @@ from typing import Any
 import tomli_w
 
 TomlValue = str | int | float | bool | list[str] | list[int]
+Settings = Mapping[str, "TomlValue | Settings"]
 
 
-def dotted_toml(settings: Mapping[str, TomlValue]) -> str:
+def _merge(tree: dict[str, Any], key: str, value: TomlValue | Settings) -> None:
+    *tables, leaf = key.split(".")
+    node = tree
+    for table in tables:
+        node = node.setdefault(table, {})
+    if isinstance(value, Mapping):
+        for inner, inner_value in value.items():
+            _merge(node.setdefault(leaf, {}), inner, inner_value)
+    else:
+        node[leaf] = value
+
+
+def dotted_toml(settings: Settings) -> str:
     """`{"train.model.n_layer": 2}` as `[train.model]` `n_layer = 2`, tables as first seen."""
     tree: dict[str, Any] = {}
     for key, value in settings.items():
-        *tables, leaf = key.split(".")
-        node = tree
-        for table in tables:
-            node = node.setdefault(table, {})
-        node[leaf] = value
+        _merge(tree, key, value)
     return tomli_w.dumps(tree)
 
 
-def write_toml(path: Path, settings: Mapping[str, TomlValue]) -> Path:
+def write_toml(path: Path, settings: Settings) -> Path:
     """`settings` (dotted keys) as the TOML file `path`, its folder made; returns `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dotted_toml(settings), encoding="utf-8")

@@ -16,7 +16,8 @@ import pytest
 
 from tests.cli_helpers import Cli, assert_one_error_line
 from tests.e2e.test_gpt_pipeline_cli import EXPERIMENTS, TIMEOUT, TINY_RUN
-from tests.gpt_helpers import copy_experiment, write_config
+from tests.experiments import copy_experiment
+from tests.toml_helpers import write_toml
 
 NAME = "bundestag_char"
 
@@ -30,7 +31,7 @@ def workdir(tmp_path: Path) -> Path:
 def mine(workdir: Path) -> Path:
     """bundestag_char copied into ./experiments/ with the tiny run as its config.toml."""
     folder = copy_experiment(NAME, workdir / "experiments")
-    write_config(folder / "config.toml", {**TINY_RUN, **EXPERIMENTS[NAME]})
+    write_toml(folder / "config.toml", {**TINY_RUN, **EXPERIMENTS[NAME]})
     return folder
 
 

@@ -29,17 +29,15 @@ from ml_playground.data.tokenizer import CharTokenizer
 from ml_playground.finetune.model import PEFT_DEPRECATION
 from ml_playground.model.config import GPTConfig
 from tests.cli_helpers import Cli, assert_one_error_line
+from tests.experiments import char_gpt, chat_settings, load, prepare
 from tests.export_helpers import random_gpt, save_checkpoint
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
     write_jsonl,
 )
-from tests.gpt_helpers import prepare, tiny_experiment
 
 TIMEOUT = 300  # seconds; a loaded machine imports torch and transformers slowly
 GPT_BLOCK = 32
@@ -112,7 +110,7 @@ def gpt_run(tmp_path_factory: pytest.TempPathFactory) -> ExperimentConfig:
     from ml_playground.train.gpt import train_gpt  # noqa: PLC0415 - imports the trainer
 
     folder = tmp_path_factory.mktemp("gpt").resolve()
-    loaded = tiny_experiment(folder, {"train.runtime.max_iters": 40})
+    loaded = char_gpt(folder, {"train.runtime.max_iters": 40})
     prepare(loaded)
     train_gpt(loaded.config)
     return loaded.config

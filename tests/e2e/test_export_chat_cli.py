@@ -8,7 +8,7 @@ from ml_playground.checkpoint import seal_adapters
 from ml_playground.run_folder import RunMeta
 from tests.cli_helpers import assert_one_error_line, run_cli
 from tests.finetune_helpers import chat_tokenizer
-from tests.toml_helpers import dotted_toml
+from tests.toml_helpers import write_toml
 
 # Turn numbers in the text: no fixed opening per role, so no Go template without counting.
 NUMBERED_TURNS = (
@@ -42,16 +42,14 @@ def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_ove
     converter.write_text(
         "raise SystemExit('the export must stop before converting')\n", encoding="utf-8"
     )
-    (folder / "config.toml").write_text(
-        dotted_toml(
-            {
-                "train.hf_model.model_name": str(base),
-                "train.runtime.out_dir": "out",
-                "export.ollama.enabled": True,
-                "export.ollama.convert_bin": str(converter),
-            }
-        ),
-        encoding="utf-8",
+    write_toml(
+        folder / "config.toml",
+        {
+            "train.hf_model.model_name": str(base),
+            "train.runtime.out_dir": "out",
+            "export.ollama.enabled": True,
+            "export.ollama.convert_bin": str(converter),
+        },
     )
     result = run_cli(tmp_path, "export", folder)
 

@@ -34,13 +34,11 @@ from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weight
 from ml_playground.run_folder import RunMeta
 from ml_playground.sample.hf import load_trained
 from ml_playground.train.hf import train_lora
+from tests.experiments import load, lora_settings, prepare_speech_records
 from tests.finetune_helpers import (
     build_tiny_model,
     copy_member_slices,
-    load,
-    prepare_speech_records,
     speeches,
-    tiny_settings,
     write_speeches_csv,
 )
 from tests.toml_helpers import write_toml
@@ -240,7 +238,7 @@ def test_a_real_fine_tuning_run_exports_a_model_that_computes_what_sampling_does
     folder = tmp_path / "run"
     write_speeches_csv(folder / "raw" / "Bundestag.csv", speeches(16))
     copy_member_slices(folder / "raw")
-    settings = tiny_settings(base_model) | {
+    settings = lora_settings(base_model) | {
         "prepare.raw_dir": "raw",
         "export.ollama.enabled": True,
         "export.ollama.convert_bin": str(tmp_path / "tools" / "convert_hf_to_gguf.py"),

@@ -19,19 +19,18 @@ from ml_playground.data.speeches.source import ReadTally, speech_sources
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer, tokenizer_loader
+from tests.experiments import load, lora_settings
 from tests.finetune_helpers import (
     SpeechRow,
     TinyModels,
-    TomlValue,
     copy_member_slices,
     cut_after,
-    load,
     member_name,
     prepared_split,
     speeches,
-    tiny_settings,
     write_speeches_csv,
 )
+from tests.toml_helpers import TomlValue
 
 CSV_ONLY = frozenset({".csv"})
 
@@ -47,7 +46,7 @@ def speakger_experiment(
 
 def speakger_settings(tiny_models: TinyModels, **overrides: TomlValue) -> dict[str, TomlValue]:
     """Tiny settings reading raw/; `prepare__seed=7` sets prepare.seed."""
-    settings = tiny_settings(tiny_models.gemma3) | {"prepare.raw_dir": "raw"}
+    settings = lora_settings(tiny_models.gemma3) | {"prepare.raw_dir": "raw"}
     return settings | {key.replace("__", "."): value for key, value in overrides.items()}
 
 

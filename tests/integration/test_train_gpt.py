@@ -25,12 +25,13 @@ from ml_playground.train import reporting
 from ml_playground.train.gpt import train_gpt
 from ml_playground.train.schedule import learning_rate_at
 from tests.cli_helpers import scalar_events, tensors
-from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
+from tests.experiments import char_gpt, prepare, reconfigure
+from tests.toml_helpers import TomlValue
 
 
 def train(folder: Path, changes: Mapping[str, TomlValue] | None = None) -> Path:
     """Write the tiny experiment with `changes`, prepare it and train; returns out_dir."""
-    loaded = tiny_experiment(folder, changes)
+    loaded = char_gpt(folder, changes)
     prepare(loaded)
     return train_gpt(loaded.config).out_dir
 
@@ -47,7 +48,7 @@ def test_training_lowers_the_loss_and_leaves_checkpoints_and_tokenizer_in_out_di
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "exp"
-    loaded = tiny_experiment(folder, {"train.runtime.eval_only": True})
+    loaded = char_gpt(folder, {"train.runtime.eval_only": True})
     prepare(loaded)
     untrained = train_gpt(loaded.config).last_val_loss
     vocab_size = read_meta(folder / "datasets" / "meta.json").vocab_size
@@ -259,7 +260,7 @@ def test_a_vocab_size_smaller_than_the_datasets_is_refused_by_train_naming_both(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "exp"
-    prepare(tiny_experiment(folder))
+    prepare(char_gpt(folder))
     vocab_size = read_meta(folder / "datasets" / "meta.json").vocab_size
 
     with pytest.raises(DataError) as error:
@@ -277,7 +278,7 @@ def test_a_vocab_size_smaller_than_the_tokenizers_is_refused_by_prepare_naming_b
     folder = tmp_path / "exp"
 
     with pytest.raises(DataError) as error:
-        prepare(tiny_experiment(folder, {"train.model.vocab_size": 40}))
+        prepare(char_gpt(folder, {"train.model.vocab_size": 40}))
 
     message = str(error.value)
     assert "train.model.vocab_size = 40" in message
@@ -355,7 +356,7 @@ def test_resuming_with_the_other_optimizer_names_the_file_and_leaves_it_untouche
 
 def test_muon_lowers_the_loss_on_real_text(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
-    loaded = tiny_experiment(folder, {"train.optim.name": "muon", "train.runtime.eval_only": True})
+    loaded = char_gpt(folder, {"train.optim.name": "muon", "train.runtime.eval_only": True})
     prepare(loaded)
     untrained = train_gpt(loaded.config).last_val_loss
 

@@ -29,17 +29,16 @@ from hypothesis import strategies as st
 from ml_playground import cli
 from ml_playground.data.token_dataset import read_meta
 from ml_playground.model.config import GPTConfig
+from tests.experiments import char_gpt, chat_settings
 from tests.export_helpers import random_gpt, save_checkpoint
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    write_config,
     write_jsonl,
 )
-from tests.gpt_helpers import TomlValue, tiny_experiment
+from tests.toml_helpers import TomlValue, write_toml
 
 EXIT_OK, EXIT_USER_ERROR = 0, 2
 
@@ -116,7 +115,7 @@ GPT_CHANGES: Mapping[str, TomlValue] = {
 @pytest.fixture(scope="module")
 def gpt_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("gpt") / "exp"
-    tiny_experiment(folder, GPT_CHANGES, corpus_chars=4_000)
+    char_gpt(folder, GPT_CHANGES, corpus_chars=4_000)
     assert cli.main(["prepare", str(folder)]) == EXIT_OK
     meta = read_meta(folder / "datasets" / "meta.json")
     args = GPTConfig(vocab_size=meta.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
@@ -309,7 +308,7 @@ def test_list_shows_every_experiment_whatever_a_readme_holds(
     root = tmp_path / f"experiments-{next(_fresh)}"
     for name in ("broken", "fine"):
         (root / name).mkdir(parents=True)
-        (root / name / "config.toml").write_text("", encoding="utf-8")
+        write_toml(root / name / "config.toml", {})
     (root / "broken" / "Readme.md").write_bytes(data)
     (root / "fine" / "Readme.md").write_text("# fine\n\nA fine experiment.\n", encoding="utf-8")
     monkeypatch.setenv("ML_PLAYGROUND_EXPERIMENTS", str(root))
@@ -355,7 +354,7 @@ def chat_experiment(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyM
     write_jsonl(
         folder / "chats.jsonl", [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(4)]
     )
-    write_config(folder, chat_settings(model) | {"prepare.dataset": "qwen_chat_lora"})
+    write_toml(folder / "config.toml", chat_settings(model) | {"prepare.dataset": "qwen_chat_lora"})
     assert cli.main(["prepare", str(folder)]) == EXIT_OK
     return folder
 

@@ -17,17 +17,16 @@ import pytest
 from ml_playground.data.chat_records import prepare_chat_dataset
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from tests.experiments import chat_settings, load
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
-    TomlValue,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
     prepared_split,
     write_jsonl,
 )
+from tests.toml_helpers import TomlValue
 
 # `datasets` is only partly typed; the tests build their datasets through Any.
 datasets: Any = importlib.import_module("datasets")

@@ -32,6 +32,7 @@ from ml_playground.experiments import (
     register,
     resolve_preparer,
 )
+from tests.toml_helpers import Settings, write_toml
 
 USER_MODULE_PREFIX = "ml_playground_user_experiment_"
 PACKAGED_MODULE_PREFIX = "ml_playground.experiments."
@@ -81,11 +82,11 @@ def unique(stem: str) -> str:
 
 
 def make_experiment(
-    parent: Path, name: str, config: str = "", prepare_marker: str | None = None
+    parent: Path, name: str, config: Settings | None = None, prepare_marker: str | None = None
 ) -> Path:
     folder = parent / name
     folder.mkdir(parents=True)
-    (folder / "config.toml").write_text(config, encoding="utf-8")
+    write_toml(folder / "config.toml", config or {})
     if prepare_marker is not None:
         source = PREPARE_PY.format(name=name, marker=prepare_marker)
         (folder / "prepare.py").write_text(source, encoding="utf-8")
@@ -218,7 +219,7 @@ def test_find_experiment_takes_a_folder_in_the_working_directory_by_its_name(
 def test_find_experiment_with_dot_means_the_working_directory(
     empty_working_directory: Path,
 ) -> None:
-    (empty_working_directory / "config.toml").write_text("", encoding="utf-8")
+    write_toml(empty_working_directory / "config.toml", {})
 
     assert find_experiment(".").directory == empty_working_directory.resolve()
 
@@ -291,9 +292,7 @@ def test_prepare_dataset_picks_another_experiments_preparer(tmp_path: Path) -> N
     shared = unique("shared_corpus")
     calls: list[PrepareContext] = []
     register(shared)(recorder(calls))
-    folder = make_experiment(
-        tmp_path, unique("variant"), config=f'[prepare]\ndataset = "{shared}"\n'
-    )
+    folder = make_experiment(tmp_path, unique("variant"), config={"prepare.dataset": shared})
 
     run_prepare_step(folder)
 
@@ -306,7 +305,7 @@ def test_prepare_dataset_picks_another_experiments_preparer(tmp_path: Path) -> N
 def test_unknown_dataset_error_lists_the_registered_preparers(tmp_path: Path) -> None:
     known = unique("known")
     register(known)(recorder([]))
-    folder = make_experiment(tmp_path, unique("variant"), config='[prepare]\ndataset = "nosuch"\n')
+    folder = make_experiment(tmp_path, unique("variant"), config={"prepare.dataset": "nosuch"})
 
     with pytest.raises(ExperimentNotFoundError) as caught:
         run_prepare_step(folder)
