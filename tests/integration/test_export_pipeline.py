@@ -274,3 +274,15 @@ def test_an_unknown_quant_is_refused_before_any_work(tmp_path: Path) -> None:
     config = experiment(folder, {"quant": "q3"})
 
     assert_refused(folder, config, "unknown .* quant 'q3'")
+
+
+def test_a_template_under_export_ollama_replaces_the_raw_completion_template(
+    tmp_path: Path,
+) -> None:
+    config = experiment(tmp_path / "exp", {"template": "Frage: {{ .Prompt }} Antwort:"})
+
+    export_experiment(config, backend_for(config), "exp")
+
+    lines = (tmp_path / "exp" / "export" / "Modelfile").read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == ["FROM ./model.gguf", 'TEMPLATE "Frage: {{ .Prompt }} Antwort:"']
+    assert lines.count('TEMPLATE "{{ .Prompt }}"') == 0

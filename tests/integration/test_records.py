@@ -247,3 +247,20 @@ def test_a_folder_prepared_by_an_older_version_is_refused_in_one_line_until_prep
     assert read_dataset_meta(dataset_dir).format_version == 2
     assert not (dataset_dir / "train.jsonl").exists()
     assert not (dataset_dir / "val.jsonl").exists()
+
+
+def test_max_records_keeps_only_the_first_speeches_read(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    every = speakger_experiment(tmp_path / "all", tiny_models, speeches(12))
+    prepare(every)
+    capped = speakger_experiment(
+        tmp_path / "five", tiny_models, speeches(12), prepare__speeches__max_records=5
+    )
+
+    message = prepare(capped)
+
+    texts = prepared_texts(capped.config.prepare.dataset_dir)
+    assert len(texts) == 5
+    assert set(texts) < set(prepared_texts(every.config.prepare.dataset_dir))
+    assert "5 speeches kept" in message

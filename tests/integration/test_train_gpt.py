@@ -368,3 +368,23 @@ def test_muon_lowers_the_loss_on_real_text(tmp_path: Path) -> None:
     assert trained.last_val_loss < untrained - 1.0
     saved = checkpoint.load(folder / "out" / run_folder.LAST_FILE).state.optimizer
     assert set(saved) == {"adamw", "muon"}
+
+
+def test_data_block_size_cuts_the_training_windows_below_the_models_context(
+    tmp_path: Path,
+) -> None:
+    events = {
+        "train.runtime.max_iters": 4,
+        "train.runtime.log_interval": 1,
+        "train.runtime.eval_interval": 2,
+        "train.runtime.tensorboard_enabled": True,
+    }
+
+    full = train(tmp_path / "full", events)
+    cut = train(tmp_path / "cut", {**events, "train.data.block_size": 8})
+
+    # batch_size 8 windows per step: of the model's 32 positions, or of data.block_size's 8.
+    for out_dir, window in ((full, 32), (cut, 8)):
+        seen = scalar_events(out_dir / run_folder.TB_DIR)[reporting.TAG_TOKENS_SEEN]
+        assert seen and seen == [(step, 8 * window * step) for step, _ in seen], out_dir
+    assert checkpoint.load(cut / run_folder.LAST_FILE).model_args.block_size == 32
