@@ -5,12 +5,14 @@ into a folder the test passes in (its tmp_path), never into the source tree, and
 the test's changes as dotted keys or whole tables (`{"export.ollama": {"enabled": True}}`)
 laid over its own small settings. The kinds:
 
-- a character-level GPT trained from scratch on Tiny Shakespeare (`char_gpt`), or a copy
-  of a packaged experiment (`copy_experiment`);
+- a character-level GPT trained from scratch on Tiny Shakespeare (`char_gpt`), a copy
+  of a packaged experiment (`copy_experiment`), or a folder with its own prepare.py
+  (`scripted_experiment`);
 - a saved GPT: a checkpoint in out/ as training leaves it, to sample, chat or export
   (`saved_gpt`, `saved_char_gpt`, `export_config`);
 - LoRA on a tiny Hugging Face model: SpeakGer-style speech records (`speeches_lora`) or
-  chat records (`chat_settings`, `chat_lora`).
+  chat records (`chat_settings`, `chat_lora`), or only the config of a LoRA run over a
+  model folder, for the export tests that put its adapters in place (`lora_run`).
 """
 
 from __future__ import annotations
@@ -118,6 +120,19 @@ def copy_experiment(name: str, parent: Path) -> Path:
         ignore=shutil.ignore_patterns("__pycache__", "datasets", "out"),
     )
     return target
+
+
+def scripted_experiment(
+    parent: Path, name: str, settings: Settings | None = None, prepare_py: str | None = None
+) -> Path:
+    """An experiment folder parent/name: config.toml of `settings` and, when given, a
+    prepare.py of the source `prepare_py` (which registers its preparer); returns it."""
+    folder = parent / name
+    folder.mkdir(parents=True)
+    write_toml(folder / "config.toml", settings or {})
+    if prepare_py is not None:
+        (folder / "prepare.py").write_text(prepare_py, encoding="utf-8")
+    return folder
 
 
 # --- a saved GPT: out/ holds a checkpoint, as after training --------------------------------
@@ -275,3 +290,14 @@ def chat_lora(
         prepare_chat_dataset(loaded.config, lambda: load_tokenizer(ModelSource.local(model)))
         train_lora(loaded.config)
     return loaded
+
+
+def lora_run(folder: Path, base: Path, settings: Settings | None = None) -> Path:
+    """config.toml of a LoRA run over the model folder `base`, out_dir beside it, in
+    float32 (the export tests compare logits), plus `settings`; returns its path."""
+    run: Settings = {
+        "train.hf_model.model_name": str(base),
+        "train.runtime.out_dir": "out",
+        "train.runtime.dtype": "float32",
+    }
+    return write_toml(folder / "config.toml", {**run, **(settings or {})})

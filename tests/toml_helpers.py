@@ -7,13 +7,14 @@ This is the one TOML writer of the tests: none writes TOML text by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-TomlValue = str | int | float | bool | list[str] | list[int]
+TomlScalar = str | int | float | bool
+TomlValue = TomlScalar | Sequence[TomlScalar]
 Settings = Mapping[str, "TomlValue | Settings"]
 
 
@@ -23,8 +24,11 @@ def _merge(tree: dict[str, Any], key: str, value: TomlValue | Settings) -> None:
     for table in tables:
         node = node.setdefault(table, {})
     if isinstance(value, Mapping):
+        # Over an earlier table it merges; over an earlier value it replaces it, as a leaf does.
+        if not isinstance(node.get(leaf), dict):
+            node[leaf] = {}
         for inner, inner_value in value.items():
-            _merge(node.setdefault(leaf, {}), inner, inner_value)
+            _merge(node[leaf], inner, inner_value)
     else:
         node[leaf] = value
 

@@ -18,6 +18,7 @@ import pytest
 
 from ml_playground.experiments import new_experiment
 from tests.cli_helpers import EXIT_USER_ERROR, Cli, assert_one_error_line
+from tests.experiments import scripted_experiment
 from tests.toml_helpers import Settings, write_toml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,12 +74,8 @@ def packaged_experiment_names() -> list[str]:
 def experiment(
     parent: Path, name: str, config: Settings | None = None, prepare_py: str | None = None
 ) -> Path:
-    folder = parent / name
-    folder.mkdir(parents=True)
-    write_toml(folder / "config.toml", config or {})
-    if prepare_py is not None:
-        (folder / "prepare.py").write_text(prepare_py.format(name=name), encoding="utf-8")
-    return folder
+    source = None if prepare_py is None else prepare_py.format(name=name)
+    return scripted_experiment(parent, name, config, source)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from tests.cli_helpers import assert_one_error_line, run_cli
-from tests.experiments import export_config
+from tests.experiments import export_config, lora_run
 from tests.export_helpers import gpt2_encoding, random_gpt, save_checkpoint
 from tests.gguf_helpers import (
     PROMPT,
@@ -30,7 +30,6 @@ from tests.gguf_helpers import (
     tensor_shapes,
     their_greedy,
 )
-from tests.toml_helpers import write_toml
 
 SMALL = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=64)
 GPT2 = TokenizerSpec(kind="tiktoken", encoding="gpt2")
@@ -140,14 +139,9 @@ def test_export_of_a_fine_tuned_model_with_a_missing_convert_bin_is_one_error_li
     seal_adapters(adapters)
     (folder / "out" / "tokenizer").mkdir()
     (tmp_path / "base").mkdir()
-    write_toml(
-        folder / "config.toml",
-        {
-            "train.hf_model.model_name": str(tmp_path / "base"),
-            "train.runtime.out_dir": "out",
-            "export.ollama.enabled": True,
-            "export.ollama.convert_bin": str(tmp_path / "llama.cpp" / "convert_hf_to_gguf.py"),
-        },
+    convert_bin = str(tmp_path / "llama.cpp" / "convert_hf_to_gguf.py")
+    lora_run(
+        folder, tmp_path / "base", {"export.ollama": {"enabled": True, "convert_bin": convert_bin}}
     )
 
     line = assert_one_error_line(cli(tmp_path, "export", folder))

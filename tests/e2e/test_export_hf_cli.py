@@ -20,7 +20,7 @@ from ml_playground.data.tokenizer import TokenizerSpec, tokenizer_from_spec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from tests.cli_helpers import assert_one_error_line, run_cli, sha256_of_files
-from tests.experiments import SAVED_GPT_RUN, saved_gpt, shakespeare_text
+from tests.experiments import SAVED_GPT_RUN, lora_run, saved_gpt, shakespeare_text
 from tests.gguf_helpers import (
     PROMPT,
     max_logit_difference,
@@ -247,10 +247,7 @@ def test_an_hf_export_dir_holding_foreign_files_is_one_error_line_and_stays(tmp_
 def test_hf_export_of_a_fine_tuned_run_is_refused_in_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "ft"
     (tmp_path / "base").mkdir()
-    write_toml(
-        folder / "config.toml",
-        {"train.hf_model.model_name": str(tmp_path / "base"), "export.hf.enabled": True},
-    )
+    lora_run(folder, tmp_path / "base", {"export.hf.enabled": True})
 
     line = assert_one_error_line(cli(tmp_path, "export", folder))
 

@@ -32,6 +32,7 @@ from ml_playground.experiments import (
     register,
     resolve_preparer,
 )
+from tests.experiments import scripted_experiment
 from tests.toml_helpers import Settings, write_toml
 
 USER_MODULE_PREFIX = "ml_playground_user_experiment_"
@@ -84,13 +85,8 @@ def unique(stem: str) -> str:
 def make_experiment(
     parent: Path, name: str, config: Settings | None = None, prepare_marker: str | None = None
 ) -> Path:
-    folder = parent / name
-    folder.mkdir(parents=True)
-    write_toml(folder / "config.toml", config or {})
-    if prepare_marker is not None:
-        source = PREPARE_PY.format(name=name, marker=prepare_marker)
-        (folder / "prepare.py").write_text(source, encoding="utf-8")
-    return folder
+    source = None if prepare_marker is None else PREPARE_PY.format(name=name, marker=prepare_marker)
+    return scripted_experiment(parent, name, config, source)
 
 
 def run_prepare_step(folder: Path) -> None:
