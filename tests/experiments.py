@@ -143,11 +143,12 @@ SAMPLE_DEFAULTS: Mapping[str, TomlValue] = {
     "top_k": 40,
     "top_p": 0.9,
 }
-# A run of a saved model on the CPU, out_dir beside the config; in float32 to compare logits.
+# A run of a saved model on the CPU, out_dir beside the config.
 SAVED_GPT_RUN: Mapping[str, TomlValue] = {
     "train.runtime.out_dir": "out",
     "train.runtime.device": "cpu",
 }
+# The same in float32, for tests that compare logits or greedy replies exactly.
 CPU_FLOAT32_RUN: Mapping[str, TomlValue] = {**SAVED_GPT_RUN, "train.runtime.dtype": "float32"}
 CHAT_CHARS = "\n abcdefghijklmnopqrstuvwxyz:"
 
@@ -185,15 +186,9 @@ def saved_char_gpt(folder: Path, *, block_size: int, max_new_tokens: int, seed: 
     args = GPTConfig(
         vocab_size=len(CHAT_CHARS), block_size=block_size, n_layer=1, n_head=2, n_embd=16
     )
-    save_checkpoint(folder / "out", random_gpt(args, seed), spec)
-    return write_toml(
-        folder / "config.toml",
-        {
-            **CPU_FLOAT32_RUN,
-            "sample.sample.temperature": 0.0,
-            "sample.sample.max_new_tokens": max_new_tokens,
-        },
-    )
+    sampling = {"temperature": 0.0, "max_new_tokens": max_new_tokens}
+    settings = {**CPU_FLOAT32_RUN, "sample.sample": sampling}
+    return saved_gpt(folder, random_gpt(args, seed), spec, settings) / "config.toml"
 
 
 # --- LoRA on a tiny Hugging Face model -----------------------------------------------------
