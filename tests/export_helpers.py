@@ -1,14 +1,13 @@
-"""Tiny trained-looking GPT checkpoints and experiment folders for the export tests.
+"""Tiny trained-looking GPT checkpoints and tokenizers for the export tests.
 
 A checkpoint here is a real `train.checkpoint` file holding a small random GPT whose norms
 and biases are perturbed away from their init (ones and zeros), so that a tensor written
-to the wrong place or transposed changes the logits. Everything lands in the folder a
-test passes in (its tmp_path).
+to the wrong place or transposed changes the logits. Experiment folders around them are
+tests/experiments.py's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import tiktoken
@@ -18,20 +17,11 @@ from ml_playground import checkpoint, run_folder
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
-from tests.toml_helpers import write_toml
 
 R50K = "r50k_base"
 EOT = "<|endoftext|>"
 # GPT-2's pre-tokenizer regex, which r50k_base uses (tiktoken keeps it private).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-TomlValue = str | int | float | bool | list[str]
-SAMPLE_DEFAULTS: Mapping[str, TomlValue] = {
-    "start": "ROMEO:",
-    "temperature": 0.7,
-    "top_k": 40,
-    "top_p": 0.9,
-}
 
 
 def gpt2_encoding() -> tiktoken.Encoding:
@@ -82,53 +72,3 @@ def save_checkpoint(
         ),
     )
     return path
-
-
-def write_experiment(
-    folder: Path, export: Mapping[str, TomlValue], sample: Mapping[str, TomlValue] | None = None
-) -> Path:
-    """An experiment folder whose config points out_dir at `folder/out`; returns config.toml."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sections: dict[str, Mapping[str, TomlValue]] = {
-        "train.runtime": {"out_dir": "out", "device": "cpu"},
-        "sample.sample": {**SAMPLE_DEFAULTS, **(sample or {})},
-        "export.ollama": export,
-    }
-    return write_toml(
-        folder / "config.toml",
-        {
-            f"{section}.{key}": value
-            for section, keys in sections.items()
-            for key, value in keys.items()
-        },
-    )
-
-
-# A run of a saved model on the CPU in float32, out_dir beside the config.
-CPU_FLOAT32_RUN: Mapping[str, TomlValue] = {
-    "train.runtime.out_dir": "out",
-    "train.runtime.device": "cpu",
-    "train.runtime.dtype": "float32",
-}
-CHAT_CHARS = "\n abcdefghijklmnopqrstuvwxyz:"
-
-
-def char_gpt_experiment(
-    folder: Path, *, block_size: int, max_new_tokens: int, seed: int = 0
-) -> Path:
-    """An experiment folder whose out/ holds a random character-level GPT over CHAT_CHARS
-    (no end-of-text token: every reply runs to max_new_tokens), sampled greedily on the
-    CPU; returns its config.toml."""
-    spec = TokenizerSpec(kind="char", vocab=tuple(CHAT_CHARS))
-    args = GPTConfig(
-        vocab_size=len(CHAT_CHARS), block_size=block_size, n_layer=1, n_head=2, n_embd=16
-    )
-    save_checkpoint(folder / "out", random_gpt(args, seed), spec)
-    return write_toml(
-        folder / "config.toml",
-        {
-            **CPU_FLOAT32_RUN,
-            "sample.sample.temperature": 0.0,
-            "sample.sample.max_new_tokens": max_new_tokens,
-        },
-    )

@@ -23,10 +23,7 @@ from typing import TYPE_CHECKING, Literal, cast
 import numpy as np
 
 from ml_playground import run_folder
-from ml_playground.config import ExperimentConfig
-from ml_playground.config_loader import LoadedConfig, load_config
 from tests.conftest import SHARED_DIR
-from tests.toml_helpers import dotted_toml
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +35,6 @@ if TYPE_CHECKING:
 SPEAKGER_DIR = SHARED_DIR / "data" / "speakger"
 ADAPTER_FILE = "adapter_model.safetensors"
 Family = Literal["qwen2", "gemma3"]
-TomlValue = str | int | float | bool | list[str] | list[int]
 
 SENTENCES = (
     "Frau Präsidentin! Meine sehr geehrten Damen und Herren!",
@@ -241,76 +237,6 @@ def member_name(mpid: str) -> str:
     raise KeyError(mpid)
 
 
-# --- configs ---------------------------------------------------------------------------------
-
-
-def tiny_settings(model_dir: Path) -> dict[str, TomlValue]:
-    """Settings under which a whole run takes seconds on one CPU thread."""
-    return {
-        "prepare.dataset_dir": "datasets",
-        "prepare.speeches.add_structure_tokens": True,
-        "train.hf_model.model_name": str(model_dir),
-        "train.hf_model.block_size": 32,
-        "train.peft.r": 4,
-        "train.peft.lora_alpha": 8,
-        "train.peft.lora_dropout": 0.0,
-        "train.data.batch_size": 4,
-        "train.optim.learning_rate": 5e-3,
-        "train.schedule.warmup_iters": 2,
-        "train.schedule.lr_decay_iters": 20,
-        "train.schedule.min_lr": 1e-4,
-        "train.runtime.out_dir": "out",
-        "train.runtime.max_iters": 6,
-        "train.runtime.eval_interval": 3,
-        "train.runtime.eval_iters": 2,
-        "train.runtime.log_interval": 2,
-        "train.runtime.device": "cpu",
-        "train.runtime.dtype": "float32",
-        "train.runtime.tensorboard_enabled": False,
-        "sample.sample.start": "Sprecher:",
-        "sample.sample.num_samples": 1,
-        "sample.sample.max_new_tokens": 12,
-        "sample.sample.stream": False,
-    }
-
-
-def write_config(
-    folder: Path, settings: Mapping[str, TomlValue], name: str = "config.toml"
-) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(dotted_toml(settings), encoding="utf-8")
-    return path
-
-
-def load(folder: Path, settings: Mapping[str, TomlValue]) -> LoadedConfig:
-    """Write `settings` as folder/config.toml and load it as the experiment in `folder`."""
-    return load_config(write_config(folder, settings), folder)
-
-
-def speeches_experiment(
-    root: Path, model_dir: Path, overrides: Mapping[str, TomlValue] | None = None
-) -> LoadedConfig:
-    """A prepared experiment in `root` on 24 SpeakGer-style speeches (preparing again is a
-    no-op), fine-tuning the tiny model in `model_dir` with tiny_settings plus `overrides`."""
-    raw = root / "raw"
-    if not raw.is_dir():
-        write_speeches_csv(raw / "Bundestag.csv", speeches(24))
-        copy_member_slices(raw)
-    settings = tiny_settings(model_dir) | {"prepare.raw_dir": "raw"}
-    loaded = load(root, settings | dict(overrides or {}))
-    prepare_speech_records(loaded.config, frozenset({".csv"}))
-    return loaded
-
-
-def prepare_speech_records(config: ExperimentConfig, suffixes: frozenset[str]) -> None:
-    """What the speech experiments' preparers do: records with the base model's tokenizer."""
-    from ml_playground.data.records import prepare_speeches, require_hf_model  # noqa: PLC0415 - heavy
-    from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415 - heavy
-
-    prepare_speeches(config, suffixes, tokenizer_loader(require_hf_model(config)))
-
-
 def adapter_weights(out_dir: Path, name: Slot) -> dict[str, torch.Tensor]:
     """The tensors of out_dir/adapters/<name>, by their saved names."""
     from safetensors.torch import load_file  # noqa: PLC0415 # pyright: ignore[reportUnknownVariableType] - PathLike[Unknown] in its signature
@@ -422,18 +348,6 @@ def conversation(question: str, answer: str, *, system: str | None = None) -> di
     messages = [{"role": "system", "content": system}] if system else []
     messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return {"messages": messages}
-
-
-def chat_settings(model_dir: Path, records: str = "chats.jsonl") -> dict[str, TomlValue]:
-    """tiny_settings for a messages dataset read from `records`."""
-    settings = tiny_settings(model_dir) | {
-        "prepare.records_path": records,
-        "prepare.format": "messages",
-        "train.runtime.eval_interval": 2,
-        "sample.sample.start": "Hallo",
-    }
-    settings.pop("prepare.speeches.add_structure_tokens")
-    return settings
 
 
 # --- the released models' chat templates -------------------------------------------------------
@@ -558,31 +472,6 @@ def chat_tokenizer(family: Family, template: str) -> TemplateTokenizer:
 
 
 CHAT_TEMPLATES: Mapping[Family, str] = {"qwen2": QWEN2_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
-
-
-def chat_fine_tune(
-    folder: Path,
-    tiny_models: TinyModels,
-    family: Family,
-    settings: Mapping[str, TomlValue] | None = None,
-    *,
-    trained: bool = True,
-) -> LoadedConfig:
-    """An experiment in `folder` on eight short conversations with a chat model of
-    `family` (the family's template), prepared and trained for a few LoRA steps unless
-    `trained` is False; chat_settings plus `settings`."""
-    from ml_playground.data.chat_records import prepare_chat_dataset  # noqa: PLC0415 - heavy
-    from ml_playground.finetune.hub import ModelSource, load_tokenizer  # noqa: PLC0415 - as above
-    from ml_playground.train.hf import train_lora  # noqa: PLC0415 - as above
-
-    model = build_chat_model(folder / "model", tiny_models, family, CHAT_TEMPLATES[family])
-    chats = [conversation(f"Wer spricht, Nummer {i}?", f"Herr Kollege {i}.") for i in range(8)]
-    write_jsonl(folder / "chats.jsonl", chats)
-    loaded = load(folder, chat_settings(model) | dict(settings or {}))
-    if trained:
-        prepare_chat_dataset(loaded.config, lambda: load_tokenizer(ModelSource.local(model)))
-        train_lora(loaded.config)
-    return loaded
 
 
 def prepared_split(dataset_dir: Path, split: str) -> tuple[list[int], list[int] | None]:

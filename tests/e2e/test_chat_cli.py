@@ -26,8 +26,8 @@ from ml_playground.config_loader import load_config
 from ml_playground.sample.chat import HELP, Streams, chat
 from ml_playground.sample.hf import load_hf
 from tests.cli_helpers import Cli, assert_one_error_line, flip_a_tensor_byte
-from tests.export_helpers import char_gpt_experiment
-from tests.finetune_helpers import TinyModels, chat_fine_tune
+from tests.experiments import chat_lora, saved_char_gpt
+from tests.finetune_helpers import TinyModels
 
 EXIT_INTERRUPTED = 130
 TIMEOUT = 300  # seconds; a loaded CI machine imports torch and transformers slowly
@@ -54,7 +54,7 @@ def replies_in_process(folder: Path, lines: str) -> str:
 @pytest.fixture(scope="module")
 def fine_tune(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
     folder = tmp_path_factory.mktemp("chat-cli") / "qwen"
-    chat_fine_tune(folder, tiny_models, "qwen2", GREEDY)
+    chat_lora(folder, tiny_models, "qwen2", GREEDY)
     return folder
 
 
@@ -110,7 +110,7 @@ def test_chat_with_flipped_adapter_bits_is_the_same_one_error_line_as_sample(
 
 def test_a_gpt_chat_continues_each_line_as_text(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
-    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    saved_char_gpt(folder, block_size=64, max_new_tokens=6)
 
     result = run_chat(folder, "romeo:\njuliet:\n/exit\n")
 
@@ -122,7 +122,7 @@ def test_a_gpt_chat_continues_each_line_as_text(tmp_path: Path) -> None:
 
 def test_chat_without_a_trained_model_is_one_error_line(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
-    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    saved_char_gpt(folder, block_size=64, max_new_tokens=6)
     shutil.rmtree(folder / "out")
 
     line = assert_one_error_line(run_chat(folder, "romeo:\n"))
@@ -132,7 +132,7 @@ def test_chat_without_a_trained_model_is_one_error_line(tmp_path: Path) -> None:
 
 def test_a_reader_that_goes_away_ends_the_chat_quietly(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
-    char_gpt_experiment(folder, block_size=64, max_new_tokens=200)
+    saved_char_gpt(folder, block_size=64, max_new_tokens=200)
     with chat_cli(folder).started("chat", folder, stdin=subprocess.PIPE) as process:
         assert process.stdin and process.stdout and process.stderr
         process.stdin.write("romeo:\n" * 50)
@@ -151,7 +151,7 @@ def test_a_reader_that_goes_away_ends_the_chat_quietly(tmp_path: Path) -> None:
 
 def test_ctrl_c_at_the_prompt_ends_the_chat_with_130(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
-    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    saved_char_gpt(folder, block_size=64, max_new_tokens=6)
     # stdin held open: the chat waits for a line
     with chat_cli(folder).started("chat", folder, stdin=subprocess.PIPE) as process:
         assert process.stderr is not None
@@ -170,7 +170,7 @@ def test_ctrl_c_at_the_prompt_ends_the_chat_with_130(tmp_path: Path) -> None:
 def test_at_a_terminal_the_typed_line_can_be_edited_with_the_arrow_keys(tmp_path: Path) -> None:
     """In a real terminal (a pty), "/eit", two steps left, "x" is the command /exit."""
     folder = tmp_path / "gpt"
-    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    saved_char_gpt(folder, block_size=64, max_new_tokens=6)
     controller, terminal = pty.openpty()
     with (
         chat_cli(folder)

@@ -18,6 +18,8 @@ import pytest
 
 from ml_playground.experiments import new_experiment
 from tests.cli_helpers import EXIT_USER_ERROR, Cli, assert_one_error_line
+from tests.experiments import scripted_experiment
+from tests.toml_helpers import Settings, write_toml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_ROOT = REPO_ROOT / "ml_playground" / "experiments"
@@ -50,6 +52,9 @@ def prepare(ctx: PrepareContext) -> None:
 """
 
 
+# Not TOML: a table header left open, on line 3, as a user's typo would leave it.
+UNCLOSED_TABLE_ON_LINE_3 = "[train.runtime]\nmax_iters = 10\n[train.model\n"
+
 TIMEOUT = 120  # seconds
 
 
@@ -66,13 +71,11 @@ def packaged_experiment_names() -> list[str]:
     )
 
 
-def experiment(parent: Path, name: str, config: str, prepare_py: str | None = None) -> Path:
-    folder = parent / name
-    folder.mkdir(parents=True)
-    (folder / "config.toml").write_text(config, encoding="utf-8")
-    if prepare_py is not None:
-        (folder / "prepare.py").write_text(prepare_py.format(name=name), encoding="utf-8")
-    return folder
+def experiment(
+    parent: Path, name: str, config: Settings | None = None, prepare_py: str | None = None
+) -> Path:
+    source = None if prepare_py is None else prepare_py.format(name=name)
+    return scripted_experiment(parent, name, config, source)
 
 
 @pytest.fixture
@@ -179,7 +182,8 @@ def test_misspelled_key_in_a_scaffolded_experiment_exits_2_with_a_suggestion(
 
 
 def test_bad_toml_exits_2_naming_file_and_line(workdir: Path) -> None:
-    folder = experiment(workdir, "broken", "[train.runtime]\nmax_iters = 10\n[train.model\n")
+    folder = experiment(workdir, "broken")
+    (folder / "config.toml").write_text(UNCLOSED_TABLE_ON_LINE_3, encoding="utf-8")
 
     line = assert_one_error_line(cli(workdir, "train", folder))
 
@@ -190,7 +194,7 @@ def test_bad_toml_exits_2_naming_file_and_line(workdir: Path) -> None:
 def test_a_speech_key_set_in_prepare_itself_exits_2_naming_its_section(
     workdir: Path,
 ) -> None:
-    folder = experiment(workdir, "flat", "[prepare]\nperiods = [19]\n")
+    folder = experiment(workdir, "flat", {"prepare.periods": [19]})
 
     line = assert_one_error_line(cli(workdir, "prepare", folder))
 
@@ -200,7 +204,8 @@ def test_a_speech_key_set_in_prepare_itself_exits_2_naming_its_section(
 
 
 def test_verbose_adds_the_traceback_before_the_error_line(workdir: Path) -> None:
-    folder = experiment(workdir, "broken", "[train.model\n")
+    folder = experiment(workdir, "broken")
+    (folder / "config.toml").write_text(UNCLOSED_TABLE_ON_LINE_3, encoding="utf-8")
 
     result = cli(workdir, "train", folder, "--verbose")
 
@@ -217,13 +222,14 @@ def test_exp_config_replaces_the_experiment_config(workdir: Path, position: str)
     folder = experiment(
         workdir,
         "demo",
-        '[train.runtime]\nmax_iters = 5\ndevice = "cpu"\n',
+        {"train.runtime": {"max_iters": 5, "device": "cpu"}},
         RECORDING_PREPARE_PY,
     )
     variants = workdir / "variants"
     variants.mkdir()
-    alternative = variants / "long.toml"
-    alternative.write_text('[train.runtime]\nmax_iters = 7\ndevice = "cpu"\n', encoding="utf-8")
+    alternative = write_toml(
+        variants / "long.toml", {"train.runtime": {"max_iters": 7, "device": "cpu"}}
+    )
     options = ["--exp-config", str(alternative)]
     args = (
         [*options, "prepare", str(folder)]
@@ -239,7 +245,7 @@ def test_exp_config_replaces_the_experiment_config(workdir: Path, position: str)
 
 def test_print_config_is_toml_with_origins_and_runs_nothing(workdir: Path) -> None:
     folder = experiment(
-        workdir, "demo", '[train.runtime]\nmax_iters = 7\ndevice = "cpu"\n', RECORDING_PREPARE_PY
+        workdir, "demo", {"train.runtime": {"max_iters": 7, "device": "cpu"}}, RECORDING_PREPARE_PY
     )
 
     result = cli(workdir, "prepare", folder, "--print-config")
@@ -259,7 +265,7 @@ def test_print_config_is_toml_with_origins_and_runs_nothing(workdir: Path) -> No
 
 
 def test_print_config_output_round_trips_as_exp_config(workdir: Path) -> None:
-    folder = experiment(workdir, "demo", "[train.runtime]\nmax_iters = 7\n", RECORDING_PREPARE_PY)
+    folder = experiment(workdir, "demo", {"train.runtime.max_iters": 7}, RECORDING_PREPARE_PY)
     first = cli(workdir, "train", folder, "--print-config")
     saved = workdir / "saved.toml"
     saved.write_text(first.stdout, encoding="utf-8")
@@ -327,7 +333,7 @@ def completions(workdir: Path, line: str) -> list[str]:
 
 
 def test_the_shell_completes_verbs_and_experiment_names(workdir: Path) -> None:
-    experiment(workdir / "experiments", "mine", "", RECORDING_PREPARE_PY)
+    experiment(workdir / "experiments", "mine", prepare_py=RECORDING_PREPARE_PY)
 
     assert "loop" in completions(workdir, "ml-playground lo")
     assert completions(workdir, "ml-playground train sha") == ["shakespeare", "shakespeare_sft"]
@@ -341,7 +347,7 @@ def test_an_experiment_in_the_working_directory_is_found_by_name_and_listed(
     workdir: Path,
 ) -> None:
     folder = experiment(
-        workdir / "experiments", "mine", "[train.runtime]\nmax_iters = 3\n", RECORDING_PREPARE_PY
+        workdir / "experiments", "mine", {"train.runtime.max_iters": 3}, RECORDING_PREPARE_PY
     )
 
     ran = cli(workdir, "prepare", "mine")
@@ -375,7 +381,7 @@ def run_with_env(cwd: Path, extra: dict[str, str], *args: str) -> subprocess.Com
 
 
 def test_ctrl_c_exits_130(workdir: Path) -> None:
-    folder = experiment(workdir, "slow", "", SLOW_PREPARE_PY)
+    folder = experiment(workdir, "slow", prepare_py=SLOW_PREPARE_PY)
     with Cli(workdir, timeout=TIMEOUT).started("prepare", folder) as process:
         deadline = time.monotonic() + 60
         while not (folder / "started").exists() and process.poll() is None:

@@ -16,7 +16,8 @@ import pytest
 
 from tests.cli_helpers import Cli, assert_one_error_line
 from tests.e2e.test_gpt_pipeline_cli import EXPERIMENTS, TIMEOUT, TINY_RUN
-from tests.gpt_helpers import copy_experiment, write_config
+from tests.experiments import copy_experiment
+from tests.toml_helpers import write_toml
 
 NAME = "bundestag_char"
 
@@ -32,7 +33,7 @@ def mine(workdir: Path) -> Path:
     the experiment's source: a config.toml says how its experiment is prepared)."""
     folder = copy_experiment(NAME, workdir / "experiments")
     source = {"prepare.source": "text", "prepare.fallback_text": "sample_corpus.txt"}
-    write_config(folder / "config.toml", {**TINY_RUN, **EXPERIMENTS[NAME], **source})
+    write_toml(folder / "config.toml", {**TINY_RUN, **EXPERIMENTS[NAME], **source})
     return folder
 
 

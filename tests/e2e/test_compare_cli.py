@@ -14,7 +14,7 @@ import pytest
 
 from ml_playground.compare import PLOT_FILE, TABLE_FILE
 from tests.cli_helpers import assert_one_error_line, png_pixels, run_cli
-from tests.gpt_helpers import tiny_experiment
+from tests.experiments import char_gpt
 from tests.run_helpers import trained_run
 
 
@@ -80,7 +80,7 @@ def test_runs_with_different_tokenizers_are_compared_on_bits_per_byte(
 
 
 def test_a_run_without_events_is_one_error_line_naming_it(runs: Path, tmp_path: Path) -> None:
-    tiny_experiment(tmp_path / "untrained")
+    char_gpt(tmp_path / "untrained")
 
     line = assert_one_error_line(run_cli(tmp_path, "compare", str(runs / "gpt2"), "untrained"))
 

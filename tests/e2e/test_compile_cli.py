@@ -13,7 +13,7 @@ import pytest
 from ml_playground import checkpoint, run_folder
 from tests.cli_helpers import Cli
 from tests.e2e.test_gpt_pipeline_cli import TIMEOUT, prepared_run, reconfigure, tiny
-from tests.gpt_helpers import TomlValue
+from tests.toml_helpers import TomlValue
 
 SMALLEST: dict[str, TomlValue] = {
     "train.model.n_layer": 1,

@@ -9,7 +9,8 @@ from pathlib import Path
 from ml_playground import checkpoint, run_folder
 from ml_playground.data.sources import TINY_SHAKESPEARE
 from tests.cli_helpers import Cli
-from tests.gpt_helpers import TINY_SETTINGS, write_config
+from tests.experiments import TINY_SETTINGS
+from tests.toml_helpers import write_toml
 
 TIMEOUT = 300  # seconds; a loaded CI machine imports torch slowly
 MAX_ITERS = 4
@@ -23,7 +24,7 @@ def test_a_folder_with_only_a_config_toml_prepares_trains_and_samples(
     settings = {
         key: value for key, value in TINY_SETTINGS.items() if key != "prepare.raw_text_path"
     }
-    write_config(
+    write_toml(
         folder / "config.toml",
         {
             **settings,

@@ -9,7 +9,7 @@ import pytest
 
 from ml_playground.data.dataset_folder import META_FILE
 from tests.cli_helpers import Cli, assert_one_error_line, sha256_of_files
-from tests.gpt_helpers import prepare, tiny_experiment
+from tests.experiments import char_gpt, prepare
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ def test_a_folder_of_an_older_format_is_refused_in_one_line_and_left_as_it_was(
     tmp_path: Path, older: dict[str, object], bytecode_cache: Path
 ) -> None:
     folder = tmp_path.resolve()
-    loaded = tiny_experiment(folder)
+    loaded = char_gpt(folder)
     prepare(loaded)
     dataset_dir = loaded.config.prepare.dataset_dir
     (dataset_dir / META_FILE).write_text(json.dumps(older), encoding="utf-8")

@@ -29,17 +29,15 @@ from ml_playground.data.tokenizer import CharTokenizer
 from ml_playground.finetune.model import PEFT_DEPRECATION
 from ml_playground.model.config import GPTConfig
 from tests.cli_helpers import Cli, assert_one_error_line
-from tests.export_helpers import random_gpt, save_checkpoint
+from tests.experiments import char_gpt, chat_settings, load, prepare, saved_gpt
+from tests.export_helpers import random_gpt
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
     write_jsonl,
 )
-from tests.gpt_helpers import prepare, tiny_experiment
 
 TIMEOUT = 300  # seconds; a loaded machine imports torch and transformers slowly
 GPT_BLOCK = 32
@@ -112,7 +110,7 @@ def gpt_run(tmp_path_factory: pytest.TempPathFactory) -> ExperimentConfig:
     from ml_playground.train.gpt import train_gpt  # noqa: PLC0415 - imports the trainer
 
     folder = tmp_path_factory.mktemp("gpt").resolve()
-    loaded = tiny_experiment(folder, {"train.runtime.max_iters": 40})
+    loaded = char_gpt(folder, {"train.runtime.max_iters": 40})
     prepare(loaded)
     train_gpt(loaded.config)
     return loaded.config
@@ -219,14 +217,9 @@ CHARS = "abcdefghij \n"
 
 def random_run(folder: Path) -> Path:
     """A folder with a config and a random char GPT checkpoint in out/, nothing prepared."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "config.toml"
-    config.write_text('[train.runtime]\ndevice = "cpu"\ndtype = "float32"\n', encoding="utf-8")
     tokenizer = CharTokenizer(list(CHARS))
     model = random_gpt(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=12))
-    (folder / "out").mkdir()
-    save_checkpoint(folder / "out", model, tokenizer.spec)
-    return folder
+    return saved_gpt(folder, model, tokenizer.spec, {"train.runtime.dtype": "float32"})
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from ml_playground.checkpoint import seal_adapters
 from ml_playground.data.chat_records import chat_record_format
 from ml_playground.run_folder import HFRunMeta, write_run_meta
 from tests.cli_helpers import assert_one_error_line, run_cli
+from tests.experiments import lora_run
 from tests.finetune_helpers import chat_tokenizer
-from tests.toml_helpers import dotted_toml
 
 # Turn numbers in the text: no fixed opening per role, so no Go template without counting.
 NUMBERED_TURNS = (
@@ -43,17 +43,7 @@ def test_a_chat_template_without_an_ollama_form_is_one_error_line_naming_the_ove
     converter.write_text(
         "raise SystemExit('the export must stop before converting')\n", encoding="utf-8"
     )
-    (folder / "config.toml").write_text(
-        dotted_toml(
-            {
-                "train.hf_model.model_name": str(base),
-                "train.runtime.out_dir": "out",
-                "export.ollama.enabled": True,
-                "export.ollama.convert_bin": str(converter),
-            }
-        ),
-        encoding="utf-8",
-    )
+    lora_run(folder, base, {"export.ollama": {"enabled": True, "convert_bin": str(converter)}})
     result = run_cli(tmp_path, "export", folder)
 
     line = assert_one_error_line(result)

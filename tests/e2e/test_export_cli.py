@@ -19,7 +19,8 @@ from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from tests.cli_helpers import assert_one_error_line, run_cli
-from tests.export_helpers import gpt2_encoding, random_gpt, save_checkpoint, write_experiment
+from tests.experiments import export_config, lora_run
+from tests.export_helpers import gpt2_encoding, random_gpt, save_checkpoint
 from tests.gguf_helpers import (
     PROMPT,
     load_with_transformers,
@@ -45,7 +46,7 @@ def assert_transformers_runs_like(model: GPT, theirs: torch.nn.Module) -> None:
 
 
 def trained(folder: Path, model: GPT, spec: TokenizerSpec = GPT2, **export: str | bool) -> Path:
-    write_experiment(folder, {"enabled": True, "quant": "f16", **export})
+    export_config(folder, {"enabled": True, "quant": "f16", **export})
     save_checkpoint(folder / "out", model, spec)
     return folder
 
@@ -109,7 +110,7 @@ def test_export_disabled_is_one_error_line(tmp_path: Path) -> None:
 
 def test_export_without_checkpoint_is_one_error_line(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
-    write_experiment(folder, {"enabled": True})
+    export_config(folder, {"enabled": True})
 
     line = assert_one_error_line(cli(tmp_path, "export", folder))
 
@@ -138,12 +139,9 @@ def test_export_of_a_fine_tuned_model_with_a_missing_convert_bin_is_one_error_li
     seal_adapters(adapters)
     (folder / "out" / "tokenizer").mkdir()
     (tmp_path / "base").mkdir()
-    (folder / "config.toml").write_text(
-        f'[train.hf_model]\nmodel_name = "{tmp_path / "base"}"\n'
-        '[train.runtime]\nout_dir = "out"\n'
-        "[export.ollama]\nenabled = true\n"
-        f'convert_bin = "{tmp_path / "llama.cpp" / "convert_hf_to_gguf.py"}"\n',
-        encoding="utf-8",
+    convert_bin = str(tmp_path / "llama.cpp" / "convert_hf_to_gguf.py")
+    lora_run(
+        folder, tmp_path / "base", {"export.ollama": {"enabled": True, "convert_bin": convert_bin}}
     )
 
     line = assert_one_error_line(cli(tmp_path, "export", folder))

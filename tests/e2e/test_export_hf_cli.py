@@ -20,7 +20,7 @@ from ml_playground.data.tokenizer import TokenizerSpec, tokenizer_from_spec
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from tests.cli_helpers import assert_one_error_line, run_cli, sha256_of_files
-from tests.export_helpers import save_checkpoint
+from tests.experiments import SAVED_GPT_RUN, lora_run, saved_gpt, shakespeare_text
 from tests.gguf_helpers import (
     PROMPT,
     max_logit_difference,
@@ -28,7 +28,7 @@ from tests.gguf_helpers import (
     their_greedy,
     unit_scale_gpt,
 )
-from tests.gpt_helpers import shakespeare_text
+from tests.toml_helpers import Settings, write_toml
 
 GPT2 = TokenizerSpec(kind="tiktoken", encoding="gpt2")
 # ASCII, umlauts, emoji, runs of newlines and spaces: what a byte-level BPE must split alike.
@@ -50,16 +50,17 @@ class TextTokenizer(Protocol):
 cli = run_cli
 
 
-def experiment(folder: Path, model: GPT, spec: TokenizerSpec, extra: str = "") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.toml").write_text(
-        '[train.runtime]\nout_dir = "out"\ndevice = "cpu"\n\n'
-        '[sample.sample]\nstart = "ROMEO:"\ntemperature = 0.7\n\n'
-        f"[export.hf]\nenabled = true\n{extra}",
-        encoding="utf-8",
-    )
-    save_checkpoint(folder / "out", model, spec)
-    return folder
+# Sampled as the export's generation_config says; [export.hf] on.
+HF_EXPORT: Settings = {
+    "sample.sample": {"start": "ROMEO:", "temperature": 0.7},
+    "export.hf.enabled": True,
+}
+
+
+def experiment(
+    folder: Path, model: GPT, spec: TokenizerSpec, settings: Settings | None = None
+) -> Path:
+    return saved_gpt(folder, model, spec, {**HF_EXPORT, **(settings or {})})
 
 
 def exported(tmp_path: Path, model: GPT, spec: TokenizerSpec) -> Path:
@@ -195,7 +196,8 @@ def test_a_char_level_run_with_qk_norm_exports_and_its_tokenizer_round_trips_eve
 
 def test_a_gguf_bundle_written_after_the_hf_folder_keeps_it(tmp_path: Path) -> None:
     model = unit_scale_gpt(GPT2_MODEL.replace(bias=False), seed=4)
-    folder = experiment(tmp_path / "exp", model, GPT2, "\n[export.ollama]\nenabled = true\n")
+    gguf = {"export.ollama.enabled": True}
+    folder = experiment(tmp_path / "exp", model, GPT2, gguf)
 
     result = cli(tmp_path, "export", folder)
 
@@ -204,8 +206,9 @@ def test_a_gguf_bundle_written_after_the_hf_folder_keeps_it(tmp_path: Path) -> N
     hf_dir = folder / "export" / "hf"
     assert (hf_dir / "model.safetensors").is_file()
     before = sha256_of_files(hf_dir)
-    (folder / "config.toml").write_text(
-        (folder / "config.toml").read_text(encoding="utf-8") + 'quant = "f32"\n', encoding="utf-8"
+    write_toml(
+        folder / "config.toml",
+        {**SAVED_GPT_RUN, **HF_EXPORT, **gguf, "export.ollama.quant": "f32"},
     )
     again = cli(tmp_path, "export", folder)
     assert again.returncode == 0, again.stderr
@@ -231,7 +234,7 @@ def test_a_tiktoken_encoding_other_than_gpt2_is_refused_in_one_line(tmp_path: Pa
 def test_an_hf_export_dir_holding_foreign_files_is_one_error_line_and_stays(tmp_path: Path) -> None:
     chars = TokenizerSpec(kind="char", vocab=tuple(" abc"))
     model = unit_scale_gpt(GPTConfig(vocab_size=4, block_size=8, n_layer=1, n_head=1, n_embd=8), 0)
-    folder = experiment(tmp_path / "exp", model, chars, 'export_dir = "mine"\n')
+    folder = experiment(tmp_path / "exp", model, chars, {"export.hf.export_dir": "mine"})
     (folder / "mine").mkdir()
     (folder / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
 
@@ -243,12 +246,8 @@ def test_an_hf_export_dir_holding_foreign_files_is_one_error_line_and_stays(tmp_
 
 def test_hf_export_of_a_fine_tuned_run_is_refused_in_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "ft"
-    folder.mkdir()
     (tmp_path / "base").mkdir()
-    (folder / "config.toml").write_text(
-        f'[train.hf_model]\nmodel_name = "{tmp_path / "base"}"\n[export.hf]\nenabled = true\n',
-        encoding="utf-8",
-    )
+    lora_run(folder, tmp_path / "base", {"export.hf.enabled": True})
 
     line = assert_one_error_line(cli(tmp_path, "export", folder))
 

@@ -31,22 +31,19 @@ from tests.cli_helpers import (
     scalar_events,
     sha256_of_files,
 )
+from tests.experiments import chat_settings, lora_settings, prepare_speech_records
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
-    TomlValue,
     adapter_weights,
     build_chat_model,
-    chat_settings,
     conversation,
     copy_member_slices,
-    prepare_speech_records,
     speeches,
-    tiny_settings,
-    write_config,
     write_jsonl,
     write_speeches_csv,
 )
+from tests.toml_helpers import TomlValue, write_toml
 
 EXIT_INTERRUPTED = 130
 TIMEOUT = 300  # seconds; a loaded CI machine imports torch and transformers slowly
@@ -78,8 +75,8 @@ def configure(
     workdir: Path, model: Path | str, extra: Mapping[str, TomlValue] | None = None
 ) -> None:
     """Write tiny.toml: the tiny run, reading raw/, with `model` as model_name."""
-    settings = tiny_settings(Path(model)) | {"prepare.raw_dir": "raw"}
-    write_config(workdir, settings | dict(extra or {}), CONFIG)
+    settings = lora_settings(Path(model)) | {"prepare.raw_dir": "raw"}
+    write_toml(workdir / CONFIG, settings | dict(extra or {}))
 
 
 def two_step_run(workdir: Path, cli: Cli, tiny_models: TinyModels) -> None:
@@ -165,7 +162,7 @@ def test_loop_qwen_chat_lora_trains_on_its_bundled_conversations_and_counts_a_ba
     chats = workdir / "chats.jsonl"
     chats.write_text(bundled.read_text(encoding="utf-8") + "{not json\n", encoding="utf-8")
     start = "<|im_start|>user\nHow do I run the tests?<|im_end|>\n<|im_start|>assistant\n"
-    write_config(workdir, chat_settings(model) | {"sample.sample.start": start}, CONFIG)
+    write_toml(workdir / CONFIG, chat_settings(model) | {"sample.sample.start": start})
 
     result = cli.run(*tiny(cli, "loop", "qwen_chat_lora"))
 
@@ -186,7 +183,7 @@ def test_a_jsonl_without_a_usable_record_exits_2_with_one_error_line(
         [{"prompt": "Frage?", "completion": "Antwort."}],
         extra_lines=["{not json"],
     )
-    write_config(workdir, chat_settings(model), CONFIG)
+    write_toml(workdir / CONFIG, chat_settings(model))
 
     line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
@@ -200,7 +197,7 @@ def prepared_chats(workdir: Path, cli: Cli, tiny_models: TinyModels) -> dict[str
     write_jsonl(
         workdir / "chats.jsonl", [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(6)]
     )
-    write_config(workdir, chat_settings(model), CONFIG)
+    write_toml(workdir / CONFIG, chat_settings(model))
     assert cli.run(*tiny(cli, "prepare", "qwen_chat_lora")).returncode == 0
     return sha256_of_files(workdir / "datasets")
 
@@ -210,7 +207,7 @@ def test_a_messages_file_read_as_text_exits_2_and_the_prepared_dataset_stays(
 ) -> None:
     before = prepared_chats(workdir, cli, tiny_models)
     model = workdir / "chat-model"
-    write_config(workdir, chat_settings(model) | {"prepare.format": "text"}, CONFIG)
+    write_toml(workdir / CONFIG, chat_settings(model) | {"prepare.format": "text"})
 
     line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
@@ -224,7 +221,7 @@ def test_a_tokenizer_without_a_chat_template_exits_2_naming_the_key_and_the_data
 ) -> None:
     before = prepared_chats(workdir, cli, tiny_models)
     plain = build_chat_model(workdir / "plain-model", tiny_models, "qwen2", None)
-    write_config(workdir, chat_settings(plain), CONFIG)
+    write_toml(workdir / CONFIG, chat_settings(plain))
 
     line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
@@ -239,7 +236,7 @@ def test_an_hf_dataset_that_cannot_be_loaded_offline_exits_2_with_one_error_line
     model = build_chat_model(workdir / "chat-model", tiny_models, "qwen2", QWEN2_TEMPLATE)
     settings = chat_settings(model) | {"prepare.hf_dataset": "nobody/no-such-dataset"}
     settings.pop("prepare.records_path")
-    write_config(workdir, settings, CONFIG)
+    write_toml(workdir / CONFIG, settings)
 
     line = assert_one_error_line(cli.run(*tiny(cli, "prepare", "qwen_chat_lora")))
 
@@ -451,7 +448,7 @@ def test_a_lora_loop_reports_trainable_parameters_and_its_sample(
     chats = [conversation(f"Frage {n}?", "Antwort.") for n in range(8)]
     write_jsonl(workdir / "chats.jsonl", chats)
     settings = chat_settings(model) | {"train.runtime.tensorboard_enabled": True}
-    write_config(workdir, settings, CONFIG)
+    write_toml(workdir / CONFIG, settings)
 
     result = cli.run(*tiny(cli, "loop", "qwen_chat_lora"))
 

@@ -40,7 +40,8 @@ from tests.cli_helpers import (
     scalar_events,
     sha256_of_files,
 )
-from tests.gpt_helpers import TomlValue, copy_experiment, shakespeare_text, write_config
+from tests.experiments import copy_experiment, shakespeare_text
+from tests.toml_helpers import TomlValue, write_toml
 
 EXIT_INTERRUPTED = 130
 TIMEOUT = 300  # seconds; generous, as a loaded CI machine imports torch slowly
@@ -91,13 +92,13 @@ def cli(workdir: Path, bytecode_cache: Path) -> Cli:
 def experiment(workdir: Path, name: str, changes: Mapping[str, TomlValue] | None = None) -> Path:
     """A copy of the packaged experiment with a tiny override config in its folder."""
     folder = copy_experiment(name, workdir)
-    write_config(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS[name], **(changes or {})})
+    write_toml(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS[name], **(changes or {})})
     return folder
 
 
 def reconfigure(folder: Path, changes: Mapping[str, TomlValue]) -> None:
     """Rewrite the bundestag_char experiment's tiny override as the tiny run plus `changes`."""
-    write_config(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS["bundestag_char"], **changes})
+    write_toml(folder / OVERRIDE, {**TINY_RUN, **EXPERIMENTS["bundestag_char"], **changes})
 
 
 def prepared_run(workdir: Path, cli: Cli, changes: Mapping[str, TomlValue]) -> Path:
@@ -284,7 +285,7 @@ def test_ctrl_c_saves_a_checkpoint_that_the_next_loop_resumes(workdir: Path, cli
     assert stopped_at > 0
     assert f"interrupted at step {stopped_at}; saved {last}" in stdout
 
-    write_config(
+    write_toml(
         folder / OVERRIDE,
         {**TINY_RUN, **EXPERIMENTS["bundestag_char"], "train.runtime.max_iters": stopped_at + 3},
     )

@@ -19,18 +19,16 @@ import pytest
 from ml_playground.config_loader import load_config
 from ml_playground.inspect_windows import TARGET_CLOSE, TARGET_COLOUR, TARGET_OPEN
 from tests.cli_helpers import Cli, assert_one_error_line
+from tests.experiments import char_gpt, chat_settings, prepare, speeches_lora
 from tests.finetune_helpers import (
     QWEN2_GENERATION_TEMPLATE,
     QWEN2_TEMPLATE,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    speeches_experiment,
-    write_config,
     write_jsonl,
 )
-from tests.gpt_helpers import prepare, tiny_experiment
+from tests.toml_helpers import write_toml
 
 TIMEOUT = 300  # seconds; a loaded machine imports torch and transformers slowly
 CONFIG = "tiny.toml"
@@ -73,7 +71,7 @@ def chat_dataset(
 
     model = build_chat_model(folder / "chat-model", tiny_models, "qwen2", template)
     write_jsonl(folder / "chats.jsonl", records)
-    config = write_config(folder, chat_settings(model) | dict(extra or {}), CONFIG)
+    config = write_toml(folder / CONFIG, chat_settings(model) | dict(extra or {}))
     loaded = load_config(config, folder)
     assert loaded.config.train.hf_model is not None
     prepare_chat_dataset(loaded.config, tokenizer_loader(loaded.config.train.hf_model))
@@ -195,7 +193,7 @@ def test_inspect_shows_speech_records_with_their_place_in_the_prepared_split(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
     root = tmp_path.resolve()
-    speeches_experiment(root, tiny_models.gemma3)
+    speeches_lora(root, tiny_models.gemma3)
 
     result = run_cli(root, "inspect", str(root), "--n", "2")
 
@@ -207,7 +205,7 @@ def test_inspect_shows_speech_records_with_their_place_in_the_prepared_split(
 
 
 def test_inspect_shows_a_text_corpus_as_one_stream_of_targets(tmp_path: Path) -> None:
-    loaded = tiny_experiment(tmp_path.resolve())
+    loaded = char_gpt(tmp_path.resolve())
     prepare(loaded)
 
     result = run_cli(tmp_path, "inspect", str(tmp_path.resolve()), "--n", "2")
@@ -219,7 +217,7 @@ def test_inspect_shows_a_text_corpus_as_one_stream_of_targets(tmp_path: Path) ->
 
 
 def test_inspect_before_prepare_is_one_error_line_saying_to_prepare(tmp_path: Path) -> None:
-    tiny_experiment(tmp_path.resolve())
+    char_gpt(tmp_path.resolve())
 
     line = assert_one_error_line(run_cli(tmp_path, "inspect", str(tmp_path.resolve())))
 
@@ -229,7 +227,7 @@ def test_inspect_before_prepare_is_one_error_line_saying_to_prepare(tmp_path: Pa
 
 
 def test_a_window_count_below_one_is_one_error_line(tmp_path: Path) -> None:
-    tiny_experiment(tmp_path.resolve())
+    char_gpt(tmp_path.resolve())
 
     line = assert_one_error_line(run_cli(tmp_path, "inspect", str(tmp_path), "--n", "0"))
 

@@ -26,7 +26,7 @@ from ml_playground import checkpoint, run_folder
 from ml_playground.data.sources import TINY_SHAKESPEARE
 from tests.cli_helpers import Cli, assert_one_error_line
 from tests.conftest import SHARED_DIR
-from tests.gpt_helpers import TomlValue, write_config
+from tests.toml_helpers import TomlValue, write_toml
 
 TIMEOUT = 300  # seconds; a loaded CI machine imports torch slowly
 BLOCKED_PROXY = "http://127.0.0.1:9"  # the discard port: closed, so connections are refused
@@ -107,7 +107,7 @@ def offline_setup(
     cache = folder / "empty-tiktoken-cache"
     cache.mkdir(parents=True, exist_ok=True)
     if changes is not None or not (folder / "tiny.toml").exists():
-        write_config(folder / "tiny.toml", {**TINY_SHAKESPEARE_RUN, **(changes or {})})
+        write_toml(folder / "tiny.toml", {**TINY_SHAKESPEARE_RUN, **(changes or {})})
     return Offline(folder, offline_cli(folder, cache, proxy=proxy), cache)
 
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from tests.e2e.test_chat_cli import chat_cli, run_chat
-from tests.export_helpers import char_gpt_experiment
+from tests.experiments import saved_char_gpt
 
 SPEED = re.compile(
     r"speed: prompt (\d+) tokens(?: x (\d+) rows)? at [\d,]+\.\d tokens/s, "
@@ -28,7 +28,7 @@ def test_sample_ends_with_one_speed_line_on_stderr_and_stdout_holds_only_the_tex
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "gpt"
-    char_gpt_experiment(folder, block_size=32, max_new_tokens=6)
+    saved_char_gpt(folder, block_size=32, max_new_tokens=6)
 
     result = run_sample(folder)
 
@@ -45,7 +45,7 @@ def test_sample_ends_with_one_speed_line_on_stderr_and_stdout_holds_only_the_tex
 
 def test_a_batch_of_samples_reports_its_rows_once(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
-    config = char_gpt_experiment(folder, block_size=32, max_new_tokens=5)
+    config = saved_char_gpt(folder, block_size=32, max_new_tokens=5)
     with config.open("a", encoding="utf-8") as toml:  # [sample.sample] is its last table
         toml.write('num_samples = 3\nstart = "abc"\n')
 
@@ -60,7 +60,7 @@ def test_a_batch_of_samples_reports_its_rows_once(tmp_path: Path) -> None:
 
 def test_a_gpt_chat_says_how_fast_each_reply_came_after_it(tmp_path: Path) -> None:
     folder = tmp_path / "gpt"
-    char_gpt_experiment(folder, block_size=64, max_new_tokens=6)
+    saved_char_gpt(folder, block_size=64, max_new_tokens=6)
 
     result = run_chat(folder, "romeo:\njuliet:\n/exit\n")
 

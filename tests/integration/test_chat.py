@@ -28,14 +28,9 @@ from ml_playground.sample.generate import Step
 from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.hf import load_hf
 from ml_playground.sample.run import sample_texts
-from tests.export_helpers import char_gpt_experiment
-from tests.finetune_helpers import (
-    TURN_TOKENS,
-    Family,
-    TinyModels,
-    TomlValue,
-    chat_fine_tune,
-)
+from tests.experiments import chat_lora, saved_char_gpt
+from tests.finetune_helpers import TURN_TOKENS, Family, TinyModels
+from tests.toml_helpers import TomlValue
 
 GREEDY: dict[str, TomlValue] = {"sample.sample.temperature": 0.0, "sample.sample.max_new_tokens": 8}
 
@@ -54,7 +49,7 @@ def chat_run(
     *,
     trained: bool = True,
 ) -> ChatRun:
-    loaded = chat_fine_tune(folder, tiny_models, family, GREEDY | (settings or {}), trained=trained)
+    loaded = chat_lora(folder, tiny_models, family, GREEDY | (settings or {}), trained=trained)
     tokenizer = load_tokenizer(ModelSource.local(folder / "model"))
     return ChatRun(loaded.config, cast(ChatTokenizer, tokenizer))
 
@@ -270,7 +265,7 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on_with_it(qwen_run: ChatRun) 
 
 
 def gpt_run(folder: Path, block_size: int, max_new_tokens: int) -> ExperimentConfig:
-    config_path = char_gpt_experiment(folder, block_size=block_size, max_new_tokens=max_new_tokens)
+    config_path = saved_char_gpt(folder, block_size=block_size, max_new_tokens=max_new_tokens)
     return load_config(config_path, folder).config
 
 

@@ -23,6 +23,7 @@ from ml_playground.data.dataset_meta import read_meta
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.loss import plain_next_token_loss
 from ml_playground.train.hf import train_lora
+from tests.experiments import chat_settings, load
 from tests.finetune_helpers import (
     ADAPTER_FILE,
     GEMMA_TEMPLATE,
@@ -30,9 +31,7 @@ from tests.finetune_helpers import (
     Family,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
     prepared_split,
     write_jsonl,
 )

@@ -26,13 +26,12 @@ from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import load_adapters, merge_adapters
 from ml_playground.train.hf import train_lora
+from tests.experiments import chat_settings, load
 from tests.finetune_helpers import (
     QWEN25_TEMPLATE,
     TURN_TOKENS,
     add_chat_turns,
-    chat_settings,
     conversation,
-    load,
     write_jsonl,
 )
 from tests.go_helpers import render_in_go

@@ -14,17 +14,14 @@ from ml_playground.data.dataset_meta import (
 )
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from tests.experiments import char_gpt, chat_settings, load, prepare, speeches_lora
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
-    speeches_experiment,
     write_jsonl,
 )
-from tests.gpt_helpers import prepare, tiny_experiment
 
 
 def files_match(dataset_dir: Path, meta: DatasetMeta) -> bool:
@@ -37,9 +34,9 @@ def files_match(dataset_dir: Path, meta: DatasetMeta) -> bool:
 def test_corpus_speech_and_chat_folders_read_through_the_one_meta_reader(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    corpus = tiny_experiment(tmp_path / "corpus")
+    corpus = char_gpt(tmp_path / "corpus")
     prepare(corpus)
-    speeches = speeches_experiment(tmp_path / "speeches", tiny_models.gemma3)
+    speeches = speeches_lora(tmp_path / "speeches", tiny_models.gemma3)
     chat_model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)
     chats = [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(6)]
     write_jsonl(tmp_path / "chat" / "chats.jsonl", chats)

@@ -21,7 +21,8 @@ from ml_playground.experiments import Experiment
 from ml_playground.train.gpt import train_gpt
 from tests.cli_helpers import GLOO_TEARDOWN_ABORT, Cli
 from tests.conftest import REPO_ROOT
-from tests.gpt_helpers import TomlValue, prepare, tiny_experiment
+from tests.experiments import char_gpt, prepare
+from tests.toml_helpers import TomlValue
 
 pytestmark = GLOO_TEARDOWN_ABORT
 
@@ -55,7 +56,7 @@ def launch(folder: Path, *, nproc: int, module: str = "ml_playground.cli") -> st
 
 
 def experiment(folder: Path, **changes: TomlValue) -> Path:
-    prepare(tiny_experiment(folder, {**DDP_SETTINGS, **changes}))
+    prepare(char_gpt(folder, {**DDP_SETTINGS, **changes}))
     return folder
 
 
@@ -82,7 +83,7 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(
     two, output = two_ranks
     one = experiment(tmp_path / "one", **{"train.data.batch_size": 8})
 
-    train_gpt(tiny_experiment(one, {**DDP_SETTINGS, "train.data.batch_size": 8}).config)
+    train_gpt(char_gpt(one, {**DDP_SETTINGS, "train.data.batch_size": 8}).config)
 
     assert "all 2 ranks hold identical weights" in output
     assert "256 tokens per optimizer step" in output  # 4 sequences x 32 tokens x 2 ranks
@@ -105,7 +106,7 @@ def test_muon_on_two_ranks_matches_one_process_with_the_whole_batch(tmp_path: Pa
     one = experiment(tmp_path / "one", **{**muon, "train.data.batch_size": 8})
 
     output = launch(two, nproc=2)
-    train_gpt(tiny_experiment(one, {**DDP_SETTINGS, **muon, "train.data.batch_size": 8}).config)
+    train_gpt(char_gpt(one, {**DDP_SETTINGS, **muon, "train.data.batch_size": 8}).config)
 
     assert "all 2 ranks hold identical weights" in output
     # Weights are no sharp comparison here: Newton-Schulz lifts every singular direction
@@ -129,7 +130,7 @@ def test_resume_under_ddp_replays_the_uninterrupted_run(
     )
 
     launch(resumed, nproc=2)
-    tiny_experiment(resumed, {**DDP_SETTINGS, "train.data.batch_size": 4})  # back to 12 steps
+    char_gpt(resumed, {**DDP_SETTINGS, "train.data.batch_size": 4})  # back to 12 steps
     output = launch(resumed, nproc=2)
 
     assert "resuming at step 6" in output
@@ -153,7 +154,7 @@ def test_single_process_steps_refuse_to_run_under_a_launcher(
     monkeypatch: pytest.MonkeyPatch,
     step: Callable[[Experiment, LoadedConfig], None],
 ) -> None:
-    loaded = tiny_experiment(tmp_path)
+    loaded = char_gpt(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
 

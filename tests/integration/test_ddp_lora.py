@@ -23,8 +23,10 @@ from ml_playground.train.hf import train_lora
 from ml_playground.train.report_card import reported
 from tests.cli_helpers import GLOO_TEARDOWN_ABORT, Cli
 from tests.conftest import REPO_ROOT
-from tests.finetune_helpers import TinyModels, TomlValue, adapter_weights, speeches_experiment
+from tests.experiments import speeches_lora
+from tests.finetune_helpers import TinyModels, adapter_weights
 from tests.integration.ddp_failing_rank import FAILURE
+from tests.toml_helpers import TomlValue
 
 pytestmark = GLOO_TEARDOWN_ABORT
 
@@ -99,8 +101,8 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b_and_only_rank_0_
         "train.runtime.tensorboard_enabled": True,
     }
     two = tmp_path / "two"
-    speeches_experiment(two, tiny_models.qwen2, same_data_order | {"train.data.batch_size": 4})
-    one_loaded = speeches_experiment(
+    speeches_lora(two, tiny_models.qwen2, same_data_order | {"train.data.batch_size": 4})
+    one_loaded = speeches_lora(
         tmp_path / "one", tiny_models.qwen2, same_data_order | {"train.data.batch_size": 8}
     )
     one = one_loaded.config
@@ -149,14 +151,14 @@ def test_a_run_resumed_under_torchrun_ends_bitwise_where_an_uninterrupted_accele
         "train.runtime.eval_interval": 4,
     }
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    speeches_experiment(straight, tiny_models.qwen2, settings)
-    speeches_experiment(resumed, tiny_models.qwen2, settings | {"train.runtime.max_iters": 4})
+    speeches_lora(straight, tiny_models.qwen2, settings)
+    speeches_lora(resumed, tiny_models.qwen2, settings | {"train.runtime.max_iters": 4})
 
     # The uninterrupted run goes through accelerate launch: both launchers must give the
     # same processes and environment, so their results must agree to the bit.
     _, straight_output = launch(ACCELERATE, straight)
     launch(TORCHRUN, resumed)
-    speeches_experiment(resumed, tiny_models.qwen2, settings)  # back to 8 steps
+    speeches_lora(resumed, tiny_models.qwen2, settings)  # back to 8 steps
     _, output = launch(TORCHRUN, resumed)
 
     assert TWO_RANKS in straight_output
@@ -179,7 +181,7 @@ def test_a_rank_failing_mid_run_ends_the_whole_job_with_its_message(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
     folder = tmp_path / "job"
-    speeches_experiment(folder, tiny_models.qwen2, {"train.runtime.max_iters": 10_000})
+    speeches_lora(folder, tiny_models.qwen2, {"train.runtime.max_iters": 10_000})
 
     # Rank 1 dies drawing its third batch, while rank 0 waits in the all-reduce of that
     # step; the launcher must end rank 0 (the timeout in `launch` catches a hang).

@@ -18,15 +18,14 @@ from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.export import export_experiment
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.train.hf import train_lora
+from tests.experiments import chat_settings, load
 from tests.finetune_helpers import (
     GEMMA3_TEMPLATE,
     QWEN25_TEMPLATE,
     Family,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
     write_jsonl,
 )
 from tests.go_helpers import render_in_go

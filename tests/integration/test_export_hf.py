@@ -34,16 +34,14 @@ from ml_playground.finetune.model import apply_lora, fit_embeddings, save_weight
 from ml_playground.run_folder import HFRunMeta, write_run_meta
 from ml_playground.sample.hf import load_trained
 from ml_playground.train.hf import train_lora
+from tests.experiments import load, lora_run, lora_settings, prepare_speech_records
 from tests.finetune_helpers import (
     build_tiny_model,
     copy_member_slices,
-    load,
-    prepare_speech_records,
     speeches,
-    tiny_settings,
     write_speeches_csv,
 )
-from tests.toml_helpers import write_toml
+from tests.toml_helpers import Settings
 
 LORA_R, LORA_ALPHA = 4, 8
 LAYER = "model.layers.0.self_attn.q_proj"
@@ -136,25 +134,12 @@ def fine_tuned(folder: Path, base: Path, *, structure_tokens: bool = True) -> Pa
 
 
 def experiment(folder: Path, base: Path, **export: str | bool) -> ExperimentConfig:
-    tools = folder.parent / "tools"
-    settings = {
-        "enabled": True,
-        "quant": "f16",
-        "convert_bin": str(tools / "convert_hf_to_gguf.py"),
-        **export,
+    convert_bin = str(folder.parent / "tools" / "convert_hf_to_gguf.py")
+    settings: Settings = {
+        "sample.sample": {"start": "Sprecher: Erika Muster", "temperature": 0.7},
+        "export.ollama": {"enabled": True, "quant": "f16", "convert_bin": convert_bin, **export},
     }
-    write_toml(
-        folder / "config.toml",
-        {
-            "train.hf_model.model_name": str(base),
-            "train.runtime.out_dir": "out",
-            "train.runtime.dtype": "float32",
-            "sample.sample.start": "Sprecher: Erika Muster",
-            "sample.sample.temperature": 0.7,
-            **{f"export.ollama.{key}": value for key, value in settings.items()},
-        },
-    )
-    return load_config(folder / "config.toml", folder).config
+    return load_config(lora_run(folder, base, settings), folder).config
 
 
 @pytest.fixture
@@ -243,7 +228,7 @@ def test_a_real_fine_tuning_run_exports_a_model_that_computes_what_sampling_does
     folder = tmp_path / "run"
     write_speeches_csv(folder / "raw" / "Bundestag.csv", speeches(16))
     copy_member_slices(folder / "raw")
-    settings = tiny_settings(base_model) | {
+    settings = lora_settings(base_model) | {
         "prepare.raw_dir": "raw",
         "export.ollama.enabled": True,
         "export.ollama.convert_bin": str(tmp_path / "tools" / "convert_hf_to_gguf.py"),

@@ -24,7 +24,9 @@ from ml_playground.errors import CheckpointError, ExportError
 from ml_playground.export import export_experiment
 from ml_playground.export.bundle import CHECKSUMS, STAMP
 from ml_playground.model.config import GPTConfig
-from tests.export_helpers import TomlValue, random_gpt, save_checkpoint, write_experiment
+from tests.experiments import export_config
+from tests.export_helpers import random_gpt, save_checkpoint
+from tests.toml_helpers import TomlValue
 
 GPT2_SPEC = TokenizerSpec(kind="tiktoken", encoding="gpt2")
 TINY = GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=32)
@@ -71,7 +73,7 @@ def experiment(
     model: GPTConfig = TINY,
 ) -> ExperimentConfig:
     """A trained-looking experiment in `folder` with [export.ollama] enabled."""
-    config_path = write_experiment(folder, {"enabled": True, "quant": "f16", **(export or {})})
+    config_path = export_config(folder, {"enabled": True, "quant": "f16", **(export or {})})
     save_checkpoint(folder / "out", random_gpt(model), spec)
     return load_config(config_path, folder).config
 
@@ -130,7 +132,7 @@ def test_a_rerun_with_unchanged_inputs_is_skipped_and_a_change_re_exports(
 
     save_checkpoint(folder / "out", random_gpt(TINY, seed=1), GPT2_SPEC)  # trained further
     assert not export_experiment(config, backend_for(config), "exp").skipped
-    changed = load_config(write_experiment(folder, {"enabled": True, "quant": "q8_0"}), folder)
+    changed = load_config(export_config(folder, {"enabled": True, "quant": "q8_0"}), folder)
     assert not export_experiment(changed.config, backend_for(changed.config), "exp").skipped
 
 
@@ -232,7 +234,7 @@ def test_export_disabled_is_refused(tmp_path: Path) -> None:
 
 def test_no_checkpoint_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
-    config = load_config(write_experiment(folder, {"enabled": True}), folder).config
+    config = load_config(export_config(folder, {"enabled": True}), folder).config
 
     with pytest.raises(CheckpointError, match=r"no checkpoint in .*train first"):
         export_experiment(config, backend_for(config), "exp")
@@ -272,3 +274,15 @@ def test_an_unknown_quant_is_refused_before_any_work(tmp_path: Path) -> None:
     config = experiment(folder, {"quant": "q3"})
 
     assert_refused(folder, config, "unknown .* quant 'q3'")
+
+
+def test_a_template_under_export_ollama_replaces_the_raw_completion_template(
+    tmp_path: Path,
+) -> None:
+    config = experiment(tmp_path / "exp", {"template": "Frage: {{ .Prompt }} Antwort:"})
+
+    export_experiment(config, backend_for(config), "exp")
+
+    lines = (tmp_path / "exp" / "export" / "Modelfile").read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == ["FROM ./model.gguf", 'TEMPLATE "Frage: {{ .Prompt }} Antwort:"']
+    assert lines.count('TEMPLATE "{{ .Prompt }}"') == 0

@@ -25,17 +25,10 @@ from ml_playground.errors import ExportError
 from ml_playground.export.chat_template import ollama_chat
 from ml_playground.model.config import GPTConfig
 from tests.cli_helpers import mounted_tmpfs
-from tests.export_helpers import random_gpt, save_checkpoint, write_experiment
-from tests.finetune_helpers import (
-    QWEN2_TEMPLATE,
-    TinyModels,
-    build_chat_model,
-    chat_fine_tune,
-    chat_settings,
-    chat_tokenizer,
-    write_config,
-)
-from tests.gpt_helpers import tiny_experiment
+from tests.experiments import char_gpt, chat_lora, chat_settings, export_config
+from tests.export_helpers import random_gpt, save_checkpoint
+from tests.finetune_helpers import QWEN2_TEMPLATE, TinyModels, build_chat_model, chat_tokenizer
+from tests.toml_helpers import write_toml
 
 EXIT_USER_ERROR = 2
 RAISING_TEMPLATE = "{% for m in messages %}{{ m.content }}{{ 1 / 0 }}{% endfor %}"
@@ -67,7 +60,7 @@ def one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def gpt_experiment(folder: Path) -> Path:
     """A prepared char-level experiment with a random checkpoint fitted to its tokenizer."""
-    tiny_experiment(folder, {"prepare.source": "text"}, corpus_chars=4_000)
+    char_gpt(folder, {"prepare.source": "text"}, corpus_chars=4_000)
     assert cli.main(["prepare", str(folder)]) == 0
     meta = read_meta(folder / "datasets" / "meta.json")
     spec = meta.tokenizer_spec
@@ -109,7 +102,7 @@ def test_a_short_write_during_export_is_one_line_naming_the_gguf_and_the_bundle_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "exp"
-    config = write_experiment(folder, {"enabled": True, "quant": "f16"})
+    config = export_config(folder, {"enabled": True, "quant": "f16"})
     args = GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=32)
     save_checkpoint(
         folder / "out", random_gpt(args), TokenizerSpec(kind="tiktoken", encoding="gpt2")
@@ -152,9 +145,7 @@ def test_a_real_full_disk_during_export_is_one_line_naming_the_gguf_and_the_bund
 ) -> None:
     folder = tmp_path / "exp"
     export_dir = small_disk / "export"
-    config = write_experiment(
-        folder, {"enabled": True, "quant": "f16", "export_dir": str(export_dir)}
-    )
+    config = export_config(folder, {"enabled": True, "quant": "f16", "export_dir": str(export_dir)})
     args = GPTConfig(vocab_size=50257, block_size=32, n_layer=1, n_head=2, n_embd=32)
     save_checkpoint(
         folder / "out", random_gpt(args), TokenizerSpec(kind="tiktoken", encoding="gpt2")
@@ -219,7 +210,7 @@ def test_list_marks_an_experiment_whose_readme_is_not_utf8_and_lists_the_rest(
         ("fine", b"Fine.\n"),
     ):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "config.toml").write_text("", encoding="utf-8")
+        write_toml(tmp_path / name / "config.toml", {})
         (tmp_path / name / "Readme.md").write_bytes(readme)
     monkeypatch.setenv("ML_PLAYGROUND_EXPERIMENTS", str(tmp_path))
 
@@ -255,7 +246,7 @@ def test_a_chat_template_that_raises_in_chat_is_one_line_naming_the_template(
 ) -> None:
     folder = tmp_path / "exp"
     greedy = {"sample.sample.temperature": 0.0, "sample.sample.max_new_tokens": 4}
-    loaded = chat_fine_tune(folder, tiny_models, "qwen2", greedy)
+    loaded = chat_lora(folder, tiny_models, "qwen2", greedy)
     tokenizer = loaded.config.train.runtime.out_dir / "tokenizer"
     _replace_template(tokenizer, RAISING_TEMPLATE)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Wer spricht?\n"))
@@ -295,7 +286,7 @@ def test_train_on_a_half_prepared_chat_dataset_names_the_dataset_metadata(
 ) -> None:
     folder = tmp_path / "exp"
     model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)
-    write_config(folder, chat_settings(model))
+    write_toml(folder / "config.toml", chat_settings(model))
     dataset_dir = folder / "datasets"
     dataset_dir.mkdir(parents=True)
     (dataset_dir / "train.bin").write_bytes(b"\x01\x00")
@@ -310,7 +301,7 @@ def test_an_unknown_tiktoken_encoding_in_a_checkpoint_names_the_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "exp"
-    write_experiment(folder, {"enabled": True})
+    export_config(folder, {"enabled": True})
     args = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
     spec = TokenizerSpec(kind="tiktoken", encoding="o300k_future")
     path = save_checkpoint(folder / "out", random_gpt(args), spec)
@@ -325,7 +316,7 @@ def test_a_raw_text_path_that_names_a_folder_says_it_is_a_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "exp"
-    tiny_experiment(folder, {"prepare.source": "text", "prepare.raw_text_path": "."})
+    char_gpt(folder, {"prepare.source": "text", "prepare.raw_text_path": "."})
 
     line = one_error_line(["prepare", str(folder)], capsys)
 

@@ -22,9 +22,9 @@ from ml_playground.data.tokenizer import TokenizerSpec, tokenizer_from_spec
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.model.config import GPTConfig
 from tests.cli_helpers import run_cli
-from tests.export_helpers import CPU_FLOAT32_RUN, save_checkpoint
+from tests.experiments import CPU_FLOAT32_RUN, shakespeare_text
+from tests.export_helpers import save_checkpoint
 from tests.gguf_helpers import PROMPT, transformers_logits, unit_scale_gpt
-from tests.gpt_helpers import shakespeare_text
 from tests.llama_cpp_helpers import export_cli, require_converters
 from tests.toml_helpers import TomlValue, write_toml
 

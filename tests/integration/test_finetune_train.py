@@ -30,17 +30,9 @@ from ml_playground.train.reporting import (
     TAG_TRAIN_LOSS,
     TAG_VAL_LOSS,
 )
-from tests.finetune_helpers import (
-    ADAPTER_FILE,
-    Family,
-    TinyModels,
-    TomlValue,
-    adapter_weights,
-    load,
-    prepare_speech_records,
-    speeches_experiment,
-    tiny_settings,
-)
+from tests.experiments import load, lora_settings, prepare_speech_records, speeches_lora
+from tests.finetune_helpers import ADAPTER_FILE, Family, TinyModels, adapter_weights
+from tests.toml_helpers import TomlValue
 
 
 def experiment(
@@ -51,7 +43,7 @@ def experiment(
     family: Family = "qwen2",
 ) -> LoadedConfig:
     """A prepared SpeakGer-style experiment in `root` (preparing again is a no-op)."""
-    return speeches_experiment(root, tiny_models.of(family), overrides)
+    return speeches_lora(root, tiny_models.of(family), overrides)
 
 
 def sample_lora(config: ExperimentConfig) -> list[str]:
@@ -137,7 +129,7 @@ def test_after_training_on_a_toy_corpus_greedy_generation_stops_at_eos(
     for index in range(16):
         (raw / f"{index}.txt").write_text("Wir stimmen zu.", encoding="utf-8")
     settings: dict[str, TomlValue] = {
-        **tiny_settings(tiny_models.of(family)),
+        **lora_settings(tiny_models.of(family)),
         "prepare.raw_dir": "raw",
         "prepare.speeches.add_structure_tokens": False,
         "prepare.speeches.doc_separator": "",
@@ -251,7 +243,7 @@ def test_dataset_prepared_for_another_base_model_is_an_error(
     experiment(tmp_path, tiny_models)
     other = load(
         tmp_path,
-        tiny_settings(tiny_models.gemma3) | {"prepare.raw_dir": "raw"},
+        lora_settings(tiny_models.gemma3) | {"prepare.raw_dir": "raw"},
     )
 
     with pytest.raises(DataError, match=r"prepared with the tokenizer of .*tiny-qwen2.*prepare"):

@@ -16,13 +16,12 @@ from ml_playground.data.chat_records import prepare_chat_dataset
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
 from ml_playground.inspect_dataset import _load_tokenizer, inspect  # pyright: ignore[reportPrivateUsage] - the loader the verb uses
 from ml_playground.inspect_windows import TARGET_CLOSE, TARGET_OPEN
+from tests.experiments import chat_settings, load
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
     write_jsonl,
 )
 

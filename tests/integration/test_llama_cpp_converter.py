@@ -27,6 +27,7 @@ from ml_playground.data.records import speech_record_format
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import apply_lora, load_adapters, merge_adapters, save_weights
 from ml_playground.run_folder import HFRunMeta, write_run_meta
+from tests.experiments import lora_run
 from tests.export_helpers import gpt2_encoding
 from tests.finetune_helpers import ADAPTER_FILE
 from tests.llama_cpp_helpers import (
@@ -38,7 +39,6 @@ from tests.llama_cpp_helpers import (
     llama_completion,
     require_converters,
 )
-from tests.toml_helpers import write_toml
 
 LORA_R, LORA_ALPHA = 4, 8
 PROMPT = "Sprecher: Erika Muster\n\nFrau Präsidentin! 3.14"
@@ -83,16 +83,7 @@ def fine_tuned(folder: Path, base: Path) -> Path:
 
 
 def experiment(folder: Path, base: Path, **export: str | bool) -> Path:
-    settings = {"enabled": True, "quant": "f32", **export}
-    write_toml(
-        folder / "config.toml",
-        {
-            "train.hf_model.model_name": str(base),
-            "train.runtime.out_dir": "out",
-            "train.runtime.dtype": "float32",
-            **{f"export.ollama.{key}": value for key, value in settings.items()},
-        },
-    )
+    lora_run(folder, base, {"export.ollama": {"enabled": True, "quant": "f32", **export}})
     return folder
 
 

@@ -26,19 +26,18 @@ from ml_playground.data.speeches.source import ReadTally, speech_sources
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer, tokenizer_loader
+from tests.experiments import load, lora_settings
 from tests.finetune_helpers import (
     SpeechRow,
     TinyModels,
-    TomlValue,
     copy_member_slices,
     cut_after,
-    load,
     member_name,
     prepared_split,
     speeches,
-    tiny_settings,
     write_speeches_csv,
 )
+from tests.toml_helpers import TomlValue
 
 CSV_ONLY = frozenset({".csv"})
 
@@ -54,7 +53,7 @@ def speakger_experiment(
 
 def speakger_settings(tiny_models: TinyModels, **overrides: TomlValue) -> dict[str, TomlValue]:
     """Tiny settings reading raw/; `prepare__seed=7` sets prepare.seed."""
-    settings = tiny_settings(tiny_models.gemma3) | {"prepare.raw_dir": "raw"}
+    settings = lora_settings(tiny_models.gemma3) | {"prepare.raw_dir": "raw"}
     return settings | {key.replace("__", "."): value for key, value in overrides.items()}
 
 
@@ -267,3 +266,20 @@ def test_a_folder_prepared_by_an_older_version_is_refused_in_one_line_until_prep
     prepare(loaded)  # an older folder is never up to date: preparing rebuilds it
     assert read_dataset_meta(dataset_dir).format_version == FORMAT_VERSION
     assert (dataset_dir / "train.bin").is_file() and (dataset_dir / "val.bin").is_file()
+
+
+def test_max_records_keeps_only_the_first_speeches_read(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    every = speakger_experiment(tmp_path / "all", tiny_models, speeches(12))
+    prepare(every)
+    capped = speakger_experiment(
+        tmp_path / "five", tiny_models, speeches(12), prepare__speeches__max_records=5
+    )
+
+    message = prepare(capped)
+
+    texts = prepared_texts(capped.config.prepare.dataset_dir)
+    assert len(texts) == 5
+    assert set(texts) < set(prepared_texts(every.config.prepare.dataset_dir))
+    assert "5 speeches kept" in message

@@ -19,13 +19,14 @@ from ml_playground.run_folder import SAMPLES_DIR
 from ml_playground.sample.gpt import load_gpt
 from ml_playground.sample.run import sample_texts
 from ml_playground.train.gpt import train_gpt
-from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
+from tests.experiments import char_gpt, prepare, reconfigure
+from tests.toml_helpers import TomlValue
 
 
 @pytest.fixture(scope="module")
 def trained_out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("trained")
-    loaded = tiny_experiment(folder, {"train.runtime.max_iters": 40})
+    loaded = char_gpt(folder, {"train.runtime.max_iters": 40})
     prepare(loaded)
     return train_gpt(loaded.config).out_dir
 

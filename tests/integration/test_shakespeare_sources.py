@@ -10,14 +10,14 @@ from pathlib import Path
 from ml_playground import pipeline
 from ml_playground.config_loader import load_config
 from ml_playground.experiments import find_experiment
-from tests.gpt_helpers import TomlValue, write_config
+from tests.toml_helpers import TomlValue, write_toml
 
 OWN_TEXT = "First Citizen:\nWe are accounted poor citizens.\n" * 200
 
 
 def prepared_sources(folder: Path, changes: Mapping[str, TomlValue]) -> list[str]:
     """Prepare shakespeare with a config in `folder` plus `changes`; the sources it read."""
-    config = write_config(
+    config = write_toml(
         folder / "tiny.toml",
         {"prepare.tokenizer": "tiktoken", "prepare.dataset_dir": "datasets", **changes},
     )

@@ -25,12 +25,13 @@ from ml_playground.train import reporting
 from ml_playground.train.gpt import train_gpt
 from ml_playground.train.schedule import learning_rate_at
 from tests.cli_helpers import scalar_events, tensors
-from tests.gpt_helpers import TomlValue, prepare, reconfigure, tiny_experiment
+from tests.experiments import char_gpt, prepare, reconfigure
+from tests.toml_helpers import TomlValue
 
 
 def train(folder: Path, changes: Mapping[str, TomlValue] | None = None) -> Path:
     """Write the tiny experiment with `changes`, prepare it and train; returns out_dir."""
-    loaded = tiny_experiment(folder, changes)
+    loaded = char_gpt(folder, changes)
     prepare(loaded)
     return train_gpt(loaded.config).out_dir
 
@@ -47,7 +48,7 @@ def test_training_lowers_the_loss_and_leaves_checkpoints_and_tokenizer_in_out_di
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "exp"
-    loaded = tiny_experiment(folder, {"train.runtime.eval_only": True})
+    loaded = char_gpt(folder, {"train.runtime.eval_only": True})
     prepare(loaded)
     untrained = train_gpt(loaded.config).last_val_loss
     vocab_size = read_meta(folder / "datasets" / "meta.json").vocab_size
@@ -264,7 +265,7 @@ def test_a_vocab_size_smaller_than_the_datasets_is_refused_by_train_naming_both(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "exp"
-    prepare(tiny_experiment(folder))
+    prepare(char_gpt(folder))
     vocab_size = read_meta(folder / "datasets" / "meta.json").vocab_size
 
     with pytest.raises(DataError) as error:
@@ -282,7 +283,7 @@ def test_a_vocab_size_smaller_than_the_tokenizers_is_refused_by_prepare_naming_b
     folder = tmp_path / "exp"
 
     with pytest.raises(DataError) as error:
-        prepare(tiny_experiment(folder, {"train.model.vocab_size": 40}))
+        prepare(char_gpt(folder, {"train.model.vocab_size": 40}))
 
     message = str(error.value)
     assert "train.model.vocab_size = 40" in message
@@ -360,7 +361,7 @@ def test_resuming_with_the_other_optimizer_names_the_file_and_leaves_it_untouche
 
 def test_muon_lowers_the_loss_on_real_text(tmp_path: Path) -> None:
     folder = tmp_path / "exp"
-    loaded = tiny_experiment(folder, {"train.optim.name": "muon", "train.runtime.eval_only": True})
+    loaded = char_gpt(folder, {"train.optim.name": "muon", "train.runtime.eval_only": True})
     prepare(loaded)
     untrained = train_gpt(loaded.config).last_val_loss
 
@@ -372,3 +373,23 @@ def test_muon_lowers_the_loss_on_real_text(tmp_path: Path) -> None:
     assert trained.last_val_loss < untrained - 1.0
     saved = checkpoint.load(folder / "out" / run_folder.LAST_FILE).state.optimizer
     assert set(saved) == {"adamw", "muon"}
+
+
+def test_data_block_size_cuts_the_training_windows_below_the_models_context(
+    tmp_path: Path,
+) -> None:
+    events = {
+        "train.runtime.max_iters": 4,
+        "train.runtime.log_interval": 1,
+        "train.runtime.eval_interval": 2,
+        "train.runtime.tensorboard_enabled": True,
+    }
+
+    full = train(tmp_path / "full", events)
+    cut = train(tmp_path / "cut", {**events, "train.data.block_size": 8})
+
+    # batch_size 8 windows per step: of the model's 32 positions, or of data.block_size's 8.
+    for out_dir, window in ((full, 32), (cut, 8)):
+        seen = scalar_events(out_dir / run_folder.TB_DIR)[reporting.TAG_TOKENS_SEEN]
+        assert seen and seen == [(step, 8 * window * step) for step, _ in seen], out_dir
+    assert checkpoint.load(cut / run_folder.LAST_FILE).model_args.block_size == 32

@@ -14,13 +14,11 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import math
 import shutil
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -29,17 +27,16 @@ from hypothesis import strategies as st
 from ml_playground import cli
 from ml_playground.data.dataset_meta import read_meta
 from ml_playground.model.config import GPTConfig
+from tests.experiments import char_gpt, chat_settings
 from tests.export_helpers import random_gpt, save_checkpoint
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
-    write_config,
     write_jsonl,
 )
-from tests.gpt_helpers import TomlValue, tiny_experiment
+from tests.toml_helpers import Settings, TomlScalar, TomlValue, write_toml
 
 EXIT_OK, EXIT_USER_ERROR = 0, 2
 
@@ -116,7 +113,7 @@ GPT_CHANGES: Mapping[str, TomlValue] = {
 @pytest.fixture(scope="module")
 def gpt_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("gpt") / "exp"
-    tiny_experiment(folder, GPT_CHANGES, corpus_chars=4_000)
+    char_gpt(folder, GPT_CHANGES, corpus_chars=4_000)
     assert cli.main(["prepare", str(folder)]) == EXIT_OK
     meta = read_meta(folder / "datasets" / "meta.json")
     spec = meta.tokenizer_spec
@@ -147,55 +144,24 @@ TOML_KEYS = (
     "export.ollama.enabled",
     "prepare.no_such_key",
 )
-TOML_SCALARS = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70).map(str),
-    st.floats(allow_nan=True, allow_infinity=True).map(
-        lambda x: "nan" if math.isnan(x) else ("inf" if x == math.inf else repr(x))
-    ),
-    st.booleans().map(lambda b: "true" if b else "false"),
-    st.text(max_size=12).map(json.dumps),
-    st.sampled_from(['"cpu"', '"cuda"', '"float16"', '"char"', '"FILE:nowhere.txt"', '"."']),
+# Values as a user could type them; tomli_w (toml_helpers) spells them as TOML text.
+TOML_SCALARS: st.SearchStrategy[TomlScalar] = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=12),
+    st.sampled_from(["cpu", "cuda", "float16", "char", "FILE:nowhere.txt", "."]),
 )
-TOML_VALUES = st.one_of(
+TOML_VALUES: st.SearchStrategy[TomlValue | Settings] = st.one_of(
     TOML_SCALARS,
-    st.lists(TOML_SCALARS, max_size=3).map(lambda items: f"[{', '.join(items)}]"),
-    TOML_SCALARS.map(lambda value: f"{{ a = {value} }}"),
+    st.lists(TOML_SCALARS, max_size=3),
+    TOML_SCALARS.map(lambda value: {"a": value}),
 )
 
 
-def with_value(config: Path, key: str, value: str) -> None:
-    """Rewrite config.toml with `key` set to the TOML text `value`, as a user edits it."""
-    settings = {dotted: _toml(item) for dotted, item in _flat(tomllib.loads(config.read_text()))}
-    settings[key] = value
-    sections: dict[str, list[str]] = {}
-    for dotted, text in settings.items():
-        section, _, name = dotted.rpartition(".")
-        sections.setdefault(section, []).append(f"{name} = {text}")
-    config.write_text(
-        "".join(
-            f"[{section}]\n" + "\n".join(lines) + "\n\n" for section, lines in sections.items()
-        ),
-        encoding="utf-8",
-        errors="surrogatepass",
-    )
-
-
-def _flat(table: Mapping[str, object], prefix: str = "") -> list[tuple[str, object]]:
-    items: list[tuple[str, object]] = []
-    for name, value in table.items():
-        if isinstance(value, Mapping):
-            items += _flat(cast(Mapping[str, object], value), f"{prefix}{name}.")
-        else:
-            items.append((f"{prefix}{name}", value))
-    return items
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    return repr(value)
+def with_value(config: Path, key: str, value: TomlValue | Settings) -> None:
+    """Rewrite config.toml with `key` set to `value`, the rest as it was, as a user edits it."""
+    write_toml(config, {**tomllib.loads(config.read_text(encoding="utf-8")), key: value})
 
 
 @examples(14)
@@ -208,7 +174,7 @@ def test_any_toml_value_is_a_run_or_one_error_line(
     capsys: pytest.CaptureFixture[str],
     *,
     key: str,
-    value: str,
+    value: TomlValue | Settings,
     verb: str,
 ) -> None:
     folder = fresh_copy(gpt_experiment, tmp_path)
@@ -283,7 +249,7 @@ def test_any_bytes_as_a_sample_prompt_file_are_samples_or_one_error_line(
 ) -> None:
     folder = fresh_copy(gpt_experiment, tmp_path)
     (folder / "prompt.txt").write_bytes(data)
-    with_value(folder / "config.toml", "sample.sample.start", '"FILE:prompt.txt"')
+    with_value(folder / "config.toml", "sample.sample.start", "FILE:prompt.txt")
 
     ends_cleanly(["sample", str(folder)], folder, capsys)
 
@@ -311,7 +277,7 @@ def test_list_shows_every_experiment_whatever_a_readme_holds(
     root = tmp_path / f"experiments-{next(_fresh)}"
     for name in ("broken", "fine"):
         (root / name).mkdir(parents=True)
-        (root / name / "config.toml").write_text("", encoding="utf-8")
+        write_toml(root / name / "config.toml", {})
     (root / "broken" / "Readme.md").write_bytes(data)
     (root / "fine" / "Readme.md").write_text("# fine\n\nA fine experiment.\n", encoding="utf-8")
     monkeypatch.setenv("ML_PLAYGROUND_EXPERIMENTS", str(root))
@@ -357,7 +323,7 @@ def chat_experiment(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyM
     write_jsonl(
         folder / "chats.jsonl", [conversation(f"Frage {i}?", f"Antwort {i}.") for i in range(4)]
     )
-    write_config(folder, chat_settings(model) | {"prepare.source": "records"})
+    write_toml(folder / "config.toml", chat_settings(model) | {"prepare.source": "records"})
     assert cli.main(["prepare", str(folder)]) == EXIT_OK
     return folder
 
@@ -377,7 +343,7 @@ def test_any_chat_template_prepares_or_is_one_error_line(
 ) -> None:
     folder = fresh_copy(chat_experiment, tmp_path)
     (folder / "chat.jinja").write_text(text.join(pieces), encoding="utf-8", errors="surrogatepass")
-    with_value(folder / "config.toml", "prepare.chat_template", '"FILE:chat.jinja"')
+    with_value(folder / "config.toml", "prepare.chat_template", "FILE:chat.jinja")
 
     ends_cleanly(["prepare", str(folder)], folder, capsys)
 
@@ -422,6 +388,6 @@ def test_any_jsonl_records_prepare_or_are_one_error_line(
     good = [json.dumps(conversation("Wer?", "Ich.")) for _ in range(2)]
     body = "\n".join([*good, *lines]).encode("utf-8", "surrogatepass") + b"\n" + raw
     (folder / "chats.jsonl").write_bytes(body)
-    with_value(folder / "config.toml", "prepare.format", json.dumps(source_format))
+    with_value(folder / "config.toml", "prepare.format", source_format)
 
     ends_cleanly(["prepare", str(folder)], folder, capsys)

@@ -25,6 +25,7 @@ from ml_playground.data.rendering import (
 )
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from tests.experiments import chat_settings, load
 from tests.finetune_helpers import (
     GEMMA_TEMPLATE,
     QWEN2_GENERATION_TEMPLATE,
@@ -32,10 +33,8 @@ from tests.finetune_helpers import (
     Family,
     TinyModels,
     build_chat_model,
-    chat_settings,
     conversation,
     cut_after,
-    load,
     prepared_split,
     write_jsonl,
 )

@@ -12,7 +12,7 @@ import pytest
 from ml_playground import cli
 from ml_playground.config_loader import LoadedConfig
 from ml_playground.experiments import Experiment
-from tests.gpt_helpers import tiny_experiment
+from tests.experiments import char_gpt
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_a_file_system_problem_is_one_error_line_naming_the_file(
     code: int,
     remedy: str,
 ) -> None:
-    tiny_experiment(tmp_path)
+    char_gpt(tmp_path)
     target = tmp_path / "out" / "ckpt_last.pt"
 
     def failing_train(experiment: Experiment, loaded: LoadedConfig, args: Namespace) -> None:
@@ -51,7 +51,7 @@ def test_a_file_system_problem_is_one_error_line_naming_the_file(
 def test_an_os_error_nobody_can_fix_keeps_its_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tiny_experiment(tmp_path)
+    char_gpt(tmp_path)
 
     def failing_train(experiment: Experiment, loaded: LoadedConfig, args: Namespace) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))

@@ -11,12 +11,7 @@ from ml_playground.export.chat_template import (
     ollama_chat,
 )
 from ml_playground.export.modelfile import Modelfile, SamplingDefaults
-from tests.finetune_helpers import (
-    GEMMA3_TEMPLATE,
-    QWEN25_TEMPLATE,
-    Family,
-    chat_tokenizer,
-)
+from tests.finetune_helpers import GEMMA3_TEMPLATE, QWEN25_TEMPLATE, Family, chat_tokenizer
 
 # Turn numbers in the text: no fixed opening per role, so no Go template without counting.
 NUMBERED_TURNS = (

@@ -10,7 +10,6 @@ import pytest
 from ml_playground.artifacts import write_artifact
 from ml_playground.checkpoint import INTEGRITY_FILE, FolderDigests
 from ml_playground.config import ExperimentConfig, RecordsSourceFormat
-from ml_playground.config_loader import load_config
 from ml_playground.data.chat_records import ChatRecordSettings, chat_record_format
 from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, HFTokenizerFolder
 from ml_playground.data.records import RecordSettings, speech_record_format
@@ -24,17 +23,14 @@ from ml_playground.export.hf import adapter_dir
 from ml_playground.export.modelfile import RAW_COMPLETION
 from ml_playground.export.prompt_format import prompt_format
 from ml_playground.run_folder import HFRunMeta, write_run_meta
+from tests.experiments import load
 from tests.finetune_helpers import QWEN25_TEMPLATE, chat_tokenizer
+from tests.toml_helpers import Settings
 
 
-def config(folder: Path, export: str = "") -> ExperimentConfig:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.toml").write_text(
-        '[train.hf_model]\nmodel_name = "Qwen/Qwen2.5-0.5B"\n[train.runtime]\nout_dir = "out"\n'
-        + export,
-        encoding="utf-8",
-    )
-    return load_config(folder / "config.toml", folder).config
+def config(folder: Path, settings: Settings | None = None) -> ExperimentConfig:
+    run = {"train.hf_model.model_name": "Qwen/Qwen2.5-0.5B", "train.runtime.out_dir": "out"}
+    return load(folder, {**run, **(settings or {})}).config
 
 
 def tokenizer(folder: Path, **settings: object) -> Path:
@@ -239,7 +235,7 @@ def test_the_run_meta_decides_even_where_its_dataset_now_holds_another_record_sh
 def test_a_configured_template_is_used_without_reading_the_chat_template(
     tmp_path: Path,
 ) -> None:
-    run = config(tmp_path, export='[export.ollama]\ntemplate = "{{ .Prompt }}"\n')
+    run = config(tmp_path, {"export.ollama.template": "{{ .Prompt }}"})
     run_meta(tmp_path / "out", source_format="messages")
     # A template no Go template is derived from: numbered turns.
     numbered = "{% for m in messages %}{{ loop.index }} {{ m['content'] }}{% endfor %}"

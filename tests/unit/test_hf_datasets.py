@@ -19,17 +19,16 @@ from ml_playground.data.dataset_meta import DatasetMeta
 from ml_playground.data.table import RowTally
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer
+from tests.experiments import chat_settings, load
 from tests.finetune_helpers import (
     QWEN2_TEMPLATE,
     TinyModels,
-    TomlValue,
     build_chat_model,
-    chat_settings,
     conversation,
-    load,
     prepared_split,
     write_jsonl,
 )
+from tests.toml_helpers import TomlValue
 
 # `datasets` is only partly typed; the tests build their datasets through Any.
 datasets: Any = importlib.import_module("datasets")
@@ -175,3 +174,32 @@ def test_records_path_and_hf_dataset_together_are_a_config_error(tmp_path: Path)
         ConfigError, match=r"set either prepare.records_path .* or prepare.hf_dataset"
     ):
         load(tmp_path, settings)
+
+
+def test_hf_dataset_subset_picks_that_configuration_of_the_dataset(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    model = build_chat_model(tmp_path / "model", tiny_models, "qwen2", QWEN2_TEMPLATE)
+    hub = tmp_path / "hub"
+    write_jsonl(hub / "short" / "train.jsonl", conversations(2))
+    write_jsonl(hub / "long" / "train.jsonl", conversations(5, start=10))
+    # A dataset repository's card declares its configurations, as on the hub.
+    (hub / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: short\n  data_files:\n  - split: train\n    path: short/train.jsonl\n"
+        "- config_name: long\n  data_files:\n  - split: train\n    path: long/train.jsonl\n"
+        "---\n",
+        encoding="utf-8",
+    )
+    tokenizer = load_tokenizer(ModelSource.local(model))
+
+    long = load(tmp_path, hf_settings(model, str(hub), hf_dataset_subset="long")).config
+    outcome = prepare_chat_dataset(long, lambda: tokenizer)
+
+    assert outcome.meta.rows is not None
+    assert outcome.meta.rows.read == 5
+    assert f"{hub}/long[train]" in json.dumps(outcome.meta.fingerprint.model_dump())
+    short = load(tmp_path, hf_settings(model, str(hub), hf_dataset_subset="short")).config
+    short_rows = prepare_chat_dataset(short, lambda: tokenizer).meta.rows
+    assert short_rows is not None
+    assert short_rows.read == 2

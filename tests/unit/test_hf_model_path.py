@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from ml_playground.config_loader import load_config
+from tests.toml_helpers import write_toml
 
 
 def model_name(tmp_path: Path, value: str) -> str:
     experiment = tmp_path / "experiments" / "sft"
-    experiment.mkdir(parents=True, exist_ok=True)
-    config = experiment / "config.toml"
-    config.write_text(f'[train.hf_model]\nmodel_name = "{value}"\n', encoding="utf-8")
+    config = write_toml(experiment / "config.toml", {"train.hf_model.model_name": value})
     hf = load_config(config, experiment, defaults_path=None).config.train.hf_model
     assert hf is not None
     return hf.model_name

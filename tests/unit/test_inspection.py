@@ -22,7 +22,7 @@ from ml_playground.inspect_windows import (
     render_window,
 )
 from ml_playground.inspection import Dataset, Record, Split
-from tests.gpt_helpers import prepare, tiny_experiment
+from tests.experiments import char_gpt, prepare
 
 
 def rows_of(tensor: torch.Tensor) -> list[list[int]]:
@@ -46,7 +46,7 @@ def no_hf_tokenizer(folder: Path) -> ChatTokenizer:
 def test_the_windows_shown_are_the_first_ones_the_runs_batcher_draws(
     tmp_path: Path, sampler: str
 ) -> None:
-    loaded = tiny_experiment(tmp_path, {"train.data.sampler": sampler}, corpus_chars=5000)
+    loaded = char_gpt(tmp_path, {"train.data.sampler": sampler}, corpus_chars=5000)
     prepare(loaded)
     config = loaded.config
     data = config.train.data
@@ -71,7 +71,7 @@ def test_the_windows_shown_are_the_first_ones_the_runs_batcher_draws(
 
 
 def test_masked_windows_mark_exactly_the_targets_the_batcher_keeps(tmp_path: Path) -> None:
-    config = tiny_experiment(tmp_path).config
+    config = char_gpt(tmp_path).config
     generator = np.random.default_rng(0)
     tokens = generator.integers(0, 256, 400).astype(np.uint16)
     mask = generator.integers(0, 2, 400).astype(np.uint8)

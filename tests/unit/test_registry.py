@@ -36,6 +36,8 @@ from ml_playground.experiments import (
     resolve_preparer,
 )
 from ml_playground.experiments.sources import BUILT_IN_SOURCES
+from tests.experiments import scripted_experiment
+from tests.toml_helpers import Settings, write_toml
 
 USER_MODULE_PREFIX = "ml_playground_user_experiment_"
 PACKAGED_MODULE_PREFIX = "ml_playground.experiments."
@@ -85,15 +87,10 @@ def unique(stem: str) -> str:
 
 
 def make_experiment(
-    parent: Path, name: str, config: str = "", prepare_marker: str | None = None
+    parent: Path, name: str, config: Settings | None = None, prepare_marker: str | None = None
 ) -> Path:
-    folder = parent / name
-    folder.mkdir(parents=True)
-    (folder / "config.toml").write_text(config, encoding="utf-8")
-    if prepare_marker is not None:
-        source = PREPARE_PY.format(name=name, marker=prepare_marker)
-        (folder / "prepare.py").write_text(source, encoding="utf-8")
-    return folder
+    source = None if prepare_marker is None else PREPARE_PY.format(name=name, marker=prepare_marker)
+    return scripted_experiment(parent, name, config, source)
 
 
 def run_prepare_step(folder: Path) -> None:
@@ -222,7 +219,7 @@ def test_find_experiment_takes_a_folder_in_the_working_directory_by_its_name(
 def test_find_experiment_with_dot_means_the_working_directory(
     empty_working_directory: Path,
 ) -> None:
-    (empty_working_directory / "config.toml").write_text("", encoding="utf-8")
+    write_toml(empty_working_directory / "config.toml", {})
 
     assert find_experiment(".").directory == empty_working_directory.resolve()
 
@@ -295,9 +292,7 @@ def test_prepare_dataset_picks_another_experiments_preparer(tmp_path: Path) -> N
     shared = unique("shared_corpus")
     calls: list[PrepareContext] = []
     register(shared)(recorder(calls))
-    folder = make_experiment(
-        tmp_path, unique("variant"), config=f'[prepare]\ndataset = "{shared}"\n'
-    )
+    folder = make_experiment(tmp_path, unique("variant"), config={"prepare.dataset": shared})
 
     run_prepare_step(folder)
 
@@ -310,7 +305,7 @@ def test_prepare_dataset_picks_another_experiments_preparer(tmp_path: Path) -> N
 def test_unknown_dataset_error_lists_the_registered_preparers(tmp_path: Path) -> None:
     known = unique("known")
     register(known)(recorder([]))
-    folder = make_experiment(tmp_path, unique("variant"), config='[prepare]\ndataset = "nosuch"\n')
+    folder = make_experiment(tmp_path, unique("variant"), config={"prepare.dataset": "nosuch"})
 
     with pytest.raises(ExperimentNotFoundError) as caught:
         run_prepare_step(folder)
@@ -362,7 +357,9 @@ def test_an_experiment_folder_with_only_a_config_prepares_from_its_text_source(
     tmp_path: Path,
 ) -> None:
     folder = make_experiment(
-        tmp_path, unique("codeless"), config='[prepare]\nsource = "text"\nraw_text_path = "a.txt"\n'
+        tmp_path,
+        unique("codeless"),
+        config={"prepare.source": "text", "prepare.raw_text_path": "a.txt"},
     )
     (folder / "a.txt").write_text("to be or not to be\n" * 50, encoding="utf-8")
 
@@ -392,7 +389,7 @@ def test_source_beside_the_experiments_own_prepare_py_is_refused_naming_both(
     tmp_path: Path,
 ) -> None:
     folder = make_experiment(
-        tmp_path, unique("twofold"), config='[prepare]\nsource = "text"\n', prepare_marker="own"
+        tmp_path, unique("twofold"), config={"prepare.source": "text"}, prepare_marker="own"
     )
 
     with pytest.raises(ConfigError) as caught:
@@ -407,7 +404,9 @@ def test_source_beside_the_experiments_own_prepare_py_is_refused_naming_both(
 
 def test_source_and_dataset_together_are_refused_when_the_config_loads(tmp_path: Path) -> None:
     folder = make_experiment(
-        tmp_path, unique("contradicts"), config='[prepare]\nsource = "text"\ndataset = "other"\n'
+        tmp_path,
+        unique("contradicts"),
+        config={"prepare.source": "text", "prepare.dataset": "other"},
     )
 
     with pytest.raises(ConfigError) as caught:
@@ -421,7 +420,7 @@ def test_source_and_dataset_together_are_refused_when_the_config_loads(tmp_path:
 
 
 def test_an_unknown_source_names_the_key_the_value_and_the_choices(tmp_path: Path) -> None:
-    folder = make_experiment(tmp_path, unique("typo"), config='[prepare]\nsource = "txt"\n')
+    folder = make_experiment(tmp_path, unique("typo"), config={"prepare.source": "txt"})
 
     with pytest.raises(ConfigError) as caught:
         load_config(folder / "config.toml", folder, defaults_path=None)
@@ -449,7 +448,7 @@ def test_no_source_and_no_preparer_names_the_key_and_the_sources_to_choose(
 def test_a_dataset_naming_an_experiment_that_uses_a_source_says_to_set_that_source(
     tmp_path: Path,
 ) -> None:
-    folder = make_experiment(tmp_path, unique("reuser"), config='[prepare]\ndataset = "speakger"\n')
+    folder = make_experiment(tmp_path, unique("reuser"), config={"prepare.dataset": "speakger"})
 
     with pytest.raises(ExperimentNotFoundError) as caught:
         run_prepare_step(folder)
@@ -460,7 +459,7 @@ def test_a_dataset_naming_an_experiment_that_uses_a_source_says_to_set_that_sour
 def test_a_copy_of_a_packaged_experiment_without_a_source_is_told_the_packaged_source(
     tmp_path: Path,
 ) -> None:
-    folder = make_experiment(tmp_path, "bundestag_char", config='[prepare]\ntokenizer = "char"\n')
+    folder = make_experiment(tmp_path, "bundestag_char", config={"prepare.tokenizer": "char"})
 
     with pytest.raises(ExperimentNotFoundError) as caught:
         run_prepare_step(folder)
@@ -507,7 +506,7 @@ def test_an_exp_config_without_a_source_takes_the_experiments_source_keys(
     folder = make_experiment(
         tmp_path,
         unique("inherits"),
-        config='[prepare]\nsource = "text"\nfallback_text = "sample.txt"\n',
+        config={"prepare.source": "text", "prepare.fallback_text": "sample.txt"},
     )
     (folder / "sample.txt").write_text("a sample\n", encoding="utf-8")
     override = tmp_path / "elsewhere" / "tiny.toml"
@@ -524,7 +523,7 @@ def test_an_exp_config_without_a_source_takes_the_experiments_source_keys(
 def test_an_exp_config_that_names_a_dataset_keeps_it_and_takes_no_source(
     tmp_path: Path,
 ) -> None:
-    folder = make_experiment(tmp_path, unique("keeps"), config='[prepare]\nsource = "text"\n')
+    folder = make_experiment(tmp_path, unique("keeps"), config={"prepare.source": "text"})
     override = tmp_path / "tiny.toml"
     override.write_text('[prepare]\ndataset = "shared"\n', encoding="utf-8")
 
