@@ -208,7 +208,7 @@ _WHAT: Mapping[str, str] = {"gpt": "a from-scratch GPT", "hf-finetune": "a fine-
 def read_run_meta(out_dir: Path) -> RunMeta | None:
     """out_dir/meta.json of either kind; None before a training run has written it.
 
-    A meta.json without a known `kind` was written before this schema (a GPT run's copy of
+    A meta.json without a known `kind` comes from an older format (a GPT run's copy of
     its dataset's meta): refused in one line, since formats are frozen until 1.0.
     """
     path = meta_file(out_dir)
