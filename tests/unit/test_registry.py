@@ -511,7 +511,7 @@ def test_an_exp_config_without_a_source_takes_the_experiments_source_keys(
     (folder / "sample.txt").write_text("a sample\n", encoding="utf-8")
     override = tmp_path / "elsewhere" / "tiny.toml"
     override.parent.mkdir()
-    override.write_text('[prepare]\ntokenizer = "char"\n', encoding="utf-8")
+    write_toml(override, {"prepare.tokenizer": "char"})
 
     loaded = load_config(override, folder, defaults_path=None)
 
@@ -525,7 +525,7 @@ def test_an_exp_config_that_names_a_dataset_keeps_it_and_takes_no_source(
 ) -> None:
     folder = make_experiment(tmp_path, unique("keeps"), config={"prepare.source": "text"})
     override = tmp_path / "tiny.toml"
-    override.write_text('[prepare]\ndataset = "shared"\n', encoding="utf-8")
+    write_toml(override, {"prepare.dataset": "shared"})
 
     loaded = load_config(override, folder, defaults_path=None)
 
