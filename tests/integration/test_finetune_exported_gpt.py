@@ -34,6 +34,7 @@ PRETRAINED = GPTConfig(
     vocab_size=50257, block_size=64, n_layer=2, n_head=4, n_embd=32, arch="llama", n_kv_head=2
 )
 TINY_FINE_TUNE: Mapping[str, TomlValue] = {
+    "prepare.source": "records",
     "prepare.records_path": "chats.jsonl",
     "prepare.format": "messages",
     "prepare.chat_template": "FILE:chat.jinja",

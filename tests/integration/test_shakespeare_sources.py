@@ -24,7 +24,7 @@ def prepared_sources(folder: Path, changes: Mapping[str, TomlValue]) -> list[str
     experiment = find_experiment("shakespeare")
     pipeline.prepare(experiment, load_config(config, experiment.directory))
     meta = json.loads((folder / "datasets" / "meta.json").read_text(encoding="utf-8"))
-    return list(meta["sources"])
+    return [entry["path"] for entry in meta["fingerprint"]["inputs"]]
 
 
 def test_a_file_placed_at_datasets_input_txt_wins_over_the_bundled_text(tmp_path: Path) -> None:
