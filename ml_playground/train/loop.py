@@ -91,7 +91,6 @@ class Run:
     write: WriteWeights
     description: str
     """What trains, as the run's first line says it: "training 12.34M parameters"."""
-    resumed: bool = False
     iter_num: int = 0
     best_val_loss: float = math.inf
 
@@ -179,7 +178,6 @@ def assemble_run(
         loss=loss,
         write=write,
         description=description,
-        resumed=resume is not None,
     )
     seed_everything(runtime.seed + ranks.rank)
     if resume is not None:
@@ -231,6 +229,8 @@ def _restore(run: Run, state: TrainingState, source: str) -> None:
 def train(run: Run) -> TrainSummary:
     """Train until max_iters (or evaluate once with eval_only); returns where it ended."""
     runtime = run.train.runtime
+    # Resumed means past step 0: every save follows a step (or ends a max_iters = 0 run,
+    # which simply evaluates again).
     start = run.iter_num
     last_val: float | None = None
     with RunReporter.of_run(
@@ -239,7 +239,7 @@ def train(run: Run) -> TrainSummary:
         reporter.announce(
             run.description,
             run.precision,
-            resumed=run.resumed,
+            resumed=start > 0,
             world_size=run.ranks.world_size,
             model=run.model,
         )
@@ -276,7 +276,7 @@ def train(run: Run) -> TrainSummary:
                     reporter.interrupted(run.iter_num, saved)
                     raise SavedAndStopped(saved)
 
-            if run.iter_num > start or not run.resumed:
+            if run.iter_num > start or start == 0:
                 with reporter.evaluating():
                     last_val = _evaluate_and_save(run, reporter, run_folder.END_SLOTS)
             else:  # resumed at max_iters: only the final slot may be missing
