@@ -18,8 +18,8 @@ far, "last" is written at every evaluation and on Ctrl-C and is where training r
 "final" holds the weights at max_iters. A GPT's "final" is its ckpt_last.pt: when the run
 ends, the last checkpoint is the final one, and a third file would hold the same bytes.
 Sampling and export read the first slot present in one order, best, final, last, and for
-the GPT then the original design's ckpt.pt. This module imports no torch, so `list` and
-the CLI can look at a run folder cheaply.
+the GPT then the original design's ckpt.pt. Every path here is a name, and no function
+loads weights, so `list` can look at a run folder without reading its checkpoints.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class RecordFormat(Artifact):
     source_format: RecordsSourceFormat | None = None
 
     def record_format(self) -> dict[str, Any]:
-        """These fields alone, to pass on: `RunMeta(..., **meta.record_format())`."""
+        """These fields alone, to pass on: `HFRunMeta(..., **meta.record_format())`."""
         return self.model_dump(include=set(RecordFormat.model_fields))
 
 
