@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.memory import peak_rss_bytes
-from ml_playground.data.token_dataset import prepare_token_dataset
+from ml_playground.data.corpus import prepare_token_dataset
 from ml_playground.data.tokenizer import TOKENIZER_KINDS, TokenizerKind
 
 MB = 1_000_000

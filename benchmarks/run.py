@@ -52,7 +52,8 @@ from benchmarks.training import (
     measure_training,
     write_random_tokens,
 )
-from ml_playground.data.token_dataset import TRAIN_BIN, VAL_BIN, prepare_token_dataset
+from ml_playground.data.corpus import prepare_token_dataset
+from ml_playground.data.record_split import token_file
 from ml_playground.data.tokenizer import TokenizerKind
 from ml_playground.model.config import GPTConfig
 
@@ -186,8 +187,8 @@ def run_benchmarks(
     small = settings.small.with_vocab(meta.vocab_size, f"char vocab {meta.vocab_size}")
     training = measure_training(
         small,
-        TokenFile(char_dir / TRAIN_BIN, meta.dtype),
-        TokenFile(char_dir / VAL_BIN, meta.dtype),
+        TokenFile(char_dir / token_file("train"), meta.dtype),
+        TokenFile(char_dir / token_file("val"), meta.dtype),
         val_batches=settings.val_batches,
         matmul_size=settings.matmul_size,
         matmul_repeats=settings.matmul_repeats,
@@ -203,8 +204,8 @@ def run_benchmarks(
         speedrun = speedrun.scaled_to(recipe)
     time_to_quality = quality.measure_time_to_quality(
         recipe,
-        TokenFile(char_dir / TRAIN_BIN, meta.dtype),
-        TokenFile(char_dir / VAL_BIN, meta.dtype),
+        TokenFile(char_dir / token_file("train"), meta.dtype),
+        TokenFile(char_dir / token_file("val"), meta.dtype),
         extra=(speedrun,),
     )
     # Muon's step against AdamW's: the char model as the speed recipe builds it (llama),
@@ -212,7 +213,7 @@ def run_benchmarks(
     char_llama = small.with_arch("llama")
     _progress(started, f"{char_llama.name}: Muon and AdamW steps side by side")
     optimizer_ratios = [
-        measure_optimizer_ratio(char_llama, TokenFile(char_dir / TRAIN_BIN, meta.dtype))
+        measure_optimizer_ratio(char_llama, TokenFile(char_dir / token_file("train"), meta.dtype))
     ]
 
     random_ids = write_random_tokens(work_dir / "random.bin", settings.random_tokens, GPT2_VOCAB)

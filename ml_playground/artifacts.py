@@ -1,6 +1,6 @@
 """Typed JSON artifacts: one base model and one reader for every meta.json the project writes.
 
-Each artifact (dataset meta of both kinds, run meta, pack meta, export stamp, model
+Each artifact (dataset meta, run meta, export stamp, model
 arguments, tokenizer spec) is a frozen pydantic model that subclasses `Artifact`. Reading
 goes through `read_artifact`, which turns a missing file, bad JSON or a failed validation
 into the project's one-line error naming the file, the field and what to do; writing goes

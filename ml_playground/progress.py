@@ -2,8 +2,9 @@
 
 A tqdm bar redraws one line with carriage returns; written into a log file or a pipe it
 is noise, and switched off (tqdm's `disable=None`) it leaves minutes of silence. So long
-steps (tokenizing, packing, scoring) draw the bar when stderr is a terminal and otherwise write a
-plain line every `every_s` seconds: how far, how long so far, how long still.
+steps (tokenizing, reading speeches, scoring) draw the bar when stderr is a terminal and
+otherwise write a plain line every `every_s` seconds: how far, how long so far, how long
+still.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""The data layer: tokenizers, text sources, the prepared datasets of every kind, batches.
+"""The data layer: tokenizers, text sources, the one dataset writer and its sources, batches.
 
 `tokenizer` turns text into ids and back (and names what a Hugging Face tokenizer
-offers), `sources` and `corpus` find raw text, `token_dataset` streams a corpus into
-`train.bin`/`val.bin`/`meta.json` (each split encoded by `split_encoder`), `speeches/`
-reads a speech corpus, `records` tokenizes it into `train.bin`/`val.bin`/`tokenizer/`/
-`meta.json`, `chat_records` does the same (with `train.mask.bin`/`val.mask.bin`) for
-JSONL records (or a Hugging Face datasets split, `hf_datasets`) rendered by `rendering`
-(chat templates, target spans, end-of-turn ids), `record_split` is the per-record split
-both records datasets write into token files, `dataset_meta` is the one meta.json schema
-and reader of every prepared dataset, `dataset_folder` is what every prepared dataset
-shares (meta.json last, input fingerprints, the up-to-date check, the outcome), `table`
-reads delimited tables and `batches` draws training batches from token files. Nothing
-here imports a higher layer.
+offers). `writer` is the one dataset writer: a source hands it a `DatasetPlan`, and it
+skips an up-to-date folder or writes train.bin/val.bin (with *.mask.bin when some tokens
+are not targets), tokenizer/ for a Hugging Face tokenizer, and meta.json last, through
+`dataset_folder`'s crash-consistent staging. `dataset_meta` is the one meta.json schema
+and reader. The sources: `corpus` (a text corpus, found by `sources`, which also
+downloads and holds the bundled corpus; split by character in `split_encoder`),
+`speeches/` (a speech corpus) and `chat_records` (JSONL records, or a Hugging Face
+datasets split via `hf_datasets`, rendered by `rendering`: chat templates, target spans,
+end-of-turn ids). Speeches and chat records are split per record by `record_split`.
+`table` reads delimited tables and `batches` draws training batches from token files.
+Nothing here imports a higher layer.
 """

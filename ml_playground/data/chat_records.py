@@ -25,48 +25,41 @@ from __future__ import annotations
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Final
 
-from ml_playground.artifacts import Artifact, read_user_file
+from ml_playground.artifacts import read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
-from ml_playground.data import dataset_folder, hf_datasets
-from ml_playground.data.dataset_folder import InputFile, input_file
-from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, RecordFormat
+from ml_playground.data import hf_datasets
+from ml_playground.data.dataset_folder import InputFile, StagedDataset, input_file
+from ml_playground.data.dataset_meta import Fingerprint, RecordFormat, TokenDType
 from ml_playground.data.jsonl_records import jsonl_rows, read_records, record_sources
-from ml_playground.data.record_split import SplitRecord
-from ml_playground.data.records import (
-    TokenizerLoader,
-    records_up_to_date,
-    require_hf_model,
-    write_records,
-)
+from ml_playground.data.record_split import SplitCounts, SplitRecord, write_split
 from ml_playground.data.rendering import ChatTokenizer, TokenRecord
 from ml_playground.data.table import RowCounts
+from ml_playground.data.writer import (
+    DatasetPlan,
+    PrepareOutcome,
+    RecordSettings,
+    SourceReport,
+    TokenizerLoader,
+    hf_tokenizer_folder,
+    require_hf_model,
+    write_dataset,
+)
 from ml_playground.errors import ConfigError, DataError
 
-FORMAT_VERSION: Final = 3
 SHOWN_EXAMPLES = 3
-# --- the dataset --------------------------------------------------------------------------
 
 
-class ChatRecordSettings(Artifact):
+class ChatRecordSettings(RecordSettings):
     """The settings that decide a chat records dataset."""
 
-    format_version: int
-    base_model: str
-    revision: str | None
     source_format: RecordsSourceFormat
     chat_template: str | None
-    train_split: float
-    seed: int
-
-
-ChatPrepareOutcome = dataset_folder.PrepareOutcome[DatasetMeta]
 
 
 def prepare_chat_records(
     config: ExperimentConfig, load_tokenizer: TokenizerLoader, *, force: bool = False
-) -> ChatPrepareOutcome:
+) -> PrepareOutcome:
     """What a chat experiment's preparer does: prepare (again even when up to date, with
     `force`), then say what happened."""
     outcome = prepare_chat_dataset(config, load_tokenizer, force=force)
@@ -76,7 +69,7 @@ def prepare_chat_records(
 
 def prepare_chat_dataset(
     config: ExperimentConfig, load_tokenizer: TokenizerLoader, *, force: bool = False
-) -> ChatPrepareOutcome:
+) -> PrepareOutcome:
     """Read, render, tokenize and split the records below prepare.records_path."""
     hf = require_hf_model(config)
     prepare = config.prepare
@@ -88,59 +81,59 @@ def prepare_chat_dataset(
         )
     rows, described, inputs, hf_source = _record_rows(config)
     template = configured_template(prepare.chat_template)
-    dataset_dir = prepare.dataset_dir
     fingerprint = Fingerprint(
         inputs=inputs,
         hf_dataset=hf_source,
         settings=ChatRecordSettings(
-            format_version=FORMAT_VERSION,
-            base_model=hf.model_name,
-            revision=hf.revision,
-            source_format=source_format,
-            chat_template=template,
-            train_split=prepare.train_split,
-            seed=prepare.seed,
+            **ChatRecordSettings.shared(config), source_format=source_format, chat_template=template
         ).to_json(),
     )
-    existing = records_up_to_date(dataset_dir, fingerprint, force=force)
-    if existing is not None:
-        return existing
-
-    tokenizer = typing.cast(ChatTokenizer, load_tokenizer())
-    if template is not None:
-        tokenizer.chat_template = template
-    if source_format == "messages" and not tokenizer.chat_template:
-        raise ConfigError(
-            f"the tokenizer of {hf.model_name} has no chat template to render messages with; "
-            "set [prepare] chat_template to a Jinja template or FILE:<path of one>"
-        )
     counts = RowCounts()
-    with dataset_folder.replacing(dataset_dir) as staged:
-        meta, split = write_records(
-            staged,
-            _split_records(read_records(rows, source_format, tokenizer, counts)),
-            tokenizer,
-            config,
-            too_few=lambda usable: DataError(
-                f"{usable} usable record(s) in {described}, at least 2 are "
-                f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
-            ),
-            fingerprint=fingerprint,
-            record_format=chat_record_format(source_format),
-            tally=counts.tally,
+
+    def plan() -> DatasetPlan:
+        tokenizer = typing.cast(ChatTokenizer, load_tokenizer())
+        if template is not None:
+            tokenizer.chat_template = template
+        if source_format == "messages" and not tokenizer.chat_template:
+            raise ConfigError(
+                f"the tokenizer of {hf.model_name} has no chat template to render messages "
+                "with; set [prepare] chat_template to a Jinja template or FILE:<path of one>"
+            )
+
+        def write_splits(staged: StagedDataset, dtype: TokenDType) -> SplitCounts:
+            return write_split(
+                _split_records(read_records(rows, source_format, tokenizer, counts)),
+                staged,
+                dtype=dtype,
+                masked=True,
+                train_split=prepare.train_split,
+                seed=prepare.seed,
+                too_few=lambda usable: DataError(
+                    f"{usable} usable record(s) in {described}, at least 2 are "
+                    f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
+                ),
+            )
+
+        def summary(split: SplitCounts) -> SourceReport:
+            train = split["train"]
+            return SourceReport(
+                counts.tally(),
+                f"{train.get('trained', 0):,} of {train['tokens']:,} train tokens train; "
+                f"{_summary(counts)}{_examples(counts, chr(10) + '  e.g. ')}",
+            )
+
+        return DatasetPlan(
+            tokenizer=hf_tokenizer_folder(config),
+            vocab_size=len(tokenizer),
+            write_splits=write_splits,
+            unit=f"{source_format} records",
             masked=True,
+            hf_tokenizer=tokenizer,
+            record_format=chat_record_format(source_format),
+            report=summary,
         )
-    return ChatPrepareOutcome(
-        skipped=False,
-        meta=meta,
-        message=(
-            f"prepared {dataset_dir}: {split['train']['records']:,} train + "
-            f"{split['val']['records']:,} val {source_format} records for {hf.model_name} "
-            f"({split['train'].get('trained', 0):,} of {split['train'].get('tokens', 0):,} "
-            "train tokens train); "
-            f"{_summary(counts)}{_examples(counts, chr(10) + '  e.g. ')}"
-        ),
-    )
+
+    return write_dataset(prepare.dataset_dir, fingerprint, plan, force=force)
 
 
 def chat_record_format(source_format: RecordsSourceFormat) -> RecordFormat:

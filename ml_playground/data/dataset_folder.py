@@ -1,6 +1,6 @@
-"""A prepared dataset folder: what the token dataset and the records dataset share.
+"""A prepared dataset folder, replaced crash-consistently (the writer's, writer.py).
 
-    dataset_dir/<files>       whatever the dataset holds (token files, or jsonl records)
+    dataset_dir/<files>       what the dataset holds (token files, masks, tokenizer/)
     dataset_dir/meta.json     written last and atomically: a complete meta.json means
                               complete files, and it lists their sizes
 
@@ -12,30 +12,26 @@ prepared" while its files change), each staged file and folder is renamed over i
 one, and the new meta.json comes last. A kill after the commit is finished by the next
 prepare (`recover` rolls the staged copies forward); a kill before it is undone (the staged
 copies are deleted). Either way the next run finds the old complete dataset or the new one.
-
-A folder is up to date when its meta.json records the same fingerprint of inputs and
-settings and every file it lists still has the recorded size; then preparing again does
-nothing.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from abc import abstractmethod
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Generic, TypeVar
+from typing import IO, Any, Final
 
 from ml_playground import atomic
-from ml_playground.artifacts import Artifact, read_artifact, write_artifact
+from ml_playground.artifacts import Artifact, write_artifact
 from ml_playground.errors import DataError
 
 META_FILE = "meta.json"
 RERUN_HINT = "run `ml-playground prepare <experiment>`"
-TOKENIZER_DIR: Final = "tokenizer"  # a records dataset's tokenizer, copied into out_dir by training
+TOKENIZER_DIR: Final = (
+    "tokenizer"  # an HF tokenizer, saved by the writer; training copies it into out_dir
+)
 
 
 class InputFile(Artifact):
@@ -58,62 +54,6 @@ def input_file(path: Path, *, what: str = "source") -> InputFile:
     except OSError as exc:
         raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     return InputFile(path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-
-
-class PreparedMeta(Artifact):
-    """A prepared dataset's meta.json."""
-
-    @abstractmethod
-    def file_sizes_expected(self) -> Mapping[str, int]:
-        """The size in bytes of every file the meta.json vouches for, by name."""
-
-
-M = TypeVar("M", bound=PreparedMeta)
-
-
-@dataclass(frozen=True)
-class PrepareOutcome(Generic[M]):
-    """What preparing did: skipped an up-to-date folder, or wrote one; `message` says which."""
-
-    skipped: bool
-    meta: M
-    message: str
-
-
-def read_meta(kind: type[M], path: Path) -> M:
-    """A dataset's meta.json; a missing or damaged one is an error that says to prepare."""
-    return read_artifact(kind, path, error=DataError, remedy=RERUN_HINT)
-
-
-def up_to_date(
-    kind: type[M], dataset_dir: Path, same_inputs: Callable[[M], bool], *, force: bool = False
-) -> PrepareOutcome[M] | None:
-    """The skipped outcome when dataset_dir's meta.json passes `same_inputs` and every file
-    it lists is intact; None when the folder must be prepared (again), and always with
-    `force` (`prepare --force`). A prepare that was killed is finished or undone first
-    (`recover`)."""
-    recover(dataset_dir)
-    path = dataset_dir / META_FILE
-    if force or not path.is_file():
-        return None
-    try:
-        meta = read_meta(kind, path)
-    except DataError:
-        return None  # a damaged meta.json is rebuilt by preparing again
-    if not same_inputs(meta):
-        return None
-    for name, size in meta.file_sizes_expected().items():
-        file = dataset_dir / name
-        if not file.is_file() or file.stat().st_size != size:
-            return None
-    return PrepareOutcome(
-        skipped=True,
-        meta=meta,
-        message=(
-            f"dataset up to date: {dataset_dir} (skipped; delete it or change inputs or "
-            "[prepare] settings to prepare again)"
-        ),
-    )
 
 
 class StagedDataset:
@@ -149,11 +89,7 @@ class StagedDataset:
             atomic.sync_directory(staging)
             staging.replace(atomic.staged_name(path))
 
-    def sizes(self, *names: str) -> dict[str, int]:
-        """The size of each staged file, for meta.json's `file_sizes`."""
-        return {name: atomic.staged_name(self.dataset_dir / name).stat().st_size for name in names}
-
-    def commit(self, meta: PreparedMeta) -> None:
+    def commit(self, meta: Artifact) -> None:
         """Stage meta.json (the commit: from here on the new dataset wins), then swap
         everything in, meta.json last."""
         write_artifact(atomic.staged_name(self.dataset_dir / META_FILE), meta)

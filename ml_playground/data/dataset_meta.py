@@ -25,10 +25,9 @@ from typing import Annotated, Any, Final, Literal
 import numpy as np
 from pydantic import Field
 
-from ml_playground.artifacts import Artifact, read_json_object
+from ml_playground.artifacts import Artifact, read_artifact, read_json_object
 from ml_playground.config import RecordsSourceFormat
-from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import TOKENIZER_DIR, InputFile, PreparedMeta
+from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, InputFile
 from ml_playground.data.record_split import SPLITS, mask_file, token_file
 from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.table import RowTally
@@ -97,8 +96,16 @@ class Fingerprint(Artifact):
     hf_dataset: str | None = None
     settings: dict[str, Any]
 
+    def matches(self, recorded: Fingerprint) -> bool:
+        """Whether `recorded` (a meta.json's) describes the same inputs and settings: by
+        content where a content hash is known, since touching or copying a file changes
+        its mtime, not its text; else by path, size and modification time."""
+        if self.content_sha256 is not None:
+            return self.model_copy(update={"inputs": recorded.inputs}) == recorded
+        return self == recorded
 
-class DatasetMeta(PreparedMeta):
+
+class DatasetMeta(Artifact):
     """Dataset metadata.
 
     A prepared dataset's meta.json: the token files' layout (dtype, tokens per split,
@@ -120,6 +127,7 @@ class DatasetMeta(PreparedMeta):
     rows: ReadTally | RowTally | None = None
 
     def file_sizes_expected(self) -> Mapping[str, int]:
+        """The size in bytes of every token and mask file, by name."""
         itemsize = np.dtype(self.dtype).itemsize
         sizes = {token_file(split): self.tokens[split] * itemsize for split in SPLITS}
         if self.masked:
@@ -144,8 +152,7 @@ def read_meta(path: Path) -> DatasetMeta:
     """A prepared dataset's meta.json; a missing or damaged one says how to rebuild it, one
     prepared by an older version says to prepare it again with --force."""
     if path.is_file():
-        remedy = dataset_folder.RERUN_HINT
-        found = read_json_object(path, what="dataset meta", error=DataError, remedy=remedy)
+        found = read_json_object(path, what="dataset meta", error=DataError, remedy=RERUN_HINT)
         version = found.get("format_version")
         if version != FORMAT_VERSION:
             raise DataError(
@@ -153,4 +160,4 @@ def read_meta(path: Path) -> DatasetMeta:
                 f"(format_version {version}, now {FORMAT_VERSION}); run `ml-playground "
                 "prepare <experiment> --force` to prepare it again"
             )
-    return dataset_folder.read_meta(DatasetMeta, path)
+    return read_artifact(DatasetMeta, path, error=DataError, remedy=RERUN_HINT)

@@ -1,4 +1,4 @@
-"""The per-record split both records datasets write (speeches, chat records), as token files.
+"""The per-record split rule of the dataset writer (speeches, chat records), into token files.
 
 Each record goes to val with probability 1 - train_split, drawn from random.Random(seed)
 in input order; when that leaves a split empty, the last record of the other one moves
@@ -113,8 +113,3 @@ def write_split(
             if empty.counts["records"] == 0:
                 empty.write(full.take_last())
     return {"train": train.counts, "val": val.counts}
-
-
-def per_split(counts: SplitCounts, key: str) -> dict[str, int]:
-    """One measure of both splits, as meta.json records it: {"train": n, "val": m}."""
-    return {split: counts[split].get(key, 0) for split in SPLITS}

@@ -1,18 +1,44 @@
-"""Encoding one split of a text corpus as it streams in, appending its ids to a token file.
+"""The character split of a text corpus, encoded as it streams in.
 
-The corpus arrives in chunks (token_dataset.py); each chunk's text is encoded up to a cut
-where encoding the pieces separately gives the ids of the whole, and the rest waits for
-the next chunk, so memory stays bounded by a chunk or so.
+The corpus arrives in chunks (corpus.py); the first `train_chars` characters go to
+train.bin, the rest to val.bin. Each split's text is encoded up to a cut where encoding
+the pieces separately gives the ids of the whole, and the rest waits for the next chunk,
+so memory stays bounded by a chunk or so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import IO, Any
 
 import numpy as np
 
+from ml_playground.data.dataset_folder import StagedDataset
 from ml_playground.data.dataset_meta import TokenDType
+from ml_playground.data.record_split import SplitCounts, token_file
 from ml_playground.data.tokenizer import Tokenizer
+
+
+def write_character_split(
+    pieces: Iterable[str],
+    staged: StagedDataset,
+    tokenizer: Tokenizer,
+    dtype: TokenDType,
+    *,
+    train_chars: int,
+    max_carry: int,
+) -> SplitCounts:
+    """Encode the corpus's `pieces` into staged train.bin and val.bin; the tokens of each."""
+    with staged.open(token_file("train")) as train_out, staged.open(token_file("val")) as val_out:
+        train = SplitEncoder(tokenizer, train_out, dtype, max_carry=max_carry)
+        val = SplitEncoder(tokenizer, val_out, dtype, max_carry=max_carry)
+        train_left = train_chars
+        for text in pieces:
+            head, tail = text[:train_left], text[train_left:]
+            train_left -= len(head)
+            train.feed(head)
+            val.feed(tail)
+        return {"train": {"tokens": train.finish()}, "val": {"tokens": val.finish()}}
 
 
 class SplitEncoder:

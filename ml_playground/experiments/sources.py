@@ -1,10 +1,10 @@
 """The built-in sources that `[prepare] source` names, so most experiments need no code.
 
     text      a text corpus for the from-scratch GPT: raw_text_path, raw_dir,
-              dataset_dir/input.txt, download_url, fallback_text (data/corpus.py)
+              dataset_dir/input.txt, download_url, fallback_text (data/sources.py, data/corpus.py)
     speeches  speeches for a Hugging Face model: tables (.csv) and single speeches (.txt)
               below raw_dir or in raw_text_path, of the kinds prepare.speeches.suffixes
-              lists (data/records.py)
+              lists (data/speeches/dataset.py)
     records   JSONL records (text, prompt_completion, messages) in records_path, or the
               rows of prepare.hf_dataset, for a Hugging Face model (data/chat_records.py)
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ml_playground.config import PrepareSource
-from ml_playground.data.corpus import prepare_corpus, text_sources
+from ml_playground.data.corpus import prepare_corpus
+from ml_playground.data.sources import text_sources
 from ml_playground.experiments import PrepareContext, Preparer
 
 
@@ -28,7 +29,8 @@ def prepare_text(ctx: PrepareContext) -> None:
 
 def prepare_speeches(ctx: PrepareContext) -> None:
     # Imported here: transformers loads for seconds, and the text source never needs it.
-    from ml_playground.data.records import prepare_speeches, require_hf_model  # noqa: PLC0415
+    from ml_playground.data.speeches.dataset import prepare_speeches  # noqa: PLC0415
+    from ml_playground.data.writer import require_hf_model  # noqa: PLC0415
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415
 
     suffixes = frozenset(ctx.config.prepare.speeches.suffixes)
@@ -38,7 +40,7 @@ def prepare_speeches(ctx: PrepareContext) -> None:
 
 def prepare_records(ctx: PrepareContext) -> None:
     from ml_playground.data.chat_records import prepare_chat_records  # noqa: PLC0415 - see above
-    from ml_playground.data.records import require_hf_model  # noqa: PLC0415 - see above
+    from ml_playground.data.writer import require_hf_model  # noqa: PLC0415 - see above
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415 - see above
 
     load_tokenizer = tokenizer_loader(require_hf_model(ctx.config))

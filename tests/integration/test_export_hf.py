@@ -24,7 +24,7 @@ from ml_playground.backends import backend_for
 from ml_playground.checkpoint import seal_adapters
 from ml_playground.config import ExperimentConfig, PeftConfig
 from ml_playground.config_loader import load_config
-from ml_playground.data.records import speech_record_format
+from ml_playground.data.speeches.dataset import speech_record_format
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.errors import ExportError
 from ml_playground.export import export_experiment, llama_cpp

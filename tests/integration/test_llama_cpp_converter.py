@@ -23,7 +23,7 @@ from safetensors.torch import load_file  # pyright: ignore[reportUnknownVariable
 
 from ml_playground.checkpoint import seal_adapters
 from ml_playground.config import PeftConfig
-from ml_playground.data.records import speech_record_format
+from ml_playground.data.speeches.dataset import speech_record_format
 from ml_playground.finetune.hub import ModelSource, load_causal_lm, load_tokenizer
 from ml_playground.finetune.model import apply_lora, load_adapters, merge_adapters, save_weights
 from ml_playground.run_folder import HFRunMeta, write_run_meta

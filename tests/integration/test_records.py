@@ -21,9 +21,10 @@ from ml_playground.data.dataset_meta import (
     RecordFormat,
     read_meta,
 )
-from ml_playground.data.records import prepare_speech_dataset, require_hf_model
+from ml_playground.data.speeches.dataset import prepare_speech_dataset
 from ml_playground.data.speeches.source import ReadTally, speech_sources
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
+from ml_playground.data.writer import require_hf_model
 from ml_playground.errors import ConfigError, DataError
 from ml_playground.finetune.hub import ModelSource, load_tokenizer, tokenizer_loader
 from tests.experiments import load, lora_settings

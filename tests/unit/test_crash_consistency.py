@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from ml_playground import atomic, checkpoint, run_folder
+from ml_playground.artifacts import Artifact
 from ml_playground.data import dataset_folder
-from ml_playground.data.dataset_folder import META_FILE, PreparedMeta
-from ml_playground.data.token_dataset import prepare_token_dataset
+from ml_playground.data.corpus import prepare_token_dataset
+from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.export import bundle
 
 EXIT_KILLED = 137
@@ -251,27 +252,25 @@ def test_a_kill_while_the_adapters_slot_is_replaced_never_makes_the_next_run_sta
 # --- a prepared dataset --------------------------------------------------------------------
 
 
-class NotesMeta(PreparedMeta):
+class NotesMeta(Artifact):
     """Notes dataset metadata."""
 
     version: int
     sizes: dict[str, int]
 
-    def file_sizes_expected(self) -> dict[str, int]:
-        return self.sizes
-
 
 def write_notes(dataset_dir: Path, version: int) -> None:
     """A dataset as the records preparers write one: two split files, a tokenizer folder
     and meta.json, all through the one dataset writer."""
+    sizes: dict[str, int] = {}
     with dataset_folder.replacing(dataset_dir) as staged:
         for name in ("train.jsonl", "val.jsonl"):
             with staged.open(name) as handle:
-                handle.write(f"{name} version {version}\n".encode() * version)
+                sizes[name] = handle.write(f"{name} version {version}\n".encode() * version)
         with staged.folder("tokenizer") as folder:
             (folder / "tokenizer.json").write_text(f"v{version}", encoding="utf-8")
             (folder / f"added_{version}.json").write_text("{}", encoding="utf-8")
-        staged.commit(NotesMeta(version=version, sizes=staged.sizes("train.jsonl", "val.jsonl")))
+        staged.commit(NotesMeta(version=version, sizes=sizes))
 
 
 @pytest.mark.parametrize("fault", ["kill", "full disk"])

@@ -12,7 +12,7 @@ from ml_playground.checkpoint import INTEGRITY_FILE, FolderDigests
 from ml_playground.config import ExperimentConfig, RecordsSourceFormat
 from ml_playground.data.chat_records import ChatRecordSettings, chat_record_format
 from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, HFTokenizerFolder
-from ml_playground.data.records import RecordSettings, speech_record_format
+from ml_playground.data.speeches.dataset import SpeechSettings, speech_record_format
 from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
@@ -43,8 +43,7 @@ def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
     """datasets/meta.json of speech records, as prepare writes it."""
     records = speech_record_format(structure_tokens=structure_tokens)
     tally = RowTally(read=0, repaired=0, malformed={}, examples=())
-    settings = RecordSettings(
-        format_version=1,
+    settings = SpeechSettings(
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
         add_structure_tokens=structure_tokens,
@@ -168,7 +167,6 @@ def chat_run_tokenizer(folder: Path, template: str = QWEN25_TEMPLATE) -> Path:
 def chat_dataset_meta(folder: Path, source_format: RecordsSourceFormat) -> None:
     """datasets/meta.json of chat records, as prepare writes it."""
     settings = ChatRecordSettings(
-        format_version=1,
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
         source_format=source_format,

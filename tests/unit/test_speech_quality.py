@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ml_playground.data.speeches.quality import analyse
+from ml_playground.sample.speech_quality import analyse
 
 SPEECH = (
     "Sprecher: Erika Muster\nPartei: SPD\nJahr: 2021\n\n"

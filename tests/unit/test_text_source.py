@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from ml_playground.config import PrepareConfig
-from ml_playground.data.corpus import text_sources
-from ml_playground.data.sources import TINY_SHAKESPEARE
+from ml_playground.data.sources import TINY_SHAKESPEARE, text_sources
 from ml_playground.errors import DataError
 
 

@@ -12,24 +12,21 @@ import numpy as np
 import pytest
 import tiktoken
 
+from ml_playground.data.corpus import DEFAULT_CHUNK_BYTES, prepare_token_dataset
 from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.dataset_meta import FORMAT_VERSION, DatasetMeta, read_meta
-from ml_playground.data.token_dataset import (
-    DEFAULT_CHUNK_BYTES,
-    TRAIN_BIN,
-    VAL_BIN,
-    PrepareOutcome,
-    prepare_token_dataset,
-)
+from ml_playground.data.record_split import token_file
 from ml_playground.data.tokenizer import (
     Tokenizer,
     TokenizerKind,
     TokenizerSpec,
     tokenizer_from_spec,
 )
+from ml_playground.data.writer import PrepareOutcome
 from ml_playground.errors import DataError
 from tests.conftest import SHARED_DIR
 
+TRAIN_BIN, VAL_BIN = token_file("train"), token_file("val")
 SHAKESPEARE = SHARED_DIR / "data" / "tinyshakespeare.txt"
 KINDS: list[TokenizerKind] = ["char", "tiktoken"]
 

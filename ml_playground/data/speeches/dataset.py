@@ -1,0 +1,199 @@
+"""Speeches as a source of the one dataset writer (../writer.py).
+
+Every speech becomes one record, "text" (header, blank line, speech; see speech.py)
+tokenized the way the model expects a text to begin (with <bos> where the tokenizer adds
+one) and closed by the end-of-sequence token and the doc_separator: the model sees every
+speech end, learns to emit EOS there, and sampling stops at it. Every token is a target,
+so the folder has no masks; tokenizer/ holds the structure tokens when
+add_structure_tokens is on. The split is by speech and seeded (../record_split.py).
+
+Inputs are known by path, size and modification time (`InputFile`), the member tables
+joined with a CSV included. The tokenizer is the caller's to load (`TokenizerLoader`),
+so this layer never imports the Hugging Face backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ml_playground.config import ExperimentConfig
+from ml_playground.data.dataset_folder import TOKENIZER_DIR, StagedDataset, input_file
+from ml_playground.data.dataset_meta import Fingerprint, RecordFormat, TokenDType
+from ml_playground.data.record_split import SplitCounts, SplitRecord, write_split
+from ml_playground.data.rendering import eos_id
+from ml_playground.data.speeches.selection import Selection, SelectionSettings
+from ml_playground.data.speeches.source import (
+    ReadReport,
+    auxiliary_files,
+    read_speeches,
+    select,
+    speech_sources,
+)
+from ml_playground.data.speeches.speech import (
+    RECORD_OPENING,
+    SPEECH_END,
+    STRUCTURE_TOKENS,
+    format_record,
+)
+from ml_playground.data.tokenizer import HFTokenizer
+from ml_playground.data.writer import (
+    DatasetPlan,
+    PrepareOutcome,
+    RecordSettings,
+    SourceReport,
+    TokenizerLoader,
+    hf_tokenizer_folder,
+    write_dataset,
+)
+from ml_playground.errors import DataError
+from ml_playground.progress import byte_progress
+
+SHOWN_EXAMPLES = 3
+ENCODE_BATCH = 256
+
+
+class SpeechSettings(RecordSettings):
+    """The settings that decide a speech dataset."""
+
+    add_structure_tokens: bool
+    doc_separator: str
+    max_records: int | None
+    selection: SelectionSettings
+
+
+def prepare_speeches(
+    config: ExperimentConfig,
+    suffixes: frozenset[str],
+    load_tokenizer: TokenizerLoader,
+    *,
+    force: bool = False,
+) -> PrepareOutcome:
+    """What an experiment's preparer does: find the sources, prepare (again even when up to
+    date, with `force`), say what happened."""
+    outcome = prepare_speech_dataset(
+        config, speech_sources(config.prepare, suffixes), load_tokenizer, force=force
+    )
+    print(outcome.message)
+    return outcome
+
+
+def prepare_speech_dataset(
+    config: ExperimentConfig,
+    sources: Sequence[Path],
+    load_tokenizer: TokenizerLoader,
+    *,
+    show_progress: bool = True,
+    force: bool = False,
+) -> PrepareOutcome:
+    """Read, select, format and split the speeches in `sources` into prepare.dataset_dir.
+
+    `load_tokenizer` gives the base model's tokenizer; it is called only when the dataset
+    is not up to date, since loading one takes seconds.
+    """
+    prepare, speeches = config.prepare, config.prepare.speeches
+    selection = Selection.from_config(speeches)
+    fingerprint = Fingerprint(
+        inputs=tuple(input_file(path) for path in [*sources, *auxiliary_files(sources)]),
+        settings=SpeechSettings(
+            **SpeechSettings.shared(config),
+            add_structure_tokens=speeches.add_structure_tokens,
+            doc_separator=speeches.doc_separator,
+            max_records=speeches.max_records,
+            selection=selection.settings(),
+        ).to_json(),
+    )
+    report = ReadReport()
+
+    def plan() -> DatasetPlan:
+        tokenizer = load_tokenizer()
+        structure = STRUCTURE_TOKENS if speeches.add_structure_tokens else ()
+        added = _add_structure_tokens(tokenizer, structure)
+        eos = eos_id(tokenizer, f"the tokenizer in {prepare.dataset_dir / TOKENIZER_DIR}")
+        separator = speeches.doc_separator
+        closing = [
+            eos,
+            *(tokenizer.encode(separator, add_special_tokens=False) if separator else []),
+        ]
+        total_bytes = sum(entry.size for entry in fingerprint.inputs[: len(sources)])
+
+        def write_splits(staged: StagedDataset, dtype: TokenDType) -> SplitCounts:
+            with byte_progress("reading speeches", total_bytes, enabled=show_progress) as advance:
+                kept = select(read_speeches(sources, report, advance=advance), selection, report)
+                if speeches.max_records is not None:
+                    kept = itertools.islice(kept, speeches.max_records)
+                texts = (
+                    format_record(speech, structure_tokens=speeches.add_structure_tokens)
+                    for speech in kept
+                )
+                return write_split(
+                    _records(texts, tokenizer, closing),
+                    staged,
+                    dtype=dtype,
+                    masked=False,
+                    train_split=prepare.train_split,
+                    seed=prepare.seed,
+                    too_few=lambda total: DataError(
+                        f"{total} speech(es) to prepare, at least 2 are needed (one for val): "
+                        f"{report.summary()}; add speeches or loosen the [prepare] filters"
+                    ),
+                )
+
+        def summary(_: SplitCounts) -> SourceReport:
+            examples = "".join(f"\n  e.g. {row}" for row in report.rows.examples[:SHOWN_EXAMPLES])
+            tokens_note = f"+{len(added)} tokens: {' '.join(added)}; " if added else ""
+            return SourceReport(report.tally(), f"{tokens_note}{report.summary()}{examples}")
+
+        return DatasetPlan(
+            tokenizer=hf_tokenizer_folder(config),
+            vocab_size=len(tokenizer),
+            write_splits=write_splits,
+            unit="speeches",
+            hf_tokenizer=tokenizer,
+            record_format=speech_record_format(
+                structure_tokens=speeches.add_structure_tokens,
+                added_tokens=added,
+                doc_separator=separator,
+            ),
+            report=summary,
+        )
+
+    return write_dataset(prepare.dataset_dir, fingerprint, plan, force=force)
+
+
+def speech_record_format(
+    *, structure_tokens: bool, added_tokens: tuple[str, ...] = (), doc_separator: str = "\n\n"
+) -> RecordFormat:
+    """Speech records: wrapped in <SPEECH_START> ... <SPEECH_END> with structure tokens (the
+    end token stops a generation); otherwise a header and text that only EOS ends."""
+    return RecordFormat(
+        structure_tokens=STRUCTURE_TOKENS if structure_tokens else (),
+        added_tokens=added_tokens,
+        doc_separator=doc_separator,
+        record_opening=RECORD_OPENING if structure_tokens else "",
+        record_closing=SPEECH_END if structure_tokens else "",
+        stop_tokens=(SPEECH_END,) if structure_tokens else (),
+    )
+
+
+def _records(
+    texts: Iterator[str], tokenizer: HFTokenizer, closing: Sequence[int]
+) -> Iterator[SplitRecord]:
+    """Each text as a record begins (tokenized in batches, which is faster), then `closing`."""
+    while batch := list(itertools.islice(texts, ENCODE_BATCH)):
+        encoded = tokenizer(batch, add_special_tokens=True)["input_ids"]
+        for text, ids in zip(batch, encoded, strict=True):
+            # Some tokenizers (Llama's with add_eos_token) already close a text with EOS.
+            body = ids[:-1] if ids and ids[-1] == closing[0] else ids
+            yield SplitRecord([*body, *closing], measures={"characters": len(text)})
+
+
+def _add_structure_tokens(tokenizer: HFTokenizer, tokens: Sequence[str]) -> tuple[str, ...]:
+    """Register `tokens` as special tokens; returns those that were new to the vocabulary."""
+    if not tokens:
+        return ()
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    return tuple(token for token, token_id in zip(tokens, ids, strict=True) if token_id >= before)
