@@ -329,19 +329,35 @@ def evaluations(out_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: scalars[tag] for tag in (reporting.TAG_VAL_LOSS, reporting.TAG_EVAL_TRAIN_LOSS)}
 
 
+# Dropout draws from the RNG the checkpoint restores; both runs must agree on every
+# evaluation (TensorBoard), on which step is best and on what last and best hold.
+DROPOUT_RUN: Mapping[str, TomlValue] = {
+    "train.model.dropout": 0.1,
+    "train.runtime.max_iters": 12,
+    "train.runtime.eval_interval": 4,
+    "train.runtime.tensorboard_enabled": True,
+}
+
+
+@pytest.fixture(scope="module")
+def dropout_run(tmp_path_factory: pytest.TempPathFactory, bytecode_cache: Path) -> Path:
+    """The dropout run prepared and trained once without a fault into folder/straight; tests
+    copy the folder (shutil.copytree) and never change this one."""
+    workdir = tmp_path_factory.mktemp("dropout_run").resolve()
+    cli = Cli(workdir, bytecode_cache=bytecode_cache, timeout=TIMEOUT)
+    folder = prepared_run(workdir, cli, DROPOUT_RUN)
+    train_uninterrupted(folder, cli, DROPOUT_RUN)
+    return folder
+
+
+# One worker runs both cases, so --dist loadgroup trains the shared dropout_run once.
+@pytest.mark.xdist_group("dropout_run")
 @pytest.mark.parametrize("stop_at", [4, 5], ids=["at-an-eval-boundary", "between-evals"])
 def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
-    workdir: Path, cli: Cli, stop_at: int
+    workdir: Path, cli: Cli, dropout_run: Path, stop_at: int
 ) -> None:
-    # Dropout draws from the RNG the checkpoint restores; both runs must agree on every
-    # evaluation (TensorBoard), on which step is best and on what last and best hold.
-    changes: dict[str, TomlValue] = {
-        "train.model.dropout": 0.1,
-        "train.runtime.max_iters": 12,
-        "train.runtime.eval_interval": 4,
-        "train.runtime.tensorboard_enabled": True,
-    }
-    folder = prepared_run(workdir, cli, changes)
+    folder = workdir / dropout_run.name
+    shutil.copytree(dropout_run, folder)
     dataset = sha256_of_files(folder / "datasets")
     out_dir = folder / "out"
     last = out_dir / run_folder.LAST_FILE
@@ -358,7 +374,7 @@ def test_a_run_stopped_by_ctrl_c_and_resumed_equals_the_uninterrupted_run(
     resumed = cli.run(*tiny("train", folder))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at step {stop_at}" in resumed.stdout
-    straight = train_uninterrupted(folder, cli, changes)
+    straight = folder / "straight"
     assert_same_checkpoints(straight, out_dir)
     expected, actual = evaluations(straight), evaluations(out_dir)
     assert [step for step, _ in actual[reporting.TAG_VAL_LOSS]] == [4, 8, 12]
