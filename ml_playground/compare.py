@@ -128,11 +128,7 @@ def run_tokenizer(out_dir: Path) -> str | None:
     """Which tokenizer the run trained with, from its meta.json: a GPT's tokenizer spec or a
     fine-tuning run's base model; None when the run has no meta.json."""
     meta = run_folder.read_run_meta(out_dir)
-    if meta is None:
-        return None
-    if isinstance(meta, run_folder.HFRunMeta):
-        return f"{meta.base_model} (vocab {meta.vocab_size})"
-    return meta.tokenizer.describe()
+    return None if meta is None else meta.describe_tokenizer()
 
 
 def bits_per_byte(out_dir: Path) -> float | None:

@@ -172,6 +172,9 @@ class GPTRunMeta(Artifact):
     dataset_dir: str  # the prepared dataset the run trained on
     dataset_sha256: str  # of that dataset's meta.json, which fingerprints sources and settings
 
+    def describe_tokenizer(self) -> str:
+        return self.tokenizer.describe()
+
 
 class HFRunMeta(RecordFormat):
     """Meta.json of a fine-tuning run: its base model, vocabulary, and its records' format."""
@@ -183,6 +186,9 @@ class HFRunMeta(RecordFormat):
     vocab_size: int
     lora: bool
     tokenizer: Literal["tokenizer"] = TOKENIZER_DIR
+
+    def describe_tokenizer(self) -> str:
+        return f"{self.base_model} (vocab {self.vocab_size})"
 
     def check_base(self, out_dir: Path, hf: HFModelConfig, error: type[UserError]) -> None:
         """Adapters on another base than they were trained on would be garbage."""

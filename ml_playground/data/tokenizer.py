@@ -28,7 +28,7 @@ import tiktoken
 from pydantic import StringConstraints, model_validator
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from ml_playground.artifacts import Artifact, parse_artifact
+from ml_playground.artifacts import Artifact
 from ml_playground.errors import DataError
 
 TokenizerKind = Literal["char", "tiktoken"]
@@ -45,7 +45,6 @@ BUNDLED_RANKS = Path(__file__).with_name("bundled") / "r50k_base.tiktoken"
 BUNDLED_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 ENDOFTEXT = "<|endoftext|>"
 R50K_ENDOFTEXT_ID = 50256
-DEFAULT_SPEC_REMEDY = "the file is damaged or from another version, so recreate it"
 
 
 class TokenizerSpec(Artifact):
@@ -82,14 +81,6 @@ class TokenizerSpec(Artifact):
             digest = hashlib.sha256(chars.encode("utf-8", "surrogatepass")).hexdigest()[:8]
             return f"char ({len(chars)} characters, vocab {digest})"
         return f"tiktoken {self.encoding}"
-
-    @classmethod
-    def from_json(
-        cls, obj: object, source: Path | str, *, remedy: str = DEFAULT_SPEC_REMEDY
-    ) -> TokenizerSpec:
-        """Validate a spec read from `source` (a checkpoint's section); bad data raises
-        DataError naming it, the field and `remedy`, what the user should do about it."""
-        return parse_artifact(cls, obj, source, error=DataError, remedy=remedy)
 
 
 class Tokenizer(Protocol):
@@ -135,8 +126,7 @@ class CharTokenizer:
     """One id per character; the vocabulary is the sorted set of the corpus's characters."""
 
     def __init__(self, vocab: Sequence[str]) -> None:
-        if len(set(vocab)) != len(vocab) or any(len(ch) != 1 for ch in vocab):
-            raise ValueError("char vocabulary entries must be distinct single characters")
+        # The spec validates the vocabulary: distinct single characters, at least one.
         self._spec = TokenizerSpec(kind="char", vocab=tuple(vocab))
         self._ids = {ch: i for i, ch in enumerate(vocab)}
         # A dict, not the tuple, so a negative id is an error instead of wrapping around.
@@ -218,12 +208,11 @@ class TiktokenTokenizer:
 
 
 def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
+    # A spec is complete for its kind (its validator), so the vocab or encoding is there.
     if spec.kind == "char":
-        if spec.vocab is None:
-            raise DataError("a char tokenizer spec needs its vocabulary")
+        assert spec.vocab is not None
         return CharTokenizer(spec.vocab)
-    if spec.encoding is None:
-        raise DataError("a tiktoken tokenizer spec needs an encoding name")
+    assert spec.encoding is not None
     return TiktokenTokenizer(spec.encoding)
 
 

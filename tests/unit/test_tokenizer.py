@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import tiktoken
 
+from ml_playground.artifacts import parse_artifact
 from ml_playground.data import tokenizer as tokenizer_module
 from ml_playground.data.tokenizer import (
     BUNDLED_RANKS,
@@ -23,6 +24,7 @@ from ml_playground.data.tokenizer import (
 from ml_playground.errors import DataError
 from tests.conftest import SHARED_DIR
 
+REMEDY = "the file is damaged or from another version, so recreate it"
 SHAKESPEARE = SHARED_DIR / "data" / "tinyshakespeare.txt"
 GERMAN = (
     "Größere Übungen: Die Bürgerinnen aßen süße Äpfel am Fluss. 🍎🇩🇪\n"
@@ -203,7 +205,7 @@ def test_damaged_bundled_ranks_are_refused_in_one_line_naming_the_file(
 def test_spec_survives_a_json_round_trip(spec: TokenizerSpec) -> None:
     text = json.dumps(spec.to_json(), ensure_ascii=False)
 
-    assert TokenizerSpec.from_json(json.loads(text), "meta.json") == spec
+    assert TokenizerSpec.model_validate_json(text) == spec
 
 
 def test_tokenizer_from_spec_rebuilds_the_same_tokenizer() -> None:
@@ -241,4 +243,4 @@ def test_spec_from_bad_json_names_the_source_the_field_and_the_remedy(
 ) -> None:
     expected = rf"ckpt_last\.pt is not a valid tokenizer spec: .*{re.escape(problem)}.*recreate it"
     with pytest.raises(DataError, match=expected):
-        TokenizerSpec.from_json(obj, "ckpt_last.pt")
+        parse_artifact(TokenizerSpec, obj, "ckpt_last.pt", error=DataError, remedy=REMEDY)
