@@ -23,9 +23,10 @@ from pathlib import Path
 
 from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig, load_config
+from ml_playground.data.corpus import prepare_corpus
+from ml_playground.data.sources import text_sources
 from ml_playground.data.tokenizer import TokenizerSpec
-from ml_playground.experiments import EXPERIMENTS_ROOT, PrepareContext
-from ml_playground.experiments.sources import prepare_text
+from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.model.config import GPTConfig
 from ml_playground.model.gpt import GPT
 from tests.conftest import SHARED_DIR
@@ -105,8 +106,7 @@ def reconfigure(folder: Path, changes: Settings | None = None) -> LoadedConfig:
 
 def prepare(loaded: LoadedConfig) -> None:
     """Tokenize the experiment's corpus into its dataset_dir (skipped when up to date)."""
-    folder = loaded.config_path.parent
-    prepare_text(PrepareContext(name=folder.name, directory=folder, config=loaded.config))
+    prepare_corpus(loaded.config, text_sources(loaded.config.prepare))
 
 
 def copy_experiment(name: str, parent: Path) -> Path:

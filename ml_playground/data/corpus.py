@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ml_playground.config import ExperimentConfig
 from ml_playground.data.dataset_folder import StagedDataset, input_file
 from ml_playground.data.dataset_meta import Fingerprint, TokenDType
 from ml_playground.data.record_split import SPLITS, SplitCounts, token_file
@@ -35,6 +36,26 @@ from ml_playground.errors import DataError
 from ml_playground.progress import byte_progress
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def prepare_corpus(
+    config: ExperimentConfig, sources: list[Path], *, force: bool = False
+) -> PrepareOutcome:
+    """Tokenize `sources` into the experiment's dataset_dir with its tokenizer settings
+    (again even when up to date, with `force`), and say what happened."""
+    prepare = config.prepare
+    outcome = prepare_token_dataset(
+        sources,
+        prepare.dataset_dir,
+        tokenizer_kind=prepare.tokenizer,
+        encoding=prepare.encoding,
+        train_split=prepare.train_split,
+        chunk_bytes=prepare.chunk_bytes,
+        vocab_size_limit=config.train.model.vocab_size,
+        force=force,
+    )
+    print(outcome.message)
+    return outcome
 
 
 def prepare_token_dataset(

@@ -62,8 +62,8 @@ def text_files(raw_dir: Path) -> list[Path]:
     return files
 
 
-def text_sources(prepare: PrepareConfig) -> list[Path]:
-    """The corpus to tokenize, by the rule of the module docstring."""
+def configured_sources(prepare: PrepareConfig) -> list[Path] | None:
+    """Sources named in the config, or None when the config names none."""
     if prepare.raw_text_path is not None:
         return [raw_text_file(prepare.raw_text_path)]
     if prepare.raw_dir is not None:
@@ -72,6 +72,14 @@ def text_sources(prepare: PrepareConfig) -> list[Path]:
                 f"prepare.raw_dir {prepare.raw_dir} is not a folder; fix the path or remove the key"
             )
         return text_files(prepare.raw_dir)
+    return None
+
+
+def text_sources(prepare: PrepareConfig) -> list[Path]:
+    """The corpus to tokenize, by the rule of the module docstring."""
+    sources = configured_sources(prepare)
+    if sources is not None:
+        return sources
     target = prepare.dataset_dir / "input.txt"
     if not target.is_file() and prepare.download_url is not None:
         print(f"downloading {prepare.download_url} to {target}")

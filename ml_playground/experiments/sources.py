@@ -18,24 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ml_playground.config import PrepareSource
-from ml_playground.data.corpus import prepare_token_dataset
+from ml_playground.data.corpus import prepare_corpus
 from ml_playground.data.sources import text_sources
 from ml_playground.experiments import PrepareContext, Preparer
 
 
 def prepare_text(ctx: PrepareContext) -> None:
-    prepare = ctx.config.prepare
-    outcome = prepare_token_dataset(
-        text_sources(prepare),
-        prepare.dataset_dir,
-        tokenizer_kind=prepare.tokenizer,
-        encoding=prepare.encoding,
-        train_split=prepare.train_split,
-        chunk_bytes=prepare.chunk_bytes,
-        vocab_size_limit=ctx.config.train.model.vocab_size,
-        force=ctx.force,
-    )
-    print(outcome.message)
+    prepare_corpus(ctx.config, text_sources(ctx.config.prepare), force=ctx.force)
 
 
 def prepare_speeches(ctx: PrepareContext) -> None:
