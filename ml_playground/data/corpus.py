@@ -4,45 +4,38 @@ The corpus is the sources' text concatenated in order, with one rule: a "\\n" go
 a file when the corpus so far is non-empty and does not already end in one, so the last
 line of one file never merges with the first line of the next. Its split rule is by
 character: the first `train_split` of the corpus's characters (rounded down) is the train
-split, the rest is val, each encoded on its own (split_encoder.py), so no token straddles
-the two. Which files are read is sources.py's rule.
+split, the rest is val, each encoded on its own, so no token straddles the two. Which
+files are read is sources.py's rule.
 
 Memory stays bounded by a few chunks however large the corpus: files are read in
-`chunk_bytes` blocks and decoded incrementally. A first pass hashes the corpus (so an
-unchanged text is recognised, `Fingerprint.content_sha256`) and, for the char tokenizer,
-collects its characters; the second pass encodes.
+`chunk_bytes` blocks, decoded incrementally, and each split's text is encoded up to a cut
+where encoding the pieces separately gives the ids of the whole, the rest waiting for the
+next chunk. A first pass hashes the corpus (so an unchanged text is recognised,
+`Fingerprint.content_sha256`) and, for the char tokenizer, collects its characters; the
+second pass encodes.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
-from ml_playground.artifacts import Artifact
+import numpy as np
+
 from ml_playground.config import ExperimentConfig
 from ml_playground.data.dataset_folder import StagedDataset, input_file
 from ml_playground.data.dataset_meta import Fingerprint, TokenDType
-from ml_playground.data.record_split import SplitCounts
-from ml_playground.data.split_encoder import write_character_split
+from ml_playground.data.record_split import SPLITS, SplitCounts, token_file
 from ml_playground.data.tokenizer import CharTokenizer, TiktokenTokenizer, Tokenizer, TokenizerKind
 from ml_playground.data.writer import DatasetPlan, PrepareOutcome, write_dataset
 from ml_playground.errors import DataError
 from ml_playground.progress import byte_progress
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
-
-
-class CorpusSettings(Artifact):
-    """The inputs besides the text that decide the output; a change means prepare again.
-    `encoding` is None for the char tokenizer, which does not depend on it. The chunk
-    size is not a setting: the output does not depend on it."""
-
-    kind: TokenizerKind
-    encoding: str | None
-    train_split: float
 
 
 def prepare_corpus(
@@ -77,60 +70,60 @@ def prepare_token_dataset(
     vocab_size_limit: int | None = None,
     force: bool = False,
 ) -> PrepareOutcome:
-    """Tokenize `sources` into dataset_dir's token files; `vocab_size_limit` is the model's
-    configured vocab_size, if any."""
+    """Tokenize `sources` into dataset_dir's token files (again even when up to date, with
+    `force`); `vocab_size_limit` is the model's configured vocab_size, if any."""
     if not sources:
         raise DataError("no source text files to prepare; name at least one")
     if not 0.0 < train_split < 1.0:
         raise DataError(f"train_split = {train_split} must be between 0 and 1 (exclusive)")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    settings = CorpusSettings(
-        kind=tokenizer_kind,
-        encoding=encoding if tokenizer_kind == "tiktoken" else None,
-        train_split=train_split,
-    )
     inputs = tuple(input_file(path, what="source text") for path in sources)
     total_bytes = sum(entry.size for entry in inputs)
+    scanned = hashlib.sha256()
+    chars = 0
+    charset: set[str] = set()
     with byte_progress("scanning", total_bytes, enabled=show_progress) as advance:
-        scan = _scan(sources, chunk_bytes, advance, collect_chars=tokenizer_kind == "char")
-    fingerprint = Fingerprint(
-        inputs=inputs, content_sha256=scan.sha256, settings=settings.to_json()
-    )
+        for text in _corpus(sources, chunk_bytes, advance, scanned.update):
+            chars += len(text)
+            if tokenizer_kind == "char":
+                charset.update(text)
+    # The settings besides the text that decide the output: the char tokenizer does not
+    # depend on `encoding`, and the output does not depend on the chunk size.
+    settings = {
+        "kind": tokenizer_kind,
+        "encoding": encoding if tokenizer_kind == "tiktoken" else None,
+        "train_split": train_split,
+    }
+    fingerprint = Fingerprint(inputs=inputs, content_sha256=scanned.hexdigest(), settings=settings)
 
     def plan() -> DatasetPlan:
-        train_chars = int(scan.chars * train_split)
-        if train_chars in (0, scan.chars):
+        train_chars = int(chars * train_split)
+        if train_chars in (0, chars):
             raise DataError(
-                f"corpus too small to split: {scan.chars} characters in {len(sources)} file(s)"
-                f" leave {train_chars} for train and {scan.chars - train_chars} for val at"
+                f"corpus too small to split: {chars} characters in {len(sources)} file(s)"
+                f" leave {train_chars} for train and {chars - train_chars} for val at"
                 f" train_split = {train_split}; add more text"
             )
         tokenizer: Tokenizer = (
-            CharTokenizer(sorted(scan.charset))
+            CharTokenizer(sorted(charset))
             if tokenizer_kind == "char"
             else TiktokenTokenizer(encoding)
         )
         _check_vocab_limit(tokenizer.vocab_size, vocab_size_limit)
 
         def write_splits(staged: StagedDataset, dtype: TokenDType) -> SplitCounts:
-            digest = hashlib.sha256()
-
-            def pieces(advance: Callable[[int], object]) -> Iterator[str]:
-                for raw, text in _corpus(sources, chunk_bytes, advance):
-                    digest.update(raw)
-                    yield text
-
+            encoded = hashlib.sha256()
             with byte_progress("encoding", total_bytes, enabled=show_progress) as advance:
-                counts = write_character_split(
-                    pieces(advance),
+                counts = _write_character_split(
+                    _corpus(sources, chunk_bytes, advance, encoded.update),
                     staged,
                     tokenizer,
                     dtype,
                     train_chars=train_chars,
                     max_carry=chunk_bytes,
                 )
-            if digest.hexdigest() != scan.sha256:
+            if encoded.digest() != scanned.digest():
                 raise DataError(
                     f"source text changed while preparing ({', '.join(map(str, sources))});"
                     " prepare again once it is stable"
@@ -150,46 +143,27 @@ def prepare_token_dataset(
     return outcome
 
 
-@dataclass(frozen=True)
-class _Scan:
-    sha256: str
-    chars: int
-    charset: frozenset[str]
-
-
-def _scan(
+def _corpus(
     sources: Sequence[Path],
     chunk_bytes: int,
     advance: Callable[[int], object],
-    *,
-    collect_chars: bool,
-) -> _Scan:
-    digest = hashlib.sha256()
-    chars = 0
-    charset: set[str] = set()
-    for raw, text in _corpus(sources, chunk_bytes, advance):
-        digest.update(raw)
-        chars += len(text)
-        if collect_chars:
-            charset.update(text)
-    return _Scan(sha256=digest.hexdigest(), chars=chars, charset=frozenset(charset))
-
-
-def _corpus(
-    sources: Sequence[Path], chunk_bytes: int, advance: Callable[[int], object]
-) -> Iterator[tuple[bytes, str]]:
-    """The corpus as (raw bytes, text) pieces, files joined by the separator rule."""
+    hash_update: Callable[[bytes], object],
+) -> Iterator[str]:
+    """The corpus's text in pieces, files joined by the separator rule; `hash_update`
+    sees every byte of it, separators included."""
     ends_with_newline = True  # an empty corpus so far needs no separator
     for path in sources:
         first = True
         for raw, text in _file_text(path, chunk_bytes):
             advance(len(raw))
             if first and not ends_with_newline:
-                yield b"\n", "\n"
+                hash_update(b"\n")
+                yield "\n"
             first = False
             if text:
                 ends_with_newline = text.endswith("\n")
-            yield raw, text
+            hash_update(raw)
+            yield text
 
 
 def _file_text(path: Path, chunk_bytes: int) -> Iterator[tuple[bytes, str]]:
@@ -223,6 +197,74 @@ def _not_utf8(path: Path, offset: int) -> DataError:
     return DataError(
         f"{path} is not valid UTF-8 at byte {offset}; convert the file to UTF-8 and prepare again"
     )
+
+
+def _write_character_split(
+    pieces: Iterable[str],
+    staged: StagedDataset,
+    tokenizer: Tokenizer,
+    dtype: TokenDType,
+    *,
+    train_chars: int,
+    max_carry: int,
+) -> SplitCounts:
+    """Encode the corpus's `pieces` into staged train.bin and val.bin; the tokens of each."""
+    counts: SplitCounts = {split: {"tokens": 0} for split in SPLITS}
+    with staged.open(token_file("train")) as train, staged.open(token_file("val")) as val:
+        files = {"train": train, "val": val}
+        # Train's text is all before val's: one group each.
+        for split, texts in groupby(_by_split(pieces, train_chars), key=itemgetter(0)):
+            for text in _encodable_runs((text for _, text in texts), max_carry):
+                ids = np.asarray(tokenizer.encode(text), dtype=dtype)
+                files[split].write(ids.tobytes())
+                counts[split]["tokens"] += int(ids.size)
+    return counts
+
+
+def _by_split(pieces: Iterable[str], train_chars: int) -> Iterator[tuple[str, str]]:
+    """(split, text): the first `train_chars` characters are train's, the rest val's."""
+    train_left = train_chars
+    for text in pieces:
+        head, tail = text[:train_left], text[train_left:]
+        train_left -= len(head)
+        if head:
+            yield "train", head
+        if tail:
+            yield "val", tail
+
+
+def _encodable_runs(texts: Iterable[str], max_carry: int) -> Iterator[str]:
+    """`texts` joined and cut again where encoding the runs separately gives the ids of
+    the whole (`_encodable_prefix`); at most `max_carry` characters wait for more text."""
+    pending = ""
+    for text in texts:
+        pending += text
+        cut = _encodable_prefix(pending, max_carry)
+        if cut:
+            yield pending[:cut]
+        pending = pending[cut:]
+    if pending:
+        yield pending
+
+
+def _encodable_prefix(text: str, max_carry: int) -> int:
+    """How much of `text` to encode now, leaving at most `max_carry` characters pending.
+
+    BPE pre-tokenization (the regex of gpt2/r50k, cl100k, o200k) always makes a lone
+    "\\n" between two non-whitespace characters a piece boundary, so cutting right after
+    such a newline yields exactly the ids of the uncut text. Failing that, the cut goes
+    after the last newline, and in text without newlines after everything: the ids at
+    such a cut may differ from whole-text encoding, but decoding still gives the text back
+    exactly. The char tokenizer is indifferent to where the cuts fall.
+    """
+    floor = max(len(text) - max_carry - 1, 0)
+    last_newline = text.rfind("\n", floor)
+    pos = last_newline
+    while pos > 0:
+        if pos + 1 < len(text) and not text[pos - 1].isspace() and not text[pos + 1].isspace():
+            return pos + 1
+        pos = text.rfind("\n", floor, pos)
+    return last_newline + 1 if last_newline >= 0 else len(text)
 
 
 def _check_vocab_limit(vocab_size: int, limit: int | None) -> None:

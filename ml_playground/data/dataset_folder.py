@@ -1,17 +1,14 @@
-"""A prepared dataset folder, replaced crash-consistently (the writer's, writer.py).
+"""A prepared dataset folder (dataset_meta.py's layout), replaced crash-consistently.
 
-    dataset_dir/<files>       what the dataset holds (token files, masks, tokenizer/)
-    dataset_dir/meta.json     written last and atomically: a complete meta.json means
-                              complete files, and it lists their sizes
-
-Preparing writes every new file and folder beside the old ones under a staged name
-(`.NAME.new`), so a prepare that fails or is killed while it reads and writes leaves the
-old dataset exactly as it was. Once all of them are complete, the new meta.json is staged
-too: that rename is the commit. Then the old meta.json goes (the folder reads as "not
-prepared" while its files change), each staged file and folder is renamed over its old
-one, and the new meta.json comes last. A kill after the commit is finished by the next
-prepare (`recover` rolls the staged copies forward); a kill before it is undone (the staged
-copies are deleted). Either way the next run finds the old complete dataset or the new one.
+Preparing (writer.py) writes every new file and folder beside the old ones under a staged
+name (`.NAME.new`), so a prepare that fails or is killed while it reads and writes leaves
+the old dataset exactly as it was. Once all of them are complete, the new meta.json is
+staged too: that rename is the commit. Then the old meta.json goes (the folder reads as
+"not prepared" while its files change), each staged file and folder is renamed over its
+old one, and the new meta.json comes last, so a complete meta.json means complete files
+(it lists their sizes). A kill after the commit is finished by the next prepare
+(`recover` rolls the staged copies forward); a kill before it is undone (the staged copies
+are deleted). Either way the next run finds the old complete dataset or the new one.
 """
 
 from __future__ import annotations
@@ -29,9 +26,8 @@ from ml_playground.errors import DataError
 
 META_FILE = "meta.json"
 RERUN_HINT = "run `ml-playground prepare <experiment>`"
-TOKENIZER_DIR: Final = (
-    "tokenizer"  # an HF tokenizer, saved by the writer; training copies it into out_dir
-)
+# An HF tokenizer, saved by the writer; training copies it into out_dir.
+TOKENIZER_DIR: Final = "tokenizer"
 
 
 class InputFile(Artifact):

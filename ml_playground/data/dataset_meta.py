@@ -98,17 +98,14 @@ class Fingerprint(Artifact):
 
     def matches(self, recorded: Fingerprint) -> bool:
         """Whether `recorded` (a meta.json's) describes the same inputs and settings: by
-        content where a content hash is known, since touching or copying a file changes
-        its mtime, not its text; else by path, size and modification time."""
+        content where a content hash is known (see above), else by path, size and mtime."""
         if self.content_sha256 is not None:
             return self.model_copy(update={"inputs": recorded.inputs}) == recorded
         return self == recorded
 
 
 class DatasetMeta(Artifact):
-    """Dataset metadata.
-
-    A prepared dataset's meta.json: the token files' layout (dtype, tokens per split,
+    """A prepared dataset's meta.json: the token files' layout (dtype, tokens per split,
     masked or not), the tokenizer, the fingerprint of inputs and settings, and for records
     datasets their format, the records per split and what happened to the source rows."""
 

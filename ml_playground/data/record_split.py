@@ -25,7 +25,8 @@ from ml_playground.errors import DataError
 
 SPLITS = ("train", "val")
 
-# Per split ("train", "val"): "records", "tokens" and every measure the records carry.
+# Per split ("train", "val"): "tokens", and from the per-record split "records" and every
+# measure the records carry.
 SplitCounts = dict[str, dict[str, int]]
 
 

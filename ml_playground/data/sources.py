@@ -62,13 +62,6 @@ def text_files(raw_dir: Path) -> list[Path]:
     return files
 
 
-DEFAULT_INPUT = "input.txt"
-
-
-def default_input(prepare: PrepareConfig) -> Path:
-    return prepare.dataset_dir / DEFAULT_INPUT
-
-
 def configured_sources(prepare: PrepareConfig) -> list[Path] | None:
     """Sources named in the config, or None when the config names none."""
     if prepare.raw_text_path is not None:
@@ -87,7 +80,7 @@ def text_sources(prepare: PrepareConfig) -> list[Path]:
     sources = configured_sources(prepare)
     if sources is not None:
         return sources
-    target = default_input(prepare)
+    target = prepare.dataset_dir / "input.txt"
     if not target.is_file() and prepare.download_url is not None:
         print(f"downloading {prepare.download_url} to {target}")
         download(prepare.download_url, target)
@@ -160,12 +153,14 @@ def download(
         except urllib.error.HTTPError as exc:
             exc.close()
             failures.append(f"HTTP {exc.code} {exc.reason}")
-            if not _worth_retrying(exc.code):
+            if exc.code < 500 and exc.code not in (408, 429):
                 break
         except (OSError, http.client.HTTPException) as exc:
-            failures.append(_describe(exc))
-            if _unresolvable(exc):
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, socket.gaierror):
+                failures.append(f"host name not resolved: {reason}; offline?")
                 break
+            failures.append(str(reason) or type(reason).__name__)
     raise DataError(
         f"download of {url} failed after {len(failures)} attempt(s) ({failures[-1]});"
         f" download it yourself and place it at {dest}"
@@ -189,21 +184,3 @@ def _fetch(url: str, dest: Path, timeout: float) -> int:
         if total is not None and received != total:
             raise http.client.IncompleteRead(b"", total - received)
     return received
-
-
-def _worth_retrying(status: int) -> bool:
-    return status >= 500 or status in (408, 429)
-
-
-def _unresolvable(exc: BaseException) -> bool:
-    """Whether the host name did not resolve: offline or a typo, which no retry fixes."""
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    return isinstance(reason, socket.gaierror)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.URLError):
-        if isinstance(exc.reason, socket.gaierror):
-            return f"host name not resolved: {exc.reason}; offline?"
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__

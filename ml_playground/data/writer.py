@@ -4,10 +4,8 @@ A source (a text corpus, speeches, JSONL records or a datasets split) hands the 
 the fingerprint of its inputs and settings and, only when the folder must be written, a
 `DatasetPlan`: the tokenizer, the split rule that writes the token files (the corpus's
 character split, the per-record split of record_split.py), and how to report what it
-read. The writer skips a folder that is up to date, and otherwise writes, through
-dataset_folder.py's crash-consistent staging, the layout of dataset_meta.py: train.bin,
-val.bin, their *.mask.bin when some tokens are not targets, tokenizer/ for a Hugging Face
-tokenizer, and meta.json last.
+read. The writer skips a folder that is up to date, and otherwise writes the layout of
+dataset_meta.py through dataset_folder.py's crash-consistent staging, meta.json last.
 """
 
 from __future__ import annotations
@@ -100,7 +98,7 @@ def write_dataset(
             tokenizer=chosen.tokenizer,
             vocab_size=chosen.vocab_size,
             dtype=dtype,
-            tokens=_per_split(counts, "tokens") or {},
+            tokens={split: counts[split]["tokens"] for split in SPLITS},
             masked=chosen.masked,
             fingerprint=fingerprint,
             record_format=chosen.record_format,

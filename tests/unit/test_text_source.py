@@ -1,4 +1,4 @@
-"""Which files `[prepare] source = "text"` reads (data/corpus.py:text_sources), first match
+"""Which files `[prepare] source = "text"` reads (data/sources.py:text_sources), first match
 wins: raw_text_path, raw_dir, dataset_dir/input.txt, download_url, fallback_text."""
 
 from __future__ import annotations
