@@ -185,14 +185,12 @@ def _split_records(records: Iterator[TokenRecord]) -> Iterator[SplitRecord]:
 
 def _summary(counts: RowCounts, examples_joiner: str) -> str:
     """The counts by reason, then the first few bad rows, each after `examples_joiner`."""
-    parts = [f"{counts.read:,} records read"]
+    summary = f"{counts.read:,} records read"
     if counts.malformed:
-        reasons = ", ".join(
-            f"{count:,} {reason}" for reason, count in counts.malformed.most_common()
-        )
-        parts.append(f"{counts.malformed_total:,} bad ({reasons})")
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in counts.malformed.most_common())
+        summary += f"; {counts.malformed_total:,} bad ({reasons})"
     examples = counts.examples[:SHOWN_EXAMPLES]
-    return "; ".join(parts) + "".join(f"{examples_joiner}{example}" for example in examples)
+    return summary + "".join(f"{examples_joiner}{example}" for example in examples)
 
 
 def record_sources(records_path: Path | None) -> list[Path]:

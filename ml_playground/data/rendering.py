@@ -122,19 +122,17 @@ def _boundary(tokenizer: HFTokenizer, full: str, ids: Sequence[int], prefix: str
     return len(prefix_ids)
 
 
-class TemplateFailedError(Exception):
-    """The chat template itself failed, not the record: raised again naming the row."""
+class TemplateFailedError(DataError):
+    """The chat template itself failed, not the record (prepare raises it again naming the
+    row): a template is user code, so anything its expressions raise (a TypeError, a
+    ZeroDivisionError) is one line naming the template, not a traceback."""
 
-
-def template_failure(tokenizer: ChatTokenizer, exc: Exception) -> str:
-    """What went wrong in a chat template, in one line that names it: a template is user
-    code, so anything its expressions raise (a TypeError, a ZeroDivisionError) is reported,
-    not a traceback."""
-    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return (
-        f"the chat template of {tokenizer.name_or_path} failed ({detail}); fix the template "
-        "([prepare] chat_template, or chat_template.jinja in that tokenizer folder)"
-    )
+    def __init__(self, tokenizer: ChatTokenizer, exc: Exception) -> None:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        super().__init__(
+            f"the chat template of {tokenizer.name_or_path} failed ({detail}); fix the "
+            "template ([prepare] chat_template, or chat_template.jinja in that tokenizer folder)"
+        )
 
 
 def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
@@ -144,7 +142,7 @@ def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwar
         # Templates reject conversations they cannot render with raise_exception(...).
         raise BadRecordError("the chat template refused it", str(exc)) from None
     except Exception as exc:  # user code: whatever it raises is one line
-        raise TemplateFailedError(template_failure(tokenizer, exc)) from None
+        raise TemplateFailedError(tokenizer, exc) from None
 
 
 def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:

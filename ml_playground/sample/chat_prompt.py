@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from jinja2 import TemplateError
 
-from ml_playground.data.rendering import ChatTokenizer, template_failure
+from ml_playground.data.rendering import ChatTokenizer, TemplateFailedError
 from ml_playground.errors import DataError
 
 
@@ -32,7 +32,7 @@ def generation_prompt(
             "([export.ollama] system)"
         ) from None
     except Exception as exc:  # user code: whatever it raises is one line
-        raise DataError(template_failure(tokenizer, exc)) from None
+        raise TemplateFailedError(tokenizer, exc) from None
     return tokenizer.encode(str(text), add_special_tokens=False)
 
 
