@@ -16,7 +16,7 @@ from typing import Any
 
 from ml_playground.config import ExperimentConfig
 from ml_playground.data import hf_datasets
-from ml_playground.data.jsonl_records import jsonl_rows, read_records, record_sources
+from ml_playground.data.chat_records import jsonl_rows, read_records, record_sources
 from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.data.table import RowCounts
 from ml_playground.errors import UserError

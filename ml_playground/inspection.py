@@ -35,10 +35,11 @@ from ml_playground.data.batches import MASK_DTYPE, open_tokens
 from ml_playground.data.dataset_folder import RERUN_HINT
 from ml_playground.data.dataset_meta import DatasetMeta, HFTokenizerFolder, read_meta
 from ml_playground.data.record_split import mask_file
-from ml_playground.data.rendering import ChatTokenizer, end_of_turn_ids
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.data.tokenizer import TokenizerSpec, tokenizer_from_spec
 from ml_playground.errors import DataError
 from ml_playground.inspect_sources import Rendering, rendered_sources, source_label
+from ml_playground.sample.chat_prompt import end_of_turn_ids
 
 SPLITS = ("train", "val")
 SHOWN_INPUTS = 3  # a speech corpus may have thousands of files; the summary names a few

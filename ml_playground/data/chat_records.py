@@ -2,28 +2,25 @@
 
     [prepare] records_path   a .jsonl file, or a folder whose .jsonl files are read in
                              sorted order; one JSON object per line, in the shape that
-                             `format` names (or [prepare] hf_dataset: the rows of a
-                             Hugging Face datasets split, see hf_datasets.py):
+                             `[prepare] format` names (or [prepare] hf_dataset: the rows of
+                             a Hugging Face datasets split, see hf_datasets.py):
                 text                {"text": ...}
                 prompt_completion   {"prompt": ..., "completion": ...}
                 messages            {"messages": [{"role": ..., "content": ...}, ...]}
 
-The folder is dataset_meta.py's: train.bin and val.bin hold every record's ids end to end,
-train.mask.bin and val.mask.bin flag the tokens the model learns to predict (the
-rendering's trained spans), tokenizer/ is the base model's tokenizer with the chat
-template that rendered the records. Which tokens train depends on how the conversation
-was rendered (rendering.py: the chat template, or `[prepare] chat_template`, and the
-assistant spans), so a prompt token is never a target.
-
-Bad records (not JSON, a missing or empty field, an unknown role, roles out of order, a
-template that refuses them) are counted by reason, reported on the console and in
-meta.json like the speech path's damage; a source without one usable record is an error.
+The records are rendered by rendering.py, whose trained spans become the folder's masks
+(dataset_meta.py's layout), so a prompt token is never a target. Bad rows (not JSON, a
+missing or empty field, an unknown role, roles out of order, a template that refuses
+them) are counted by reason, never guessed at, and reported on the console and in
+meta.json like the speech path's damage; a chat template that fails outright is a
+DataError naming the row, and a source without one usable record is an error.
 """
 
 from __future__ import annotations
 
+import json
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from ml_playground.artifacts import read_user_file
@@ -31,9 +28,16 @@ from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSo
 from ml_playground.data import hf_datasets
 from ml_playground.data.dataset_folder import InputFile, StagedDataset, input_file
 from ml_playground.data.dataset_meta import Fingerprint, RecordFormat, TokenDType
-from ml_playground.data.jsonl_records import jsonl_rows, read_records, record_sources
 from ml_playground.data.record_split import SplitCounts, SplitRecord, write_split
-from ml_playground.data.rendering import ChatTokenizer, TokenRecord
+from ml_playground.data.rendering import (
+    BadRecordError,
+    ChatTokenizer,
+    TemplateFailedError,
+    TokenRecord,
+    messages_record,
+    prompt_completion_record,
+    text_record,
+)
 from ml_playground.data.table import RowCounts
 from ml_playground.data.writer import (
     DatasetPlan,
@@ -47,6 +51,8 @@ from ml_playground.data.writer import (
 )
 from ml_playground.errors import ConfigError, DataError
 
+RECORDS_SUFFIX = ".jsonl"
+ROLES = ("system", "user", "assistant")
 SHOWN_EXAMPLES = 3
 
 
@@ -55,16 +61,6 @@ class ChatRecordSettings(RecordSettings):
 
     source_format: RecordsSourceFormat
     chat_template: str | None
-
-
-def prepare_chat_records(
-    config: ExperimentConfig, load_tokenizer: TokenizerLoader, *, force: bool = False
-) -> PrepareOutcome:
-    """What a chat experiment's preparer does: prepare (again even when up to date, with
-    `force`), then say what happened."""
-    outcome = prepare_chat_dataset(config, load_tokenizer, force=force)
-    print(outcome.message)
-    return outcome
 
 
 def prepare_chat_dataset(
@@ -110,7 +106,7 @@ def prepare_chat_dataset(
                 seed=prepare.seed,
                 too_few=lambda usable: DataError(
                     f"{usable} usable record(s) in {described}, at least 2 are "
-                    f"needed (one for val): {_summary(counts)}{_examples(counts, '; ')}"
+                    f"needed (one for val): {_summary(counts, '; ')}"
                 ),
             )
 
@@ -119,7 +115,7 @@ def prepare_chat_dataset(
             return SourceReport(
                 counts.tally(),
                 f"{train.get('trained', 0):,} of {train['tokens']:,} train tokens train; "
-                f"{_summary(counts)}{_examples(counts, chr(10) + '  e.g. ')}",
+                f"{_summary(counts, chr(10) + '  e.g. ')}",
             )
 
         return DatasetPlan(
@@ -160,8 +156,8 @@ def _record_rows(
         )
         return split.located(), split.label, (), f"{split.label}@{split.fingerprint}"
     sources = record_sources(prepare.records_path)
-    inputs = tuple(input_file(path) for path in sources)
-    return jsonl_rows(sources), _sources_text(sources), inputs, None
+    described = str(sources[0]) if len(sources) == 1 else f"{len(sources)} files"
+    return jsonl_rows(sources), described, tuple(input_file(path) for path in sources), None
 
 
 def configured_template(value: str | None) -> str | None:
@@ -187,19 +183,136 @@ def _split_records(records: Iterator[TokenRecord]) -> Iterator[SplitRecord]:
         yield SplitRecord(record.input_ids, record.mask(), {"trained": trained})
 
 
-def _summary(counts: RowCounts) -> str:
-    parts = [f"{counts.read:,} records read"]
+def _summary(counts: RowCounts, examples_joiner: str) -> str:
+    """The counts by reason, then the first few bad rows, each after `examples_joiner`."""
+    summary = f"{counts.read:,} records read"
     if counts.malformed:
-        reasons = ", ".join(
-            f"{count:,} {reason}" for reason, count in counts.malformed.most_common()
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in counts.malformed.most_common())
+        summary += f"; {counts.malformed_total:,} bad ({reasons})"
+    examples = counts.examples[:SHOWN_EXAMPLES]
+    return summary + "".join(f"{examples_joiner}{example}" for example in examples)
+
+
+def record_sources(records_path: Path | None) -> list[Path]:
+    """The .jsonl files to read: records_path itself, or those below it, sorted."""
+    if records_path is None:
+        raise ConfigError(
+            "[prepare] format reads records and needs [prepare] records_path (a .jsonl file "
+            "or a folder of them) or [prepare] hf_dataset (a Hugging Face datasets dataset)"
         )
-        parts.append(f"{counts.malformed_total:,} bad ({reasons})")
-    return "; ".join(parts)
+    if records_path.is_file():
+        return [records_path]
+    if not records_path.is_dir():
+        raise DataError(f"prepare.records_path {records_path} does not exist; fix the path")
+    files = sorted(path for path in records_path.rglob(f"*{RECORDS_SUFFIX}") if path.is_file())
+    if not files:
+        raise DataError(f"no {RECORDS_SUFFIX} files below prepare.records_path {records_path}")
+    return files
 
 
-def _examples(counts: RowCounts, joiner: str) -> str:
-    return "".join(f"{joiner}{example}" for example in counts.examples[:SHOWN_EXAMPLES])
+def jsonl_rows(sources: Sequence[Path]) -> Iterator[tuple[str, object]]:
+    """Each non-blank line of the files with where it is, as `path:line`."""
+    for path in sources:
+        try:
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if line.strip():
+                        yield f"{path}:{number}", line
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not valid UTF-8; convert it to UTF-8") from None
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _sources_text(sources: Sequence[Path]) -> str:
-    return str(sources[0]) if len(sources) == 1 else f"{len(sources)} files"
+def read_records(
+    rows: Iterable[tuple[str, object]],
+    source_format: RecordsSourceFormat,
+    tokenizer: ChatTokenizer,
+    counts: RowCounts,
+) -> Iterator[TokenRecord]:
+    """The usable records among `rows` (JSON lines, or rows a dataset already decoded),
+    rendered; every other row is counted in `counts` under where it is."""
+    for where, raw in rows:
+        counts.read += 1
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            yield _token_record(value, source_format, tokenizer)
+        except json.JSONDecodeError:
+            counts.add_malformed(where, "not JSON")
+        except BadRecordError as bad:
+            counts.add_malformed(where, bad.reason, bad.detail)
+        except TemplateFailedError as failed:
+            raise DataError(f"{where}: {failed}") from None
+
+
+def _token_record(
+    value: object, source_format: RecordsSourceFormat, tokenizer: ChatTokenizer
+) -> TokenRecord:
+    if not isinstance(value, Mapping):
+        raise BadRecordError("not a JSON object")
+    record = typing.cast(Mapping[str, object], value)
+    if source_format == "text":
+        return text_record(tokenizer, _text_field(record, "text"))
+    if source_format == "prompt_completion":
+        prompt, completion = _text_field(record, "prompt"), _text_field(record, "completion")
+        return prompt_completion_record(tokenizer, prompt, completion)
+    return messages_record(tokenizer, _messages(record))
+
+
+def _field(record: Mapping[str, object], key: str) -> object:
+    if key not in record:
+        raise BadRecordError(f"no {key!r} key")
+    return record[key]
+
+
+def _text_field(record: Mapping[str, object], key: str) -> str:
+    value = _field(record, key)
+    if not isinstance(value, str):
+        raise BadRecordError(f"{key!r} is not a string")
+    if not value.strip():
+        raise BadRecordError(f"empty {key!r}")
+    return value
+
+
+def _messages(record: Mapping[str, object]) -> list[dict[str, str]]:
+    """The messages, checked: known roles, a system message only first, then user and
+    assistant taking turns from the user on, non-empty content, an assistant turn."""
+    raw = _field(record, "messages")
+    if not isinstance(raw, list) or not raw:
+        raise BadRecordError("'messages' is not a non-empty list")
+    messages: list[dict[str, str]] = []
+    for item in typing.cast(list[object], raw):
+        if not isinstance(item, Mapping):
+            raise BadRecordError("a message is not an object")
+        message = typing.cast(Mapping[str, object], item)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise BadRecordError("unknown role", f"{role!r}; use one of {', '.join(ROLES)}")
+        if "content" not in message:
+            raise BadRecordError("a message has no content")
+        content = message["content"]
+        if not isinstance(content, str):
+            raise BadRecordError(f"content is {_json_kind(content)}, not a string")
+        if not content.strip():
+            raise BadRecordError("empty content")
+        messages.append({"role": role, "content": content})
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    expected = ("user", "assistant")
+    if any(m["role"] != expected[i % 2] for i, m in enumerate(turns)):
+        raise BadRecordError("roles out of order", "user and assistant take turns, the user first")
+    if not any(m["role"] == "assistant" for m in turns):
+        raise BadRecordError("no assistant turn")
+    return messages
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, as a user reads it in the file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"

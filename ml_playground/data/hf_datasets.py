@@ -7,11 +7,11 @@
     [prepare] hf_dataset_subset   the configuration ("name" in `load_dataset`), if any
     [prepare] hf_dataset_split    which split to read (default "train")
 
-The rows are the same JSON objects a records_path line holds, in the shape
-`[prepare] format` names; chat_records.py renders and counts them exactly as it does
-lines of a .jsonl file. Nothing here downloads on its own account: with HF_HUB_OFFLINE=1
-or HF_DATASETS_OFFLINE=1 set, `datasets` reads only its cache, which is how a machine
-without internet uses a dataset downloaded earlier.
+The rows are the JSON objects a records_path line holds (chat_records.py lists the
+shapes), rendered and counted exactly as lines of a .jsonl file are. Nothing here
+downloads on its own account: with HF_HUB_OFFLINE=1 or HF_DATASETS_OFFLINE=1 set,
+`datasets` reads only its cache, which is how a machine without internet uses a dataset
+downloaded earlier.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class DatasetRows:
 
     label: str  # "name[split]", shown in counts and messages
     fingerprint: str  # datasets' hash of the content; it changes when the data does
-    count: int
     rows: typing.Iterable[Mapping[str, object]]
 
     def located(self) -> Iterator[tuple[str, object]]:
@@ -75,7 +74,6 @@ def load_split(name: str, subset: str | None, split: str) -> DatasetRows:
     return DatasetRows(
         label=label,
         fingerprint=str(getattr(dataset, "_fingerprint", "")),
-        count=len(dataset),
         rows=typing.cast(typing.Iterable[Mapping[str, object]], dataset),
     )
 

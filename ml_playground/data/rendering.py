@@ -2,7 +2,8 @@
 
 A "text" record trains on every token, then EOS; a "prompt_completion" record is the
 prompt, then the completion and EOS, and only the completion and EOS train; a "messages"
-record is rendered with the tokenizer's chat template and only the assistant turns train.
+record is rendered with the tokenizer's chat template and only the assistant turns train,
+not the system and user turns or the template's own framing.
 
 Assistant spans come from the template itself: where it marks them with
 `{% generation %}`, from transformers' assistant mask; otherwise by rendering the
@@ -10,14 +11,12 @@ conversation up to each assistant turn (with the generation prompt: where the an
 starts) and through it (where the turn ends), and finding those prefixes in the tokens
 of the whole conversation. A record the template renders otherwise (a prefix that is not
 a prefix, a boundary inside a token) is a `BadRecordError`, counted, not guessed at.
-
-Generation reads the same rendering: `generation_prompt` is a conversation up to where
-the next answer begins, `end_of_turn_ids` the special token that closes an answer. The
-dataset (chat_records.py), sampling and the Ollama export all render through here.
+Generation renders its prompts with the same template (sample/chat_prompt.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,14 +68,11 @@ class BadRecordError(Exception):
 
 
 def text_record(tokenizer: HFTokenizer, text: str) -> TokenRecord:
-    """Every token trains, then EOS."""
     ids = [*_encode_opening(tokenizer, text), eos_id(tokenizer)]
     return TokenRecord(tuple(ids), ((0, len(ids)),))
 
 
 def prompt_completion_record(tokenizer: HFTokenizer, prompt: str, completion: str) -> TokenRecord:
-    """The prompt (with the tokenizer's opening, e.g. <bos>), then the completion and EOS;
-    only the completion and EOS train."""
     prompt_ids = _encode_opening(tokenizer, prompt)
     completion_ids = tokenizer.encode(completion, add_special_tokens=False)
     ids = [*prompt_ids, *completion_ids, eos_id(tokenizer)]
@@ -84,8 +80,6 @@ def prompt_completion_record(tokenizer: HFTokenizer, prompt: str, completion: st
 
 
 def messages_record(tokenizer: ChatTokenizer, messages: Sequence[Mapping[str, str]]) -> TokenRecord:
-    """The conversation rendered with the tokenizer's chat template; the assistant turns
-    train, everything else (system, user, the template's own framing) does not."""
     conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
     template = tokenizer.chat_template or ""
     if GENERATION_BLOCK.search(template):
@@ -111,10 +105,8 @@ def _prefix_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]])
             continue
         opened = _render(tokenizer, conversation[:turn], tokenize=False, add_generation_prompt=True)
         closed = _render(tokenizer, conversation[: turn + 1], tokenize=False)
-        start, end = (
-            _boundary(tokenizer, full, ids, opened),
-            _boundary(tokenizer, full, ids, closed),
-        )
+        start = _boundary(tokenizer, full, ids, opened)
+        end = _boundary(tokenizer, full, ids, closed)
         if start < end:
             spans.append((start, end))
     return TokenRecord(tuple(ids), tuple(spans))
@@ -130,19 +122,17 @@ def _boundary(tokenizer: HFTokenizer, full: str, ids: Sequence[int], prefix: str
     return len(prefix_ids)
 
 
-class TemplateFailedError(Exception):
-    """The chat template itself failed, not the record: raised again naming the row."""
+class TemplateFailedError(DataError):
+    """The chat template itself failed, not the record (prepare raises it again naming the
+    row): a template is user code, so anything its expressions raise (a TypeError, a
+    ZeroDivisionError) is one line naming the template, not a traceback."""
 
-
-def template_failure(tokenizer: ChatTokenizer, exc: Exception) -> str:
-    """What went wrong in a chat template, in one line that names it: a template is user
-    code, so anything its expressions raise (a TypeError, a ZeroDivisionError) is reported,
-    not a traceback."""
-    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return (
-        f"the chat template of {tokenizer.name_or_path} failed ({detail}); fix the template "
-        "([prepare] chat_template, or chat_template.jinja in that tokenizer folder)"
-    )
+    def __init__(self, tokenizer: ChatTokenizer, exc: Exception) -> None:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        super().__init__(
+            f"the chat template of {tokenizer.name_or_path} failed ({detail}); fix the "
+            "template ([prepare] chat_template, or chat_template.jinja in that tokenizer folder)"
+        )
 
 
 def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
@@ -152,70 +142,17 @@ def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwar
         # Templates reject conversations they cannot render with raise_exception(...).
         raise BadRecordError("the chat template refused it", str(exc)) from None
     except Exception as exc:  # user code: whatever it raises is one line
-        raise TemplateFailedError(template_failure(tokenizer, exc)) from None
-
-
-def generation_prompt(
-    tokenizer: ChatTokenizer, conversation: Sequence[Mapping[str, str]]
-) -> list[int]:
-    """The ids the model answers `conversation` from: the turns rendered as training
-    rendered them, then the template's opening of an assistant turn."""
-    try:
-        text = tokenizer.apply_chat_template(
-            [dict(message) for message in conversation],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-    except (ValueError, TemplateError) as exc:
-        raise DataError(
-            f"the chat template of {tokenizer.name_or_path} refuses the conversation ({exc}); "
-            "fix the template ([prepare] chat_template) or the system prompt "
-            "([export.ollama] system)"
-        ) from None
-    except Exception as exc:  # user code: whatever it raises is one line
-        raise DataError(template_failure(tokenizer, exc)) from None
-    return tokenizer.encode(str(text), add_special_tokens=False)
-
-
-# Digits and punctuation: a probe that reads the same in every language's template.
-END_OF_TURN_QUESTION = "1 + 1 = ?"
-END_OF_TURN_PROBE = "2."
-
-
-def end_of_turn_ids(tokenizer: ChatTokenizer) -> frozenset[int]:
-    """The special token the chat template closes an assistant turn with (Qwen2's
-    <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|>): where an answer ends.
-
-    Found by rendering a one-turn conversation and reading the token after the answer, so
-    any template works without a list of model families. Empty without a template, or
-    when the answer is followed by plain text rather than a special token.
-    """
-    if not tokenizer.chat_template:
-        return frozenset()
-    conversation = [
-        {"role": "user", "content": END_OF_TURN_QUESTION},
-        {"role": "assistant", "content": END_OF_TURN_PROBE},
-    ]
-    try:
-        rendered = str(tokenizer.apply_chat_template(conversation, tokenize=False))
-    except Exception:  # user code; a template that fails here fails a chat
-        return frozenset()  # too, where generation_prompt reports it in one line
-    _, found, after = rendered.rpartition(END_OF_TURN_PROBE)
-    following = tokenizer.encode(after, add_special_tokens=False) if found else []
-    if following and following[0] in tokenizer.all_special_ids:
-        return frozenset(following[:1])
-    return frozenset()
+        raise TemplateFailedError(tokenizer, exc) from None
 
 
 def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:
     spans: list[Span] = []
-    start: int | None = None
-    for index, flag in enumerate([*flags, 0]):
-        if flag and start is None:
-            start = index
-        elif not flag and start is not None:
-            spans.append((start, index))
-            start = None
+    start = 0
+    for flag, run in itertools.groupby(flags):
+        end = start + len(list(run))
+        if flag:
+            spans.append((start, end))
+        start = end
     return tuple(spans)
 
 

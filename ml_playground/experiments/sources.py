@@ -39,12 +39,12 @@ def prepare_speeches(ctx: PrepareContext) -> None:
 
 
 def prepare_records(ctx: PrepareContext) -> None:
-    from ml_playground.data.chat_records import prepare_chat_records  # noqa: PLC0415 - see above
+    from ml_playground.data.chat_records import prepare_chat_dataset  # noqa: PLC0415 - see above
     from ml_playground.data.writer import require_hf_model  # noqa: PLC0415 - see above
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415 - see above
 
     load_tokenizer = tokenizer_loader(require_hf_model(ctx.config))
-    prepare_chat_records(ctx.config, load_tokenizer, force=ctx.force)
+    print(prepare_chat_dataset(ctx.config, load_tokenizer, force=ctx.force).message)
 
 
 BUILT_IN_SOURCES: Mapping[PrepareSource, Preparer] = {

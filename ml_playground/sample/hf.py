@@ -27,7 +27,7 @@ from ml_playground import run_folder
 from ml_playground.checkpoint import verify_adapters
 from ml_playground.config import ExperimentConfig, HFModelConfig
 from ml_playground.data.chat_records import configured_template
-from ml_playground.data.rendering import ChatTokenizer, end_of_turn_ids, generation_prompt
+from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.device import Precision, resolve_precision
 from ml_playground.errors import CheckpointError
 from ml_playground.finetune.hub import ModelSource, Tokenizer, load_tokenizer
@@ -51,6 +51,7 @@ from ml_playground.sample.backend import (
     RenderChat,
     Scoring,
 )
+from ml_playground.sample.chat_prompt import end_of_turn_ids, generation_prompt
 from ml_playground.sample.generate import Step
 from ml_playground.sample.speech_quality import analyse
 
