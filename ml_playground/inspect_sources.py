@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml_playground.config import ExperimentConfig
-from ml_playground.data import hf_datasets
-from ml_playground.data.chat_records import jsonl_rows, read_records, record_sources
+from ml_playground.data.chat_records import read_records, record_rows
 from ml_playground.data.rendering import ChatTokenizer
 from ml_playground.data.table import RowCounts
 from ml_playground.errors import UserError
@@ -44,7 +43,7 @@ def rendered_sources(
     """The source rows' token ids (-> where each is), their renderings and the texts of
     rows with unknown ids; with a note instead when the sources cannot be read."""
     try:
-        rows = _source_rows(config)
+        rows = record_rows(config).rows
         by_ids: dict[tuple[int, ...], list[str]] = defaultdict(list)
         renderings: list[Rendering] = []
         texts: dict[str, str] = {}
@@ -71,16 +70,6 @@ def rendered_sources(
             {},
             f"sources not read ({exc}); their locations and the template check are left out",
         )
-
-
-def _source_rows(config: ExperimentConfig) -> Iterable[tuple[str, object]]:
-    prepare = config.prepare
-    if prepare.hf_dataset is not None:
-        split = hf_datasets.load_split(
-            prepare.hf_dataset, prepare.hf_dataset_subset, prepare.hf_dataset_split
-        )
-        return list(split.located())
-    return list(jsonl_rows(record_sources(prepare.records_path)))
 
 
 def _decoded(raw: object) -> Mapping[str, Any]:

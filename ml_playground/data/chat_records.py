@@ -22,6 +22,7 @@ import json
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ml_playground.artifacts import read_user_file
 from ml_playground.config import FILE_PROMPT_PREFIX, ExperimentConfig, RecordsSourceFormat
@@ -75,7 +76,7 @@ def prepare_chat_dataset(
             '[prepare] format is needed for JSONL records: "text", "prompt_completion" or '
             '"messages"'
         )
-    rows, described, inputs, hf_source = _record_rows(config)
+    rows, described, inputs, hf_source = record_rows(config)
     template = configured_template(prepare.chat_template)
     fingerprint = Fingerprint(
         inputs=inputs,
@@ -145,19 +146,27 @@ def chat_record_format(source_format: RecordsSourceFormat) -> RecordFormat:
     )
 
 
-def _record_rows(
-    config: ExperimentConfig,
-) -> tuple[Iterable[tuple[str, object]], str, tuple[InputFile, ...], str | None]:
-    """The rows to read, how to name them, and what identifies them in the fingerprint."""
+class RecordRows(NamedTuple):
+    """The rows to read (each with where it is), how messages name them, and what
+    identifies them in the fingerprint: the files, or a datasets split's label and hash."""
+
+    rows: Iterable[tuple[str, object]]
+    described: str
+    inputs: tuple[InputFile, ...]
+    hf_dataset: str | None
+
+
+def record_rows(config: ExperimentConfig) -> RecordRows:
+    """The rows of [prepare] hf_dataset, else of the .jsonl files of records_path."""
     prepare = config.prepare
     if prepare.hf_dataset is not None:
         split = hf_datasets.load_split(
             prepare.hf_dataset, prepare.hf_dataset_subset, prepare.hf_dataset_split
         )
-        return split.located(), split.label, (), f"{split.label}@{split.fingerprint}"
+        return RecordRows(split.located(), split.label, (), f"{split.label}@{split.fingerprint}")
     sources = record_sources(prepare.records_path)
     described = str(sources[0]) if len(sources) == 1 else f"{len(sources)} files"
-    return jsonl_rows(sources), described, tuple(input_file(path) for path in sources), None
+    return RecordRows(jsonl_rows(sources), described, tuple(map(input_file, sources)), None)
 
 
 def configured_template(value: str | None) -> str | None:
