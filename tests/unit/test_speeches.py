@@ -172,7 +172,9 @@ def test_chair_and_interjection_rows_are_skipped_and_counted(tmp_path: Path) -> 
     table = write_speeches_csv(tmp_path / "speeches.csv", rows)
 
     kept, report = read_all([table])
-    everything, _ = read_all([table], Selection(skip_chair=False, skip_interjections=False))
+    everything, _ = read_all(
+        [table], Selection(SpeechesConfig(skip_chair=False, skip_interjections=False))
+    )
 
     assert [speech.text for speech in kept] == ["Meine Damen und Herren!"]
     assert dict(report.skipped) == {"chair": 1, "interjection": 1}
@@ -188,11 +190,12 @@ def test_period_party_and_date_filters_say_why_each_speech_was_left_out(tmp_path
         SpeechRow("Fünf.", party="SPD", period="", date="2019-01-10"),
     ]
     table = write_speeches_csv(tmp_path / "speeches.csv", rows)
-    speeches = SpeechesConfig(
-        periods=[19], parties=["spd"], date_from="2019-01-01", date_to="2019-12-31"
+    # Dates quoted, as a TOML file may write them.
+    speeches = SpeechesConfig.model_validate(
+        {"periods": [19], "parties": ["spd"], "date_from": "2019-01-01", "date_to": "2019-12-31"}
     )
 
-    kept, report = read_all([table], Selection.from_config(speeches))
+    kept, report = read_all([table], Selection(speeches))
 
     assert [speech.text for speech in kept] == ["Eins."]
     assert dict(report.skipped) == {

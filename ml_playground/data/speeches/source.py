@@ -59,9 +59,7 @@ CHAIR_POSITIONS = frozenset({"presidium of parliament", "präsident", "präsiden
 # Open Discourse replaces interjections inside a speech with "({12})" placeholders.
 PLACEHOLDER = re.compile(r"\(\{\d+\}\)")
 EXCESS_BLANK_LINES = re.compile(r"\n{3,}")
-ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})")
-GERMAN_DATE = re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})")
-YEAR_ONLY = re.compile(r"^(\d{4})$")
+DATE_SPELLINGS = ("%Y-%m-%d", "%d.%m.%Y")
 
 
 @dataclass
@@ -254,20 +252,16 @@ def parse_date(value: str) -> tuple[datetime.date | None, int | None] | None:
     value = value.strip()
     if not value:
         return None, None
-    if match := YEAR_ONLY.match(value):
-        return None, int(match.group(1))
-    parts: tuple[str, str, str] | None = None
-    if match := ISO_DATE.match(value):
-        parts = (match.group(1), match.group(2), match.group(3))
-    elif match := GERMAN_DATE.match(value):
-        parts = (match.group(3), match.group(2), match.group(1))
-    if parts is None:
-        return None
-    try:
-        date = datetime.date(int(parts[0]), int(parts[1]), int(parts[2]))
-    except ValueError:
-        return None
-    return date, date.year
+    if re.fullmatch(r"\d{4}", value):
+        return None, int(value)
+    day = re.split(r"[T ]", value, maxsplit=1)[0]
+    for spelling in DATE_SPELLINGS:
+        try:
+            date = datetime.datetime.strptime(day, spelling).date()
+        except ValueError:
+            continue
+        return date, date.year
+    return None
 
 
 def _date(value: str, report: ReadReport) -> tuple[datetime.date | None, int | None]:
