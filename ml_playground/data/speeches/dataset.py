@@ -4,8 +4,7 @@ Every speech becomes one record: its text (speech.py) tokenized as a record begi
 <bos> where the tokenizer adds one), then the end-of-sequence token and the doc_separator,
 so the model sees every speech end, learns to emit EOS there, and sampling stops at it.
 Every token is a target, so the folder has no masks. The split is by speech and seeded
-(../record_split.py). The member tables joined with a CSV are inputs too: they decide
-the records as much as the speeches do.
+(../record_split.py).
 """
 
 from __future__ import annotations
@@ -19,13 +18,9 @@ from ml_playground.data.dataset_folder import TOKENIZER_DIR, StagedDataset, inpu
 from ml_playground.data.dataset_meta import Fingerprint, RecordFormat, TokenDType
 from ml_playground.data.record_split import SplitCounts, SplitRecord, write_split
 from ml_playground.data.rendering import eos_id
+from ml_playground.data.speeches.members import member_tables
 from ml_playground.data.speeches.selection import Selection
-from ml_playground.data.speeches.source import (
-    ReadReport,
-    auxiliary_files,
-    read_speeches,
-    select,
-)
+from ml_playground.data.speeches.source import ReadReport, read_speeches, select
 from ml_playground.data.speeches.speech import (
     RECORD_OPENING,
     SPEECH_END,
@@ -74,7 +69,7 @@ def prepare_speech_dataset(
     prepare, speeches = config.prepare, config.prepare.speeches
     selection = Selection(speeches)
     fingerprint = Fingerprint(
-        inputs=tuple(input_file(path) for path in [*sources, *auxiliary_files(sources)]),
+        inputs=tuple(input_file(path) for path in [*sources, *member_tables(sources)]),
         settings=SpeechSettings(**SpeechSettings.shared(config), speeches=speeches).to_json(),
     )
     report = ReadReport()
@@ -138,8 +133,8 @@ def prepare_speech_dataset(
 def speech_record_format(
     *, structure_tokens: bool, added_tokens: tuple[str, ...] = (), doc_separator: str = "\n\n"
 ) -> RecordFormat:
-    """Speech records: wrapped in <SPEECH_START> ... <SPEECH_END> with structure tokens (the
-    end token stops a generation); otherwise a header and text that only EOS ends."""
+    """The framing of speech.py's records, as meta.json keeps it; with structure tokens,
+    <SPEECH_END> stops a generation too, else only EOS does."""
     return RecordFormat(
         structure_tokens=STRUCTURE_TOKENS if structure_tokens else (),
         added_tokens=added_tokens,

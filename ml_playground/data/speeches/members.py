@@ -11,12 +11,13 @@ parliament the member sat in that period agrees.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml_playground.data.table import RowCounts, read_rows
 
+CSV_SUFFIX = ".csv"
 META_FILE = "all_mps_meta.csv"
 MAPPING_FILE = "all_mps_mapping.csv"
 MEMBER_FILES = frozenset({META_FILE, MAPPING_FILE})
@@ -89,9 +90,12 @@ class Members:
         return next(iter(candidates)) if len(candidates) == 1 else None
 
 
-def member_files(folder: Path) -> list[Path]:
-    """The SpeakGer member tables present in `folder`, in a fixed order."""
-    return [folder / name for name in sorted(MEMBER_FILES) if (folder / name).is_file()]
+def member_tables(sources: Sequence[Path]) -> list[Path]:
+    """The member tables that will be joined with the CSVs among `sources` (they decide
+    the records too), in a fixed order."""
+    folders = sorted({path.parent for path in sources if path.suffix.lower() == CSV_SUFFIX})
+    names = sorted(MEMBER_FILES)
+    return [folder / name for folder in folders for name in names if (folder / name).is_file()]
 
 
 def load_members(folder: Path, counts: RowCounts) -> Members:

@@ -14,7 +14,7 @@ With structure tokens the record is wrapped in <SPEECH_START> ... <SPEECH_END>; 
 registers both as special tokens, so each is a single id the model learns to open and
 close a speech with. A speech with no known field has no header, only its text.
 How a record opens and closes, and which token ends it, goes into the dataset's
-meta.json (data/records.py): sampling and export read it there.
+meta.json (dataset.py: speech_record_format): sampling and export read it there.
 """
 
 from __future__ import annotations
