@@ -208,7 +208,7 @@ def _table_speeches(
         if not text:
             report.rows.add_malformed(row.origin, "empty speech text")
             continue
-        mpid = normalize_mpid(row.get("mpid")) or None
+        mpid = normalize_mpid(row.get("mpid"))
         if mpid and members.names and mpid not in members.names:
             report.unknown_mpids += 1
         period = _cell(row, "period", parse_int, report)
@@ -226,7 +226,6 @@ def _table_speeches(
             date=date,
             year=year,
             period=period,
-            mpid=mpid,
             state=state or None,
             chair=bool(_cell(row, "chair", parse_flag, report))
             or row.get("position").casefold() in CHAIR_POSITIONS,
