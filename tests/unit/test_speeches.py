@@ -23,7 +23,7 @@ from ml_playground.data.speeches.source import (
 )
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START, Speech, format_record
 from ml_playground.data.table import RowCounts, read_rows
-from ml_playground.errors import DataError
+from ml_playground.errors import ConfigError, DataError
 from tests.finetune_helpers import (
     SPEAKGER_DIR,
     SpeechRow,
@@ -204,6 +204,23 @@ def test_period_party_and_date_filters_say_why_each_speech_was_left_out(tmp_path
         "after date_to": 1,
         "period unknown": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("dates", "message"),
+    [
+        ({"date_to": "31.12.2019"}, r"prepare.speeches.date_to = '31.12.2019' is not a date"),
+        (
+            {"date_from": "2020-01-01", "date_to": "2019-12-31"},
+            r"date_from = 2020-01-01 is after prepare.speeches.date_to = 2019-12-31; swap",
+        ),
+    ],
+)
+def test_date_filters_are_checked_as_the_config_is_read(
+    dates: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SpeechesConfig.model_validate(dates)
 
 
 def test_columns_are_found_by_name_without_case_and_semicolons_work(tmp_path: Path) -> None:
