@@ -7,13 +7,16 @@ The walk at the end lists the schema's keys, for the loader and for the tests.
 
 from __future__ import annotations
 
+import datetime
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
+
+from ml_playground.errors import ConfigError
 
 FILE_PROMPT_PREFIX = "FILE:"
 """How a text key (sample.sample.start, prepare.chat_template) names a file instead."""
@@ -57,13 +60,35 @@ class SpeechesConfig(Section):
     skip_interjections: bool = True
     periods: list[int] = Field(default_factory=list[int])
     parties: list[str] = Field(default_factory=list[str])
-    date_from: str | None = None
-    date_to: str | None = None
+    date_from: datetime.date | None = None
+    date_to: datetime.date | None = None
     max_records: PositiveInt | None = None
     # Which files below raw_dir are speeches: a .csv is a table of them, a .txt one speech.
     suffixes: Annotated[list[SpeechSuffix], Field(min_length=1)] = Field(
         default_factory=lambda: list(SPEECH_SUFFIXES)
     )
+
+    # A date is a TOML date or a quoted "YYYY-MM-DD". A bad one raises ConfigError, which
+    # pydantic lets through, so that the line says how to write a date.
+    @field_validator("date_from", "date_to", mode="before")
+    @classmethod
+    def _quoted_date(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            key = f"prepare.speeches.{info.field_name}"
+            raise ConfigError(f"{key} = {value!r} is not a date; write it as YYYY-MM-DD") from None
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> SpeechesConfig:
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ConfigError(
+                f"prepare.speeches.date_from = {self.date_from} is after "
+                f"prepare.speeches.date_to = {self.date_to}; swap or fix them"
+            )
+        return self
 
 
 class PrepareConfig(Section):

@@ -25,6 +25,7 @@ from ml_playground.config import ExperimentConfig
 from ml_playground.config_loader import LoadedConfig, load_config
 from ml_playground.data.corpus import prepare_corpus
 from ml_playground.data.sources import text_sources
+from ml_playground.data.speeches.source import speech_sources
 from ml_playground.data.tokenizer import TokenizerSpec
 from ml_playground.experiments import EXPERIMENTS_ROOT
 from ml_playground.model.config import GPTConfig
@@ -245,11 +246,13 @@ def speeches_lora(root: Path, model_dir: Path, overrides: Settings | None = None
 
 def prepare_speech_records(config: ExperimentConfig, suffixes: frozenset[str]) -> None:
     """What the speech experiments' preparers do: records with the base model's tokenizer."""
-    from ml_playground.data.speeches.dataset import prepare_speeches  # noqa: PLC0415
+    from ml_playground.data.speeches.dataset import prepare_speech_dataset  # noqa: PLC0415
     from ml_playground.data.writer import require_hf_model  # noqa: PLC0415
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415 - heavy
 
-    prepare_speeches(config, suffixes, tokenizer_loader(require_hf_model(config)))
+    sources = speech_sources(config.prepare, suffixes)
+    outcome = prepare_speech_dataset(config, sources, tokenizer_loader(require_hf_model(config)))
+    print(outcome.message)
 
 
 def chat_settings(model_dir: Path, records: str = "chats.jsonl") -> dict[str, TomlValue]:

@@ -18,13 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 from ml_playground.artifacts import Artifact
 from ml_playground.errors import DataError
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 DELIMITERS = (",", ";", "\t")
 MAX_EXAMPLES = 10
@@ -100,13 +96,15 @@ def read_rows(
     `advance` receives the number of bytes consumed since its last call (for a progress
     bar). A missing required column is an error naming the columns the file does have.
     """
-    delimiter = sniff_delimiter(path)
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     line = 0
     try:
         with path.open("rb") as raw:
-            counter = _CountingReader(raw)
-            text = io.TextIOWrapper(io.BufferedReader(counter), encoding="utf-8-sig", newline="")
+            # The delimiter the header line holds most of (',' when it holds none).
+            header_line = raw.readline(HEADER_PROBE_BYTES).decode("utf-8-sig", errors="replace")
+            delimiter = max(DELIMITERS, key=header_line.count)
+            raw.seek(0)
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
             reader = csv.reader(text, delimiter=delimiter)
             header = next(reader, None)
             if header is None:
@@ -131,10 +129,11 @@ def read_rows(
                         continue
                     counts.repaired += 1
                 yield Row(origin, {name: fitted[index].strip() for name, index in columns.items()})
-                if counter.bytes_read != reported:
-                    advance(counter.bytes_read - reported)
-                    reported = counter.bytes_read
-            advance(counter.bytes_read - reported)
+                # The text layer reads the file in chunks: the position moves once a chunk.
+                if (position := raw.tell()) != reported:
+                    advance(position - reported)
+                    reported = position
+            advance(raw.tell() - reported)
     except UnicodeDecodeError:
         raise DataError(
             f"{path} is not valid UTF-8 (near line {line + 1}); convert it to UTF-8"
@@ -147,19 +146,6 @@ def read_rows(
         raise DataError(f"table not found: {path}; fix the path") from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def sniff_delimiter(path: Path) -> str:
-    """The delimiter that occurs most often in the header line (',' when none does)."""
-    try:
-        with path.open("rb") as handle:
-            first = handle.readline(HEADER_PROBE_BYTES)
-    except FileNotFoundError:
-        raise DataError(f"table not found: {path}; fix the path") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    header = first.decode("utf-8-sig", errors="replace")
-    return max(DELIMITERS, key=header.count)
 
 
 def _find_columns(
@@ -190,23 +176,3 @@ def _unpacked(cells: Sequence[str], width: int, delimiter: str) -> list[str] | N
     parsed = list(csv.reader([cells[0]], delimiter=delimiter))
     inner = parsed[0] if parsed else []
     return inner if len(inner) == width else None
-
-
-class _CountingReader(io.RawIOBase):
-    """A raw byte stream that counts what has been read through it."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        super().__init__()
-        self._raw = raw
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._raw.read(len(view))
-        size = len(data)
-        view[:size] = data
-        self.bytes_read += size
-        return size

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from ml_playground.config import PrepareSource
 from ml_playground.data.corpus import prepare_corpus
 from ml_playground.data.sources import text_sources
+from ml_playground.data.speeches.source import speech_sources
 from ml_playground.experiments import PrepareContext, Preparer
 
 
@@ -29,13 +30,14 @@ def prepare_text(ctx: PrepareContext) -> None:
 
 def prepare_speeches(ctx: PrepareContext) -> None:
     # Imported here: transformers loads for seconds, and the text source never needs it.
-    from ml_playground.data.speeches.dataset import prepare_speeches  # noqa: PLC0415
+    from ml_playground.data.speeches.dataset import prepare_speech_dataset  # noqa: PLC0415
     from ml_playground.data.writer import require_hf_model  # noqa: PLC0415
     from ml_playground.finetune.hub import tokenizer_loader  # noqa: PLC0415
 
-    suffixes = frozenset(ctx.config.prepare.speeches.suffixes)
+    prepare = ctx.config.prepare
+    sources = speech_sources(prepare, frozenset(prepare.speeches.suffixes))
     load_tokenizer = tokenizer_loader(require_hf_model(ctx.config))
-    prepare_speeches(ctx.config, suffixes, load_tokenizer, force=ctx.force)
+    print(prepare_speech_dataset(ctx.config, sources, load_tokenizer, force=ctx.force).message)
 
 
 def prepare_records(ctx: PrepareContext) -> None:

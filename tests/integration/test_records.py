@@ -232,15 +232,13 @@ def test_prepare_without_a_base_model_is_a_config_error(tmp_path: Path) -> None:
         prepare(loaded)
 
 
-def test_bad_date_filter_is_a_config_error_naming_the_key(
+def test_bad_date_filter_is_a_config_error_naming_the_key_as_the_config_loads(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    loaded = speakger_experiment(
-        tmp_path, tiny_models, speeches(3), prepare__speeches__date_from="3.3.2020"
-    )
-
     with pytest.raises(ConfigError, match=r"prepare.speeches.date_from = '3.3.2020' is not a date"):
-        prepare(loaded)
+        speakger_experiment(
+            tmp_path, tiny_models, speeches(3), prepare__speeches__date_from="3.3.2020"
+        )
 
 
 def test_a_folder_prepared_by_an_older_version_is_refused_in_one_line_until_prepared_again(

@@ -9,11 +9,10 @@ import pytest
 
 from ml_playground.artifacts import write_artifact
 from ml_playground.checkpoint import INTEGRITY_FILE, FolderDigests
-from ml_playground.config import ExperimentConfig, RecordsSourceFormat
+from ml_playground.config import ExperimentConfig, RecordsSourceFormat, SpeechesConfig
 from ml_playground.data.chat_records import ChatRecordSettings, chat_record_format
 from ml_playground.data.dataset_meta import DatasetMeta, Fingerprint, HFTokenizerFolder
 from ml_playground.data.speeches.dataset import SpeechSettings, speech_record_format
-from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.source import ReadTally
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START
 from ml_playground.data.table import RowTally
@@ -46,12 +45,9 @@ def dataset_meta(folder: Path, *, structure_tokens: bool) -> None:
     settings = SpeechSettings(
         base_model="Qwen/Qwen2.5-0.5B",
         revision=None,
-        add_structure_tokens=structure_tokens,
-        doc_separator="\n\n",
         train_split=0.9,
         seed=1,
-        max_records=None,
-        selection=Selection().settings(),
+        speeches=SpeechesConfig(add_structure_tokens=structure_tokens),
     )
     meta = DatasetMeta(
         tokenizer=HFTokenizerFolder(base_model="Qwen/Qwen2.5-0.5B", revision=None),

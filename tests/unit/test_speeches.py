@@ -23,7 +23,7 @@ from ml_playground.data.speeches.source import (
 )
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START, Speech, format_record
 from ml_playground.data.table import RowCounts, read_rows
-from ml_playground.errors import DataError
+from ml_playground.errors import ConfigError, DataError
 from tests.finetune_helpers import (
     SPEAKGER_DIR,
     SpeechRow,
@@ -172,7 +172,9 @@ def test_chair_and_interjection_rows_are_skipped_and_counted(tmp_path: Path) -> 
     table = write_speeches_csv(tmp_path / "speeches.csv", rows)
 
     kept, report = read_all([table])
-    everything, _ = read_all([table], Selection(skip_chair=False, skip_interjections=False))
+    everything, _ = read_all(
+        [table], Selection(SpeechesConfig(skip_chair=False, skip_interjections=False))
+    )
 
     assert [speech.text for speech in kept] == ["Meine Damen und Herren!"]
     assert dict(report.skipped) == {"chair": 1, "interjection": 1}
@@ -188,11 +190,12 @@ def test_period_party_and_date_filters_say_why_each_speech_was_left_out(tmp_path
         SpeechRow("Fünf.", party="SPD", period="", date="2019-01-10"),
     ]
     table = write_speeches_csv(tmp_path / "speeches.csv", rows)
-    speeches = SpeechesConfig(
-        periods=[19], parties=["spd"], date_from="2019-01-01", date_to="2019-12-31"
+    # Dates quoted, as a TOML file may write them.
+    speeches = SpeechesConfig.model_validate(
+        {"periods": [19], "parties": ["spd"], "date_from": "2019-01-01", "date_to": "2019-12-31"}
     )
 
-    kept, report = read_all([table], Selection.from_config(speeches))
+    kept, report = read_all([table], Selection(speeches))
 
     assert [speech.text for speech in kept] == ["Eins."]
     assert dict(report.skipped) == {
@@ -201,6 +204,23 @@ def test_period_party_and_date_filters_say_why_each_speech_was_left_out(tmp_path
         "after date_to": 1,
         "period unknown": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("dates", "message"),
+    [
+        ({"date_to": "31.12.2019"}, r"prepare.speeches.date_to = '31.12.2019' is not a date"),
+        (
+            {"date_from": "2020-01-01", "date_to": "2019-12-31"},
+            r"date_from = 2020-01-01 is after prepare.speeches.date_to = 2019-12-31; swap",
+        ),
+    ],
+)
+def test_date_filters_are_checked_as_the_config_is_read(
+    dates: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SpeechesConfig.model_validate(dates)
 
 
 def test_columns_are_found_by_name_without_case_and_semicolons_work(tmp_path: Path) -> None:

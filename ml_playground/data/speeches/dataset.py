@@ -1,15 +1,10 @@
 """Speeches as a source of the one dataset writer (../writer.py).
 
-Every speech becomes one record, "text" (header, blank line, speech; see speech.py)
-tokenized the way the model expects a text to begin (with <bos> where the tokenizer adds
-one) and closed by the end-of-sequence token and the doc_separator: the model sees every
-speech end, learns to emit EOS there, and sampling stops at it. Every token is a target,
-so the folder has no masks; tokenizer/ holds the structure tokens when
-add_structure_tokens is on. The split is by speech and seeded (../record_split.py).
-
-Inputs are known by path, size and modification time (`InputFile`), the member tables
-joined with a CSV included. The tokenizer is the caller's to load (`TokenizerLoader`),
-so this layer never imports the Hugging Face backend.
+Every speech becomes one record: its text (speech.py) tokenized as a record begins (with
+<bos> where the tokenizer adds one), then the end-of-sequence token and the doc_separator,
+so the model sees every speech end, learns to emit EOS there, and sampling stops at it.
+Every token is a target, so the folder has no masks. The split is by speech and seeded
+(../record_split.py).
 """
 
 from __future__ import annotations
@@ -18,19 +13,14 @@ import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ml_playground.config import ExperimentConfig
+from ml_playground.config import ExperimentConfig, SpeechesConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR, StagedDataset, input_file
 from ml_playground.data.dataset_meta import Fingerprint, RecordFormat, TokenDType
 from ml_playground.data.record_split import SplitCounts, SplitRecord, write_split
 from ml_playground.data.rendering import eos_id
-from ml_playground.data.speeches.selection import Selection, SelectionSettings
-from ml_playground.data.speeches.source import (
-    ReadReport,
-    auxiliary_files,
-    read_speeches,
-    select,
-    speech_sources,
-)
+from ml_playground.data.speeches.members import member_tables
+from ml_playground.data.speeches.selection import Selection
+from ml_playground.data.speeches.source import ReadReport, read_speeches, select
 from ml_playground.data.speeches.speech import (
     RECORD_OPENING,
     SPEECH_END,
@@ -55,28 +45,10 @@ ENCODE_BATCH = 256
 
 
 class SpeechSettings(RecordSettings):
-    """The settings that decide a speech dataset."""
+    """The settings that decide a speech dataset: those of every records dataset, and
+    [prepare.speeches]."""
 
-    add_structure_tokens: bool
-    doc_separator: str
-    max_records: int | None
-    selection: SelectionSettings
-
-
-def prepare_speeches(
-    config: ExperimentConfig,
-    suffixes: frozenset[str],
-    load_tokenizer: TokenizerLoader,
-    *,
-    force: bool = False,
-) -> PrepareOutcome:
-    """What an experiment's preparer does: find the sources, prepare (again even when up to
-    date, with `force`), say what happened."""
-    outcome = prepare_speech_dataset(
-        config, speech_sources(config.prepare, suffixes), load_tokenizer, force=force
-    )
-    print(outcome.message)
-    return outcome
+    speeches: SpeechesConfig
 
 
 def prepare_speech_dataset(
@@ -87,22 +59,18 @@ def prepare_speech_dataset(
     show_progress: bool = True,
     force: bool = False,
 ) -> PrepareOutcome:
-    """Read, select, format and split the speeches in `sources` into prepare.dataset_dir.
+    """Read, select, format and split the speeches in `sources` (speech_sources: the files
+    [prepare] names) into prepare.dataset_dir, unless it is up to date (again anyway with
+    `force`).
 
     `load_tokenizer` gives the base model's tokenizer; it is called only when the dataset
     is not up to date, since loading one takes seconds.
     """
     prepare, speeches = config.prepare, config.prepare.speeches
-    selection = Selection.from_config(speeches)
+    selection = Selection(speeches)
     fingerprint = Fingerprint(
-        inputs=tuple(input_file(path) for path in [*sources, *auxiliary_files(sources)]),
-        settings=SpeechSettings(
-            **SpeechSettings.shared(config),
-            add_structure_tokens=speeches.add_structure_tokens,
-            doc_separator=speeches.doc_separator,
-            max_records=speeches.max_records,
-            selection=selection.settings(),
-        ).to_json(),
+        inputs=tuple(input_file(path) for path in [*sources, *member_tables(sources)]),
+        settings=SpeechSettings(**SpeechSettings.shared(config), speeches=speeches).to_json(),
     )
     report = ReadReport()
 
@@ -165,8 +133,8 @@ def prepare_speech_dataset(
 def speech_record_format(
     *, structure_tokens: bool, added_tokens: tuple[str, ...] = (), doc_separator: str = "\n\n"
 ) -> RecordFormat:
-    """Speech records: wrapped in <SPEECH_START> ... <SPEECH_END> with structure tokens (the
-    end token stops a generation); otherwise a header and text that only EOS ends."""
+    """The framing of speech.py's records, as meta.json keeps it; with structure tokens,
+    <SPEECH_END> stops a generation too, else only EOS does."""
     return RecordFormat(
         structure_tokens=STRUCTURE_TOKENS if structure_tokens else (),
         added_tokens=added_tokens,

@@ -11,12 +11,13 @@ parliament the member sat in that period agrees.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml_playground.data.table import RowCounts, read_rows
 
+CSV_SUFFIX = ".csv"
 META_FILE = "all_mps_meta.csv"
 MAPPING_FILE = "all_mps_mapping.csv"
 MEMBER_FILES = frozenset({META_FILE, MAPPING_FILE})
@@ -24,7 +25,6 @@ MEMBER_FILES = frozenset({META_FILE, MAPPING_FILE})
 META_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "mpid": ("MPID",),
     "name": ("Name",),
-    "last_name": ("LastName",),
 }
 MAPPING_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "mpid": ("MPID",),
@@ -53,8 +53,7 @@ PARTY_DISPLAY: Mapping[str, str] = {
 
 def normalize_mpid(value: str) -> str:
     """MPIDs as written by spreadsheets and pandas ("17", "17.0") compare equal."""
-    value = value.strip()
-    return value.removesuffix(".0") if value.endswith(".0") else value
+    return value.strip().removesuffix(".0")
 
 
 def parse_int(value: str) -> int | None:
@@ -78,7 +77,6 @@ class Members:
         default_factory=dict[tuple[str, int], set[str]]
     )
     states: set[str] = field(default_factory=set[str])
-    files: list[Path] = field(default_factory=list[Path])
 
     def name_of(self, mpid: str | None) -> str | None:
         return self.names.get(mpid) if mpid else None
@@ -92,38 +90,31 @@ class Members:
         return next(iter(candidates)) if len(candidates) == 1 else None
 
 
-def member_files(folder: Path) -> list[Path]:
-    """The SpeakGer member tables present in `folder`, in a fixed order."""
-    return [folder / name for name in sorted(MEMBER_FILES) if (folder / name).is_file()]
+def member_tables(sources: Sequence[Path]) -> list[Path]:
+    """The member tables that will be joined with the CSVs among `sources` (they decide
+    the records too), in a fixed order."""
+    folders = sorted({path.parent for path in sources if path.suffix.lower() == CSV_SUFFIX})
+    names = sorted(MEMBER_FILES)
+    return [folder / name for folder in folders for name in names if (folder / name).is_file()]
 
 
 def load_members(folder: Path, counts: RowCounts) -> Members:
     """Read the member tables in `folder`; their damaged rows are counted in `counts`."""
     members = Members()
-    meta = folder / META_FILE
+    meta, mapping = folder / META_FILE, folder / MAPPING_FILE
     if meta.is_file():
-        members.files.append(meta)
         for row in read_rows(meta, META_COLUMNS, required=("mpid", "name"), counts=counts):
-            mpid, name = normalize_mpid(row.get("mpid")), row.get("name")
-            if mpid and name:
+            if (mpid := normalize_mpid(row.get("mpid"))) and (name := row.get("name")):
                 members.names[mpid] = name
-    mapping = folder / MAPPING_FILE
     if mapping.is_file():
-        members.files.append(mapping)
-        rows = read_rows(
-            mapping,
-            MAPPING_COLUMNS,
-            required=("mpid", "period", "party"),
-            counts=counts,
-        )
-        for row in rows:
+        required = ("mpid", "period", "party")
+        for row in read_rows(mapping, MAPPING_COLUMNS, required=required, counts=counts):
             mpid, period = normalize_mpid(row.get("mpid")), parse_int(row.get("period"))
             party = display_party(row.get("party"))
             if not mpid or period is None or not party:
                 counts.add_malformed(row.origin, "member row without MPID, period or party")
                 continue
-            state = row.get("state")
-            if state:
+            if state := row.get("state"):
                 members.parties[(mpid, state, period)] = party
                 members.states.add(state)
             members.by_period.setdefault((mpid, period), set()).add(party)

@@ -16,25 +16,25 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ml_playground.config import PrepareConfig
 from ml_playground.data.sources import raw_text_file
 from ml_playground.data.speeches.members import (
+    CSV_SUFFIX,
     MEMBER_FILES,
     META_FILE,
     Members,
     display_party,
     load_members,
-    member_files,
     normalize_mpid,
     parse_int,
 )
 from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.speech import Speech
-from ml_playground.data.table import RowCounts, RowTally, read_rows
+from ml_playground.data.table import Row, RowCounts, RowTally, read_rows
 from ml_playground.errors import DataError
 
-CSV_SUFFIX = ".csv"
 DEFAULT_RAW_DIR = "raw"
 
 SPEECH_COLUMNS: Mapping[str, tuple[str, ...]] = {
@@ -59,9 +59,9 @@ CHAIR_POSITIONS = frozenset({"presidium of parliament", "präsident", "präsiden
 # Open Discourse replaces interjections inside a speech with "({12})" placeholders.
 PLACEHOLDER = re.compile(r"\(\{\d+\}\)")
 EXCESS_BLANK_LINES = re.compile(r"\n{3,}")
-ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})")
-GERMAN_DATE = re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})")
-YEAR_ONLY = re.compile(r"^(\d{4})$")
+DATE_SPELLINGS = ("%Y-%m-%d", "%d.%m.%Y")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -145,12 +145,6 @@ def speech_sources(prepare: PrepareConfig, suffixes: frozenset[str]) -> list[Pat
     return files
 
 
-def auxiliary_files(sources: Sequence[Path]) -> list[Path]:
-    """The member tables that will be joined with `sources` (they decide the output too)."""
-    folders = sorted({path.parent for path in sources if path.suffix.lower() == CSV_SUFFIX})
-    return [path for folder in folders for path in member_files(folder)]
-
-
 def read_speeches(
     sources: Sequence[Path],
     report: ReadReport,
@@ -214,28 +208,28 @@ def _table_speeches(
         if not text:
             report.rows.add_malformed(row.origin, "empty speech text")
             continue
-        mpid = normalize_mpid(row.get("mpid")) or None
+        mpid = normalize_mpid(row.get("mpid"))
         if mpid and members.names and mpid not in members.names:
             report.unknown_mpids += 1
-        period = _period(row.get("period"), report)
+        period = _cell(row, "period", parse_int, report)
         state = row.get("state") or stem_state
-        date, year = _date(row.get("date"), report)
+        date, year = _cell(row, "date", parse_date, report) or (None, None)
         party = display_party(row.get("party")) or members.party_of(mpid, state, period)
+        names = (row.get("first_name"), row.get("last_name"))
+        speaker = row.get("speaker") or " ".join(name for name in names if name)
         yield Speech(
             text=text,
             origin=row.origin,
-            speaker=_speaker(row.get("speaker"), row.get("first_name"), row.get("last_name"))
-            or members.name_of(mpid),
+            speaker=speaker or members.name_of(mpid),
             party=party or None,
             topic=row.get("topic") or None,
             date=date,
             year=year,
             period=period,
-            mpid=mpid,
             state=state or None,
-            chair=_flag(row.get("chair"), "chair", report)
+            chair=bool(_cell(row, "chair", parse_flag, report))
             or row.get("position").casefold() in CHAIR_POSITIONS,
-            interjection=_flag(row.get("interjection"), "interjection", report),
+            interjection=bool(_cell(row, "interjection", parse_flag, report)),
         )
 
 
@@ -254,53 +248,36 @@ def parse_date(value: str) -> tuple[datetime.date | None, int | None] | None:
     value = value.strip()
     if not value:
         return None, None
-    if match := YEAR_ONLY.match(value):
-        return None, int(match.group(1))
-    parts: tuple[str, str, str] | None = None
-    if match := ISO_DATE.match(value):
-        parts = (match.group(1), match.group(2), match.group(3))
-    elif match := GERMAN_DATE.match(value):
-        parts = (match.group(3), match.group(2), match.group(1))
-    if parts is None:
-        return None
-    try:
-        date = datetime.date(int(parts[0]), int(parts[1]), int(parts[2]))
-    except ValueError:
-        return None
-    return date, date.year
+    if re.fullmatch(r"\d{4}", value):
+        return None, int(value)
+    day = re.split(r"[T ]", value, maxsplit=1)[0]
+    for spelling in DATE_SPELLINGS:
+        try:
+            date = datetime.datetime.strptime(day, spelling).date()
+        except ValueError:
+            continue
+        return date, date.year
+    return None
 
 
-def _date(value: str, report: ReadReport) -> tuple[datetime.date | None, int | None]:
-    parsed = parse_date(value)
-    if parsed is None:
-        report.unreadable["date"] += 1
-        return None, None
-    return parsed
-
-
-def _period(value: str, report: ReadReport) -> int | None:
-    if not value:
-        return None
-    period = parse_int(value)
-    if period is None:
-        report.unreadable["period"] += 1
-    return period
-
-
-def _flag(value: str, column: str, report: ReadReport) -> bool:
+def parse_flag(value: str) -> bool | None:
+    """True or False in the usual spellings; None when the cell holds something else."""
     folded = value.casefold()
     if folded in TRUE_FLAGS:
         return True
-    if folded not in FALSE_FLAGS:
+    return False if folded in FALSE_FLAGS else None
+
+
+def _cell(row: Row, column: str, parse: Callable[[str], T | None], report: ReadReport) -> T | None:
+    """The value of a cell, None when it is empty; one that cannot be read is counted and
+    left unknown."""
+    value = row.get(column)
+    if not value:
+        return None
+    parsed = parse(value)
+    if parsed is None:
         report.unreadable[column] += 1
-    return False
-
-
-def _speaker(speaker: str, first_name: str, last_name: str) -> str | None:
-    if speaker:
-        return speaker
-    joined = " ".join(part for part in (first_name, last_name) if part)
-    return joined or None
+    return parsed
 
 
 def _counted(counter: Counter[str]) -> str:

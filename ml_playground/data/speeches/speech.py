@@ -14,7 +14,7 @@ With structure tokens the record is wrapped in <SPEECH_START> ... <SPEECH_END>; 
 registers both as special tokens, so each is a single id the model learns to open and
 close a speech with. A speech with no known field has no header, only its text.
 How a record opens and closes, and which token ends it, goes into the dataset's
-meta.json (data/records.py): sampling and export read it there.
+meta.json (dataset.py: speech_record_format): sampling and export read it there.
 """
 
 from __future__ import annotations
@@ -41,18 +41,13 @@ class Speech:
     date: datetime.date | None = None
     year: int | None = None
     period: int | None = None
-    mpid: str | None = None
     state: str | None = None
     chair: bool = False
     interjection: bool = False
 
-    @property
-    def known_year(self) -> int | None:
-        return self.date.year if self.date is not None else self.year
-
     def header(self) -> list[tuple[str, str]]:
         """(field, value) for each header field that is known, in HEADER_FIELDS order."""
-        year = self.known_year
+        year = self.date.year if self.date is not None else self.year
         values = (self.speaker, self.party, self.topic, str(year) if year else None)
         return [(name, value) for name, value in zip(HEADER_FIELDS, values, strict=True) if value]
 
