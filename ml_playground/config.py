@@ -112,7 +112,7 @@ class PrepareConfig(Section):
     train_split: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
     chunk_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     download_url: str | None = None
-    # What source = "text" reads when no corpus is given (data/corpus.py): a corpus
+    # What source = "text" reads when no corpus is given (data/sources.py): a corpus
     # bundled with the package by name, or a file that is seeded into dataset_dir/input.txt.
     fallback_text: str | None = None
     seed: int = 1337

@@ -1,5 +1,6 @@
-"""The rules of an experiment config that relate two keys (the schema checks one key at a
-time, in config.py); the loader applies them once every layer is merged."""
+"""The rules of an experiment config that relate two keys (config.py's schema checks each
+key on its own, and only the two dates of [prepare.speeches] together); the loader applies
+them once every layer is merged."""
 
 from __future__ import annotations
 
