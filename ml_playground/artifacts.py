@@ -20,7 +20,11 @@ from ml_playground.errors import UserError
 
 
 class Artifact(BaseModel):
-    """A JSON artifact: frozen, strict about types, closed to unknown keys."""
+    """A JSON artifact: frozen, strict about types, closed to unknown keys.
+
+    The first line of a subclass's docstring names it in error messages ("dataset metadata
+    not found: ..."), so it is a short noun phrase that tests and users read.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
