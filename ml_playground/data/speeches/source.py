@@ -166,15 +166,14 @@ def _text_speech(
 ) -> Iterator[Speech]:
     try:
         raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    advance(len(raw))
-    try:
-        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path} is not valid UTF-8 at byte {exc.start}; convert it to UTF-8"
         ) from None
+    advance(len(raw))
     report.read += 1
     cleaned = clean_text(text)
     if not cleaned:
