@@ -117,16 +117,15 @@ def read_rows(
                     continue  # a blank line is not a row
                 counts.read += 1
                 origin = f"{path}:{line}"
-                fitted = cells if len(cells) == len(header) else None
+                fitted = _fitted(cells, len(header), delimiter)
                 if fitted is None:
-                    fitted = _unpacked(cells, len(header), delimiter)
-                    if fitted is None:
-                        counts.add_malformed(
-                            origin,
-                            "wrong number of fields",
-                            f"{len(cells)} fields, the header has {len(header)}",
-                        )
-                        continue
+                    counts.add_malformed(
+                        origin,
+                        "wrong number of fields",
+                        f"{len(cells)} fields, the header has {len(header)}",
+                    )
+                    continue
+                if fitted is not cells:
                     counts.repaired += 1
                 yield Row(origin, {name: fitted[index].strip() for name, index in columns.items()})
                 # The text layer reads the file in chunks: the position moves once a chunk.
@@ -154,23 +153,23 @@ def _find_columns(
     positions = {normalize_header(name): index for index, name in enumerate(header)}
     found: dict[str, int] = {}
     for column, names in aliases.items():
-        for name in names:
-            index = positions.get(normalize_header(name))
-            if index is not None:
-                found[column] = index
-                break
-    missing = [column for column in required if column not in found]
-    if missing:
-        column = missing[0]
-        raise DataError(
-            f"{path} has no {column} column (looked for {', '.join(aliases[column])}); "
-            f"its columns are {', '.join(header)}; rename the column"
-        )
+        indexes = [positions[key] for key in map(normalize_header, names) if key in positions]
+        if indexes:
+            found[column] = indexes[0]
+    for column in required:
+        if column not in found:
+            raise DataError(
+                f"{path} has no {column} column (looked for {', '.join(aliases[column])}); "
+                f"its columns are {', '.join(header)}; rename the column"
+            )
     return found
 
 
-def _unpacked(cells: Sequence[str], width: int, delimiter: str) -> list[str] | None:
-    """The fields of a row that was quoted as a whole, if that is what `cells` is."""
+def _fitted(cells: list[str], width: int, delimiter: str) -> list[str] | None:
+    """`cells` when it has `width` fields, else the fields of a row quoted as a whole, if
+    that is what it is."""
+    if len(cells) == width:
+        return cells
     if len(cells) != 1 or width < 2 or delimiter not in cells[0]:
         return None
     parsed = list(csv.reader([cells[0]], delimiter=delimiter))

@@ -18,7 +18,6 @@ from ml_playground.data.speeches.source import (
     ReadReport,
     parse_date,
     read_speeches,
-    select,
     speech_sources,
 )
 from ml_playground.data.speeches.speech import SPEECH_END, SPEECH_START, Speech, format_record
@@ -39,7 +38,7 @@ def read_all(
 ) -> tuple[list[Speech], ReadReport]:
     report = ReadReport()
     read = read_speeches(paths, report)
-    return list(select(read, selection or Selection(), report)), report
+    return list((selection or Selection()).select(read, report)), report
 
 
 # --- records -----------------------------------------------------------------------------
@@ -155,11 +154,9 @@ def test_malformed_rows_are_counted_with_their_line_and_the_rest_is_read(tmp_pat
     kept, report = read_all([table])
 
     assert len(kept) == 3
-    assert report.rows.read == 5
-    assert dict(report.rows.malformed) == {"wrong number of fields": 1, "empty speech text": 1}
-    assert report.rows.examples[0] == (
-        f"{table}:5: wrong number of fields (5 fields, the header has 8)"
-    )
+    assert report.read == 5
+    assert dict(report.malformed) == {"wrong number of fields": 1, "empty speech text": 1}
+    assert report.examples[0] == (f"{table}:5: wrong number of fields (5 fields, the header has 8)")
     assert "2 malformed" in report.summary()
 
 
@@ -328,7 +325,7 @@ def test_each_txt_file_is_one_speech_and_an_empty_one_is_counted(tmp_path: Path)
     kept, report = read_all([tmp_path / "a.txt", tmp_path / "b.txt"])
 
     assert [speech.text for speech in kept] == ["Erste Rede.\n\nZweiter Absatz."]
-    assert dict(report.rows.malformed) == {"empty speech text": 1}
+    assert dict(report.malformed) == {"empty speech text": 1}
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from ml_playground.data.record_split import SplitCounts, SplitRecord, write_spli
 from ml_playground.data.rendering import eos_id
 from ml_playground.data.speeches.members import member_tables
 from ml_playground.data.speeches.selection import Selection
-from ml_playground.data.speeches.source import ReadReport, read_speeches, select
+from ml_playground.data.speeches.source import ReadReport, read_speeches
 from ml_playground.data.speeches.speech import (
     RECORD_OPENING,
     SPEECH_END,
@@ -60,12 +60,8 @@ def prepare_speech_dataset(
     force: bool = False,
 ) -> PrepareOutcome:
     """Read, select, format and split the speeches in `sources` (speech_sources: the files
-    [prepare] names) into prepare.dataset_dir, unless it is up to date (again anyway with
-    `force`).
-
-    `load_tokenizer` gives the base model's tokenizer; it is called only when the dataset
-    is not up to date, since loading one takes seconds.
-    """
+    [prepare] names) into prepare.dataset_dir, through write_dataset (which says when
+    `load_tokenizer`, the base model's tokenizer, is called, and what `force` does)."""
     prepare, speeches = config.prepare, config.prepare.speeches
     selection = Selection(speeches)
     fingerprint = Fingerprint(
@@ -76,8 +72,7 @@ def prepare_speech_dataset(
 
     def plan() -> DatasetPlan:
         tokenizer = load_tokenizer()
-        structure = STRUCTURE_TOKENS if speeches.add_structure_tokens else ()
-        added = _add_structure_tokens(tokenizer, structure)
+        added = _add_structure_tokens(tokenizer) if speeches.add_structure_tokens else ()
         eos = eos_id(tokenizer, f"the tokenizer in {prepare.dataset_dir / TOKENIZER_DIR}")
         separator = speeches.doc_separator
         closing = [
@@ -88,9 +83,7 @@ def prepare_speech_dataset(
 
         def write_splits(staged: StagedDataset, dtype: TokenDType) -> SplitCounts:
             with byte_progress("reading speeches", total_bytes, enabled=show_progress) as advance:
-                kept = select(read_speeches(sources, report, advance=advance), selection, report)
-                if speeches.max_records is not None:
-                    kept = itertools.islice(kept, speeches.max_records)
+                kept = selection.select(read_speeches(sources, report, advance=advance), report)
                 texts = (
                     format_record(speech, structure_tokens=speeches.add_structure_tokens)
                     for speech in kept
@@ -109,7 +102,7 @@ def prepare_speech_dataset(
                 )
 
         def summary(_: SplitCounts) -> SourceReport:
-            examples = "".join(f"\n  e.g. {row}" for row in report.rows.examples[:SHOWN_EXAMPLES])
+            examples = "".join(f"\n  e.g. {row}" for row in report.examples[:SHOWN_EXAMPLES])
             tokens_note = f"+{len(added)} tokens: {' '.join(added)}; " if added else ""
             return SourceReport(report.tally(), f"{tokens_note}{report.summary()}{examples}")
 
@@ -157,11 +150,10 @@ def _records(
             yield SplitRecord([*body, *closing], measures={"characters": len(text)})
 
 
-def _add_structure_tokens(tokenizer: HFTokenizer, tokens: Sequence[str]) -> tuple[str, ...]:
-    """Register `tokens` as special tokens; returns those that were new to the vocabulary."""
-    if not tokens:
-        return ()
+def _add_structure_tokens(tokenizer: HFTokenizer) -> tuple[str, ...]:
+    """Register the structure tokens as special tokens; returns those new to the vocabulary."""
     before = len(tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)})
-    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    tokens: list[str] = list(STRUCTURE_TOKENS)
+    tokenizer.add_special_tokens({"additional_special_tokens": tokens})
+    ids = tokenizer.convert_tokens_to_ids(tokens)
     return tuple(token for token, token_id in zip(tokens, ids, strict=True) if token_id >= before)

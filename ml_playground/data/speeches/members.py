@@ -70,24 +70,20 @@ class Members:
     """The joined member tables of one folder (empty when the folder has neither)."""
 
     names: dict[str, str] = field(default_factory=dict[str, str])
-    parties: dict[tuple[str, str, int], str] = field(
-        default_factory=dict[tuple[str, str, int], str]
-    )
-    by_period: dict[tuple[str, int], set[str]] = field(
-        default_factory=dict[tuple[str, int], set[str]]
+    # (MPID, period) -> the party of each seat, by parliament ("" where the row names none).
+    seats: dict[tuple[str, int], dict[str, str]] = field(
+        default_factory=dict[tuple[str, int], dict[str, str]]
     )
     states: set[str] = field(default_factory=set[str])
 
-    def name_of(self, mpid: str | None) -> str | None:
-        return self.names.get(mpid) if mpid else None
-
-    def party_of(self, mpid: str | None, state: str | None, period: int | None) -> str | None:
-        if not mpid or period is None:
+    def party_of(self, mpid: str, state: str | None, period: int | None) -> str | None:
+        if period is None:
             return None
+        seats = self.seats.get((mpid, period), {})
         if state is not None:
-            return self.parties.get((mpid, state, period))
-        candidates = self.by_period.get((mpid, period), set())
-        return next(iter(candidates)) if len(candidates) == 1 else None
+            return seats.get(state)
+        parties = set(seats.values())
+        return parties.pop() if len(parties) == 1 else None
 
 
 def member_tables(sources: Sequence[Path]) -> list[Path]:
@@ -114,10 +110,10 @@ def load_members(folder: Path, counts: RowCounts) -> Members:
             if not mpid or period is None or not party:
                 counts.add_malformed(row.origin, "member row without MPID, period or party")
                 continue
-            if state := row.get("state"):
-                members.parties[(mpid, state, period)] = party
+            state = row.get("state")
+            members.seats.setdefault((mpid, period), {})[state] = party
+            if state:
                 members.states.add(state)
-            members.by_period.setdefault((mpid, period), set()).add(party)
     return members
 
 

@@ -1,16 +1,16 @@
 """Speeches from their sources: .txt files (one speech each) and speeches CSV tables.
 
-CSV columns are found by meaning (see SPEECH_COLUMNS), which covers SpeakGer's speeches
-tables (Period, Session, Chair, Interjection, Speech, MPID, Party, Date, ...) and the Open
-Discourse speeches table (speechContent, firstName, lastName, electoralTerm, date,
-positionShort, ...). SpeakGer member tables in a CSV's folder fill in names and parties
-(see members.py). A value that cannot be read (a date like "next week") leaves that value
-unknown and is counted; a row without speech text is counted as malformed and left out.
+SPEECH_COLUMNS names the columns of SpeakGer's and Open Discourse's speeches tables, as
+../table.py finds them by meaning; SpeakGer member tables in a CSV's folder fill in names
+and parties (members.py). A value that cannot be read (a date like "next week") leaves
+that value unknown and is counted; a row without speech text is counted as malformed and
+left out.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +30,6 @@ from ml_playground.data.speeches.members import (
     normalize_mpid,
     parse_int,
 )
-from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.speech import Speech
 from ml_playground.data.table import Row, RowCounts, RowTally, read_rows
 from ml_playground.errors import DataError
@@ -65,10 +64,10 @@ T = TypeVar("T")
 
 
 @dataclass
-class ReadReport:
-    """Everything that happened to the input: nothing is dropped without being counted."""
+class ReadReport(RowCounts):
+    """Everything that happened to the input, beyond the speech rows' counts: nothing is
+    dropped without being counted."""
 
-    rows: RowCounts = field(default_factory=RowCounts)
     member_rows: RowCounts = field(default_factory=RowCounts)
     unreadable: Counter[str] = field(default_factory=Counter[str])
     skipped: Counter[str] = field(default_factory=Counter[str])
@@ -76,15 +75,13 @@ class ReadReport:
     kept: int = 0
 
     def summary(self) -> str:
-        parts = [f"{self.rows.read:,} rows read", f"{self.kept:,} speeches kept"]
+        parts = [f"{self.read:,} rows read", f"{self.kept:,} speeches kept"]
         if self.skipped:
             parts.append("skipped " + _counted(self.skipped))
-        if self.rows.malformed:
-            parts.append(
-                f"{self.rows.malformed_total:,} malformed ({_counted(self.rows.malformed)})"
-            )
-        if self.rows.repaired:
-            parts.append(f"{self.rows.repaired:,} repaired (quoted as a whole)")
+        if self.malformed:
+            parts.append(f"{self.malformed_total:,} malformed ({_counted(self.malformed)})")
+        if self.repaired:
+            parts.append(f"{self.repaired:,} repaired (quoted as a whole)")
         if self.unreadable:
             parts.append("unreadable values kept as unknown: " + _counted(self.unreadable))
         if self.member_rows.repaired or self.member_rows.malformed:
@@ -98,7 +95,7 @@ class ReadReport:
 
     def tally(self) -> ReadTally:
         return ReadTally(
-            **self.rows.tally().model_dump(),
+            **super().tally().model_dump(),
             kept=self.kept,
             skipped=dict(sorted(self.skipped.items())),
             undecodable_values=dict(sorted(self.unreadable.items())),
@@ -152,28 +149,16 @@ def read_speeches(
     advance: Callable[[int], object] = lambda _: None,
 ) -> Iterator[Speech]:
     """Every speech in `sources`, in order; malformed rows are counted in `report`."""
-    members: dict[Path, Members] = {}
+
+    @functools.cache
+    def members(folder: Path) -> Members:
+        return load_members(folder, report.member_rows)
+
     for path in sources:
         if path.suffix.lower() == CSV_SUFFIX:
-            folder = path.parent
-            if folder not in members:
-                members[folder] = load_members(folder, report.member_rows)
-            yield from _table_speeches(path, members[folder], report, advance)
+            yield from _table_speeches(path, members(path.parent), report, advance)
         else:
             yield from _text_speech(path, report, advance)
-
-
-def select(
-    speeches: Iterator[Speech], selection: Selection, report: ReadReport
-) -> Iterator[Speech]:
-    """The speeches `selection` keeps; every other one is counted under its reason."""
-    for speech in speeches:
-        reason = selection.skip_reason(speech)
-        if reason is None:
-            report.kept += 1
-            yield speech
-        else:
-            report.skipped[reason] += 1
 
 
 def _text_speech(
@@ -181,19 +166,18 @@ def _text_speech(
 ) -> Iterator[Speech]:
     try:
         raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    advance(len(raw))
-    try:
-        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path} is not valid UTF-8 at byte {exc.start}; convert it to UTF-8"
         ) from None
-    report.rows.read += 1
+    advance(len(raw))
+    report.read += 1
     cleaned = clean_text(text)
     if not cleaned:
-        report.rows.add_malformed(str(path), "empty speech text")
+        report.add_malformed(str(path), "empty speech text")
         return
     yield Speech(text=cleaned, origin=str(path))
 
@@ -201,12 +185,12 @@ def _text_speech(
 def _table_speeches(
     path: Path, members: Members, report: ReadReport, advance: Callable[[int], object]
 ) -> Iterator[Speech]:
-    rows = read_rows(path, SPEECH_COLUMNS, required=("text",), counts=report.rows, advance=advance)
+    rows = read_rows(path, SPEECH_COLUMNS, required=("text",), counts=report, advance=advance)
     stem_state = path.stem if path.stem in members.states else None
     for row in rows:
         text = clean_text(row.get("text"))
         if not text:
-            report.rows.add_malformed(row.origin, "empty speech text")
+            report.add_malformed(row.origin, "empty speech text")
             continue
         mpid = normalize_mpid(row.get("mpid"))
         if mpid and members.names and mpid not in members.names:
@@ -220,7 +204,7 @@ def _table_speeches(
         yield Speech(
             text=text,
             origin=row.origin,
-            speaker=speaker or members.name_of(mpid),
+            speaker=speaker or members.names.get(mpid),
             party=party or None,
             topic=row.get("topic") or None,
             date=date,

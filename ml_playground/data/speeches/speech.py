@@ -45,17 +45,12 @@ class Speech:
     chair: bool = False
     interjection: bool = False
 
-    def header(self) -> list[tuple[str, str]]:
-        """(field, value) for each header field that is known, in HEADER_FIELDS order."""
-        year = self.date.year if self.date is not None else self.year
-        values = (self.speaker, self.party, self.topic, str(year) if year else None)
-        return [(name, value) for name, value in zip(HEADER_FIELDS, values, strict=True) if value]
-
 
 def format_record(speech: Speech, *, structure_tokens: bool) -> str:
     """The training text of one speech: header, blank line, text; optionally wrapped."""
-    header = "\n".join(f"{name}: {value}" for name, value in speech.header())
+    year = speech.date.year if speech.date is not None else speech.year
+    values = (speech.speaker, speech.party, speech.topic, str(year) if year else None)
+    fields = zip(HEADER_FIELDS, values, strict=True)
+    header = "\n".join(f"{name}: {value}" for name, value in fields if value)
     body = f"{header}\n\n{speech.text}" if header else speech.text
-    if structure_tokens:
-        return f"{RECORD_OPENING}{body}\n{SPEECH_END}"
-    return body
+    return f"{RECORD_OPENING}{body}\n{SPEECH_END}" if structure_tokens else body
