@@ -74,10 +74,6 @@ def prepare_token_dataset(
     `force`); `vocab_size_limit` is the model's configured vocab_size, if any."""
     if not sources:
         raise DataError("no source text files to prepare; name at least one")
-    if not 0.0 < train_split < 1.0:
-        raise DataError(f"train_split = {train_split} must be between 0 and 1 (exclusive)")
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     inputs = tuple(input_file(path, what="source text") for path in sources)
     total_bytes = sum(entry.size for entry in inputs)
     scanned = hashlib.sha256()
@@ -170,33 +166,27 @@ def _file_text(path: Path, chunk_bytes: int) -> Iterator[tuple[bytes, str]]:
     """One file in binary chunks, decoded without ever splitting a character.
 
     The incremental decoder holds back the first bytes of a character cut by a chunk
-    boundary and completes it with the next chunk.
+    boundary and completes it with the next chunk; the empty read at the end flushes it.
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    offset = held_back = 0  # the bytes before this chunk, and those of them held back
     try:
         with path.open("rb") as handle:
-            while raw := handle.read(chunk_bytes):
+            while True:
+                raw = handle.read(chunk_bytes)
                 held_back = len(decoder.getstate()[0])
-                try:
-                    text = decoder.decode(raw)
-                except UnicodeDecodeError as exc:
-                    raise _not_utf8(path, offset - held_back + exc.start) from None
+                text = decoder.decode(raw, final=not raw)
+                if not raw:
+                    return
                 offset += len(raw)
                 yield raw, text
-            held_back = len(decoder.getstate()[0])
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(path, offset - held_back + exc.start) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid UTF-8 at byte {offset - held_back + exc.start}; convert the"
+            " file to UTF-8 and prepare again"
+        ) from None
     except OSError as exc:
         raise DataError(f"cannot read source text {path}: {exc.strerror or exc}") from None
-
-
-def _not_utf8(path: Path, offset: int) -> DataError:
-    return DataError(
-        f"{path} is not valid UTF-8 at byte {offset}; convert the file to UTF-8 and prepare again"
-    )
 
 
 def _write_character_split(

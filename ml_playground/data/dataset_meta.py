@@ -18,14 +18,13 @@ in one line that says to prepare it again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from pydantic import Field
 
-from ml_playground.artifacts import Artifact, read_artifact, read_json_object
+from ml_playground.artifacts import Artifact, parse_artifact, read_json_object
 from ml_playground.config import RecordsSourceFormat
 from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, InputFile
 from ml_playground.data.record_split import SPLITS, mask_file, token_file
@@ -105,9 +104,7 @@ class Fingerprint(Artifact):
 
 
 class DatasetMeta(Artifact):
-    """A prepared dataset's meta.json: the token files' layout (dtype, tokens per split,
-    masked or not), the tokenizer, the fingerprint of inputs and settings, and for records
-    datasets their format, the records per split and what happened to the source rows."""
+    """Dataset meta (a prepared dataset's meta.json)."""
 
     format_version: Literal[3] = FORMAT_VERSION
     tokenizer: DatasetTokenizer
@@ -123,13 +120,19 @@ class DatasetMeta(Artifact):
     trained_tokens: dict[str, int] | None = None
     rows: ReadTally | RowTally | None = None
 
-    def file_sizes_expected(self) -> Mapping[str, int]:
-        """The size in bytes of every token and mask file, by name."""
+    def files_intact(self, dataset_dir: Path) -> bool:
+        """Whether dataset_dir holds the tokenizer/ folder (when there is one) and every
+        token and mask file, each of the size its token count gives."""
+        if self.hf_tokenizer is not None and not (dataset_dir / TOKENIZER_DIR).is_dir():
+            return False
         itemsize = np.dtype(self.dtype).itemsize
         sizes = {token_file(split): self.tokens[split] * itemsize for split in SPLITS}
         if self.masked:
             sizes |= {mask_file(split): self.tokens[split] for split in SPLITS}
-        return sizes
+        return all(
+            (file := dataset_dir / name).is_file() and file.stat().st_size == size
+            for name, size in sizes.items()
+        )
 
     def source_inputs(self) -> list[str]:
         return [entry.path for entry in self.fingerprint.inputs]
@@ -148,13 +151,12 @@ class DatasetMeta(Artifact):
 def read_meta(path: Path) -> DatasetMeta:
     """A prepared dataset's meta.json; a missing or damaged one says how to rebuild it, one
     prepared by an older version says to prepare it again with --force."""
-    if path.is_file():
-        found = read_json_object(path, what="dataset meta", error=DataError, remedy=RERUN_HINT)
-        version = found.get("format_version")
-        if version != FORMAT_VERSION:
-            raise DataError(
-                f"{path.parent} was prepared by an older version of ml-playground "
-                f"(format_version {version}, now {FORMAT_VERSION}); run `ml-playground "
-                "prepare <experiment> --force` to prepare it again"
-            )
-    return read_artifact(DatasetMeta, path, error=DataError, remedy=RERUN_HINT)
+    found = read_json_object(path, what="dataset meta", error=DataError, remedy=RERUN_HINT)
+    version = found.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{path.parent} was prepared by an older version of ml-playground "
+            f"(format_version {version}, now {FORMAT_VERSION}); run `ml-playground "
+            "prepare <experiment> --force` to prepare it again"
+        )
+    return parse_artifact(DatasetMeta, found, path, error=DataError, remedy=RERUN_HINT)

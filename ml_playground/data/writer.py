@@ -134,14 +134,8 @@ def up_to_date(
         meta = read_meta(path)
     except DataError:
         return None  # a damaged or older meta.json is rebuilt by preparing again
-    if not fingerprint.matches(meta.fingerprint):
+    if not (fingerprint.matches(meta.fingerprint) and meta.files_intact(dataset_dir)):
         return None
-    if meta.hf_tokenizer is not None and not (dataset_dir / TOKENIZER_DIR).is_dir():
-        return None
-    for name, size in meta.file_sizes_expected().items():
-        file = dataset_dir / name
-        if not file.is_file() or file.stat().st_size != size:
-            return None
     return PrepareOutcome(
         skipped=True,
         meta=meta,
