@@ -8,11 +8,10 @@ split, the rest is val, each encoded on its own, so no token straddles the two. 
 files are read is sources.py's rule.
 
 Memory stays bounded by a few chunks however large the corpus: files are read in
-`chunk_bytes` blocks, decoded incrementally, and each split's text is encoded up to a cut
-where encoding the pieces separately gives the ids of the whole, the rest waiting for the
-next chunk. A first pass hashes the corpus (so an unchanged text is recognised,
-`Fingerprint.content_sha256`) and, for the char tokenizer, collects its characters; the
-second pass encodes.
+`chunk_bytes` blocks, decoded incrementally, and encoded in runs (`_encodable_runs`). A
+first pass, needed anyway to count the characters (and collect the char tokenizer's),
+also hashes the corpus, so an unchanged text is recognised even when its files were
+touched (`Fingerprint.content_sha256`); the second pass encodes.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 def prepare_corpus(
     config: ExperimentConfig, sources: list[Path], *, force: bool = False
 ) -> PrepareOutcome:
-    """Tokenize `sources` into the experiment's dataset_dir with its tokenizer settings
-    (again even when up to date, with `force`), and say what happened."""
+    """`prepare_token_dataset` with the experiment's [prepare] settings; prints the outcome."""
     prepare = config.prepare
     outcome = prepare_token_dataset(
         sources,
@@ -149,13 +147,11 @@ def _corpus(
     sees every byte of it, separators included."""
     ends_with_newline = True  # an empty corpus so far needs no separator
     for path in sources:
-        first = True
-        for raw, text in _file_text(path, chunk_bytes):
+        for index, (raw, text) in enumerate(_file_text(path, chunk_bytes)):
             advance(len(raw))
-            if first and not ends_with_newline:
+            if index == 0 and not ends_with_newline:
                 hash_update(b"\n")
                 yield "\n"
-            first = False
             if text:
                 ends_with_newline = text.endswith("\n")
             hash_update(raw)

@@ -10,8 +10,6 @@
                                          were made with); absent for char and tiktoken
     dataset_dir/meta.json                written last: `DatasetMeta`
 
-The tokenizer is one of two kinds: a `TokenizerSpec` (char or tiktoken, rebuilt from the
-spec) or an `HFTokenizerFolder` (the tokenizer/ folder and the base model it came from).
 Until 1.0 a format change bumps FORMAT_VERSION, and a folder of an older one is refused
 in one line that says to prepare it again.
 """
@@ -85,9 +83,7 @@ class RecordFormat(Artifact):
 class Fingerprint(Artifact):
     """The inputs and settings a dataset was made from; another one means prepare again.
 
-    `content_sha256` is a text corpus's content hash (the corpus is hashed anyway while it
-    is scanned, so an unchanged text is recognised even when its files were touched);
-    records sources are known by path, size and modification time alone. `hf_dataset` is
+    `content_sha256` is a text corpus's content hash (corpus.py says why), `hf_dataset`
     "name[split]@content-hash" of a [prepare] hf_dataset source."""
 
     inputs: tuple[InputFile, ...]
@@ -96,8 +92,8 @@ class Fingerprint(Artifact):
     settings: dict[str, Any]
 
     def matches(self, recorded: Fingerprint) -> bool:
-        """Whether `recorded` (a meta.json's) describes the same inputs and settings: by
-        content where a content hash is known (see above), else by path, size and mtime."""
+        """Whether `recorded` (a meta.json's) describes the same inputs and settings, by
+        content where a content hash is known (see above)."""
         if self.content_sha256 is not None:
             return self.model_copy(update={"inputs": recorded.inputs}) == recorded
         return self == recorded
@@ -139,12 +135,10 @@ class DatasetMeta(Artifact):
 
     @property
     def tokenizer_spec(self) -> TokenizerSpec | None:
-        """The char or tiktoken tokenizer; None when the dataset's is a Hugging Face one."""
         return self.tokenizer if isinstance(self.tokenizer, TokenizerSpec) else None
 
     @property
     def hf_tokenizer(self) -> HFTokenizerFolder | None:
-        """The Hugging Face tokenizer folder; None for a char or tiktoken dataset."""
         return self.tokenizer if isinstance(self.tokenizer, HFTokenizerFolder) else None
 
 

@@ -1,11 +1,10 @@
 """The one dataset writer: what every source's records become, in one folder layout.
 
 A source (a text corpus, speeches, JSONL records or a datasets split) hands the writer
-the fingerprint of its inputs and settings and, only when the folder must be written, a
-`DatasetPlan`: the tokenizer, the split rule that writes the token files (the corpus's
-character split, the per-record split of record_split.py), and how to report what it
-read. The writer skips a folder that is up to date, and otherwise writes the layout of
-dataset_meta.py through dataset_folder.py's crash-consistent staging, meta.json last.
+the fingerprint of its inputs and settings and a `DatasetPlan`: the tokenizer, the split
+rule that writes the token files (the corpus's character split, record_split.py's
+per-record split), and how to report what it read. The writer skips a folder that is up
+to date, and otherwise writes dataset_meta.py's layout through dataset_folder.py.
 """
 
 from __future__ import annotations
@@ -123,17 +122,16 @@ def write_dataset(
 def up_to_date(
     dataset_dir: Path, fingerprint: Fingerprint, *, force: bool = False
 ) -> PrepareOutcome | None:
-    """The skipped outcome when dataset_dir's meta.json matches `fingerprint` and every file
-    it lists is intact; None when the folder must be prepared (again), and always with
-    `force` (`prepare --force`). A prepare that was killed is finished or undone first."""
+    """The skipped outcome when dataset_dir's meta.json matches `fingerprint` and its files
+    are intact; None when the folder must be prepared (again), and always with `force`.
+    A prepare that was killed is finished or undone first."""
     dataset_folder.recover(dataset_dir)
-    path = dataset_dir / META_FILE
-    if force or not path.is_file():
+    if force:
         return None
     try:
-        meta = read_meta(path)
+        meta = read_meta(dataset_dir / META_FILE)
     except DataError:
-        return None  # a damaged or older meta.json is rebuilt by preparing again
+        return None  # a missing, damaged or older meta.json: the folder is prepared again
     if not (fingerprint.matches(meta.fingerprint) and meta.files_intact(dataset_dir)):
         return None
     return PrepareOutcome(
