@@ -100,7 +100,11 @@ class Fingerprint(Artifact):
 
 
 class DatasetMeta(Artifact):
-    """Dataset meta (a prepared dataset's meta.json)."""
+    """Dataset metadata.
+
+    A prepared dataset's meta.json: the token files' layout (dtype, tokens per split,
+    masked or not), the tokenizer, the fingerprint of inputs and settings, and for records
+    datasets their format, the records per split and what happened to the source rows."""
 
     format_version: Literal[3] = FORMAT_VERSION
     tokenizer: DatasetTokenizer
@@ -145,7 +149,7 @@ class DatasetMeta(Artifact):
 def read_meta(path: Path) -> DatasetMeta:
     """A prepared dataset's meta.json; a missing or damaged one says how to rebuild it, one
     prepared by an older version says to prepare it again with --force."""
-    found = read_json_object(path, what="dataset meta", error=DataError, remedy=RERUN_HINT)
+    found = read_json_object(path, what="dataset metadata", error=DataError, remedy=RERUN_HINT)
     version = found.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(

@@ -1,8 +1,6 @@
-"""Where raw text comes from: `.txt` files in a folder, a download to a known path, or a
-corpus bundled with the package (Tiny Shakespeare, public domain), by name.
+"""Where raw text comes from: the `[prepare] source = "text"` rule (`text_sources`).
 
-A text corpus is read from the first of these that is set (`text_sources`, the
-`[prepare] source = "text"` rule):
+A text corpus is read from the first of these that is set:
 
     raw_text_path         one file
     raw_dir               every .txt below a folder
@@ -81,8 +79,7 @@ def text_sources(prepare: PrepareConfig) -> list[Path]:
     if prepare.fallback_text is not None:
         return [_fallback(prepare.fallback_text, target)]
     # The instruction must work as written, also where the folder does not exist yet.
-    missing = not target.parent.is_dir()
-    folder = f"mkdir -p {shlex.quote(str(target.parent))} and " if missing else ""
+    folder = "" if target.parent.is_dir() else f"mkdir -p {shlex.quote(str(target.parent))} and "
     raise DataError(
         f"no text to prepare: {folder}place a corpus at {target}, or set "
         "[prepare] raw_text_path (a file) or raw_dir (a folder of .txt files)"

@@ -82,7 +82,7 @@ def write_dataset(
     """Write the source's dataset into `dataset_dir`, unless the folder already holds it
     (again anyway with `force`). `plan` is called only when writing: loading a tokenizer
     or scanning a vocabulary can take seconds."""
-    existing = up_to_date(dataset_dir, fingerprint, force=force)
+    existing = None if force else up_to_date(dataset_dir, fingerprint)
     if existing is not None:
         return existing
     chosen = plan()
@@ -119,15 +119,11 @@ def write_dataset(
     )
 
 
-def up_to_date(
-    dataset_dir: Path, fingerprint: Fingerprint, *, force: bool = False
-) -> PrepareOutcome | None:
+def up_to_date(dataset_dir: Path, fingerprint: Fingerprint) -> PrepareOutcome | None:
     """The skipped outcome when dataset_dir's meta.json matches `fingerprint` and its files
-    are intact; None when the folder must be prepared (again), and always with `force`.
-    A prepare that was killed is finished or undone first."""
+    are intact; None when the folder must be prepared (again). A prepare that was killed
+    is finished or undone first."""
     dataset_folder.recover(dataset_dir)
-    if force:
-        return None
     try:
         meta = read_meta(dataset_dir / META_FILE)
     except DataError:
