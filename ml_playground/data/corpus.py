@@ -108,15 +108,20 @@ def prepare_token_dataset(
 
         def write_splits(staged: StagedDataset, dtype: TokenDType) -> SplitCounts:
             encoded = hashlib.sha256()
-            with byte_progress("encoding", total_bytes, enabled=show_progress) as advance:
-                counts = _write_character_split(
-                    _corpus(sources, chunk_bytes, advance, encoded.update),
-                    staged,
-                    tokenizer,
-                    dtype,
-                    train_chars=train_chars,
-                    max_carry=chunk_bytes,
-                )
+            counts: SplitCounts = {split: {"tokens": 0} for split in SPLITS}
+            with (
+                byte_progress("encoding", total_bytes, enabled=show_progress) as advance,
+                staged.open(token_file("train")) as train,
+                staged.open(token_file("val")) as val,
+            ):
+                files = {"train": train, "val": val}
+                pieces = _corpus(sources, chunk_bytes, advance, encoded.update)
+                # Train's text is all before val's: one group each.
+                for split, texts in groupby(_by_split(pieces, train_chars), key=itemgetter(0)):
+                    for text in _encodable_runs((text for _, text in texts), chunk_bytes):
+                        ids = np.asarray(tokenizer.encode(text), dtype=dtype)
+                        files[split].write(ids.tobytes())
+                        counts[split]["tokens"] += int(ids.size)
             if encoded.digest() != scanned.digest():
                 raise DataError(
                     f"source text changed while preparing ({', '.join(map(str, sources))});"
@@ -183,28 +188,6 @@ def _file_text(path: Path, chunk_bytes: int) -> Iterator[tuple[bytes, str]]:
         ) from None
     except OSError as exc:
         raise DataError(f"cannot read source text {path}: {exc.strerror or exc}") from None
-
-
-def _write_character_split(
-    pieces: Iterable[str],
-    staged: StagedDataset,
-    tokenizer: Tokenizer,
-    dtype: TokenDType,
-    *,
-    train_chars: int,
-    max_carry: int,
-) -> SplitCounts:
-    """Encode the corpus's `pieces` into staged train.bin and val.bin; the tokens of each."""
-    counts: SplitCounts = {split: {"tokens": 0} for split in SPLITS}
-    with staged.open(token_file("train")) as train, staged.open(token_file("val")) as val:
-        files = {"train": train, "val": val}
-        # Train's text is all before val's: one group each.
-        for split, texts in groupby(_by_split(pieces, train_chars), key=itemgetter(0)):
-            for text in _encodable_runs((text for _, text in texts), max_carry):
-                ids = np.asarray(tokenizer.encode(text), dtype=dtype)
-                files[split].write(ids.tobytes())
-                counts[split]["tokens"] += int(ids.size)
-    return counts
 
 
 def _by_split(pieces: Iterable[str], train_chars: int) -> Iterator[tuple[str, str]]:
