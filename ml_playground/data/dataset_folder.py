@@ -72,8 +72,7 @@ class StagedDataset:
             yield staging
 
     def commit(self, meta: Artifact) -> None:
-        """Stage meta.json (the commit: from here on the new dataset wins), then swap
-        everything in, meta.json last."""
+        """Stage meta.json (the commit), then swap everything in, meta.json last."""
         write_artifact(atomic.staged_name(self.dataset_dir / META_FILE), meta)
         _roll_forward(self.dataset_dir)
 
@@ -81,8 +80,7 @@ class StagedDataset:
 @contextmanager
 def replacing(dataset_dir: Path) -> Generator[StagedDataset]:
     """Prepare a new version of dataset_dir: write it through the yielded `StagedDataset`
-    and end with its `commit`. An error before the commit deletes what was staged and
-    leaves the old dataset exactly usable."""
+    and end with its `commit`; an error before the commit deletes what was staged."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     recover(dataset_dir)
     try:
