@@ -123,6 +123,20 @@ def atomic_directory(target: Path) -> Generator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
+    with staged_directory(target) as staging:
+        yield staging
+    complete = staged_name(target)
+    with naming(target):
+        if not (target.exists() and exchange(complete, target)):
+            promote(complete, target)
+    sync_directory(target.parent)
+    _remove_copies(target)
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path) -> Generator[Path]:
+    """Steps 1 and 2 of `atomic_directory`: yield a fresh folder to fill, complete at
+    `staged_name(target)` when the block ends, deleted when it fails."""
     with naming(target):
         staging = Path(
             tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
@@ -133,13 +147,9 @@ def atomic_directory(target: Path) -> Generator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         staging.chmod(0o777 & ~current_umask())
-        complete = staged_name(target)
-        staging.replace(complete)
+        sync_directory(staging)
+        staging.replace(staged_name(target))
         sync_directory(target.parent)
-        if not (target.exists() and exchange(complete, target)):
-            promote(complete, target)
-        sync_directory(target.parent)
-    _remove_copies(target)
 
 
 def staged_name(target: Path) -> Path:

@@ -8,11 +8,10 @@ split, the rest is val, each encoded on its own, so no token straddles the two. 
 files are read is sources.py's rule.
 
 Memory stays bounded by a few chunks however large the corpus: files are read in
-`chunk_bytes` blocks, decoded incrementally, and each split's text is encoded up to a cut
-where encoding the pieces separately gives the ids of the whole, the rest waiting for the
-next chunk. A first pass hashes the corpus (so an unchanged text is recognised,
-`Fingerprint.content_sha256`) and, for the char tokenizer, collects its characters; the
-second pass encodes.
+`chunk_bytes` blocks, decoded incrementally, and encoded in runs (`_encodable_runs`). A
+first pass, needed anyway to count the characters (and collect the char tokenizer's),
+also hashes the corpus, so an unchanged text is recognised even when its files were
+touched (`Fingerprint.content_sha256`); the second pass encodes.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 def prepare_corpus(
     config: ExperimentConfig, sources: list[Path], *, force: bool = False
 ) -> PrepareOutcome:
-    """Tokenize `sources` into the experiment's dataset_dir with its tokenizer settings
-    (again even when up to date, with `force`), and say what happened."""
+    """`prepare_token_dataset` with the experiment's [prepare] settings; prints the outcome."""
     prepare = config.prepare
     outcome = prepare_token_dataset(
         sources,
@@ -74,10 +72,6 @@ def prepare_token_dataset(
     `force`); `vocab_size_limit` is the model's configured vocab_size, if any."""
     if not sources:
         raise DataError("no source text files to prepare; name at least one")
-    if not 0.0 < train_split < 1.0:
-        raise DataError(f"train_split = {train_split} must be between 0 and 1 (exclusive)")
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     inputs = tuple(input_file(path, what="source text") for path in sources)
     total_bytes = sum(entry.size for entry in inputs)
     scanned = hashlib.sha256()
@@ -114,15 +108,20 @@ def prepare_token_dataset(
 
         def write_splits(staged: StagedDataset, dtype: TokenDType) -> SplitCounts:
             encoded = hashlib.sha256()
-            with byte_progress("encoding", total_bytes, enabled=show_progress) as advance:
-                counts = _write_character_split(
-                    _corpus(sources, chunk_bytes, advance, encoded.update),
-                    staged,
-                    tokenizer,
-                    dtype,
-                    train_chars=train_chars,
-                    max_carry=chunk_bytes,
-                )
+            counts: SplitCounts = {split: {"tokens": 0} for split in SPLITS}
+            with (
+                byte_progress("encoding", total_bytes, enabled=show_progress) as advance,
+                staged.open(token_file("train")) as train,
+                staged.open(token_file("val")) as val,
+            ):
+                files = {"train": train, "val": val}
+                pieces = _corpus(sources, chunk_bytes, advance, encoded.update)
+                # Train's text is all before val's: one group each.
+                for split, texts in groupby(_by_split(pieces, train_chars), key=itemgetter(0)):
+                    for text in _encodable_runs((text for _, text in texts), chunk_bytes):
+                        ids = np.asarray(tokenizer.encode(text), dtype=dtype)
+                        files[split].write(ids.tobytes())
+                        counts[split]["tokens"] += int(ids.size)
             if encoded.digest() != scanned.digest():
                 raise DataError(
                     f"source text changed while preparing ({', '.join(map(str, sources))});"
@@ -153,13 +152,11 @@ def _corpus(
     sees every byte of it, separators included."""
     ends_with_newline = True  # an empty corpus so far needs no separator
     for path in sources:
-        first = True
-        for raw, text in _file_text(path, chunk_bytes):
+        for index, (raw, text) in enumerate(_file_text(path, chunk_bytes)):
             advance(len(raw))
-            if first and not ends_with_newline:
+            if index == 0 and not ends_with_newline:
                 hash_update(b"\n")
                 yield "\n"
-            first = False
             if text:
                 ends_with_newline = text.endswith("\n")
             hash_update(raw)
@@ -170,55 +167,27 @@ def _file_text(path: Path, chunk_bytes: int) -> Iterator[tuple[bytes, str]]:
     """One file in binary chunks, decoded without ever splitting a character.
 
     The incremental decoder holds back the first bytes of a character cut by a chunk
-    boundary and completes it with the next chunk.
+    boundary and completes it with the next chunk; the empty read at the end flushes it.
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    offset = held_back = 0  # the bytes before this chunk, and those of them held back
     try:
         with path.open("rb") as handle:
-            while raw := handle.read(chunk_bytes):
+            while True:
+                raw = handle.read(chunk_bytes)
                 held_back = len(decoder.getstate()[0])
-                try:
-                    text = decoder.decode(raw)
-                except UnicodeDecodeError as exc:
-                    raise _not_utf8(path, offset - held_back + exc.start) from None
+                text = decoder.decode(raw, final=not raw)
+                if not raw:
+                    return
                 offset += len(raw)
                 yield raw, text
-            held_back = len(decoder.getstate()[0])
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(path, offset - held_back + exc.start) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid UTF-8 at byte {offset - held_back + exc.start}; convert the"
+            " file to UTF-8 and prepare again"
+        ) from None
     except OSError as exc:
         raise DataError(f"cannot read source text {path}: {exc.strerror or exc}") from None
-
-
-def _not_utf8(path: Path, offset: int) -> DataError:
-    return DataError(
-        f"{path} is not valid UTF-8 at byte {offset}; convert the file to UTF-8 and prepare again"
-    )
-
-
-def _write_character_split(
-    pieces: Iterable[str],
-    staged: StagedDataset,
-    tokenizer: Tokenizer,
-    dtype: TokenDType,
-    *,
-    train_chars: int,
-    max_carry: int,
-) -> SplitCounts:
-    """Encode the corpus's `pieces` into staged train.bin and val.bin; the tokens of each."""
-    counts: SplitCounts = {split: {"tokens": 0} for split in SPLITS}
-    with staged.open(token_file("train")) as train, staged.open(token_file("val")) as val:
-        files = {"train": train, "val": val}
-        # Train's text is all before val's: one group each.
-        for split, texts in groupby(_by_split(pieces, train_chars), key=itemgetter(0)):
-            for text in _encodable_runs((text for _, text in texts), max_carry):
-                ids = np.asarray(tokenizer.encode(text), dtype=dtype)
-                files[split].write(ids.tobytes())
-                counts[split]["tokens"] += int(ids.size)
-    return counts
 
 
 def _by_split(pieces: Iterable[str], train_chars: int) -> Iterator[tuple[str, str]]:

@@ -14,7 +14,6 @@ are deleted). Either way the next run finds the old complete dataset or the new 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,25 +68,11 @@ class StagedDataset:
     @contextmanager
     def folder(self, name: str) -> Generator[Path]:
         """Fill the new folder `name`; it is staged complete when the block ends."""
-        path = self.dataset_dir / name
-        with atomic.naming(path):
-            staging = Path(
-                tempfile.mkdtemp(
-                    prefix=f".{name}.", suffix=atomic.TEMP_SUFFIX, dir=self.dataset_dir
-                )
-            )
-            try:
-                yield staging
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            staging.chmod(0o777 & ~atomic.current_umask())
-            atomic.sync_directory(staging)
-            staging.replace(atomic.staged_name(path))
+        with atomic.staged_directory(self.dataset_dir / name) as staging:
+            yield staging
 
     def commit(self, meta: Artifact) -> None:
-        """Stage meta.json (the commit: from here on the new dataset wins), then swap
-        everything in, meta.json last."""
+        """Stage meta.json (the commit), then swap everything in, meta.json last."""
         write_artifact(atomic.staged_name(self.dataset_dir / META_FILE), meta)
         _roll_forward(self.dataset_dir)
 
@@ -95,8 +80,7 @@ class StagedDataset:
 @contextmanager
 def replacing(dataset_dir: Path) -> Generator[StagedDataset]:
     """Prepare a new version of dataset_dir: write it through the yielded `StagedDataset`
-    and end with its `commit`. An error before the commit deletes what was staged and
-    leaves the old dataset exactly usable."""
+    and end with its `commit`; an error before the commit deletes what was staged."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     recover(dataset_dir)
     try:
@@ -145,11 +129,7 @@ def _roll_back(dataset_dir: Path) -> None:
 
 def _staged(dataset_dir: Path) -> list[tuple[Path, Path]]:
     """(staged copy, the name it replaces) for every staged file and folder."""
-    suffix = atomic.NEW_SUFFIX
     return [
-        (path, dataset_dir / path.name[1 : -len(suffix)])
-        for path in sorted(dataset_dir.iterdir())
-        if path.name.startswith(".")
-        and path.name.endswith(suffix)
-        and len(path.name) > len(suffix) + 1
+        (path, dataset_dir / path.name[1:].removesuffix(atomic.NEW_SUFFIX))
+        for path in sorted(dataset_dir.glob(f".?*{atomic.NEW_SUFFIX}"))
     ]

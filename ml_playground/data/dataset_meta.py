@@ -10,22 +10,19 @@
                                          were made with); absent for char and tiktoken
     dataset_dir/meta.json                written last: `DatasetMeta`
 
-The tokenizer is one of two kinds: a `TokenizerSpec` (char or tiktoken, rebuilt from the
-spec) or an `HFTokenizerFolder` (the tokenizer/ folder and the base model it came from).
 Until 1.0 a format change bumps FORMAT_VERSION, and a folder of an older one is refused
 in one line that says to prepare it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from pydantic import Field
 
-from ml_playground.artifacts import Artifact, read_artifact, read_json_object
+from ml_playground.artifacts import Artifact, parse_artifact, read_json_object
 from ml_playground.config import RecordsSourceFormat
 from ml_playground.data.dataset_folder import RERUN_HINT, TOKENIZER_DIR, InputFile
 from ml_playground.data.record_split import SPLITS, mask_file, token_file
@@ -86,9 +83,7 @@ class RecordFormat(Artifact):
 class Fingerprint(Artifact):
     """The inputs and settings a dataset was made from; another one means prepare again.
 
-    `content_sha256` is a text corpus's content hash (the corpus is hashed anyway while it
-    is scanned, so an unchanged text is recognised even when its files were touched);
-    records sources are known by path, size and modification time alone. `hf_dataset` is
+    `content_sha256` is a text corpus's content hash (corpus.py says why), `hf_dataset`
     "name[split]@content-hash" of a [prepare] hf_dataset source."""
 
     inputs: tuple[InputFile, ...]
@@ -97,8 +92,8 @@ class Fingerprint(Artifact):
     settings: dict[str, Any]
 
     def matches(self, recorded: Fingerprint) -> bool:
-        """Whether `recorded` (a meta.json's) describes the same inputs and settings: by
-        content where a content hash is known (see above), else by path, size and mtime."""
+        """Whether `recorded` (a meta.json's) describes the same inputs and settings, by
+        content where a content hash is known (see above)."""
         if self.content_sha256 is not None:
             return self.model_copy(update={"inputs": recorded.inputs}) == recorded
         return self == recorded
@@ -125,38 +120,41 @@ class DatasetMeta(Artifact):
     trained_tokens: dict[str, int] | None = None
     rows: ReadTally | RowTally | None = None
 
-    def file_sizes_expected(self) -> Mapping[str, int]:
-        """The size in bytes of every token and mask file, by name."""
+    def files_intact(self, dataset_dir: Path) -> bool:
+        """Whether dataset_dir holds the tokenizer/ folder (when there is one) and every
+        token and mask file, each of the size its token count gives."""
+        if self.hf_tokenizer is not None and not (dataset_dir / TOKENIZER_DIR).is_dir():
+            return False
         itemsize = np.dtype(self.dtype).itemsize
         sizes = {token_file(split): self.tokens[split] * itemsize for split in SPLITS}
         if self.masked:
             sizes |= {mask_file(split): self.tokens[split] for split in SPLITS}
-        return sizes
+        return all(
+            (file := dataset_dir / name).is_file() and file.stat().st_size == size
+            for name, size in sizes.items()
+        )
 
     def source_inputs(self) -> list[str]:
         return [entry.path for entry in self.fingerprint.inputs]
 
     @property
     def tokenizer_spec(self) -> TokenizerSpec | None:
-        """The char or tiktoken tokenizer; None when the dataset's is a Hugging Face one."""
         return self.tokenizer if isinstance(self.tokenizer, TokenizerSpec) else None
 
     @property
     def hf_tokenizer(self) -> HFTokenizerFolder | None:
-        """The Hugging Face tokenizer folder; None for a char or tiktoken dataset."""
         return self.tokenizer if isinstance(self.tokenizer, HFTokenizerFolder) else None
 
 
 def read_meta(path: Path) -> DatasetMeta:
     """A prepared dataset's meta.json; a missing or damaged one says how to rebuild it, one
     prepared by an older version says to prepare it again with --force."""
-    if path.is_file():
-        found = read_json_object(path, what="dataset meta", error=DataError, remedy=RERUN_HINT)
-        version = found.get("format_version")
-        if version != FORMAT_VERSION:
-            raise DataError(
-                f"{path.parent} was prepared by an older version of ml-playground "
-                f"(format_version {version}, now {FORMAT_VERSION}); run `ml-playground "
-                "prepare <experiment> --force` to prepare it again"
-            )
-    return read_artifact(DatasetMeta, path, error=DataError, remedy=RERUN_HINT)
+    found = read_json_object(path, what="dataset metadata", error=DataError, remedy=RERUN_HINT)
+    version = found.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{path.parent} was prepared by an older version of ml-playground "
+            f"(format_version {version}, now {FORMAT_VERSION}); run `ml-playground "
+            "prepare <experiment> --force` to prepare it again"
+        )
+    return parse_artifact(DatasetMeta, found, path, error=DataError, remedy=RERUN_HINT)

@@ -2,11 +2,8 @@
 
 Each record goes to val with probability 1 - train_split, drawn from random.Random(seed)
 in input order; when that leaves a split empty, the last record of the other one moves
-there, so at least one record lands in each. A record's tokens are appended to its split's
-train.bin or val.bin (the token-file format of the from-scratch pipeline, which the same
-BatchSampler reads) and, when some tokens are not targets, one flag per token to
-train.mask.bin or val.mask.bin, as they come, so memory stays bounded however many
-records there are.
+there, so at least one record lands in each. Records are appended to their split's token
+(and mask) file as they come, so memory stays bounded however many records there are.
 """
 
 from __future__ import annotations
@@ -109,7 +106,6 @@ def write_split(
         total = train.counts["records"] + val.counts["records"]
         if total < 2:
             raise too_few(total)
-        # Small corpora can leave a split empty; the last record of the other one moves.
         for empty, full in ((val, train), (train, val)):
             if empty.counts["records"] == 0:
                 empty.write(full.take_last())

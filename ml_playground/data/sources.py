@@ -1,8 +1,6 @@
-"""Where raw text comes from: `.txt` files in a folder, a download to a known path, or a
-corpus bundled with the package (Tiny Shakespeare, public domain), by name.
+"""Where raw text comes from: the `[prepare] source = "text"` rule (`text_sources`).
 
-A text corpus is read from the first of these that is set (`text_sources`, the
-`[prepare] source = "text"` rule):
+A text corpus is read from the first of these that is set:
 
     raw_text_path         one file
     raw_dir               every .txt below a folder
@@ -62,8 +60,8 @@ def text_files(raw_dir: Path) -> list[Path]:
     return files
 
 
-def configured_sources(prepare: PrepareConfig) -> list[Path] | None:
-    """Sources named in the config, or None when the config names none."""
+def text_sources(prepare: PrepareConfig) -> list[Path]:
+    """The corpus to tokenize, by the rule of the module docstring."""
     if prepare.raw_text_path is not None:
         return [raw_text_file(prepare.raw_text_path)]
     if prepare.raw_dir is not None:
@@ -72,14 +70,6 @@ def configured_sources(prepare: PrepareConfig) -> list[Path] | None:
                 f"prepare.raw_dir {prepare.raw_dir} is not a folder; fix the path or remove the key"
             )
         return text_files(prepare.raw_dir)
-    return None
-
-
-def text_sources(prepare: PrepareConfig) -> list[Path]:
-    """The corpus to tokenize, by the rule of the module docstring."""
-    sources = configured_sources(prepare)
-    if sources is not None:
-        return sources
     target = prepare.dataset_dir / "input.txt"
     if not target.is_file() and prepare.download_url is not None:
         print(f"downloading {prepare.download_url} to {target}")
@@ -89,8 +79,7 @@ def text_sources(prepare: PrepareConfig) -> list[Path]:
     if prepare.fallback_text is not None:
         return [_fallback(prepare.fallback_text, target)]
     # The instruction must work as written, also where the folder does not exist yet.
-    missing = not target.parent.is_dir()
-    folder = f"mkdir -p {shlex.quote(str(target.parent))} and " if missing else ""
+    folder = "" if target.parent.is_dir() else f"mkdir -p {shlex.quote(str(target.parent))} and "
     raise DataError(
         f"no text to prepare: {folder}place a corpus at {target}, or set "
         "[prepare] raw_text_path (a file) or raw_dir (a folder of .txt files)"
@@ -133,19 +122,17 @@ def download(
 
     `retries` counts attempts after the first; the wait doubles from `backoff_seconds`.
     Client errors (4xx other than 408/429) and a host name that does not resolve are not
-    retried: asking again will not help. Progress goes to stderr (progress.py: a bar on a
-    terminal, a line every few seconds in a log); the line saying what arrived goes to
-    stdout, like prepare's other status lines.
+    retried: asking again will not help. Progress goes to stderr (progress.py), the line
+    saying what arrived to stdout, like prepare's other status lines.
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise DataError(f"cannot download {url!r}: only http and https URLs are supported")
     # The error below tells the user to place the file at `dest`: its folder must exist.
     dest.parent.mkdir(parents=True, exist_ok=True)
-    attempts = max(retries, 0) + 1
     failures: list[str] = []
-    while len(failures) < attempts:
-        if failures:
-            time.sleep(backoff_seconds * 2 ** (len(failures) - 1))
+    for attempt in range(max(retries, 0) + 1):
+        if attempt:
+            time.sleep(backoff_seconds * 2 ** (attempt - 1))
         try:
             received = _fetch(url, dest, timeout)
             print(f"downloaded {received:,} bytes to {dest}")

@@ -1,11 +1,10 @@
 """The one dataset writer: what every source's records become, in one folder layout.
 
 A source (a text corpus, speeches, JSONL records or a datasets split) hands the writer
-the fingerprint of its inputs and settings and, only when the folder must be written, a
-`DatasetPlan`: the tokenizer, the split rule that writes the token files (the corpus's
-character split, the per-record split of record_split.py), and how to report what it
-read. The writer skips a folder that is up to date, and otherwise writes the layout of
-dataset_meta.py through dataset_folder.py's crash-consistent staging, meta.json last.
+the fingerprint of its inputs and settings and a `DatasetPlan`: the tokenizer, the split
+rule that writes the token files (the corpus's character split, record_split.py's
+per-record split), and how to report what it read. The writer skips a folder that is up
+to date, and otherwise writes dataset_meta.py's layout through dataset_folder.py.
 """
 
 from __future__ import annotations
@@ -83,7 +82,7 @@ def write_dataset(
     """Write the source's dataset into `dataset_dir`, unless the folder already holds it
     (again anyway with `force`). `plan` is called only when writing: loading a tokenizer
     or scanning a vocabulary can take seconds."""
-    existing = up_to_date(dataset_dir, fingerprint, force=force)
+    existing = None if force else up_to_date(dataset_dir, fingerprint)
     if existing is not None:
         return existing
     chosen = plan()
@@ -120,28 +119,17 @@ def write_dataset(
     )
 
 
-def up_to_date(
-    dataset_dir: Path, fingerprint: Fingerprint, *, force: bool = False
-) -> PrepareOutcome | None:
-    """The skipped outcome when dataset_dir's meta.json matches `fingerprint` and every file
-    it lists is intact; None when the folder must be prepared (again), and always with
-    `force` (`prepare --force`). A prepare that was killed is finished or undone first."""
+def up_to_date(dataset_dir: Path, fingerprint: Fingerprint) -> PrepareOutcome | None:
+    """The skipped outcome when dataset_dir's meta.json matches `fingerprint` and its files
+    are intact; None when the folder must be prepared (again). A prepare that was killed
+    is finished or undone first."""
     dataset_folder.recover(dataset_dir)
-    path = dataset_dir / META_FILE
-    if force or not path.is_file():
-        return None
     try:
-        meta = read_meta(path)
+        meta = read_meta(dataset_dir / META_FILE)
     except DataError:
-        return None  # a damaged or older meta.json is rebuilt by preparing again
-    if not fingerprint.matches(meta.fingerprint):
+        return None  # a missing, damaged or older meta.json: the folder is prepared again
+    if not (fingerprint.matches(meta.fingerprint) and meta.files_intact(dataset_dir)):
         return None
-    if meta.hf_tokenizer is not None and not (dataset_dir / TOKENIZER_DIR).is_dir():
-        return None
-    for name, size in meta.file_sizes_expected().items():
-        file = dataset_dir / name
-        if not file.is_file() or file.stat().st_size != size:
-            return None
     return PrepareOutcome(
         skipped=True,
         meta=meta,

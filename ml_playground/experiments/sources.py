@@ -1,7 +1,7 @@
 """The built-in sources that `[prepare] source` names, so most experiments need no code.
 
-    text      a text corpus for the from-scratch GPT: raw_text_path, raw_dir,
-              dataset_dir/input.txt, download_url, fallback_text (data/sources.py, data/corpus.py)
+    text      a text corpus for the from-scratch GPT, found by data/sources.py's rule
+              (raw_text_path, raw_dir, ..., fallback_text) and read by data/corpus.py
     speeches  speeches for a Hugging Face model: tables (.csv) and single speeches (.txt)
               below raw_dir or in raw_text_path, of the kinds prepare.speeches.suffixes
               lists (data/speeches/dataset.py)

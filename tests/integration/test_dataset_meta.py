@@ -8,7 +8,6 @@ from ml_playground.data.chat_records import prepare_chat_dataset
 from ml_playground.data.dataset_folder import META_FILE
 from ml_playground.data.dataset_meta import (
     FORMAT_VERSION,
-    DatasetMeta,
     HFTokenizerFolder,
     read_meta,
 )
@@ -22,13 +21,6 @@ from tests.finetune_helpers import (
     conversation,
     write_jsonl,
 )
-
-
-def files_match(dataset_dir: Path, meta: DatasetMeta) -> bool:
-    return all(
-        (dataset_dir / name).stat().st_size == size
-        for name, size in meta.file_sizes_expected().items()
-    )
 
 
 def test_corpus_speech_and_chat_folders_read_through_the_one_meta_reader(
@@ -48,7 +40,7 @@ def test_corpus_speech_and_chat_folders_read_through_the_one_meta_reader(
 
     for folder, meta in zip(folders, (corpus_meta, speech_meta, chat_meta), strict=True):
         assert meta.format_version == FORMAT_VERSION
-        assert files_match(folder, meta)
+        assert meta.files_intact(folder)
         assert sum(meta.tokens.values()) > 0
     assert isinstance(corpus_meta.tokenizer, TokenizerSpec)
     assert corpus_meta.tokenizer.kind == "char"
