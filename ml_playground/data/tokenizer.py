@@ -22,7 +22,7 @@ import hashlib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal, Protocol, Self
+from typing import Annotated, Final, Literal, Protocol, Self
 
 import tiktoken
 from pydantic import StringConstraints, model_validator
@@ -127,7 +127,9 @@ class CharTokenizer:
 
     def __init__(self, vocab: Sequence[str]) -> None:
         # The spec validates the vocabulary: distinct single characters, at least one.
-        self._spec = TokenizerSpec(kind="char", vocab=tuple(vocab))
+        self.spec: Final = TokenizerSpec(kind="char", vocab=tuple(vocab))
+        self.vocab_size: Final = len(vocab)
+        self.eot_id: Final = None
         self._ids = {ch: i for i, ch in enumerate(vocab)}
         # A dict, not the tuple, so a negative id is an error instead of wrapping around.
         self._chars = dict(enumerate(vocab))
@@ -135,18 +137,6 @@ class CharTokenizer:
     @classmethod
     def from_text(cls, text: Iterable[str]) -> CharTokenizer:
         return cls(sorted(set(text)))
-
-    @property
-    def spec(self) -> TokenizerSpec:
-        return self._spec
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._ids)
-
-    @property
-    def eot_id(self) -> int | None:
-        return None
 
     def encode(self, text: str) -> list[int]:
         ids = self._ids
@@ -173,20 +163,10 @@ class TiktokenTokenizer:
     """tiktoken's byte-level BPE, by encoding name ("gpt2", "cl100k_base", ...)."""
 
     def __init__(self, encoding: str) -> None:
-        self._spec = TokenizerSpec(kind="tiktoken", encoding=encoding)
+        self.spec: Final = TokenizerSpec(kind="tiktoken", encoding=encoding)
         self._encoding = load_tiktoken_encoding(encoding)
-
-    @property
-    def spec(self) -> TokenizerSpec:
-        return self._spec
-
-    @property
-    def vocab_size(self) -> int:
-        return self._encoding.n_vocab
-
-    @property
-    def eot_id(self) -> int | None:
-        return self._encoding.eot_token
+        self.vocab_size: Final = self._encoding.n_vocab
+        self.eot_id: Final[int | None] = self._encoding.eot_token
 
     def encode(self, text: str) -> list[int]:
         # Ordinary encoding: a corpus that happens to contain "<|endoftext|>" is text,
@@ -202,7 +182,7 @@ class TiktokenTokenizer:
             # (OverflowError); a padded model vocabulary can sample either.
             bad = next(i for i in ids if not 0 <= i < self.vocab_size)
             raise DataError(
-                f"token id {bad} is outside the {self._spec.encoding} vocabulary"
+                f"token id {bad} is outside the {self.spec.encoding} vocabulary"
                 f" (0..{self.vocab_size - 1})"
             ) from None
 
