@@ -45,12 +45,8 @@ class BatchSampler:
         device: torch.device | str = "cpu",
         mask: Path | None = None,
     ) -> None:
-        if block_size < 1 or batch_size < 1:
-            raise ValueError(
-                f"block_size ({block_size}) and batch_size ({batch_size}) must be >= 1"
-            )
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        # block_size and batch_size are positive config keys, rank and world_size the
+        # process group's; only the token file is the user's to get wrong.
         self._tokens = open_tokens(data, dtype)
         if len(self._tokens) < block_size + 1:
             raise DataError(

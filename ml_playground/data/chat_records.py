@@ -171,7 +171,7 @@ def record_rows(config: ExperimentConfig) -> RecordRows:
         split = hf_datasets.load_split(
             prepare.hf_dataset, prepare.hf_dataset_subset, prepare.hf_dataset_split
         )
-        return RecordRows(split.located(), split.label, (), f"{split.label}@{split.fingerprint}")
+        return RecordRows(split.rows, split.label, (), f"{split.label}@{split.fingerprint}")
     sources = record_sources(prepare.records_path)
     described = str(sources[0]) if len(sources) == 1 else f"{len(sources)} files"
     return RecordRows(jsonl_rows(sources), described, tuple(map(input_file, sources)), None)

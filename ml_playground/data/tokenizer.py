@@ -1,6 +1,7 @@
 """Tokenizers: characters or tiktoken's byte-level BPE, and what a Hugging Face one offers.
 
-The from-scratch pipeline builds its own (`CharTokenizer`, `TiktokenTokenizer`). A
+The from-scratch pipeline builds its own `Tokenizer`, a `CharTokenizer` (whose `eot_id`
+is None: characters have no end-of-text token) or a `TiktokenTokenizer`. A
 `TokenizerSpec` is such a tokenizer's identity: it is stored in a dataset's meta.json and
 in checkpoints, and two artifacts agree on their tokenizer exactly when their specs are
 equal. `tokenizer_from_spec` rebuilds the working tokenizer from it.
@@ -81,25 +82,6 @@ class TokenizerSpec(Artifact):
             digest = hashlib.sha256(chars.encode("utf-8", "surrogatepass")).hexdigest()[:8]
             return f"char ({len(chars)} characters, vocab {digest})"
         return f"tiktoken {self.encoding}"
-
-
-class Tokenizer(Protocol):
-    """What the pipeline needs from a tokenizer."""
-
-    @property
-    def spec(self) -> TokenizerSpec: ...
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    @property
-    def eot_id(self) -> int | None:
-        """The end-of-text id, or None when the tokenizer has no such token."""
-        ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
 
 
 class HFTokenizer(Protocol):
@@ -187,6 +169,9 @@ class TiktokenTokenizer:
             ) from None
 
 
+Tokenizer = CharTokenizer | TiktokenTokenizer
+
+
 def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
     # A spec is complete for its kind (its validator), so the vocab or encoding is there.
     if spec.kind == "char":
@@ -203,11 +188,7 @@ def is_known_encoding(name: str) -> bool:
 
 
 def load_tiktoken_encoding(name: str) -> tiktoken.Encoding:
-    """The tiktoken encoding `name` (an alias such as "gpt2" allowed).
-
-    GPT-2's ranks come from the package, with no network round trip; any other encoding
-    goes through tiktoken's download-and-cache, failing in one line when offline.
-    """
+    """The tiktoken encoding `name` (an alias such as "gpt2" allowed): bundled or cached."""
     resolved = TIKTOKEN_ALIASES.get(name, name)
     if resolved == BUNDLED_ENCODING:
         return bundled_encoding()
