@@ -33,7 +33,7 @@ from ml_playground.artifacts import Artifact
 from ml_playground.errors import DataError
 
 TokenizerKind = Literal["char", "tiktoken"]
-TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("char", "tiktoken")
+TOKENIZER_KINDS: tuple[TokenizerKind, ...] = typing.get_args(TokenizerKind)
 
 # tiktoken's own "gpt2" encoding needs two more files (vocab.bpe, encoder.json), while
 # "r50k_base" has identical ranks, pattern and <|endoftext|> = 50256 in one file, so that
