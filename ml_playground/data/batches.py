@@ -45,12 +45,8 @@ class BatchSampler:
         device: torch.device | str = "cpu",
         mask: Path | None = None,
     ) -> None:
-        if block_size < 1 or batch_size < 1:
-            raise ValueError(
-                f"block_size ({block_size}) and batch_size ({batch_size}) must be >= 1"
-            )
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        # block_size and batch_size are positive config keys, rank and world_size the
+        # process group's; only the token file is the user's to get wrong.
         self._tokens = open_tokens(data, dtype)
         if len(self._tokens) < block_size + 1:
             raise DataError(
@@ -92,16 +88,14 @@ class BatchSampler:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x and y, both int64 of shape (batch_size, block_size), on the sampler's device."""
-        span = self._block_size + 1
-        starts = self.next_starts()
-        windows = np.stack([self._tokens[start : start + span] for start in starts])
-        windows = windows.astype(np.int64)
+        starts = np.asarray(self.next_starts())
+        # Row i holds the token positions of window i: block_size inputs and one more target.
+        positions = starts[:, None] + np.arange(self._block_size + 1)
+        windows = self._tokens[positions].astype(np.int64)
         targets = windows[:, 1:].copy()  # a copy: x must keep its ids
         if self._mask is not None:
             # The mask flags each token as a target: window position j + 1 is y's j.
-            mask = self._mask
-            trained = np.stack([mask[start + 1 : start + span] for start in starts])
-            targets[trained == 0] = IGNORE_INDEX
+            targets[self._mask[positions[:, 1:]] == 0] = IGNORE_INDEX
         x = torch.as_tensor(np.ascontiguousarray(windows[:, :-1]))
         y = torch.as_tensor(targets)
         if self._device.type == "cuda":
@@ -144,26 +138,20 @@ class BatchSampler:
 def check_token_ids(path: Path, dtype: str, vocab_size: int) -> None:
     """Every id in the token file is below `vocab_size`; otherwise the file is damaged or
     belongs to another dataset, which the embedding would only report as an IndexError."""
-    tokens = open_tokens(path, dtype)
-    # Chunked, so a large file is read once without a copy of it in memory.
-    chunk = 1 << 24
-    for start in range(0, len(tokens), chunk):
-        largest = int(tokens[start : start + chunk].max())
-        if largest >= vocab_size:
-            raise DataError(
-                f"{path} holds token id {largest}, outside the vocabulary of {vocab_size}; the "
-                f"file is damaged or from another dataset, so {RERUN_HINT}"
-            )
+    # A reduction over the map reads the file once, without a copy of it in memory.
+    largest = int(open_tokens(path, dtype).max())
+    if largest >= vocab_size:
+        raise DataError(
+            f"{path} holds token id {largest}, outside the vocabulary of {vocab_size}; the "
+            f"file is damaged or from another dataset, so {RERUN_HINT}"
+        )
 
 
 def open_mask(
     path: Path, tokens: int, data: Path, remedy: str = RERUN_HINT
 ) -> np.memmap[Any, np.dtype[Any]]:
     """Map the mask file read-only, after checking it flags exactly the tokens of `data`."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise DataError(f"mask file not found: {path}; {remedy}") from None
+    size = _file_size(path, "mask", remedy)
     if size != tokens:
         raise DataError(
             f"{path} flags {size} tokens but {data} holds {tokens}; they were not written "
@@ -178,14 +166,8 @@ def open_tokens(path: Path, dtype: str, remedy: str = RERUN_HINT) -> np.memmap[A
     damaged one in the same line. How many tokens are enough is the caller's to say."""
     if dtype not in ("uint16", "uint32"):
         raise DataError(f"unsupported token dtype {dtype!r} for {path}; expected uint16 or uint32")
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise DataError(f"token file not found: {path}; {remedy}") from None
-    if not path.is_file():
-        raise DataError(f"token file {path} is not a file; {remedy}")
-    itemsize = np.dtype(dtype).itemsize
-    if size % itemsize:
+    size = _file_size(path, "token", remedy)
+    if size % np.dtype(dtype).itemsize:
         raise DataError(
             f"{path} has {size} bytes, not a whole number of {dtype} tokens; it is damaged,"
             f" so {remedy}"
@@ -194,3 +176,13 @@ def open_tokens(path: Path, dtype: str, remedy: str = RERUN_HINT) -> np.memmap[A
         # numpy cannot map an empty file; no verb has a use for one.
         raise DataError(f"{path} is empty; {remedy}")
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _file_size(path: Path, what: str, remedy: str) -> int:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{what} file not found: {path}; {remedy}") from None
+    if not path.is_file():
+        raise DataError(f"{what} file {path} is not a file; {remedy}")
+    return size

@@ -55,6 +55,14 @@ from ml_playground.errors import ConfigError, DataError
 RECORDS_SUFFIX = ".jsonl"
 ROLES = ("system", "user", "assistant")
 SHOWN_EXAMPLES = 3
+# What a JSON value is, as a user reads it in the file; any other value is an object.
+JSON_KINDS: Mapping[type, str] = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    list: "a list",
+}
 
 
 class ChatRecordSettings(RecordSettings):
@@ -163,7 +171,7 @@ def record_rows(config: ExperimentConfig) -> RecordRows:
         split = hf_datasets.load_split(
             prepare.hf_dataset, prepare.hf_dataset_subset, prepare.hf_dataset_split
         )
-        return RecordRows(split.located(), split.label, (), f"{split.label}@{split.fingerprint}")
+        return RecordRows(split.rows, split.label, (), f"{split.label}@{split.fingerprint}")
     sources = record_sources(prepare.records_path)
     described = str(sources[0]) if len(sources) == 1 else f"{len(sources)} files"
     return RecordRows(jsonl_rows(sources), described, tuple(map(input_file, sources)), None)
@@ -301,7 +309,8 @@ def _messages(record: Mapping[str, object]) -> list[dict[str, str]]:
             raise BadRecordError("a message has no content")
         content = message["content"]
         if not isinstance(content, str):
-            raise BadRecordError(f"content is {_json_kind(content)}, not a string")
+            kind = JSON_KINDS.get(type(content), "an object")
+            raise BadRecordError(f"content is {kind}, not a string")
         if not content.strip():
             raise BadRecordError("empty content")
         messages.append({"role": role, "content": content})
@@ -312,16 +321,3 @@ def _messages(record: Mapping[str, object]) -> list[dict[str, str]]:
     if not any(m["role"] == "assistant" for m in turns):
         raise BadRecordError("no assistant turn")
     return messages
-
-
-def _json_kind(value: object) -> str:
-    """What a JSON value is, as a user reads it in the file."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"

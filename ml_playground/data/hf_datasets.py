@@ -19,9 +19,8 @@ from __future__ import annotations
 import importlib
 import typing
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ml_playground.errors import DataError
 
@@ -29,18 +28,12 @@ from ml_playground.errors import DataError
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
-@dataclass(frozen=True)
-class DatasetRows:
+class DatasetRows(NamedTuple):
     """One split of a dataset: where it came from, its content hash, and its rows."""
 
     label: str  # "name[split]", shown in counts and messages
     fingerprint: str  # datasets' hash of the content; it changes when the data does
-    rows: typing.Iterable[Mapping[str, object]]
-
-    def located(self) -> Iterator[tuple[str, object]]:
-        """Each row with where it is, as `label#row` (1-based, like line numbers)."""
-        for number, row in enumerate(self.rows, start=1):
-            yield f"{self.label}#{number}", row
+    rows: Iterator[tuple[str, object]]  # with where each is: label#row, 1-based
 
 
 def load_split(name: str, subset: str | None, split: str) -> DatasetRows:
@@ -53,10 +46,14 @@ def load_split(name: str, subset: str | None, split: str) -> DatasetRows:
     folder = Path(name)
     try:
         if folder.is_dir() and any((folder / marker).is_file() for marker in SAVED_MARKERS):
-            loaded: Any = datasets.load_from_disk(str(folder))
-            dataset = (
-                loaded if isinstance(loaded, datasets.Dataset) else _pick_split(loaded, split, name)
-            )
+            dataset: Any = datasets.load_from_disk(str(folder))
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise DataError(
+                        f"[prepare] hf_dataset {name} has no split {split!r}; set "
+                        f"hf_dataset_split to one of {', '.join(sorted(dataset))}"
+                    )
+                dataset = dataset[split]
         else:
             dataset = datasets.load_dataset(name, subset, split=split)
     except (datasets.exceptions.DatasetsError, OSError, ValueError, ConnectionError) as error:
@@ -71,17 +68,9 @@ def load_split(name: str, subset: str | None, split: str) -> DatasetRows:
             f"[prepare] hf_dataset {label} is a streaming or unsplit dataset; "
             "name a split with [prepare] hf_dataset_split"
         )
+    rows = typing.cast(typing.Iterable[Mapping[str, object]], dataset)
     return DatasetRows(
         label=label,
         fingerprint=str(getattr(dataset, "_fingerprint", "")),
-        rows=typing.cast(typing.Iterable[Mapping[str, object]], dataset),
+        rows=((f"{label}#{number}", row) for number, row in enumerate(rows, start=1)),
     )
-
-
-def _pick_split(splits: Mapping[str, Any], split: str, name: str) -> Any:
-    if split not in splits:
-        raise DataError(
-            f"[prepare] hf_dataset {name} has no split {split!r}; set hf_dataset_split to one "
-            f"of {', '.join(sorted(splits))}"
-        )
-    return splits[split]

@@ -16,11 +16,12 @@ Generation renders its prompts with the same template (sample/chat_prompt.py).
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 # transformers renders chat templates with jinja2, so it is there wherever they are.
 from jinja2 import TemplateError
@@ -91,9 +92,11 @@ def _generation_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, st
     encoded = _render(
         tokenizer, conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
-    ids = [int(i) for i in encoded["input_ids"]]
-    flags = [int(f) for f in encoded["assistant_masks"]]
-    return TokenRecord(tuple(ids), _spans_of(flags))
+    # The spans are the runs of set flags: each opens and closes where a flag flips.
+    flags = np.concatenate(([False], np.asarray(encoded["assistant_masks"], dtype=bool), [False]))
+    edges = np.flatnonzero(flags[1:] != flags[:-1]).tolist()
+    spans = tuple(zip(edges[::2], edges[1::2], strict=True))
+    return TokenRecord(tuple(int(i) for i in encoded["input_ids"]), spans)
 
 
 def _prefix_masked(tokenizer: ChatTokenizer, conversation: list[dict[str, str]]) -> TokenRecord:
@@ -143,17 +146,6 @@ def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwar
         raise BadRecordError("the chat template refused it", str(exc)) from None
     except Exception as exc:  # user code: whatever it raises is one line
         raise TemplateFailedError(tokenizer, exc) from None
-
-
-def _spans_of(flags: Sequence[int]) -> tuple[Span, ...]:
-    spans: list[Span] = []
-    start = 0
-    for flag, run in itertools.groupby(flags):
-        end = start + len(list(run))
-        if flag:
-            spans.append((start, end))
-        start = end
-    return tuple(spans)
 
 
 def _encode_opening(tokenizer: HFTokenizer, text: str) -> list[int]:

@@ -1,6 +1,7 @@
 """Tokenizers: characters or tiktoken's byte-level BPE, and what a Hugging Face one offers.
 
-The from-scratch pipeline builds its own (`CharTokenizer`, `TiktokenTokenizer`). A
+The from-scratch pipeline builds its own `Tokenizer`, a `CharTokenizer` (whose `eot_id`
+is None: characters have no end-of-text token) or a `TiktokenTokenizer`. A
 `TokenizerSpec` is such a tokenizer's identity: it is stored in a dataset's meta.json and
 in checkpoints, and two artifacts agree on their tokenizer exactly when their specs are
 equal. `tokenizer_from_spec` rebuilds the working tokenizer from it.
@@ -22,7 +23,7 @@ import hashlib
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal, Protocol, Self
+from typing import Annotated, Final, Literal, Protocol, Self
 
 import tiktoken
 from pydantic import StringConstraints, model_validator
@@ -32,7 +33,7 @@ from ml_playground.artifacts import Artifact
 from ml_playground.errors import DataError
 
 TokenizerKind = Literal["char", "tiktoken"]
-TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("char", "tiktoken")
+TOKENIZER_KINDS: tuple[TokenizerKind, ...] = typing.get_args(TokenizerKind)
 
 # tiktoken's own "gpt2" encoding needs two more files (vocab.bpe, encoder.json), while
 # "r50k_base" has identical ranks, pattern and <|endoftext|> = 50256 in one file, so that
@@ -83,25 +84,6 @@ class TokenizerSpec(Artifact):
         return f"tiktoken {self.encoding}"
 
 
-class Tokenizer(Protocol):
-    """What the pipeline needs from a tokenizer."""
-
-    @property
-    def spec(self) -> TokenizerSpec: ...
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    @property
-    def eot_id(self) -> int | None:
-        """The end-of-text id, or None when the tokenizer has no such token."""
-        ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-
 class HFTokenizer(Protocol):
     """The part of a Hugging Face tokenizer this package uses."""
 
@@ -127,7 +109,9 @@ class CharTokenizer:
 
     def __init__(self, vocab: Sequence[str]) -> None:
         # The spec validates the vocabulary: distinct single characters, at least one.
-        self._spec = TokenizerSpec(kind="char", vocab=tuple(vocab))
+        self.spec: Final = TokenizerSpec(kind="char", vocab=tuple(vocab))
+        self.vocab_size: Final = len(vocab)
+        self.eot_id: Final = None
         self._ids = {ch: i for i, ch in enumerate(vocab)}
         # A dict, not the tuple, so a negative id is an error instead of wrapping around.
         self._chars = dict(enumerate(vocab))
@@ -135,18 +119,6 @@ class CharTokenizer:
     @classmethod
     def from_text(cls, text: Iterable[str]) -> CharTokenizer:
         return cls(sorted(set(text)))
-
-    @property
-    def spec(self) -> TokenizerSpec:
-        return self._spec
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._ids)
-
-    @property
-    def eot_id(self) -> int | None:
-        return None
 
     def encode(self, text: str) -> list[int]:
         ids = self._ids
@@ -173,20 +145,10 @@ class TiktokenTokenizer:
     """tiktoken's byte-level BPE, by encoding name ("gpt2", "cl100k_base", ...)."""
 
     def __init__(self, encoding: str) -> None:
-        self._spec = TokenizerSpec(kind="tiktoken", encoding=encoding)
+        self.spec: Final = TokenizerSpec(kind="tiktoken", encoding=encoding)
         self._encoding = load_tiktoken_encoding(encoding)
-
-    @property
-    def spec(self) -> TokenizerSpec:
-        return self._spec
-
-    @property
-    def vocab_size(self) -> int:
-        return self._encoding.n_vocab
-
-    @property
-    def eot_id(self) -> int | None:
-        return self._encoding.eot_token
+        self.vocab_size: Final = self._encoding.n_vocab
+        self.eot_id: Final[int | None] = self._encoding.eot_token
 
     def encode(self, text: str) -> list[int]:
         # Ordinary encoding: a corpus that happens to contain "<|endoftext|>" is text,
@@ -202,9 +164,12 @@ class TiktokenTokenizer:
             # (OverflowError); a padded model vocabulary can sample either.
             bad = next(i for i in ids if not 0 <= i < self.vocab_size)
             raise DataError(
-                f"token id {bad} is outside the {self._spec.encoding} vocabulary"
+                f"token id {bad} is outside the {self.spec.encoding} vocabulary"
                 f" (0..{self.vocab_size - 1})"
             ) from None
+
+
+Tokenizer = CharTokenizer | TiktokenTokenizer
 
 
 def tokenizer_from_spec(spec: TokenizerSpec) -> Tokenizer:
@@ -223,11 +188,7 @@ def is_known_encoding(name: str) -> bool:
 
 
 def load_tiktoken_encoding(name: str) -> tiktoken.Encoding:
-    """The tiktoken encoding `name` (an alias such as "gpt2" allowed).
-
-    GPT-2's ranks come from the package, with no network round trip; any other encoding
-    goes through tiktoken's download-and-cache, failing in one line when offline.
-    """
+    """The tiktoken encoding `name` (an alias such as "gpt2" allowed): bundled or cached."""
     resolved = TIKTOKEN_ALIASES.get(name, name)
     if resolved == BUNDLED_ENCODING:
         return bundled_encoding()
