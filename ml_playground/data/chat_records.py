@@ -39,7 +39,7 @@ from ml_playground.data.rendering import (
     prompt_completion_record,
     text_record,
 )
-from ml_playground.data.table import RowCounts
+from ml_playground.data.table import RowCounts, counted
 from ml_playground.data.writer import (
     DatasetPlan,
     PrepareOutcome,
@@ -54,7 +54,6 @@ from ml_playground.errors import ConfigError, DataError
 
 RECORDS_SUFFIX = ".jsonl"
 ROLES = ("system", "user", "assistant")
-SHOWN_EXAMPLES = 3
 # What a JSON value is, as a user reads it in the file; any other value is an object.
 JSON_KINDS: Mapping[type, str] = {
     type(None): "null",
@@ -124,7 +123,7 @@ def prepare_chat_dataset(
             return SourceReport(
                 counts.tally(),
                 f"{train.get('trained', 0):,} of {train['tokens']:,} train tokens train; "
-                f"{_summary(counts, chr(10) + '  e.g. ')}",
+                f"{_summary(counts)}",
             )
 
         return DatasetPlan(
@@ -200,14 +199,12 @@ def _split_records(records: Iterator[TokenRecord]) -> Iterator[SplitRecord]:
         yield SplitRecord(record.input_ids, record.mask(), {"trained": trained})
 
 
-def _summary(counts: RowCounts, examples_joiner: str) -> str:
+def _summary(counts: RowCounts, examples_joiner: str = "\n  e.g. ") -> str:
     """The counts by reason, then the first few bad rows, each after `examples_joiner`."""
     summary = f"{counts.read:,} records read"
     if counts.malformed:
-        reasons = ", ".join(f"{n:,} {reason}" for reason, n in counts.malformed.most_common())
-        summary += f"; {counts.malformed_total:,} bad ({reasons})"
-    examples = counts.examples[:SHOWN_EXAMPLES]
-    return summary + "".join(f"{examples_joiner}{example}" for example in examples)
+        summary += f"; {counts.malformed_total:,} bad ({counted(counts.malformed)})"
+    return summary + counts.shown_examples(examples_joiner)
 
 
 def record_sources(records_path: Path | None) -> list[Path]:

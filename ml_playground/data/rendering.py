@@ -149,10 +149,14 @@ def _render(tokenizer: ChatTokenizer, conversation: list[dict[str, str]], **kwar
 
 
 def _encode_opening(tokenizer: HFTokenizer, text: str) -> list[int]:
-    """`text` as a record begins: with <bos> where the tokenizer adds one, without the EOS
-    some tokenizers (Llama's with add_eos_token) append."""
-    ids = tokenizer.encode(text, add_special_tokens=True)
-    return ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
+    """`text` as a record begins: with <bos> where the tokenizer adds one."""
+    return opening(tokenizer.encode(text, add_special_tokens=True), tokenizer.eos_token_id)
+
+
+def opening(ids: list[int], eos: int | None) -> list[int]:
+    """A text's ids (with the tokenizer's special tokens) as a record begins: without the
+    EOS some tokenizers (Llama's with add_eos_token) close every text with."""
+    return ids[:-1] if ids and ids[-1] == eos else ids
 
 
 def eos_id(tokenizer: HFTokenizer, described: str = "the base model's tokenizer") -> int:

@@ -23,7 +23,8 @@ from ml_playground.artifacts import Artifact
 from ml_playground.errors import DataError
 
 DELIMITERS = (",", ";", "\t")
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 10  # kept in meta.json
+SHOWN_EXAMPLES = 3  # of those, shown on the console
 HEADER_PROBE_BYTES = 1 << 16
 # Speeches can be long; csv's default field limit (128 KiB) would reject real ones.
 FIELD_SIZE_LIMIT = 1 << 30
@@ -49,6 +50,10 @@ class RowCounts:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{origin}: {reason}{f' ({detail})' if detail else ''}")
 
+    def shown_examples(self, joiner: str = "\n  e.g. ") -> str:
+        """The first few damaged rows, each after `joiner`, for an outcome or error line."""
+        return "".join(f"{joiner}{example}" for example in self.examples[:SHOWN_EXAMPLES])
+
     def tally(self) -> RowTally:
         return RowTally(
             read=self.read,
@@ -56,6 +61,11 @@ class RowCounts:
             malformed=dict(sorted(self.malformed.items())),
             examples=tuple(self.examples),
         )
+
+
+def counted(counter: Counter[str]) -> str:
+    """Counts by reason, the most frequent first: "3 not JSON, 1 empty 'text'"."""
+    return ", ".join(f"{count:,} {reason}" for reason, count in counter.most_common())
 
 
 class RowTally(Artifact):

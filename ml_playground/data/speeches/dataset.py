@@ -17,7 +17,7 @@ from ml_playground.config import ExperimentConfig, SpeechesConfig
 from ml_playground.data.dataset_folder import TOKENIZER_DIR, StagedDataset, input_file
 from ml_playground.data.dataset_meta import Fingerprint, RecordFormat, TokenDType
 from ml_playground.data.record_split import SplitCounts, SplitRecord, write_split
-from ml_playground.data.rendering import eos_id
+from ml_playground.data.rendering import eos_id, opening
 from ml_playground.data.speeches.members import member_tables
 from ml_playground.data.speeches.selection import Selection
 from ml_playground.data.speeches.source import ReadReport, read_speeches
@@ -40,7 +40,6 @@ from ml_playground.data.writer import (
 from ml_playground.errors import DataError
 from ml_playground.progress import byte_progress
 
-SHOWN_EXAMPLES = 3
 ENCODE_BATCH = 256
 
 
@@ -102,9 +101,10 @@ def prepare_speech_dataset(
                 )
 
         def summary(_: SplitCounts) -> SourceReport:
-            examples = "".join(f"\n  e.g. {row}" for row in report.examples[:SHOWN_EXAMPLES])
             tokens_note = f"+{len(added)} tokens: {' '.join(added)}; " if added else ""
-            return SourceReport(report.tally(), f"{tokens_note}{report.summary()}{examples}")
+            return SourceReport(
+                report.tally(), f"{tokens_note}{report.summary()}{report.shown_examples()}"
+            )
 
         return DatasetPlan(
             tokenizer=hf_tokenizer_folder(config),
@@ -145,9 +145,9 @@ def _records(
     while batch := list(itertools.islice(texts, ENCODE_BATCH)):
         encoded = tokenizer(batch, add_special_tokens=True)["input_ids"]
         for text, ids in zip(batch, encoded, strict=True):
-            # Some tokenizers (Llama's with add_eos_token) already close a text with EOS.
-            body = ids[:-1] if ids and ids[-1] == closing[0] else ids
-            yield SplitRecord([*body, *closing], measures={"characters": len(text)})
+            yield SplitRecord(
+                [*opening(ids, closing[0]), *closing], measures={"characters": len(text)}
+            )
 
 
 def _add_structure_tokens(tokenizer: HFTokenizer) -> tuple[str, ...]:

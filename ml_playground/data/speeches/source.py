@@ -31,7 +31,7 @@ from ml_playground.data.speeches.members import (
     parse_int,
 )
 from ml_playground.data.speeches.speech import Speech
-from ml_playground.data.table import Row, RowCounts, RowTally, read_rows
+from ml_playground.data.table import Row, RowCounts, RowTally, counted, read_rows
 from ml_playground.errors import DataError
 
 DEFAULT_RAW_DIR = "raw"
@@ -77,13 +77,13 @@ class ReadReport(RowCounts):
     def summary(self) -> str:
         parts = [f"{self.read:,} rows read", f"{self.kept:,} speeches kept"]
         if self.skipped:
-            parts.append("skipped " + _counted(self.skipped))
+            parts.append("skipped " + counted(self.skipped))
         if self.malformed:
-            parts.append(f"{self.malformed_total:,} malformed ({_counted(self.malformed)})")
+            parts.append(f"{self.malformed_total:,} malformed ({counted(self.malformed)})")
         if self.repaired:
             parts.append(f"{self.repaired:,} repaired (quoted as a whole)")
         if self.unreadable:
-            parts.append("unreadable values kept as unknown: " + _counted(self.unreadable))
+            parts.append("unreadable values kept as unknown: " + counted(self.unreadable))
         if self.member_rows.repaired or self.member_rows.malformed:
             parts.append(
                 f"member tables: {self.member_rows.repaired:,} rows repaired, "
@@ -262,7 +262,3 @@ def _cell(row: Row, column: str, parse: Callable[[str], T | None], report: ReadR
     if parsed is None:
         report.unreadable[column] += 1
     return parsed
-
-
-def _counted(counter: Counter[str]) -> str:
-    return ", ".join(f"{count:,} {reason}" for reason, count in counter.most_common())
