@@ -16,8 +16,6 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from ml_playground.errors import ConfigError
-
 FILE_PROMPT_PREFIX = "FILE:"
 """How a text key (sample.sample.start, prepare.chat_template) names a file instead."""
 PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
@@ -68,8 +66,8 @@ class SpeechesConfig(Section):
         default_factory=lambda: list(SPEECH_SUFFIXES)
     )
 
-    # A date is a TOML date or a quoted "YYYY-MM-DD". A bad one raises ConfigError, which
-    # pydantic lets through, so that the line says how to write a date.
+    # A date is a TOML date or a quoted "YYYY-MM-DD". A validator's ValueError is its own
+    # sentence in the loader's error line (config_loader._config_error), with the file.
     @field_validator("date_from", "date_to", mode="before")
     @classmethod
     def _quoted_date(cls, value: object, info: ValidationInfo) -> object:
@@ -79,12 +77,12 @@ class SpeechesConfig(Section):
             return datetime.date.fromisoformat(value)
         except ValueError:
             key = f"prepare.speeches.{info.field_name}"
-            raise ConfigError(f"{key} = {value!r} is not a date; write it as YYYY-MM-DD") from None
+            raise ValueError(f"{key} = {value!r} is not a date; write it as YYYY-MM-DD") from None
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> SpeechesConfig:
         if self.date_from and self.date_to and self.date_from > self.date_to:
-            raise ConfigError(
+            raise ValueError(
                 f"prepare.speeches.date_from = {self.date_from} is after "
                 f"prepare.speeches.date_to = {self.date_to}; swap or fix them"
             )

@@ -303,6 +303,10 @@ def _config_error(exc: ValidationError, file_of: typing.Callable[[str], Path]) -
         return ConfigError(f"unknown key {key} in {file}{suggestion}")
     if error["type"] == "missing":
         return ConfigError(f"missing required key {key} in {file}; add it to the config")
+    if error["type"] == "value_error":
+        # A validator's own sentence, which names the key, the value and the fix.
+        sentence = error["msg"].removeprefix("Value error, ")
+        return ConfigError(f"invalid config in {file}: {sentence}")
     got = error.get("input")
     return ConfigError(
         f"invalid value for {key} in {file}: {error['msg'].lower()}; got {got!r}"

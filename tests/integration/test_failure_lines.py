@@ -321,3 +321,23 @@ def test_a_raw_text_path_that_names_a_folder_says_it_is_a_folder(
     line = one_error_line(["prepare", str(folder)], capsys)
 
     assert line.startswith(f"error: prepare.raw_text_path {folder} is a folder, not a file; ")
+
+
+def test_a_bad_speech_date_names_the_config_file_and_leaves_the_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = gpt_experiment(tmp_path / "exp")
+    before = snapshot(folder / "datasets")
+    config = folder / "config.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + '\n[prepare.speeches]\ndate_from = "3.3.2020"\n',
+        encoding="utf-8",
+    )
+
+    line = one_error_line(["prepare", str(folder)], capsys)
+
+    assert line == (
+        f"error: invalid config in {config}: prepare.speeches.date_from = '3.3.2020' is not a "
+        "date; write it as YYYY-MM-DD"
+    )
+    assert snapshot(folder / "datasets") == before

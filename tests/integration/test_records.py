@@ -235,7 +235,10 @@ def test_prepare_without_a_base_model_is_a_config_error(tmp_path: Path) -> None:
 def test_bad_date_filter_is_a_config_error_naming_the_key_as_the_config_loads(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    with pytest.raises(ConfigError, match=r"prepare.speeches.date_from = '3.3.2020' is not a date"):
+    with pytest.raises(
+        ConfigError,
+        match=r"invalid config in \S+\.toml: prepare.speeches.date_from = '3.3.2020' is not a",
+    ):
         speakger_experiment(
             tmp_path, tiny_models, speeches(3), prepare__speeches__date_from="3.3.2020"
         )
