@@ -88,14 +88,16 @@ class BatchSampler:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x and y, both int64 of shape (batch_size, block_size), on the sampler's device."""
-        starts = np.asarray(self.next_starts())
-        # Row i holds the token positions of window i: block_size inputs and one more target.
-        positions = starts[:, None] + np.arange(self._block_size + 1)
-        windows = self._tokens[positions].astype(np.int64)
+        # Slices rather than one fancy index over all positions: measured, the gather saves
+        # at most ~0.1 ms a batch at block_size <= 1024 and costs 1.6-3.7x at 2048-4096.
+        span, starts = self._block_size + 1, self.next_starts()
+        windows = np.stack([self._tokens[start : start + span] for start in starts])
+        windows = windows.astype(np.int64)
         targets = windows[:, 1:].copy()  # a copy: x must keep its ids
         if self._mask is not None:
             # The mask flags each token as a target: window position j + 1 is y's j.
-            targets[self._mask[positions[:, 1:]] == 0] = IGNORE_INDEX
+            trained = np.stack([self._mask[start + 1 : start + span] for start in starts])
+            targets[trained == 0] = IGNORE_INDEX
         x = torch.as_tensor(np.ascontiguousarray(windows[:, :-1]))
         y = torch.as_tensor(targets)
         if self._device.type == "cuda":
