@@ -7,9 +7,8 @@ windows: window j starts at j * block_size and belongs to rank j % world_size, a
 rank wraps around to the start when it runs out. `state_dict` captures either position,
 so a resumed run draws exactly the batches the uninterrupted run would have.
 
-A token file may come with a mask file beside it (one uint8 per token, 1 where the token
-is a target the model learns to predict): where the mask is 0, y holds IGNORE_INDEX, which
-the losses skip. Chat records use it to train on the assistant's turns only.
+Where a token's mask flag (dataset_meta.py's layout) is 0, y holds IGNORE_INDEX, which
+the losses skip.
 """
 
 from __future__ import annotations
@@ -125,7 +124,7 @@ class BatchSampler:
         """Where the next batch's windows start in the token file; `next_batch` draws its
         windows from exactly these, and `inspect` shows them."""
         if self._mode == "random":
-            # The last start that still leaves room for the final target is len - span.
+            # randint's bound is exclusive: the last start leaves room for the final target.
             high = len(self._tokens) - self._block_size
             starts = torch.randint(high, (self._batch_size,), generator=self._generator)
             return [int(start) for start in starts]

@@ -8,12 +8,10 @@
                 prompt_completion   {"prompt": ..., "completion": ...}
                 messages            {"messages": [{"role": ..., "content": ...}, ...]}
 
-The records are rendered by rendering.py, whose trained spans become the folder's masks
-(dataset_meta.py's layout), so a prompt token is never a target. Bad rows (not JSON, a
-missing or empty field, an unknown role, roles out of order, a template that refuses
-them) are counted by reason, never guessed at, and reported on the console and in
-meta.json like the speech path's damage; a chat template that fails outright is a
-DataError naming the row, and a source without one usable record is an error.
+rendering.py's trained spans become the masks, so a prompt token is never a target. Bad
+rows (not JSON, a missing or empty field, bad roles, a template that refuses them) are
+counted by reason, never guessed at, and reported on the console and in meta.json; a
+chat template that fails outright is a DataError naming the row.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ files are read is sources.py's rule.
 
 Memory stays bounded by a few chunks however large the corpus: files are read in
 `chunk_bytes` blocks, decoded incrementally, and encoded in runs (`_encodable_runs`). A
-first pass, needed anyway to count the characters (and collect the char tokenizer's),
-also hashes the corpus, so an unchanged text is recognised even when its files were
-touched (`Fingerprint.content_sha256`); the second pass encodes.
+first pass counts the characters (and collects the char tokenizer's) and hashes the
+corpus, so an unchanged text is recognised even when its files were touched
+(`Fingerprint.content_sha256`); the second pass encodes.
 """
 
 from __future__ import annotations
@@ -164,11 +164,8 @@ def _corpus(
 
 
 def _file_text(path: Path, chunk_bytes: int) -> Iterator[tuple[bytes, str]]:
-    """One file in binary chunks, decoded without ever splitting a character.
-
-    The incremental decoder holds back the first bytes of a character cut by a chunk
-    boundary and completes it with the next chunk; the empty read at the end flushes it.
-    """
+    """One file in binary chunks, decoded without ever splitting a character: the decoder
+    holds back the first bytes of a character cut by a chunk boundary until the next chunk."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = held_back = 0  # the bytes before this chunk, and those of them held back
     try:

@@ -100,11 +100,7 @@ class Fingerprint(Artifact):
 
 
 class DatasetMeta(Artifact):
-    """Dataset metadata.
-
-    A prepared dataset's meta.json: the token files' layout (dtype, tokens per split,
-    masked or not), the tokenizer, the fingerprint of inputs and settings, and for records
-    datasets their format, the records per split and what happened to the source rows."""
+    """Dataset metadata."""
 
     format_version: Literal[3] = FORMAT_VERSION
     tokenizer: DatasetTokenizer

@@ -161,8 +161,7 @@ def _fetch(url: str, dest: Path, timeout: float) -> int:
         expected = response.headers.get("Content-Length")
         total = int(expected) if expected is not None else None
         received = 0
-        # Without a length there is no "how far" to show; the line after the download
-        # still says what arrived.
+        # Without a length there is no "how far" to show; the closing line says what arrived.
         with byte_progress("downloading", total or 0, enabled=total is not None) as advance:
             while block := response.read(DOWNLOAD_BLOCK_BYTES):
                 out.write(block)

@@ -101,11 +101,9 @@ def read_rows(
     counts: RowCounts,
     advance: Callable[[int], object] = lambda _: None,
 ) -> Iterator[Row]:
-    """Stream the rows of `path` with its columns renamed to the keys of `aliases`.
-
-    `advance` receives the number of bytes consumed since its last call (for a progress
-    bar). A missing required column is an error naming the columns the file does have.
-    """
+    """Stream the rows of `path`, its columns renamed to the keys of `aliases`; `advance`
+    receives the bytes consumed since its last call (for a progress bar). A missing
+    required column is an error naming the columns the file does have."""
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     line = 0
     try:

@@ -1,18 +1,10 @@
 """Tokenizers: characters or tiktoken's byte-level BPE, and what a Hugging Face one offers.
 
-The from-scratch pipeline builds its own `Tokenizer`, a `CharTokenizer` (whose `eot_id`
-is None: characters have no end-of-text token) or a `TiktokenTokenizer`. A
-`TokenizerSpec` is such a tokenizer's identity: it is stored in a dataset's meta.json and
-in checkpoints, and two artifacts agree on their tokenizer exactly when their specs are
-equal. `tokenizer_from_spec` rebuilds the working tokenizer from it.
-
-GPT-2's BPE ranks (tiktoken's `r50k_base`) ship with the package in data/bundled/, so
-the common case needs no download; other tiktoken encodings use tiktoken's own download
-and cache (`TIKTOKEN_CACHE_DIR`).
-
-The records dataset works with a pretrained model's tokenizer instead; `HFTokenizer` is
-the part of it the package uses, so data/ can take one without importing the Hugging
-Face backend that loads it (finetune/hub.py).
+A `TokenizerSpec` is a from-scratch `Tokenizer`'s identity, stored in meta.json and in
+checkpoints: two artifacts agree on their tokenizer exactly when their specs are equal,
+and `tokenizer_from_spec` rebuilds the tokenizer from it. GPT-2's BPE ranks ship in
+data/bundled/, so the common case needs no download; other tiktoken encodings use
+tiktoken's own download and cache (`TIKTOKEN_CACHE_DIR`).
 """
 
 from __future__ import annotations
@@ -51,9 +43,8 @@ R50K_ENDOFTEXT_ID = 50256
 class TokenizerSpec(Artifact):
     """Tokenizer spec.
 
-    Which tokenizer, with everything needed to rebuild it. `encoding` is the tiktoken
-    name as the user wrote it (e.g. "gpt2"); `vocab` is the char vocabulary, where a
-    character's index is its id.
+    `encoding` is the tiktoken name as the user wrote it (e.g. "gpt2"); `vocab` is the
+    char vocabulary, where a character's index is its id.
     """
 
     kind: TokenizerKind
@@ -72,11 +63,8 @@ class TokenizerSpec(Artifact):
         return self
 
     def describe(self) -> str:
-        """A short human name, e.g. "tiktoken gpt2" or "char (65 characters, vocab 3f2a9c1b)".
-
-        The char form carries a digest of the vocabulary, so two different vocabularies of
-        the same size read differently in an error message.
-        """
+        """A short human name, e.g. "tiktoken gpt2" or "char (65 characters, vocab 3f2a9c1b)";
+        the digest tells two vocabularies of one size apart in an error message."""
         if self.kind == "char":
             chars = "".join(self.vocab or ())
             digest = hashlib.sha256(chars.encode("utf-8", "surrogatepass")).hexdigest()[:8]
@@ -85,7 +73,8 @@ class TokenizerSpec(Artifact):
 
 
 class HFTokenizer(Protocol):
-    """The part of a Hugging Face tokenizer this package uses."""
+    """The part of a Hugging Face tokenizer the records datasets use, so data/ can take one
+    without importing the backend that loads it (finetune/hub.py)."""
 
     @property
     def eos_token_id(self) -> int | None: ...
@@ -111,7 +100,7 @@ class CharTokenizer:
         # The spec validates the vocabulary: distinct single characters, at least one.
         self.spec: Final = TokenizerSpec(kind="char", vocab=tuple(vocab))
         self.vocab_size: Final = len(vocab)
-        self.eot_id: Final = None
+        self.eot_id: Final = None  # characters have no end-of-text token
         self._ids = {ch: i for i, ch in enumerate(vocab)}
         # A dict, not the tuple, so a negative id is an error instead of wrapping around.
         self._chars = dict(enumerate(vocab))

@@ -177,8 +177,7 @@ def hf_tokenizer_folder(config: ExperimentConfig) -> HFTokenizerFolder:
 
 
 def _per_split(counts: SplitCounts, key: str) -> dict[str, int] | None:
-    """One measure of both splits, as meta.json records it ({"train": n, "val": m}); None
-    when the split rule does not count it."""
+    """One measure of both splits ({"train": n, "val": m}); None if the rule does not count it."""
     if not any(key in counts[split] for split in SPLITS):
         return None
     return {split: counts[split].get(key, 0) for split in SPLITS}

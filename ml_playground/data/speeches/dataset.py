@@ -1,10 +1,8 @@
 """Speeches as a source of the one dataset writer (../writer.py).
 
-Every speech becomes one record: its text (speech.py) tokenized as a record begins (with
-<bos> where the tokenizer adds one), then the end-of-sequence token and the doc_separator,
-so the model sees every speech end, learns to emit EOS there, and sampling stops at it.
-Every token is a target, so the folder has no masks. The split is by speech and seeded
-(../record_split.py).
+Every speech becomes one record: its text (speech.py) tokenized as a record begins
+(rendering.opening), then EOS and the doc_separator, so the model learns to emit EOS where
+a speech ends and sampling stops there. Every token is a target, so there are no masks.
 """
 
 from __future__ import annotations

@@ -115,11 +115,8 @@ class ReadTally(RowTally):
 
 
 def speech_sources(prepare: PrepareConfig, suffixes: frozenset[str]) -> list[Path]:
-    """The files to read: raw_text_path, else every matching file below raw_dir.
-
-    With neither key set, `dataset_dir/raw/` is the folder. SpeakGer member tables are
-    metadata, never speeches.
-    """
+    """The files to read: raw_text_path, else every matching file below raw_dir (by default
+    dataset_dir/raw/), never SpeakGer's member tables: they are metadata, not speeches."""
     kinds = " or ".join(sorted(suffixes))
     if prepare.raw_text_path is not None:
         path = raw_text_file(prepare.raw_text_path)
@@ -225,10 +222,8 @@ def clean_text(text: str) -> str:
 
 
 def parse_date(value: str) -> tuple[datetime.date | None, int | None] | None:
-    """(date, year) from ISO (with or without time), DD.MM.YYYY or a bare year.
-
-    ((None, None) for an empty cell; None when the cell holds something else.)
-    """
+    """(date, year) from ISO (with or without time), DD.MM.YYYY or a bare year; (None, None)
+    for an empty cell, None when the cell holds something else."""
     value = value.strip()
     if not value:
         return None, None
@@ -253,8 +248,7 @@ def parse_flag(value: str) -> bool | None:
 
 
 def _cell(row: Row, column: str, parse: Callable[[str], T | None], report: ReadReport) -> T | None:
-    """The value of a cell, None when it is empty; one that cannot be read is counted and
-    left unknown."""
+    """The parsed cell; None when it is empty, or unreadable (then it is counted)."""
     value = row.get(column)
     if not value:
         return None

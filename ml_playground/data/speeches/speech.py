@@ -12,9 +12,8 @@ line, and the speech:
 
 With structure tokens the record is wrapped in <SPEECH_START> ... <SPEECH_END>; prepare
 registers both as special tokens, so each is a single id the model learns to open and
-close a speech with. A speech with no known field has no header, only its text.
-How a record opens and closes, and which token ends it, goes into the dataset's
-meta.json (dataset.py: speech_record_format): sampling and export read it there.
+close a speech with. A speech with no known field has no header, only its text. The
+framing goes into meta.json (dataset.py: speech_record_format) for sampling and export.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ class Speech:
 
 
 def format_record(speech: Speech, *, structure_tokens: bool) -> str:
-    """The training text of one speech: header, blank line, text; optionally wrapped."""
+    """The record text of `speech`, as the module docstring shows it."""
     year = speech.date.year if speech.date is not None else speech.year
     values = (speech.speaker, speech.party, speech.topic, str(year) if year else None)
     fields = zip(HEADER_FIELDS, values, strict=True)
